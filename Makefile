@@ -1,0 +1,29 @@
+# The two commands a newcomer needs (see README): `make run` and `make test`.
+# Both run the same idempotent bootstrap first.
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test bootstrap lint study bench clean
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+run: bootstrap
+	$(BIN)/draftnet solve
+
+test: bootstrap
+	$(BIN)/python -m pytest
+
+lint: bootstrap
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+study: bootstrap
+	$(BIN)/draftnet study dipsd-paper --out study/dipsd-paper
+
+bench: bootstrap
+	$(BIN)/python scripts/bench_planner.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

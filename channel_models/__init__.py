@@ -1,0 +1,1 @@
+"""draftnet channel_models: see ARCHITECTURE.md (layers)."""

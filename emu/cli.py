@@ -1,0 +1,130 @@
+"""The ``draftnet`` command line: parse arguments, load a scenario, call one function.
+
+Layer: entry point. With ``--json`` a command prints one JSON object on stdout and nothing
+else; human output goes to stderr. Exit status: 0 success, 2 bad input (one line naming the
+field, the value and the rule), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from emu.errors import ConfigError, DraftnetError, Infeasible
+
+__all__ = ["main"]
+
+# Flags that override scenario fields, by dotted path: applied generically after the file.
+OVERRIDES = {"users": "users.count", "alpha": "users.alpha", "policy": "planner.policy"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, status 2, like every other bad input.
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _scenario_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scenario", nargs="?", help="scenario TOML file (default: the embedded one)")
+    p.add_argument("--preset", help="start from a built-in preset (default, dipsd-paper)")
+    p.add_argument("--users", type=int, help="number of users (users.count)")
+    p.add_argument("--alpha", type=float, help="every user's acceptance rate (users.alpha)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="draftnet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    solve = sub.add_parser("solve", help="plan one scenario with the analytic cost model")
+    _scenario_args(solve)
+    solve.add_argument("--policy", help="planning policy (planner.policy)")
+    study = sub.add_parser("study", help="run a reproduction study (CSV and plots)")
+    study.add_argument("name", choices=["dipsd-paper"], help="which study")
+    study.add_argument("--out", type=Path, default=Path("study/dipsd-paper"), help="output dir")
+    study.add_argument("--max-users", type=int, default=32, help="largest M in the sweep")
+    study.add_argument("--json", action="store_true", help="print the headline as JSON")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from emu.scenario import load_scenario
+
+    overrides = {path: getattr(args, flag, None) for flag, path in OVERRIDES.items()}
+    return load_scenario(args.scenario, preset=args.preset, overrides=overrides)
+
+
+def cmd_solve(args: argparse.Namespace) -> dict[str, Any]:
+    from emu.planner import BASELINES, evaluate, plan_for
+    from emu.report import print_solve
+
+    scenario = _load(args)
+    problem = scenario.problem()
+    policy = scenario.planner.policy
+    t0 = time.perf_counter()
+    plan = plan_for(policy, problem)
+    solve_ms = 1000 * (time.perf_counter() - t0)
+    ev = evaluate(problem, plan)
+    baselines = {
+        key: evaluate(problem, plan_for(name, problem)).throughput_tok_s
+        for key, name in BASELINES.items()
+    }
+    out = {
+        "scenario": scenario.name,
+        "policy": policy,
+        "users": problem.size,
+        "throughput_tok_s": ev.throughput_tok_s,
+        "cycle_ms": ev.cycle_ms,
+        "tokens_per_cycle": ev.tokens_per_cycle,
+        "plan": {
+            "batches": [list(b) for b in plan.batches],
+            "draft_len": list(plan.draft_len),
+            "verify_ms": list(ev.verify_ms),
+            "ready_ms": list(ev.ready_ms),
+            "memory_bytes": list(ev.memory_bytes),
+        },
+        "baselines": baselines,
+        "speedup": {k: ev.throughput_tok_s / v for k, v in baselines.items()},
+        "solve_ms": solve_ms,
+    }
+    if not args.json:
+        print_solve(out)
+    return out
+
+
+def cmd_study(args: argparse.Namespace) -> dict[str, Any]:
+    from emu.study import run_dipsd_paper
+
+    if args.max_users < 1:
+        raise ConfigError(f"--max-users must be >= 1, got {args.max_users}")
+    return run_dipsd_paper(args.out, max_users=args.max_users, quiet=args.json)
+
+
+COMMANDS = {"solve": cmd_solve, "study": cmd_study}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        out = COMMANDS[args.command](args)
+    except (ConfigError, Infeasible) as exc:
+        print(f"draftnet: error: {exc}", file=sys.stderr)
+        return 2
+    except DraftnetError as exc:
+        print(f"draftnet: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("draftnet: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        json.dump(out, sys.stdout, indent=None, allow_nan=False)
+        sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Policies behind one interface: a name maps to a function from a Problem to a Plan.
+
+Layer: pure (emu.planner).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from emu.errors import ConfigError
+from emu.planner import baselines
+from emu.planner.cost import Plan
+from emu.planner.dipsd import dipsd
+from emu.planner.exact import exact
+from emu.planner.model import Problem
+
+__all__ = ["BASELINES", "POLICIES", "plan_for"]
+
+Policy = Callable[[Problem], Plan]
+
+POLICIES: dict[str, Policy] = {
+    "dipsd": dipsd,
+    "dipsd-published": partial(dipsd, improve=False),
+    "exact": exact,
+    "ad": baselines.ad,
+    "ad-batch": baselines.ad_batch,
+    "sd": baselines.sd,
+    "fixed": baselines.fixed,
+}
+
+# Reported beside every solve, keyed as in the JSON output.
+BASELINES: dict[str, str] = {"ad": "ad", "ad_batch": "ad-batch", "sd": "sd", "fixed": "fixed"}
+
+
+def plan_for(policy: str, problem: Problem) -> Plan:
+    """Plan ``problem`` with the named policy; ConfigError for an unknown name."""
+    try:
+        fn = POLICIES[policy]
+    except KeyError:
+        raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}") from None
+    return fn(problem)

@@ -1,0 +1,241 @@
+"""Scenario files: one loader from TOML (plus presets and flags) to validated dataclasses.
+
+Layer: emu (orchestration); reads files. Every field has a default (the embedded default
+scenario, ``emu/presets/default.toml``). A file may start from a built-in preset
+(``preset = "dipsd-paper"``) and change any field. Command-line flags are applied generically
+as dotted-path overrides, after the file. Unknown keys, wrong types and out-of-range values raise
+``ConfigError`` with the field's dotted name, the value and the rule.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from emu.errors import ConfigError
+from emu.planner.model import Edge, LatencyModel, ModelArch, Problem, User
+
+__all__ = ["PRESETS", "Scenario", "load_scenario"]
+
+PRESETS = ("default", "dipsd-paper")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArchConfig:
+    name: str = ""
+    layers: int = 1
+    hidden: int = 1
+    ffn: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LatencyConfig:
+    c_ms_per_flop: float = 0.0
+    beta_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserOverride:
+    """Fields one user may set for itself; unset ones come from [users]."""
+
+    alpha: float | None = None
+    prefix_len: int | None = None
+    comm_ms: float | None = None
+    draft: ArchConfig | None = None
+    device: LatencyConfig | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsersConfig:
+    count: int = 1
+    alpha: float = 0.5
+    prefix_len: int = 0
+    comm_ms: float = 0.0
+    draft: ArchConfig = field(default_factory=ArchConfig)
+    device: LatencyConfig = field(default_factory=LatencyConfig)
+    each: tuple[UserOverride, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EdgeConfig:
+    memory_bytes: float = 1.0
+    target: ArchConfig = field(default_factory=ArchConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlannerConfig:
+    policy: str = "dipsd"
+    max_draft_len: int = 20
+    initial_draft_len: int = 7
+    fixed_draft_len: int = 7
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scenario:
+    name: str = "default"
+    preset: str = ""
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
+    users: UsersConfig = field(default_factory=UsersConfig)
+
+    def problem(self) -> Problem:
+        """The planning instance this scenario describes (validated by the planner's types)."""
+        u = self.users
+        if u.count < 1:
+            raise ConfigError(f"users.count must be >= 1, got {u.count}")
+        users = []
+        for m in range(u.count):
+            o = u.each[m] if m < len(u.each) else UserOverride()
+            draft = o.draft or u.draft
+            device = o.device or u.device
+            users.append(
+                User(
+                    name=f"users[{m}]",
+                    alpha=u.alpha if o.alpha is None else o.alpha,
+                    prefix_len=u.prefix_len if o.prefix_len is None else o.prefix_len,
+                    comm_ms=u.comm_ms if o.comm_ms is None else o.comm_ms,
+                    draft=ModelArch(
+                        name=f"users[{m}].draft",
+                        layers=draft.layers,
+                        hidden=draft.hidden,
+                        ffn=draft.ffn,
+                    ),
+                    device=LatencyModel(
+                        name=f"users[{m}].device",
+                        c_ms_per_flop=device.c_ms_per_flop,
+                        beta_ms=device.beta_ms,
+                    ),
+                )
+            )
+        e = self.edge
+        edge = Edge(
+            target=ModelArch(
+                name="edge.target", layers=e.target.layers, hidden=e.target.hidden, ffn=e.target.ffn
+            ),
+            latency=LatencyModel(
+                name="edge.latency",
+                c_ms_per_flop=e.latency.c_ms_per_flop,
+                beta_ms=e.latency.beta_ms,
+            ),
+            memory_bytes=e.memory_bytes,
+        )
+        p = self.planner
+        return Problem(
+            users=tuple(users),
+            edge=edge,
+            max_draft_len=p.max_draft_len,
+            initial_draft_len=p.initial_draft_len,
+            fixed_draft_len=p.fixed_draft_len,
+        )
+
+
+def _preset(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {name!r}")
+    text = resources.files("emu").joinpath(f"presets/{name}.toml").read_text()
+    return tomllib.loads(text)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; build nested dataclasses."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _coerce(args[0], value, where)
+    if origin is tuple:
+        (item,) = typing.get_args(tp)[:1]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list of tables, got {value!r}")
+        return tuple(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, got {value!r}")
+        return _build(typing.cast(type, tp), value, where)
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{where} must be of type {tp.__name__}, got {value!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"unknown field {where} (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in data:
+            where = f"{prefix}.{f.name}" if prefix else f.name
+            kwargs[f.name] = _coerce(hints[f.name], data[f.name], where)
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise ConfigError(f"{prefix}.{f.name} is required")
+    return cls(**kwargs)
+
+
+def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    *heads, last = path.split(".")
+    node = data
+    for h in heads:
+        node = node.setdefault(h, {})
+    node[last] = value
+
+
+def load_scenario(
+    path: str | Path | None = None,
+    *,
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Scenario:
+    """Load a scenario: the default, then a preset, then the file, then dotted-path overrides.
+
+    An override ``users.X`` also clears X from every per-user entry: a flag means every user.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"scenario file {str(p)!r} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"scenario file {str(p)!r} cannot be read: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"scenario file {str(p)!r} is not valid TOML: {exc}") from exc
+    base = _preset("default")
+    chosen = preset if preset is not None else data.get("preset", "")
+    if not isinstance(chosen, str):
+        raise ConfigError(f"preset must be a string, got {chosen!r}")
+    if chosen and chosen != "default":
+        base = _merge(base, _preset(chosen))
+    merged = _merge(base, data)
+    if chosen:
+        merged["preset"] = chosen
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        _set_path(merged, dotted, value)
+        head, _, leaf = dotted.partition(".")
+        if head == "users" and "." not in leaf:
+            for entry in merged.get("users", {}).get("each", []):
+                if isinstance(entry, dict):
+                    entry.pop(leaf, None)
+    scenario: Scenario = _build(Scenario, merged, "")
+    return scenario

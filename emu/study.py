@@ -1,0 +1,161 @@
+"""Reproduction study of DiP-SD: throughput against users, acceptance and draft length.
+
+Layer: emu (orchestration); writes CSV and PNG files into an output directory, each as soon as
+its sweep finishes.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from emu.planner import evaluate, plan_for
+from emu.planner.baselines import fixed
+from emu.planner.model import Problem
+from emu.scenario import load_scenario
+
+__all__ = ["PAPER", "run_dipsd_paper"]
+
+# The paper's headline figures (Qwen3-1.7B drafting, Qwen3-32B verifying).
+PAPER = {"speedup_vs_ad": 17.89, "speedup_vs_ad_batch": 1.93}
+POLICIES = ("ad", "ad-batch", "sd", "fixed", "dipsd-published", "dipsd")
+ALPHAS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.78, 0.8, 0.85, 0.9, 0.95)
+ALPHA_USERS = (4, 8, 16, 32)
+FIXED_USERS = (6, 16)
+
+
+def _problem(users: int, alpha: float) -> Problem:
+    return load_scenario(
+        preset="dipsd-paper", overrides={"users.count": users, "users.alpha": alpha}
+    ).problem()
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def run_dipsd_paper(out: Path, *, max_users: int = 32, quiet: bool = False) -> dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    console = Console(stderr=True, quiet=quiet)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # 1. Throughput of every policy against M at a = 0.78.
+    users_rows: list[dict[str, Any]] = []
+    with console.status("throughput against users"):
+        for M in range(1, max_users + 1):
+            p = _problem(M, 0.78)
+            row: dict[str, Any] = {"users": M}
+            for pol in POLICIES:
+                row[pol] = evaluate(p, plan_for(pol, p)).throughput_tok_s
+            users_rows.append(row)
+    _write(out / "throughput_vs_users.csv", users_rows)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for pol in POLICIES:
+        ax.plot([r["users"] for r in users_rows], [r[pol] for r in users_rows], label=pol)
+    ax.set(xlabel="users M", ylabel="throughput [tokens/s]", title="DiP-SD preset, a = 0.78")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "throughput_vs_users.png", dpi=120)
+    plt.close(fig)
+
+    # 2. dipsd's gain against a, at a few M.
+    alpha_rows: list[dict[str, Any]] = []
+    with console.status("gain against acceptance rate"):
+        for M in (m for m in ALPHA_USERS if m <= max_users):
+            for a in ALPHAS:
+                p = _problem(M, a)
+                thr: dict[str, float] = {
+                    pol: evaluate(p, plan_for(pol, p)).throughput_tok_s for pol in POLICIES
+                }
+                alpha_rows.append(
+                    {
+                        "users": M,
+                        "alpha": a,
+                        **thr,
+                        "speedup_vs_ad": thr["dipsd"] / thr["ad"],
+                        "speedup_vs_ad_batch": thr["dipsd"] / thr["ad-batch"],
+                    }
+                )
+    _write(out / "gain_vs_alpha.csv", alpha_rows)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for M in sorted({r["users"] for r in alpha_rows}):
+        rows = [r for r in alpha_rows if r["users"] == M]
+        for ax, key in zip(axes, ("speedup_vs_ad", "speedup_vs_ad_batch"), strict=True):
+            ax.plot([r["alpha"] for r in rows], [r[key] for r in rows], marker="o", label=f"M={M}")
+    axes[0].set(xlabel="acceptance rate a", ylabel="dipsd / ad", title="speedup over AD")
+    axes[1].set(xlabel="acceptance rate a", ylabel="dipsd / ad-batch", title="over AD, batched")
+    for ax in axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "gain_vs_alpha.png", dpi=120)
+    plt.close(fig)
+
+    # 3. Optimised lengths against every fixed length.
+    fixed_rows: list[dict[str, Any]] = []
+    with console.status("optimised against fixed draft lengths"):
+        for M in (m for m in FIXED_USERS if m <= max_users):
+            p = _problem(M, 0.78)
+            best = evaluate(p, plan_for("dipsd", p)).throughput_tok_s
+            for ln in range(1, p.max_draft_len + 1):
+                q = replace(p, fixed_draft_len=ln, initial_draft_len=ln)
+                thr_fixed = evaluate(q, fixed(q)).throughput_tok_s
+                fixed_rows.append({"users": M, "draft_len": ln, "fixed": thr_fixed, "dipsd": best})
+    if fixed_rows:
+        _write(out / "optimised_vs_fixed.csv", fixed_rows)
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for M in sorted({r["users"] for r in fixed_rows}):
+            rows = [r for r in fixed_rows if r["users"] == M]
+            line = ax.plot(
+                [r["draft_len"] for r in rows],
+                [r["fixed"] for r in rows],
+                marker="o",
+                label=f"fixed, M={M}",
+            )
+            ax.axhline(rows[0]["dipsd"], color=line[0].get_color(), ls="--", label=f"dipsd, M={M}")
+        ax.set(
+            xlabel="fixed draft length",
+            ylabel="throughput [tokens/s]",
+            title="optimised against fixed draft lengths, a = 0.78",
+        )
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "optimised_vs_fixed.png", dpi=120)
+        plt.close(fig)
+
+    best_ad = max(users_rows, key=lambda r: r["dipsd"] / r["ad"])
+    best_adb = max(users_rows, key=lambda r: r["dipsd"] / r["ad-batch"])
+    headline: dict[str, Any] = {
+        "paper": PAPER,
+        "draftnet": {
+            "speedup_vs_ad": best_ad["dipsd"] / best_ad["ad"],
+            "at_users_ad": best_ad["users"],
+            "speedup_vs_ad_batch": best_adb["dipsd"] / best_adb["ad-batch"],
+            "at_users_ad_batch": best_adb["users"],
+            "speedup_vs_ad_at_6": users_rows[min(5, len(users_rows) - 1)]["dipsd"]
+            / users_rows[min(5, len(users_rows) - 1)]["ad"],
+        },
+        "out": str(out),
+    }
+    d: dict[str, Any] = headline["draftnet"]
+    console.print(
+        f"dipsd over AD: up to {d['speedup_vs_ad']:.2f}x (M={d['at_users_ad']}); paper "
+        f"{PAPER['speedup_vs_ad']}x\n"
+        f"dipsd over AD with greedy batching: up to {d['speedup_vs_ad_batch']:.2f}x "
+        f"(M={d['at_users_ad_batch']}); paper {PAPER['speedup_vs_ad_batch']}x\n"
+        f"CSV and plots in {out}"
+    )
+    return headline

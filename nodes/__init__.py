@@ -1,0 +1,1 @@
+"""draftnet nodes: see ARCHITECTURE.md (layers)."""

@@ -1,0 +1,1 @@
+"""draftnet nodes.protocol: see ARCHITECTURE.md (layers)."""

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# One idempotent set-up for a fresh Debian machine (or a developer's checkout):
+# system packages, the virtual environment at .venv/, and draftnet with its extras.
+# Every step checks before it acts, so a second run costs seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+VENV=.venv
+# Extras the README's commands install. Grows as the project does (models, emu).
+EXTRAS="${DRAFTNET_EXTRAS:-dev}"
+# System packages the installed extras need; empty until the emulation lands.
+APT_PACKAGES=()
+
+say() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+install_apt() {
+    local missing=()
+    for p in "${APT_PACKAGES[@]}"; do
+        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    if [[ $(id -u) -ne 0 ]]; then
+        say "need root to install: ${missing[*]}"
+        exit 1
+    fi
+    say "apt-get install ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+ensure_venv() {
+    if [[ ! -x $VENV/bin/python ]]; then
+        "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+            say "draftnet needs Python >= 3.11; $PYTHON is $("$PYTHON" --version 2>&1)"
+            exit 1
+        }
+        say "creating $VENV"
+        "$PYTHON" -m venv "$VENV"
+        "$VENV/bin/python" -m pip install -q --upgrade pip
+    fi
+}
+
+install_project() {
+    # Re-install only when the dependency declaration or the extras change.
+    local stamp="$VENV/.draftnet-installed"
+    local want
+    want="$(sha256sum pyproject.toml | cut -d' ' -f1) $EXTRAS"
+    if [[ -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
+        return 0
+    fi
+    say "installing draftnet[$EXTRAS] into $VENV"
+    "$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
+    echo "$want" >"$stamp"
+}
+
+install_apt
+ensure_venv
+install_project
+say "ready: $VENV/bin/draftnet"

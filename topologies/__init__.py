@@ -1,0 +1,1 @@
+"""draftnet topologies: see ARCHITECTURE.md (layers)."""
