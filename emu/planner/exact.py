@@ -179,15 +179,23 @@ def _solve_parametric(
     return batch_of.astype(np.int64), chosen
 
 
-def exact(problem: Problem, *, time_limit_s: float = 120.0) -> Plan:
-    """The optimal plan (up to HiGHS's tolerance) for small M."""
+def exact(problem: Problem, *, time_limit_s: float = 120.0, warm_start: bool = True) -> Plan:
+    """The optimal plan (up to HiGHS's tolerance) for small M.
+
+    ``warm_start=False`` starts Dinkelbach from the all-autoregressive plan instead of DiP-SD's,
+    so that the MILP alone is shown to find the optimum (a test does this).
+    """
     if problem.size > MAX_EXACT_USERS:
         raise ConfigError(
             f"users.count must be <= {MAX_EXACT_USERS} for policy exact "
             f"(it solves MILPs exponential in M), got {problem.size}; use policy dipsd"
         )
     tab = Tableau(problem)
-    start = dipsd(problem)
+    start = (
+        dipsd(problem)
+        if warm_start
+        else Plan(batches=tuple((m,) for m in range(problem.size)), draft_len=(0,) * problem.size)
+    )
     b0 = start.batch_of(problem.size)
     best_plan, (S, U) = start, tab.span(b0, len(start.batches), np.array(start.draft_len))
     lam = U / S

@@ -19,6 +19,7 @@ from emu.errors import ConfigError, Infeasible
 
 __all__ = [
     "BYTES_PER_PARAM",
+    "MAX_USERS",
     "Edge",
     "LatencyModel",
     "ModelArch",
@@ -34,6 +35,8 @@ IntArray = npt.NDArray[np.int64]
 
 # fp16/bf16 weights and KV cache, as in the paper's memory bound.
 BYTES_PER_PARAM = 2
+# Largest instance the planner accepts: its DP tables are (M + 1)^2 floats.
+MAX_USERS = 2000
 
 
 def _check(ok: bool, name: str, value: object, rule: str) -> None:
@@ -219,6 +222,12 @@ class Problem:
 
     def __post_init__(self) -> None:
         _check(len(self.users) >= 1, "users.count", len(self.users), "must be >= 1")
+        _check(
+            len(self.users) <= MAX_USERS,
+            "users.count",
+            len(self.users),
+            f"must be <= {MAX_USERS} (the planner's assignment step is O(M^2) in memory)",
+        )
         _check(
             isinstance(self.max_draft_len, int) and self.max_draft_len >= 1,
             "planner.max_draft_len",

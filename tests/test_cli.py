@@ -1,0 +1,97 @@
+"""The command line as a user meets it: a subprocess, stdout JSON, one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+def draftnet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "emu.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def test_solve_json_has_the_documented_fields() -> None:
+    r = draftnet("solve", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)  # stdout is exactly one JSON object
+    for key in ("policy", "users", "throughput_tok_s", "cycle_ms", "plan", "baselines", "solve_ms"):
+        assert key in out
+    assert set(out["baselines"]) >= {"ad", "ad_batch", "sd", "fixed"}
+    assert sorted(u for b in out["plan"]["batches"] for u in b) == list(range(out["users"]))
+    assert len(out["plan"]["draft_len"]) == out["users"]
+    assert out["throughput_tok_s"] > out["baselines"]["ad_batch"]
+
+
+def test_flags_override_the_scenario() -> None:
+    r = draftnet(
+        "solve", "scenarios/heterogeneous.toml", "--users", "3", "--policy", "fixed", "--json"
+    )
+    out = json.loads(r.stdout)
+    assert (out["users"], out["policy"]) == (3, "fixed")
+    assert set(out["plan"]["draft_len"]) == {7}
+
+
+def test_human_output_goes_to_stderr() -> None:
+    r = draftnet("solve")
+    assert r.returncode == 0
+    assert r.stdout == ""
+    assert "ad-batch" in r.stderr and "tok/s" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["solve", "--alpha", "1.3"], "alpha must be in (0, 1), got 1.3"),
+        (["solve", "--users", "0"], "users.count must be >= 1, got 0"),
+        (["solve", "--policy", "magic"], "policy must be one of"),
+        (["solve", "--users", "x"], "invalid int value: 'x'"),
+        (["solve", "missing.toml"], "scenario file 'missing.toml' does not exist"),
+        (["solve", "--users", "60000"], "users.count must be <= 2000"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(args: list[str], message: str) -> None:
+    r = draftnet(*args)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert message in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_infeasible_scenario_says_why(tmp_path: Path) -> None:
+    f = tmp_path / "long.toml"
+    f.write_text("[users]\nprefix_len = 60000\n")
+    r = draftnet("solve", str(f))
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        "draftnet: error: user 0 does not fit in the edge's memory: target weights 47 GB + "
+        "KV cache at prefix 60000 (78.6 GB) > edge.memory_bytes 80 GB"
+    )
+
+
+def test_study_writes_csv_and_plots(tmp_path: Path) -> None:
+    r = draftnet("study", "dipsd-paper", "--out", str(tmp_path), "--max-users", "6", "--json")
+    assert r.returncode == 0, r.stderr
+    head = json.loads(r.stdout)
+    assert head["draftnet"]["speedup_vs_ad"] > 1
+    for name in ("throughput_vs_users", "gain_vs_alpha", "optimised_vs_fixed"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+        rows = list(csv.DictReader((tmp_path / f"{name}.csv").open()))
+        assert rows
+    rows = list(csv.DictReader((tmp_path / "throughput_vs_users.csv").open()))
+    assert [int(r["users"]) for r in rows] == list(range(1, 7))
+    assert all(float(r["dipsd"]) >= float(r["fixed"]) * (1 - 1e-9) for r in rows)

@@ -1,0 +1,89 @@
+"""The scenario loader: defaults, presets, files, per-user entries, generic overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from emu.errors import ConfigError
+from emu.scenario import load_scenario
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    f = tmp_path / "s.toml"
+    f.write_text(text)
+    return f
+
+
+def test_bare_load_is_the_embedded_default() -> None:
+    s = load_scenario()
+    p = s.problem()
+    assert s.name == "default"
+    assert p.size == 6
+    assert p.edge.memory_bytes == 80e9
+    assert s.planner.policy == "dipsd"
+
+
+def test_preset_then_file_then_override(tmp_path: Path) -> None:
+    f = _write(tmp_path, 'preset = "dipsd-paper"\n[users]\ncount = 3\ncomm_ms = 9.5\n')
+    s = load_scenario(f, overrides={"users.alpha": 0.6})
+    p = s.problem()
+    assert s.preset == "dipsd-paper"
+    assert p.size == 3
+    assert list(p.comm_ms) == [9.5] * 3
+    assert list(p.alpha) == [0.6] * 3
+
+
+def test_per_user_entries_and_flag_broadcast(tmp_path: Path) -> None:
+    f = _write(
+        tmp_path,
+        "[users]\ncount = 3\nalpha = 0.7\n"
+        "[[users.each]]\nalpha = 0.9\nprefix_len = 2048\n"
+        "[[users.each]]\ndevice = { c_ms_per_flop = 1e-11, beta_ms = 10.0 }\n",
+    )
+    p = load_scenario(f).problem()
+    assert list(p.alpha) == [0.9, 0.7, 0.7]
+    assert list(p.prefix) == [2048, 512, 512]
+    assert p.users[1].device.beta_ms == 10.0
+    assert p.users[2].device.beta_ms == pytest.approx(33.8151)
+    # A flag means every user: it clears the per-user value.
+    q = load_scenario(f, overrides={"users.alpha": 0.55}).problem()
+    assert list(q.alpha) == [0.55] * 3
+    assert list(q.prefix) == [2048, 512, 512]
+
+
+def test_count_below_entries_truncates(tmp_path: Path) -> None:
+    f = _write(tmp_path, "[[users.each]]\nalpha = 0.9\n[[users.each]]\nalpha = 0.8\n")
+    assert load_scenario(f, overrides={"users.count": 1}).problem().size == 1
+
+
+def test_example_scenarios_load() -> None:
+    for f in Path(__file__).parents[1].joinpath("scenarios").glob("*.toml"):
+        assert load_scenario(f).problem().size >= 1, f
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[users]\nalhpa = 0.5\n", r"unknown field users\.alhpa"),
+        ("[users]\ncount = 'six'\n", r"users\.count must be of type int, got 'six'"),
+        ("[users]\ncount = true\n", r"users\.count must be of type int, got True"),
+        ("[users]\nalpha = 1.5\n", r"users\[0\]\.alpha must be in \(0, 1\), got 1\.5"),
+        ("[users]\ncomm_ms = -3\n", r"comm_ms must be a finite number >= 0, got -3\.0"),
+        ("[planner]\nmax_draft_len = 0\n", r"planner\.max_draft_len must be an integer >= 1"),
+        ("[edge.latency]\nbeta_ms = -1\n", r"edge\.latency\.beta_ms must be"),
+        ("[edge]\nmemory_bytes = 1e9\n", r"edge\.memory_bytes must exceed the target"),
+        ('preset = "nope"\n', r"preset must be one of default, dipsd-paper, got 'nope'"),
+        ("users = 3\n", r"users must be a table, got 3"),
+        ("[users\n", r"is not valid TOML"),
+    ],
+)
+def test_bad_scenarios_name_field_value_and_rule(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_scenario(_write(tmp_path, text)).problem()
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_scenario("/nonexistent/scenario.toml")
