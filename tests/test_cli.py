@@ -20,6 +20,7 @@ def draftnet(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         cwd=ROOT,
         timeout=300,
+        check=False,
     )
 
 

@@ -88,7 +88,7 @@ def test_published_variant_is_a_valid_plan_and_improved_is_no_worse() -> None:
 
 
 def test_unknown_policy_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="policy must be one of .* got 'greedy'"):
+    with pytest.raises(ConfigError, match=r"policy must be one of .* got 'greedy'"):
         plan_for("greedy", paper_problem())
 
 
@@ -133,5 +133,5 @@ def test_milp_alone_finds_the_optimum_without_a_warm_start(seed: int) -> None:
 
 
 def test_exact_refuses_large_instances() -> None:
-    with pytest.raises(ConfigError, match="users.count must be <= 10 for policy exact"):
+    with pytest.raises(ConfigError, match=r"users\.count must be <= 10 for policy exact"):
         plan_for("exact", paper_problem(users=11))
