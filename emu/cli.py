@@ -121,8 +121,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("draftnet: interrupted", file=sys.stderr)
         return 130
     if args.json:
-        json.dump(out, sys.stdout, indent=None, allow_nan=False)
-        sys.stdout.write("\n")
+        try:
+            json.dump(out, sys.stdout, indent=None, allow_nan=False)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader went away (`draftnet solve --json | head`): not our failure.
+            sys.stdout = None  # type: ignore[assignment]
     return 0
 
 
