@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -126,8 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write("\n")
             sys.stdout.flush()
         except BrokenPipeError:
-            # The reader went away (`draftnet solve --json | head`): not our failure.
-            sys.stdout = None  # type: ignore[assignment]
+            # The reader went away (`draftnet solve --json | head`): not our failure. Point
+            # stdout at /dev/null so the interpreter's final flush does not raise again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
     return 0
 
 
