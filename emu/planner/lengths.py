@@ -166,16 +166,21 @@ class _State:
 
 
 def _ascend(st: _State, lam: float, *, max_sweeps: int = 50) -> float:
-    """Coordinate ascent on U - lam S from the state's lengths; returns the final value."""
+    """Coordinate ascent on U - lam S from the state's lengths; returns the final value.
+
+    The aggregate moves (the bound sweep, whole batches) are cheap and do most of the work;
+    the per-user pass, O(M) small moves, runs only once they stall.
+    """
     U, S = st.value()
     cur = U - lam * S
     tol = 1e-12 * max(1.0, abs(U))
+    full = np.full(st.n, st.p.max_draft_len, dtype=np.int64)
     for _ in range(max_sweeps):
         moved = False
-        for m in range(st.l.size):
-            obj, c = st.best_user_move(m, lam, U)
+        for caps in (st.padded(), full):
+            obj, lens = st.best_sweep(lam, caps)
             if obj > cur + tol:
-                st.apply_user(m, c)
+                st.set(lens)
                 U, S = st.value()
                 cur, moved = U - lam * S, True
         for k in range(st.n):
@@ -184,11 +189,12 @@ def _ascend(st: _State, lam: float, *, max_sweeps: int = 50) -> float:
                 st.apply_batch(k, lens)
                 U, S = st.value()
                 cur, moved = U - lam * S, True
-        full = np.full(st.n, st.p.max_draft_len, dtype=np.int64)
-        for caps in (st.padded(), full):
-            obj, lens = st.best_sweep(lam, caps)
+        if moved:
+            continue
+        for m in range(st.l.size):
+            obj, c = st.best_user_move(m, lam, U)
             if obj > cur + tol:
-                st.set(lens)
+                st.apply_user(m, c)
                 U, S = st.value()
                 cur, moved = U - lam * S, True
         if not moved:
