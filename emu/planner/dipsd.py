@@ -148,25 +148,21 @@ def dipsd(problem: Problem, *, improve: bool = True) -> Plan:
     inc = scan_batches(problem, [paper_start], optimise=True, improve=False)
     if not improve:
         return inc.plan()
-    starts = [
-        paper_start,
-        np.full(M, problem.fixed_draft_len, dtype=np.int64),
-        np.zeros(M, dtype=np.int64),
-        solo_lengths(problem),
-    ]
+    fixed_start = np.full(M, problem.fixed_draft_len, dtype=np.int64)
+    zero = np.zeros(M, dtype=np.int64)
+    starts = [paper_start, fixed_start, zero, solo_lengths(problem)]
     starts = list({s.tobytes(): s for s in starts}.values())
     for n in sorted({inc.n - 1, inc.n, inc.n + 1}):
         if 1 <= n <= max_useful_batches(problem, inc.ratio):
             scan_batches(problem, starts, optimise=True, improve=True, inc=inc, only=n)
     scan_batches(
         problem,
-        [np.full(M, problem.fixed_draft_len, dtype=np.int64)],
+        [fixed_start],
         optimise=False,
         improve=True,
         inc=inc,
     )
     tab = Tableau(problem)
-    zero = np.zeros(M, dtype=np.int64)
     for n in range(1, M + 1):
         batch_of = assign_batches(tab, n, zero, improve=False)
         if batch_of is not None:

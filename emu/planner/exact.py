@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from emu.errors import ConfigError, DraftnetError
+from emu.planner.baselines import ad
 from emu.planner.cost import Plan, Tableau
 from emu.planner.dipsd import dipsd
 from emu.planner.model import Problem, expected_tokens, verify_flops
@@ -191,11 +192,7 @@ def exact(problem: Problem, *, time_limit_s: float = 120.0, warm_start: bool = T
             f"(it solves MILPs exponential in M), got {problem.size}; use policy dipsd"
         )
     tab = Tableau(problem)
-    start = (
-        dipsd(problem)
-        if warm_start
-        else Plan(batches=tuple((m,) for m in range(problem.size)), draft_len=(0,) * problem.size)
-    )
+    start = dipsd(problem) if warm_start else ad(problem)
     b0 = start.batch_of(problem.size)
     best_plan, (S, U) = start, tab.span(b0, len(start.batches), np.array(start.draft_len))
     lam = U / S
