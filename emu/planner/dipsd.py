@@ -13,6 +13,7 @@ plan visited is scored and the best is kept, so the result is never worse than a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,10 @@ from emu.planner.lengths import optimise_lengths
 from emu.planner.model import IntArray, Problem, expected_tokens
 
 __all__ = ["Incumbent", "dipsd", "scan_batches", "solo_lengths"]
+
+# Pairwise swaps in the polish cost O(M^2) length steps: only on small instances.
+_MAX_SWAP_USERS = 10
+_ABANDON = 0.03
 
 
 @dataclass(slots=True)
@@ -78,8 +83,12 @@ def scan_batches(
     inc: Incumbent | None = None,
     max_iter: int = 30,
     only: int | None = None,
+    abandon: float = np.inf,
 ) -> Incumbent:
-    """For N = 1.. (while N can still win), or N = ``only``, run the alternation from each start."""
+    """For N = 1.. (while N can still win), or N = ``only``, run the alternation from each start.
+
+    ``abandon``: stop a start's alternation once its plan is that fraction below the incumbent.
+    """
     tab = Tableau(problem)
     inc = inc if inc is not None else Incumbent()
     n = 1 if only is None else only
@@ -98,37 +107,74 @@ def scan_batches(
                 ratio = inc.offer(tab, batch_of, n, new_lengths)
                 if np.array_equal(new_lengths, lengths) or ratio <= last * (1 + 1e-12):
                     break
+                if ratio < inc.ratio * (1 - abandon):
+                    break
                 lengths, last = new_lengths, ratio
         n += 1
     return inc
 
 
-def polish(problem: Problem, inc: Incumbent, *, max_rounds: int = 10, budget: int = 64) -> None:
-    """Joint moves the alternation cannot make: move one user, then re-run the length step.
+def _joint_moves(inc: Incumbent, M: int, swaps: bool) -> Iterator[IntArray]:
+    """Assignments one step from the incumbent's: one user moved, or (``swaps``) two swapped."""
+    assert inc.batch_of is not None
+    base, n = inc.batch_of, inc.n
+    sizes = np.bincount(base, minlength=n)
+    for m in range(M):
+        if sizes[base[m]] == 1:
+            continue
+        for k in range(n):
+            if k != base[m]:
+                trial = base.copy()
+                trial[m] = k
+                yield trial
+    if swaps:
+        for a in range(M):
+            for b in range(a + 1, M):
+                if base[a] != base[b]:
+                    trial = base.copy()
+                    trial[a], trial[b] = base[b], base[a]
+                    yield trial
+
+
+def polish(
+    problem: Problem, inc: Incumbent, *, max_rounds: int = 10, budget: int = 64, lookahead: int = 0
+) -> None:
+    """Joint moves the alternation cannot make: move one user (or, on small instances, swap
+    two), then re-run the length step.
 
     The alternation stops where neither step alone improves; a different batch for one user
-    is often better only together with different lengths. ``budget`` caps length steps.
+    is often better only together with different lengths. When no single move improves,
+    ``lookahead`` of the best non-improving neighbours are themselves searched one move further
+    (two swaps are sometimes needed together). ``budget`` caps length steps.
     """
     tab = Tableau(problem)
     M = problem.size
+    swaps = M <= _MAX_SWAP_USERS
     for _ in range(max_rounds):
-        assert inc.batch_of is not None and inc.lengths is not None
-        base, n, lengths, before = inc.batch_of.copy(), inc.n, inc.lengths.copy(), inc.ratio
-        sizes = np.bincount(base, minlength=n)
-        for m in range(M):
-            if sizes[base[m]] == 1 or budget <= 0:
-                continue
-            for k in range(n):
-                if k == base[m]:
-                    continue
-                trial = base.copy()
-                trial[m] = k
-                new_lengths, _ = optimise_lengths(tab, trial, n, lengths)
-                budget -= 1
-                if inc.offer(tab, trial, n, new_lengths) > before * (1 + 1e-9):
-                    break
-            if inc.ratio > before * (1 + 1e-9):
+        assert inc.lengths is not None
+        n, lengths, before = inc.n, inc.lengths.copy(), inc.ratio
+        near: list[tuple[float, int, Incumbent]] = []
+        for trial in _joint_moves(inc, M, swaps=swaps):
+            if budget <= 0:
                 break
+            new_lengths, _ = optimise_lengths(tab, trial, n, lengths)
+            budget -= 1
+            if lookahead:
+                step = Incumbent()
+                near.append((step.offer(tab, trial, n, new_lengths), len(near), step))
+            if inc.offer(tab, trial, n, new_lengths) > before * (1 + 1e-9):
+                break
+        if inc.ratio <= before * (1 + 1e-9):
+            for _, _, step in sorted(near, reverse=True)[:lookahead]:
+                assert step.lengths is not None
+                for trial in _joint_moves(step, M, swaps=swaps):
+                    if budget <= 0:
+                        break
+                    new_lengths, _ = optimise_lengths(tab, trial, n, step.lengths)
+                    budget -= 1
+                    inc.offer(tab, trial, n, new_lengths)
+                if inc.ratio > before * (1 + 1e-9):
+                    break
         if inc.ratio <= before * (1 + 1e-9):
             return
         # Let the alternation continue from the improved plan.
@@ -139,9 +185,11 @@ def polish(problem: Problem, inc: Incumbent, *, max_rounds: int = 10, budget: in
 def dipsd(problem: Problem, *, improve: bool = True) -> Plan:
     """Plan with the DiP-SD alternating optimisation (see the module docstring).
 
-    The improved variant first runs the published scan over every N (cheap), then spends its
-    extra starts and the local search only on the best N and its neighbours, and finally offers
-    the ``fixed`` and ``ad-batch`` plans as candidates, so it is never worse than either.
+    The improved variant first runs the published scan and the fixed-length plans over every N
+    (cheap), then spends its extra starts (abandoning a start that falls 3% behind) and the
+    local search only on the best N and its neighbours, offers the no-drafting plan, and ends
+    with the joint polish: moves (and, up to 10 users, swaps with a two-step lookahead).
+    It is never worse than the published result, the ``fixed`` plan or ``ad-batch``.
     """
     M = problem.size
     paper_start = np.full(M, problem.initial_draft_len, dtype=np.int64)
@@ -150,18 +198,15 @@ def dipsd(problem: Problem, *, improve: bool = True) -> Plan:
         return inc.plan()
     fixed_start = np.full(M, problem.fixed_draft_len, dtype=np.int64)
     zero = np.zeros(M, dtype=np.int64)
+    # The fixed-length plans at every N (cheap: no length step) often find a better N.
+    scan_batches(problem, [fixed_start], optimise=False, improve=True, inc=inc)
     starts = [paper_start, fixed_start, zero, solo_lengths(problem)]
     starts = list({s.tobytes(): s for s in starts}.values())
     for n in sorted({inc.n - 1, inc.n, inc.n + 1}):
         if 1 <= n <= max_useful_batches(problem, inc.ratio):
-            scan_batches(problem, starts, optimise=True, improve=True, inc=inc, only=n)
-    scan_batches(
-        problem,
-        [fixed_start],
-        optimise=False,
-        improve=True,
-        inc=inc,
-    )
+            scan_batches(
+                problem, starts, optimise=True, improve=True, inc=inc, only=n, abandon=_ABANDON
+            )
     tab = Tableau(problem)
     for n in range(1, M + 1):
         batch_of = assign_batches(tab, n, zero, improve=False)
@@ -169,5 +214,8 @@ def dipsd(problem: Problem, *, improve: bool = True) -> Plan:
             inc.offer(tab, batch_of, n, zero)
             break
     # Polish costs O(M) per length step; keep its total work roughly flat in M.
-    polish(problem, inc, budget=min(64, max(8, 1600 // M)))
+    if M > _MAX_SWAP_USERS:
+        polish(problem, inc, budget=min(32, max(8, 1600 // M)))
+    else:
+        polish(problem, inc, budget=600, lookahead=8)
     return inc.plan()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from emu.planner.cost import Tableau
-from emu.planner.model import IntArray, expected_tokens
+from emu.planner.model import FloatArray, IntArray, expected_tokens
 
 __all__ = ["optimise_lengths"]
 
@@ -40,6 +40,13 @@ class _State:
         c = self.cand[None, :].astype(np.float64)
         self.ready = np.where(c > 0, c * self.p.draft_ms[:, None] + self.p.comm_ms[:, None], 0.0)
         self.Tc = self.p.verify_ms(self.size[:, None], np.maximum(c, 1.0), self.I[:, None])
+        self._sweeps: dict[bytes, tuple[FloatArray, FloatArray, IntArray]] = {}
+        # Users grouped by batch, and per batch the totals of "every member at length c".
+        self.order = np.argsort(batch_of, kind="stable")
+        bo = batch_of[self.order]
+        self.starts = np.flatnonzero(np.r_[True, bo[1:] != bo[:-1]])
+        self.all_u = np.add.reduceat(self.u[self.order], self.starts, axis=0)
+        self.all_ready = np.maximum.reduceat(self.ready[self.order], self.starts, axis=0)
         self.set(lengths)
 
     def set(self, lengths: IntArray) -> None:
@@ -72,45 +79,67 @@ class _State:
         DT[k] = saved
         return sumT, other
 
-    def best_user_move(self, m: int, lam: float, U: float) -> tuple[float, int]:
-        k = int(self.batch_of[m])
-        mem = self.members[k]
-        rest = mem[mem != m]
-        L_rest = int(self.l[rest].max()) if rest.size else 0
-        r_rest = float(self.ready[rest, self.l[rest]].max()) if rest.size else 0.0
-        Lnew = np.maximum(np.maximum(self.cand, L_rest), 1)
-        Tnew = self.Tc[k, Lnew]
-        Dnew = np.maximum(self.ready[m], r_rest)
-        sumT, maxDT = self._others(k)
-        S = np.maximum(sumT + Tnew, np.maximum(maxDT, Dnew + Tnew))
-        obj = U - self.u[m, self.l[m]] + self.u[m] - lam * S
-        c = int(np.argmax(obj))
-        return float(obj[c]), c
+    def best_user_moves(self, lam: float, U: float) -> tuple[FloatArray, IntArray]:
+        """Every user's best single-length move at once: objective and length per user."""
+        M, n = self.l.size, self.n
+        k = self.batch_of
+        idx = np.arange(M)
+        L = self.l.astype(np.float64)
+        R = self.ready[idx, self.l]
+        L_rest = _max_excluding_self(L, k, n)
+        r_rest = _max_excluding_self(R, k, n)
+        DT = self.D + self.T
+        if n > 1:
+            top = int(np.argmax(DT))
+            second = float(np.max(np.delete(DT, top)))
+            maxDT = np.where(np.arange(n) == top, second, DT[top])
+        else:
+            maxDT = np.zeros(1)
+        sumT = self.T.sum() - self.T
+        Lnew = np.maximum(np.maximum(self.cand[None, :], L_rest[:, None]), 1).astype(np.int64)
+        Tnew = self.Tc[k[:, None], Lnew]
+        Dnew = np.maximum(self.ready, r_rest[:, None])
+        S = np.maximum(sumT[k][:, None] + Tnew, np.maximum(maxDT[k][:, None], Dnew + Tnew))
+        obj = (U - self.u[idx, self.l])[:, None] + self.u - lam * S
+        best = np.argmax(obj, axis=1)
+        return obj[idx, best], best
 
-    def best_batch_move(self, k: int, lam: float, U: float) -> tuple[float, IntArray]:
-        """Best of: every member at length c, or every member capped at c, over all c."""
-        mem = self.members[k]
-        cur = self.l[mem]
-        U_rest = U - float(self.u[mem, cur].sum())
-        sumT, maxDT = self._others(k)
-        cand = self.cand
-        options = (
-            np.broadcast_to(cand[None, :], (mem.size, cand.size)),
-            np.minimum(cur[:, None], cand[None, :]),
-        )
-        best_obj, best_l = -np.inf, cur
-        for lens in options:
-            rows = mem[:, None]
-            Uc = U_rest + self.u[rows, lens].sum(axis=0)
-            Lc = np.maximum(lens.max(axis=0), 1)
-            Tc = self.Tc[k, Lc]
-            Dc = self.ready[rows, lens].max(axis=0)
-            S = np.maximum(sumT + Tc, np.maximum(maxDT, Dc + Tc))
-            obj = Uc - lam * S
-            c = int(np.argmax(obj))
-            if obj[c] > best_obj:
-                best_obj, best_l = float(obj[c]), lens[:, c].copy()
-        return best_obj, best_l
+    def best_batch_move(self, lam: float, U: float) -> tuple[float, int, IntArray]:
+        """Best whole-batch move over every batch k and length c: every member of k at c, or
+        every member capped at c. Returns the objective, the batch and its members' lengths."""
+        order, starts = self.order, self.starts
+        n = self.n
+        cur = self.l[order]
+        u_cur = np.add.reduceat(self.u[order, cur], starts)
+        DT = self.D + self.T
+        if n > 1:
+            top = int(np.argmax(DT))
+            second = float(np.max(np.delete(DT, top)))
+            maxDT = np.where(np.arange(n) == top, second, DT[top])
+        else:
+            maxDT = np.zeros(1)
+        sumT = self.T.sum() - self.T
+        U_rest = U - u_cur
+        best = (-np.inf, 0, self.l[self.members[0]])
+        capped = np.minimum(cur[:, None], self.cand[None, :])
+        for lens in (None, capped):
+            if lens is None:
+                Uc = self.all_u
+                Dc = self.all_ready
+                Lc = np.broadcast_to(np.maximum(self.cand, 1)[None, :], (n, self.cand.size))
+            else:
+                Uc = np.add.reduceat(self.u[order[:, None], lens], starts, axis=0)
+                Dc = np.maximum.reduceat(self.ready[order[:, None], lens], starts, axis=0)
+                Lc = np.maximum(np.maximum.reduceat(lens, starts, axis=0), 1)
+            Tc = np.take_along_axis(self.Tc, Lc, axis=1)
+            S = np.maximum(sumT[:, None] + Tc, np.maximum(maxDT[:, None], Dc + Tc))
+            obj = U_rest[:, None] + Uc - lam * S
+            k, c = np.unravel_index(int(np.argmax(obj)), obj.shape)
+            if obj[k, c] > best[0]:
+                mem = self.members[k]
+                new = np.full(mem.size, c) if lens is None else np.minimum(self.l[mem], c)
+                best = (float(obj[k, c]), int(k), new.astype(np.int64))
+        return best
 
     def best_sweep(self, lam: float, caps: IntArray) -> tuple[float, IntArray]:
         """Best response to a bound P on every batch's ready + verify time, over all P.
@@ -118,7 +147,18 @@ class _State:
         With batch n capped at length caps[n], each member drafts the longest length whose ready
         time meets P - t_v(caps[n]). Every P at which some user's response changes is scored at
         once; this is the move that shrinks all batches together when S is a max over them.
+        The responses do not depend on lam, so they are computed once per caps.
         """
+        key = caps.tobytes()
+        table = self._sweeps.get(key)
+        if table is None:
+            table = self._sweeps[key] = self._sweep_table(caps)
+        U, S, lens = table
+        i = int(np.argmax(U - lam * S))
+        return float(U[i] - lam * S[i]), lens[i].copy()
+
+    def _sweep_table(self, caps: IntArray) -> tuple[FloatArray, FloatArray, IntArray]:
+        """U, S (inf where a bound is infeasible) and lengths for every bound P."""
         p = self.p
         order = np.argsort(self.batch_of, kind="stable")
         bo = self.batch_of[order]
@@ -146,12 +186,10 @@ class _State:
         Lb = np.maximum(np.maximum.reduceat(lens, starts, axis=1), 1)
         T = self.Tc[bo[starts][None, :], Lb]
         D = np.maximum.reduceat(self.ready[order[None, :], lens], starts, axis=1)
-        S = np.maximum(T.sum(axis=1), (D + T).max(axis=1))
-        obj = np.where(ok, U - lam * S, -np.inf)
-        i = int(np.argmax(obj))
-        out = np.empty_like(self.l)
-        out[order] = lens[i]
-        return float(obj[i]), out
+        S = np.where(ok, np.maximum(T.sum(axis=1), (D + T).max(axis=1)), np.inf)
+        out = np.empty_like(lens)
+        out[:, order] = lens
+        return np.where(ok, U, 0.0), S, out
 
     def padded(self) -> IntArray:
         return np.array([max(1, int(self.l[m].max())) for m in self.members], dtype=np.int64)
@@ -163,6 +201,23 @@ class _State:
     def apply_batch(self, k: int, lens: IntArray) -> None:
         self.l[self.members[k]] = lens
         self._refresh(k)
+
+
+def _max_excluding_self(x: FloatArray, group: IntArray, n: int) -> FloatArray:
+    """For each element, the max of x over the other members of its group (0 if none)."""
+    top = np.full(n, -np.inf)
+    np.maximum.at(top, group, x)
+    # The first position attaining its group's max stands for it; the rest see that max.
+    is_top = x == top[group]
+    first = np.full(n, -1, dtype=np.int64)
+    pos = np.flatnonzero(is_top)[::-1]
+    first[group[pos]] = pos
+    mask = np.zeros(x.size, dtype=bool)
+    mask[first[group]] = True
+    second = np.full(n, -np.inf)
+    np.maximum.at(second, group[~mask], x[~mask])
+    out = np.where(mask, second[group], top[group])
+    return np.where(np.isfinite(out), out, 0.0)
 
 
 def _ascend(st: _State, lam: float, *, max_sweeps: int = 50) -> float:
@@ -183,20 +238,24 @@ def _ascend(st: _State, lam: float, *, max_sweeps: int = 50) -> float:
                 st.set(lens)
                 U, S = st.value()
                 cur, moved = U - lam * S, True
-        for k in range(st.n):
-            obj, lens = st.best_batch_move(k, lam, U)
-            if obj > cur + tol:
-                st.apply_batch(k, lens)
-                U, S = st.value()
-                cur, moved = U - lam * S, True
+        for _ in range(st.n):
+            obj, k, lens = st.best_batch_move(lam, U)
+            if obj <= cur + tol:
+                break
+            st.apply_batch(k, lens)
+            U, S = st.value()
+            cur, moved = U - lam * S, True
         if moved:
             continue
-        for m in range(st.l.size):
-            obj, c = st.best_user_move(m, lam, U)
-            if obj > cur + tol:
-                st.apply_user(m, c)
-                U, S = st.value()
-                cur, moved = U - lam * S, True
+        # Steepest single-user moves, all users scored at once, until none improves.
+        for _ in range(st.l.size):
+            objs, cs = st.best_user_moves(lam, U)
+            m = int(np.argmax(objs))
+            if objs[m] <= cur + tol:
+                break
+            st.apply_user(m, int(cs[m]))
+            U, S = st.value()
+            cur, moved = U - lam * S, True
         if not moved:
             break
     return cur
