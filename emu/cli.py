@@ -21,7 +21,13 @@ from emu.errors import ConfigError, DraftnetError, Infeasible
 __all__ = ["main"]
 
 # Flags that override scenario fields, by dotted path: applied generically after the file.
-OVERRIDES = {"users": "users.count", "alpha": "users.alpha", "policy": "planner.policy"}
+OVERRIDES = {
+    "users": "users.count",
+    "alpha": "users.alpha",
+    "policy": "planner.policy",
+    "duration": "sim.duration_s",
+    "seed": "sim.seed",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,6 +50,23 @@ def _parser() -> argparse.ArgumentParser:
     solve = sub.add_parser("solve", help="plan one scenario with the analytic cost model")
     _scenario_args(solve)
     solve.add_argument("--policy", help="planning policy (planner.policy)")
+    sim = sub.add_parser("sim", help="run the nodes on a virtual clock with simulated links")
+    _scenario_args(sim)
+    sim.add_argument(
+        "--policy",
+        dest="policies",
+        action="append",
+        help="policy to run (repeatable; default: the scenario's planner.policy)",
+    )
+    sim.add_argument("--duration", type=float, help="virtual seconds per policy (sim.duration_s)")
+    sim.add_argument("--seed", type=int, help="random seed (sim.seed)")
+    sim.add_argument(
+        "--models",
+        choices=["synthetic"],
+        default="synthetic",
+        help="backends: synthetic (Bernoulli acceptance, cost-model time)",
+    )
+    sim.add_argument("--out", type=Path, help="run directory (default: runs/sim-<time>)")
     study = sub.add_parser("study", help="run a reproduction study (CSV and plots)")
     study.add_argument("name", choices=["dipsd-paper"], help="which study")
     study.add_argument("--out", type=Path, default=Path("study/dipsd-paper"), help="output dir")
@@ -97,6 +120,42 @@ def cmd_solve(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def cmd_sim(args: argparse.Namespace) -> dict[str, Any]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from emu.report import print_sim
+    from emu.sim import simulate
+
+    scenario = _load(args)
+    policies = args.policies or [scenario.planner.policy]
+    out_dir = args.out or Path("runs") / time.strftime("sim-%Y%m%d-%H%M%S")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {str(out_dir)!r} cannot be created: {exc.strerror}") from exc
+    total = scenario.sim.duration_s * len(policies)
+    done: dict[str, float] = {}
+    with Progress(
+        TextColumn("sim {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} virtual s"),
+        TimeElapsedColumn(),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    ) as bar:
+        task = bar.add_task("", total=total)
+
+        def progress(policy: str, t: float) -> None:
+            done[policy] = t
+            bar.update(task, completed=sum(done.values()), description=policy)
+
+        out = simulate(scenario, policies, out_dir=out_dir, progress=progress)
+    out["out_dir"] = str(out_dir)
+    if not args.json:
+        print_sim(out)
+    return out
+
+
 def cmd_study(args: argparse.Namespace) -> dict[str, Any]:
     from emu.study import run_dipsd_paper
 
@@ -105,7 +164,7 @@ def cmd_study(args: argparse.Namespace) -> dict[str, Any]:
     return run_dipsd_paper(args.out, max_users=args.max_users, quiet=args.json)
 
 
-COMMANDS = {"solve": cmd_solve, "study": cmd_study}
+COMMANDS = {"solve": cmd_solve, "sim": cmd_sim, "study": cmd_study}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,7 +34,14 @@ class LocalProtocolError(DraftnetError):
 
 
 class RemoteProtocolError(DraftnetError):
-    """The peer sent something the protocol forbids: its fault, not ours."""
+    """The peer sent something the protocol forbids: its fault, not ours.
+
+    ``code`` is the protocol's error code to send back before closing (1: malformed).
+    """
+
+    def __init__(self, message: str, *, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = int(code)
 
 
 class PeerGone(DraftnetError):

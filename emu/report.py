@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["print_solve"]
+__all__ = ["print_sim", "print_solve"]
 
 
 def print_solve(out: dict[str, Any], console: Console | None = None) -> None:
@@ -42,3 +42,43 @@ def print_solve(out: dict[str, Any], console: Console | None = None) -> None:
     for key, thr in out["baselines"].items():
         b.add_row(key.replace("_", "-"), f"{thr:.2f}", f"{out['speedup'][key]:.2f}x")
     console.print(b)
+
+
+def _f(x: float | None, fmt: str = ".1f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def print_sim(out: dict[str, Any], console: Console | None = None) -> None:
+    """The sim summary: one row per policy, measured against predicted."""
+    console = console or Console(stderr=True)
+    console.print(
+        f"[bold]sim[/] of scenario [bold]{out['scenario']}[/]: {out['users']} users, "
+        f"{out['duration_s']:g} virtual s per policy, seed {out['seed']}, "
+        f"{out['wall_s']:.1f} s wall"
+    )
+    t = Table()
+    cols = ["policy", "tok/s", "predicted", "error", "vs ad", "accept", "mean len"]
+    cols += ["TTFT p50/p95 ms", "TPOT p50/p95 ms", "late", "util", "replans"]
+    for col in cols:
+        t.add_column(col, justify="left" if col == "policy" else "right")
+    res = out["results"]
+    ad = res.get("ad", {}).get("throughput_tok_s")
+    for pol, r in res.items():
+        thr, pred = r["throughput_tok_s"], r["predicted_tok_s"]
+        t.add_row(
+            pol,
+            f"{thr:.2f}",
+            f"{pred:.2f}",
+            f"{100 * (thr / pred - 1):+.1f}%" if pred else "-",
+            f"{thr / ad:.2f}x" if ad else "-",
+            _f(r["acceptance_rate"], ".3f"),
+            _f(r["mean_accepted_len"], ".2f"),
+            f"{_f(r['ttft_ms']['p50'], '.0f')}/{_f(r['ttft_ms']['p95'], '.0f')}",
+            f"{_f(r['tpot_ms']['p50'])}/{_f(r['tpot_ms']['p95'])}",
+            str(r["late_drafts"]),
+            f"{r['edge_utilisation']:.2f}",
+            str(r["replans"]),
+        )
+    console.print(t)
+    if out.get("out_dir"):
+        console.print(f"results in {out['out_dir']}")

@@ -9,6 +9,7 @@ as dotted-path overrides, after the file. Unknown keys, wrong types and out-of-r
 
 from __future__ import annotations
 
+import math
 import tomllib
 import types
 import typing
@@ -76,6 +77,59 @@ class PlannerConfig:
     fixed_draft_len: int = 7
 
 
+def _in(where: str, value: float, lo: float, hi: float, rule: str) -> None:
+    if not lo <= value <= hi:
+        raise ConfigError(f"{where} must be {rule}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetworkConfig:
+    """Every user's link in the simulation, both ways; one-way delay is users.comm_ms / 2."""
+
+    rate_bps: float = 0.0
+    jitter_ms: float = 0.0
+    loss: float = 0.0
+    rto_ms: float = 200.0
+
+    def __post_init__(self) -> None:
+        _in("network.rate_bps", self.rate_bps, 0, math.inf, ">= 0 (0: unlimited)")
+        _in("network.jitter_ms", self.jitter_ms, 0, 1e5, "in [0, 1e5]")
+        _in("network.loss", self.loss, 0, 0.5, "in [0, 0.5]")
+        _in("network.rto_ms", self.rto_ms, 1, 1e5, "in [1, 1e5]")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeConfig:
+    """How the edge runs a plan: deadlines, estimation and re-planning."""
+
+    deadline_tolerance: float = 0.25
+    grace_ms: float = 2.0
+    replan_every: int = 50
+    drift: float = 0.2
+    min_rounds: int = 16
+    comm_quantile: float = 0.0
+
+    def __post_init__(self) -> None:
+        _in("runtime.deadline_tolerance", self.deadline_tolerance, 0, 100, "in [0, 100]")
+        _in("runtime.grace_ms", self.grace_ms, 0, 1e5, "in [0, 1e5]")
+        _in("runtime.replan_every", self.replan_every, 0, 1e9, ">= 0 (0: never)")
+        _in("runtime.drift", self.drift, 0.01, 10, "in [0.01, 10]")
+        _in("runtime.min_rounds", self.min_rounds, 1, 1e6, ">= 1")
+        _in("runtime.comm_quantile", self.comm_quantile, 0, 0.999, "in [0, 0.999] (0: mean)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimConfig:
+    duration_s: float = 60.0
+    seed: int = 0
+    max_new_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        _in("sim.duration_s", self.duration_s, 0.001, 1e6, "in (0, 1e6]")
+        _in("sim.seed", self.seed, 0, 2**63 - 1, "an integer >= 0")
+        _in("sim.max_new_tokens", self.max_new_tokens, 0, 2**31 - 1, ">= 0 (0: no limit)")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Scenario:
     name: str = "default"
@@ -83,6 +137,9 @@ class Scenario:
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     users: UsersConfig = field(default_factory=UsersConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
 
     def problem(self) -> Problem:
         """The planning instance this scenario describes (validated by the planner's types)."""

@@ -96,3 +96,62 @@ def test_study_writes_csv_and_plots(tmp_path: Path) -> None:
     rows = list(csv.DictReader((tmp_path / "throughput_vs_users.csv").open()))
     assert [int(r["users"]) for r in rows] == list(range(1, 7))
     assert all(float(r["dipsd"]) >= float(r["fixed"]) * (1 - 1e-9) for r in rows)
+
+
+def test_sim_json_has_the_documented_fields(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    r = draftnet(
+        "sim",
+        "--preset",
+        "dipsd-paper",
+        "--policy",
+        "dipsd",
+        "--policy",
+        "ad",
+        "--duration",
+        "20",
+        "--out",
+        str(out),
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["mode"] == "sim" and set(doc["results"]) == {"dipsd", "ad"}
+    for res in doc["results"].values():
+        for key in (
+            "throughput_tok_s",
+            "predicted_tok_s",
+            "acceptance_rate",
+            "mean_accepted_len",
+            "ttft_ms",
+            "tpot_ms",
+            "tokens",
+            "rounds",
+            "lossless",
+        ):
+            assert key in res
+        assert set(res["ttft_ms"]) >= {"p50", "p95"}
+    assert (
+        doc["results"]["dipsd"]["throughput_tok_s"] > 5 * doc["results"]["ad"]["throughput_tok_s"]
+    )
+    lines = (out / "events.jsonl").read_text().splitlines()
+    assert sum('"ev": "round"' in x for x in lines) == sum(
+        res["rounds"] for res in doc["results"].values()
+    )
+    assert json.loads((out / "summary.json").read_text())["results"].keys() == {"dipsd", "ad"}
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--duration", "0"], "sim.duration_s"),
+        (["--policy", "nope"], "--policy must be one of"),
+        (["--seed", "-1"], "sim.seed"),
+    ],
+)
+def test_sim_bad_input_is_one_line_and_status_2(
+    args: list[str], needle: str, tmp_path: Path
+) -> None:
+    r = draftnet("sim", *args, "--out", str(tmp_path / "x"))
+    assert r.returncode == 2
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1

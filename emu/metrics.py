@@ -1,0 +1,127 @@
+"""Run records: events.jsonl as they happen, and the summary metrics computed from them.
+
+Layer: emu (orchestration); writes files. Every record is one JSON line, flushed when written,
+so a crash loses nothing already measured. Metric names follow the speculative-decoding metrics
+of common serving engines: draft tokens, accepted tokens, acceptance rate (accepted / drafted),
+mean accepted length (1 + accepted / rounds with a draft: tokens committed per verified draft),
+per-position acceptance (position j: the share of drafts reaching j whose token j was kept).
+
+Throughput is measured in steady state: from the moment every user has its first token
+(``t_start``) to the end of the run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+__all__ = ["Recorder", "percentiles"]
+
+
+def percentiles(xs: list[float]) -> dict[str, float | None]:
+    if not xs:
+        return {"p50": None, "p95": None, "p99": None}
+    a = np.asarray(xs, dtype=np.float64)
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99)}
+
+
+@dataclass(slots=True)
+class _Tally:
+    rounds: list[tuple[float, int, int, int, int, float]] = field(default_factory=list)
+    first_token: dict[int, float] = field(default_factory=dict)
+    ttft_ms: list[float] = field(default_factory=list)
+    plans: list[dict[str, Any]] = field(default_factory=list)
+    batches: int = 0
+    late: int = 0
+    other: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class Recorder:
+    """A sink for node records: appends them to ``events.jsonl`` and keeps what the summary
+    needs. ``path=None`` keeps records in memory only."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._file: IO[str] | None = path.open("a", encoding="utf-8") if path else None
+        self._tally: dict[str, _Tally] = defaultdict(_Tally)
+        self.policy = ""
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __call__(self, rec: Mapping[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps({"policy": self.policy, **rec}, default=float) + "\n")
+            self._file.flush()
+        t = self._tally[self.policy]
+        kind = rec.get("ev")
+        if kind == "round":
+            t.rounds.append(
+                (
+                    rec["t"],
+                    rec["user"],
+                    rec["drafted"],
+                    rec["accepted"],
+                    rec["committed"],
+                    rec["round_ms"],
+                )
+            )
+        elif kind == "first_token":
+            t.first_token.setdefault(rec["user"], rec["t"])
+            t.ttft_ms.append(rec["ttft_ms"])
+        elif kind == "plan":
+            t.plans.append(dict(rec))
+        elif kind == "batch":
+            t.batches += 1
+            t.late += len(rec["late"])
+        elif isinstance(kind, str):
+            t.other[kind] += 1
+
+    def summary(self, policy: str, *, t_end: float, users: int) -> dict[str, Any]:
+        """The result of one policy's run (see the module docstring for the definitions)."""
+        t = self._tally[policy]
+        t_start = max(t.first_token.values()) if len(t.first_token) >= users else t_end
+        window = max(t_end - t_start, 1e-9)
+        R = np.asarray(t.rounds, dtype=np.float64).reshape(-1, 6)
+        steady = R[R[:, 0] >= t_start]
+        per_user: dict[int, float] = defaultdict(float)
+        for uid, c in zip(steady[:, 1].astype(int), steady[:, 4], strict=True):
+            per_user[int(uid)] += float(c)
+        drafted = R[:, 2]
+        accepted = R[:, 3]
+        with_draft = drafted > 0
+        n_drafts = int(with_draft.sum())
+        max_len = int(drafted.max()) if drafted.size else 0
+        positions = np.arange(max_len)
+        reach = (drafted[:, None] > positions[None, :]).sum(axis=0)
+        kept = (accepted[:, None] > positions[None, :]).sum(axis=0)
+        tpot = (R[:, 5] / R[:, 4]).tolist() if R.size else []
+        return {
+            "throughput_tok_s": float(steady[:, 4].sum()) / window,
+            "per_user_tok_s": {str(u): v / window for u, v in sorted(per_user.items())},
+            "tokens": int(R[:, 4].sum()) + len(t.ttft_ms),
+            "rounds": len(t.rounds),
+            "draft_tokens": int(drafted.sum()),
+            "accepted_tokens": int(accepted.sum()),
+            "acceptance_rate": float(accepted.sum() / drafted.sum()) if drafted.sum() else None,
+            "mean_accepted_len": 1.0 + float(accepted[with_draft].sum()) / n_drafts
+            if n_drafts
+            else None,
+            "per_position_acceptance": [
+                float(k / r) if r else None for k, r in zip(kept, reach, strict=True)
+            ],
+            "ttft_ms": percentiles(t.ttft_ms),
+            "tpot_ms": percentiles(tpot),
+            "batches": t.batches,
+            "late_drafts": t.late,
+            "replans": max(0, len(t.plans) - 1),
+            "steady_window_s": [t_start, t_end],
+        }

@@ -1,0 +1,535 @@
+"""The edge node: accepts users, runs the plan as a staged pipeline, verifies, re-plans.
+
+Layer: nodes (trio shell over ``nodes.protocol``; the planner is called, never imported by the
+protocol). The same code serves in-memory links in the simulation and TCP in emulation.
+
+The pipeline: batches are verified one after another in the plan's cyclic order, each as ONE
+verify call, while the other batches' users draft. A batch closes when its last member's draft
+arrives or at a deadline from the plan (each member's last verdict plus its predicted ready
+time, times ``1 + deadline_tolerance``, plus ``grace_ms``); a member that misses it is late,
+counted, and verified in its next slot. A user at length 0 needs no draft: the edge decodes for
+it alone.
+
+Faults stay local: a connection that breaks the protocol gets an Error and is closed, a user
+that leaves is dropped from its batch and the plan is recomputed; the others go on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import trio
+
+from emu.errors import DraftnetError, PeerGone, RemoteProtocolError
+from emu.planner.cost import Plan, evaluate
+from emu.planner.model import Edge, LatencyModel, Problem, User
+from nodes.backends import VerifyBackend, VerifyItem
+from nodes.estimate import UserEstimate
+from nodes.pacing import Pacer
+from nodes.protocol import (
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    Bye,
+    Closed,
+    Connection,
+    Draft,
+    Error,
+    ErrorCode,
+    Event,
+    Heartbeat,
+    Hello,
+    PlanUpdate,
+    Role,
+    SessionStart,
+    Stats,
+    Verdict,
+    Welcome,
+)
+
+__all__ = ["EdgeNode", "EdgePlan", "EdgeSettings"]
+
+Sink = Callable[[Mapping[str, Any]], None]
+Planner = Callable[[Problem], Plan]
+_CHUNK = 65536
+_OUTBOX = 64
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EdgeSettings:
+    max_draft_len: int = 20
+    initial_draft_len: int = 7
+    fixed_draft_len: int = 7
+    deadline_tolerance: float = 0.25
+    grace_ms: float = 2.0
+    replan_every: int = 50  # cycles; 0: never on a timer
+    drift: float = 0.2  # relative change of an estimate that triggers a re-plan
+    min_rounds: int = 16  # samples an estimate needs before it is trusted
+    comm_quantile: float | None = None  # plan with the mean link time, or this quantile
+    expected_users: int = 0  # wait for this many sessions before the first plan
+    join_window_s: float = 1.0  # ... but no longer than this after the first
+    auth: str = ""  # required Hello.auth ("" accepts any)
+    heartbeat_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class EdgePlan:
+    """A plan in user ids, with what it was made from."""
+
+    plan_id: int
+    batches: tuple[tuple[int, ...], ...]
+    draft_len: Mapping[int, int]
+    ready_ms: Mapping[int, float]
+    cycle_ms: float
+    predicted_tok_s: float
+    reason: str
+
+
+@dataclass(slots=True)
+class _Member:
+    uid: int
+    conn: Connection
+    outbox: trio.MemorySendChannel[bytes]
+    est: UserEstimate = field(default_factory=UserEstimate)
+    prompt: tuple[int, ...] | None = None
+    max_new_tokens: int = 0
+    generated: int = 0
+    decoding: bool = False
+    draft: Draft | None = None
+    draft_len: int = 0  # what the last verdict asked for
+    last_verdict: float = 0.0
+    alive: bool = True
+    late: int = 0
+
+
+@dataclass(slots=True)
+class EdgeStats:
+    cycles: int = 0
+    batches: int = 0
+    busy_s: float = 0.0
+    wait_s: float = 0.0
+    bubbles: int = 0
+    late: int = 0
+    replans: int = 0
+    protocol_errors: int = 0
+    joined: int = 0
+    left: int = 0
+
+
+class EdgeNode:
+    def __init__(
+        self,
+        *,
+        edge: Edge,
+        verifier: VerifyBackend,
+        planner: Planner,
+        priors: Mapping[int, User],
+        settings: EdgeSettings,
+        sink: Sink,
+        pacer: Pacer | None = None,
+    ) -> None:
+        self.edge = edge
+        self.verifier = verifier
+        self.planner = planner
+        self.priors = dict(priors)
+        self.cfg = settings
+        self.sink = sink
+        self.pacer = pacer or Pacer()
+        self.members: dict[int, _Member] = {}
+        self.plan: EdgePlan | None = None
+        self.stats = EdgeStats()
+        self._dirty = "start"
+        self._arrival = trio.Event()
+        self._plan_basis: dict[int, User] = {}
+
+    # --- connections ---------------------------------------------------------------------
+    async def serve_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one user's connection until it ends; never raises for the user's faults."""
+        conn = Connection(Role.EDGE, max_draft_len=self.cfg.max_draft_len)
+        send, recv = trio.open_memory_channel[bytes](_OUTBOX)
+        member: _Member | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer, stream, recv)
+            try:
+                member = await self._read(stream, conn, send)
+            except RemoteProtocolError as exc:
+                self.stats.protocol_errors += 1
+                self.sink({"ev": "protocol_error", "t": trio.current_time(), "error": str(exc)})
+                _post(send, conn, Error(error=exc.code, message=str(exc)[:1000]))
+            except PeerGone:
+                pass
+            finally:
+                if member is not None:
+                    self._leave(member)
+                send.close()
+
+    async def _writer(
+        self, stream: trio.abc.Stream, recv: trio.MemoryReceiveChannel[bytes]
+    ) -> None:
+        try:
+            async with recv:
+                async for data in recv:
+                    await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _read(
+        self, stream: trio.abc.Stream, conn: Connection, send: trio.MemorySendChannel[bytes]
+    ) -> _Member | None:
+        member: _Member | None = None
+        while True:
+            ev = conn.next_event()
+            if ev is NEED_DATA:
+                try:
+                    data = await stream.receive_some(_CHUNK)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise PeerGone("link broke") from exc
+                conn.receive_data(data)
+                continue
+            assert isinstance(ev, Event)
+            if isinstance(ev, Closed | Bye | Error):
+                return member
+            if isinstance(ev, Hello):
+                member = self._join(ev, conn, send)
+            elif member is None:
+                continue  # only Heartbeat can come before Hello; the table enforces the rest
+            elif isinstance(ev, SessionStart):
+                member.prompt, member.max_new_tokens = ev.prompt, ev.max_new_tokens
+                member.generated, member.decoding = 0, False
+                self._wake()
+            elif isinstance(ev, Draft):
+                now = trio.current_time()
+                gap_ms = (now - member.last_verdict) * 1e3
+                member.est.observe_draft(len(ev.tokens), ev.draft_ms, gap_ms)
+                member.draft = ev
+                self._wake()
+            elif isinstance(ev, Stats | Heartbeat):
+                pass
+
+    def _join(self, hello: Hello, conn: Connection, send: trio.MemorySendChannel[bytes]) -> _Member:
+        if self.cfg.auth and hello.auth != self.cfg.auth:
+            raise RemoteProtocolError("auth refused", code=ErrorCode.AUTH)
+        if hello.user_id in self.members:
+            raise RemoteProtocolError(
+                f"user_id {hello.user_id} is already connected", code=ErrorCode.OUT_OF_ORDER
+            )
+        m = _Member(uid=hello.user_id, conn=conn, outbox=send)
+        if hello.user_id not in self.priors:
+            self.priors[hello.user_id] = _prior_from_hello(hello, self.priors)
+        self.members[m.uid] = m
+        self.stats.joined += 1
+        _post(
+            send,
+            conn,
+            Welcome(
+                version=PROTOCOL_VERSION,
+                max_draft_len=self.cfg.max_draft_len,
+                heartbeat_ms=self.cfg.heartbeat_ms,
+            ),
+        )
+        self.sink({"ev": "join", "t": trio.current_time(), "user": m.uid})
+        return m
+
+    def _leave(self, m: _Member) -> None:
+        if not m.alive:
+            return
+        m.alive = False
+        self.members.pop(m.uid, None)
+        self.verifier.drop(m.uid)
+        self.stats.left += 1
+        self._dirty = f"user {m.uid} left"
+        self.sink({"ev": "leave", "t": trio.current_time(), "user": m.uid})
+        self._wake()
+
+    def _wake(self) -> None:
+        self._arrival.set()
+        self._arrival = trio.Event()
+
+    def _send(self, m: _Member, event: Event) -> None:
+        if m.alive and not _post(m.outbox, m.conn, event):
+            # The user stopped reading: drop it rather than stall everyone.
+            self._leave(m)
+
+    # --- the pipeline ----------------------------------------------------------------------
+    async def run(self) -> None:
+        """The scheduler: prefill new sessions, then verify batches in the plan's order."""
+        await self._await_first_users()
+        while True:
+            if not self.members:
+                await self._arrival.wait()
+                continue
+            await self._prefill()
+            if self._dirty or self.plan is None:
+                self._replan(self._dirty or "start")
+            plan = self.plan
+            assert plan is not None
+            progressed = False
+            for slot, batch in enumerate(plan.batches):
+                await self._prefill()
+                if self.plan is not plan:
+                    break
+                members = [self.members[u] for u in batch if u in self.members]
+                members = [m for m in members if m.decoding]
+                if members:
+                    progressed |= await self._run_batch(slot, members)
+            self.stats.cycles += 1
+            self._maybe_replan()
+            if not progressed:
+                # Nobody is decoding yet (all in prefill or between sessions): wait for news.
+                with trio.move_on_after(0.05):
+                    await self._arrival.wait()
+
+    async def _await_first_users(self) -> None:
+        want = self.cfg.expected_users
+        while not any(m.prompt for m in self.members.values()):
+            await self._arrival.wait()
+        with trio.move_on_after(self.cfg.join_window_s):
+            while sum(m.prompt is not None for m in self.members.values()) < want:
+                await self._arrival.wait()
+
+    async def _prefill(self) -> None:
+        new = [m for m in self.members.values() if m.prompt is not None]
+        if not new:
+            return
+        if self.plan is None or any(m.uid not in self.plan.draft_len for m in new):
+            self._replan(self._dirty or "join")
+        prompts = {m.uid: m.prompt for m in new if m.prompt is not None}
+        for m in new:
+            m.prompt = None
+        first, ms = self.verifier.prefill(prompts)
+        t0 = trio.current_time()
+        await self.pacer.pace(ms)
+        self.stats.busy_s += trio.current_time() - t0
+        assert self.plan is not None
+        for m in new:
+            if not m.alive:
+                continue
+            m.decoding = True
+            m.generated = 1
+            self._verdict(m, 0, first[m.uid], slot=self._slot(m.uid))
+        self.sink({"ev": "prefill", "t": trio.current_time(), "users": sorted(prompts)})
+
+    def _slot(self, uid: int) -> int:
+        assert self.plan is not None
+        for k, b in enumerate(self.plan.batches):
+            if uid in b:
+                return k
+        return 0
+
+    def _verdict(self, m: _Member, accepted: int, token: int, *, slot: int) -> None:
+        assert self.plan is not None
+        nxt = self.plan.draft_len.get(m.uid, 0)
+        done = m.max_new_tokens > 0 and m.generated >= m.max_new_tokens
+        v = Verdict(
+            round=m.conn.round + 1 if m.conn.state.value != "prefill" else 0,
+            accepted=accepted,
+            token=token,
+            next_draft_len=0 if done else nxt,
+            slot=slot,
+            done=done,
+        )
+        self._send(m, v)
+        m.draft, m.draft_len = None, v.next_draft_len
+        m.last_verdict = trio.current_time()
+        if done:
+            m.decoding = False
+
+    async def _run_batch(self, slot: int, members: list[_Member]) -> bool:
+        plan = self.plan
+        assert plan is not None
+        tol = 1.0 + self.cfg.deadline_tolerance
+        waiting = [m for m in members if m.draft_len > 0]
+        if waiting:
+            deadline = max(
+                m.last_verdict + plan.ready_ms.get(m.uid, 0.0) * tol / 1e3 for m in waiting
+            )
+            deadline += self.cfg.grace_ms / 1e3
+            t0 = trio.current_time()
+            with trio.move_on_at(deadline):
+                while any(m.draft is None and m.alive for m in waiting):
+                    await self._arrival.wait()
+            waited = trio.current_time() - t0
+            if waited > 0:
+                self.stats.wait_s += waited
+                self.stats.bubbles += 1
+        ready = [m for m in members if m.alive and (m.draft_len == 0 or m.draft is not None)]
+        late = [m.uid for m in members if m.alive and m.draft_len > 0 and m.draft is None]
+        if late:
+            self.stats.late += len(late)
+            for m in members:
+                if m.uid in late:
+                    m.late += 1
+        if not ready:
+            return False
+        items = [
+            VerifyItem(
+                user=m.uid,
+                base_len=m.conn.position,
+                tokens=m.draft.tokens if m.draft is not None else (),
+                top_ids=m.draft.top_ids if m.draft is not None else (),
+                top_probs=m.draft.top_probs if m.draft is not None else (),
+            )
+            for m in ready
+        ]
+        outs, ms = self.verifier.verify(items)
+        t0 = trio.current_time()
+        await self.pacer.pace(ms)
+        self.stats.busy_s += trio.current_time() - t0
+        self.stats.batches += 1
+        for m, it, out in zip(ready, items, outs, strict=True):
+            if not m.alive:
+                continue
+            m.est.observe_round(len(it.tokens), out.accepted)
+            m.generated += out.accepted + 1
+            self._verdict(m, out.accepted, out.token, slot=slot)
+        self.sink(
+            {
+                "ev": "batch",
+                "t": trio.current_time(),
+                "slot": slot,
+                "users": [m.uid for m in ready],
+                "late": late,
+                "verify_ms": ms,
+                "padded_len": max(len(it.tokens) for it in items),
+            }
+        )
+        return True
+
+    # --- estimation and re-planning ------------------------------------------------------
+    def _maybe_replan(self) -> None:
+        c = self.cfg
+        if c.replan_every and self.stats.cycles % c.replan_every == 0:
+            self._replan("periodic")
+            return
+        for uid, m in self.members.items():
+            base = self._plan_basis.get(uid)
+            if base is None or m.est.rounds < c.min_rounds:
+                continue
+            now = self._believed(uid)
+            for name, a, b in (
+                ("alpha", now.alpha, base.alpha),
+                ("comm_ms", now.comm_ms, base.comm_ms),
+                ("draft_ms", now.draft_ms_per_token, base.draft_ms_per_token),
+            ):
+                if abs(a - b) > c.drift * max(b, 1e-3) and abs(a - b) > 0.5 * (name != "alpha"):
+                    self._replan(f"user {uid} {name} drifted from {b:.3g} to {a:.3g}")
+                    return
+
+    def _believed(self, uid: int) -> User:
+        """The user as the edge now believes it is: estimates where trusted, else the prior."""
+        prior = self.priors[uid]
+        m = self.members.get(uid)
+        if m is None or m.est.rounds < self.cfg.min_rounds:
+            return prior
+        alpha = m.est.alpha()
+        comm = m.est.comm(self.cfg.comm_quantile)
+        draft = m.est.draft_ms()
+        return User(
+            alpha=alpha if alpha is not None else prior.alpha,
+            prefix_len=prior.prefix_len,
+            comm_ms=comm if comm is not None else prior.comm_ms,
+            draft=prior.draft,
+            device=LatencyModel(c_ms_per_flop=0.0, beta_ms=draft)
+            if draft is not None
+            else prior.device,
+            name=prior.name,
+        )
+
+    def _replan(self, reason: str) -> None:
+        uids = sorted(self.members)
+        self._dirty = ""
+        if not uids:
+            return
+        users = tuple(self._believed(u) for u in uids)
+        c = self.cfg
+        problem = Problem(
+            users=users,
+            edge=self.edge,
+            max_draft_len=c.max_draft_len,
+            initial_draft_len=min(c.initial_draft_len, c.max_draft_len),
+            fixed_draft_len=min(c.fixed_draft_len, c.max_draft_len),
+        )
+        try:
+            plan = self.planner(problem)
+        except DraftnetError as exc:
+            self.sink({"ev": "plan_failed", "t": trio.current_time(), "reason": str(exc)})
+            return
+        ev = evaluate(problem, plan)
+        ready = problem.ready_ms(np.asarray(plan.draft_len, dtype=np.int64))
+        pid = 0 if self.plan is None else self.plan.plan_id + 1
+        self.plan = EdgePlan(
+            plan_id=pid,
+            batches=tuple(tuple(uids[i] for i in b) for b in plan.batches),
+            draft_len={uids[i]: int(v) for i, v in enumerate(plan.draft_len)},
+            ready_ms={uids[i]: float(v) for i, v in enumerate(ready)},
+            cycle_ms=float(ev.cycle_ms),
+            predicted_tok_s=float(ev.throughput_tok_s),
+            reason=reason,
+        )
+        self._plan_basis = dict(zip(uids, users, strict=True))
+        self.stats.replans += pid > 0
+        self.sink(
+            {
+                "ev": "plan",
+                "t": trio.current_time(),
+                "plan_id": pid,
+                "reason": reason,
+                "batches": [list(b) for b in self.plan.batches],
+                "draft_len": [self.plan.draft_len[u] for u in uids],
+                "users": uids,
+                "cycle_ms": self.plan.cycle_ms,
+                "predicted_tok_s": self.plan.predicted_tok_s,
+            }
+        )
+        for k, b in enumerate(self.plan.batches):
+            for u in b:
+                m = self.members.get(u)
+                if m is not None and m.conn.state.value not in ("start", "greeted"):
+                    self._send(
+                        m,
+                        PlanUpdate(
+                            plan_id=pid,
+                            slot=k,
+                            slots=len(self.plan.batches),
+                            draft_len=self.plan.draft_len[u],
+                            cycle_ms=self.plan.cycle_ms
+                            if math.isfinite(self.plan.cycle_ms)
+                            else 0.0,
+                        ),
+                    )
+
+
+def _post(send: trio.MemorySendChannel[bytes], conn: Connection, event: Event) -> bool:
+    """Queue an event's bytes for the writer; False if the user is not keeping up."""
+    try:
+        send.send_nowait(conn.send(event))
+    except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+        return False
+    return True
+
+
+def _prior_from_hello(hello: Hello, priors: Mapping[int, User]) -> User:
+    """A user the scenario does not know: what its Hello says, else the first known user's."""
+    base = next(iter(priors.values()), None)
+    if base is None:
+        raise RemoteProtocolError(
+            f"user_id {hello.user_id} is unknown and the edge has no prior", code=ErrorCode.AUTH
+        )
+    d = hello.device
+    draft = d.get("draft_ms_per_token")
+    return User(
+        alpha=float(min(max(d.get("alpha", base.alpha), 0.01), 0.99)),
+        prefix_len=int(d.get("prefix_len", base.prefix_len)),
+        comm_ms=float(d.get("comm_ms", base.comm_ms)),
+        draft=base.draft,
+        device=LatencyModel(c_ms_per_flop=0.0, beta_ms=float(draft))
+        if draft is not None
+        else base.device,
+        name=f"user{hello.user_id}",
+    )

@@ -1,0 +1,49 @@
+"""How a node turns a backend's compute time into time on its clock.
+
+Layer: nodes (trio). A backend reports ``compute_ms``, the time its work stands for (from the
+cost model or a profile); ``wall_ms`` is what the call really took on this host.
+
+- ``virtual``: sleep the modelled time (the simulation's clock does not move while code runs).
+- ``profile``: pad the step to the modelled time; a step that took longer is an overrun.
+- ``real``: compute takes what it takes.
+
+``scale`` stretches every modelled time (to give a slow host headroom); results are scaled back
+by whoever reads the clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+
+__all__ = ["Pacer"]
+
+_MODES = ("virtual", "profile", "real")
+
+
+@dataclass(slots=True)
+class Pacer:
+    mode: str = "virtual"
+    scale: float = 1.0
+    overruns: int = 0
+    busy_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in _MODES:
+            raise ValueError(f"timing must be one of {', '.join(_MODES)}, got {self.mode!r}")
+        if not self.scale > 0:
+            raise ValueError(f"time scale must be > 0, got {self.scale!r}")
+
+    async def pace(self, compute_ms: float, wall_ms: float = 0.0) -> None:
+        """Let the step's time pass on this node's clock."""
+        target = compute_ms * self.scale
+        self.busy_ms += target if self.mode != "real" else wall_ms
+        if self.mode == "virtual":
+            await trio.sleep(target / 1000.0)
+        elif self.mode == "profile":
+            if wall_ms > target:
+                self.overruns += 1
+            await trio.sleep(max(0.0, target - wall_ms) / 1000.0)
+        else:
+            await trio.lowlevel.checkpoint()

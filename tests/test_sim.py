@@ -1,0 +1,170 @@
+"""The runtime end to end on trio's virtual clock: accuracy against the planner, and faults."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+
+from channel_models.link import LinkState
+from emu.metrics import Recorder
+from emu.planner import plan_for
+from emu.scenario import load_scenario
+from emu.sim import simulate
+from emu.simlink import link_pair
+from nodes.backends import SyntheticDrafter, SyntheticVerifier
+from nodes.edge import EdgeNode, EdgeSettings
+from nodes.protocol import Connection, Error, ErrorCode, Role
+from nodes.user import UserNode
+from tests.planner.conftest import paper_problem
+
+
+@pytest.fixture(scope="module")
+def paper_sim() -> dict[str, Any]:
+    sc = load_scenario(preset="dipsd-paper", overrides={"sim.duration_s": 120.0})
+    return simulate(sc, ["dipsd", "ad", "ad-batch", "fixed"])
+
+
+@pytest.mark.parametrize("policy", ["dipsd", "ad", "ad-batch", "fixed"])
+def test_simulated_throughput_matches_the_planner_within_3_percent(
+    paper_sim: dict[str, Any], policy: str
+) -> None:
+    r = paper_sim["results"][policy]
+    assert r["throughput_tok_s"] == pytest.approx(r["predicted_tok_s"], rel=0.03)
+    assert r["late_drafts"] == 0
+    assert r["protocol_errors"] == 0
+
+
+def test_sim_metrics_are_consistent(paper_sim: dict[str, Any]) -> None:
+    d = paper_sim["results"]["dipsd"]
+    # Synthetic acceptance is Bernoulli(0.78) per token until the first rejection, so the
+    # share of drafted tokens kept is below 0.78 and the first position's rate is 0.78.
+    assert 0.5 < d["acceptance_rate"] < 0.78
+    assert d["mean_accepted_len"] == pytest.approx(1 + d["accepted_tokens"] / d["rounds"], rel=0.01)
+    pos = d["per_position_acceptance"]
+    assert pos[0] == pytest.approx(0.78, abs=0.03)
+    assert all(a >= b - 0.05 for a, b in itertools.pairwise(pos) if b is not None)
+    assert sum(d["per_user_tok_s"].values()) == pytest.approx(d["throughput_tok_s"])
+    ad = paper_sim["results"]["ad"]
+    assert ad["acceptance_rate"] is None and ad["draft_tokens"] == 0
+    assert d["tpot_ms"]["p50"] < ad["tpot_ms"]["p50"]
+
+
+async def test_link_delays_and_never_reorders(autojump_clock: trio.testing.MockClock) -> None:
+    state = LinkState(delay_ms=10.0, jitter_ms=5.0, rate_bps=8e6)
+    a, b = link_pair(lambda _t: state, lambda _t: state, np.random.default_rng(1))
+    t0 = trio.current_time()
+    for i in range(50):
+        await a.send_all(bytes([i]) * 1000)  # 1 ms each at 8 Mbit/s
+    got = b""
+    while len(got) < 50_000:
+        got += await b.receive_some()
+    assert got == b"".join(bytes([i]) * 1000 for i in range(50))
+    # 50 ms of serialisation, 10 ms delay, and half-normal jitter on top.
+    assert 0.060 <= trio.current_time() - t0 < 0.060 + 0.05
+
+
+class _Harness:
+    """An edge with three synthetic users on 3 ms links, and ways to break things."""
+
+    def __init__(self) -> None:
+        self.problem = paper_problem(3)
+        self.rec = Recorder(None)
+        rng = np.random.default_rng(7)
+        self.rngs = rng.spawn(10)
+        p = self.problem
+        self.edge = EdgeNode(
+            edge=p.edge,
+            verifier=SyntheticVerifier(
+                edge=p.edge,
+                alpha=dict.fromkeys(range(3), 0.78),
+                prefix_len=dict.fromkeys(range(3), 512),
+                rng=self.rngs[0],
+            ),
+            planner=lambda q: plan_for("dipsd", q),
+            priors=dict(enumerate(p.users)),
+            settings=EdgeSettings(expected_users=3, replan_every=0),
+            sink=self.rec,
+        )
+
+    def link(self, i: int) -> tuple[trio.abc.Stream, trio.abc.Stream]:
+        s = LinkState(delay_ms=1.5)
+        return link_pair(lambda _t: s, lambda _t: s, self.rngs[1 + i])
+
+    def user(self, i: int) -> UserNode:
+        def prompts() -> Any:
+            while True:
+                yield (1,) * 512
+
+        return UserNode(
+            i,
+            SyntheticDrafter.for_user(self.problem.users[i], self.rngs[5 + i]),
+            prompts(),
+            sink=self.rec,
+        )
+
+
+async def _stop_after(seconds: float, node: UserNode, stream: trio.abc.Stream) -> None:
+    with trio.move_on_after(seconds):
+        await node.run(stream)
+
+
+def _rounds(rec: Recorder, user: int) -> list[float]:
+    return [r[0] for r in rec._tally[""].rounds if r[1] == user]
+
+
+async def test_a_user_leaving_mid_run_does_not_stop_the_others(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    h = _Harness()
+    async with trio.open_nursery() as n:
+        n.start_soon(h.edge.run)
+        for i in range(3):
+            u_end, e_end = h.link(i)
+            n.start_soon(h.edge.serve_stream, e_end)
+            if i == 2:
+                n.start_soon(_stop_after, 5.0, h.user(i), u_end)
+            else:
+                n.start_soon(h.user(i).run, u_end)
+        await trio.sleep(20)
+        n.cancel_scope.cancel()
+    gone = _rounds(h.rec, 2)
+    assert gone and max(gone) < 5.5  # its rounds stay in the results
+    for i in (0, 1):
+        assert max(_rounds(h.rec, i)) > 19  # the others kept going
+    plans = h.rec._tally[""].plans
+    assert any(p["reason"] == "user 2 left" and p["users"] == [0, 1] for p in plans)
+    assert h.edge.stats.left == 1
+
+
+async def test_a_malformed_peer_gets_an_error_and_the_others_continue(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    h = _Harness()
+    answer = b""
+    async with trio.open_nursery() as n:
+        n.start_soon(h.edge.run)
+        for i in range(2):
+            u_end, e_end = h.link(i)
+            n.start_soon(h.edge.serve_stream, e_end)
+            n.start_soon(h.user(i).run, u_end)
+        bad, e_end = h.link(2)
+        n.start_soon(h.edge.serve_stream, e_end)
+        await trio.sleep(3)
+        await bad.send_all(struct.pack(">I", 3) + b"\xc1\xc1\xc1")
+        while chunk := await bad.receive_some():
+            answer += chunk
+        await trio.sleep(5)
+        n.cancel_scope.cancel()
+    probe = Connection(Role.USER)
+    probe.receive_data(answer)
+    err = probe.next_event()
+    assert isinstance(err, Error) and err.error == ErrorCode.MALFORMED
+    assert h.edge.stats.protocol_errors == 1
+    for i in (0, 1):
+        assert max(_rounds(h.rec, i)) > 7.5
