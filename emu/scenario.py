@@ -123,6 +123,7 @@ class SimConfig:
     duration_s: float = 60.0
     seed: int = 0
     max_new_tokens: int = 0
+    warm_start: bool = True
 
     def __post_init__(self) -> None:
         _in("sim.duration_s", self.duration_s, 0.001, 1e6, "in (0, 1e6]")

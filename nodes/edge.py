@@ -412,12 +412,17 @@ class EdgeNode:
             if base is None or m.est.rounds < c.min_rounds:
                 continue
             now = self._believed(uid)
+            # A change must be large (drift) and real: beyond 3 standard errors of the estimate.
+            trials = max(1, sum(m.est.trials))
+            noise = 3.0 * math.sqrt(max(base.alpha * (1 - base.alpha), 1e-4) / trials)
+            if abs(now.alpha - base.alpha) > max(c.drift * base.alpha, noise):
+                self._replan(f"user {uid} alpha drifted from {base.alpha:.3g} to {now.alpha:.3g}")
+                return
             for name, a, b in (
-                ("alpha", now.alpha, base.alpha),
                 ("comm_ms", now.comm_ms, base.comm_ms),
                 ("draft_ms", now.draft_ms_per_token, base.draft_ms_per_token),
             ):
-                if abs(a - b) > c.drift * max(b, 1e-3) and abs(a - b) > 0.5 * (name != "alpha"):
+                if abs(a - b) > max(c.drift * b, 0.5):
                     self._replan(f"user {uid} {name} drifted from {b:.3g} to {a:.3g}")
                     return
 

@@ -67,17 +67,16 @@ class _State:
         S = float(max(self.T.sum(), (self.D + self.T).max()))
         return U, S
 
-    def _others(self, k: int) -> tuple[float, float]:
-        """Sum of T and max of D + T over the batches other than k."""
-        sumT = float(self.T.sum() - self.T[k])
-        if self.n == 1:
-            return sumT, 0.0
+    def _others_all(self) -> tuple[FloatArray, FloatArray]:
+        """Per batch k: the sum of T and the max of D + T over the other batches."""
         DT = self.D + self.T
-        saved = DT[k]
-        DT[k] = -np.inf
-        other = float(DT.max())
-        DT[k] = saved
-        return sumT, other
+        if self.n > 1:
+            top = int(np.argmax(DT))
+            second = float(np.max(np.delete(DT, top)))
+            maxDT = np.where(np.arange(self.n) == top, second, DT[top])
+        else:
+            maxDT = np.zeros(1)
+        return self.T.sum() - self.T, maxDT
 
     def best_user_moves(self, lam: float, U: float) -> tuple[FloatArray, IntArray]:
         """Every user's best single-length move at once: objective and length per user."""
@@ -88,14 +87,7 @@ class _State:
         R = self.ready[idx, self.l]
         L_rest = _max_excluding_self(L, k, n)
         r_rest = _max_excluding_self(R, k, n)
-        DT = self.D + self.T
-        if n > 1:
-            top = int(np.argmax(DT))
-            second = float(np.max(np.delete(DT, top)))
-            maxDT = np.where(np.arange(n) == top, second, DT[top])
-        else:
-            maxDT = np.zeros(1)
-        sumT = self.T.sum() - self.T
+        sumT, maxDT = self._others_all()
         Lnew = np.maximum(np.maximum(self.cand[None, :], L_rest[:, None]), 1).astype(np.int64)
         Tnew = self.Tc[k[:, None], Lnew]
         Dnew = np.maximum(self.ready, r_rest[:, None])
@@ -111,14 +103,7 @@ class _State:
         n = self.n
         cur = self.l[order]
         u_cur = np.add.reduceat(self.u[order, cur], starts)
-        DT = self.D + self.T
-        if n > 1:
-            top = int(np.argmax(DT))
-            second = float(np.max(np.delete(DT, top)))
-            maxDT = np.where(np.arange(n) == top, second, DT[top])
-        else:
-            maxDT = np.zeros(1)
-        sumT = self.T.sum() - self.T
+        sumT, maxDT = self._others_all()
         U_rest = U - u_cur
         best = (-np.inf, 0, self.l[self.members[0]])
         capped = np.minimum(cur[:, None], self.cand[None, :])
