@@ -40,7 +40,6 @@ class _Tally:
     plans: list[dict[str, Any]] = field(default_factory=list)
     batches: int = 0
     late: int = 0
-    other: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 class Recorder:
@@ -82,8 +81,6 @@ class Recorder:
         elif kind == "batch":
             t.batches += 1
             t.late += len(rec["late"])
-        elif isinstance(kind, str):
-            t.other[kind] += 1
 
     def summary(self, policy: str, *, t_end: float, users: int) -> dict[str, Any]:
         """The result of one policy's run (see the module docstring for the definitions)."""

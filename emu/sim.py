@@ -8,6 +8,7 @@ Backends are synthetic here (see ``nodes.backends``); each policy runs on the sa
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import time
@@ -43,19 +44,15 @@ def _prompts(rng: np.random.Generator, length: int) -> Iterator[tuple[int, ...]]
         yield tuple(int(t) for t in rng.integers(0, 32000, size=max(1, length)))
 
 
-_PLANS: dict[tuple[str, Problem], Plan] = {}
-
-
 def _memo(policy: str) -> Callable[[Problem], Plan]:
-    """The policy's planner, remembering plans: the edge's first plan is the prediction's."""
+    """The policy's planner for one run, remembering its plans: the edge's first plan (made
+    from the scenario's users) is then the prediction's plan, not a second solve."""
+    plans: dict[Problem, Plan] = {}
 
     def plan(problem: Problem) -> Plan:
-        key = (policy, problem)
-        if key not in _PLANS:
-            if len(_PLANS) > 64:
-                _PLANS.clear()
-            _PLANS[key] = plan_for(policy, problem)
-        return _PLANS[key]
+        if problem not in plans:
+            plans[problem] = plan_for(policy, problem)
+        return plans[problem]
 
     return plan
 
@@ -83,9 +80,9 @@ def _settings(sc: Scenario, users: int) -> EdgeSettings:
 async def _run_policy(
     sc: Scenario,
     problem: Problem,
-    policy: str,
+    planner: Callable[[Problem], Plan],
     rec: Recorder,
-    progress: Progress | None,
+    tick: Callable[[float], None] | None,
 ) -> tuple[float, dict[str, Any]]:
     seed = sc.sim.seed
     rngs = np.random.default_rng(seed).spawn(2 * problem.size + 2)
@@ -98,7 +95,7 @@ async def _run_policy(
             rng=rngs[0],
             prefill_free=sc.sim.warm_start,
         ),
-        planner=_memo(policy),
+        planner=planner,
         priors=dict(enumerate(problem.users)),
         settings=_settings(sc, problem.size),
         sink=rec,
@@ -127,13 +124,13 @@ async def _run_policy(
             )
             nursery.start_soon(edge.serve_stream, edge_end)
             nursery.start_soon(node.run, user_end)
-        if progress is not None:
+        if tick is not None:
             for k in itertools.count(1):
                 step = min(1.0, duration - (k - 1))
                 if step <= 0:
                     break
                 await trio.sleep(step)
-                progress(policy, trio.current_time() - t0)
+                tick(trio.current_time() - t0)
         else:
             await trio.sleep(duration)
         t_end = trio.current_time() - t0
@@ -168,15 +165,16 @@ def simulate(
     try:
         for policy in policies:
             rec.policy = policy
-            predicted = evaluate(problem, _memo(policy)(problem)).throughput_tok_s
+            planner = _memo(policy)
+            predicted = evaluate(problem, planner(problem)).throughput_tok_s
             t_policy = time.perf_counter()
             t_end, edge = trio.run(
                 _run_policy,
                 sc,
                 problem,
-                policy,
+                planner,
                 rec,
-                progress,
+                None if progress is None else functools.partial(progress, policy),
                 clock=trio.testing.MockClock(autojump_threshold=0),
             )
             res = rec.summary(policy, t_end=t_end, users=problem.size)

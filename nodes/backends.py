@@ -15,7 +15,7 @@ Real models (llama.cpp drafting, transformers verification) implement the same i
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -132,14 +132,12 @@ class SyntheticVerifier:
     prefix_len: dict[int, int]
     rng: np.random.Generator
     prefill_free: bool = False  # contexts already cached: steady-state decoding only
-    _known: set[int] = field(default_factory=set)
 
     def prefill(self, prompts: Mapping[int, Sequence[int]]) -> tuple[dict[int, int], float]:
         if not prompts:
             return {}, 0.0
         longest = max(len(p) for p in prompts.values())
         flops = float(verify_flops(self.edge.target, longest, 0))
-        self._known.update(prompts)
         first = {u: int(self.rng.integers(0, SYNTHETIC_VOCAB)) for u in prompts}
         return first, 0.0 if self.prefill_free else self.edge.latency(float(len(prompts)), flops)
 
@@ -159,4 +157,4 @@ class SyntheticVerifier:
         return out, self.edge.latency(float(len(batch)), flops)
 
     def drop(self, user: int) -> None:
-        self._known.discard(user)
+        pass  # no per-user state

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import trio
@@ -31,7 +30,6 @@ from nodes.backends import VerifyBackend, VerifyItem
 from nodes.estimate import UserEstimate
 from nodes.pacing import Pacer
 from nodes.protocol import (
-    NEED_DATA,
     PROTOCOL_VERSION,
     Bye,
     Closed,
@@ -45,16 +43,16 @@ from nodes.protocol import (
     PlanUpdate,
     Role,
     SessionStart,
+    State,
     Stats,
     Verdict,
     Welcome,
 )
+from nodes.stream import Sink, receive_event
 
 __all__ = ["EdgeNode", "EdgePlan", "EdgeSettings"]
 
-Sink = Callable[[Mapping[str, Any]], None]
 Planner = Callable[[Problem], Plan]
-_CHUNK = 65536
 _OUTBOX = 64
 
 
@@ -102,7 +100,6 @@ class _Member:
     draft_len: int = 0  # what the last verdict asked for
     last_verdict: float = 0.0
     alive: bool = True
-    late: int = 0
 
 
 @dataclass(slots=True)
@@ -184,15 +181,7 @@ class EdgeNode:
     ) -> _Member | None:
         member: _Member | None = None
         while True:
-            ev = conn.next_event()
-            if ev is NEED_DATA:
-                try:
-                    data = await stream.receive_some(_CHUNK)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise PeerGone("link broke") from exc
-                conn.receive_data(data)
-                continue
-            assert isinstance(ev, Event)
+            ev = await receive_event(conn, stream)
             if isinstance(ev, Closed | Bye | Error):
                 return member
             if isinstance(ev, Hello):
@@ -327,7 +316,7 @@ class EdgeNode:
         nxt = self.plan.draft_len.get(m.uid, 0)
         done = m.max_new_tokens > 0 and m.generated >= m.max_new_tokens
         v = Verdict(
-            round=m.conn.round + 1 if m.conn.state.value != "prefill" else 0,
+            round=0 if m.conn.state is State.PREFILL else m.conn.round + 1,
             accepted=accepted,
             token=token,
             next_draft_len=0 if done else nxt,
@@ -360,11 +349,7 @@ class EdgeNode:
                 self.stats.bubbles += 1
         ready = [m for m in members if m.alive and (m.draft_len == 0 or m.draft is not None)]
         late = [m.uid for m in members if m.alive and m.draft_len > 0 and m.draft is None]
-        if late:
-            self.stats.late += len(late)
-            for m in members:
-                if m.uid in late:
-                    m.late += 1
+        self.stats.late += len(late)
         if not ready:
             return False
         items = [
@@ -440,9 +425,7 @@ class EdgeNode:
             prefix_len=prior.prefix_len,
             comm_ms=comm if comm is not None else prior.comm_ms,
             draft=prior.draft,
-            device=LatencyModel(c_ms_per_flop=0.0, beta_ms=draft)
-            if draft is not None
-            else prior.device,
+            device=_per_token(draft, prior.device),
             name=prior.name,
         )
 
@@ -495,7 +478,7 @@ class EdgeNode:
         for k, b in enumerate(self.plan.batches):
             for u in b:
                 m = self.members.get(u)
-                if m is not None and m.conn.state.value not in ("start", "greeted"):
+                if m is not None and m.conn.state not in (State.START, State.GREETED):
                     self._send(
                         m,
                         PlanUpdate(
@@ -519,6 +502,13 @@ def _post(send: trio.MemorySendChannel[bytes], conn: Connection, event: Event) -
     return True
 
 
+def _per_token(draft_ms: float | None, fallback: LatencyModel) -> LatencyModel:
+    """A device known only by its measured time per drafted token: G(1, F) = that time."""
+    if draft_ms is None:
+        return fallback
+    return LatencyModel(c_ms_per_flop=0.0, beta_ms=float(draft_ms))
+
+
 def _prior_from_hello(hello: Hello, priors: Mapping[int, User]) -> User:
     """A user the scenario does not know: what its Hello says, else the first known user's."""
     base = next(iter(priors.values()), None)
@@ -533,8 +523,6 @@ def _prior_from_hello(hello: Hello, priors: Mapping[int, User]) -> User:
         prefix_len=int(d.get("prefix_len", base.prefix_len)),
         comm_ms=float(d.get("comm_ms", base.comm_ms)),
         draft=base.draft,
-        device=LatencyModel(c_ms_per_flop=0.0, beta_ms=float(draft))
-        if draft is not None
-        else base.device,
+        device=_per_token(draft, base.device),
         name=f"user{hello.user_id}",
     )

@@ -11,9 +11,8 @@ alone: the user only receives. Every round is emitted as one ``round`` record to
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
@@ -21,7 +20,6 @@ from emu.errors import LocalProtocolError, PeerGone, RemoteProtocolError
 from nodes.backends import DraftBackend
 from nodes.pacing import Pacer
 from nodes.protocol import (
-    NEED_DATA,
     PROTOCOL_VERSION,
     Bye,
     Closed,
@@ -35,11 +33,9 @@ from nodes.protocol import (
     Verdict,
     Welcome,
 )
+from nodes.stream import Sink, receive_event
 
 __all__ = ["Sink", "UserNode", "UserStats"]
-
-Sink = Callable[[Mapping[str, Any]], None]
-_CHUNK = 65536
 
 
 @dataclass(slots=True)
@@ -170,15 +166,7 @@ class UserNode:
     async def _next(self) -> Event:
         """The next event that matters to the user (heartbeats and plan notes are absorbed)."""
         while True:
-            ev = self.conn.next_event()
-            if ev is NEED_DATA:
-                try:
-                    data = await self._stream.receive_some(_CHUNK)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise PeerGone("the edge's link broke") from exc
-                self.conn.receive_data(data)
-                continue
-            assert isinstance(ev, Event)
+            ev = await receive_event(self.conn, self._stream)
             if isinstance(ev, Closed | Bye):
                 raise _EdgeClosed
             if isinstance(ev, Error):
