@@ -44,15 +44,16 @@ def _prompts(rng: np.random.Generator, length: int) -> Iterator[tuple[int, ...]]
         yield tuple(int(t) for t in rng.integers(0, 32000, size=max(1, length)))
 
 
-def _memo(policy: str) -> Callable[[Problem], Plan]:
+def _memo(policy: str) -> Callable[[Problem, Plan | None], Plan]:
     """The policy's planner for one run, remembering its plans: the edge's first plan (made
     from the scenario's users) is then the prediction's plan, not a second solve."""
-    plans: dict[Problem, Plan] = {}
+    plans: dict[tuple[Problem, Plan | None], Plan] = {}
 
-    def plan(problem: Problem) -> Plan:
-        if problem not in plans:
-            plans[problem] = plan_for(policy, problem)
-        return plans[problem]
+    def plan(problem: Problem, previous: Plan | None = None) -> Plan:
+        key = (problem, previous)
+        if key not in plans:
+            plans[key] = plan_for(policy, problem, previous)
+        return plans[key]
 
     return plan
 
@@ -80,7 +81,7 @@ def _settings(sc: Scenario, users: int) -> EdgeSettings:
 async def _run_policy(
     sc: Scenario,
     problem: Problem,
-    planner: Callable[[Problem], Plan],
+    planner: Callable[[Problem, Plan | None], Plan],
     rec: Recorder,
     tick: Callable[[float], None] | None,
 ) -> tuple[float, dict[str, Any]]:
@@ -166,7 +167,7 @@ def simulate(
         for policy in policies:
             rec.policy = policy
             planner = _memo(policy)
-            predicted = evaluate(problem, planner(problem)).throughput_tok_s
+            predicted = evaluate(problem, planner(problem, None)).throughput_tok_s
             t_policy = time.perf_counter()
             t_end, edge = trio.run(
                 _run_policy,

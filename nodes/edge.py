@@ -52,7 +52,9 @@ from nodes.stream import Sink, receive_event
 
 __all__ = ["EdgeNode", "EdgePlan", "EdgeSettings"]
 
-Planner = Callable[[Problem], Plan]
+# The planner gets the problem and, when the users are the same, the plan in force (in the
+# problem's user indices), from which it may re-plan warm.
+Planner = Callable[[Problem, Plan | None], Plan]
 _OUTBOX = 64
 
 
@@ -429,6 +431,17 @@ class EdgeNode:
             name=prior.name,
         )
 
+    def _in_force(self, uids: list[int]) -> Plan | None:
+        """The plan in force in the indices of ``uids``, if it covers exactly those users."""
+        cur = self.plan
+        if cur is None or sorted(cur.draft_len) != uids:
+            return None
+        index = {u: i for i, u in enumerate(uids)}
+        return Plan(
+            batches=tuple(tuple(index[u] for u in b) for b in cur.batches),
+            draft_len=tuple(cur.draft_len[u] for u in uids),
+        )
+
     def _replan(self, reason: str) -> None:
         uids = sorted(self.members)
         self._dirty = ""
@@ -444,7 +457,7 @@ class EdgeNode:
             fixed_draft_len=min(c.fixed_draft_len, c.max_draft_len),
         )
         try:
-            plan = self.planner(problem)
+            plan = self.planner(problem, self._in_force(uids))
         except DraftnetError as exc:
             self.sink({"ev": "plan_failed", "t": trio.current_time(), "reason": str(exc)})
             return

@@ -13,7 +13,7 @@ import trio.testing
 
 from channel_models.link import LinkState
 from emu.metrics import Recorder
-from emu.planner import plan_for
+from emu.planner import Plan, Problem, plan_for
 from emu.scenario import load_scenario
 from emu.sim import simulate
 from emu.simlink import link_pair
@@ -72,8 +72,9 @@ async def test_link_delays_and_never_reorders(autojump_clock: trio.testing.MockC
 class _Harness:
     """An edge with three synthetic users on 3 ms links, and ways to break things."""
 
-    def __init__(self) -> None:
+    def __init__(self, replan_every: int = 0) -> None:
         self.problem = paper_problem(3)
+        self.previous: list[Plan | None] = []
         self.rec = Recorder(None)
         rng = np.random.default_rng(7)
         self.rngs = rng.spawn(10)
@@ -86,11 +87,15 @@ class _Harness:
                 prefix_len=dict.fromkeys(range(3), 512),
                 rng=self.rngs[0],
             ),
-            planner=lambda q: plan_for("dipsd", q),
+            planner=self.plan,
             priors=dict(enumerate(p.users)),
-            settings=EdgeSettings(expected_users=3, replan_every=0),
+            settings=EdgeSettings(expected_users=3, replan_every=replan_every),
             sink=self.rec,
         )
+
+    def plan(self, problem: Problem, previous: Plan | None) -> Plan:
+        self.previous.append(previous)
+        return plan_for("dipsd", problem, previous)
 
     def link(self, i: int) -> tuple[trio.abc.Stream, trio.abc.Stream]:
         s = LinkState(delay_ms=1.5)
@@ -140,6 +145,32 @@ async def test_a_user_leaving_mid_run_does_not_stop_the_others(
     plans = h.rec._tally[""].plans
     assert any(p["reason"] == "user 2 left" and p["users"] == [0, 1] for p in plans)
     assert h.edge.stats.left == 1
+    # The re-plan after the leave is for other users: the planner starts from scratch.
+    assert h.previous[[p["reason"] for p in plans].index("user 2 left")] is None
+
+
+async def test_a_periodic_replan_hands_the_planner_the_plan_in_force(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    h = _Harness(replan_every=5)
+    async with trio.open_nursery() as n:
+        n.start_soon(h.edge.run)
+        for i in range(3):
+            u_end, e_end = h.link(i)
+            n.start_soon(h.edge.serve_stream, e_end)
+            n.start_soon(h.user(i).run, u_end)
+        await trio.sleep(10)
+        n.cancel_scope.cancel()
+    plans = h.rec._tally[""].plans
+    assert plans[0]["reason"] != "periodic" and h.previous[0] is None
+    periodic = [i for i, p in enumerate(plans) if p["reason"] == "periodic"]
+    assert periodic
+    for i in periodic:
+        prev, before = h.previous[i], plans[i - 1]
+        # The plan in force, in the problem's user indices (users 0..2 are indices 0..2).
+        assert prev is not None
+        assert [list(b) for b in prev.batches] == before["batches"]
+        assert list(prev.draft_len) == before["draft_len"]
 
 
 async def test_a_malformed_peer_gets_an_error_and_the_others_continue(

@@ -33,10 +33,16 @@ POLICIES: dict[str, Policy] = {
 BASELINES: dict[str, str] = {"ad": "ad", "ad_batch": "ad-batch", "sd": "sd", "fixed": "fixed"}
 
 
-def plan_for(policy: str, problem: Problem) -> Plan:
-    """Plan ``problem`` with the named policy; ConfigError for an unknown name."""
+def plan_for(policy: str, problem: Problem, previous: Plan | None = None) -> Plan:
+    """Plan ``problem`` with the named policy; ConfigError for an unknown name.
+
+    ``previous``, the plan in force for the same users, lets ``dipsd`` re-plan warm on large
+    instances (see ``dipsd.dipsd``); the other policies plan from scratch.
+    """
     try:
         fn = POLICIES[policy]
     except KeyError:
         raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}") from None
+    if policy == "dipsd" and previous is not None:
+        return dipsd(problem, previous=previous)
     return fn(problem)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -11,7 +12,10 @@ from hypothesis import strategies as st
 
 from emu.errors import ConfigError
 from emu.planner import POLICIES, Plan, Problem, evaluate, plan_for
+from emu.planner.assign import assign_batches
 from emu.planner.baselines import ad, ad_batch
+from emu.planner.cost import Tableau
+from emu.planner.dipsd import min_feasible_batches
 from emu.planner.exact import exact
 from tests.planner.conftest import paper_problem, random_problem
 
@@ -135,3 +139,33 @@ def test_milp_alone_finds_the_optimum_without_a_warm_start(seed: int) -> None:
 def test_exact_refuses_large_instances() -> None:
     with pytest.raises(ConfigError, match=r"users\.count must be <= 10 for policy exact"):
         plan_for("exact", paper_problem(users=11))
+
+
+def test_no_batch_count_below_the_memory_bound_is_feasible() -> None:
+    # 200 users at prefix 512, at most 49 per forward: fewer than 5 batches cannot hold them.
+    p = paper_problem(users=200)
+    n_min = min_feasible_batches(p)
+    assert n_min == 5
+    tab = Tableau(p)
+    lengths = np.full(p.size, 7, dtype=np.int64)
+    assert assign_batches(tab, n_min - 1, lengths) is None
+    assert assign_batches(tab, n_min, lengths) is not None
+    assert len(plan_for("dipsd", p).batches) >= n_min
+
+
+def test_warm_replan_is_valid_and_never_worse_than_keeping_the_plan() -> None:
+    rng = np.random.default_rng(5)
+    p = random_problem(rng, 80)
+    before = plan_for("dipsd", p)
+    # The estimates move: high acceptance rates become low ones and the other way round.
+    users = tuple(dataclasses.replace(u, alpha=1.45 - u.alpha) for u in p.users)
+    q = dataclasses.replace(p, users=users)
+    warm = plan_for("dipsd", q, previous=before)
+    warm.check(q)
+    kept = evaluate(q, before).throughput_tok_s
+    assert evaluate(q, warm).throughput_tok_s >= kept * (1 - 1e-9)
+    # Close to a cold solve of the moved problem, which keeping the plan is not.
+    assert kept < 0.98 * _thr("dipsd", q)
+    assert evaluate(q, warm).throughput_tok_s >= 0.98 * _thr("dipsd", q)
+    with pytest.raises(ConfigError):
+        plan_for("dipsd", paper_problem(users=81), previous=before)
