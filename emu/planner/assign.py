@@ -74,15 +74,17 @@ def _dp(Tm: FloatArray, n: int) -> tuple[float, list[int]]:
 def _split_in_order(T: FloatArray, DT: FloatArray, n: int) -> tuple[float, list[int]]:
     """Best contiguous split into n segments under S = max(sum T, max DT)."""
     M = T.shape[0] - 1
-    if n <= 2:
-        # One or two segments: score every cut directly (the bisection below needs ~log M DPs).
-        cut = np.arange(1, M) if n == 2 else np.array([M], dtype=np.int64)
-        head, tail = (T[0, cut], T[cut, M]) if n == 2 else (T[0, cut], np.zeros(1))
-        span = np.maximum(head + tail, np.maximum(DT[0, cut], DT[cut, M] if n == 2 else 0.0))
+    # One or two segments: score the whole, or every cut, directly (no bisection of DPs).
+    if n == 1:
+        whole = float(max(T[0, M], DT[0, M]))
+        return (whole, [0, M]) if np.isfinite(whole) else (_INF, [])
+    if n == 2:
+        cut = np.arange(1, M)
+        span = np.maximum(T[0, cut] + T[cut, M], np.maximum(DT[0, cut], DT[cut, M]))
         if span.size == 0 or not np.isfinite(span.min()):
             return _INF, []
         i = int(np.argmin(span))
-        return float(span[i]), ([0, int(cut[i]), M] if n == 2 else [0, M])
+        return float(span[i]), [0, int(cut[i]), M]
     cands = np.unique(DT[np.isfinite(DT)])
     if cands.size == 0:
         return _INF, []
