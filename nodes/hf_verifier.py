@@ -153,7 +153,7 @@ class HFVerifier:
         if self.latency is None:
             return outs, wall
         L = max(1, *(len(it.tokens) for it in batch))
-        I = max(len(s.ids) for s in sessions)
+        I = max(it.base_len for it in batch)  # the prefix before this pass
         return outs, self.latency(len(batch), L, I)
 
     def drop(self, user: int) -> None:

@@ -153,3 +153,24 @@ def test_bad_model_input_is_one_clear_error(tmp_path: Path, pair: EmbeddedPair) 
         with pytest.raises(ConfigError, match="no CUDA GPU"):
             pick_device("cuda")
     assert pick_device("cpu")[1] == torch.float32
+
+
+def test_profile_time_uses_the_batch_shape_before_the_pass(
+    verifier: HFVerifier, prompts: list[list[int]]
+) -> None:
+    seen: list[tuple[int, int, int]] = []
+    first, _ = verifier.prefill({20: prompts[2], 21: prompts[3]})
+    verifier.latency = lambda b, L, I: seen.append((b, L, I)) or 12.5
+    try:
+        items = [
+            VerifyItem(user=20, base_len=len(prompts[2]) + 1, tokens=(first[20], 5)),
+            VerifyItem(user=21, base_len=len(prompts[3]) + 1, tokens=(first[21],)),
+        ]
+        _, ms = verifier.verify(items)
+    finally:
+        verifier.latency = None
+        verifier.drop(20)
+        verifier.drop(21)
+    assert ms == 12.5
+    # Two users, padded to the longest draft and to the longest prefix as it was verified.
+    assert seen == [(2, 2, max(len(prompts[2]), len(prompts[3])) + 1)]
