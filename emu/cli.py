@@ -27,6 +27,8 @@ OVERRIDES = {
     "policy": "planner.policy",
     "duration": "sim.duration_s",
     "seed": "sim.seed",
+    "models": "models.kind",
+    "profiles": "profiles",
 }
 
 
@@ -50,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     solve = sub.add_parser("solve", help="plan one scenario with the analytic cost model")
     _scenario_args(solve)
     solve.add_argument("--policy", help="planning policy (planner.policy)")
+    solve.add_argument(
+        "--profile",
+        dest="profiles",
+        action="append",
+        metavar="FILE",
+        help="a draftnet profile TOML (profiles; repeatable)",
+    )
     sim = sub.add_parser("sim", help="run the nodes on a virtual clock with simulated links")
     _scenario_args(sim)
     sim.add_argument(
@@ -62,9 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, help="random seed (sim.seed)")
     sim.add_argument(
         "--models",
-        choices=["synthetic"],
-        default="synthetic",
-        help="backends: synthetic (Bernoulli acceptance, cost-model time)",
+        choices=["synthetic", "embedded", "files"],
+        help="backends (models.kind): synthetic (Bernoulli acceptance), embedded (the "
+        "SmolLM2 pair), files (the scenario's models.draft and models.target); time always "
+        "comes from the scenario's cost model or profile",
+    )
+    sim.add_argument(
+        "--profile",
+        dest="profiles",
+        action="append",
+        metavar="FILE",
+        help="a draftnet profile TOML (profiles; repeatable)",
     )
     sim.add_argument("--out", type=Path, help="run directory (default: runs/sim-<time>)")
     study = sub.add_parser("study", help="run a reproduction study (CSV and plots)")
@@ -72,11 +89,33 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--out", type=Path, default=Path("study/dipsd-paper"), help="output dir")
     study.add_argument("--max-users", type=int, default=32, help="largest M in the sweep")
     study.add_argument("--json", action="store_true", help="print the headline as JSON")
+    prof = sub.add_parser("profile", help="measure a model here and fit the cost model's latency")
+    which = prof.add_mutually_exclusive_group(required=True)
+    which.add_argument("--draft", type=Path, metavar="GGUF", help="a draft model (llama.cpp)")
+    which.add_argument("--target", type=Path, metavar="DIR", help="a target checkpoint")
+    prof.add_argument("--device", default="auto", help="the target's device: auto, cpu, cuda")
+    prof.add_argument("--threads", type=int, default=1, help="the draft's llama.cpp threads")
+    prof.add_argument("--batches", type=_ints, help="batch sizes (e.g. 1,2,4,8)")
+    prof.add_argument("--draft-lens", type=_ints, help="draft lengths per user (e.g. 1,4,8)")
+    prof.add_argument("--prefixes", type=_ints, help="prefix lengths [tokens] (e.g. 32,128)")
+    prof.add_argument("--repeats", type=int, help="timed passes per grid point")
+    prof.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
+    prof.add_argument("--out", type=Path, help="profile TOML (default: profiles/<model>.toml)")
+    prof.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     models = sub.add_parser("models", help="the embedded model pair")
     models_sub = models.add_subparsers(dest="action", required=True, parser_class=_Parser)
     prep = models_sub.add_parser("prepare", help="make the embedded pair (cached; offline after)")
     prep.add_argument("--json", action="store_true", help="print the pair as JSON")
     return parser
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be integers separated by commas, got {text!r}"
+        ) from None
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -168,6 +207,63 @@ def cmd_study(args: argparse.Namespace) -> dict[str, Any]:
     return run_dipsd_paper(args.out, max_users=args.max_users, quiet=args.json)
 
 
+def cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
+    from emu.profile import (
+        DRAFT_GRID,
+        VERIFY_GRID,
+        Grid,
+        profile_draft,
+        profile_target,
+        write_profile,
+    )
+    from emu.report import print_profile
+
+    def say(line: str) -> None:
+        if not args.json:
+            print(f"draftnet: {line}", file=sys.stderr)
+
+    role = "draft" if args.draft else "target"
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    base = DRAFT_GRID if args.draft else VERIFY_GRID["cuda" if "cuda" in args.device else "cpu"]
+    grid = Grid(
+        batches=base.batches if args.draft or not args.batches else args.batches,
+        draft_lens=args.draft_lens or base.draft_lens,
+        prefixes=args.prefixes or base.prefixes,
+        repeats=args.repeats or base.repeats,
+    )
+    if args.draft and args.batches:
+        raise ConfigError("--batches applies to --target only: a device drafts for one user")
+    if args.draft:
+        doc = profile_draft(args.draft, threads=args.threads, grid=grid, seed=args.seed, say=say)
+        model = args.draft
+    else:
+        custom = any((args.batches, args.draft_lens, args.prefixes, args.repeats))
+        doc = profile_target(
+            args.target,
+            device=args.device,
+            grid=grid if custom else None,
+            seed=args.seed,
+            say=say,
+        )
+        model = args.target
+    meta = doc["profile"]
+    out_path = args.out or Path("profiles") / f"{model.stem}.{role}.{meta['device']}.toml"
+    write_profile(doc, out_path)
+    section = doc["users"] if role == "draft" else doc["edge"]
+    out = {
+        "role": role,
+        "model": meta["model"],
+        "device": meta["device"],
+        "arch": section["draft" if role == "draft" else "target"],
+        "fit": meta["fit"],
+        "out": str(out_path),
+    }
+    if not args.json:
+        print_profile(out)
+    return out
+
+
 def cmd_models(args: argparse.Namespace) -> dict[str, Any]:
     from emu.models import prepare
 
@@ -187,7 +283,13 @@ def cmd_models(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-COMMANDS = {"solve": cmd_solve, "sim": cmd_sim, "study": cmd_study, "models": cmd_models}
+COMMANDS = {
+    "solve": cmd_solve,
+    "sim": cmd_sim,
+    "study": cmd_study,
+    "profile": cmd_profile,
+    "models": cmd_models,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

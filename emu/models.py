@@ -26,16 +26,23 @@ from pathlib import Path
 from typing import Any
 
 from emu.errors import ConfigError
+from emu.planner.model import ModelArch
 
 __all__ = [
     "DRAFT_TYPES",
+    "REAL_SESSION_TOKENS",
     "EmbeddedPair",
+    "ModelInfo",
+    "ModelSetup",
     "Prompt",
     "builtin_prompts",
     "check_pair",
+    "checkpoint_info",
     "embedded_pair",
+    "gguf_info",
     "model_cache",
     "prepare",
+    "resolve_models",
 ]
 
 SOURCE_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -236,27 +243,146 @@ def prepare(cache: Path | None = None, *, say: Callable[[str], None] = print) ->
     )
 
 
-def check_pair(draft: Path, target: Path) -> None:
-    """A GGUF and a target with different vocabularies cannot be paired: ConfigError."""
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What draftnet needs to know about a model file before loading it."""
+
+    arch: ModelArch  # the cost model's shape (J, h1, h2)
+    vocab: int
+    context: int  # positions the model was trained for
+
+
+def gguf_info(path: Path) -> ModelInfo:
+    """A GGUF's shape, vocabulary and context, from its metadata (the weights stay on disk)."""
     import gguf
 
-    if not draft.is_file():
-        raise ConfigError(f"draft model {str(draft)!r} must be a readable GGUF file")
+    if not path.is_file():
+        raise ConfigError(f"draft model {str(path)!r} must be a readable GGUF file")
     try:
-        reader = gguf.GGUFReader(str(draft))
-        field = reader.fields["tokenizer.ggml.tokens"]
-        n_draft = len(field.data)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"draft model {str(draft)!r} is not a readable GGUF: {exc}") from None
+        fields = gguf.GGUFReader(str(path)).fields
+        arch = fields["general.architecture"].contents()
+
+        def num(key: str) -> int:
+            return int(fields[f"{arch}.{key}"].contents())
+
+        return ModelInfo(
+            arch=ModelArch(
+                name=path.stem,
+                layers=num("block_count"),
+                hidden=num("embedding_length"),
+                ffn=num("feed_forward_length"),
+            ),
+            vocab=len(fields["tokenizer.ggml.tokens"].data),
+            context=num("context_length"),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"draft model {str(path)!r} is not a readable GGUF: {exc}") from None
+
+
+def checkpoint_info(path: Path) -> ModelInfo:
+    """A transformers checkpoint's shape, vocabulary and context, from its config.json."""
     try:
-        cfg = json.loads((target / "config.json").read_text())
-    except (OSError, ValueError):
+        cfg = json.loads((path / "config.json").read_text())
+        cfg = cfg.get("text_config", cfg)
+        return ModelInfo(
+            arch=ModelArch(
+                name=path.name,
+                layers=int(cfg["num_hidden_layers"]),
+                hidden=int(cfg["hidden_size"]),
+                ffn=int(cfg["intermediate_size"]),
+            ),
+            vocab=int(cfg["vocab_size"]),
+            context=int(cfg.get("max_position_embeddings", 1 << 20)),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
         raise ConfigError(
-            f"target model {str(target)!r} must be a transformers checkpoint directory"
+            f"target model {str(path)!r} must be a transformers checkpoint directory "
+            "(with a readable config.json naming num_hidden_layers, hidden_size, "
+            "intermediate_size and vocab_size)"
         ) from None
-    n_target = int(cfg.get("vocab_size", -1))
+
+
+def check_pair(draft: Path, target: Path) -> None:
+    """A GGUF and a target with different vocabularies cannot be paired: ConfigError."""
+    n_draft = gguf_info(draft).vocab
+    n_target = checkpoint_info(target).vocab
     if n_draft != n_target:
         raise ConfigError(
             f"draft and target must share a vocabulary: {draft.name} has {n_draft} tokens, "
             f"{target.name} has {n_target}"
         )
+
+
+# Tokens a session decodes with real models when the scenario says 0 (no limit): real sessions
+# must fit the models' contexts, and the losslessness check replays every one of them.
+REAL_SESSION_TOKENS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSetup:
+    """Real models for a run, checked before anything is loaded (see ``resolve_models``)."""
+
+    draft: Path
+    target: Path
+    draft_info: ModelInfo
+    target_info: ModelInfo
+    device: str
+    prompts: list[list[int]]  # the built-in prompts as token ids, in order
+    kinds: list[str]
+    session_tokens: int  # new tokens per session
+    n_ctx: int  # the context each drafter is given
+    acceptance: float | None  # measured on the built-in prompts (the embedded pair), if known
+
+
+def resolve_models(
+    kind: str,
+    *,
+    draft: str = "",
+    target: str = "",
+    device: str = "auto",
+    max_new_tokens: int = 0,
+    max_draft_len: int = 20,
+) -> ModelSetup:
+    """Every check that can fail on the user's input, before a model is loaded or a run starts:
+    the files exist and are readable, the pair shares a vocabulary, the device exists, and every
+    prompt with its session and a full draft fits both models' contexts. ConfigError otherwise."""
+    from nodes.hf_verifier import pick_device
+
+    acceptance = None
+    if kind == "embedded":
+        pair = embedded_pair()
+        d, t, acceptance = pair.draft, pair.target, pair.acceptance
+    elif kind == "files":
+        d, t = Path(draft).expanduser(), Path(target).expanduser()
+    else:
+        raise ConfigError(f"models.kind must be embedded or files for real models, got {kind!r}")
+    d_info, t_info = gguf_info(d), checkpoint_info(t)
+    check_pair(d, t)
+    dev, _ = pick_device(device)
+    chosen = builtin_prompts()
+    try:
+        ids = prompt_ids(t, chosen)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"target model {str(t)!r} has no usable tokenizer: {exc}") from None
+    session = max_new_tokens or REAL_SESSION_TOKENS
+    longest = max(len(p) for p in ids)
+    need = longest + session + max_draft_len + 2
+    for name, info in (("draft", d_info), ("target", t_info)):
+        if need > info.context:
+            raise ConfigError(
+                f"sim.max_new_tokens {session} must fit the {name}'s context of "
+                f"{info.context} tokens with the longest prompt ({longest} tokens) and a draft "
+                f"of {max_draft_len}: {need} needed"
+            )
+    return ModelSetup(
+        draft=d,
+        target=t,
+        draft_info=d_info,
+        target_info=t_info,
+        device=dev,
+        prompts=ids,
+        kinds=[p.kind for p in chosen],
+        session_tokens=session,
+        n_ctx=need,
+        acceptance=acceptance,
+    )

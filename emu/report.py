@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["print_sim", "print_solve"]
+__all__ = ["print_profile", "print_sim", "print_solve"]
 
 
 def print_solve(out: dict[str, Any], console: Console | None = None) -> None:
@@ -82,3 +82,25 @@ def print_sim(out: dict[str, Any], console: Console | None = None) -> None:
     console.print(t)
     if out.get("out_dir"):
         console.print(f"results in {out['out_dir']}")
+
+
+def print_profile(out: dict[str, Any], console: Console | None = None) -> None:
+    """The fitted latency model and how well it holds."""
+    console = console or Console(stderr=True)
+    fit, arch = out["fit"], out["arch"]
+    form = "G(1, F_d(i)) per token" if out["role"] == "draft" else "G(b, F_v(L, I)) per pass"
+    console.print(
+        f"[bold]{out['role']}[/] {arch['name']} on {out['device']} "
+        f"(J={arch['layers']}, h1={arch['hidden']}, h2={arch['ffn']}): {form} = "
+        f"[bold]{fit['c_ms_per_flop']:.4g}[/] ms/FLOP x b F + [bold]{fit['beta_ms']:.2f}[/] ms"
+    )
+    console.print(
+        f"fit over {fit['points']} points: mean error {100 * fit['mean_rel_err']:.1f}%, "
+        f"largest {100 * fit['max_rel_err']:.1f}%, R^2 {fit['r2']:.3f}"
+    )
+    if fit["max_rel_err"] > 0.25:
+        console.print(
+            "[yellow]the affine model misses some points by more than 25%: plans made with "
+            "this profile are only as good as the line (see the samples in the file)[/]"
+        )
+    console.print(f"profile in {out['out']}")

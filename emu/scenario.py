@@ -131,16 +131,59 @@ class SimConfig:
         _in("sim.max_new_tokens", self.max_new_tokens, 0, 2**31 - 1, ">= 0 (0: no limit)")
 
 
+MODEL_KINDS = ("synthetic", "embedded", "files")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelsConfig:
+    """Which backends draft and verify: synthetic (Bernoulli acceptance, cost-model time; for
+    the simulation and tests), the embedded pair, or the model files named here."""
+
+    kind: str = "synthetic"
+    draft: str = ""  # GGUF file (kind = "files")
+    target: str = ""  # transformers checkpoint directory (kind = "files")
+    device: str = "auto"  # the target's: auto | cpu | cuda[:N]
+    dtype: str = ""  # the target's torch dtype; "": bf16 on CUDA, fp32 on the CPU
+    temperature: float = 0.0  # 0: greedy drafting and verification
+    top_k: int = 8  # sparse draft probabilities sent with sampled drafts
+    draft_threads: int = 1  # llama.cpp threads per user
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ConfigError(
+                f"models.kind must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}"
+            )
+        if self.kind == "files" and not (self.draft and self.target):
+            raise ConfigError(
+                'models.kind = "files" needs models.draft (a GGUF) and models.target '
+                f"(a checkpoint directory), got draft={self.draft!r} target={self.target!r}"
+            )
+        if self.kind != "files" and (self.draft or self.target):
+            raise ConfigError(
+                f'models.draft and models.target are only read with models.kind = "files", '
+                f"got kind {self.kind!r}"
+            )
+        if self.dtype not in ("", "float32", "bfloat16", "float16"):
+            raise ConfigError(
+                f"models.dtype must be '', float32, bfloat16 or float16, got {self.dtype!r}"
+            )
+        _in("models.temperature", self.temperature, 0, 10, "in [0, 10]")
+        _in("models.top_k", self.top_k, 1, 1000, "in [1, 1000]")
+        _in("models.draft_threads", self.draft_threads, 1, 256, "in [1, 256]")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Scenario:
     name: str = "default"
     preset: str = ""
+    profiles: tuple[str, ...] = ()
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     users: UsersConfig = field(default_factory=UsersConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     sim: SimConfig = field(default_factory=SimConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
 
     def problem(self) -> Problem:
         """The planning instance this scenario describes (validated by the planner's types)."""
@@ -200,6 +243,36 @@ def _preset(name: str) -> dict[str, Any]:
     return tomllib.loads(text)
 
 
+def _read_toml(p: Path, what: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {str(p)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} {str(p)!r} cannot be read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {str(p)!r} is not valid TOML: {exc}") from exc
+
+
+# What a profile (``draftnet profile``) may set: the shape and latency of what it measured.
+_PROFILE_TABLES = {"users": {"draft", "device"}, "edge": {"target", "latency"}}
+
+
+def _profile(p: Path) -> dict[str, Any]:
+    """A profile's scenario tables (its ``[profile]`` record is for people, not the run)."""
+    data = _read_toml(p, "profile")
+    data.pop("profile", None)
+    for head, sub in data.items():
+        allowed = _PROFILE_TABLES.get(head, set())
+        extra = set(sub) - allowed if isinstance(sub, dict) else {"?"}
+        if not allowed or extra:
+            raise ConfigError(
+                f"profile {str(p)!r} may only set users.draft, users.device, edge.target and "
+                f"edge.latency, got {head}.{sorted(extra)[0] if allowed else ''}".rstrip(".")
+            )
+    return data
+
+
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in top.items():
@@ -216,7 +289,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if origin is tuple:
         (item,) = typing.get_args(tp)[:1]
         if not isinstance(value, list):
-            raise ConfigError(f"{where} must be a list of tables, got {value!r}")
+            raise ConfigError(f"{where} must be a list, got {value!r}")
         return tuple(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value))
     if is_dataclass(tp):
         if not isinstance(value, dict):
@@ -267,22 +340,24 @@ def load_scenario(
     An override ``users.X`` also clears X from every per-user entry: a flag means every user.
     """
     data: dict[str, Any] = {}
+    here = Path.cwd()
     if path is not None:
-        p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"scenario file {str(p)!r} does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"scenario file {str(p)!r} cannot be read: {exc}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"scenario file {str(p)!r} is not valid TOML: {exc}") from exc
+        data = _read_toml(Path(path), "scenario file")
+        here = Path(path).parent
     base = _preset("default")
     chosen = preset if preset is not None else data.get("preset", "")
     if not isinstance(chosen, str):
         raise ConfigError(f"preset must be a string, got {chosen!r}")
     if chosen and chosen != "default":
         base = _merge(base, _preset(chosen))
+    flagged = (overrides or {}).get("profiles")
+    profiles = flagged or data.get("profiles", [])
+    if not isinstance(profiles, list) or not all(isinstance(x, str) for x in profiles):
+        raise ConfigError(f"profiles must be a list of file names, got {profiles!r}")
+    for name in profiles:
+        # A flag's profile is relative to the working directory, a file's to the file.
+        where = Path(name) if flagged else here / name
+        base = _merge(base, _profile(where))
     merged = _merge(base, data)
     if chosen:
         merged["preset"] = chosen

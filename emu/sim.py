@@ -3,18 +3,21 @@
 Layer: emu (orchestration). There is no separate simulator: the user and edge nodes are the
 emulation's nodes; only the links (in-memory, delayed per message) and the clock
 (``trio.testing.MockClock`` with autojump: time jumps whenever every task waits) differ.
-Backends are synthetic here (see ``nodes.backends``); each policy runs on the same seed.
+Backends are synthetic (see ``nodes.backends``) or real models with profiled time (see
+``emu.backends``); each policy runs on the same seed and, with real models, the same prompts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import tomli_w
@@ -25,14 +28,17 @@ from channel_models.link import LinkState
 from emu.errors import ConfigError
 from emu.metrics import Recorder
 from emu.planner import Plan, evaluate, plan_for
-from emu.planner.model import Problem
+from emu.planner.model import Problem, User
 from emu.planner.policies import POLICIES
 from emu.scenario import Scenario
 from emu.simlink import link_pair
-from nodes.backends import SyntheticDrafter, SyntheticVerifier
+from nodes.backends import DraftBackend, SyntheticDrafter, SyntheticVerifier, VerifyBackend
 from nodes.edge import EdgeNode, EdgeSettings
 from nodes.pacing import Pacer
 from nodes.user import UserNode
+
+if TYPE_CHECKING:
+    from emu.backends import RealModels
 
 __all__ = ["simulate"]
 
@@ -78,24 +84,55 @@ def _settings(sc: Scenario, users: int) -> EdgeSettings:
     )
 
 
+class _Backends(Protocol):
+    """Where a policy's run gets its models: synthetic, or real ones (``emu.models``)."""
+
+    def verifier(self, problem: Problem, rng: np.random.Generator) -> VerifyBackend: ...
+    def drafter(self, i: int, user: User, rng: np.random.Generator) -> DraftBackend: ...
+    def prompts(self, i: int, user: User, rng: np.random.Generator) -> Iterator[Sequence[int]]: ...
+    def results(self) -> dict[str, Any]: ...
+
+
+@dataclass(slots=True)
+class _Synthetic:
+    """Bernoulli acceptance and cost-model time (see ``nodes.backends``)."""
+
+    warm_start: bool
+
+    def verifier(self, problem: Problem, rng: np.random.Generator) -> VerifyBackend:
+        return SyntheticVerifier(
+            edge=problem.edge,
+            alpha={i: u.alpha for i, u in enumerate(problem.users)},
+            prefix_len={i: u.prefix_len for i, u in enumerate(problem.users)},
+            rng=rng,
+            prefill_free=self.warm_start,
+        )
+
+    def drafter(self, i: int, user: User, rng: np.random.Generator) -> DraftBackend:
+        return SyntheticDrafter.for_user(user, rng)
+
+    def prompts(self, i: int, user: User, rng: np.random.Generator) -> Iterator[Sequence[int]]:
+        return _prompts(rng, user.prefix_len)
+
+    def results(self) -> dict[str, Any]:
+        return {"lossless": None}
+
+
 async def _run_policy(
     sc: Scenario,
     problem: Problem,
     planner: Callable[[Problem, Plan | None], Plan],
     rec: Recorder,
     tick: Callable[[float], None] | None,
+    *,
+    backends: _Backends,
+    session_tokens: int,
 ) -> tuple[float, dict[str, Any]]:
     seed = sc.sim.seed
     rngs = np.random.default_rng(seed).spawn(2 * problem.size + 2)
     edge = EdgeNode(
         edge=problem.edge,
-        verifier=SyntheticVerifier(
-            edge=problem.edge,
-            alpha={i: u.alpha for i, u in enumerate(problem.users)},
-            prefix_len={i: u.prefix_len for i, u in enumerate(problem.users)},
-            rng=rngs[0],
-            prefill_free=sc.sim.warm_start,
-        ),
+        verifier=backends.verifier(problem, rngs[0]),
         planner=planner,
         priors=dict(enumerate(problem.users)),
         settings=_settings(sc, problem.size),
@@ -118,10 +155,10 @@ async def _run_policy(
             user_end, edge_end = link_pair(steady, steady, rngs[2 + 2 * i], rto_ms=net.rto_ms)
             node = UserNode(
                 i,
-                SyntheticDrafter.for_user(u, rngs[3 + 2 * i]),
-                _prompts(rngs[1], u.prefix_len),
+                backends.drafter(i, u, rngs[3 + 2 * i]),
+                backends.prompts(i, u, rngs[1]),
                 sink=rec,
-                max_new_tokens=sc.sim.max_new_tokens,
+                max_new_tokens=session_tokens,
             )
             nursery.start_soon(edge.serve_stream, edge_end)
             nursery.start_soon(node.run, user_end)
@@ -159,6 +196,12 @@ def simulate(
             raise ConfigError(f"--policy must be one of {', '.join(POLICIES)}, got {p!r}")
     problem = sc.problem()
     t_wall = time.perf_counter()
+    backends: _Backends = _Synthetic(warm_start=sc.sim.warm_start)
+    session_tokens = sc.sim.max_new_tokens
+    if sc.models.kind != "synthetic":
+        real = _real_models(sc, problem.size)
+        backends, session_tokens = real, real.session_tokens
+        problem = _with_priors(problem, real)
     rec = Recorder(out_dir / "events.jsonl" if out_dir else None)
     if out_dir is not None:
         (out_dir / "scenario.toml").write_text(tomli_w.dumps(_plain(sc)))
@@ -170,12 +213,16 @@ def simulate(
             predicted = evaluate(problem, planner(problem, None)).throughput_tok_s
             t_policy = time.perf_counter()
             t_end, edge = trio.run(
-                _run_policy,
-                sc,
-                problem,
-                planner,
-                rec,
-                None if progress is None else functools.partial(progress, policy),
+                functools.partial(
+                    _run_policy,
+                    sc,
+                    problem,
+                    planner,
+                    rec,
+                    None if progress is None else functools.partial(progress, policy),
+                    backends=backends,
+                    session_tokens=session_tokens,
+                ),
                 clock=trio.testing.MockClock(autojump_threshold=0),
             )
             res = rec.summary(policy, t_end=t_end, users=problem.size)
@@ -184,7 +231,7 @@ def simulate(
                 "predicted_tok_s": predicted,
                 **res,
                 **edge,
-                "lossless": None,
+                **backends.results(),
                 "wall_s": time.perf_counter() - t_policy,
             }
             results[policy] = res
@@ -195,11 +242,64 @@ def simulate(
     return {
         "mode": "sim",
         "scenario": sc.name,
+        "models": _models_note(sc, backends),
         "users": problem.size,
         "duration_s": sc.sim.duration_s,
         "seed": sc.sim.seed,
         "results": results,
         "wall_s": time.perf_counter() - t_wall,
+    }
+
+
+def _real_models(sc: Scenario, users: int) -> RealModels:
+    """Check the models (one-line errors before anything starts), then load them."""
+    from emu.backends import RealModels
+    from emu.models import resolve_models
+
+    m = sc.models
+    setup = resolve_models(
+        m.kind,
+        draft=m.draft,
+        target=m.target,
+        device=m.device,
+        max_new_tokens=sc.sim.max_new_tokens,
+        max_draft_len=sc.planner.max_draft_len,
+    )
+    return RealModels(
+        setup,
+        users=users,
+        temperature=m.temperature,
+        top_k=m.top_k,
+        draft_threads=m.draft_threads,
+        dtype=m.dtype,
+        warm_start=sc.sim.warm_start,
+        seed=sc.sim.seed,
+    )
+
+
+def _with_priors(problem: Problem, real: RealModels) -> Problem:
+    """What the planner assumes before it has measured anything: the pair's acceptance on the
+    built-in prompts (where known) and the mean context of a session."""
+    prefix = real.prior_prefix()
+    alpha = real.setup.acceptance
+    users = tuple(
+        dataclasses.replace(u, prefix_len=prefix, alpha=u.alpha if alpha is None else alpha)
+        for u in problem.users
+    )
+    return dataclasses.replace(problem, users=users)
+
+
+def _models_note(sc: Scenario, backends: _Backends) -> dict[str, Any]:
+    if sc.models.kind == "synthetic":
+        return {"kind": "synthetic"}
+    setup = backends.setup  # type: ignore[attr-defined]
+    return {
+        "kind": sc.models.kind,
+        "draft": str(setup.draft),
+        "target": str(setup.target),
+        "device": setup.device,
+        "temperature": sc.models.temperature,
+        "session_tokens": setup.session_tokens,
     }
 
 

@@ -60,7 +60,9 @@ class HFVerifier:
     """``VerifyBackend`` on a transformers causal LM checkpoint directory.
 
     ``latency(batch, tokens, prefix)`` [ms], if given, is the time a pass stands for (an edge
-    profile); otherwise the measured wall time is reported.
+    profile); otherwise the measured wall time is reported. A prefill pass stands for
+    ``latency(batch, longest prompt, 0)``, or no time at all with ``prefill_free`` (the prompts
+    were already in the cache: the cost model's steady state).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class HFVerifier:
         seed: int = 0,
         threads: int | None = None,
         latency: Callable[[int, int, int], float] | None = None,
+        prefill_free: bool = False,
     ) -> None:
         path = Path(target_dir)
         if not (path / "config.json").is_file():
@@ -83,8 +86,10 @@ class HFVerifier:
         if temperature < 0:
             raise ConfigError(f"verify temperature must be >= 0, got {temperature!r}")
         import torch
+        import transformers.utils.logging
         from transformers import AutoModelForCausalLM
 
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         self.torch = torch
         if threads:
             torch.set_num_threads(threads)
@@ -104,6 +109,7 @@ class HFVerifier:
         self.temperature = temperature
         self.rng = np.random.default_rng(seed)
         self.latency = latency
+        self.prefill_free = prefill_free
         self.sessions: dict[int, _Session] = {}
 
     # --- the VerifyBackend interface --------------------------------------------------------
@@ -118,12 +124,30 @@ class HFVerifier:
                 )
             self.sessions[user] = _Session(ids=[int(t) for t in prompt])
         items = [VerifyItem(user=u, base_len=len(p), tokens=()) for u, p in prompts.items()]
-        outs, ms = self.verify(items)
-        return {it.user: o.token for it, o in zip(items, outs, strict=True)}, ms
+        outs, wall = self._verify(items)
+        first = {it.user: o.token for it, o in zip(items, outs, strict=True)}
+        if self.prefill_free:
+            return first, 0.0
+        if self.latency is None:
+            return first, wall
+        return first, self.latency(len(items), max(len(p) for p in prompts.values()), 0)
 
     def verify(self, batch: Sequence[VerifyItem]) -> tuple[list[VerifyOut], float]:
         if not batch:
             return [], 0.0
+        outs, wall = self._verify(batch)
+        if self.latency is None:
+            return outs, wall
+        L = max(1, *(len(it.tokens) for it in batch))
+        I = max(it.base_len for it in batch)  # the prefix before this pass
+        return outs, self.latency(len(batch), L, I)
+
+    def drop(self, user: int) -> None:
+        self.sessions.pop(user, None)
+
+    # --- internals ----------------------------------------------------------------------------
+    def _verify(self, batch: Sequence[VerifyItem]) -> tuple[list[VerifyOut], float]:
+        """The pass and the verdicts; the wall time it took [ms]."""
         t0 = time.perf_counter()
         sessions = [self.sessions[it.user] for it in batch]
         for it, s in zip(batch, sessions, strict=True):
@@ -149,17 +173,8 @@ class HFVerifier:
             s.ids.extend(int(t) for t in it.tokens[:accepted])
             s.ids.append(token)
             outs.append(VerifyOut(accepted=accepted, token=token))
-        wall = (time.perf_counter() - t0) * 1000.0
-        if self.latency is None:
-            return outs, wall
-        L = max(1, *(len(it.tokens) for it in batch))
-        I = max(it.base_len for it in batch)  # the prefix before this pass
-        return outs, self.latency(len(batch), L, I)
+        return outs, (time.perf_counter() - t0) * 1000.0
 
-    def drop(self, user: int) -> None:
-        self.sessions.pop(user, None)
-
-    # --- internals ----------------------------------------------------------------------------
     def _forward(
         self, sessions: list[_Session], drafts: list[list[int]]
     ) -> tuple[Any, list[tuple[Any, Any]]]:

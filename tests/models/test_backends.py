@@ -142,7 +142,8 @@ def test_bad_model_input_is_one_clear_error(tmp_path: Path, pair: EmbeddedPair) 
         HFVerifier(tmp_path, device="cpu")
     other = tmp_path / "other"
     other.mkdir()
-    (other / "config.json").write_text(json.dumps({"vocab_size": 32000}))
+    cfg = json.loads((pair.target / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**cfg, "vocab_size": 32000}))
     with pytest.raises(ConfigError, match="share a vocabulary"):
         check_pair(pair.draft, other)
     check_pair(pair.draft, pair.target)
@@ -174,3 +175,22 @@ def test_profile_time_uses_the_batch_shape_before_the_pass(
     assert ms == 12.5
     # Two users, padded to the longest draft and to the longest prefix as it was verified.
     assert seen == [(2, 2, max(len(prompts[2]), len(prompts[3])) + 1)]
+
+
+def test_profile_time_of_a_prefill_is_the_whole_prompt_at_prefix_zero(
+    verifier: HFVerifier, prompts: list[list[int]]
+) -> None:
+    seen: list[tuple[int, int, int]] = []
+    verifier.latency = lambda b, L, I: seen.append((b, L, I)) or 30.0
+    try:
+        _, ms = verifier.prefill({30: prompts[0], 31: prompts[1]})
+        verifier.prefill_free = True
+        _, free_ms = verifier.prefill({32: prompts[0]})
+    finally:
+        verifier.latency = None
+        verifier.prefill_free = False
+        for u in (30, 31, 32):
+            verifier.drop(u)
+    # A prefill pass is F_v(prompt, 0) for the longest prompt, batch 2; a warm start is free.
+    assert (ms, seen) == (30.0, [(2, max(len(prompts[0]), len(prompts[1])), 0)])
+    assert free_ms == 0.0
