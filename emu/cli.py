@@ -84,6 +84,14 @@ def _parser() -> argparse.ArgumentParser:
         help="a draftnet profile TOML (profiles; repeatable)",
     )
     sim.add_argument("--out", type=Path, help="run directory (default: runs/sim-<time>)")
+    chan = sub.add_parser("channel", help="the radio model: link states, traces and plots")
+    chan.add_argument("scenario", nargs="?", help="scenario TOML file (default: the embedded one)")
+    chan.add_argument("--preset", help="start from a built-in preset (default, dipsd-paper)")
+    chan.add_argument("--users", type=int, help="number of users (users.count)")
+    chan.add_argument("--duration", type=float, help="seconds of link states (sim.duration_s)")
+    chan.add_argument("--seed", type=int, help="random seed (sim.seed)")
+    chan.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    chan.add_argument("--out", type=Path, help="run directory (default: runs/channel-<time>)")
     study = sub.add_parser("study", help="run a reproduction study (CSV and plots)")
     study.add_argument("name", choices=["dipsd-paper"], help="which study")
     study.add_argument("--out", type=Path, default=Path("study/dipsd-paper"), help="output dir")
@@ -171,11 +179,7 @@ def cmd_sim(args: argparse.Namespace) -> dict[str, Any]:
 
     scenario = _load(args)
     policies = args.policies or [scenario.planner.policy]
-    out_dir = args.out or Path("runs") / time.strftime("sim-%Y%m%d-%H%M%S")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--out {str(out_dir)!r} cannot be created: {exc.strerror}") from exc
+    out_dir = _out_dir(args, "sim")
     total = scenario.sim.duration_s * len(policies)
     done: dict[str, float] = {}
     with Progress(
@@ -197,6 +201,40 @@ def cmd_sim(args: argparse.Namespace) -> dict[str, Any]:
     if not args.json:
         print_sim(out)
     return out
+
+
+def _out_dir(args: argparse.Namespace, kind: str) -> Path:
+    out_dir: Path = args.out or Path("runs") / time.strftime(f"{kind}-%Y%m%d-%H%M%S")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {str(out_dir)!r} cannot be created: {exc.strerror}") from exc
+    return out_dir
+
+
+def cmd_channel(args: argparse.Namespace) -> dict[str, Any]:
+    from emu.channel import run_channel
+    from emu.report import print_channel
+
+    scenario = _load(args)
+    out_dir = _out_dir(args, "channel")
+    with _spinner(f"generating {scenario.sim.duration_s:g} s of link states", quiet=args.json):
+        out = run_channel(scenario, out_dir)
+    out["out_dir"] = str(out_dir)
+    if not args.json:
+        print_channel(out)
+    return out
+
+
+def _spinner(text: str, *, quiet: bool) -> Any:
+    from contextlib import nullcontext
+
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
+        return nullcontext()
+    return console.status(text)
 
 
 def cmd_study(args: argparse.Namespace) -> dict[str, Any]:
@@ -286,6 +324,7 @@ def cmd_models(args: argparse.Namespace) -> dict[str, Any]:
 COMMANDS = {
     "solve": cmd_solve,
     "sim": cmd_sim,
+    "channel": cmd_channel,
     "study": cmd_study,
     "profile": cmd_profile,
     "models": cmd_models,

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["print_profile", "print_sim", "print_solve"]
+__all__ = ["print_channel", "print_profile", "print_sim", "print_solve"]
 
 
 def print_solve(out: dict[str, Any], console: Console | None = None) -> None:
@@ -104,3 +104,38 @@ def print_profile(out: dict[str, Any], console: Console | None = None) -> None:
             "this profile are only as good as the line (see the samples in the file)[/]"
         )
     console.print(f"profile in {out['out']}")
+
+
+def print_channel(out: dict[str, Any], console: Console | None = None) -> None:
+    """Per user: where it is and what its links give."""
+    console = console or Console(stderr=True)
+    r = out["radio"]
+    console.print(
+        f"[bold]channel[/] of scenario [bold]{out['scenario']}[/]: {len(out['users'])} users, "
+        f"{r['scenario']} at {r['carrier_hz'] / 1e9:g} GHz, {r['bandwidth_hz'] / 1e6:g} MHz, "
+        f"{r['scheduler']} scheduler, {r['link']} link, {out['duration_s']:g} s "
+        f"(generated in {out['generate_s']:.1f} s)"
+    )
+    t = Table()
+    cols = ["user", "cell", "distance m", "LOS", "SINR dB", "up Mbit/s", "down Mbit/s"]
+    cols += ["delay ms up/down", "jitter ms", "loss"]
+    for col in cols:
+        t.add_column(col, justify="right")
+    for u in out["users"][:50]:
+        t.add_row(
+            str(u["user"]),
+            str(u["cell"]),
+            f"{u['distance_m']:.0f}",
+            "yes" if u["los"] else "no",
+            f"{u['mean_sinr_db']:.1f}",
+            f"{u['up_rate_bps'] / 1e6:.2f}",
+            f"{u['down_rate_bps'] / 1e6:.2f}",
+            f"{u['up_delay_ms']:.1f}/{u['down_delay_ms']:.1f}",
+            f"{u['jitter_ms']:.1f}",
+            f"{u['loss']:.4f}",
+        )
+    console.print(t)
+    if len(out["users"]) > 50:
+        console.print(f"(first 50 of {len(out['users'])} users; all in summary.json)")
+    if out.get("out_dir"):
+        console.print(f"traces, link states and plots in {out['out_dir']}")

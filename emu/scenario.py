@@ -18,10 +18,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from channel_models.config import RadioConfig
 from emu.errors import ConfigError
 from emu.planner.model import Edge, LatencyModel, ModelArch, Problem, User
 
-__all__ = ["PRESETS", "Scenario", "load_scenario"]
+__all__ = ["PRESETS", "Scenario", "load_scenario", "scenario_toml"]
 
 PRESETS = ("default", "dipsd-paper")
 
@@ -184,6 +185,7 @@ class Scenario:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    radio: RadioConfig = field(default_factory=RadioConfig)
 
     def problem(self) -> Problem:
         """The planning instance this scenario describes (validated by the planner's types)."""
@@ -372,3 +374,24 @@ def load_scenario(
                     entry.pop(leaf, None)
     scenario: Scenario = _build(Scenario, merged, "")
     return scenario
+
+
+def scenario_toml(sc: Scenario) -> str:
+    """The resolved scenario as TOML (what every run directory keeps)."""
+    import tomli_w
+
+    data: dict[str, Any] = _plain(sc)
+    return tomli_w.dumps(data)
+
+
+def _plain(obj: Any) -> Any:
+    """A scenario as TOML-ready data (the resolved scenario of a run)."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {
+            f.name: _plain(getattr(obj, f.name))
+            for f in fields(obj)
+            if getattr(obj, f.name) is not None
+        }
+    if isinstance(obj, tuple):
+        return [_plain(x) for x in obj]
+    return obj

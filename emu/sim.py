@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import tomli_w
 import trio
 import trio.testing
 
@@ -30,7 +29,7 @@ from emu.metrics import Recorder
 from emu.planner import Plan, evaluate, plan_for
 from emu.planner.model import Problem, User
 from emu.planner.policies import POLICIES
-from emu.scenario import Scenario
+from emu.scenario import Scenario, scenario_toml
 from emu.simlink import link_pair
 from nodes.backends import DraftBackend, SyntheticDrafter, SyntheticVerifier, VerifyBackend
 from nodes.edge import EdgeNode, EdgeSettings
@@ -204,7 +203,7 @@ def simulate(
         problem = _with_priors(problem, real)
     rec = Recorder(out_dir / "events.jsonl" if out_dir else None)
     if out_dir is not None:
-        (out_dir / "scenario.toml").write_text(tomli_w.dumps(_plain(sc)))
+        (out_dir / "scenario.toml").write_text(scenario_toml(sc))
     results: dict[str, Any] = {}
     try:
         for policy in policies:
@@ -313,18 +312,3 @@ def _write_summary(out: Path, sc: Scenario, results: dict[str, Any], t_wall: flo
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2, default=float))
     tmp.replace(out / "summary.json")
-
-
-def _plain(obj: Any) -> Any:
-    """A scenario as TOML-ready data (the resolved scenario of a run)."""
-    from dataclasses import fields, is_dataclass
-
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return {
-            f.name: _plain(getattr(obj, f.name))
-            for f in fields(obj)
-            if getattr(obj, f.name) is not None
-        }
-    if isinstance(obj, tuple):
-        return [_plain(x) for x in obj]
-    return obj

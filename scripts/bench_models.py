@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Model benchmark: drafter tokens/s, verifier latency against batch size and tokens, and the
-embedded pair's greedy acceptance per prompt kind.
+"""Model benchmark: drafter tokens/s, verifier latency against batch size and tokens, the
+embedded pair's greedy acceptance per prompt kind, and `draftnet sim --models embedded` with
+dipsd, ad and ad-batch (under the default scenario's timing, the paper's devices, and under
+profiles of this machine when given).
 
 Prints figures for BENCHMARKS.md; asserts nothing. Needs the embedded pair
 (`draftnet models prepare`).
 
-    .venv/bin/python scripts/bench_models.py [--device cpu] [--repeats 5]
+    .venv/bin/python scripts/bench_models.py [--device cpu] [--repeats 5] [--only sim]
+        [--sim-users 6] [--sim-duration 30] [--profile d.toml --profile t.toml]
 """
 
 from __future__ import annotations
@@ -64,12 +67,48 @@ def verifier_grid(v: HFVerifier, prompt: list[int], repeats: int) -> None:
             print(f"| {b} | {L} | {len(prompt)} | {statistics.median(ts):.1f} |", flush=True)
 
 
+def sim_embedded(users: int, duration: float, profiles: list[str]) -> None:
+    from emu.scenario import load_scenario
+    from emu.sim import simulate
+
+    sc = load_scenario(
+        overrides={
+            "users.count": users,
+            "sim.duration_s": duration,
+            "models.kind": "embedded",
+            "profiles": profiles,
+        }
+    )
+    timing = ", ".join(profiles) if profiles else "the default scenario (the paper's devices)"
+    print(f"## sim --models embedded: {users} users, {duration:g} virtual s, timing {timing}")
+    out = simulate(sc, ["dipsd", "ad", "ad-batch"])
+    res = out["results"]
+    print("| policy | tok/s | predicted | vs ad | acceptance | mean len | lossless | wall s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for pol, r in res.items():
+        acc = "-" if r["acceptance_rate"] is None else f"{r['acceptance_rate']:.3f}"
+        mlen = "-" if r["mean_accepted_len"] is None else f"{r['mean_accepted_len']:.2f}"
+        print(
+            f"| {pol} | {r['throughput_tok_s']:.2f} | {r['predicted_tok_s']:.2f} | "
+            f"{r['throughput_tok_s'] / res['ad']['throughput_tok_s']:.2f}x | {acc} | {mlen} | "
+            f"{r['lossless']} ({r['lossless_checked']['tokens']} tokens) | {r['wall_s']:.1f} |",
+            flush=True,
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--only", choices=["sim"], help="only the embedded simulation")
+    ap.add_argument("--sim-users", type=int, default=6)
+    ap.add_argument("--sim-duration", type=float, default=30.0)
+    ap.add_argument("--profile", action="append", default=[], help="profile TOML (repeatable)")
     args = ap.parse_args()
     print(f"machine: {platform.node()} {platform.machine()} python {platform.python_version()}")
+    if args.only == "sim":
+        sim_embedded(args.sim_users, args.sim_duration, args.profile)
+        return
     pair = embedded_pair()
     prompts = builtin_prompts()
     ids = prompt_ids(pair.target, prompts)
@@ -89,6 +128,7 @@ def main() -> None:
     for k, rs in kinds.items():
         print(f"| {k} | {len(rs)} | {statistics.mean(rs):.3f} |")
     print(f"| all | {len(rates)} | {statistics.mean(rates):.3f} |")
+    sim_embedded(args.sim_users, args.sim_duration, args.profile)
 
 
 if __name__ == "__main__":

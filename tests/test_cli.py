@@ -155,3 +155,45 @@ def test_sim_bad_input_is_one_line_and_status_2(
     r = draftnet("sim", *args, "--out", str(tmp_path / "x"))
     assert r.returncode == 2
     assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_channel_writes_traces_series_and_plots(tmp_path: Path) -> None:
+    import numpy as np
+
+    from channel_models.trace import from_mahimahi, rate_bps
+
+    out = tmp_path / "ch"
+    r = draftnet("channel", "--users", "5", "--duration", "3", "--json", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["mode"] == "channel" and len(doc["users"]) == 5
+    for u in doc["users"]:
+        assert {"distance_m", "los", "mean_sinr_db", "up_rate_bps", "down_rate_bps"} <= set(u)
+        assert {"delay_ms", "loss"} <= set(u) and u["up_delay_ms"] > u["down_delay_ms"]
+    for name in ("summary.json", "linkstates.npz", "scenario.toml", "timeseries.png", "cdf.png"):
+        assert (out / name).stat().st_size > 0
+    series = np.load(out / "linkstates.npz")
+    assert series["up_rate_bps"].shape == (5, 300)
+    # The delivery trace carries the rate the summary reports (within a packet a second).
+    trace = from_mahimahi((out / "traces" / "user-0.up").read_text())
+    assert rate_bps(trace).sum() / 3000 == pytest.approx(doc["users"][0]["up_rate_bps"], rel=0.02)
+
+
+@pytest.mark.parametrize(
+    ("radio", "needle"),
+    [
+        ("carrier_hz = 200e9", "radio.carrier_hz must be in [0.5, 100] GHz for TR 38.901"),
+        ('scenario = "suburb"', "radio.scenario must be one of umi, uma, rma, inh"),
+        ("bs_power_dbm = -5.0", "radio.bs_power_dbm must be in [0, 80] dBm"),
+        ("bandwidth_hz = -1.0", "radio.bandwidth_hz must be > 0 Hz"),
+        ("h_ut_m = 40.0", "radio.h_ut_m must be in [1.5, 22.5] m"),
+        ("cell_radius_m = 9000.0", "user distance must be in [10, 5000] m"),
+    ],
+)
+def test_channel_bad_input_is_one_line_and_status_2(
+    radio: str, needle: str, tmp_path: Path
+) -> None:
+    (tmp_path / "s.toml").write_text(f"[radio]\n{radio}\n")
+    r = draftnet("channel", str(tmp_path / "s.toml"), "--out", str(tmp_path / "x"))
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1

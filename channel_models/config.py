@@ -1,0 +1,124 @@
+"""The radio section of a scenario: cell layout, carrier, powers, link, scheduler, mobility.
+
+Layer: pure (data only). Every field has a default: a single UMi street-canyon cell at 3.5 GHz,
+20 MHz at 30 kHz subcarriers, users placed at random 10-250 m from the site. Validated on
+construction: ConfigError naming the field, the value and the rule. The 38.901 validity ranges
+(frequency, heights, distances per scenario) are checked by ``pathloss.Scenario.check`` when a
+trace is generated, because they depend on several fields at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from channel_models.fading import FADING_KINDS
+from channel_models.mobility import MOBILITY
+from channel_models.pathloss import SCENARIOS
+from channel_models.scheduler import SCHEDULERS
+from emu.errors import ConfigError
+
+__all__ = ["RadioConfig"]
+
+LINKS = ("nr", "shannon")
+
+
+def _range(name: str, value: float, lo: float, hi: float, rule: str) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and lo <= value <= hi):
+        raise ConfigError(f"radio.{name} must be {rule}, got {value!r}")
+
+
+def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"radio.{name} must be one of {', '.join(options)}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RadioConfig:
+    scenario: str = "umi"  # umi | uma | rma | inh (TR 38.901)
+    carrier_hz: float = 3.5e9
+    bandwidth_hz: float = 20e6  # the cell's carrier, shared by its users
+    numerology: int = 1  # subcarrier spacing 15 * 2^mu kHz, slot 1 / 2^mu ms
+    cells: int = 1  # sites: one, or a hexagonal ring around it (up to 7)
+    isd_m: float = 200.0  # inter-site distance
+    cell_radius_m: float = 250.0  # users are placed (and move) within this of their site
+    min_distance_m: float = 10.0
+    h_bs_m: float = 0.0  # 0: the scenario's standard height
+    h_ut_m: float = 1.5
+    bs_power_dbm: float = 44.0
+    ue_power_dbm: float = 23.0
+    bs_gain_dbi: float = 8.0
+    ue_gain_dbi: float = 0.0
+    bs_noise_figure_db: float = 5.0
+    ue_noise_figure_db: float = 9.0
+    ul_iot_db: float = 0.0  # uplink interference over thermal from other cells' users
+    max_sinr_db: float = 30.0  # what transceiver impairments (EVM) let any link reach
+    link: str = "nr"  # nr (CQI, MCS, TBS, BLER, HARQ) | shannon
+    shannon_efficiency: float = 0.6  # shannon: the share of capacity achieved
+    scheduler: str = "pf"  # rr | pf | minmax
+    pf_tc_ms: float = 100.0  # proportional fair's averaging time constant
+    payload_up_bytes: int = 256  # minmax: what each user uploads per round (a draft)
+    payload_down_bytes: int = 64  # minmax: what each user receives per round (a verdict)
+    cqi_delay_ms: float = 5.0  # link adaptation acts on a report this old
+    harq_max_tx: int = 4  # transmissions of a block before it is lost
+    harq_rtt_ms: float = 4.0  # added delay per retransmission
+    sr_period_ms: float = 5.0  # uplink: scheduling-request period
+    grant_delay_ms: float = 2.0  # uplink: request to grant
+    core_delay_ms: float = 2.0  # one way: processing and the path from the cell to the edge
+    mobility: str = "static"  # static | linear | waypoint
+    speed_mps: float = 1.0  # linear and waypoint
+    pause_s: float = 2.0  # waypoint
+    fading: str = (
+        "auto"  # auto (Rician in LOS, Rayleigh in NLOS) | rayleigh | rician | block | none
+    )
+    k_factor_db: float = 9.0  # Rician K of LOS users (38.901 UMi LOS mean)
+    block_ms: float = 10.0  # block fading: coherence block
+    tick_ms: float = 10.0  # link-state resolution
+
+    def __post_init__(self) -> None:
+        _choice("scenario", self.scenario, tuple(SCENARIOS))
+        _choice("link", self.link, LINKS)
+        _choice("scheduler", self.scheduler, SCHEDULERS)
+        _choice("mobility", self.mobility, MOBILITY)
+        _choice("fading", self.fading, FADING_KINDS)
+        _range("carrier_hz", self.carrier_hz, 1e6, 1e12, "> 0 Hz")
+        _range("bandwidth_hz", self.bandwidth_hz, 1e3, 1e10, "> 0 Hz")
+        _range("numerology", self.numerology, 0, 2, "0, 1 or 2")
+        _range("cells", self.cells, 1, 7, "in [1, 7]")
+        _range("isd_m", self.isd_m, 1, 1e5, "in [1, 1e5] m")
+        _range("cell_radius_m", self.cell_radius_m, 1, 1e5, "in [1, 1e5] m")
+        _range(
+            "min_distance_m", self.min_distance_m, 0, self.cell_radius_m, "in [0, cell_radius_m]"
+        )
+        _range("h_bs_m", self.h_bs_m, 0, 1000, "in [0, 1000] m (0: the standard's)")
+        _range("h_ut_m", self.h_ut_m, 0.1, 1000, "in (0, 1000] m")
+        for name in ("bs_power_dbm", "ue_power_dbm"):
+            # Maximum transmit powers: below 0 dBm (1 mW) is no cellular transmitter.
+            _range(name, getattr(self, name), 0, 80, "in [0, 80] dBm")
+        for name in ("bs_gain_dbi", "ue_gain_dbi"):
+            _range(name, getattr(self, name), -30, 50, "in [-30, 50] dBi")
+        for name in ("bs_noise_figure_db", "ue_noise_figure_db", "ul_iot_db"):
+            _range(name, getattr(self, name), 0, 40, "in [0, 40] dB")
+        _range("max_sinr_db", self.max_sinr_db, 0, 100, "in [0, 100] dB")
+        _range("shannon_efficiency", self.shannon_efficiency, 0.01, 1, "in (0, 1]")
+        _range("pf_tc_ms", self.pf_tc_ms, 0.1, 1e6, "> 0 ms")
+        _range("payload_up_bytes", self.payload_up_bytes, 1, 1e9, ">= 1")
+        _range("payload_down_bytes", self.payload_down_bytes, 1, 1e9, ">= 1")
+        _range("harq_max_tx", self.harq_max_tx, 1, 32, "in [1, 32]")
+        for name in (
+            "cqi_delay_ms",
+            "harq_rtt_ms",
+            "sr_period_ms",
+            "grant_delay_ms",
+            "core_delay_ms",
+        ):
+            _range(name, getattr(self, name), 0, 1e4, "in [0, 1e4] ms")
+        _range("speed_mps", self.speed_mps, 0, 200, "in [0, 200] m/s")
+        _range("pause_s", self.pause_s, 0, 1e4, "in [0, 1e4] s")
+        _range("k_factor_db", self.k_factor_db, -50, 50, "in [-50, 50] dB")
+        _range("block_ms", self.block_ms, 0.001, 1e5, "> 0 ms")
+        _range("tick_ms", self.tick_ms, 1, 1e5, "an integer number of ms >= 1")
+        if not float(self.tick_ms).is_integer():
+            raise ConfigError(f"radio.tick_ms must be a whole number of ms, got {self.tick_ms!r}")
+        if self.mobility != "static" and self.speed_mps <= 0:
+            raise ConfigError(f"radio.speed_mps must be > 0 for {self.mobility} mobility, got 0")

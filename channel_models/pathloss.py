@@ -1,0 +1,217 @@
+"""Large-scale propagation of 3GPP TR 38.901 (V17): path loss (Table 7.4.1-1), LOS probability
+(Table 7.4.2-1), shadow fading spread and decorrelation distances (Tables 7.4.1-1, 7.5-6).
+
+Layer: pure (numpy; no I/O). Every function is vectorised over distances and takes the carrier
+in Hz and heights in metres. ``Scenario.check`` raises ConfigError for inputs outside the
+validity range the standard gives for that scenario; the functions themselves do not clip.
+
+Scenarios: ``umi`` (UMi street canyon), ``uma``, ``rma`` and ``inh`` (InH office, mixed office
+for the LOS probability). Heights: ``h_bs_m`` of the base station, ``h_ut_m`` of the user.
+UMa and UMi take the effective environment height h_E = 1 m for the breakpoint distance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from emu.errors import ConfigError
+
+__all__ = ["SCENARIOS", "Scenario", "los_probability", "path_loss_db"]
+
+FloatArray = npt.NDArray[np.float64]
+C_M_S = 299_792_458.0
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One 38.901 scenario: its validity ranges and shadowing parameters."""
+
+    name: str
+    freq_ghz: tuple[float, float]
+    h_bs_m: tuple[float, float]
+    h_ut_m: tuple[float, float]
+    d2d_m: tuple[float, float]
+    sf_std_db: tuple[float, float]  # LOS, NLOS (RMa LOS: before the breakpoint)
+    sf_corr_m: tuple[float, float]  # shadowing decorrelation distance, LOS, NLOS
+    los_corr_m: float  # LOS state decorrelation distance (7.6.3.3)
+    default_h_bs_m: float
+
+    def check(self, *, freq_hz: float, h_bs_m: float, h_ut_m: float, d2d_m: FloatArray) -> None:
+        """ConfigError naming the first input outside this scenario's validity range."""
+        f = freq_hz / 1e9
+        for field, value, (lo, hi), unit in (
+            ("radio.carrier_hz", f, self.freq_ghz, "GHz"),
+            ("radio.h_bs_m", h_bs_m, self.h_bs_m, "m"),
+            ("radio.h_ut_m", h_ut_m, self.h_ut_m, "m"),
+        ):
+            if not lo <= value <= hi:
+                shown = f"{value * 1e9:g}" if unit == "GHz" else f"{value:g}"
+                raise ConfigError(
+                    f"{field} must be in [{lo:g}, {hi:g}] {unit} for TR 38.901 {self.name}, "
+                    f"got {shown}" + (" Hz" if unit == "GHz" else "")
+                )
+        d = np.asarray(d2d_m, dtype=np.float64)
+        lo, hi = self.d2d_m
+        if d.size and (d.min() < lo or d.max() > hi):
+            bad = d.min() if d.min() < lo else d.max()
+            raise ConfigError(
+                f"user distance must be in [{lo:g}, {hi:g}] m for TR 38.901 {self.name}, "
+                f"got {bad:.1f} m (radio.min_distance_m, radio.cell_radius_m, mobility)"
+            )
+
+
+SCENARIOS = {
+    "umi": Scenario(
+        name="UMi street canyon",
+        freq_ghz=(0.5, 100.0),
+        h_bs_m=(10.0, 10.0),
+        h_ut_m=(1.5, 22.5),
+        d2d_m=(10.0, 5000.0),
+        sf_std_db=(4.0, 7.82),
+        sf_corr_m=(10.0, 13.0),
+        los_corr_m=50.0,
+        default_h_bs_m=10.0,
+    ),
+    "uma": Scenario(
+        name="UMa",
+        freq_ghz=(0.5, 100.0),
+        h_bs_m=(25.0, 25.0),
+        h_ut_m=(1.5, 22.5),
+        d2d_m=(10.0, 5000.0),
+        sf_std_db=(4.0, 6.0),
+        sf_corr_m=(37.0, 50.0),
+        los_corr_m=50.0,
+        default_h_bs_m=25.0,
+    ),
+    "rma": Scenario(
+        name="RMa",
+        freq_ghz=(0.5, 30.0),
+        h_bs_m=(10.0, 150.0),
+        h_ut_m=(1.0, 10.0),
+        d2d_m=(10.0, 5000.0),  # NLOS bound; LOS reaches 10 km
+        sf_std_db=(4.0, 8.0),
+        sf_corr_m=(37.0, 120.0),
+        los_corr_m=60.0,
+        default_h_bs_m=35.0,
+    ),
+    "inh": Scenario(
+        name="InH office",
+        freq_ghz=(0.5, 100.0),
+        h_bs_m=(3.0, 3.0),
+        h_ut_m=(1.0, 3.0),
+        d2d_m=(1.0, 150.0),
+        sf_std_db=(3.0, 8.03),
+        sf_corr_m=(10.0, 6.0),
+        los_corr_m=10.0,
+        default_h_bs_m=3.0,
+    ),
+}
+
+# RMa's fixed environment (the standard's defaults): street width, average building height.
+RMA_W_M = 20.0
+RMA_H_M = 5.0
+
+
+def _log(x: FloatArray | float) -> FloatArray:
+    return np.log10(np.asarray(x, dtype=np.float64))
+
+
+def _breakpoint_urban(freq_hz: float, h_bs_m: float, h_ut_m: float) -> float:
+    return 4.0 * (h_bs_m - 1.0) * (h_ut_m - 1.0) * freq_hz / C_M_S
+
+
+def _uma_los(d2: FloatArray, d3: FloatArray, f: float, hb: float, hu: float) -> FloatArray:
+    fg = f / 1e9
+    bp = _breakpoint_urban(f, hb, hu)
+    pl1 = 28.0 + 22.0 * _log(d3) + 20.0 * math.log10(fg)
+    pl2 = 28.0 + 40.0 * _log(d3) + 20.0 * math.log10(fg) - 9.0 * math.log10(bp**2 + (hb - hu) ** 2)
+    return np.where(d2 <= bp, pl1, pl2)
+
+
+def _umi_los(d2: FloatArray, d3: FloatArray, f: float, hb: float, hu: float) -> FloatArray:
+    fg = f / 1e9
+    bp = _breakpoint_urban(f, hb, hu)
+    pl1 = 32.4 + 21.0 * _log(d3) + 20.0 * math.log10(fg)
+    pl2 = 32.4 + 40.0 * _log(d3) + 20.0 * math.log10(fg) - 9.5 * math.log10(bp**2 + (hb - hu) ** 2)
+    return np.where(d2 <= bp, pl1, pl2)
+
+
+def _rma_los(d2: FloatArray, d3: FloatArray, f: float, hb: float, hu: float) -> FloatArray:
+    fg, h = f / 1e9, RMA_H_M
+    bp = 2.0 * math.pi * hb * hu * f / C_M_S
+
+    def pl1(d: FloatArray | float) -> FloatArray:
+        return np.asarray(
+            20.0 * _log(40.0 * math.pi * np.asarray(d) * fg / 3.0)
+            + min(0.03 * h**1.72, 10.0) * _log(d)
+            - min(0.044 * h**1.72, 14.77)
+            + 0.002 * math.log10(h) * np.asarray(d)
+        )
+
+    d3_bp = math.hypot(bp, hb - hu)
+    return np.where(d2 <= bp, pl1(d3), pl1(d3_bp) + 40.0 * _log(d3 / bp))
+
+
+def path_loss_db(
+    scenario: str,
+    los: npt.ArrayLike,
+    d2d_m: npt.ArrayLike,
+    *,
+    freq_hz: float,
+    h_bs_m: float,
+    h_ut_m: float,
+) -> FloatArray:
+    """Path loss [dB] at 2D distances ``d2d_m`` [m], LOS where ``los`` is true (no shadowing)."""
+    d2 = np.asarray(d2d_m, dtype=np.float64)
+    is_los = np.asarray(los, dtype=bool)
+    d3 = np.sqrt(d2**2 + (h_bs_m - h_ut_m) ** 2)
+    f, fg, hb, hu = freq_hz, freq_hz / 1e9, h_bs_m, h_ut_m
+    if scenario == "umi":
+        pl_los = _umi_los(d2, d3, f, hb, hu)
+        nlos = 35.3 * _log(d3) + 22.4 + 21.3 * math.log10(fg) - 0.3 * (hu - 1.5)
+    elif scenario == "uma":
+        pl_los = _uma_los(d2, d3, f, hb, hu)
+        nlos = 13.54 + 39.08 * _log(d3) + 20.0 * math.log10(fg) - 0.6 * (hu - 1.5)
+    elif scenario == "rma":
+        pl_los = _rma_los(d2, d3, f, hb, hu)
+        W, h = RMA_W_M, RMA_H_M
+        nlos = (
+            161.04
+            - 7.1 * math.log10(W)
+            + 7.5 * math.log10(h)
+            - (24.37 - 3.7 * (h / hb) ** 2) * math.log10(hb)
+            + (43.42 - 3.1 * math.log10(hb)) * (_log(d3) - 3.0)
+            + 20.0 * math.log10(fg)
+            - (3.2 * math.log10(11.75 * hu) ** 2 - 4.97)
+        )
+    elif scenario == "inh":
+        pl_los = 32.4 + 17.3 * _log(d3) + 20.0 * math.log10(fg)
+        nlos = 38.3 * _log(d3) + 17.30 + 24.9 * math.log10(fg)
+    else:
+        raise ConfigError(f"radio.scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")
+    return np.where(is_los, pl_los, np.maximum(pl_los, nlos))
+
+
+def los_probability(scenario: str, d2d_m: npt.ArrayLike, *, h_ut_m: float = 1.5) -> FloatArray:
+    """Probability of line of sight at 2D distance ``d2d_m`` [m] (Table 7.4.2-1)."""
+    d = np.maximum(np.asarray(d2d_m, dtype=np.float64), 1e-9)
+    if scenario == "umi":
+        return np.where(d <= 18.0, 1.0, 18.0 / d + np.exp(-d / 36.0) * (1.0 - 18.0 / d))
+    if scenario == "uma":
+        c = 0.0 if h_ut_m <= 13.0 else ((h_ut_m - 13.0) / 10.0) ** 1.5
+        base = 18.0 / d + np.exp(-d / 63.0) * (1.0 - 18.0 / d)
+        p = base * (1.0 + c * 1.25 * (d / 100.0) ** 3 * np.exp(-d / 150.0))
+        return np.where(d <= 18.0, 1.0, p)
+    if scenario == "rma":
+        return np.where(d <= 10.0, 1.0, np.exp(-(d - 10.0) / 1000.0))
+    if scenario == "inh":  # mixed office
+        return np.where(
+            d <= 1.2,
+            1.0,
+            np.where(d < 6.5, np.exp(-(d - 1.2) / 4.7), 0.32 * np.exp(-(d - 6.5) / 32.6)),
+        )
+    raise ConfigError(f"radio.scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")

@@ -1,0 +1,95 @@
+"""TR 38.901 path loss and LOS probability against the standard's formulas, worked by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from channel_models.pathloss import SCENARIOS, los_probability, path_loss_db
+from emu.errors import ConfigError
+
+# (scenario, los, d2D m, carrier GHz, h_BS, h_UT, expected dB). Worked from Table 7.4.1-1:
+# UMi LOS 50 m, 3.5 GHz: d3D = sqrt(50^2 + 8.5^2) = 50.717; d'_BP = 4*9*0.5*3.5e9/c = 210.1 m,
+#   so PL1 = 32.4 + 21 log10(50.717) + 20 log10(3.5) = 32.4 + 35.809 + 10.881 = 79.090.
+# UMi LOS 500 m: past the breakpoint, PL2 = 32.4 + 40 log10(500.07) + 10.881
+#   - 9.5 log10(210.1^2 + 8.5^2) = 107.108.
+# UMi NLOS 200 m, 28 GHz: PL'_NLOS = 35.3 log10(200.18) + 22.4 + 21.3 log10(28) = 134.465
+#   > PL_LOS = 109.673.
+# UMa LOS 100 m, 3.5 GHz: d'_BP = 560.4 m; 28 + 22 log10(102.76) + 10.881 = 83.138.
+# UMa NLOS 300 m, 2 GHz: 13.54 + 39.08 log10(300.92) + 20 log10(2) = 116.418 > LOS 88.546.
+# RMa LOS 1000 m, 0.7 GHz, h_BS 35: d_BP = 2 pi 35 1.5 0.7e9 / c = 770.2 m, so
+#   PL2 = PL1(d_BP) + 40 log10(d3D / d_BP) = 93.386.
+# RMa NLOS 2000 m: the NLOS formula (W 20 m, h 5 m) gives 128.068 > LOS 105.420.
+# InH LOS 20 m, 3.5 GHz (h 3 and 1 m): 32.4 + 17.3 log10(20.10) + 10.881 = 65.827.
+# InH NLOS 40 m, 60 GHz: 38.3 log10(40.05) + 17.3 + 24.9 log10(60) = 122.956 > LOS 95.688.
+CASES = [
+    ("umi", True, 50.0, 3.5, 10.0, 1.5, 79.090),
+    ("umi", True, 500.0, 3.5, 10.0, 1.5, 107.108),
+    ("umi", False, 200.0, 28.0, 10.0, 1.5, 134.465),
+    ("uma", True, 100.0, 3.5, 25.0, 1.5, 83.138),
+    ("uma", False, 300.0, 2.0, 25.0, 1.5, 116.418),
+    ("rma", True, 1000.0, 0.7, 35.0, 1.5, 93.386),
+    ("rma", False, 2000.0, 0.7, 35.0, 1.5, 128.068),
+    ("inh", True, 20.0, 3.5, 3.0, 1.0, 65.827),
+    ("inh", False, 40.0, 60.0, 3.0, 1.0, 122.956),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_path_loss_matches_the_standard(
+    case: tuple[str, bool, float, float, float, float, float],
+) -> None:
+    scenario, los, d, f_ghz, hb, hu, expected = case
+    got = path_loss_db(scenario, los, d, freq_hz=f_ghz * 1e9, h_bs_m=hb, h_ut_m=hu)
+    assert float(got) == pytest.approx(expected, abs=0.005)
+
+
+def test_path_loss_is_vectorised_and_grows_with_distance() -> None:
+    d = np.array([20.0, 50.0, 100.0, 400.0, 1000.0])
+    for los in (True, False):
+        pl = path_loss_db("umi", np.full(d.size, los), d, freq_hz=3.5e9, h_bs_m=10, h_ut_m=1.5)
+        assert pl.shape == d.shape and np.all(np.diff(pl) > 0)
+    nlos = path_loss_db("umi", False, d, freq_hz=3.5e9, h_bs_m=10, h_ut_m=1.5)
+    los = path_loss_db("umi", True, d, freq_hz=3.5e9, h_bs_m=10, h_ut_m=1.5)
+    assert np.all(nlos >= los)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "d", "h_ut", "expected"),
+    [
+        ("umi", 10.0, 1.5, 1.0),
+        ("umi", 100.0, 1.5, 0.18 + np.exp(-100 / 36) * 0.82),  # 0.23098
+        ("uma", 50.0, 1.5, 0.36 + np.exp(-50 / 63) * 0.64),  # 0.64940
+        ("uma", 100.0, 20.0, 0.47835),  # C'(20) = 0.7^1.5: (0.18 + e^(-100/63) 0.82) x 1.3759
+        ("rma", 510.0, 1.5, np.exp(-0.5)),
+        ("inh", 3.0, 1.0, np.exp(-1.8 / 4.7)),
+        ("inh", 10.0, 1.0, 0.32 * np.exp(-3.5 / 32.6)),
+    ],
+)
+def test_los_probability(scenario: str, d: float, h_ut: float, expected: float) -> None:
+    assert float(los_probability(scenario, d, h_ut_m=h_ut)) == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "kwargs", "needle"),
+    [
+        ("rma", {"freq_hz": 40e9}, "radio.carrier_hz must be in [0.5, 30] GHz for TR 38.901 RMa"),
+        ("uma", {"h_ut_m": 30.0}, "radio.h_ut_m must be in [1.5, 22.5] m"),
+        ("umi", {"h_bs_m": 25.0}, "radio.h_bs_m must be in [10, 10] m"),
+        ("umi", {"d": 6000.0}, "user distance must be in [10, 5000] m"),
+        ("inh", {"d": 0.5}, "user distance must be in [1, 150] m"),
+    ],
+)
+def test_inputs_outside_the_validity_range_are_refused(
+    scenario: str, kwargs: dict[str, float], needle: str
+) -> None:
+    sc = SCENARIOS[scenario]
+    args = {"freq_hz": 3.5e9, "h_bs_m": sc.default_h_bs_m, "h_ut_m": 1.5} | kwargs
+    d = np.array([args.pop("d", 50.0)])
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        sc.check(d2d_m=d, **args)
+
+
+def test_an_unknown_scenario_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"radio\.scenario must be one of umi, uma, rma, inh"):
+        path_loss_db("suburb", True, 50.0, freq_hz=3.5e9, h_bs_m=10, h_ut_m=1.5)
