@@ -46,27 +46,42 @@ def proportional_fair(
     """``rate`` [users, slots]: what each user would get with the whole cell in that slot.
     Each slot's ``groups`` resource-block groups go to the users of each cell with the largest
     PF metrics, one group each (a user with a group holds 1/groups of the cell)."""
-    slots = rate.shape[1]
-    share = np.zeros_like(rate)
+    users, slots = rate.shape
     avg = np.maximum(rate.mean(axis=1), 1e-9)  # start from the long-term mean: no warm-up
     beta = 1.0 / tc_slots
-    cells = np.unique(cell)
-    members = (cell[None, :] == cells[:, None]).sum(axis=1)
-    k = int(min(groups, members.min()))
-    outside = np.where(cell[None, :] == cells[:, None], 0.0, -np.inf)  # [cells, users]
+    cells, sizes = np.unique(cell, return_counts=True)
     # Every cell serves k users a slot (k: the groups, or the smallest cell's users).
+    k = int(min(groups, sizes.min()))
+    # Slot-major copies, so that each slot reads and writes contiguous memory.
+    rate_t = np.ascontiguousarray(rate.T)
+    share_t = np.zeros((slots, users))
+    blocks = bool(np.all(sizes == sizes[0])) and bool(np.all(cell == np.repeat(cells, sizes[0])))
+    if blocks:
+        # Cells as equal contiguous blocks (one cell, or the two directions of one): the
+        # metric reshapes to [cells, users per cell] with no masking.
+        offset = (np.arange(cells.size) * sizes[0])[:, None]
+        shape = (cells.size, int(sizes[0]))
+    else:
+        outside = np.where(cell[None, :] == cells[:, None], 0.0, -np.inf)  # [cells, users]
     for t in range(slots):
-        r = rate[:, t]
-        metric = outside + r / avg
-        if k == 1:
-            winners = np.argmax(metric, axis=1)
+        r = rate_t[t]
+        metric = r / avg
+        if blocks:
+            m = metric.reshape(shape)
+            local = (
+                m.argmax(axis=1)[:, None] if k == 1 else np.argpartition(-m, k - 1, axis=1)[:, :k]
+            )
+            winners = (local + offset).ravel()
         else:
-            winners = np.argpartition(-metric, k - 1, axis=1)[:, :k].ravel()
-        share[winners, t] = 1.0 / k
+            m = outside + metric
+            winners = (
+                m.argmax(axis=1) if k == 1 else np.argpartition(-m, k - 1, axis=1)[:, :k].ravel()
+            )
+        share_t[t, winners] = 1.0 / k
         avg *= 1.0 - beta
         avg[winners] += beta * r[winners] / k
         np.maximum(avg, 1e-9, out=avg)
-    return share
+    return np.ascontiguousarray(share_t.T)
 
 
 def min_max_upload(rate: FloatArray, cell: IntArray, payload_bits: FloatArray) -> FloatArray:

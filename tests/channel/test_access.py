@@ -96,3 +96,14 @@ def test_a_recorded_trace_replays_and_bad_traces_are_refused() -> None:
     for bad, rule in [("", "is empty"), ("3\n2\n", "non-decreasing"), ("1\nx\n", "one integer")]:
         with pytest.raises(ConfigError, match=rule):
             from_mahimahi(bad)
+
+
+def test_proportional_fair_does_not_depend_on_the_order_of_users() -> None:
+    # Cells as contiguous blocks take a fast path; shuffled users take the masked one.
+    rng = np.random.default_rng(5)
+    rate = _fading_rates(12, 500, np.linspace(1, 3, 12), 5)
+    cell = np.repeat([0, 1, 2], 4)
+    perm = rng.permutation(12)
+    a = proportional_fair(rate, cell, groups=2)
+    b = proportional_fair(rate[perm], cell[perm], groups=2)
+    np.testing.assert_array_equal(a[perm], b)
