@@ -1,7 +1,7 @@
 """The radio section of a scenario: cell layout, carrier, powers, link, scheduler, mobility.
 
 Layer: pure (data only). Every field has a default: a single UMi street-canyon cell at 3.5 GHz,
-20 MHz at 30 kHz subcarriers, users placed at random 10-250 m from the site. Validated on
+20 MHz at 30 kHz subcarriers, users placed at random 10-150 m from the site. Validated on
 construction: ConfigError naming the field, the value and the rule. The 38.901 validity ranges
 (frequency, heights, distances per scenario) are checked by ``pathloss.Scenario.check`` when a
 trace is generated, because they depend on several fields at once.
@@ -41,7 +41,7 @@ class RadioConfig:
     numerology: int = 1  # subcarrier spacing 15 * 2^mu kHz, slot 1 / 2^mu ms
     cells: int = 1  # sites: one, or a hexagonal ring around it (up to 7)
     isd_m: float = 200.0  # inter-site distance
-    cell_radius_m: float = 250.0  # users are placed (and move) within this of their site
+    cell_radius_m: float = 150.0  # users are placed (and move) within this of their site
     min_distance_m: float = 10.0
     h_bs_m: float = 0.0  # 0: the scenario's standard height
     h_ut_m: float = 1.5

@@ -7,7 +7,8 @@ mean accepted length (1 + accepted / rounds with a draft: tokens committed per v
 per-position acceptance (position j: the share of drafts reaching j whose token j was kept).
 
 Throughput is measured in steady state: from the moment every user has its first token
-(``t_start``) to the end of the run.
+(``t_start``) to the end of the run; ``users_started`` says how many ever got one (a user whose
+link never delivered its prompt is left out of the window, not allowed to empty it).
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ class Recorder:
     def summary(self, policy: str, *, t_end: float, users: int) -> dict[str, Any]:
         """The result of one policy's run (see the module docstring for the definitions)."""
         t = self._tally[policy]
-        t_start = max(t.first_token.values()) if len(t.first_token) >= users else t_end
+        # Steady state starts when every user that ever started has its first token: a user
+        # whose link never carried its prompt must not zero everyone else's throughput.
+        t_start = max(t.first_token.values()) if t.first_token else t_end
         window = max(t_end - t_start, 1e-9)
         R = np.asarray(t.rounds, dtype=np.float64).reshape(-1, 6)
         steady = R[R[:, 0] >= t_start]
@@ -121,4 +124,5 @@ class Recorder:
             "late_drafts": t.late,
             "replans": max(0, len(t.plans) - 1),
             "steady_window_s": [t_start, t_end],
+            "users_started": min(len(t.first_token), users),
         }

@@ -85,14 +85,19 @@ def _in(where: str, value: float, lo: float, hi: float, rule: str) -> None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NetworkConfig:
-    """Every user's link in the simulation, both ways; one-way delay is users.comm_ms / 2."""
+    """Every user's link in the simulation, both ways. ``model = "fixed"``: one-way delay
+    users.comm_ms / 2 and the fields below; ``"radio"``: each user's uplink and downlink follow
+    the [radio] model's link states (users.comm_ms is then taken from them)."""
 
+    model: str = "fixed"
     rate_bps: float = 0.0
     jitter_ms: float = 0.0
     loss: float = 0.0
     rto_ms: float = 200.0
 
     def __post_init__(self) -> None:
+        if self.model not in ("fixed", "radio"):
+            raise ConfigError(f"network.model must be fixed or radio, got {self.model!r}")
         _in("network.rate_bps", self.rate_bps, 0, math.inf, ">= 0 (0: unlimited)")
         _in("network.jitter_ms", self.jitter_ms, 0, 1e5, "in [0, 1e5]")
         _in("network.loss", self.loss, 0, 0.5, "in [0, 0.5]")

@@ -23,6 +23,7 @@ import numpy as np
 import trio
 import trio.testing
 
+from channel_models.cell import RadioTrace, generate
 from channel_models.link import LinkState
 from emu.errors import ConfigError
 from emu.metrics import Recorder
@@ -126,6 +127,7 @@ async def _run_policy(
     *,
     backends: _Backends,
     session_tokens: int,
+    radio: RadioTrace | None = None,
 ) -> tuple[float, dict[str, Any]]:
     seed = sc.sim.seed
     rngs = np.random.default_rng(seed).spawn(2 * problem.size + 2)
@@ -144,14 +146,19 @@ async def _run_policy(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(edge.run)
         for i, u in enumerate(problem.users):
-            state = LinkState(
-                rate_bps=net.rate_bps,
-                delay_ms=u.comm_ms / 2,
-                jitter_ms=net.jitter_ms,
-                loss=net.loss,
-            )
-            steady = _constant(state)
-            user_end, edge_end = link_pair(steady, steady, rngs[2 + 2 * i], rto_ms=net.rto_ms)
+            if radio is None:
+                steady = _constant(
+                    LinkState(
+                        rate_bps=net.rate_bps,
+                        delay_ms=u.comm_ms / 2,
+                        jitter_ms=net.jitter_ms,
+                        loss=net.loss,
+                    )
+                )
+                up, down = steady, steady
+            else:
+                up, down = radio.up.timeline(i), radio.down.timeline(i)
+            user_end, edge_end = link_pair(up, down, rngs[2 + 2 * i], rto_ms=net.rto_ms)
             node = UserNode(
                 i,
                 backends.drafter(i, u, rngs[3 + 2 * i]),
@@ -201,6 +208,13 @@ def simulate(
         real = _real_models(sc, problem.size)
         backends, session_tokens = real, real.session_tokens
         problem = _with_priors(problem, real)
+    radio = None
+    if sc.network.model == "radio":
+        # One radio trace for every policy: each meets the same links.
+        radio = generate(
+            sc.radio, problem.size, sc.sim.duration_s, np.random.default_rng([sc.sim.seed, 1])
+        )
+        problem = _with_radio(problem, radio, sc)
     rec = Recorder(out_dir / "events.jsonl" if out_dir else None)
     if out_dir is not None:
         (out_dir / "scenario.toml").write_text(scenario_toml(sc))
@@ -221,6 +235,7 @@ def simulate(
                     None if progress is None else functools.partial(progress, policy),
                     backends=backends,
                     session_tokens=session_tokens,
+                    radio=radio,
                 ),
                 clock=trio.testing.MockClock(autojump_threshold=0),
             )
@@ -274,6 +289,23 @@ def _real_models(sc: Scenario, users: int) -> RealModels:
         warm_start=sc.sim.warm_start,
         seed=sc.sim.seed,
     )
+
+
+def _with_radio(problem: Problem, radio: RadioTrace, sc: Scenario) -> Problem:
+    """Each user's communication time per round, as the planner's prior: the mean one-way
+    delays both ways plus sending a draft up and a verdict down at the mean rates."""
+    r = sc.radio
+    users = []
+    for i, u in enumerate(problem.users):
+        up, down = radio.up, radio.down
+        comm = float(
+            up.delay_ms[i].mean()
+            + down.delay_ms[i].mean()
+            + 8e3 * r.payload_up_bytes / up.rate_bps[i].mean()
+            + 8e3 * r.payload_down_bytes / down.rate_bps[i].mean()
+        )
+        users.append(dataclasses.replace(u, comm_ms=comm))
+    return dataclasses.replace(problem, users=tuple(users))
 
 
 def _with_priors(problem: Problem, real: RealModels) -> Problem:
