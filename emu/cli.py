@@ -110,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     prof.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
     prof.add_argument("--out", type=Path, help="profile TOML (default: profiles/<model>.toml)")
     prof.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    sub.add_parser("clean", help="remove what a killed emulation left behind (root)")
     models = sub.add_parser("models", help="the embedded model pair")
     models_sub = models.add_subparsers(dest="action", required=True, parser_class=_Parser)
     prep = models_sub.add_parser("prepare", help="make the embedded pair (cached; offline after)")
@@ -302,6 +303,15 @@ def cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def cmd_clean(args: argparse.Namespace) -> dict[str, Any]:
+    from emu.network import clean, preflight
+
+    preflight()
+    done = clean()
+    print("draftnet: " + "; ".join(done), file=sys.stderr)
+    return {"done": done}
+
+
 def cmd_models(args: argparse.Namespace) -> dict[str, Any]:
     from emu.models import prepare
 
@@ -328,6 +338,7 @@ COMMANDS = {
     "study": cmd_study,
     "profile": cmd_profile,
     "models": cmd_models,
+    "clean": cmd_clean,
 }
 
 
@@ -344,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("draftnet: interrupted", file=sys.stderr)
         return 130
-    if args.json:
+    if getattr(args, "json", False):
         try:
             json.dump(out, sys.stdout, indent=None, allow_nan=False)
             sys.stdout.write("\n")

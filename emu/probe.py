@@ -1,0 +1,140 @@
+"""Link probes for the fidelity check: RTT, one-way delay, rate and loss, over UDP.
+
+Layer: emu (a process; sockets). ``python -m emu.probe serve PORT`` runs in the far host (the
+edge); ``python -m emu.probe measure HOST PORT [--packets N] [--burst N]`` runs in the near one
+(a user) and prints one JSON object. Every host of the emulation shares the machine's monotonic
+clock, so the far end's arrival timestamps give one-way delays directly.
+
+- ``rtt_ms`` and ``up_ms``/``down_ms``: ``echo`` datagrams one at a time, medians.
+- ``up_rate_bps``: a back-to-back burst of 1200-byte datagrams; the bits on the wire between
+  the first and the last to arrive, over the far end's arrival span.
+- ``up_loss``: N paced datagrams (1 ms apart) counted at the far end; ``reordered``: arrivals
+  out of sequence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import socket
+import statistics
+import struct
+import sys
+import time
+from typing import Any
+
+__all__ = ["main", "measure", "serve"]
+
+IP_UDP_HEADERS = 28
+HEADER = struct.Struct("!cIQd")  # kind, sequence, session, send time
+REPLY = struct.Struct("!cIQdd")  # ... and the far end's arrival time
+
+
+def serve(port: int) -> None:
+    """Answer echoes and keep per-session arrival records; report them on request."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", port))
+    sessions: dict[int, list[tuple[int, float, int]]] = {}
+    while True:
+        data, addr = sock.recvfrom(65535)
+        now = time.monotonic()
+        kind, seq, session, sent = HEADER.unpack_from(data)
+        if kind == b"e":
+            sock.sendto(REPLY.pack(b"e", seq, session, sent, now), addr)
+        elif kind == b"d":
+            sessions.setdefault(session, []).append((seq, now, len(data)))
+        elif kind == b"r":
+            rec = sessions.pop(session, [])
+            body = json.dumps([[s, t, n] for s, t, n in rec]).encode()
+            sock.sendto(body, addr)
+
+
+def _report(sock: socket.socket, host: str, port: int, session: int) -> list[list[float]]:
+    sock.sendto(HEADER.pack(b"r", 0, session, 0.0), (host, port))
+    data, _ = sock.recvfrom(1 << 24)
+    out: list[list[float]] = json.loads(data)
+    return out
+
+
+def measure(
+    host: str, port: int, *, packets: int = 1000, burst: int = 300, echoes: int = 20
+) -> dict[str, Any]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
+    sock.settimeout(3.0)
+    rtt, up, down = [], [], []
+    for seq in range(echoes):
+        t = time.monotonic()
+        sock.sendto(HEADER.pack(b"e", seq, 0, t), (host, port))
+        try:
+            data, _ = sock.recvfrom(1024)
+        except TimeoutError:
+            continue
+        back = time.monotonic()
+        _, _, _, sent, far = REPLY.unpack_from(data)
+        rtt.append((back - sent) * 1e3)
+        up.append((far - sent) * 1e3)
+        down.append((back - far) * 1e3)
+        time.sleep(0.01)
+    session = int(time.monotonic() * 1e6)
+    pad = b"\0" * (1200 - HEADER.size)
+    for seq in range(burst):
+        sock.sendto(HEADER.pack(b"d", seq, session, time.monotonic()) + pad, (host, port))
+    time.sleep(1.0)
+    rec = _report(sock, host, port, session)
+    rate = None
+    if len(rec) > 1:
+        # Every datagram between the first and the last to arrive crossed the link (a lost
+        # one still took its time on it): count by sequence, at the size on the wire.
+        span = rec[-1][1] - rec[0][1]
+        wire = (1200 + IP_UDP_HEADERS) * 8
+        rate = (rec[-1][0] - rec[0][0]) * wire / span if span > 0 else None
+    session += 1
+    t0 = time.monotonic()
+    for seq in range(packets):
+        while time.monotonic() < t0 + seq * 1e-3:
+            pass
+        sock.sendto(HEADER.pack(b"d", seq, session, time.monotonic()), (host, port))
+    if packets:
+        time.sleep(1.0)
+    rec = _report(sock, host, port, session) if packets else []
+    seqs = [int(r[0]) for r in rec]
+    return {
+        "rtt_ms": statistics.median(rtt) if rtt else None,
+        "up_ms": statistics.median(up) if up else None,
+        "down_ms": statistics.median(down) if down else None,
+        "up_rate_bps": rate,
+        "up_loss": 1.0 - len(rec) / packets if packets else None,
+        "reordered": sum(1 for a, b in itertools.pairwise(seqs) if b < a),
+        "packets": packets,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m emu.probe")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("port", type=int)
+    m = sub.add_parser("measure")
+    m.add_argument("host")
+    m.add_argument("port", type=int)
+    m.add_argument("--packets", type=int, default=1000)
+    m.add_argument("--burst", type=int, default=300)
+    m.add_argument("--echoes", type=int, default=20)
+    args = ap.parse_args(argv)
+    if args.cmd == "serve":
+        serve(args.port)
+        return 0
+    print(
+        json.dumps(
+            measure(
+                args.host, args.port, packets=args.packets, burst=args.burst, echoes=args.echoes
+            )
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Link shaping backends: the userspace (TUN) shaper, and its per-packet scheduler."""

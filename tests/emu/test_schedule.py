@@ -1,0 +1,89 @@
+"""The userspace shaper's per-packet schedule (pure: no root, no clock)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from channel_models.link import LinkState
+from emu.shaping.schedule import GilbertElliott, LinkSchedule
+
+
+def _link(state: LinkState, **kw: object) -> LinkSchedule:
+    return LinkSchedule(lambda _t: state, np.random.default_rng(1), **kw)  # type: ignore[arg-type]
+
+
+def test_rate_serialises_packets_back_to_back_then_adds_the_delay() -> None:
+    link = _link(LinkState(rate_bps=10e6, delay_ms=20.0), queue_bytes=2_000_000)
+    out = [link.arrive(0.0, 1250).deliver_at for _ in range(1000)]  # 1000 x 1 ms at 10 Mbit/s
+    assert out[0] == pytest.approx(0.001 + 0.020)
+    assert out[-1] == pytest.approx(1.000 + 0.020)
+
+
+def test_jitter_adds_delay_but_never_reorders() -> None:
+    link = _link(LinkState(delay_ms=20.0, jitter_ms=5.0))
+    t = np.arange(5000) * 0.0005  # one packet every 0.5 ms, faster than the jitter
+    out = np.array([link.arrive(x, 100).deliver_at for x in t])
+    assert np.all(np.diff(out) >= 0)
+    extra = (out - t) * 1000 - 20.0
+    assert extra.min() >= 0 and 3.0 < extra.mean() < 12.0
+
+
+def test_bernoulli_loss_over_many_packets() -> None:
+    link = _link(LinkState(loss=0.1))
+    lost = sum(link.arrive(i * 1e-3, 100).deliver_at is None for i in range(20000))
+    assert lost / 20000 == pytest.approx(0.1, abs=0.01)
+    assert link.lost == lost and link.sent == 20000 - lost
+
+
+def test_gilbert_elliott_loss_comes_in_bursts_at_its_mean_rate() -> None:
+    ge = GilbertElliott(p=0.02, r=0.2)  # mean loss p/(p+r) = 0.0909, bursts of 1/r = 5
+    link = _link(LinkState(), burst_loss=ge)
+    lost = np.array([link.arrive(i * 1e-3, 100).deliver_at is None for i in range(50000)])
+    assert lost.mean() == pytest.approx(ge.mean_loss, abs=0.015)
+    starts = np.flatnonzero(np.diff(lost.astype(int)) == 1)
+    assert lost.sum() / max(starts.size, 1) == pytest.approx(5.0, rel=0.2)
+
+
+def test_a_full_queue_drops_the_tail() -> None:
+    link = _link(LinkState(rate_bps=1e6), queue_bytes=10_000)
+    verdicts = [link.arrive(0.0, 1000) for _ in range(15)]
+    assert [v.reason for v in verdicts[10:]] == ["queue"] * 5
+    assert link.arrive(1.0, 1000).deliver_at is not None  # drained by then
+
+
+def test_a_time_varying_state_applies_to_packets_after_each_tick() -> None:
+    states = {0: LinkState(rate_bps=1e6, delay_ms=10.0), 1: LinkState(rate_bps=4e6, delay_ms=30.0)}
+    link = LinkSchedule(lambda t: states[int(t >= 1.0)], np.random.default_rng(0))
+    before = link.arrive(0.5, 1250).deliver_at
+    after = link.arrive(1.5, 1250).deliver_at
+    assert before == pytest.approx(0.5 + 0.010 + 0.010)
+    assert after == pytest.approx(1.5 + 0.0025 + 0.030)
+
+
+def test_a_delivery_trace_sends_one_packet_per_opportunity_and_repeats() -> None:
+    # ms 1: one opportunity, ms 2: none, ms 3: two; then again from ms 4.
+    link = _link(LinkState(), trace_ms=np.array([1, 0, 2]))
+    out = [link.arrive(0.0, 1500).deliver_at for _ in range(6)]
+    assert out == pytest.approx([0.001, 0.003, 0.003, 0.004, 0.006, 0.006])
+
+
+def test_the_emulation_refuses_to_start_without_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    from emu.errors import ConfigError
+    from emu.network import preflight
+
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    with pytest.raises(ConfigError, match="must run as root"):
+        preflight()
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    monkeypatch.setattr("shutil.which", lambda _name: None)
+    with pytest.raises(ConfigError, match="mnexec is missing: install Debian's mininet"):
+        preflight()
+
+
+def test_an_unknown_topology_is_one_clear_error() -> None:
+    from emu.errors import ConfigError
+    from topologies.registry import topology
+
+    with pytest.raises(ConfigError, match="topology must be one of star, got 'ring'"):
+        topology("ring", users=2)

@@ -1,0 +1,137 @@
+"""The userspace shaper on real Mininet hosts: configured against measured, and teardown.
+
+Needs root, mnexec (Debian's mininet) and the Mininet Python API; CI runs as root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytestmark = [
+    pytest.mark.mininet,
+    pytest.mark.skipif(os.geteuid() != 0, reason="Mininet needs root"),
+    pytest.mark.skipif(shutil.which("mnexec") is None, reason="mnexec (Debian mininet) missing"),
+]
+pytest.importorskip("mininet.net")
+
+from emu.network import Network, star_network, userspace_shaping  # noqa: E402
+
+PORT = 9000
+
+
+def _interfaces() -> set[str]:
+    return set(os.listdir("/sys/class/net"))
+
+
+def _processes(pattern: str) -> int:
+    return subprocess.run(["pgrep", "-f", pattern], capture_output=True, check=False).returncode
+
+
+@pytest.fixture(scope="module")
+def network() -> Iterator[Network]:
+    with star_network(2) as nw:
+        server = nw.edge.popen([sys.executable, "-m", "emu.probe", "serve", str(PORT)])
+        time.sleep(0.5)
+        yield nw
+        server.terminate()
+        server.wait()
+
+
+def _measure(nw: Network, user: int, **kw: int) -> dict[str, Any]:
+    flags = " ".join(f"--{k} {v}" for k, v in kw.items())
+    out = nw.user(user).cmd(f"{sys.executable} -m emu.probe measure 10.0.0.2 {PORT} {flags}")
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def _state(**kw: float) -> dict[str, Any]:
+    return {"state": kw}
+
+
+def test_delay_rate_and_loss_measure_as_configured(network: Network, tmp_path: Path) -> None:
+    links = [
+        {"up": _state(delay_ms=20.0, rate_bps=5e6, loss=0.1), "down": _state(delay_ms=20.0)},
+        {"up": _state(), "down": _state()},
+    ]
+    with userspace_shaping(network, links, tmp_path):
+        m = _measure(network, 0, packets=1500)
+        plain = _measure(network, 1, packets=0, burst=0, echoes=10)
+    assert m["rtt_ms"] == pytest.approx(40.0, abs=2.0)  # 20 ms each way
+    assert m["up_ms"] == pytest.approx(20.0, abs=1.5)
+    assert m["up_rate_bps"] == pytest.approx(5e6, rel=0.05)
+    assert m["up_loss"] == pytest.approx(0.10, abs=0.03)  # over 1500 packets
+    assert plain["rtt_ms"] < 3.0  # the other user's link is not shaped like this one
+
+
+def test_jitter_never_reorders(network: Network, tmp_path: Path) -> None:
+    spec = _state(delay_ms=10.0, jitter_ms=5.0)
+    with userspace_shaping(network, [{"up": spec, "down": spec}] * 2, tmp_path):
+        m = _measure(network, 0, packets=1000, burst=0)
+    assert m["reordered"] == 0 and m["up_loss"] == 0.0
+    assert m["up_ms"] > 11.0  # 10 ms plus half-normal jitter (mean 4 ms)
+
+
+def test_a_time_varying_series_changes_the_rate_within_a_tick(
+    network: Network, tmp_path: Path
+) -> None:
+    tick, change_s = 0.1, 4.0
+    ticks = 200
+    rate = np.where(np.arange(ticks) * tick < change_s, 2e6, 8e6)
+    zeros = np.zeros((2, ticks))
+    np.savez(
+        tmp_path / "series.npz",
+        t_s=np.arange(ticks) * tick,
+        up_rate_bps=np.vstack([rate, rate]),
+        up_delay_ms=zeros + 5.0,
+        up_jitter_ms=zeros,
+        up_loss=zeros,
+    )
+    series = [{"series": {"npz": str(tmp_path / "series.npz"), "prefix": "up", "user": u}}
+              for u in range(2)]  # fmt: skip
+    links = [{"up": series[u], "down": _state()} for u in range(2)]
+    with userspace_shaping(network, links, tmp_path):
+        t0 = time.monotonic()
+        before = _measure(network, 0, packets=0, burst=150, echoes=0)
+        time.sleep(max(0.0, change_s + tick - (time.monotonic() - t0)))
+        after = _measure(network, 0, packets=0, burst=300, echoes=0)
+    assert before["up_rate_bps"] == pytest.approx(2e6, rel=0.05)
+    assert after["up_rate_bps"] == pytest.approx(8e6, rel=0.05)
+
+
+def test_nothing_is_left_behind_after_a_run_a_failure_and_a_killed_shaper(
+    tmp_path: Path,
+) -> None:
+    before = _interfaces()
+    with (
+        star_network(1) as nw,
+        userspace_shaping(nw, [{"up": _state(), "down": _state()}], tmp_path),
+    ):
+        assert "ap-u0" not in before and _processes("emu.shaping.tund") == 0
+    assert _interfaces() == before and _processes("emu.shaping.tund") != 0
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        star_network(1) as nw,
+        userspace_shaping(nw, [{"up": _state(), "down": _state()}], tmp_path),
+    ):
+        raise RuntimeError("boom")
+    assert _interfaces() == before and _processes("emu.shaping.tund") != 0
+    with (
+        star_network(1) as nw,
+        userspace_shaping(nw, [{"up": _state(), "down": _state()}], tmp_path),
+    ):
+        subprocess.run(["pkill", "-9", "-f", "emu.shaping.tund"], check=True)
+        time.sleep(0.3)
+        # The shaper is gone: the link drops everything rather than carry it unshaped.
+        out = nw.user(0).cmd("ping -c 2 -W 1 -i 0.2 10.0.0.2")
+        assert " 0 received" in out
+    assert _interfaces() == before and _processes("emu.shaping.tund") != 0
