@@ -46,14 +46,26 @@ def serve(port: int) -> None:
             sessions.setdefault(session, []).append((seq, now, len(data)))
         elif kind == b"r":
             rec = sessions.pop(session, [])
-            body = json.dumps([[s, t, n] for s, t, n in rec]).encode()
+            body = json.dumps(_summary(rec)).encode()
             sock.sendto(body, addr)
 
 
-def _report(sock: socket.socket, host: str, port: int, session: int) -> list[list[float]]:
+def _summary(rec: list[tuple[int, float, int]]) -> dict[str, Any]:
+    """What arrived: count, first and last (sequence, time), and out-of-order arrivals."""
+    if not rec:
+        return {"n": 0}
+    return {
+        "n": len(rec),
+        "first": [rec[0][0], rec[0][1]],
+        "last": [rec[-1][0], rec[-1][1]],
+        "reordered": sum(1 for a, b in itertools.pairwise(rec) if b[0] < a[0]),
+    }
+
+
+def _report(sock: socket.socket, host: str, port: int, session: int) -> dict[str, Any]:
     sock.sendto(HEADER.pack(b"r", 0, session, 0.0), (host, port))
-    data, _ = sock.recvfrom(1 << 24)
-    out: list[list[float]] = json.loads(data)
+    data, _ = sock.recvfrom(65535)
+    out: dict[str, Any] = json.loads(data)
     return out
 
 
@@ -83,13 +95,13 @@ def measure(
         sock.sendto(HEADER.pack(b"d", seq, session, time.monotonic()) + pad, (host, port))
     time.sleep(1.0)
     rec = _report(sock, host, port, session)
-    rate = None
-    if len(rec) > 1:
+    rate, burst_received = None, rec["n"]
+    if rec["n"] > 1:
         # Every datagram between the first and the last to arrive crossed the link (a lost
         # one still took its time on it): count by sequence, at the size on the wire.
-        span = rec[-1][1] - rec[0][1]
+        span = rec["last"][1] - rec["first"][1]
         wire = (1200 + IP_UDP_HEADERS) * 8
-        rate = (rec[-1][0] - rec[0][0]) * wire / span if span > 0 else None
+        rate = (rec["last"][0] - rec["first"][0]) * wire / span if span > 0 else None
     session += 1
     t0 = time.monotonic()
     for seq in range(packets):
@@ -98,15 +110,16 @@ def measure(
         sock.sendto(HEADER.pack(b"d", seq, session, time.monotonic()), (host, port))
     if packets:
         time.sleep(1.0)
-    rec = _report(sock, host, port, session) if packets else []
-    seqs = [int(r[0]) for r in rec]
+    rec = _report(sock, host, port, session) if packets else {"n": 0}
     return {
         "rtt_ms": statistics.median(rtt) if rtt else None,
         "up_ms": statistics.median(up) if up else None,
         "down_ms": statistics.median(down) if down else None,
         "up_rate_bps": rate,
-        "up_loss": 1.0 - len(rec) / packets if packets else None,
-        "reordered": sum(1 for a, b in itertools.pairwise(seqs) if b < a),
+        "burst_received": burst_received,
+        "burst": burst,
+        "up_loss": 1.0 - rec["n"] / packets if packets else None,
+        "reordered": rec.get("reordered", 0),
         "packets": packets,
     }
 
