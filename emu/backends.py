@@ -135,10 +135,6 @@ class RealModels:
         self._reference = GreedyReference(self._verifier.model, self._verifier.device)
         self._sessions: list[list[_Session]] = [[] for _ in range(users)]
 
-    def prior_prefix(self) -> int:
-        """The mean context the planner should expect: a prompt plus half a session."""
-        return int(np.mean([len(p) for p in self.setup.prompts]) + self.session_tokens / 2)
-
     # --- the _Backends interface, called once per policy --------------------------------------
     def verifier(self, problem: Problem, rng: np.random.Generator) -> VerifyBackend:
         v = self._verifier

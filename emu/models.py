@@ -333,6 +333,10 @@ class ModelSetup:
     n_ctx: int  # the context each drafter is given
     acceptance: float | None  # measured on the built-in prompts (the embedded pair), if known
 
+    def prior_prefix(self) -> int:
+        """The mean context the planner should expect: a prompt plus half a session."""
+        return int(sum(len(p) for p in self.prompts) / len(self.prompts) + self.session_tokens / 2)
+
 
 def resolve_models(
     kind: str,

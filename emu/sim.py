@@ -27,13 +27,14 @@ from channel_models.cell import RadioTrace, generate
 from channel_models.link import LinkState
 from emu.errors import ConfigError
 from emu.metrics import Recorder
-from emu.planner import Plan, evaluate, plan_for
+from emu.planner import Plan, evaluate
 from emu.planner.model import Problem, User
 from emu.planner.policies import POLICIES
+from emu.runtime import edge_settings, memo_planner, with_model_priors
 from emu.scenario import Scenario, scenario_toml
 from emu.simlink import link_pair
 from nodes.backends import DraftBackend, SyntheticDrafter, SyntheticVerifier, VerifyBackend
-from nodes.edge import EdgeNode, EdgeSettings
+from nodes.edge import EdgeNode
 from nodes.pacing import Pacer
 from nodes.user import UserNode
 
@@ -50,38 +51,8 @@ def _prompts(rng: np.random.Generator, length: int) -> Iterator[tuple[int, ...]]
         yield tuple(int(t) for t in rng.integers(0, 32000, size=max(1, length)))
 
 
-def _memo(policy: str) -> Callable[[Problem, Plan | None], Plan]:
-    """The policy's planner for one run, remembering its plans: the edge's first plan (made
-    from the scenario's users) is then the prediction's plan, not a second solve."""
-    plans: dict[tuple[Problem, Plan | None], Plan] = {}
-
-    def plan(problem: Problem, previous: Plan | None = None) -> Plan:
-        key = (problem, previous)
-        if key not in plans:
-            plans[key] = plan_for(policy, problem, previous)
-        return plans[key]
-
-    return plan
-
-
 def _constant(state: LinkState) -> Callable[[float], LinkState]:
     return lambda _t: state
-
-
-def _settings(sc: Scenario, users: int) -> EdgeSettings:
-    r, p = sc.runtime, sc.planner
-    return EdgeSettings(
-        max_draft_len=p.max_draft_len,
-        initial_draft_len=p.initial_draft_len,
-        fixed_draft_len=p.fixed_draft_len,
-        deadline_tolerance=r.deadline_tolerance,
-        grace_ms=r.grace_ms,
-        replan_every=r.replan_every,
-        drift=r.drift,
-        min_rounds=r.min_rounds,
-        comm_quantile=r.comm_quantile or None,
-        expected_users=users,
-    )
 
 
 class _Backends(Protocol):
@@ -136,7 +107,7 @@ async def _run_policy(
         verifier=backends.verifier(problem, rngs[0]),
         planner=planner,
         priors=dict(enumerate(problem.users)),
-        settings=_settings(sc, problem.size),
+        settings=edge_settings(sc, problem.size),
         sink=rec,
         pacer=Pacer("virtual"),
     )
@@ -207,7 +178,7 @@ def simulate(
     if sc.models.kind != "synthetic":
         real = _real_models(sc, problem.size)
         backends, session_tokens = real, real.session_tokens
-        problem = _with_priors(problem, real)
+        problem = with_model_priors(problem, real.setup.acceptance, real.setup.prior_prefix())
     radio = None
     if sc.network.model == "radio":
         # One radio trace for every policy: each meets the same links.
@@ -222,7 +193,7 @@ def simulate(
     try:
         for policy in policies:
             rec.policy = policy
-            planner = _memo(policy)
+            planner = memo_planner(policy)
             predicted = evaluate(problem, planner(problem, None)).throughput_tok_s
             t_policy = time.perf_counter()
             t_end, edge = trio.run(
@@ -306,18 +277,6 @@ def _with_radio(problem: Problem, radio: RadioTrace, sc: Scenario) -> Problem:
         )
         users.append(dataclasses.replace(u, comm_ms=comm))
     return dataclasses.replace(problem, users=tuple(users))
-
-
-def _with_priors(problem: Problem, real: RealModels) -> Problem:
-    """What the planner assumes before it has measured anything: the pair's acceptance on the
-    built-in prompts (where known) and the mean context of a session."""
-    prefix = real.prior_prefix()
-    alpha = real.setup.acceptance
-    users = tuple(
-        dataclasses.replace(u, prefix_len=prefix, alpha=u.alpha if alpha is None else alpha)
-        for u in problem.users
-    )
-    return dataclasses.replace(problem, users=users)
 
 
 def _models_note(sc: Scenario, backends: _Backends) -> dict[str, Any]:

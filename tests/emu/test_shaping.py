@@ -135,3 +135,54 @@ def test_nothing_is_left_behind_after_a_run_a_failure_and_a_killed_shaper(
         out = nw.user(0).cmd("ping -c 2 -W 1 -i 0.2 10.0.0.2")
         assert " 0 received" in out
     assert _interfaces() == before and _processes("emu.shaping.tund") != 0
+
+
+def test_nodes_run_as_processes_over_shaped_tcp(network: Network, tmp_path: Path) -> None:
+    """The edge and two users, each its own process in its host, synthetic backends."""
+    import subprocess as sp
+
+    from emu.metrics import Recorder
+    from emu.scenario import load_scenario, scenario_toml
+
+    sc = load_scenario(overrides={"users.count": 2})
+    (tmp_path / "scenario.toml").write_text(scenario_toml(sc))
+    cfg = {
+        "scenario": str(tmp_path / "scenario.toml"),
+        "policy": "dipsd",
+        "edge_ip": "10.0.0.2",
+        "port": 7000,
+        "run_dir": str(tmp_path),
+        "timing": "profile",
+        "time_scale": 1.0,
+    }
+    (tmp_path / "node.json").write_text(json.dumps(cfg))
+    node = [sys.executable, "-m", "emu.node", str(tmp_path / "node.json")]
+    spec = _state(delay_ms=1.5)
+    with userspace_shaping(network, [{"up": spec, "down": spec}] * 2, tmp_path):
+        edge = network.edge.popen([*node, "edge"], stdout=sp.PIPE, text=True)
+        assert edge.stdout is not None and edge.stdout.readline().strip() == "ready"
+        users = [network.user(i).popen([*node, "user", str(i)]) for i in range(2)]
+        t0 = time.monotonic()
+        time.sleep(6.0)
+        t_end = time.monotonic()
+        for p in [*users, edge]:
+            p.terminate()
+        assert [p.wait(timeout=10) for p in [*users, edge]] == [0, 0, 0]
+    rec = Recorder(None)
+    rec.policy = "dipsd"
+    plans = []
+    for name in ("edge", "u0", "u1"):
+        for line in (tmp_path / f"events-{name}.jsonl").read_text().splitlines():
+            r = {k: v for k, v in json.loads(line).items() if k != "policy"}
+            rec(r)
+            if r.get("ev") == "plan":
+                plans.append(r)
+    s = rec.summary("dipsd", t_end=t_end, users=2)
+    assert s["users_started"] == 2 and s["rounds"] > 20
+    assert t0 < s["steady_window_s"][0] < t_end  # every node's times on one clock
+    # Real sockets, processes and a shaper cost a few ms a round more than the 3 ms shaped:
+    # the edge measures that, re-plans, and then runs as its own plan predicts.
+    assert plans[0]["reason"] == "start" and len(plans) >= 2
+    assert s["throughput_tok_s"] == pytest.approx(plans[-1]["predicted_tok_s"], rel=0.1)
+    edge_stats = json.loads((tmp_path / "node-edge.json").read_text())
+    assert edge_stats["protocol_errors"] == 0 and edge_stats["overruns"] == 0

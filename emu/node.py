@@ -1,0 +1,224 @@
+"""A node as its own process, over real sockets: ``python -m emu.node CONFIG.json edge|user I``.
+
+Layer: emu (a process; sockets, files). The emulation starts one of these per Mininet host, with
+the project's interpreter: the edge listens on TCP, each user connects to it. The node code is
+the simulation's (``nodes.edge``, ``nodes.user``); only the clock (real), the streams (TCP) and
+the pacing differ. ``timing = "profile"`` pads each step to the time the scenario's cost model
+gives it (an overrun is counted); ``"real"`` lets compute take what it takes.
+
+CONFIG (written by the runner): ``{"scenario": resolved TOML, "policy", "edge_ip", "port",
+"run_dir", "timing", "time_scale"}``. Each node appends its records to ``events-<node>.jsonl``
+in the run directory as they happen (times on the machine's monotonic clock, shared by every
+namespace), and its counters to ``node-<node>.json`` when it stops (on SIGTERM or SIGINT).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+
+from emu.metrics import Recorder
+from emu.planner.model import Problem, draft_flops, verify_flops
+from emu.runtime import edge_settings, memo_planner, with_model_priors
+from emu.scenario import Scenario, load_scenario
+from nodes.backends import DraftBackend, SyntheticDrafter, SyntheticVerifier, VerifyBackend
+from nodes.edge import EdgeNode
+from nodes.pacing import Pacer
+from nodes.user import UserNode
+
+__all__ = ["SharedClock", "main"]
+
+CONNECT_TRIES = 100
+
+
+def _problem(sc: Scenario) -> Problem:
+    """The planning instance, with real models' priors as ``sim`` makes them."""
+    problem = sc.problem()
+    if sc.models.kind == "synthetic":
+        return problem
+    setup = _models(sc)
+    return with_model_priors(problem, setup.acceptance, setup.prior_prefix())
+
+
+def _models(sc: Scenario) -> Any:
+    from emu.models import resolve_models
+
+    m = sc.models
+    return resolve_models(
+        m.kind,
+        draft=m.draft,
+        target=m.target,
+        device=m.device,
+        max_new_tokens=sc.sim.max_new_tokens,
+        max_draft_len=sc.planner.max_draft_len,
+    )
+
+
+def _verifier(sc: Scenario, problem: Problem, profiled: bool) -> VerifyBackend:
+    edge = problem.edge
+    if sc.models.kind == "synthetic":
+        return SyntheticVerifier(
+            edge=edge,
+            alpha={i: u.alpha for i, u in enumerate(problem.users)},
+            prefix_len={i: u.prefix_len for i, u in enumerate(problem.users)},
+            rng=np.random.default_rng(sc.sim.seed),
+            prefill_free=sc.sim.warm_start,
+        )
+    from nodes.hf_verifier import HFVerifier
+
+    setup = _models(sc)
+    return HFVerifier(
+        setup.target,
+        device=setup.device,
+        dtype=sc.models.dtype or None,
+        temperature=sc.models.temperature,
+        seed=sc.sim.seed,
+        prefill_free=sc.sim.warm_start,
+        latency=(
+            (lambda b, L, I: edge.latency(float(b), float(verify_flops(edge.target, L, I))))
+            if profiled
+            else None
+        ),
+    )
+
+
+def _drafter(
+    sc: Scenario, problem: Problem, i: int, profiled: bool
+) -> tuple[DraftBackend, Iterator[Sequence[int]], int]:
+    """The user's drafter, its prompts, and the tokens a session decodes."""
+    user = problem.users[i]
+    rng = np.random.default_rng([sc.sim.seed, i])
+    if sc.models.kind == "synthetic":
+
+        def synthetic() -> Iterator[Sequence[int]]:
+            while True:
+                yield tuple(int(t) for t in rng.integers(0, 32000, size=max(1, user.prefix_len)))
+
+        return SyntheticDrafter.for_user(user, rng), synthetic(), sc.sim.max_new_tokens
+    from nodes.llama_drafter import LlamaDrafter
+
+    setup = _models(sc)
+    drafter = LlamaDrafter(
+        setup.draft,
+        n_ctx=setup.n_ctx,
+        threads=sc.models.draft_threads,
+        temperature=sc.models.temperature,
+        top_k=sc.models.top_k,
+        seed=sc.sim.seed + i,
+        latency=(
+            (lambda n, prefix: n * user.device(1.0, float(draft_flops(user.draft, prefix))))
+            if profiled
+            else None
+        ),
+    )
+    ps = setup.prompts
+    users = problem.size
+
+    def builtin() -> Iterator[Sequence[int]]:
+        k = 0
+        while True:
+            yield ps[(i + k * users) % len(ps)]
+            k += 1
+
+    return drafter, builtin(), setup.session_tokens
+
+
+class SharedClock(trio.abc.Clock):
+    """trio's time as the machine's monotonic clock, which every namespace shares: records
+    from different node processes line up (trio's own clock starts at a random offset)."""
+
+    def start_clock(self) -> None:
+        pass
+
+    def current_time(self) -> float:
+        return time.monotonic()
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        return max(0.0, deadline - time.monotonic())
+
+
+async def _until_signalled(cancel: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            cancel.cancel()
+            return
+
+
+async def _edge(cfg: dict[str, Any], sc: Scenario, rec: Recorder, pacer: Pacer) -> dict[str, Any]:
+    problem = _problem(sc)
+    edge = EdgeNode(
+        edge=problem.edge,
+        verifier=_verifier(sc, problem, cfg["timing"] == "profile"),
+        planner=memo_planner(cfg["policy"]),
+        priors=dict(enumerate(problem.users)),
+        settings=edge_settings(sc, problem.size),
+        sink=rec,
+        pacer=pacer,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_until_signalled, nursery.cancel_scope)
+        nursery.start_soon(edge.run)
+        await nursery.start(trio.serve_tcp, edge.serve_stream, int(cfg["port"]))
+        print("ready", flush=True)
+    s = edge.stats
+    return {"batches": s.batches, "cycles": s.cycles, "protocol_errors": s.protocol_errors}
+
+
+async def _user(
+    cfg: dict[str, Any], sc: Scenario, i: int, rec: Recorder, pacer: Pacer
+) -> dict[str, Any]:
+    problem = _problem(sc)
+    drafter, prompts, session_tokens = _drafter(sc, problem, i, cfg["timing"] == "profile")
+    node = UserNode(i, drafter, prompts, sink=rec, pacer=pacer, max_new_tokens=session_tokens)
+    stream: trio.abc.Stream | None = None
+    for _ in range(CONNECT_TRIES):
+        try:
+            stream = await trio.open_tcp_stream(cfg["edge_ip"], int(cfg["port"]))
+            break
+        except OSError:
+            await trio.sleep(0.1)
+    if stream is None:
+        raise ConnectionError(f"user {i}: the edge at {cfg['edge_ip']} never answered")
+    print("ready", flush=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_until_signalled, nursery.cancel_scope)
+        await node.run(stream)
+        nursery.cancel_scope.cancel()
+    st = node.stats
+    return {"rounds": st.rounds, "committed_tokens": st.committed_tokens, "sessions": st.sessions}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) not in (2, 3) or args[1] not in ("edge", "user"):
+        print("usage: python -m emu.node CONFIG.json edge|user [I]", file=sys.stderr)
+        return 2
+    cfg = json.loads(Path(args[0]).read_text())
+    sc = load_scenario(cfg["scenario"])
+    name = "edge" if args[1] == "edge" else f"u{int(args[2])}"
+    run_dir = Path(cfg["run_dir"])
+    rec = Recorder(run_dir / f"events-{name}.jsonl")
+    rec.policy = cfg["policy"]
+    pacer = Pacer("profile" if cfg["timing"] == "profile" else "real", float(cfg["time_scale"]))
+    try:
+        if args[1] == "edge":
+            out = trio.run(_edge, cfg, sc, rec, pacer, clock=SharedClock())
+        else:
+            out = trio.run(_user, cfg, sc, int(args[2]), rec, pacer, clock=SharedClock())
+    finally:
+        rec.close()
+    out["overruns"] = pacer.overruns
+    (run_dir / f"node-{name}.json").write_text(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
