@@ -76,6 +76,12 @@ class Network:
     def ap(self) -> Any:
         return self.net.get("ap")
 
+    def prompt(self) -> None:
+        """Mininet's interactive prompt on this network (until the user leaves it)."""
+        from mininet.cli import CLI
+
+        CLI(self.net)
+
 
 def _run(host: Any, cmd: str) -> str:
     out, err, code = host.pexec(cmd, shell=True)

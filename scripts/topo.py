@@ -49,9 +49,7 @@ def main() -> int:
             userspace_shaping(nw, [{"up": spec, "down": spec}] * args.users, Path(tmp)),
         ):
             if args.cli:
-                from mininet.cli import CLI
-
-                CLI(nw.net)
+                nw.prompt()
                 return 0
             server = nw.edge.popen([sys.executable, "-m", "emu.probe", "serve", "9000"])
             time.sleep(0.5)
