@@ -84,6 +84,23 @@ def _parser() -> argparse.ArgumentParser:
         help="a draftnet profile TOML (profiles; repeatable)",
     )
     sim.add_argument("--out", type=Path, help="run directory (default: runs/sim-<time>)")
+    run = sub.add_parser(
+        "run", help="the main job: Mininet hosts, shaped links, real sockets (root)"
+    )
+    _scenario_args(run)
+    run.add_argument(
+        "--policy",
+        dest="policies",
+        action="append",
+        help="policy to run (repeatable; default: dipsd, ad and ad-batch)",
+    )
+    run.add_argument("--duration", type=float, help="seconds per policy (sim.duration_s)")
+    run.add_argument("--seed", type=int, help="random seed (sim.seed)")
+    run.add_argument("--models", choices=["synthetic", "embedded", "files"], help="models.kind")
+    run.add_argument("--shaping", choices=["auto", "tc", "userspace"], default="auto")
+    run.add_argument("--timing", choices=["profile", "real"], default="profile")
+    run.add_argument("--strict", action="store_true", help="fail on a link outside tolerance")
+    run.add_argument("--out", type=Path, help="run directory (default: runs/run-<time>)")
     chan = sub.add_parser("channel", help="the radio model: link states, traces and plots")
     chan.add_argument("scenario", nargs="?", help="scenario TOML file (default: the embedded one)")
     chan.add_argument("--preset", help="start from a built-in preset (default, dipsd-paper)")
@@ -213,6 +230,46 @@ def _out_dir(args: argparse.Namespace, kind: str) -> Path:
     return out_dir
 
 
+def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from emu.emulate import emulate
+    from emu.report import print_run
+
+    scenario = _load(args)
+    policies = args.policies or ["dipsd", "ad", "ad-batch"]
+    out_dir = _out_dir(args, "run")
+    total = scenario.sim.duration_s * len(policies)
+    done: dict[str, float] = {}
+    with Progress(
+        TextColumn("run {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+        TimeElapsedColumn(),
+        transient=True,
+        disable=not sys.stderr.isatty() or args.json,
+    ) as bar:
+        task = bar.add_task("", total=total)
+
+        def progress(policy: str, t: float) -> None:
+            done[policy] = t
+            bar.update(task, completed=sum(done.values()), description=policy)
+
+        out = emulate(
+            scenario,
+            policies,
+            out_dir,
+            shaping=args.shaping,
+            strict=args.strict,
+            timing=args.timing,
+            progress=progress,
+        )
+    out["out_dir"] = str(out_dir)
+    if not args.json:
+        print_run(out)
+    return out
+
+
 def cmd_channel(args: argparse.Namespace) -> dict[str, Any]:
     from emu.channel import run_channel
     from emu.report import print_channel
@@ -334,6 +391,7 @@ def cmd_models(args: argparse.Namespace) -> dict[str, Any]:
 COMMANDS = {
     "solve": cmd_solve,
     "sim": cmd_sim,
+    "run": cmd_run,
     "channel": cmd_channel,
     "study": cmd_study,
     "profile": cmd_profile,

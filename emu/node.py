@@ -27,7 +27,7 @@ import trio
 
 from emu.metrics import Recorder
 from emu.planner.model import Problem, draft_flops, verify_flops
-from emu.runtime import edge_settings, memo_planner, with_model_priors
+from emu.runtime import edge_settings, memo_planner, model_setup, node_problem
 from emu.scenario import Scenario, load_scenario
 from nodes.backends import DraftBackend, SyntheticDrafter, SyntheticVerifier, VerifyBackend
 from nodes.edge import EdgeNode
@@ -37,29 +37,6 @@ from nodes.user import UserNode
 __all__ = ["SharedClock", "main"]
 
 CONNECT_TRIES = 100
-
-
-def _problem(sc: Scenario) -> Problem:
-    """The planning instance, with real models' priors as ``sim`` makes them."""
-    problem = sc.problem()
-    if sc.models.kind == "synthetic":
-        return problem
-    setup = _models(sc)
-    return with_model_priors(problem, setup.acceptance, setup.prior_prefix())
-
-
-def _models(sc: Scenario) -> Any:
-    from emu.models import resolve_models
-
-    m = sc.models
-    return resolve_models(
-        m.kind,
-        draft=m.draft,
-        target=m.target,
-        device=m.device,
-        max_new_tokens=sc.sim.max_new_tokens,
-        max_draft_len=sc.planner.max_draft_len,
-    )
 
 
 def _verifier(sc: Scenario, problem: Problem, profiled: bool) -> VerifyBackend:
@@ -74,7 +51,7 @@ def _verifier(sc: Scenario, problem: Problem, profiled: bool) -> VerifyBackend:
         )
     from nodes.hf_verifier import HFVerifier
 
-    setup = _models(sc)
+    setup = model_setup(sc)
     return HFVerifier(
         setup.target,
         device=setup.device,
@@ -105,7 +82,7 @@ def _drafter(
         return SyntheticDrafter.for_user(user, rng), synthetic(), sc.sim.max_new_tokens
     from nodes.llama_drafter import LlamaDrafter
 
-    setup = _models(sc)
+    setup = model_setup(sc)
     drafter = LlamaDrafter(
         setup.draft,
         n_ctx=setup.n_ctx,
@@ -153,7 +130,7 @@ async def _until_signalled(cancel: trio.CancelScope) -> None:
 
 
 async def _edge(cfg: dict[str, Any], sc: Scenario, rec: Recorder, pacer: Pacer) -> dict[str, Any]:
-    problem = _problem(sc)
+    problem = node_problem(sc)
     edge = EdgeNode(
         edge=problem.edge,
         verifier=_verifier(sc, problem, cfg["timing"] == "profile"),
@@ -175,7 +152,7 @@ async def _edge(cfg: dict[str, Any], sc: Scenario, rec: Recorder, pacer: Pacer) 
 async def _user(
     cfg: dict[str, Any], sc: Scenario, i: int, rec: Recorder, pacer: Pacer
 ) -> dict[str, Any]:
-    problem = _problem(sc)
+    problem = node_problem(sc)
     drafter, prompts, session_tokens = _drafter(sc, problem, i, cfg["timing"] == "profile")
     node = UserNode(i, drafter, prompts, sink=rec, pacer=pacer, max_new_tokens=session_tokens)
     stream: trio.abc.Stream | None = None

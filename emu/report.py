@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["print_channel", "print_profile", "print_sim", "print_solve"]
+__all__ = ["print_channel", "print_profile", "print_run", "print_sim", "print_solve"]
 
 
 def print_solve(out: dict[str, Any], console: Console | None = None) -> None:
@@ -139,3 +139,54 @@ def print_channel(out: dict[str, Any], console: Console | None = None) -> None:
         console.print(f"(first 50 of {len(out['users'])} users; all in summary.json)")
     if out.get("out_dir"):
         console.print(f"traces, link states and plots in {out['out_dir']}")
+
+
+def print_run(out: dict[str, Any], console: Console | None = None) -> None:
+    """The main job's summary: the policies, then every link's fidelity."""
+    console = console or Console(stderr=True)
+    console.print(
+        f"[bold]run[/] of scenario [bold]{out['scenario']}[/]: {out['users']} users on Mininet "
+        f"hosts, {out['models']} models, {out['timing']} timing, {out['shaping']} shaping, "
+        f"{out['duration_s']:g} s per policy, {out['wall_s']:.0f} s wall"
+    )
+    t = Table()
+    cols = ["policy", "tok/s", "predicted", "vs ad", "accept", "TTFT p50/p95 ms"]
+    cols += ["TPOT p50/p95 ms", "late", "deaths"]
+    for col in cols:
+        t.add_column(col, justify="left" if col == "policy" else "right")
+    res = out["results"]
+    ad = res.get("ad", {}).get("throughput_tok_s")
+    for pol, r in res.items():
+        t.add_row(
+            pol,
+            f"{r['throughput_tok_s']:.2f}",
+            f"{r['predicted_tok_s']:.2f}",
+            f"{r['throughput_tok_s'] / ad:.2f}x" if ad else "-",
+            _f(r["acceptance_rate"], ".3f"),
+            f"{_f(r['ttft_ms']['p50'], '.0f')}/{_f(r['ttft_ms']['p95'], '.0f')}",
+            f"{_f(r['tpot_ms']['p50'])}/{_f(r['tpot_ms']['p95'])}",
+            str(r["late_drafts"]),
+            str(len(r["deaths"])),
+        )
+    console.print(t)
+    f = Table(title="link fidelity (configured against measured)", title_justify="left")
+    for col in ("link", "RTT ms", "up rate Mbit/s", "ok"):
+        f.add_column(col, justify="left" if col == "link" else "right")
+    for link in out["fidelity"]:
+        c, m = link["configured"], link["measured"]
+        rate = "-" if not c["up_rate_bps"] else f"{c['up_rate_bps'] / 1e6:.2f}"
+        meas_rate = "-" if not m.get("up_rate_bps") else f"{m['up_rate_bps'] / 1e6:.2f}"
+        f.add_row(
+            link["link"],
+            f"{c['rtt_ms']:.1f} / {_f(m.get('rtt_ms'))}",
+            f"{rate} / {meas_rate}",
+            "yes" if link["ok"] else "[red]NO[/]",
+        )
+    console.print(f)
+    for pol, r in res.items():
+        for d in r["deaths"]:
+            console.print(
+                f"[red]{pol}: node {d['node']} died (exit {d['exit']})[/]: {d['last_output'][-1:]}"
+            )
+    if out.get("out_dir"):
+        console.print(f"results in {out['out_dir']}")

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from emu.planner import Plan, plan_for
 from emu.planner.model import Problem
 from emu.scenario import Scenario
 from nodes.edge import EdgeSettings
 
-__all__ = ["edge_settings", "memo_planner", "with_model_priors"]
+if TYPE_CHECKING:
+    from emu.models import ModelSetup
+
+__all__ = ["edge_settings", "memo_planner", "model_setup", "node_problem", "with_model_priors"]
 
 
 def memo_planner(policy: str) -> Callable[[Problem, Plan | None], Plan]:
@@ -57,3 +61,26 @@ def with_model_priors(problem: Problem, acceptance: float | None, prefix: int) -
         for u in problem.users
     )
     return dataclasses.replace(problem, users=users)
+
+
+def node_problem(sc: Scenario) -> Problem:
+    """The planning instance, with real models' priors as ``sim`` makes them."""
+    problem = sc.problem()
+    if sc.models.kind == "synthetic":
+        return problem
+    setup = model_setup(sc)
+    return with_model_priors(problem, setup.acceptance, setup.prior_prefix())
+
+
+def model_setup(sc: Scenario) -> ModelSetup:
+    from emu.models import resolve_models
+
+    m = sc.models
+    return resolve_models(
+        m.kind,
+        draft=m.draft,
+        target=m.target,
+        device=m.device,
+        max_new_tokens=sc.sim.max_new_tokens,
+        max_draft_len=sc.planner.max_draft_len,
+    )

@@ -17,6 +17,7 @@ that leaves is dropped from its batch and the plan is recomputed; the others go 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -293,9 +294,9 @@ class EdgeNode:
         prompts = {m.uid: m.prompt for m in new if m.prompt is not None}
         for m in new:
             m.prompt = None
+        t0, w0 = trio.current_time(), time.perf_counter()
         first, ms = self.verifier.prefill(prompts)
-        t0 = trio.current_time()
-        await self.pacer.pace(ms)
+        await self.pacer.pace(ms, (time.perf_counter() - w0) * 1e3)
         self.stats.busy_s += trio.current_time() - t0
         assert self.plan is not None
         for m in new:
@@ -364,9 +365,9 @@ class EdgeNode:
             )
             for m in ready
         ]
+        t0, w0 = trio.current_time(), time.perf_counter()
         outs, ms = self.verifier.verify(items)
-        t0 = trio.current_time()
-        await self.pacer.pace(ms)
+        await self.pacer.pace(ms, (time.perf_counter() - w0) * 1e3)
         self.stats.busy_s += trio.current_time() - t0
         self.stats.batches += 1
         for m, it, out in zip(ready, items, outs, strict=True):

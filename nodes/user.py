@@ -11,6 +11,7 @@ alone: the user only receives. Every round is emitted as one ``round`` record to
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -119,8 +120,9 @@ class UserNode:
             draft_ms = 0.0
             drafted = 0
             if n > 0:
+                w0 = time.perf_counter()
                 out = self.drafter.draft(n)
-                await self.pacer.pace(out.compute_ms)
+                await self.pacer.pace(out.compute_ms, (time.perf_counter() - w0) * 1e3)
                 draft_ms = out.compute_ms
                 drafted = len(out.tokens)
                 await self._send(

@@ -19,6 +19,7 @@ from emu.sim import simulate
 from emu.simlink import link_pair
 from nodes.backends import SyntheticDrafter, SyntheticVerifier
 from nodes.edge import EdgeNode, EdgeSettings
+from nodes.pacing import Pacer
 from nodes.protocol import Connection, Error, ErrorCode, Role
 from nodes.user import UserNode
 from tests.planner.conftest import paper_problem
@@ -245,3 +246,64 @@ def test_a_user_that_never_starts_does_not_zero_everyone_elses_throughput() -> N
     s = rec.summary("p", t_end=2.0, users=3)  # user 2 never got through
     assert s["throughput_tok_s"] == pytest.approx(40 / 1.0)
     assert s["users_started"] == 2
+
+
+async def test_nodes_tell_the_pacer_how_long_compute_really_took() -> None:
+    """With profile timing a step is padded to its profiled time: the pacer must be told the
+    wall time the backend took, or it sleeps the whole profile on top of it (and never counts
+    an overrun)."""
+    import time as _time
+
+    from nodes.backends import DraftOut
+
+    class SlowDrafter(SyntheticDrafter):
+        def draft(self, n: int) -> DraftOut:
+            _time.sleep(0.02)
+            return super().draft(n)
+
+    class SlowVerifier(SyntheticVerifier):
+        def prefill(self, prompts: Any) -> Any:
+            _time.sleep(0.02)
+            return super().prefill(prompts)
+
+        def verify(self, batch: Any) -> Any:
+            _time.sleep(0.02)
+            return super().verify(batch)
+
+    class Recording(Pacer):
+        def __init__(self) -> None:
+            super().__init__("virtual")
+            self.calls: list[tuple[float, float]] = []
+
+        async def pace(self, compute_ms: float, wall_ms: float = 0.0) -> None:
+            self.calls.append((compute_ms, wall_ms))
+            await super().pace(compute_ms, wall_ms)
+
+    problem = paper_problem(1)
+    rng = np.random.default_rng(0)
+    u = problem.users[0]
+    edge_pacer, user_pacer = Recording(), Recording()
+    edge = EdgeNode(
+        edge=problem.edge,
+        verifier=SlowVerifier(problem.edge, {0: u.alpha}, {0: u.prefix_len}, rng),
+        planner=lambda p, _prev: plan_for("dipsd", p),
+        priors={0: u},
+        settings=EdgeSettings(expected_users=1),
+        sink=Recorder(None),
+        pacer=edge_pacer,
+    )
+    user = UserNode(
+        0,
+        SlowDrafter(u.draft, u.device, u.prefix_len, rng),
+        iter([(1, 2, 3)] * 10),
+        sink=Recorder(None),
+        pacer=user_pacer,
+    )
+    a, b = link_pair(lambda _t: LinkState(), lambda _t: LinkState(), rng)
+    with trio.move_on_after(2.0):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(edge.run)
+            nursery.start_soon(edge.serve_stream, b)
+            nursery.start_soon(user.run, a)
+    for calls in (edge_pacer.calls, user_pacer.calls):
+        assert calls and all(wall >= 15.0 for _, wall in calls)

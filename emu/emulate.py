@@ -1,0 +1,337 @@
+"""``draftnet run``: the main job. Mininet hosts, shaped links, one process per node.
+
+Layer: emu (orchestration; Mininet through ``emu.network``). For each policy: a fresh shaper on
+the users' links, the edge and every user started as their own processes in their hosts
+(``emu.node``), the workload for ``sim.duration_s`` seconds, then every process stopped and the
+records summarised. Before the first policy each link is probed (RTT, one-way delay, rate where
+one is configured) and configured is compared with measured: ``fidelity`` lists every link,
+and ``strict`` fails the run on a link outside tolerance. A node that dies mid-run is recorded
+with the last lines it wrote; the run goes on with the others.
+
+Shaping backends: ``userspace`` (``emu.shaping``) works on this kernel. ``tc`` needs netem,
+which is probed; this version does not build the tc backend yet, and ``auto`` picks userspace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emu.errors import ConfigError, ShapingError
+from emu.metrics import Recorder
+from emu.network import Network, preflight, star_network, userspace_shaping
+from emu.planner import evaluate
+from emu.planner.policies import POLICIES
+from emu.runtime import memo_planner, node_problem
+from emu.scenario import Scenario, scenario_toml
+
+__all__ = ["SHAPING", "emulate", "has_netem"]
+
+SHAPING = ("auto", "tc", "userspace")
+PORT = 7000
+PROBE_PORT = 9000
+READY_TIMEOUT_S = 120.0  # a user loads its model before it connects
+Progress = Callable[[str, float], None]
+MEASURED = ("rtt_ms", "up_ms", "down_ms", "up_rate_bps")
+
+
+def has_netem() -> bool:
+    """Whether this kernel has netem: try it on the loopback of a throwaway namespace."""
+    ns = f"draftnet-probe-{int(time.monotonic() * 1e6) % 10**9}"
+    if subprocess.run(["ip", "netns", "add", ns], capture_output=True, check=False).returncode:
+        return False
+    try:
+        add = ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem"]
+        return (
+            subprocess.run([*add, "delay", "1ms"], capture_output=True, check=False).returncode == 0
+        )
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def _backend(shaping: str) -> str:
+    if shaping not in SHAPING:
+        raise ConfigError(f"--shaping must be one of {', '.join(SHAPING)}, got {shaping!r}")
+    netem = has_netem()
+    if shaping == "tc" and not netem:
+        raise ConfigError(
+            "--shaping tc needs netem, which this kernel lacks (Mininet would run such links "
+            "unshaped): use --shaping userspace"
+        )
+    if shaping == "tc":
+        raise ConfigError("the tc shaping backend is not built yet: use --shaping userspace")
+    return "userspace"
+
+
+Specs = list[dict[str, Any]]
+Configured = list[dict[str, float]]
+
+
+def _links(sc: Scenario, users: int, out_dir: Path) -> tuple[Specs, Configured]:
+    """Per user the shaper's specs both ways, and what each link is configured to give."""
+    net = sc.network
+    if net.model == "radio":
+        from emu.channel import run_channel
+
+        channel_dir = out_dir / "channel"
+        channel_dir.mkdir(exist_ok=True)
+        run_channel(sc, channel_dir)
+        npz = str(channel_dir / "linkstates.npz")
+        data = np.load(npz)
+        specs: Specs = []
+        configured: Configured = []
+        for i in range(users):
+            specs.append(
+                {d: {"series": {"npz": npz, "prefix": d, "user": i}} for d in ("up", "down")}
+            )
+            configured.append(
+                {
+                    "rtt_ms": float(
+                        data["up_delay_ms"][i].mean() + data["down_delay_ms"][i].mean()
+                    ),
+                    "up_rate_bps": float(data["up_rate_bps"][i].mean()),
+                    "up_loss": float(data["up_loss"][i].mean()),
+                }
+            )
+        return specs, configured
+    specs, configured = [], []  # (a fixed link for every user)
+    for u in sc.problem().users[:users]:
+        state: dict[str, float] = {
+            "rate_bps": net.rate_bps,
+            "delay_ms": u.comm_ms / 2,
+            "jitter_ms": net.jitter_ms,
+            "loss": net.loss,
+        }
+        specs.append({"up": {"state": state}, "down": {"state": state}})
+        configured.append({"rtt_ms": u.comm_ms, "up_rate_bps": net.rate_bps, "up_loss": net.loss})
+    return specs, configured
+
+
+def _fidelity(nw: Network, configured: list[dict[str, float]]) -> list[dict[str, Any]]:
+    """Probe every user's link; ok when RTT is within 2 ms (or 10%) and the rate within 10%."""
+    server = nw.edge.popen([sys.executable, "-m", "emu.probe", "serve", str(PROBE_PORT)])
+    time.sleep(0.3)
+    out = []
+    try:
+        for i, conf in enumerate(configured):
+            burst = 100 if conf["up_rate_bps"] > 0 else 0
+            cmd = f"{sys.executable} -m emu.probe measure 10.0.0.2 {PROBE_PORT} "
+            cmd += f"--echoes 10 --burst {burst} --packets 0"
+            text = nw.user(i).cmd(cmd).strip().splitlines()
+            try:
+                meas = json.loads(text[-1])
+            except (IndexError, ValueError):
+                meas = {"rtt_ms": None, "up_rate_bps": None}
+            ok = meas.get("rtt_ms") is not None and abs(meas["rtt_ms"] - conf["rtt_ms"]) <= max(
+                2.0, 0.1 * conf["rtt_ms"]
+            )
+            if burst and meas.get("up_rate_bps"):
+                ok = ok and abs(meas["up_rate_bps"] / conf["up_rate_bps"] - 1.0) <= 0.1
+            out.append(
+                {
+                    "link": f"u{i}<->edge",
+                    "configured": conf,
+                    "measured": {
+                        k: meas.get(k) for k in ("rtt_ms", "up_ms", "down_ms", "up_rate_bps")
+                    },
+                    "ok": bool(ok),
+                }
+            )
+    finally:
+        server.terminate()
+        server.wait()
+    return out
+
+
+def _tail(path: Path, lines: int = 5) -> list[str]:
+    try:
+        return path.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def _await_ready(name: str, proc: Any, log: Path) -> None:
+    """Wait for a node's ``ready`` line; ShapingError with its last output if it never comes."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    line = ""
+    while (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([proc.stdout], [], [], left)
+        if not readable:
+            break  # silent past the deadline
+        line = proc.stdout.readline()
+        if line.strip() == "ready" or not line:
+            break
+    if line.strip() != "ready":
+        raise ShapingError(f"node {name} did not start: " + " | ".join(_tail(log)))
+
+
+def _run_policy(
+    sc: Scenario,
+    nw: Network,
+    policy: str,
+    specs: list[dict[str, Any]],
+    pdir: Path,
+    *,
+    timing: str,
+    progress: Progress | None,
+) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
+    pdir.mkdir(parents=True, exist_ok=True)
+    (pdir / "scenario.toml").write_text(scenario_toml(sc))
+    cfg = {
+        "scenario": str(pdir / "scenario.toml"),
+        "policy": policy,
+        "edge_ip": "10.0.0.2",
+        "port": PORT,
+        "run_dir": str(pdir),
+        "timing": timing,
+        "time_scale": 1.0,
+    }
+    (pdir / "node.json").write_text(json.dumps(cfg))
+    node = [sys.executable, "-m", "emu.node", str(pdir / "node.json")]
+    deaths: list[dict[str, Any]] = []
+    with userspace_shaping(nw, specs, pdir, seed=sc.sim.seed):
+        procs: dict[str, Any] = {}
+        logs: dict[str, Path] = {}
+
+        def start(name: str, host: Any, *extra: str) -> Any:
+            logs[name] = pdir / f"{name}.log"
+            p = host.popen(
+                [*node, *extra],
+                stdout=subprocess.PIPE,
+                stderr=logs[name].open("w"),
+                text=True,
+            )
+            procs[name] = p
+            return p
+
+        try:
+            edge = start("edge", nw.edge, "edge")
+            _await_ready("edge", edge, logs["edge"])
+            users = [start(f"u{i}", nw.user(i), "user", str(i)) for i in range(nw.users)]
+            # The workload's clock starts when every user has loaded its model and connected.
+            for i, p in enumerate(users):
+                _await_ready(f"u{i}", p, logs[f"u{i}"])
+            t0 = time.monotonic()
+            end = t0 + sc.sim.duration_s
+            while (now := time.monotonic()) < end:
+                time.sleep(min(0.5, end - now))
+                if progress is not None:
+                    progress(policy, time.monotonic() - t0)
+                for name, p in procs.items():
+                    if p.poll() is not None and not any(d["node"] == name for d in deaths):
+                        deaths.append(
+                            {
+                                "node": name,
+                                "exit": p.returncode,
+                                "t_s": time.monotonic() - t0,
+                                "last_output": _tail(logs[name]),
+                            }
+                        )
+            t_end = time.monotonic()
+        finally:
+            for name in sorted(procs, key=lambda n: n == "edge"):  # users first, then the edge
+                if procs[name].poll() is None:
+                    procs[name].terminate()
+            for p in procs.values():
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+    nodes = {}
+    for f in sorted(pdir.glob("node-*.json")):
+        with contextlib.suppress(ValueError):  # a node killed while writing it
+            nodes[f.stem.removeprefix("node-")] = json.loads(f.read_text())
+    rec = Recorder(None)
+    rec.policy = policy
+    for f in sorted(pdir.glob("events-*.jsonl")):
+        for line in f.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a killed node
+            r.pop("policy", None)
+            rec(r)
+    summary = rec.summary(policy, t_end=t_end, users=nw.users)
+    # Steps that ran longer than their profile (the host was too slow to stand in for it).
+    summary["overruns"] = {name: int(n.get("overruns", 0)) for name, n in nodes.items()}
+    summary["protocol_errors"] = int(nodes.get("edge", {}).get("protocol_errors", 0))
+    return summary, t_end - t0, deaths
+
+
+def emulate(
+    sc: Scenario,
+    policies: list[str],
+    out_dir: Path,
+    *,
+    shaping: str = "auto",
+    strict: bool = False,
+    timing: str = "profile",
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run every policy on the emulated network; the ``run --json`` object."""
+    for p in policies:
+        if p not in POLICIES:
+            raise ConfigError(f"--policy must be one of {', '.join(POLICIES)}, got {p!r}")
+    if timing not in ("profile", "real"):
+        raise ConfigError(f"timing must be profile or real, got {timing!r}")
+    preflight()
+    backend = _backend(shaping)
+    problem = sc.problem()
+    if sc.models.kind != "synthetic":
+        problem = node_problem(sc)  # checks the models (one line each) before any host
+    t_wall = time.perf_counter()
+    (out_dir / "scenario.toml").write_text(scenario_toml(sc))
+    specs, configured = _links(sc, problem.size, out_dir)
+    results: dict[str, Any] = {}
+    doc: dict[str, Any] = {
+        "mode": "emu",
+        "scenario": sc.name,
+        "users": problem.size,
+        "duration_s": sc.sim.duration_s,
+        "shaping": backend,
+        "timing": timing,
+        "models": sc.models.kind,
+        "fidelity": [],
+        "results": results,
+    }
+    with star_network(problem.size) as nw:
+        with userspace_shaping(nw, specs, out_dir, seed=sc.sim.seed):
+            doc["fidelity"] = _fidelity(nw, configured)
+        _write(out_dir, doc, t_wall)
+        bad = [f["link"] for f in doc["fidelity"] if not f["ok"]]
+        if bad and strict:
+            raise ShapingError(f"links outside tolerance (--strict): {', '.join(bad)}")
+        for policy in policies:
+            summary, span, deaths = _run_policy(
+                sc, nw, policy, specs, out_dir / policy, timing=timing, progress=progress
+            )
+            predicted = evaluate(problem, memo_planner(policy)(problem, None)).throughput_tok_s
+            results[policy] = {
+                "throughput_tok_s": summary.pop("throughput_tok_s"),
+                "predicted_tok_s": predicted,
+                **summary,
+                "lossless": None,
+                "deaths": deaths,
+                "span_s": span,
+            }
+            _write(out_dir, doc, t_wall)
+    doc["wall_s"] = time.perf_counter() - t_wall
+    _write(out_dir, doc, t_wall)
+    return doc
+
+
+def _write(out: Path, doc: dict[str, Any], t_wall: float) -> None:
+    doc = {**doc, "wall_s": time.perf_counter() - t_wall}
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2, default=float))
+    tmp.replace(out / "summary.json")
