@@ -307,3 +307,16 @@ async def test_nodes_tell_the_pacer_how_long_compute_really_took() -> None:
             nursery.start_soon(user.run, a)
     for calls in (edge_pacer.calls, user_pacer.calls):
         assert calls and all(wall >= 15.0 for _, wall in calls)
+
+
+async def test_profile_pacing_pads_and_counts_overruns(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pacer = Pacer("profile")
+    t0 = trio.current_time()
+    await pacer.pace(10.0, 4.0)  # padded by the 6 ms left
+    assert trio.current_time() - t0 == pytest.approx(0.006)
+    await pacer.pace(10.0, 25.0)  # longer than its profile: an overrun, no padding
+    await pacer.pace(0.0, 3.0)  # a step modelled as free (a warm-start prefill): neither
+    assert pacer.overruns == 1
+    assert trio.current_time() - t0 == pytest.approx(0.006)
