@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Main-job benchmark (root): dipsd measured against predicted on Mininet with 0, 5 and 20 ms of
+jitter on every user's links, and the main job's wall time.
+
+Synthetic backends with profile timing (the paper's devices), so the figures isolate the
+network; each case is one `draftnet run`.
+
+    sudo .venv/bin/python scripts/bench_run.py [--users 4] [--duration 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+
+
+def run(args: list[str]) -> tuple[dict, float]:
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        [sys.executable, "-m", "emu.cli", "run", *args, "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    return json.loads(r.stdout), time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--users", type=int, default=4)
+    ap.add_argument("--duration", type=float, default=30.0)
+    args = ap.parse_args()
+    print(f"machine: {platform.node()} {platform.machine()} python {platform.python_version()}")
+    print(
+        f"## dipsd on Mininet, {args.users} users, {args.duration:g} s, synthetic, profile timing"
+    )
+    print(
+        "| jitter ms | measured tok/s | predicted tok/s | measured / predicted | late drafts "
+        "| replans | wall s |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for jitter in (0.0, 5.0, 20.0):
+            sc = Path(tmp) / f"j{jitter:g}.toml"
+            sc.write_text(f"[network]\njitter_ms = {jitter}\n")
+            doc, wall = run(
+                [str(sc), "--users", str(args.users), "--duration", str(args.duration),
+                 "--policy", "dipsd", "--out", str(Path(tmp) / f"run{jitter:g}")]
+            )  # fmt: skip
+            r = doc["results"]["dipsd"]
+            print(
+                f"| {jitter:g} | {r['throughput_tok_s']:.2f} | {r['predicted_tok_s']:.2f} | "
+                f"{r['throughput_tok_s'] / r['predicted_tok_s']:.3f} | {r['late_drafts']} | "
+                f"{r['replans']} | {wall:.0f} |",
+                flush=True,
+            )
+        doc, wall = run(
+            ["--users", "2", "--models", "embedded", "--duration", str(args.duration),
+             "--out", str(Path(tmp) / "main")]
+        )  # fmt: skip
+    print(
+        f"## the main job: 2 users, embedded models, dipsd, ad, ad-batch, {args.duration:g} s each"
+    )
+    print("| policy | tok/s | predicted | acceptance | late | overruns |")
+    print("|---|---|---|---|---|---|")
+    for pol, r in doc["results"].items():
+        acc = "-" if r["acceptance_rate"] is None else f"{r['acceptance_rate']:.3f}"
+        print(
+            f"| {pol} | {r['throughput_tok_s']:.2f} | {r['predicted_tok_s']:.2f} | {acc} | "
+            f"{r['late_drafts']} | {sum(r['overruns'].values())} |"
+        )
+    print(f"wall time: {wall:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
