@@ -53,3 +53,24 @@ def test_run_bad_input_is_one_line_and_status_2(tmp_path: Path) -> None:
         r = draftnet("run", *args, "--duration", "1", "--out", str(tmp_path / "x"))
         assert r.returncode == 2, r.stderr
         assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_radio_links_drive_the_emulation(tmp_path: Path) -> None:
+    """Synthetic models over links that follow each user's radio series."""
+    (tmp_path / "cell.toml").write_text('[network]\nmodel = "radio"\n')
+    out = tmp_path / "run"
+    r = draftnet(
+        "run",
+        str(tmp_path / "cell.toml"),
+        *["--users", "2", "--duration", "5", "--policy", "ad-batch"],
+        *["--json", "--out", str(out)],
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    # Each link probed at its series' mean state: the shaper gives what the radio says.
+    assert [f["ok"] for f in doc["fidelity"]] == [True, True]
+    rates = [f["configured"]["up_rate_bps"] for f in doc["fidelity"]]
+    assert all(x > 1e5 for x in rates) and rates[0] != rates[1]  # each user its own radio
+    assert (out / "channel" / "linkstates.npz").exists()
+    res = doc["results"]["ad-batch"]
+    assert res["users_started"] == 2 and res["deaths"] == [] and res["tokens"] > 10
