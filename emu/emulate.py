@@ -32,6 +32,7 @@ from emu.metrics import Recorder
 from emu.network import Network, preflight, star_network, userspace_shaping
 from emu.planner import evaluate
 from emu.planner.policies import POLICIES
+from emu.runreport import write_run_report
 from emu.runtime import memo_planner, node_problem
 from emu.scenario import Scenario, scenario_toml
 
@@ -361,6 +362,7 @@ def emulate(
             _write(out_dir, doc, t_wall)
     doc["wall_s"] = time.perf_counter() - t_wall
     _write(out_dir, doc, t_wall)
+    write_run_report(out_dir, doc)
     return doc
 
 

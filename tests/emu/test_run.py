@@ -42,6 +42,9 @@ def test_two_users_with_the_embedded_models_end_to_end(tmp_path: Path) -> None:
     for node in ("edge", "u0", "u1"):
         assert (out / "dipsd" / f"events-{node}.jsonl").stat().st_size > 0
     assert json.loads((out / "summary.json").read_text())["results"].keys() == {"dipsd", "ad-batch"}
+    report = (out / "report.md").read_text()
+    assert "| dipsd |" in report and "| u1<->edge |" in report
+    assert (out / "throughput.png").stat().st_size > 0 and (out / "tpot_cdf.png").exists()
     assert set(os.listdir("/sys/class/net")) == before  # nothing left behind
 
 

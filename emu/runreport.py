@@ -1,0 +1,121 @@
+"""The main job's report: ``report.md`` and plots in the run directory.
+
+Layer: emu (orchestration); writes files. Reads the ``run --json`` object and the nodes' records
+(``<policy>/events-*.jsonl``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["write_run_report"]
+
+
+def _fmt(x: float | None, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _round_times(out_dir: Path, policy: str) -> list[float]:
+    """Per-token times (round_ms / committed) of every user's rounds."""
+    tpot = []
+    for f in sorted((out_dir / policy).glob("events-u*.jsonl")):
+        for line in f.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if r.get("ev") == "round" and r.get("committed"):
+                tpot.append(r["round_ms"] / r["committed"])
+    return tpot
+
+
+def write_run_report(out_dir: Path, doc: dict[str, Any]) -> None:
+    res = doc["results"]
+    ad = res.get("ad", {}).get("throughput_tok_s")
+    lines = [
+        f"# draftnet run: {doc['scenario']}",
+        "",
+        f"{doc['users']} users on Mininet hosts; {doc['models']} models, {doc['timing']} timing, "
+        f"{doc['shaping']} shaping; {doc['duration_s']:g} s per policy; "
+        f"{doc.get('wall_s', 0):.0f} s wall.",
+        "",
+        "## Results",
+        "",
+        "| policy | tok/s | predicted | vs ad | acceptance | mean accepted len | TTFT p50/p95 ms "
+        "| TPOT p50/p95 ms | late drafts | overruns | deaths |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for pol, r in res.items():
+        lines.append(
+            f"| {pol} | {r['throughput_tok_s']:.2f} | {r['predicted_tok_s']:.2f} | "
+            f"{_fmt(r['throughput_tok_s'] / ad if ad else None, '.2f')} | "
+            f"{_fmt(r['acceptance_rate'], '.3f')} | {_fmt(r['mean_accepted_len'], '.2f')} | "
+            f"{_fmt(r['ttft_ms']['p50'], '.0f')}/{_fmt(r['ttft_ms']['p95'], '.0f')} | "
+            f"{_fmt(r['tpot_ms']['p50'])}/{_fmt(r['tpot_ms']['p95'])} | {r['late_drafts']} | "
+            f"{sum(r['overruns'].values())} | {len(r['deaths'])} |"
+        )
+    lines += [
+        "",
+        "## Link fidelity (configured against measured, before the workload)",
+        "",
+        "| link | RTT ms configured | RTT ms measured | up rate configured "
+        "| up rate measured | ok |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in doc["fidelity"]:
+        c, m = f["configured"], f["measured"]
+        lines.append(
+            f"| {f['link']} | {c['rtt_ms']:.2f} | {_fmt(m.get('rtt_ms'), '.2f')} | "
+            f"{_fmt(c['up_rate_bps'] or None, '.3g')} | {_fmt(m.get('up_rate_bps'), '.3g')} | "
+            f"{'yes' if f['ok'] else '**NO**'} |"
+        )
+    bad = [f["link"] for f in doc["fidelity"] if not f["ok"]]
+    if bad:
+        lines += ["", f"**Links outside tolerance: {', '.join(bad)}.** Read the results with care."]
+    deaths = [(pol, d) for pol, r in res.items() for d in r["deaths"]]
+    if deaths:
+        lines += ["", "## Node deaths", ""]
+        for pol, d in deaths:
+            out = " / ".join(d["last_output"][-3:]) or "(no output)"
+            lines.append(f"- {pol}: {d['node']} exited {d['exit']} at {d['t_s']:.1f} s: {out}")
+    lines += ["", "Plots: `throughput.png`, `tpot_cdf.png`.", ""]
+    (out_dir / "report.md").write_text("\n".join(lines))
+    _plots(out_dir, doc)
+
+
+def _plots(out_dir: Path, doc: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = doc["results"]
+    names = list(res)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, [res[p]["throughput_tok_s"] for p in names], 0.4, label="measured")
+    ax.bar(x + 0.2, [res[p]["predicted_tok_s"] for p in names], 0.4, label="predicted")
+    ax.set_xticks(x, names)
+    ax.set_ylabel("tokens/s (all users)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "throughput.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for p in names:
+        t = np.sort(_round_times(out_dir, p))
+        if t.size:
+            ax.step(t, np.arange(1, t.size + 1) / t.size, where="post", label=p)
+    ax.set_xlabel("time per output token [ms]")
+    ax.set_ylabel("CDF over rounds")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "tpot_cdf.png", dpi=110)
+    plt.close(fig)
