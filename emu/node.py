@@ -184,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(cfg["run_dir"])
     rec = Recorder(run_dir / f"events-{name}.jsonl")
     rec.policy = cfg["policy"]
-    pacer = Pacer("profile" if cfg["timing"] == "profile" else "real", float(cfg["time_scale"]))
+    pacer = Pacer(
+        "profile" if cfg["timing"] == "profile" else "real",
+        float(cfg["time_scale"]),
+        lead_s=0.001,  # a real clock: see Pacer.lead_s
+    )
     try:
         if args[1] == "edge":
             out = trio.run(_edge, cfg, sc, rec, pacer, clock=SharedClock())
