@@ -12,7 +12,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -190,8 +191,6 @@ def cmd_solve(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_sim(args: argparse.Namespace) -> dict[str, Any]:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from emu.report import print_sim
     from emu.sim import simulate
 
@@ -199,14 +198,28 @@ def cmd_sim(args: argparse.Namespace) -> dict[str, Any]:
     policies = args.policies or [scenario.planner.policy]
     out_dir = _out_dir(args, "sim")
     total = scenario.sim.duration_s * len(policies)
+    with _progress("sim", "virtual s", total, quiet=args.json) as progress:
+        out = simulate(scenario, policies, out_dir=out_dir, progress=progress)
+    out["out_dir"] = str(out_dir)
+    if not args.json:
+        print_sim(out)
+    return out
+
+
+@contextmanager
+def _progress(kind: str, unit: str, total: float, *, quiet: bool) -> Iterator[Any]:
+    """A progress bar over every policy's seconds (on a terminal only); yields the
+    ``progress(policy, seconds_done)`` callback the runners call."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     done: dict[str, float] = {}
     with Progress(
-        TextColumn("sim {task.description}"),
+        TextColumn(f"{kind} {{task.description}}"),
         BarColumn(),
-        TextColumn("{task.completed:.0f}/{task.total:.0f} virtual s"),
+        TextColumn(f"{{task.completed:.0f}}/{{task.total:.0f}} {unit}"),
         TimeElapsedColumn(),
         transient=True,
-        disable=not sys.stderr.isatty(),
+        disable=not sys.stderr.isatty() or quiet,
     ) as bar:
         task = bar.add_task("", total=total)
 
@@ -214,11 +227,7 @@ def cmd_sim(args: argparse.Namespace) -> dict[str, Any]:
             done[policy] = t
             bar.update(task, completed=sum(done.values()), description=policy)
 
-        out = simulate(scenario, policies, out_dir=out_dir, progress=progress)
-    out["out_dir"] = str(out_dir)
-    if not args.json:
-        print_sim(out)
-    return out
+        yield progress
 
 
 def _out_dir(args: argparse.Namespace, kind: str) -> Path:
@@ -231,8 +240,6 @@ def _out_dir(args: argparse.Namespace, kind: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from emu.emulate import emulate
     from emu.report import print_run
 
@@ -240,21 +247,7 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     policies = args.policies or ["dipsd", "ad", "ad-batch"]
     out_dir = _out_dir(args, "run")
     total = scenario.sim.duration_s * len(policies)
-    done: dict[str, float] = {}
-    with Progress(
-        TextColumn("run {task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
-        TimeElapsedColumn(),
-        transient=True,
-        disable=not sys.stderr.isatty() or args.json,
-    ) as bar:
-        task = bar.add_task("", total=total)
-
-        def progress(policy: str, t: float) -> None:
-            done[policy] = t
-            bar.update(task, completed=sum(done.values()), description=policy)
-
+    with _progress("run", "s", total, quiet=args.json) as progress:
         out = emulate(
             scenario,
             policies,

@@ -239,17 +239,10 @@ def simulate(
 def _real_models(sc: Scenario, users: int) -> RealModels:
     """Check the models (one-line errors before anything starts), then load them."""
     from emu.backends import RealModels
-    from emu.models import resolve_models
+    from emu.runtime import model_setup
 
     m = sc.models
-    setup = resolve_models(
-        m.kind,
-        draft=m.draft,
-        target=m.target,
-        device=m.device,
-        max_new_tokens=sc.sim.max_new_tokens,
-        max_draft_len=sc.planner.max_draft_len,
-    )
+    setup = model_setup(sc)
     return RealModels(
         setup,
         users=users,
