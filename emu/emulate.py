@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import select
 import subprocess
 import sys
 import time
@@ -29,7 +28,14 @@ import numpy as np
 
 from emu.errors import ConfigError, ShapingError
 from emu.metrics import Recorder
-from emu.network import Network, preflight, star_network, userspace_shaping
+from emu.network import (
+    Network,
+    await_ready,
+    preflight,
+    star_network,
+    tail,
+    userspace_shaping,
+)
 from emu.planner import evaluate
 from emu.planner.policies import POLICIES
 from emu.runreport import write_run_report
@@ -187,28 +193,6 @@ def _fidelity(nw: Network, configured: list[dict[str, float]]) -> list[dict[str,
     return out
 
 
-def _tail(path: Path, lines: int = 5) -> list[str]:
-    try:
-        return path.read_text(errors="replace").strip().splitlines()[-lines:]
-    except OSError:
-        return []
-
-
-def _await_ready(name: str, proc: Any, log: Path) -> None:
-    """Wait for a node's ``ready`` line; ShapingError with its last output if it never comes."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    line = ""
-    while (left := deadline - time.monotonic()) > 0:
-        readable, _, _ = select.select([proc.stdout], [], [], left)
-        if not readable:
-            break  # silent past the deadline
-        line = proc.stdout.readline()
-        if line.strip() == "ready" or not line:
-            break
-    if line.strip() != "ready":
-        raise ShapingError(f"node {name} did not start: " + " | ".join(_tail(log)))
-
-
 def _run_policy(
     sc: Scenario,
     nw: Network,
@@ -250,11 +234,11 @@ def _run_policy(
 
         try:
             edge = start("edge", nw.edge, "edge")
-            _await_ready("edge", edge, logs["edge"])
+            await_ready("node edge", edge, logs["edge"], READY_TIMEOUT_S)
             users = [start(f"u{i}", nw.user(i), "user", str(i)) for i in range(nw.users)]
             # The workload's clock starts when every user has loaded its model and connected.
             for i, p in enumerate(users):
-                _await_ready(f"u{i}", p, logs[f"u{i}"])
+                await_ready(f"node u{i}", p, logs[f"u{i}"], READY_TIMEOUT_S)
             t0 = time.monotonic()
             end = t0 + sc.sim.duration_s
             while (now := time.monotonic()) < end:
@@ -268,7 +252,7 @@ def _run_policy(
                                 "node": name,
                                 "exit": p.returncode,
                                 "t_s": time.monotonic() - t0,
-                                "last_output": _tail(logs[name]),
+                                "last_output": tail(logs[name]),
                             }
                         )
             t_end = time.monotonic()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,15 @@ from typing import Any
 from emu.errors import ConfigError, ShapingError
 from topologies.star import user_subnet
 
-__all__ = ["Network", "clean", "preflight", "star_network", "userspace_shaping"]
+__all__ = [
+    "Network",
+    "await_ready",
+    "clean",
+    "preflight",
+    "star_network",
+    "tail",
+    "userspace_shaping",
+]
 
 READY_TIMEOUT_S = 20.0
 
@@ -146,7 +155,7 @@ def userspace_shaping(
         text=True,
     )
     try:
-        _await_ready(proc, run_dir / "shaper.log")
+        await_ready("the userspace shaper", proc, run_dir / "shaper.log", READY_TIMEOUT_S)
         for i in range(network.users):
             up, down = 100 + i, 1100 + i
             for cmd in (
@@ -181,18 +190,29 @@ def _unroute(network: Network) -> None:
         pass
 
 
-def _await_ready(proc: Any, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if line.strip() == "ready":
-        return
-    while proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    tail = log.read_text().strip().splitlines()[-3:] if log.exists() else []
-    raise ShapingError(
-        "the userspace shaper did not start: " + (" | ".join(tail) or f"said {line!r}")
-    )
+def tail(path: Path, lines: int = 5) -> list[str]:
+    """The last lines a process wrote to its log (none if it wrote nothing)."""
+    try:
+        return path.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def await_ready(what: str, proc: Any, log: Path, timeout_s: float) -> None:
+    """Wait for a process's ``ready`` line on its stdout; ShapingError with the last lines of
+    its log if it exits, says something else, or stays silent past ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    line = ""
+    while (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([proc.stdout], [], [], left)
+        if not readable:
+            break  # silent past the deadline
+        line = proc.stdout.readline()
+        if line.strip() == "ready" or not line:
+            break
+    if line.strip() != "ready":
+        said = " | ".join(tail(log, 3)) or f"said {line!r}"
+        raise ShapingError(f"{what} did not start: {said}")
 
 
 def clean() -> list[str]:
