@@ -16,7 +16,6 @@ one token at a time, no batching and no padding).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from emu.models import ModelSetup
-from emu.planner.model import Problem, User, draft_flops, verify_flops
+from emu.planner.model import Problem, User
+from emu.runtime import draft_time, user_prompts, verify_time
 from nodes.backends import DraftBackend, DraftOut, VerifyBackend
 
 __all__ = ["GreedyReference", "RealModels"]
@@ -141,20 +141,18 @@ class RealModels:
         for uid in list(v.sessions):
             v.drop(uid)
         v.rng = np.random.default_rng(self.seed)
-        edge = problem.edge
-        v.latency = lambda b, L, I: edge.latency(float(b), float(verify_flops(edge.target, L, I)))
+        v.latency = verify_time(problem.edge)
         self._sessions = [[] for _ in range(self.users)]
         return v
 
     def drafter(self, i: int, user: User, rng: np.random.Generator) -> DraftBackend:
         d = self._drafters[i]
         d.rng = np.random.default_rng(self.seed + i)
-        d.latency = lambda n, prefix: n * user.device(1.0, float(draft_flops(user.draft, prefix)))
+        d.latency = draft_time(user)
         return _Recording(d, self._sessions[i])
 
     def prompts(self, i: int, user: User, rng: np.random.Generator) -> Iterator[Sequence[int]]:
-        ps = self.setup.prompts
-        return (ps[(i + k * self.users) % len(ps)] for k in itertools.count())
+        return user_prompts(self.setup.prompts, i, self.users)
 
     def results(self) -> dict[str, Any]:
         """``lossless`` for the policy that just ran (null unless verification is greedy)."""

@@ -26,10 +26,20 @@ import numpy as np
 import trio
 
 from emu.metrics import Recorder
-from emu.planner.model import Problem, draft_flops, verify_flops
-from emu.runtime import edge_settings, memo_planner, model_setup, node_problem
+from emu.planner.model import Problem
+from emu.runtime import (
+    draft_time,
+    edge_settings,
+    memo_planner,
+    model_setup,
+    node_problem,
+    synthetic_prompts,
+    synthetic_verifier,
+    user_prompts,
+    verify_time,
+)
 from emu.scenario import Scenario, load_scenario
-from nodes.backends import DraftBackend, SyntheticDrafter, SyntheticVerifier, VerifyBackend
+from nodes.backends import DraftBackend, SyntheticDrafter, VerifyBackend
 from nodes.edge import EdgeNode
 from nodes.pacing import Pacer
 from nodes.user import UserNode
@@ -40,15 +50,9 @@ CONNECT_TRIES = 100
 
 
 def _verifier(sc: Scenario, problem: Problem, profiled: bool) -> VerifyBackend:
-    edge = problem.edge
     if sc.models.kind == "synthetic":
-        return SyntheticVerifier(
-            edge=edge,
-            alpha={i: u.alpha for i, u in enumerate(problem.users)},
-            prefix_len={i: u.prefix_len for i, u in enumerate(problem.users)},
-            rng=np.random.default_rng(sc.sim.seed),
-            prefill_free=sc.sim.warm_start,
-        )
+        rng = np.random.default_rng(sc.sim.seed)
+        return synthetic_verifier(problem, rng, warm_start=sc.sim.warm_start)
     from nodes.hf_verifier import HFVerifier
 
     setup = model_setup(sc)
@@ -59,11 +63,7 @@ def _verifier(sc: Scenario, problem: Problem, profiled: bool) -> VerifyBackend:
         temperature=sc.models.temperature,
         seed=sc.sim.seed,
         prefill_free=sc.sim.warm_start,
-        latency=(
-            (lambda b, L, I: edge.latency(float(b), float(verify_flops(edge.target, L, I))))
-            if profiled
-            else None
-        ),
+        latency=verify_time(problem.edge) if profiled else None,
     )
 
 
@@ -74,12 +74,8 @@ def _drafter(
     user = problem.users[i]
     rng = np.random.default_rng([sc.sim.seed, i])
     if sc.models.kind == "synthetic":
-
-        def synthetic() -> Iterator[Sequence[int]]:
-            while True:
-                yield tuple(int(t) for t in rng.integers(0, 32000, size=max(1, user.prefix_len)))
-
-        return SyntheticDrafter.for_user(user, rng), synthetic(), sc.sim.max_new_tokens
+        prompts = synthetic_prompts(rng, user.prefix_len)
+        return SyntheticDrafter.for_user(user, rng), prompts, sc.sim.max_new_tokens
     from nodes.llama_drafter import LlamaDrafter
 
     setup = model_setup(sc)
@@ -90,22 +86,9 @@ def _drafter(
         temperature=sc.models.temperature,
         top_k=sc.models.top_k,
         seed=sc.sim.seed + i,
-        latency=(
-            (lambda n, prefix: n * user.device(1.0, float(draft_flops(user.draft, prefix))))
-            if profiled
-            else None
-        ),
+        latency=draft_time(user) if profiled else None,
     )
-    ps = setup.prompts
-    users = problem.size
-
-    def builtin() -> Iterator[Sequence[int]]:
-        k = 0
-        while True:
-            yield ps[(i + k * users) % len(ps)]
-            k += 1
-
-    return drafter, builtin(), setup.session_tokens
+    return drafter, user_prompts(setup.prompts, i, problem.size), setup.session_tokens
 
 
 class SharedClock(trio.abc.Clock):

@@ -7,18 +7,33 @@ Layer: emu (orchestration).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from emu.planner import Plan, plan_for
-from emu.planner.model import Problem
+from emu.planner.model import Edge, Problem, User, draft_flops, verify_flops
 from emu.scenario import Scenario
+from nodes.backends import SyntheticVerifier
 from nodes.edge import EdgeSettings
 
 if TYPE_CHECKING:
     from emu.models import ModelSetup
 
-__all__ = ["edge_settings", "memo_planner", "model_setup", "node_problem", "with_model_priors"]
+__all__ = [
+    "draft_time",
+    "edge_settings",
+    "memo_planner",
+    "model_setup",
+    "node_problem",
+    "synthetic_prompts",
+    "synthetic_verifier",
+    "user_prompts",
+    "verify_time",
+    "with_model_priors",
+]
 
 
 def memo_planner(policy: str) -> Callable[[Problem, Plan | None], Plan]:
@@ -83,4 +98,38 @@ def model_setup(sc: Scenario) -> ModelSetup:
         device=m.device,
         max_new_tokens=sc.sim.max_new_tokens,
         max_draft_len=sc.planner.max_draft_len,
+    )
+
+
+def verify_time(edge: Edge) -> Callable[[int, int, int], float]:
+    """A real verifier's profiled time [ms]: G_v(b, F_v(L, I)) of the scenario's edge."""
+    return lambda b, L, I: edge.latency(float(b), float(verify_flops(edge.target, L, I)))
+
+
+def draft_time(user: User) -> Callable[[int, int], float]:
+    """A real drafter's profiled time [ms] for n tokens at a prefix: n G_m(1, F_d(prefix))."""
+    return lambda n, prefix: n * user.device(1.0, float(draft_flops(user.draft, prefix)))
+
+
+def user_prompts(prompts: Sequence[Sequence[int]], i: int, users: int) -> Iterator[Sequence[int]]:
+    """User i's sessions: prompts i, i + M, i + 2M, ... (cyclically), so that every policy,
+    and every runner, meets the same prompts."""
+    return (prompts[(i + k * users) % len(prompts)] for k in itertools.count())
+
+
+def synthetic_prompts(rng: np.random.Generator, length: int) -> Iterator[tuple[int, ...]]:
+    """Random token ids of a user's configured prefix length, one prompt per session."""
+    while True:
+        yield tuple(int(t) for t in rng.integers(0, 32000, size=max(1, length)))
+
+
+def synthetic_verifier(
+    problem: Problem, rng: np.random.Generator, *, warm_start: bool
+) -> SyntheticVerifier:
+    return SyntheticVerifier(
+        edge=problem.edge,
+        alpha={i: u.alpha for i, u in enumerate(problem.users)},
+        prefix_len={i: u.prefix_len for i, u in enumerate(problem.users)},
+        rng=rng,
+        prefill_free=warm_start,
     )

@@ -30,10 +30,16 @@ from emu.metrics import Recorder
 from emu.planner import Plan, evaluate
 from emu.planner.model import Problem, User
 from emu.planner.policies import POLICIES
-from emu.runtime import edge_settings, memo_planner, with_model_priors
+from emu.runtime import (
+    edge_settings,
+    memo_planner,
+    synthetic_prompts,
+    synthetic_verifier,
+    with_model_priors,
+)
 from emu.scenario import Scenario, scenario_toml
 from emu.simlink import link_pair
-from nodes.backends import DraftBackend, SyntheticDrafter, SyntheticVerifier, VerifyBackend
+from nodes.backends import DraftBackend, SyntheticDrafter, VerifyBackend
 from nodes.edge import EdgeNode
 from nodes.pacing import Pacer
 from nodes.user import UserNode
@@ -44,11 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["simulate"]
 
 Progress = Callable[[str, float], None]
-
-
-def _prompts(rng: np.random.Generator, length: int) -> Iterator[tuple[int, ...]]:
-    while True:
-        yield tuple(int(t) for t in rng.integers(0, 32000, size=max(1, length)))
 
 
 def _constant(state: LinkState) -> Callable[[float], LinkState]:
@@ -71,19 +72,13 @@ class _Synthetic:
     warm_start: bool
 
     def verifier(self, problem: Problem, rng: np.random.Generator) -> VerifyBackend:
-        return SyntheticVerifier(
-            edge=problem.edge,
-            alpha={i: u.alpha for i, u in enumerate(problem.users)},
-            prefix_len={i: u.prefix_len for i, u in enumerate(problem.users)},
-            rng=rng,
-            prefill_free=self.warm_start,
-        )
+        return synthetic_verifier(problem, rng, warm_start=self.warm_start)
 
     def drafter(self, i: int, user: User, rng: np.random.Generator) -> DraftBackend:
         return SyntheticDrafter.for_user(user, rng)
 
     def prompts(self, i: int, user: User, rng: np.random.Generator) -> Iterator[Sequence[int]]:
-        return _prompts(rng, user.prefix_len)
+        return synthetic_prompts(rng, user.prefix_len)
 
     def results(self) -> dict[str, Any]:
         return {"lossless": None}
