@@ -41,7 +41,7 @@ from emu.runtime import (
 from emu.scenario import Scenario, load_scenario
 from nodes.backends import DraftBackend, SyntheticDrafter, VerifyBackend
 from nodes.edge import EdgeNode
-from nodes.pacing import Pacer
+from nodes.pacing import REAL_CLOCK_LEAD_S, Pacer
 from nodes.user import UserNode
 
 __all__ = ["SharedClock", "main"]
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     pacer = Pacer(
         "profile" if cfg["timing"] == "profile" else "real",
         float(cfg["time_scale"]),
-        lead_s=0.001,  # a real clock: see Pacer.lead_s
+        lead_s=REAL_CLOCK_LEAD_S,  # the nodes run on a real clock
     )
     try:
         if args[1] == "edge":

@@ -18,7 +18,21 @@ from dataclasses import dataclass
 
 import trio
 
-__all__ = ["Pacer"]
+__all__ = ["REAL_CLOCK_LEAD_S", "Pacer", "sleep_until"]
+
+# trio's timers on a real clock wake up to 1 ms late (epoll counts whole milliseconds).
+REAL_CLOCK_LEAD_S = 0.001
+
+
+async def sleep_until(deadline: float, *, lead_s: float = 0.0) -> None:
+    """``trio.sleep_until``, woken ``lead_s`` early and the rest slept precisely (nanosleep):
+    on a real clock, ``lead_s = REAL_CLOCK_LEAD_S`` meets the deadline to well under a
+    millisecond at the cost of a sub-millisecond stall of the event loop."""
+    await trio.sleep_until(deadline - lead_s)
+    late = deadline - trio.current_time()
+    if late > 0:
+        time.sleep(late)
+
 
 _MODES = ("virtual", "profile", "real")
 
@@ -29,9 +43,7 @@ class Pacer:
     scale: float = 1.0
     overruns: int = 0
     busy_ms: float = 0.0
-    # On a real clock trio's timers wake up to 1 ms late (epoll counts milliseconds): wake
-    # this much early and sleep the rest precisely. 0 on a virtual clock.
-    lead_s: float = 0.0
+    lead_s: float = 0.0  # see sleep_until: REAL_CLOCK_LEAD_S on a real clock, 0 on a virtual one
 
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
@@ -51,10 +63,6 @@ class Pacer:
             if target > 0 and wall_ms > target:
                 self.overruns += 1
             pad = max(0.0, target - wall_ms) / 1000.0
-            deadline = trio.current_time() + pad
-            await trio.sleep(max(0.0, pad - self.lead_s))
-            late = deadline - trio.current_time()
-            if late > 0:
-                time.sleep(late)
+            await sleep_until(trio.current_time() + pad, lead_s=self.lead_s)
         else:
             await trio.lowlevel.checkpoint()

@@ -35,6 +35,7 @@ import trio
 from channel_models.link import LinkState
 from channel_models.trace import from_mahimahi
 from emu.shaping.schedule import GilbertElliott, LinkSchedule
+from nodes.pacing import REAL_CLOCK_LEAD_S, sleep_until
 
 __all__ = ["main", "open_tun"]
 
@@ -42,7 +43,6 @@ TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 MAX_PACKET = 65536
-TIMER_LEAD_S = 0.001
 
 
 def open_tun(name: str) -> int:
@@ -112,12 +112,7 @@ async def _writer(link: _Link) -> None:
             await link.wake.wait()
             continue
         at, pkt = link.out[0]
-        # trio's timers wake up to 1 ms late (epoll counts whole milliseconds): wake a
-        # millisecond early and sleep the rest precisely (nanosleep), a sub-millisecond stall.
-        await trio.sleep_until(at - TIMER_LEAD_S)
-        late = at - trio.current_time()
-        if late > 0:
-            time.sleep(late)
+        await sleep_until(at, lead_s=REAL_CLOCK_LEAD_S)
         link.out.popleft()
         try:
             os.write(link.fd, pkt)
