@@ -30,7 +30,7 @@ Modelling choices, each a simplification a user should know:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -60,7 +60,8 @@ class LinkSeries:
     delay_ms: FloatArray
     jitter_ms: FloatArray
     loss: FloatArray
-    goodput_bits_per_ms: FloatArray  # [users, milliseconds], for delivery traces
+    # [users, milliseconds], for delivery traces (empty for a series read back from a file)
+    goodput_bits_per_ms: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
 
     def state(self, user: int, tick: int) -> LinkState:
         return LinkState(

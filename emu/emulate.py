@@ -36,7 +36,7 @@ from emu.network import (
     tail,
     userspace_shaping,
 )
-from emu.planner import evaluate
+from emu.planner import Problem, evaluate
 from emu.planner.policies import POLICIES
 from emu.runreport import write_run_report
 from emu.runtime import memo_planner, node_problem
@@ -50,6 +50,7 @@ PROBE_PORT = 9000
 READY_TIMEOUT_S = 120.0  # a user loads its model before it connects
 Progress = Callable[[str, float], None]
 MEASURED = ("rtt_ms", "up_ms", "down_ms", "up_rate_bps")
+SERIES_FIELDS = ("rate_bps", "delay_ms", "jitter_ms", "loss")
 
 
 def has_netem() -> bool:
@@ -84,9 +85,14 @@ Specs = list[dict[str, Any]]
 Configured = list[dict[str, float]]
 
 
-def _links(sc: Scenario, users: int, out_dir: Path) -> tuple[Specs, Configured]:
-    """Per user the shaper's specs both ways, and what each link is configured to give."""
+def _links(sc: Scenario, problem: Problem, out_dir: Path) -> tuple[Specs, Specs, Configured]:
+    """Per user the shaper's specs both ways, the specs to probe the links at, and what each
+    link is configured to give. A radio series is probed at its mean state held still (a probe
+    takes a second or two; what it checks is that the shaper gives a link what it is told to)."""
     net = sc.network
+    specs: Specs = []
+    probed: Specs = []
+    configured: Configured = []
     if net.model == "radio":
         from emu.channel import run_channel
 
@@ -95,25 +101,30 @@ def _links(sc: Scenario, users: int, out_dir: Path) -> tuple[Specs, Configured]:
         run_channel(sc, channel_dir)
         npz = str(channel_dir / "linkstates.npz")
         data = np.load(npz)
-        specs: Specs = []
-        configured: Configured = []
-        for i in range(users):
+        for i in range(problem.size):
             specs.append(
                 {d: {"series": {"npz": npz, "prefix": d, "user": i}} for d in ("up", "down")}
+            )
+            mean = {
+                d: {k: float(data[f"{d}_{k}"][i].mean()) for k in SERIES_FIELDS}
+                for d in ("up", "down")
+            }
+            # Loss left out of the probe's links: ten echoes cannot measure it.
+            probed.append(
+                {d: {"state": {k: v for k, v in m.items() if k != "loss"}} for d, m in mean.items()}
             )
             configured.append(
                 {
                     "rtt_ms": _expected_rtt(
-                        float(data["up_delay_ms"][i].mean() + data["down_delay_ms"][i].mean()),
-                        float(data["up_jitter_ms"][i].mean() + data["down_jitter_ms"][i].mean()),
+                        mean["up"]["delay_ms"] + mean["down"]["delay_ms"],
+                        mean["up"]["jitter_ms"] + mean["down"]["jitter_ms"],
                     ),
-                    "up_rate_bps": float(data["up_rate_bps"][i].mean()),
-                    "up_loss": float(data["up_loss"][i].mean()),
+                    "up_rate_bps": mean["up"]["rate_bps"],
+                    "up_loss": mean["up"]["loss"],
                 }
             )
-        return specs, configured
-    specs, configured = [], []  # (a fixed link for every user)
-    for u in sc.problem().users[:users]:
+        return specs, probed, configured
+    for u in problem.users:  # a fixed link for every user
         state: dict[str, float] = {
             "rate_bps": net.rate_bps,
             "delay_ms": u.comm_ms / 2,
@@ -128,32 +139,12 @@ def _links(sc: Scenario, users: int, out_dir: Path) -> tuple[Specs, Configured]:
                 "up_loss": net.loss,
             }
         )
-    return specs, configured
+    return specs, specs, configured
 
 
 def _expected_rtt(delays_ms: float, jitters_ms: float) -> float:
     """The one-way delays both ways plus each half-normal jitter's mean (sigma sqrt(2/pi))."""
     return delays_ms + jitters_ms * math.sqrt(2.0 / math.pi)
-
-
-def _steady(specs: Specs, out_dir: Path) -> Specs:
-    """The links to probe: a radio series' mean state held still (a probe takes a second or
-    two; what it checks is that the shaper gives a link what it is told to)."""
-    out = []
-    for pair in specs:
-        steady = {}
-        for d, spec in pair.items():
-            if "series" not in spec:
-                steady[d] = spec
-                continue
-            data = np.load(spec["series"]["npz"])
-            u = spec["series"]["user"]
-            state = {
-                k: float(data[f"{d}_{k}"][u].mean()) for k in ("rate_bps", "delay_ms", "jitter_ms")
-            }
-            steady[d] = {"state": state}  # loss left out: ten echoes cannot measure it
-        out.append(steady)
-    return out
 
 
 def _fidelity(nw: Network, configured: list[dict[str, float]]) -> list[dict[str, Any]]:
@@ -310,7 +301,7 @@ def emulate(
         problem = node_problem(sc)  # checks the models (one line each) before any host
     t_wall = time.perf_counter()
     (out_dir / "scenario.toml").write_text(scenario_toml(sc))
-    specs, configured = _links(sc, problem.size, out_dir)
+    specs, probed, configured = _links(sc, problem, out_dir)
     results: dict[str, Any] = {}
     doc: dict[str, Any] = {
         "mode": "emu",
@@ -324,7 +315,7 @@ def emulate(
         "results": results,
     }
     with star_network(problem.size) as nw:
-        with userspace_shaping(nw, _steady(specs, out_dir), out_dir, seed=sc.sim.seed):
+        with userspace_shaping(nw, probed, out_dir, seed=sc.sim.seed):
             doc["fidelity"] = _fidelity(nw, configured)
         _write(out_dir, doc, t_wall)
         bad = [f["link"] for f in doc["fidelity"] if not f["ok"]]

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import trio
 
+from channel_models.cell import LinkSeries
 from channel_models.link import LinkState
 from channel_models.trace import from_mahimahi
 from emu.shaping.schedule import GilbertElliott, LinkSchedule
@@ -62,20 +63,15 @@ def _state_source(spec: dict[str, Any]) -> Callable[[float], LinkState]:
         return lambda _t: state
     series = spec["series"]
     data = np.load(series["npz"])
-    pre, u = series["prefix"], int(series["user"])
+    pre = series["prefix"]
     tick = float(data["t_s"][1] - data["t_s"][0]) if data["t_s"].size > 1 else 1.0
-    cols = [data[f"{pre}_{k}"][u] for k in ("rate_bps", "delay_ms", "jitter_ms", "loss")]
-
-    def at(t: float) -> LinkState:
-        k = min(max(int(t / tick), 0), cols[0].size - 1)
-        return LinkState(
-            rate_bps=float(cols[0][k]),
-            delay_ms=float(cols[1][k]),
-            jitter_ms=float(cols[2][k]),
-            loss=float(min(cols[3][k], 0.999)),
-        )
-
-    return at
+    return LinkSeries(
+        tick_s=tick,
+        rate_bps=data[f"{pre}_rate_bps"],
+        delay_ms=data[f"{pre}_delay_ms"],
+        jitter_ms=data[f"{pre}_jitter_ms"],
+        loss=np.minimum(data[f"{pre}_loss"], 0.999),  # a LinkState's loss is below 1
+    ).timeline(int(series["user"]))
 
 
 @dataclass(slots=True)
