@@ -149,7 +149,7 @@ def generate(
     z_los = correlated_normal(pos, sc.los_corr_m, rng)
     los_all = los_state(z_los[:, None, :], p_los)
     # Interferers' LOS states are their own draws, held for the run.
-    los_all[:, :, :] = np.where(
+    los_all = np.where(
         np.arange(cfg.cells)[None, :, None] == home[:, None, None],
         los_all,
         (rng.random((users, cfg.cells, 1)) < p_los[:, :, :1]),

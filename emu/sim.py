@@ -46,6 +46,7 @@ from nodes.user import UserNode
 
 if TYPE_CHECKING:
     from emu.backends import RealModels
+    from emu.models import ModelSetup
 
 __all__ = ["simulate"]
 
@@ -170,6 +171,7 @@ def simulate(
     t_wall = time.perf_counter()
     backends: _Backends = _Synthetic(warm_start=sc.sim.warm_start)
     session_tokens = sc.sim.max_new_tokens
+    real: RealModels | None = None
     if sc.models.kind != "synthetic":
         real = _real_models(sc, problem.size)
         backends, session_tokens = real, real.session_tokens
@@ -222,7 +224,7 @@ def simulate(
     return {
         "mode": "sim",
         "scenario": sc.name,
-        "models": _models_note(sc, backends),
+        "models": _models_note(sc, None if real is None else real.setup),
         "users": problem.size,
         "duration_s": sc.sim.duration_s,
         "seed": sc.sim.seed,
@@ -267,10 +269,9 @@ def _with_radio(problem: Problem, radio: RadioTrace, sc: Scenario) -> Problem:
     return dataclasses.replace(problem, users=tuple(users))
 
 
-def _models_note(sc: Scenario, backends: _Backends) -> dict[str, Any]:
-    if sc.models.kind == "synthetic":
+def _models_note(sc: Scenario, setup: ModelSetup | None) -> dict[str, Any]:
+    if setup is None:
         return {"kind": "synthetic"}
-    setup = backends.setup  # type: ignore[attr-defined]
     return {
         "kind": sc.models.kind,
         "draft": str(setup.draft),
