@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shlex
 import shutil
 import subprocess
 import sys
@@ -92,8 +93,15 @@ class Network:
         CLI(self.net)
 
 
+def _pexec(host: Any, cmd: str) -> tuple[str, str, int]:
+    """Run ``cmd`` in ``host`` as an argument list: Mininet's ``shell=True`` reads ``$SHELL``,
+    which a CI runner's root shell need not set."""
+    out, err, code = host.pexec(shlex.split(cmd))
+    return str(out), str(err), int(code)
+
+
 def _run(host: Any, cmd: str) -> str:
-    out, err, code = host.pexec(cmd, shell=True)
+    out, err, code = _pexec(host, cmd)
     if code != 0:
         raise ShapingError(f"{host.name}: `{cmd}` failed ({code}): {(err or out).strip()}")
     return str(out)
@@ -185,8 +193,8 @@ def _unroute(network: Network) -> None:
     ap = network.ap
     for i in range(network.users):
         for table in (100 + i, 1100 + i):
-            ap.pexec(f"ip route flush table {table}", shell=True)
-    while ap.pexec("ip rule del pref 100", shell=True)[2] == 0:
+            _pexec(ap, f"ip route flush table {table}")
+    while _pexec(ap, "ip rule del pref 100")[2] == 0:
         pass
 
 
