@@ -99,6 +99,9 @@ async def _reader(link: _Link, t0: float) -> None:
             if verdict.deliver_at is not None:
                 link.out.append((t0 + verdict.deliver_at, pkt))
                 link.wake.set()
+            # Let the writers run between packets: draining a long burst in one go would hold
+            # back every packet due meanwhile (on every link), bunching their deliveries.
+            await trio.lowlevel.checkpoint()
 
 
 async def _writer(link: _Link) -> None:
