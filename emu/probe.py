@@ -6,8 +6,9 @@ edge); ``python -m emu.probe measure HOST PORT [--packets N] [--burst N]`` runs 
 clock, so the far end's arrival timestamps give one-way delays directly.
 
 - ``rtt_ms`` and ``up_ms``/``down_ms``: ``echo`` datagrams one at a time, medians.
-- ``up_rate_bps``: a back-to-back burst of 1200-byte datagrams; the bits on the wire between
-  the first and the last to arrive, over the far end's arrival span.
+- ``up_rate_bps``: a back-to-back burst of 1200-byte datagrams; the bits on the wire of one
+  datagram over the far end's arrival time per sequence number (a robust slope: see
+  ``_per_sequence_step``).
 - ``up_loss``: N paced datagrams (1 ms apart) counted at the far end; ``reordered``: arrivals
   out of sequence.
 """
@@ -23,6 +24,8 @@ import struct
 import sys
 import time
 from typing import Any
+
+import numpy as np
 
 __all__ = ["main", "measure", "serve"]
 
@@ -58,8 +61,26 @@ def _summary(rec: list[tuple[int, float, int]]) -> dict[str, Any]:
         "n": len(rec),
         "first": [rec[0][0], rec[0][1]],
         "last": [rec[-1][0], rec[-1][1]],
+        "per_seq_s": _per_sequence_step(rec),
         "reordered": sum(1 for a, b in itertools.pairwise(rec) if b[0] < a[0]),
     }
+
+
+def _per_sequence_step(rec: list[tuple[int, float, int]]) -> float | None:
+    """Arrival time per sequence number: the Theil-Sen slope (the median of pairwise slopes)
+    over at most 400 arrivals spread over the burst. A lost datagram still took its time on the
+    link, so the slope is per sequence step. Unlike the first-to-last span, a stall of the
+    receiver at the start of the burst (its first timestamps late, then bunched) or bunched
+    deliveries under jitter leave it alone."""
+    if len(rec) < 3:
+        return None
+    from scipy.stats import theilslopes
+
+    pick = sorted({round(i) for i in np.linspace(0, len(rec) - 1, min(len(rec), 400))})
+    seq = np.array([rec[i][0] for i in pick], dtype=np.float64)
+    t = np.array([rec[i][1] for i in pick])
+    slope = float(theilslopes(t, seq).slope)
+    return slope if slope > 0 else None
 
 
 def _report(sock: socket.socket, host: str, port: int, session: int) -> dict[str, Any]:
@@ -96,12 +117,8 @@ def measure(
     time.sleep(1.0)
     rec = _report(sock, host, port, session)
     rate, burst_received = None, rec["n"]
-    if rec["n"] > 1:
-        # Every datagram between the first and the last to arrive crossed the link (a lost
-        # one still took its time on it): count by sequence, at the size on the wire.
-        span = rec["last"][1] - rec["first"][1]
-        wire = (1200 + IP_UDP_HEADERS) * 8
-        rate = (rec["last"][0] - rec["first"][0]) * wire / span if span > 0 else None
+    if rec.get("per_seq_s"):
+        rate = (1200 + IP_UDP_HEADERS) * 8 / rec["per_seq_s"]  # the size on the wire
     session += 1
     t0 = time.monotonic()
     for seq in range(packets):
