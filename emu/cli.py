@@ -100,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--models", choices=["synthetic", "embedded", "files"], help="models.kind")
     run.add_argument("--shaping", choices=["auto", "tc", "userspace"], default="auto")
     run.add_argument("--timing", choices=["profile", "real"], default="profile")
+    run.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="run every modelled time this many times slower on the wall (a slow host's "
+        "headroom; results in modelled time)",
+    )
     run.add_argument("--strict", action="store_true", help="fail on a link outside tolerance")
     run.add_argument("--out", type=Path, help="run directory (default: runs/run-<time>)")
     chan = sub.add_parser("channel", help="the radio model: link states, traces and plots")
@@ -255,6 +262,7 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
             shaping=args.shaping,
             strict=args.strict,
             timing=args.timing,
+            time_scale=args.time_scale,
             progress=progress,
         )
     out["out_dir"] = str(out_dir)

@@ -8,8 +8,10 @@ one is configured) and configured is compared with measured: ``fidelity`` lists 
 and ``strict`` fails the run on a link outside tolerance. A node that dies mid-run is recorded
 with the last lines it wrote; the run goes on with the others.
 
-Shaping backends: ``userspace`` (``emu.shaping``) works on this kernel. ``tc`` needs netem,
-which is probed; this version does not build the tc backend yet, and ``auto`` picks userspace.
+Shaping backends: ``userspace`` (``emu.shaping.tund``, a TUN forwarder) works on any kernel;
+``tc`` (``emu.shaping.tcd``: HTB, netem beneath) needs netem for delay, jitter and loss, which
+is probed. ``auto`` picks tc where netem is and tc can give every link what it needs (not a
+Mahimahi trace, not burst loss), else userspace; ``shaping_why`` says why.
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ from emu.network import (
     preflight,
     star_network,
     tail,
-    userspace_shaping,
 )
+from emu.network import shaping as shaping_on
 from emu.planner import Problem, evaluate
 from emu.planner.policies import POLICIES
 from emu.runreport import write_run_report
 from emu.runtime import memo_planner, node_problem
 from emu.scenario import Scenario, scenario_toml
+from emu.shaping.sources import tc_refusal
 
 __all__ = ["SHAPING", "emulate", "has_netem"]
 
@@ -51,6 +54,11 @@ READY_TIMEOUT_S = 120.0  # a user loads its model before it connects
 Progress = Callable[[str, float], None]
 MEASURED = ("rtt_ms", "up_ms", "down_ms", "up_rate_bps")
 SERIES_FIELDS = ("rate_bps", "delay_ms", "jitter_ms", "loss")
+MAX_TIME_SCALE = 100.0
+
+
+Specs = list[dict[str, Any]]
+Configured = list[dict[str, float]]
 
 
 def has_netem() -> bool:
@@ -67,28 +75,55 @@ def has_netem() -> bool:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
-def _backend(shaping: str) -> str:
-    if shaping not in SHAPING:
-        raise ConfigError(f"--shaping must be one of {', '.join(SHAPING)}, got {shaping!r}")
+def _backend(shaping: str, specs: Specs) -> tuple[str, str]:
+    """The shaping backend that runs, and why: ``tc`` where netem exists and it can give every
+    link what it needs, else ``userspace``. Asked for, ``tc`` refuses a link it cannot shape
+    (one line, naming the userspace backend); nothing runs unshaped in silence."""
     netem = has_netem()
-    if shaping == "tc" and not netem:
-        raise ConfigError(
-            "--shaping tc needs netem, which this kernel lacks (Mininet would run such links "
-            "unshaped): use --shaping userspace"
-        )
+    refusals = [
+        (f"u{i} {d}", why)
+        for i, pair in enumerate(specs)
+        for d in ("up", "down")
+        if (why := tc_refusal(pair[d], netem)) is not None
+    ]
     if shaping == "tc":
-        raise ConfigError("the tc shaping backend is not built yet: use --shaping userspace")
-    return "userspace"
+        if refusals:
+            link, why = refusals[0]
+            raise ConfigError(f"--shaping tc cannot shape link {link}: {why}")
+        return "tc", "asked for" + ("" if netem else " (no netem here: HTB alone, rates only)")
+    if shaping == "userspace":
+        return "userspace", "asked for"
+    if not netem:
+        return "userspace", "auto: this kernel has no netem"
+    if refusals:
+        return "userspace", f"auto: tc cannot shape link {refusals[0][0]} ({refusals[0][1]})"
+    return "tc", "auto: netem is here"
 
 
-Specs = list[dict[str, Any]]
-Configured = list[dict[str, float]]
-
-
-def _links(sc: Scenario, problem: Problem, out_dir: Path) -> tuple[Specs, Specs, Configured]:
+def _links(
+    sc: Scenario, problem: Problem, out_dir: Path, scale: float = 1.0
+) -> tuple[Specs, Specs, Configured]:
     """Per user the shaper's specs both ways, the specs to probe the links at, and what each
-    link is configured to give. A radio series is probed at its mean state held still (a probe
-    takes a second or two; what it checks is that the shaper gives a link what it is told to)."""
+    link is configured to give (on the wall: stretched by the time scale). A radio series is
+    probed at its mean state held still (a probe takes a second or two; what it checks is that
+    the shaper gives a link what it is told to)."""
+    specs, probed, configured = _modelled_links(sc, problem, out_dir)
+    if scale == 1.0:
+        return specs, probed, configured
+
+    def scaled(pairs: Specs) -> Specs:
+        return [{d: {**spec, "time_scale": scale} for d, spec in pair.items()} for pair in pairs]
+
+    wall = [
+        {**c, "rtt_ms": c["rtt_ms"] * scale, "up_rate_bps": c["up_rate_bps"] / scale}
+        for c in configured
+    ]
+    return scaled(specs), scaled(probed), wall
+
+
+def _modelled_links(
+    sc: Scenario, problem: Problem, out_dir: Path
+) -> tuple[Specs, Specs, Configured]:
     net = sc.network
     specs: Specs = []
     probed: Specs = []
@@ -191,7 +226,9 @@ def _run_policy(
     specs: list[dict[str, Any]],
     pdir: Path,
     *,
+    backend: str,
     timing: str,
+    scale: float,
     progress: Progress | None,
 ) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
     pdir.mkdir(parents=True, exist_ok=True)
@@ -203,12 +240,12 @@ def _run_policy(
         "port": PORT,
         "run_dir": str(pdir),
         "timing": timing,
-        "time_scale": 1.0,
+        "time_scale": scale,
     }
     (pdir / "node.json").write_text(json.dumps(cfg))
     node = [sys.executable, "-m", "emu.node", str(pdir / "node.json")]
     deaths: list[dict[str, Any]] = []
-    with userspace_shaping(nw, specs, pdir, seed=sc.sim.seed):
+    with shaping_on(backend, nw, specs, pdir, seed=sc.sim.seed):
         procs: dict[str, Any] = {}
         logs: dict[str, Path] = {}
 
@@ -231,18 +268,18 @@ def _run_policy(
             for i, p in enumerate(users):
                 await_ready(f"node u{i}", p, logs[f"u{i}"], READY_TIMEOUT_S)
             t0 = time.monotonic()
-            end = t0 + sc.sim.duration_s
+            end = t0 + sc.sim.duration_s * scale  # modelled seconds, each scale wall seconds
             while (now := time.monotonic()) < end:
                 time.sleep(min(0.5, end - now))
                 if progress is not None:
-                    progress(policy, time.monotonic() - t0)
+                    progress(policy, (time.monotonic() - t0) / scale)
                 for name, p in procs.items():
                     if p.poll() is not None and not any(d["node"] == name for d in deaths):
                         deaths.append(
                             {
                                 "node": name,
                                 "exit": p.returncode,
-                                "t_s": time.monotonic() - t0,
+                                "t_s": (time.monotonic() - t0) / scale,
                                 "last_output": tail(logs[name]),
                             }
                         )
@@ -271,7 +308,7 @@ def _run_policy(
                 continue  # a line cut short by a killed node
             r.pop("policy", None)
             rec(r)
-    summary = rec.summary(policy, t_end=t_end, users=nw.users)
+    summary = rec.summary(policy, t_end=t_end / scale, users=nw.users)  # on the nodes' clock
     # Steps that ran longer than their profile (the host was too slow to stand in for it).
     summary["overruns"] = {name: int(n.get("overruns", 0)) for name, n in nodes.items()}
     summary["protocol_errors"] = int(nodes.get("edge", {}).get("protocol_errors", 0))
@@ -286,22 +323,29 @@ def emulate(
     shaping: str = "auto",
     strict: bool = False,
     timing: str = "profile",
+    time_scale: float = 1.0,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run every policy on the emulated network; the ``run --json`` object."""
+    """Run every policy on the emulated network; the ``run --json`` object. ``time_scale``
+    runs every modelled time that many times slower on the wall (compute, link delays, the
+    duration; rates slower by as much) and reports in modelled time."""
     for p in policies:
         if p not in POLICIES:
             raise ConfigError(f"--policy must be one of {', '.join(POLICIES)}, got {p!r}")
     if timing not in ("profile", "real"):
         raise ConfigError(f"timing must be profile or real, got {timing!r}")
+    if not 1.0 <= time_scale <= MAX_TIME_SCALE:
+        raise ConfigError(f"--time-scale must be in [1, {MAX_TIME_SCALE:g}], got {time_scale:g}")
+    if shaping not in SHAPING:
+        raise ConfigError(f"--shaping must be one of {', '.join(SHAPING)}, got {shaping!r}")
     preflight()
-    backend = _backend(shaping)
     problem = sc.problem()
     if sc.models.kind != "synthetic":
         problem = node_problem(sc)  # checks the models (one line each) before any host
     t_wall = time.perf_counter()
     (out_dir / "scenario.toml").write_text(scenario_toml(sc))
-    specs, probed, configured = _links(sc, problem, out_dir)
+    specs, probed, configured = _links(sc, problem, out_dir, time_scale)
+    backend, why = _backend(shaping, specs)
     results: dict[str, Any] = {}
     doc: dict[str, Any] = {
         "mode": "emu",
@@ -309,13 +353,15 @@ def emulate(
         "users": problem.size,
         "duration_s": sc.sim.duration_s,
         "shaping": backend,
+        "shaping_why": why,
         "timing": timing,
+        "time_scale": time_scale,
         "models": sc.models.kind,
         "fidelity": [],
         "results": results,
     }
     with star_network(problem.size) as nw:
-        with userspace_shaping(nw, probed, out_dir, seed=sc.sim.seed):
+        with shaping_on(backend, nw, probed, out_dir, seed=sc.sim.seed):
             doc["fidelity"] = _fidelity(nw, configured)
         _write(out_dir, doc, t_wall)
         bad = [f["link"] for f in doc["fidelity"] if not f["ok"]]
@@ -323,7 +369,15 @@ def emulate(
             raise ShapingError(f"links outside tolerance (--strict): {', '.join(bad)}")
         for policy in policies:
             summary, span, deaths = _run_policy(
-                sc, nw, policy, specs, out_dir / policy, timing=timing, progress=progress
+                sc,
+                nw,
+                policy,
+                specs,
+                out_dir / policy,
+                backend=backend,
+                timing=timing,
+                scale=time_scale,
+                progress=progress,
             )
             predicted = evaluate(problem, memo_planner(policy)(problem, None)).throughput_tok_s
             results[policy] = {

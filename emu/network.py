@@ -1,8 +1,9 @@
-"""The emulated network: a Mininet star with the userspace shaper at its access point.
+"""The emulated network: a Mininet star with a shaper (userspace or tc) at its access point.
 
 Layer: emu (orchestration; imports Mininet). Everything that starts something is a context
 manager that always tears down: ``star_network`` (the hosts, their links and namespaces) and
-``userspace_shaping`` (the shaper process, its TUN devices, the access point's policy routes).
+``userspace_shaping`` (the shaper process, its TUN devices, the access point's policy routes)
+and ``tc_shaping`` (the process that drives the access point's qdiscs, which it removes).
 ``preflight`` refuses, in one line each, what would leave a run half-built: not root, no
 ``mnexec`` (Debian's ``mininet`` package), no ``/dev/net/tun``. ``clean`` removes what a killed
 run left behind.
@@ -39,8 +40,10 @@ __all__ = [
     "await_ready",
     "clean",
     "preflight",
+    "shaping",
     "star_network",
     "tail",
+    "tc_shaping",
     "userspace_shaping",
 ]
 
@@ -133,6 +136,37 @@ def star_network(users: int) -> Iterator[Network]:
 
 
 @contextmanager
+def _shaper(ap: Any, module: str, config: dict[str, Any], run_dir: Path) -> Iterator[None]:
+    """Run a shaper process (``python -m module CONFIG``) in the access point until the block
+    ends; its config in ``shaper.json``, its output in ``shaper.log``."""
+    cfg_path = run_dir / "shaper.json"
+    cfg_path.write_text(json.dumps(config, indent=1))
+    with (run_dir / "shaper.log").open("w") as log:
+        proc = ap.popen(
+            [sys.executable, "-m", module, str(cfg_path)],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        try:
+            await_ready(f"the shaper ({module})", proc, run_dir / "shaper.log", READY_TIMEOUT_S)
+            yield
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def _check_links(network: Network, links: list[dict[str, Any]]) -> None:
+    if len(links) != network.users:
+        raise ValueError(f"{len(links)} link specs for {network.users} users")
+
+
+@contextmanager
 def userspace_shaping(
     network: Network, links: list[dict[str, Any]], run_dir: Path, *, seed: int = 0
 ) -> Iterator[Path]:
@@ -140,8 +174,7 @@ def userspace_shaping(
 
     ``links[i]`` is ``{"up": spec, "down": spec}`` for user i, a spec as tund's config takes
     (without its ``tun``). Yields the path of the shaper's counters (JSON)."""
-    if len(links) != network.users:
-        raise ValueError(f"{len(links)} link specs for {network.users} users")
+    _check_links(network, links)
     ap = network.ap
     stats = run_dir / "shaper-stats.json"
     config = {
@@ -153,39 +186,75 @@ def userspace_shaping(
             for d, spec in (("up", pair["up"]), ("down", pair["down"]))
         ],
     }
-    cfg_path = run_dir / "shaper.json"
-    cfg_path.write_text(json.dumps(config, indent=1))
-    log = (run_dir / "shaper.log").open("w")
-    proc = ap.popen(
-        [sys.executable, "-m", "emu.shaping.tund", str(cfg_path)],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
     try:
-        await_ready("the userspace shaper", proc, run_dir / "shaper.log", READY_TIMEOUT_S)
-        for i in range(network.users):
-            up, down = 100 + i, 1100 + i
-            for cmd in (
-                f"ip rule add iif ap-u{i} lookup {up} pref 100",
-                f"ip route add default dev su{i} table {up}",
-                f"ip route add blackhole default metric 4000 table {up}",
-                f"ip rule add iif ap-edge to {user_subnet(i)} lookup {down} pref 100",
-                f"ip route add default dev sd{i} table {down}",
-                f"ip route add blackhole default metric 4000 table {down}",
-            ):
-                _run(ap, cmd)
-        yield stats
+        with _shaper(ap, "emu.shaping.tund", config, run_dir):
+            for i in range(network.users):
+                up, down = 100 + i, 1100 + i
+                for cmd in (
+                    f"ip rule add iif ap-u{i} lookup {up} pref 100",
+                    f"ip route add default dev su{i} table {up}",
+                    f"ip route add blackhole default metric 4000 table {up}",
+                    f"ip rule add iif ap-edge to {user_subnet(i)} lookup {down} pref 100",
+                    f"ip route add default dev sd{i} table {down}",
+                    f"ip route add blackhole default metric 4000 table {down}",
+                ):
+                    _run(ap, cmd)
+            yield stats
     finally:
         _unroute(network)
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+
+
+@contextmanager
+def tc_shaping(
+    network: Network, links: list[dict[str, Any]], run_dir: Path, *, tick_s: float = 0.01
+) -> Iterator[Path]:
+    """Shape every user's link both ways with kernel qdiscs (``emu.shaping.tcd``): HTB classes,
+    netem beneath where a link has delay, jitter or loss. The uplinks are classes on the
+    access point's edge interface, picked by source subnet; each downlink a class on its
+    user's interface. Yields the path of the counters (JSON)."""
+    _check_links(network, links)
+    stats = run_dir / "shaper-stats.json"
+    config = {
+        "stats": str(stats),
+        "tick_s": tick_s,
+        "links": [
+            entry
+            for i, pair in enumerate(links)
+            for entry in (
+                {
+                    **pair["up"],
+                    "name": f"su{i}",
+                    "dev": "ap-edge",
+                    "minor": i + 1,
+                    "match": "src",
+                    "subnet": user_subnet(i),
+                },
+                {
+                    **pair["down"],
+                    "name": f"sd{i}",
+                    "dev": f"ap-u{i}",
+                    "minor": 1,
+                    "match": "dst",
+                    "subnet": user_subnet(i),
+                },
+            )
+        ],
+    }
+    with _shaper(network.ap, "emu.shaping.tcd", config, run_dir):
+        yield stats
+
+
+@contextmanager
+def shaping(
+    backend: str, network: Network, links: list[dict[str, Any]], run_dir: Path, *, seed: int = 0
+) -> Iterator[Path]:
+    """The chosen backend (``userspace`` or ``tc``) on every user's link, both ways."""
+    if backend == "tc":
+        with tc_shaping(network, links, run_dir) as stats:
+            yield stats
+    else:
+        with userspace_shaping(network, links, run_dir, seed=seed) as stats:
+            yield stats
 
 
 def _unroute(network: Network) -> None:

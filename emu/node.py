@@ -9,7 +9,8 @@ gives it (an overrun is counted); ``"real"`` lets compute take what it takes.
 CONFIG (written by the runner): ``{"scenario": resolved TOML, "policy", "edge_ip", "port",
 "run_dir", "timing", "time_scale"}``. Each node appends its records to ``events-<node>.jsonl``
 in the run directory as they happen (times on the machine's monotonic clock, shared by every
-namespace), and its counters to ``node-<node>.json`` when it stops (on SIGTERM or SIGINT).
+namespace, divided by the time scale), and its counters to ``node-<node>.json`` when it stops
+(on SIGTERM or SIGINT).
 """
 
 from __future__ import annotations
@@ -93,16 +94,22 @@ def _drafter(
 
 class SharedClock(trio.abc.Clock):
     """trio's time as the machine's monotonic clock, which every namespace shares: records
-    from different node processes line up (trio's own clock starts at a random offset)."""
+    from different node processes line up (trio's own clock starts at a random offset).
+
+    With a time scale ``s`` it reads ``monotonic() / s``: modelled seconds, each ``s`` wall
+    seconds long (``nodes.pacing``); every process divides the same clock by the same ``s``."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale
 
     def start_clock(self) -> None:
         pass
 
     def current_time(self) -> float:
-        return time.monotonic()
+        return time.monotonic() / self.scale
 
     def deadline_to_sleep_time(self, deadline: float) -> float:
-        return max(0.0, deadline - time.monotonic())
+        return max(0.0, deadline * self.scale - time.monotonic())
 
 
 async def _until_signalled(cancel: trio.CancelScope) -> None:
@@ -167,16 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(cfg["run_dir"])
     rec = Recorder(run_dir / f"events-{name}.jsonl")
     rec.policy = cfg["policy"]
+    scale = float(cfg["time_scale"])
     pacer = Pacer(
         "profile" if cfg["timing"] == "profile" else "real",
-        float(cfg["time_scale"]),
+        scale,
         lead_s=REAL_CLOCK_LEAD_S,  # the nodes run on a real clock
     )
     try:
         if args[1] == "edge":
-            out = trio.run(_edge, cfg, sc, rec, pacer, clock=SharedClock())
+            out = trio.run(_edge, cfg, sc, rec, pacer, clock=SharedClock(scale))
         else:
-            out = trio.run(_user, cfg, sc, int(args[2]), rec, pacer, clock=SharedClock())
+            out = trio.run(_user, cfg, sc, int(args[2]), rec, pacer, clock=SharedClock(scale))
     finally:
         rec.close()
     out["overruns"] = pacer.overruns

@@ -146,8 +146,10 @@ def print_run(out: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console(stderr=True)
     console.print(
         f"[bold]run[/] of scenario [bold]{out['scenario']}[/]: {out['users']} users on Mininet "
-        f"hosts, {out['models']} models, {out['timing']} timing, {out['shaping']} shaping, "
+        f"hosts, {out['models']} models, {out['timing']} timing, "
+        f"{out['shaping']} shaping ({out.get('shaping_why', '')}), "
         f"{out['duration_s']:g} s per policy, {out['wall_s']:.0f} s wall"
+        + (f", time scale {out['time_scale']:g}" if out.get("time_scale", 1.0) != 1.0 else "")
     )
     t = Table()
     cols = ["policy", "tok/s", "predicted", "vs ad", "accept", "TTFT p50/p95 ms"]

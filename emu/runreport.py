@@ -33,6 +33,17 @@ def _round_times(out_dir: Path, policy: str) -> list[float]:
     return tpot
 
 
+def _scale_note(scale: float) -> list[str]:
+    if scale == 1.0:
+        return []
+    return [
+        "",
+        f"Time scale {scale:g}: every modelled time ran {scale:g} times slower on the wall "
+        "(compute, link delays and the duration; link rates that much lower). Results are in "
+        "modelled time; the link fidelity table is on the wall, as the links were shaped.",
+    ]
+
+
 def write_run_report(out_dir: Path, doc: dict[str, Any]) -> None:
     res = doc["results"]
     ad = res.get("ad", {}).get("throughput_tok_s")
@@ -40,8 +51,10 @@ def write_run_report(out_dir: Path, doc: dict[str, Any]) -> None:
         f"# draftnet run: {doc['scenario']}",
         "",
         f"{doc['users']} users on Mininet hosts; {doc['models']} models, {doc['timing']} timing, "
-        f"{doc['shaping']} shaping; {doc['duration_s']:g} s per policy; "
+        f"{doc['shaping']} shaping ({doc.get('shaping_why', '')}); "
+        f"{doc['duration_s']:g} s per policy; "
         f"{doc.get('wall_s', 0):.0f} s wall.",
+        *_scale_note(doc.get("time_scale", 1.0)),
         "",
         "## Results",
         "",

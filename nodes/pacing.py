@@ -7,8 +7,11 @@ cost model or a profile); ``wall_ms`` is what the call really took on this host.
 - ``profile``: pad the step to the modelled time; a step that took longer is an overrun.
 - ``real``: compute takes what it takes.
 
-``scale`` stretches every modelled time (to give a slow host headroom); results are scaled back
-by whoever reads the clock.
+A time scale ``s`` >= 1 gives a slow host headroom: the emulation's nodes run on a clock that
+ticks ``s`` times slower than the wall (``emu.node.SharedClock``), so every modelled time, and
+every result read off that clock, is in modelled units while each takes ``s`` times as long on
+the wall. The pacer is told ``scale = s`` so that it can put a step's wall time (what the host
+really took) on that clock: ``wall_ms / s``.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ async def sleep_until(deadline: float, *, lead_s: float = 0.0) -> None:
     millisecond at the cost of a sub-millisecond stall of the event loop."""
     await trio.sleep_until(deadline - lead_s)
     late = deadline - trio.current_time()
-    if late > 0:
-        time.sleep(late)
+    if late > 0:  # in the clock's seconds; a scaled clock's are longer on the wall
+        time.sleep(late * getattr(trio.lowlevel.current_clock(), "scale", 1.0))
 
 
 _MODES = ("virtual", "profile", "real")
@@ -52,8 +55,9 @@ class Pacer:
             raise ValueError(f"time scale must be > 0, got {self.scale!r}")
 
     async def pace(self, compute_ms: float, wall_ms: float = 0.0) -> None:
-        """Let the step's time pass on this node's clock."""
-        target = compute_ms * self.scale
+        """Let the step's time pass on this node's clock (``wall_ms``: what it took here)."""
+        target = compute_ms
+        wall_ms = wall_ms / self.scale  # on this node's clock
         self.busy_ms += target if self.mode != "real" else wall_ms
         if self.mode == "virtual":
             await trio.sleep(target / 1000.0)

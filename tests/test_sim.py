@@ -206,7 +206,12 @@ def test_sim_over_radio_links_uses_each_users_link_states() -> None:
     from channel_models.cell import generate
 
     sc = load_scenario(
-        overrides={"network.model": "radio", "users.count": 6, "sim.duration_s": 20.0}
+        overrides={
+            "network.model": "radio",
+            "models.kind": "synthetic",
+            "users.count": 6,
+            "sim.duration_s": 20.0,
+        }
     )
     out = simulate(sc, ["dipsd", "ad-batch"])
     for r in out["results"].values():
@@ -320,3 +325,26 @@ async def test_profile_pacing_pads_and_counts_overruns(
     await pacer.pace(0.0, 3.0)  # a step modelled as free (a warm-start prefill): neither
     assert pacer.overruns == 1
     assert trio.current_time() - t0 == pytest.approx(0.006)
+
+
+async def test_a_scaled_pacer_puts_the_hosts_wall_time_on_the_slowed_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Time scale 4: a step the host took 30 ms for took 7.5 ms of modelled time, so a 10 ms
+    step pads 2.5 ms (not an overrun, which it would be unscaled)."""
+    pacer = Pacer("profile", scale=4.0)
+    t0 = trio.current_time()
+    await pacer.pace(10.0, 30.0)
+    assert pacer.overruns == 0
+    assert trio.current_time() - t0 == pytest.approx(0.0025)
+    await pacer.pace(10.0, 50.0)  # 12.5 ms modelled: an overrun
+    assert pacer.overruns == 1 and pacer.busy_ms == pytest.approx(20.0)
+
+
+def test_the_shared_clock_runs_slower_by_the_time_scale() -> None:
+    from emu.node import SharedClock
+
+    fast, slow = SharedClock(), SharedClock(4.0)
+    assert slow.current_time() == pytest.approx(fast.current_time() / 4.0, abs=1e-3)
+    # A deadline 1 modelled second away is 4 wall seconds away.
+    assert slow.deadline_to_sleep_time(slow.current_time() + 1.0) == pytest.approx(4.0, abs=1e-3)

@@ -24,7 +24,6 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,9 @@ from typing import Any
 import numpy as np
 import trio
 
-from channel_models.cell import LinkSeries
-from channel_models.link import LinkState
 from channel_models.trace import from_mahimahi
 from emu.shaping.schedule import GilbertElliott, LinkSchedule
+from emu.shaping.sources import state_source
 from nodes.pacing import REAL_CLOCK_LEAD_S, sleep_until
 
 __all__ = ["main", "open_tun"]
@@ -55,23 +53,6 @@ def open_tun(name: str) -> int:
         os.close(fd)
         raise
     return fd
-
-
-def _state_source(spec: dict[str, Any]) -> Callable[[float], LinkState]:
-    if "state" in spec:
-        state = LinkState(**spec["state"])
-        return lambda _t: state
-    series = spec["series"]
-    data = np.load(series["npz"])
-    pre = series["prefix"]
-    tick = float(data["t_s"][1] - data["t_s"][0]) if data["t_s"].size > 1 else 1.0
-    return LinkSeries(
-        tick_s=tick,
-        rate_bps=data[f"{pre}_rate_bps"],
-        delay_ms=data[f"{pre}_delay_ms"],
-        jitter_ms=data[f"{pre}_jitter_ms"],
-        loss=np.minimum(data[f"{pre}_loss"], 0.999),  # a LinkState's loss is below 1
-    ).timeline(int(series["user"]))
 
 
 @dataclass(slots=True)
@@ -140,7 +121,7 @@ async def _run(config: dict[str, Any]) -> None:
         ge = spec.get("gilbert_elliott")
         trace = Path(spec["trace"]).read_text() if spec.get("trace") else None
         schedule = LinkSchedule(
-            _state_source(spec),
+            state_source(spec),
             rng.spawn(1)[0],
             queue_bytes=int(config.get("queue_bytes", 1_000_000)),
             burst_loss=GilbertElliott(**ge) if ge else None,

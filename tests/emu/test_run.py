@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from emu.emulate import has_netem
 from tests.test_cli import draftnet
 
 pytestmark = [
@@ -31,7 +32,8 @@ def test_two_users_with_the_embedded_models_end_to_end(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads(r.stdout)
-    assert doc["mode"] == "emu" and doc["shaping"] == "userspace" and doc["models"] == "embedded"
+    assert doc["mode"] == "emu" and doc["models"] == "embedded"
+    assert doc["shaping"] == ("tc" if has_netem() else "userspace") and doc["shaping_why"]
     assert [f["ok"] for f in doc["fidelity"]] == [True, True]
     for policy, res in doc["results"].items():
         assert res["deaths"] == [] and res["protocol_errors"] == 0, policy
@@ -49,18 +51,18 @@ def test_two_users_with_the_embedded_models_end_to_end(tmp_path: Path) -> None:
 
 
 def test_run_bad_input_is_one_line_and_status_2(tmp_path: Path) -> None:
-    for args, needle in [
-        (["--policy", "nope"], "--policy must be one of"),
-        (["--shaping", "tc"], "--shaping tc needs netem"),
-    ]:
+    cases = [(["--policy", "nope"], "--policy must be one of")]
+    if not has_netem():  # the default cell's links have delay: HTB alone cannot give it
+        cases.append((["--shaping", "tc"], "needs netem, which this kernel lacks"))
+    for args, needle in cases:
         r = draftnet("run", *args, "--duration", "1", "--out", str(tmp_path / "x"))
         assert r.returncode == 2, r.stderr
         assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_radio_links_drive_the_emulation(tmp_path: Path) -> None:
-    """Synthetic models over links that follow each user's radio series."""
-    (tmp_path / "cell.toml").write_text('[network]\nmodel = "radio"\n')
+    """Synthetic models over links that follow each user's radio series (the default cell)."""
+    (tmp_path / "cell.toml").write_text('[models]\nkind = "synthetic"\n')
     out = tmp_path / "run"
     r = draftnet(
         "run",
@@ -77,3 +79,62 @@ def test_radio_links_drive_the_emulation(tmp_path: Path) -> None:
     assert (out / "channel" / "linkstates.npz").exists()
     res = doc["results"]["ad-batch"]
     assert res["users_started"] == 2 and res["deaths"] == [] and res["tokens"] > 10
+
+
+def test_the_tc_backend_runs_a_rate_only_cell(tmp_path: Path) -> None:
+    """``--shaping tc`` on links with a rate and nothing netem would give (HTB alone here)."""
+    (tmp_path / "rate.toml").write_text(
+        '[users]\ncomm_ms = 0.0\n[network]\nmodel = "fixed"\nrate_bps = 20e6\n'
+        '[models]\nkind = "synthetic"\n'
+    )
+    r = draftnet(
+        "run",
+        str(tmp_path / "rate.toml"),
+        *["--users", "2", "--duration", "4", "--policy", "dipsd", "--shaping", "tc"],
+        *["--json", "--out", str(tmp_path / "run")],
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    assert doc["shaping"] == "tc"
+    assert [f["ok"] for f in doc["fidelity"]] == [True, True]
+    assert [f["measured"]["up_rate_bps"] for f in doc["fidelity"]] == [
+        pytest.approx(20e6, rel=0.1)
+    ] * 2
+    res = doc["results"]["dipsd"]
+    assert res["users_started"] == 2 and res["deaths"] == [] and res["tokens"] > 10
+    stats = json.loads((tmp_path / "run" / "dipsd" / "shaper-stats.json").read_text())
+    assert {"su0", "sd0", "su1", "sd1"} <= stats["links"].keys()
+    assert stats["links"]["su0"]["sent"] > 0  # the workload went through the HTB classes
+
+
+def test_a_time_scale_runs_slower_and_reports_in_modelled_time(tmp_path: Path) -> None:
+    """Time scale 3: a 4 s run takes 12 s on the wall, its 3 ms links are shaped to 9 ms, and
+    throughput, read in modelled time, is what the planner predicts."""
+    (tmp_path / "fixed.toml").write_text(
+        '[network]\nmodel = "fixed"\n[models]\nkind = "synthetic"\n'
+    )
+    r = draftnet(
+        "run",
+        str(tmp_path / "fixed.toml"),
+        *["--users", "2", "--duration", "4", "--policy", "dipsd", "--time-scale", "3"],
+        *["--json", "--out", str(tmp_path / "run")],
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    assert doc["time_scale"] == 3.0
+    assert [f["configured"]["rtt_ms"] for f in doc["fidelity"]] == [pytest.approx(9.0)] * 2
+    assert all(f["ok"] for f in doc["fidelity"])
+    res = doc["results"]["dipsd"]
+    assert res["span_s"] == pytest.approx(12.0, abs=1.0)  # on the wall
+    assert res["steady_window_s"][1] - res["steady_window_s"][0] < 4.5  # on the nodes' clock
+    assert res["deaths"] == [] and sum(res["overruns"].values()) == 0
+    plans = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "dipsd" / "events-edge.jsonl").read_text().splitlines()
+        if '"ev": "plan"' in line
+    ]
+    # The edge measures its links in modelled time: 3 ms plus a little, not the 9 ms shaped.
+    comm = [float(p["reason"].split()[-1]) for p in plans if "comm_ms drifted" in p["reason"]]
+    assert all(c < 6.0 for c in comm)
+    assert res["throughput_tok_s"] == pytest.approx(plans[-1]["predicted_tok_s"], rel=0.12)
+    assert "Time scale 3" in (tmp_path / "run" / "report.md").read_text()

@@ -1,4 +1,4 @@
-"""The userspace shaper on real Mininet hosts: configured against measured, and teardown.
+"""Both shapers on real Mininet hosts: configured against measured, and teardown.
 
 Needs root, mnexec (Debian's mininet) and the Mininet Python API; CI runs as root.
 """
@@ -25,7 +25,8 @@ pytestmark = [
 ]
 pytest.importorskip("mininet.net")
 
-from emu.network import Network, star_network, userspace_shaping  # noqa: E402
+from emu.emulate import has_netem  # noqa: E402
+from emu.network import Network, star_network, tc_shaping, userspace_shaping  # noqa: E402
 
 PORT = 9000
 
@@ -108,6 +109,60 @@ def test_a_time_varying_series_changes_the_rate_within_a_tick(
     assert after["up_rate_bps"] == pytest.approx(8e6, rel=0.05)
 
 
+def _step_series(path: Path, tick: float, change_s: float, low: float, high: float) -> list[Any]:
+    """Every user's uplink rate steps from ``low`` to ``high`` at ``change_s`` (rate only)."""
+    ticks = int(2 * change_s / tick)
+    rate = np.where(np.arange(ticks) * tick < change_s, low, high)
+    zeros = np.zeros((2, ticks))
+    np.savez(
+        path,
+        t_s=np.arange(ticks) * tick,
+        up_rate_bps=np.vstack([rate, rate]),
+        up_delay_ms=zeros,
+        up_jitter_ms=zeros,
+        up_loss=zeros,
+    )
+    return [{"series": {"npz": str(path), "prefix": "up", "user": u}} for u in range(2)]
+
+
+def test_tc_gives_the_rate_and_changes_it_in_place_within_a_tick(
+    network: Network, tmp_path: Path
+) -> None:
+    """HTB alone (this kernel has no netem): a rate series stepping 2 -> 8 Mbit/s."""
+    tick, change_s = 0.1, 4.0
+    series = _step_series(tmp_path / "series.npz", tick, change_s, 2e6, 8e6)
+    links = [{"up": series[u], "down": _state()} for u in range(2)]
+    with tc_shaping(network, links, tmp_path, tick_s=tick) as stats:
+        t0 = time.monotonic()
+        before = _measure(network, 0, packets=0, burst=150, echoes=0)
+        time.sleep(max(0.0, change_s + tick - (time.monotonic() - t0)))
+        after = _measure(network, 0, packets=0, burst=300, echoes=0)
+        shown = network.ap.cmd("tc qdisc show dev ap-edge")
+    assert before["up_rate_bps"] == pytest.approx(2e6, rel=0.05)
+    assert after["up_rate_bps"] == pytest.approx(8e6, rel=0.05)
+    assert "qdisc htb 1: root" in shown
+    su0 = json.loads(stats.read_text())["links"]["su0"]
+    # Changed once, in place: the class kept counting across the change (not re-added).
+    assert su0["changes"] == 1
+    assert su0["sent"] >= before["burst_received"] + after["burst_received"]
+    assert "htb" not in network.ap.cmd("tc qdisc show dev ap-edge")  # removed on the way out
+
+
+@pytest.mark.skipif(not has_netem(), reason="this kernel has no netem")
+def test_tc_with_netem_measures_as_configured(network: Network, tmp_path: Path) -> None:
+    links = [
+        {"up": _state(delay_ms=20.0, rate_bps=5e6, loss=0.1), "down": _state(delay_ms=20.0)},
+        {"up": _state(delay_ms=10.0, jitter_ms=5.0), "down": _state(delay_ms=10.0, jitter_ms=5.0)},
+    ]
+    with tc_shaping(network, links, tmp_path):
+        m = _measure(network, 0, packets=1500)
+        j = _measure(network, 1, packets=1000, burst=0)
+    assert m["rtt_ms"] == pytest.approx(40.0, abs=2.0)
+    assert m["up_rate_bps"] == pytest.approx(5e6, rel=0.05)
+    assert m["up_loss"] == pytest.approx(0.10, abs=0.03)
+    assert j["reordered"] == 0 and j["up_ms"] > 11.0
+
+
 def test_nothing_is_left_behind_after_a_run_a_failure_and_a_killed_shaper(
     tmp_path: Path,
 ) -> None:
@@ -144,7 +199,9 @@ def test_nodes_run_as_processes_over_shaped_tcp(network: Network, tmp_path: Path
     from emu.metrics import Recorder
     from emu.scenario import load_scenario, scenario_toml
 
-    sc = load_scenario(overrides={"users.count": 2})
+    sc = load_scenario(
+        overrides={"users.count": 2, "models.kind": "synthetic", "network.model": "fixed"}
+    )
     (tmp_path / "scenario.toml").write_text(scenario_toml(sc))
     cfg = {
         "scenario": str(tmp_path / "scenario.toml"),
