@@ -9,7 +9,7 @@ bootstrap:
 	@scripts/bootstrap.sh
 
 run: bootstrap
-	$(BIN)/draftnet solve
+	$(BIN)/draftnet run
 
 test: bootstrap
 	$(BIN)/python -m pytest

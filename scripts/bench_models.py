@@ -76,6 +76,7 @@ def sim_embedded(users: int, duration: float, profiles: list[str]) -> None:
             "users.count": users,
             "sim.duration_s": duration,
             "models.kind": "embedded",
+            "network.model": "fixed",  # the paper's 3 ms links, not the default's radio cell
             "profiles": profiles,
         }
     )

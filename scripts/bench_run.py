@@ -2,8 +2,9 @@
 """Main-job benchmark (root): dipsd measured against predicted on Mininet with 0, 5 and 20 ms of
 jitter on every user's links, and the main job's wall time.
 
-Synthetic backends with profile timing (the paper's devices), so the figures isolate the
-network; each case is one `draftnet run`.
+The jitter cases: synthetic backends with profile timing (the paper's devices) over fixed 3 ms
+links, so the figures isolate the network; each case is one `draftnet run`. Then the main job
+exactly as `make run` runs it (the embedded default), for its figures and wall time.
 
     sudo .venv/bin/python scripts/bench_run.py [--users 4] [--duration 30]
 """
@@ -51,7 +52,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for jitter in (0.0, 5.0, 20.0):
             sc = Path(tmp) / f"j{jitter:g}.toml"
-            sc.write_text(f"[network]\njitter_ms = {jitter}\n")
+            sc.write_text(
+                f'[network]\nmodel = "fixed"\njitter_ms = {jitter}\n[models]\nkind = "synthetic"\n'
+            )
             doc, wall = run(
                 [str(sc), "--users", str(args.users), "--duration", str(args.duration),
                  "--policy", "dipsd", "--out", str(Path(tmp) / f"run{jitter:g}")]
@@ -63,21 +66,26 @@ def main() -> None:
                 f"{r['replans']} | {wall:.0f} |",
                 flush=True,
             )
-        doc, wall = run(
-            ["--users", "2", "--models", "embedded", "--duration", str(args.duration),
-             "--out", str(Path(tmp) / "main")]
-        )  # fmt: skip
+        # The main job as `make run` runs it: the embedded default, nothing changed.
+        doc, wall = run(["--out", str(Path(tmp) / "main")])
     print(
-        f"## the main job: 2 users, embedded models, dipsd, ad, ad-batch, {args.duration:g} s each"
+        f"## the main job (make run): {doc['users']} users in a UMi cell, {doc['models']} models, "
+        f"{doc['shaping']} shaping, {doc['duration_s']:g} s per policy"
     )
-    print("| policy | tok/s | predicted | acceptance | late | overruns |")
-    print("|---|---|---|---|---|---|")
+    print("| policy | tok/s | predicted | vs ad | acceptance | late | overruns |")
+    print("|---|---|---|---|---|---|---|")
+    ad = doc["results"].get("ad", {}).get("throughput_tok_s")
     for pol, r in doc["results"].items():
         acc = "-" if r["acceptance_rate"] is None else f"{r['acceptance_rate']:.3f}"
+        vs = f"{r['throughput_tok_s'] / ad:.2f}" if ad else "-"
         print(
-            f"| {pol} | {r['throughput_tok_s']:.2f} | {r['predicted_tok_s']:.2f} | {acc} | "
+            f"| {pol} | {r['throughput_tok_s']:.2f} | {r['predicted_tok_s']:.2f} | {vs} | {acc} | "
             f"{r['late_drafts']} | {sum(r['overruns'].values())} |"
         )
+    print(
+        "fidelity: "
+        + ", ".join(f"{f['link']} {'ok' if f['ok'] else 'OUT'}" for f in doc["fidelity"])
+    )
     print(f"wall time: {wall:.0f} s")
 
 

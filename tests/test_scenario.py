@@ -20,7 +20,10 @@ def test_bare_load_is_the_embedded_default() -> None:
     s = load_scenario()
     p = s.problem()
     assert s.name == "default"
-    assert p.size == 6
+    # The main job: 4 users in one UMi cell, the embedded model pair, the paper's devices' timing.
+    assert p.size == 4
+    assert (s.network.model, s.radio.scenario, s.radio.cells) == ("radio", "umi", 1)
+    assert s.models.kind == "embedded"
     assert p.edge.memory_bytes == 80e9
     assert s.planner.policy == "dipsd"
 
