@@ -16,9 +16,11 @@ one token at a time, no batching and no padding).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -27,26 +29,36 @@ from emu.planner.model import Problem, User
 from emu.runtime import draft_time, user_prompts, verify_time
 from nodes.backends import DraftBackend, DraftOut, VerifyBackend
 
-__all__ = ["GreedyReference", "RealModels"]
+__all__ = [
+    "GreedyReference",
+    "RealModels",
+    "RecordingDrafter",
+    "check_sessions",
+    "read_sessions",
+]
 
 
 @dataclass(slots=True)
-class _Session:
+class Session:
     prompt: tuple[int, ...]
     tokens: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
-class _Recording:
-    """A drafter that records what each session commits (for the losslessness check)."""
+class RecordingDrafter:
+    """A drafter that records what each session commits (for the losslessness check): in
+    ``sessions``, and where a ``log`` is given also there, one JSON line per session start
+    (``{"prompt": [...]}``) and per commit (``{"tokens": [...]}``), written as it happens."""
 
     inner: DraftBackend
-    sessions: list[_Session]
+    sessions: list[Session]
+    log: TextIO | None = None
     _draft: tuple[int, ...] = ()
 
     def start(self, prompt: Sequence[int]) -> None:
         self.inner.start(prompt)
-        self.sessions.append(_Session(prompt=tuple(int(t) for t in prompt)))
+        self.sessions.append(Session(prompt=tuple(int(t) for t in prompt)))
+        self._write({"prompt": list(self.sessions[-1].prompt)})
 
     def draft(self, n: int) -> DraftOut:
         out = self.inner.draft(n)
@@ -55,8 +67,54 @@ class _Recording:
 
     def commit(self, accepted: int, token: int) -> None:
         self.inner.commit(accepted, token)
-        self.sessions[-1].tokens.extend([*self._draft[:accepted], int(token)])
+        new = [*(int(t) for t in self._draft[:accepted]), int(token)]
+        self.sessions[-1].tokens.extend(new)
         self._draft = ()
+        self._write({"tokens": new})
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self.log is not None:
+            self.log.write(json.dumps(record) + "\n")
+            self.log.flush()
+
+
+def read_sessions(path: Path) -> list[Session]:
+    """The sessions a ``RecordingDrafter`` logged (a line cut short by a killed node is
+    dropped; a session cut short keeps what it committed)."""
+    sessions: list[Session] = []
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if "prompt" in r:
+            sessions.append(Session(prompt=tuple(r["prompt"])))
+        elif sessions:
+            sessions[-1].tokens.extend(r["tokens"])
+    return sessions
+
+
+def check_sessions(
+    per_user: Sequence[Sequence[Session]], reference: Callable[[tuple[int, ...], int], list[int]]
+) -> dict[str, Any]:
+    """``lossless``: every session's tokens equal the target's own greedy decoding of its
+    prompt (``reference(prompt, n)``); ``lossless_checked`` gives what was compared."""
+    bad = []
+    sessions = tokens = 0
+    for uid, per in enumerate(per_user):
+        for k, s in enumerate(per):
+            if not s.tokens:
+                continue
+            sessions += 1
+            tokens += len(s.tokens)
+            ref = reference(s.prompt, len(s.tokens))
+            if s.tokens != ref:
+                at = next(j for j, (a, b) in enumerate(zip(s.tokens, ref, strict=True)) if a != b)
+                bad.append({"user": uid, "session": k, "position": at})
+    return {
+        "lossless": not bad,
+        "lossless_checked": {"sessions": sessions, "tokens": tokens, "mismatches": bad},
+    }
 
 
 class GreedyReference:
@@ -66,6 +124,15 @@ class GreedyReference:
         self.model = model
         self.device = device
         self._done: dict[tuple[int, ...], list[int]] = {}
+
+    @classmethod
+    def load(cls, setup: ModelSetup, dtype: str = "") -> GreedyReference:
+        """The target of ``setup`` loaded on its own (the emulation's runner checks the nodes'
+        records with it after each policy), in the dtype the edge verifies in."""
+        from nodes.hf_verifier import HFVerifier
+
+        v = HFVerifier(setup.target, device=setup.device, dtype=dtype or None)
+        return cls(v.model, v.device)
 
     def __call__(self, prompt: tuple[int, ...], n: int) -> list[int]:
         have = self._done.get(prompt, [])
@@ -133,7 +200,7 @@ class RealModels:
             for i in range(users)
         ]
         self._reference = GreedyReference(self._verifier.model, self._verifier.device)
-        self._sessions: list[list[_Session]] = [[] for _ in range(users)]
+        self._sessions: list[list[Session]] = [[] for _ in range(users)]
 
     # --- the _Backends interface, called once per policy --------------------------------------
     def verifier(self, problem: Problem, rng: np.random.Generator) -> VerifyBackend:
@@ -149,27 +216,13 @@ class RealModels:
         d = self._drafters[i]
         d.rng = np.random.default_rng(self.seed + i)
         d.latency = draft_time(user)
-        return _Recording(d, self._sessions[i])
+        return RecordingDrafter(d, self._sessions[i])
 
     def prompts(self, i: int, user: User, rng: np.random.Generator) -> Iterator[Sequence[int]]:
         return user_prompts(self.setup.prompts, i, self.users)
 
     def results(self) -> dict[str, Any]:
         """``lossless`` for the policy that just ran (null unless verification is greedy)."""
-        sessions = [s for per_user in self._sessions for s in per_user if s.tokens]
-        tokens = sum(len(s.tokens) for s in sessions)
         if self.temperature > 0:
             return {"lossless": None, "lossless_checked": {"sessions": 0, "tokens": 0}}
-        bad = []
-        for uid, per_user in enumerate(self._sessions):
-            for k, s in enumerate(per_user):
-                ref = self._reference(s.prompt, len(s.tokens))
-                if s.tokens != ref:
-                    at = next(
-                        j for j, (a, b) in enumerate(zip(s.tokens, ref, strict=True)) if a != b
-                    )
-                    bad.append({"user": uid, "session": k, "position": at})
-        return {
-            "lossless": not bad,
-            "lossless_checked": {"sessions": len(sessions), "tokens": tokens, "mismatches": bad},
-        }
+        return check_sessions(self._sessions, self._reference)

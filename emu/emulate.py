@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from emu.backends import GreedyReference, check_sessions, read_sessions
 from emu.errors import ConfigError, ShapingError
 from emu.metrics import Recorder
 from emu.network import (
@@ -41,7 +42,7 @@ from emu.network import shaping as shaping_on
 from emu.planner import Problem, evaluate
 from emu.planner.policies import POLICIES
 from emu.runreport import write_run_report
-from emu.runtime import memo_planner, node_problem
+from emu.runtime import memo_planner, model_setup, node_problem
 from emu.scenario import Scenario, scenario_toml
 from emu.shaping.sources import tc_refusal
 
@@ -360,6 +361,7 @@ def emulate(
         "fidelity": [],
         "results": results,
     }
+    lossless = _LosslessCheck(sc, out_dir, problem.size)
     with star_network(problem.size) as nw:
         with shaping_on(backend, nw, probed, out_dir, seed=sc.sim.seed):
             doc["fidelity"] = _fidelity(nw, configured)
@@ -384,7 +386,7 @@ def emulate(
                 "throughput_tok_s": summary.pop("throughput_tok_s"),
                 "predicted_tok_s": predicted,
                 **summary,
-                "lossless": None,
+                **lossless(policy),
                 "deaths": deaths,
                 "span_s": span,
             }
@@ -393,6 +395,27 @@ def emulate(
     _write(out_dir, doc, t_wall)
     write_run_report(out_dir, doc)
     return doc
+
+
+class _LosslessCheck:
+    """``lossless`` of a policy's run: every session each user node logged against what the
+    target alone decodes greedily (the target loaded once here, in the runner, on first use;
+    its decodings cached per prompt, and every policy decodes the same prompts)."""
+
+    def __init__(self, sc: Scenario, out_dir: Path, users: int) -> None:
+        self.sc, self.out_dir, self.users = sc, out_dir, users
+        self.reference: GreedyReference | None = None
+
+    def __call__(self, policy: str) -> dict[str, Any]:
+        if self.sc.models.kind == "synthetic":
+            return {"lossless": None}
+        if self.sc.models.temperature > 0:  # sampled: the distribution is kept, not the tokens
+            return {"lossless": None, "lossless_checked": {"sessions": 0, "tokens": 0}}
+        if self.reference is None:
+            self.reference = GreedyReference.load(model_setup(self.sc), self.sc.models.dtype)
+        logs = [self.out_dir / policy / f"tokens-u{i}.jsonl" for i in range(self.users)]
+        per_user = [read_sessions(f) if f.exists() else [] for f in logs]
+        return check_sessions(per_user, self.reference)
 
 
 def _write(out: Path, doc: dict[str, Any], t_wall: float) -> None:

@@ -15,6 +15,7 @@ namespace, divided by the time scale), and its counters to ``node-<node>.json`` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import trio
 
+from emu.backends import RecordingDrafter
 from emu.metrics import Recorder
 from emu.planner.model import Problem
 from emu.runtime import (
@@ -144,21 +146,25 @@ async def _user(
 ) -> dict[str, Any]:
     problem = node_problem(sc)
     drafter, prompts, session_tokens = _drafter(sc, problem, i, cfg["timing"] == "profile")
-    node = UserNode(i, drafter, prompts, sink=rec, pacer=pacer, max_new_tokens=session_tokens)
-    stream: trio.abc.Stream | None = None
-    for _ in range(CONNECT_TRIES):
-        try:
-            stream = await trio.open_tcp_stream(cfg["edge_ip"], int(cfg["port"]))
-            break
-        except OSError:
-            await trio.sleep(0.1)
-    if stream is None:
-        raise ConnectionError(f"user {i}: the edge at {cfg['edge_ip']} never answered")
-    print("ready", flush=True)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_until_signalled, nursery.cancel_scope)
-        await node.run(stream)
-        nursery.cancel_scope.cancel()
+    with contextlib.ExitStack() as stack:
+        if sc.models.kind != "synthetic":  # every committed token, for the lossless check
+            log = stack.enter_context((Path(cfg["run_dir"]) / f"tokens-u{i}.jsonl").open("w"))
+            drafter = RecordingDrafter(drafter, [], log)
+        node = UserNode(i, drafter, prompts, sink=rec, pacer=pacer, max_new_tokens=session_tokens)
+        stream: trio.abc.Stream | None = None
+        for _ in range(CONNECT_TRIES):
+            try:
+                stream = await trio.open_tcp_stream(cfg["edge_ip"], int(cfg["port"]))
+                break
+            except OSError:
+                await trio.sleep(0.1)
+        if stream is None:
+            raise ConnectionError(f"user {i}: the edge at {cfg['edge_ip']} never answered")
+        print("ready", flush=True)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_until_signalled, nursery.cancel_scope)
+            await node.run(stream)
+            nursery.cancel_scope.cancel()
     st = node.stats
     return {"rounds": st.rounds, "committed_tokens": st.committed_tokens, "sessions": st.sessions}
 

@@ -38,8 +38,11 @@ def test_two_users_with_the_embedded_models_end_to_end(tmp_path: Path) -> None:
     for policy, res in doc["results"].items():
         assert res["deaths"] == [] and res["protocol_errors"] == 0, policy
         assert res["users_started"] == 2 and res["tokens"] > 10
-        for key in ("throughput_tok_s", "predicted_tok_s", "ttft_ms", "tpot_ms", "lossless"):
+        for key in ("throughput_tok_s", "predicted_tok_s", "ttft_ms", "tpot_ms"):
             assert key in res
+        # Every token the user processes committed equals the target's own greedy decoding.
+        assert res["lossless"] is True, res["lossless_checked"]
+        assert res["lossless_checked"]["tokens"] >= res["tokens"] > 10
     assert 0.2 < doc["results"]["dipsd"]["acceptance_rate"] < 0.98  # the pair's, not a setting
     for node in ("edge", "u0", "u1"):
         assert (out / "dipsd" / f"events-{node}.jsonl").stat().st_size > 0
