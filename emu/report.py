@@ -152,8 +152,8 @@ def print_run(out: dict[str, Any], console: Console | None = None) -> None:
         + (f", time scale {out['time_scale']:g}" if out.get("time_scale", 1.0) != 1.0 else "")
     )
     t = Table()
-    cols = ["policy", "tok/s", "predicted", "vs ad", "accept", "TTFT p50/p95 ms"]
-    cols += ["TPOT p50/p95 ms", "late", "deaths"]
+    cols = ["policy", "tok/s", "predicted", "vs ad", "accept", "TTFT ms p50/95"]
+    cols += ["TPOT ms p50/95", "late", "overruns", "deaths"]
     for col in cols:
         t.add_column(col, justify="left" if col == "policy" else "right")
     res = out["results"]
@@ -168,6 +168,7 @@ def print_run(out: dict[str, Any], console: Console | None = None) -> None:
             f"{_f(r['ttft_ms']['p50'], '.0f')}/{_f(r['ttft_ms']['p95'], '.0f')}",
             f"{_f(r['tpot_ms']['p50'])}/{_f(r['tpot_ms']['p95'])}",
             str(r["late_drafts"]),
+            str(sum(r.get("overruns", {}).values())),
             str(len(r["deaths"])),
         )
     console.print(t)
@@ -190,5 +191,10 @@ def print_run(out: dict[str, Any], console: Console | None = None) -> None:
             console.print(
                 f"[red]{pol}: node {d['node']} died (exit {d['exit']})[/]: {d['last_output'][-1:]}"
             )
+    from emu.runreport import lossless_note, overrun_note
+
+    for note in (lossless_note(out), overrun_note(out)):
+        if note is not None:
+            console.print(note)
     if out.get("out_dir"):
         console.print(f"results in {out['out_dir']}")

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["write_run_report"]
+__all__ = ["lossless_note", "overrun_note", "write_run_report"]
 
 
 def _fmt(x: float | None, spec: str = ".1f") -> str:
@@ -31,6 +31,37 @@ def _round_times(out_dir: Path, policy: str) -> list[float]:
             if r.get("ev") == "round" and r.get("committed"):
                 tpot.append(r["round_ms"] / r["committed"])
     return tpot
+
+
+def overrun_note(doc: dict[str, Any]) -> str | None:
+    """What to do about compute steps that ran longer than their profile (None if none did)."""
+    n = sum(sum(r.get("overruns", {}).values()) for r in doc["results"].values())
+    if not n or doc.get("timing") != "profile":
+        return None
+    rounds = sum(int(r.get("rounds") or 0) for r in doc["results"].values())
+    share = n / rounds if rounds else 1.0
+    said = f"{n} compute steps ({100 * share:.1f}% of the rounds) took longer than their profile"
+    if share < 0.01:
+        return said + "."
+    scale = float(doc.get("time_scale", 1.0))
+    return (
+        f"{said}: this host is slower than the devices it stands for, so the results understate "
+        f"them (late drafts follow). Rerun with --time-scale {2 * scale:g} for headroom."
+    )
+
+
+def lossless_note(doc: dict[str, Any]) -> str | None:
+    """One line on the losslessness check of every policy (None where none was made)."""
+    parts = []
+    for pol, r in doc["results"].items():
+        if r.get("lossless") is None:
+            continue
+        checked = r.get("lossless_checked", {})
+        verdict = "lossless" if r["lossless"] else "NOT lossless"
+        parts.append(f"{pol} {verdict} ({checked.get('tokens', 0)} tokens)")
+    if not parts:
+        return None
+    return "Greedy check against the target alone: " + ", ".join(parts) + "."
 
 
 def _scale_note(scale: float) -> list[str]:
@@ -86,6 +117,9 @@ def write_run_report(out_dir: Path, doc: dict[str, Any]) -> None:
             f"{_fmt(c['up_rate_bps'] or None, '.3g')} | {_fmt(m.get('up_rate_bps'), '.3g')} | "
             f"{'yes' if f['ok'] else '**NO**'} |"
         )
+    for note in (lossless_note(doc), overrun_note(doc)):
+        if note is not None:
+            lines += ["", note]
     bad = [f["link"] for f in doc["fidelity"] if not f["ok"]]
     if bad:
         lines += ["", f"**Links outside tolerance: {', '.join(bad)}.** Read the results with care."]

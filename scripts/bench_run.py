@@ -72,15 +72,18 @@ def main() -> None:
         f"## the main job (make run): {doc['users']} users in a UMi cell, {doc['models']} models, "
         f"{doc['shaping']} shaping, {doc['duration_s']:g} s per policy"
     )
-    print("| policy | tok/s | predicted | vs ad | acceptance | late | overruns |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| policy | tok/s | predicted | vs ad | acceptance | late | overruns | lossless (tokens) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     ad = doc["results"].get("ad", {}).get("throughput_tok_s")
     for pol, r in doc["results"].items():
         acc = "-" if r["acceptance_rate"] is None else f"{r['acceptance_rate']:.3f}"
         vs = f"{r['throughput_tok_s'] / ad:.2f}" if ad else "-"
         print(
             f"| {pol} | {r['throughput_tok_s']:.2f} | {r['predicted_tok_s']:.2f} | {vs} | {acc} | "
-            f"{r['late_drafts']} | {sum(r['overruns'].values())} |"
+            f"{r['late_drafts']} | {sum(r['overruns'].values())} | {r['lossless']} "
+            f"({r.get('lossless_checked', {}).get('tokens', 0)}) |"
         )
     print(
         "fidelity: "

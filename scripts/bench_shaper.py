@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Userspace shaper benchmark (root): the latency it adds and the packets per second it carries.
+"""Shaper benchmark (root): the latency each backend adds and the packets per second it carries.
 
+For the userspace shaper (TUN) and the tc backend (HTB alone: this kernel has no netem):
 - Added latency: the median RTT user -> edge through an unshaped link (no delay, no rate) with
   the shaper in the path, against the same network with no shaper.
-- Packets per second: a burst of small datagrams through an unlimited link; the far end's
+- Packets per second: a burst of 1228-byte datagrams through an unlimited link; the far end's
   arrival rate (the probe's receiver is Python too, so this is a lower bound).
+- Rate accuracy: a 5 Mbit/s uplink measured by the probe's burst.
 
     sudo .venv/bin/python scripts/bench_shaper.py
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from emu.network import star_network, userspace_shaping
+from emu.network import shaping, star_network
 from emu.probe import IP_UDP_HEADERS
 
 
@@ -36,23 +38,29 @@ def main() -> None:
         server = nw.edge.popen([sys.executable, "-m", "emu.probe", "serve", "9000"])
         time.sleep(0.5)
         bare = _probe(nw, packets=0, burst=2, echoes=200)
-        spec = {"state": {}}
-        with userspace_shaping(nw, [{"up": spec, "down": spec}], Path(tmp)):
-            shaped = _probe(nw, packets=0, burst=2, echoes=200)
-            burst = _probe(nw, packets=0, burst=20000, echoes=0)
+        print(f"median RTT without a shaper: {bare['rtt_ms']:.3f} ms")
+        print("| backend | RTT ms | added per direction ms | packets/s (Mbit/s) | burst arrived "
+              "| 5 Mbit/s measured |")  # fmt: skip
+        print("|---|---|---|---|---|---|")
+        for backend in ("userspace", "tc"):
+            spec = {"state": {}}
+            with shaping(backend, nw, [{"up": spec, "down": spec}], Path(tmp)):
+                shaped = _probe(nw, packets=0, burst=2, echoes=200)
+                burst = _probe(nw, packets=0, burst=20000, echoes=0)
+            slow = {"state": {"rate_bps": 5e6}}
+            with shaping(backend, nw, [{"up": slow, "down": spec}], Path(tmp)):
+                rate = _probe(nw, packets=0, burst=300, echoes=0)
+            # Packets that arrived, over the arrival span (drops anywhere do not count).
+            got = burst["burst_received"] / burst["burst"]
+            pps = burst["up_rate_bps"] / ((1200 + IP_UDP_HEADERS) * 8) * got
+            mbps = pps * (1200 + IP_UDP_HEADERS) * 8 / 1e6
+            print(
+                f"| {backend} | {shaped['rtt_ms']:.3f} | "
+                f"{(shaped['rtt_ms'] - bare['rtt_ms']) / 2:.3f} | {pps:,.0f} ({mbps:.0f}) | "
+                f"{100 * got:.1f}% of {burst['burst']} | {rate['up_rate_bps'] / 1e6:.3f} |",
+                flush=True,
+            )
         server.terminate()
-    # Packets that arrived, over the arrival span (drops anywhere do not count).
-    span_pps = burst["up_rate_bps"] / ((1200 + IP_UDP_HEADERS) * 8)
-    got = burst["burst_received"] / burst["burst"]
-    pps = span_pps * got
-    print(f"median RTT without the shaper: {bare['rtt_ms']:.3f} ms")
-    print(
-        f"median RTT through the shaper (both ways, no delay configured): {shaped['rtt_ms']:.3f} ms"
-    )
-    print(f"added per direction: {(shaped['rtt_ms'] - bare['rtt_ms']) / 2:.3f} ms")
-    mbps = pps * (1200 + IP_UDP_HEADERS) * 8 / 1e6
-    print(f"unlimited link, 1228-byte packets: {pps:,.0f} packets/s ({mbps:.1f} Mbit/s)")
-    print(f"  burst of {burst['burst']}: {100 * got:.1f}% arrived")
 
 
 if __name__ == "__main__":

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from emu.emulate import has_netem
-from tests.test_cli import draftnet
+from tests.test_cli import ROOT, draftnet
 
 pytestmark = [
     pytest.mark.mininet,
@@ -84,20 +88,27 @@ def test_radio_links_drive_the_emulation(tmp_path: Path) -> None:
     assert res["users_started"] == 2 and res["deaths"] == [] and res["tokens"] > 10
 
 
-def test_the_tc_backend_runs_a_rate_only_cell(tmp_path: Path) -> None:
-    """``--shaping tc`` on links with a rate and nothing netem would give (HTB alone here)."""
-    (tmp_path / "rate.toml").write_text(
-        '[users]\ncomm_ms = 0.0\n[network]\nmodel = "fixed"\nrate_bps = 20e6\n'
-        '[models]\nkind = "synthetic"\n'
-    )
+def _run_synthetic(tmp_path: Path, toml: str, *extra: str) -> dict[str, Any]:
+    """``draftnet run`` of dipsd, 2 users, 4 s, synthetic models, on ``toml``; its JSON."""
+    (tmp_path / "s.toml").write_text(toml + '[models]\nkind = "synthetic"\n')
     r = draftnet(
         "run",
-        str(tmp_path / "rate.toml"),
-        *["--users", "2", "--duration", "4", "--policy", "dipsd", "--shaping", "tc"],
+        str(tmp_path / "s.toml"),
+        *["--users", "2", "--duration", "4", "--policy", "dipsd", *extra],
         *["--json", "--out", str(tmp_path / "run")],
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    doc = json.loads(r.stdout)
+    return dict(json.loads(r.stdout))
+
+
+def test_the_tc_backend_runs_a_rate_only_cell(tmp_path: Path) -> None:
+    """``--shaping tc`` on links with a rate and nothing netem would give (HTB alone here)."""
+    doc = _run_synthetic(
+        tmp_path,
+        '[users]\ncomm_ms = 0.0\n[network]\nmodel = "fixed"\nrate_bps = 20e6\n',
+        "--shaping",
+        "tc",
+    )
     assert doc["shaping"] == "tc"
     assert [f["ok"] for f in doc["fidelity"]] == [True, True]
     assert [f["measured"]["up_rate_bps"] for f in doc["fidelity"]] == [
@@ -113,17 +124,7 @@ def test_the_tc_backend_runs_a_rate_only_cell(tmp_path: Path) -> None:
 def test_a_time_scale_runs_slower_and_reports_in_modelled_time(tmp_path: Path) -> None:
     """Time scale 3: a 4 s run takes 12 s on the wall, its 3 ms links are shaped to 9 ms, and
     throughput, read in modelled time, is what the planner predicts."""
-    (tmp_path / "fixed.toml").write_text(
-        '[network]\nmodel = "fixed"\n[models]\nkind = "synthetic"\n'
-    )
-    r = draftnet(
-        "run",
-        str(tmp_path / "fixed.toml"),
-        *["--users", "2", "--duration", "4", "--policy", "dipsd", "--time-scale", "3"],
-        *["--json", "--out", str(tmp_path / "run")],
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    doc = json.loads(r.stdout)
+    doc = _run_synthetic(tmp_path, '[network]\nmodel = "fixed"\n', "--time-scale", "3")
     assert doc["time_scale"] == 3.0
     assert [f["configured"]["rtt_ms"] for f in doc["fidelity"]] == [pytest.approx(9.0)] * 2
     assert all(f["ok"] for f in doc["fidelity"])
@@ -141,3 +142,41 @@ def test_a_time_scale_runs_slower_and_reports_in_modelled_time(tmp_path: Path) -
     assert all(c < 6.0 for c in comm)
     assert res["throughput_tok_s"] == pytest.approx(plans[-1]["predicted_tok_s"], rel=0.12)
     assert "Time scale 3" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_node_killed_mid_run_is_recorded_and_the_others_go_on(tmp_path: Path) -> None:
+    """User 1 is killed (SIGKILL) mid-run: the run finishes with user 0, records the death
+    with the node's last output, says so in the report, and leaves nothing behind."""
+    before = set(os.listdir("/sys/class/net"))
+    (tmp_path / "s.toml").write_text('[network]\nmodel = "fixed"\n[models]\nkind = "synthetic"\n')
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "emu.cli", "run", str(tmp_path / "s.toml"), "--users", "2"]
+    cmd += ["--duration", "8", "--policy", "dipsd", "--json", "--out", str(out)]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    events = out / "dipsd" / "events-u1.jsonl"
+    deadline = time.monotonic() + 60
+    while not (events.exists() and events.stat().st_size > 2000):  # user 1 is drafting
+        assert time.monotonic() < deadline and proc.poll() is None, "user 1 never started"
+        time.sleep(0.1)
+    killed_at = time.monotonic()
+    subprocess.run(["pkill", "-9", "-f", r"emu\.node .*node\.json user 1$"], check=True)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    res = json.loads(stdout)["results"]["dipsd"]
+    assert [(d["node"], d["exit"]) for d in res["deaths"]] == [("u1", -9)]
+    assert 0 < res["deaths"][0]["t_s"] < 8
+    # User 0 kept decoding after the death: its rounds go on to the end of the run.
+    rounds = [
+        json.loads(line)
+        for line in (out / "dipsd" / "events-u0.jsonl").read_text().splitlines()
+        if '"ev": "round"' in line
+    ]
+    # (the nodes' clock is the machine's monotonic clock, which this process reads too)
+    assert max(r["t"] for r in rounds) > killed_at + 2.0
+    assert "## Node deaths" in (out / "report.md").read_text()
+    assert "- dipsd: u1 exited -9" in (out / "report.md").read_text()
+    assert set(os.listdir("/sys/class/net")) == before
+    left = subprocess.run(["pgrep", "-f", r"emu\.node "], capture_output=True, check=False)
+    assert left.returncode != 0, left.stdout  # no node process left

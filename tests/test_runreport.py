@@ -1,0 +1,30 @@
+"""The main job's report notes: overruns (with advice past 1% of rounds) and the lossless check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from emu.runreport import lossless_note, overrun_note
+
+
+def _doc(overruns: int, rounds: int, scale: float = 1.0, **res: Any) -> dict[str, Any]:
+    r = {"overruns": {"edge": overruns, "u0": 0}, "rounds": rounds, "lossless": None, **res}
+    return {"timing": "profile", "time_scale": scale, "results": {"dipsd": r}}
+
+
+def test_overruns_past_one_percent_advise_a_larger_time_scale() -> None:
+    assert overrun_note(_doc(0, 900)) is None
+    few = overrun_note(_doc(4, 900))
+    assert few is not None and "0.4%" in few and "--time-scale" not in few
+    many = overrun_note(_doc(36, 900, scale=2.0))
+    assert many is not None and "4.0%" in many and "--time-scale 4" in many
+    assert overrun_note({**_doc(36, 900), "timing": "real"}) is None  # nothing is padded
+
+
+def test_the_lossless_note_names_each_checked_policy() -> None:
+    assert lossless_note(_doc(0, 1)) is None  # synthetic models: nothing checked
+    doc = _doc(0, 1, lossless=True, lossless_checked={"tokens": 1307})
+    doc["results"]["ad"] = {"lossless": False, "lossless_checked": {"tokens": 12}}
+    note = lossless_note(doc)
+    assert note is not None
+    assert "dipsd lossless (1307 tokens)" in note and "ad NOT lossless (12 tokens)" in note
