@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -65,6 +66,8 @@ Configured = list[dict[str, float]]
 def has_netem() -> bool:
     """Whether this kernel has netem: try it on the loopback of a throwaway namespace."""
     ns = f"draftnet-probe-{int(time.monotonic() * 1e6) % 10**9}"
+    if shutil.which("ip") is None or shutil.which("tc") is None:
+        return False
     if subprocess.run(["ip", "netns", "add", ns], capture_output=True, check=False).returncode:
         return False
     try:
