@@ -5,6 +5,7 @@ Layer: emu (orchestration).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from rich.console import Console
@@ -12,9 +13,18 @@ from rich.table import Table
 
 __all__ = ["print_channel", "print_profile", "print_run", "print_sim", "print_solve"]
 
+LOG_WIDTH = 120  # where stderr is a file or a pipe (a log, CI), not rich's 80 columns
+
+
+def _stderr() -> Console:
+    console = Console(stderr=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = LOG_WIDTH
+    return console
+
 
 def print_solve(out: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console(stderr=True)
+    console = console or _stderr()
     plan = out["plan"]
     head = (
         f"[bold]{out['policy']}[/] on scenario [bold]{out['scenario']}[/]: {out['users']} users, "
@@ -50,7 +60,7 @@ def _f(x: float | None, fmt: str = ".1f") -> str:
 
 def print_sim(out: dict[str, Any], console: Console | None = None) -> None:
     """The sim summary: one row per policy, measured against predicted."""
-    console = console or Console(stderr=True)
+    console = console or _stderr()
     console.print(
         f"[bold]sim[/] of scenario [bold]{out['scenario']}[/]: {out['users']} users, "
         f"{out['duration_s']:g} virtual s per policy, seed {out['seed']}, "
@@ -86,7 +96,7 @@ def print_sim(out: dict[str, Any], console: Console | None = None) -> None:
 
 def print_profile(out: dict[str, Any], console: Console | None = None) -> None:
     """The fitted latency model and how well it holds."""
-    console = console or Console(stderr=True)
+    console = console or _stderr()
     fit, arch = out["fit"], out["arch"]
     form = "G(1, F_d(i)) per token" if out["role"] == "draft" else "G(b, F_v(L, I)) per pass"
     console.print(
@@ -108,7 +118,7 @@ def print_profile(out: dict[str, Any], console: Console | None = None) -> None:
 
 def print_channel(out: dict[str, Any], console: Console | None = None) -> None:
     """Per user: where it is and what its links give."""
-    console = console or Console(stderr=True)
+    console = console or _stderr()
     r = out["radio"]
     console.print(
         f"[bold]channel[/] of scenario [bold]{out['scenario']}[/]: {len(out['users'])} users, "
@@ -143,7 +153,7 @@ def print_channel(out: dict[str, Any], console: Console | None = None) -> None:
 
 def print_run(out: dict[str, Any], console: Console | None = None) -> None:
     """The main job's summary: the policies, then every link's fidelity."""
-    console = console or Console(stderr=True)
+    console = console or _stderr()
     console.print(
         f"[bold]run[/] of scenario [bold]{out['scenario']}[/]: {out['users']} users on Mininet "
         f"hosts, {out['models']} models, {out['timing']} timing, "
