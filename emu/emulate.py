@@ -6,7 +6,8 @@ the users' links, the edge and every user started as their own processes in thei
 records summarised. Before the first policy each link is probed (RTT, one-way delay, rate where
 one is configured) and configured is compared with measured: ``fidelity`` lists every link,
 and ``strict`` fails the run on a link outside tolerance. A node that dies mid-run is recorded
-with the last lines it wrote; the run goes on with the others.
+with the last lines it wrote, and so is one that stalls (alive, recording nothing); the run goes
+on with the others.
 
 Shaping backends: ``userspace`` (``emu.shaping.tund``, a TUN forwarder) works on any kernel;
 ``tc`` (``emu.shaping.tcd``: HTB, netem beneath) needs netem for delay, jitter and loss, which
@@ -20,6 +21,7 @@ import contextlib
 import json
 import math
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -57,6 +59,7 @@ Progress = Callable[[str, float], None]
 MEASURED = ("rtt_ms", "up_ms", "down_ms", "up_rate_bps")
 SERIES_FIELDS = ("rate_bps", "delay_ms", "jitter_ms", "loss")
 MAX_TIME_SCALE = 100.0
+STALL_S = 10.0  # a live node that records nothing for this long (modelled) has stalled
 
 
 Specs = list[dict[str, Any]]
@@ -223,6 +226,46 @@ def _fidelity(nw: Network, configured: list[dict[str, float]]) -> list[dict[str,
     return out
 
 
+class _Watch:
+    """The node processes' faults while a policy runs: a node that exits is a death; one whose
+    records stop growing for ``STALL_S`` modelled seconds while it lives is a stall (it is left
+    to run: the edge's deadlines already route around a user that goes quiet). Each is
+    recorded once, with the node's last output."""
+
+    def __init__(self, pdir: Path, scale: float) -> None:
+        self.pdir, self.scale = pdir, scale
+        self.deaths: list[dict[str, Any]] = []
+        self.stalls: list[dict[str, Any]] = []
+        self._seen: dict[str, tuple[int, float]] = {}  # records' size, and since when
+
+    def check(self, procs: dict[str, Any], t_s: float) -> None:
+        now = time.monotonic()
+        for name, p in procs.items():
+            log = self.pdir / f"{name}.log"
+            if p.poll() is not None:
+                if not any(d["node"] == name for d in self.deaths):
+                    self.deaths.append(
+                        {"node": name, "exit": p.returncode, "t_s": t_s, "last_output": tail(log)}
+                    )
+                continue
+            records = self.pdir / f"events-{name}.jsonl"
+            size = records.stat().st_size if records.exists() else 0
+            last = self._seen.get(name)
+            if last is None or last[0] != size:
+                self._seen[name] = (size, now)
+            elif (now - last[1]) / self.scale > STALL_S and not any(
+                d["node"] == name for d in self.stalls
+            ):
+                self.stalls.append(
+                    {
+                        "node": name,
+                        "t_s": t_s,
+                        "silent_s": (now - last[1]) / self.scale,
+                        "last_output": tail(log),
+                    }
+                )
+
+
 def _run_policy(
     sc: Scenario,
     nw: Network,
@@ -234,7 +277,7 @@ def _run_policy(
     timing: str,
     scale: float,
     progress: Progress | None,
-) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
+) -> tuple[dict[str, Any], float, dict[str, list[dict[str, Any]]]]:
     pdir.mkdir(parents=True, exist_ok=True)
     (pdir / "scenario.toml").write_text(scenario_toml(sc))
     cfg = {
@@ -248,7 +291,7 @@ def _run_policy(
     }
     (pdir / "node.json").write_text(json.dumps(cfg))
     node = [sys.executable, "-m", "emu.node", str(pdir / "node.json")]
-    deaths: list[dict[str, Any]] = []
+    watch = _Watch(pdir, scale)
     with shaping_on(backend, nw, specs, pdir, seed=sc.sim.seed):
         procs: dict[str, Any] = {}
         logs: dict[str, Path] = {}
@@ -277,20 +320,12 @@ def _run_policy(
                 time.sleep(min(0.5, end - now))
                 if progress is not None:
                     progress(policy, (time.monotonic() - t0) / scale)
-                for name, p in procs.items():
-                    if p.poll() is not None and not any(d["node"] == name for d in deaths):
-                        deaths.append(
-                            {
-                                "node": name,
-                                "exit": p.returncode,
-                                "t_s": (time.monotonic() - t0) / scale,
-                                "last_output": tail(logs[name]),
-                            }
-                        )
+                watch.check(procs, (time.monotonic() - t0) / scale)
             t_end = time.monotonic()
         finally:
             for name in sorted(procs, key=lambda n: n == "edge"):  # users first, then the edge
                 if procs[name].poll() is None:
+                    procs[name].send_signal(signal.SIGCONT)  # a stopped node could not stop
                     procs[name].terminate()
             for p in procs.values():
                 try:
@@ -316,7 +351,7 @@ def _run_policy(
     # Steps that ran longer than their profile (the host was too slow to stand in for it).
     summary["overruns"] = {name: int(n.get("overruns", 0)) for name, n in nodes.items()}
     summary["protocol_errors"] = int(nodes.get("edge", {}).get("protocol_errors", 0))
-    return summary, t_end - t0, deaths
+    return summary, t_end - t0, {"deaths": watch.deaths, "stalls": watch.stalls}
 
 
 def emulate(
@@ -373,7 +408,7 @@ def emulate(
         if bad and strict:
             raise ShapingError(f"links outside tolerance (--strict): {', '.join(bad)}")
         for policy in policies:
-            summary, span, deaths = _run_policy(
+            summary, span, faults = _run_policy(
                 sc,
                 nw,
                 policy,
@@ -390,7 +425,7 @@ def emulate(
                 "predicted_tok_s": predicted,
                 **summary,
                 **lossless(policy),
-                "deaths": deaths,
+                **faults,
                 "span_s": span,
             }
             _write(out_dir, doc, t_wall)

@@ -201,6 +201,11 @@ def print_run(out: dict[str, Any], console: Console | None = None) -> None:
             console.print(
                 f"[red]{pol}: node {d['node']} died (exit {d['exit']})[/]: {d['last_output'][-1:]}"
             )
+        for d in r.get("stalls", []):
+            console.print(
+                f"[red]{pol}: node {d['node']} stalled[/] (alive, nothing recorded for "
+                f"{d['silent_s']:.0f} s): {d['last_output'][-1:]}"
+            )
     from emu.runreport import lossless_note, overrun_note
 
     for note in (lossless_note(out), overrun_note(out)):

@@ -124,11 +124,18 @@ def write_run_report(out_dir: Path, doc: dict[str, Any]) -> None:
     if bad:
         lines += ["", f"**Links outside tolerance: {', '.join(bad)}.** Read the results with care."]
     deaths = [(pol, d) for pol, r in res.items() for d in r["deaths"]]
-    if deaths:
-        lines += ["", "## Node deaths", ""]
+    stalls = [(pol, d) for pol, r in res.items() for d in r.get("stalls", [])]
+    if deaths or stalls:
+        lines += ["", "## Node deaths and stalls", ""]
         for pol, d in deaths:
             out = " / ".join(d["last_output"][-3:]) or "(no output)"
             lines.append(f"- {pol}: {d['node']} exited {d['exit']} at {d['t_s']:.1f} s: {out}")
+        for pol, d in stalls:
+            out = " / ".join(d["last_output"][-3:]) or "(no output)"
+            lines.append(
+                f"- {pol}: {d['node']} stalled (alive, nothing recorded for {d['silent_s']:.0f} s) "
+                f"at {d['t_s']:.1f} s: {out}"
+            )
     lines += ["", "Plots: `throughput.png`, `tpot_cdf.png`.", ""]
     (out_dir / "report.md").write_text("\n".join(lines))
     _plots(out_dir, doc)

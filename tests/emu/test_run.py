@@ -144,39 +144,43 @@ def test_a_time_scale_runs_slower_and_reports_in_modelled_time(tmp_path: Path) -
     assert "Time scale 3" in (tmp_path / "run" / "report.md").read_text()
 
 
-def test_a_node_killed_mid_run_is_recorded_and_the_others_go_on(tmp_path: Path) -> None:
-    """User 1 is killed (SIGKILL) mid-run: the run finishes with user 0, records the death
-    with the node's last output, says so in the report, and leaves nothing behind."""
+def test_a_killed_and_a_stalled_node_are_recorded_and_the_others_go_on(tmp_path: Path) -> None:
+    """Mid-run, user 1 is killed (SIGKILL) and user 2 stopped (SIGSTOP, alive but silent): the
+    run finishes with user 0, records the death and the stall with each node's last output,
+    says so in the report, and leaves nothing behind."""
     before = set(os.listdir("/sys/class/net"))
     (tmp_path / "s.toml").write_text('[network]\nmodel = "fixed"\n[models]\nkind = "synthetic"\n')
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "emu.cli", "run", str(tmp_path / "s.toml"), "--users", "2"]
-    cmd += ["--duration", "8", "--policy", "dipsd", "--json", "--out", str(out)]
+    cmd = [sys.executable, "-m", "emu.cli", "run", str(tmp_path / "s.toml"), "--users", "3"]
+    cmd += ["--duration", "15", "--policy", "dipsd", "--json", "--out", str(out)]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     events = out / "dipsd" / "events-u1.jsonl"
     deadline = time.monotonic() + 60
-    while not (events.exists() and events.stat().st_size > 2000):  # user 1 is drafting
+    while not (events.exists() and events.stat().st_size > 2000):  # the users are drafting
         assert time.monotonic() < deadline and proc.poll() is None, "user 1 never started"
         time.sleep(0.1)
     killed_at = time.monotonic()
     subprocess.run(["pkill", "-9", "-f", r"emu\.node .*node\.json user 1$"], check=True)
+    subprocess.run(["pkill", "-STOP", "-f", r"emu\.node .*node\.json user 2$"], check=True)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-2000:]
     res = json.loads(stdout)["results"]["dipsd"]
     assert [(d["node"], d["exit"]) for d in res["deaths"]] == [("u1", -9)]
-    assert 0 < res["deaths"][0]["t_s"] < 8
-    # User 0 kept decoding after the death: its rounds go on to the end of the run.
+    assert 0 < res["deaths"][0]["t_s"] < 15
+    assert [d["node"] for d in res["stalls"]] == ["u2"] and res["stalls"][0]["silent_s"] > 10
+    # User 0 kept decoding after both: its rounds go on to the end of the run (the nodes'
+    # clock is the machine's monotonic clock, which this process reads too).
     rounds = [
         json.loads(line)
         for line in (out / "dipsd" / "events-u0.jsonl").read_text().splitlines()
         if '"ev": "round"' in line
     ]
-    # (the nodes' clock is the machine's monotonic clock, which this process reads too)
-    assert max(r["t"] for r in rounds) > killed_at + 2.0
-    assert "## Node deaths" in (out / "report.md").read_text()
-    assert "- dipsd: u1 exited -9" in (out / "report.md").read_text()
+    assert max(r["t"] for r in rounds) > killed_at + 10.0
+    report = (out / "report.md").read_text()
+    assert "## Node deaths and stalls" in report and "- dipsd: u1 exited -9" in report
+    assert "- dipsd: u2 stalled" in report
     assert set(os.listdir("/sys/class/net")) == before
     left = subprocess.run(["pgrep", "-f", r"emu\.node "], capture_output=True, check=False)
-    assert left.returncode != 0, left.stdout  # no node process left
+    assert left.returncode != 0, left.stdout  # no node process left, the stopped one included
