@@ -44,6 +44,7 @@ from emu.network import (
 from emu.network import shaping as shaping_on
 from emu.planner import Problem, evaluate
 from emu.planner.policies import POLICIES
+from emu.probe import IP_UDP_HEADERS
 from emu.runreport import write_run_report
 from emu.runtime import memo_planner, model_setup, node_problem
 from emu.scenario import Scenario, scenario_toml
@@ -189,6 +190,15 @@ def _expected_rtt(delays_ms: float, jitters_ms: float) -> float:
     return delays_ms + jitters_ms * math.sqrt(2.0 / math.pi)
 
 
+def _burst_packets(rate_bps: float) -> int:
+    """A rate probe's burst: 200 ms of the link (so that a scheduling hiccup of the host, which
+    bunches the packets due meanwhile, is a small share of it), 100 to 600 datagrams (the most
+    that fit the userspace shaper's 1 MB queue). None for an unlimited link."""
+    if rate_bps <= 0:
+        return 0
+    return int(np.clip(rate_bps * 0.2 / ((1200 + IP_UDP_HEADERS) * 8), 100, 600))
+
+
 def _fidelity(nw: Network, configured: list[dict[str, float]]) -> list[dict[str, Any]]:
     """Probe every user's link; ok when the RTT is within 2 ms (or 10%) of what the link is
     configured to give (delays and the jitters' means), and the rate within 10%."""
@@ -197,9 +207,9 @@ def _fidelity(nw: Network, configured: list[dict[str, float]]) -> list[dict[str,
     out = []
     try:
         for i, conf in enumerate(configured):
-            burst = 100 if conf["up_rate_bps"] > 0 else 0
+            burst = _burst_packets(conf["up_rate_bps"])
             cmd = f"{sys.executable} -m emu.probe measure 10.0.0.2 {PROBE_PORT} "
-            cmd += f"--echoes 10 --burst {burst} --packets 0"
+            cmd += f"--echoes 10 --burst {burst} --burst-bps {2 * conf['up_rate_bps']} --packets 0"
             text = nw.user(i).cmd(cmd).strip().splitlines()
             try:
                 meas = json.loads(text[-1])

@@ -42,6 +42,7 @@ TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 MAX_PACKET = 65536
+TUN_QUEUE_PACKETS = 10_000
 
 
 def open_tun(name: str) -> int:
@@ -168,7 +169,9 @@ def _bring_up(names: list[str]) -> None:
     with IPRoute() as ip:
         for name in names:
             idx = ip.link_lookup(ifname=name)[0]
-            ip.link("set", index=idx, state="up")
+            # The kernel's queue into the device must not drop what the link's own queue
+            # (``queue_bytes``) would keep: 500 packets by default, 10,000 here.
+            ip.link("set", index=idx, state="up", txqlen=TUN_QUEUE_PACKETS)
 
 
 def main(argv: list[str] | None = None) -> int:
