@@ -156,6 +156,7 @@ def measure(
     time.sleep(1.0)
     rec = _report(sock, host, port, session)
     rate, burst_received = None, rec["n"]
+    span = rec["last"][1] - rec["first"][1] if rec["n"] > 1 else None
     if rec.get("per_seq_s"):
         rate = (1200 + IP_UDP_HEADERS) * 8 / rec["per_seq_s"]  # the size on the wire
     session += 1
@@ -172,6 +173,7 @@ def measure(
         "down_ms": statistics.median(down) if down else None,
         "up_rate_bps": rate,
         "burst_received": burst_received,
+        "burst_span_s": span,  # first to last arrival
         "burst": burst,
         "up_loss": 1.0 - rec["n"] / packets if packets else None,
         "reordered": rec.get("reordered", 0),

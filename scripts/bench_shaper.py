@@ -50,9 +50,9 @@ def main() -> None:
             slow = {"state": {"rate_bps": 5e6}}
             with shaping(backend, nw, [{"up": slow, "down": spec}], Path(tmp)):
                 rate = _probe(nw, packets=0, burst=300, echoes=0)
-            # Packets that arrived, over the arrival span (drops anywhere do not count).
+            # Packets that arrived, over the span of their arrivals (drops do not count).
             got = burst["burst_received"] / burst["burst"]
-            pps = burst["up_rate_bps"] / ((1200 + IP_UDP_HEADERS) * 8) * got
+            pps = (burst["burst_received"] - 1) / burst["burst_span_s"]
             mbps = pps * (1200 + IP_UDP_HEADERS) * 8 / 1e6
             print(
                 f"| {backend} | {shaped['rtt_ms']:.3f} | "
