@@ -39,6 +39,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _policies_arg(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--policy",
+        dest="policies",
+        action="append",
+        help=f"policy to run (repeatable; default: {default})",
+    )
+
+
 def _scenario_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("scenario", nargs="?", help="scenario TOML file (default: the embedded one)")
     p.add_argument("--preset", help="start from a built-in preset (default, dipsd-paper)")
@@ -62,12 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim = sub.add_parser("sim", help="run the nodes on a virtual clock with simulated links")
     _scenario_args(sim)
-    sim.add_argument(
-        "--policy",
-        dest="policies",
-        action="append",
-        help="policy to run (repeatable; default: the scenario's planner.policy)",
-    )
+    _policies_arg(sim, "the scenario's planner.policy")
     sim.add_argument("--duration", type=float, help="virtual seconds per policy (sim.duration_s)")
     sim.add_argument("--seed", type=int, help="random seed (sim.seed)")
     sim.add_argument(
@@ -89,12 +93,7 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="the main job: Mininet hosts, shaped links, real sockets (root)"
     )
     _scenario_args(run)
-    run.add_argument(
-        "--policy",
-        dest="policies",
-        action="append",
-        help="policy to run (repeatable; default: dipsd, ad and ad-batch)",
-    )
+    _policies_arg(run, "dipsd, ad and ad-batch")
     run.add_argument("--duration", type=float, help="seconds per policy (sim.duration_s)")
     run.add_argument("--seed", type=int, help="random seed (sim.seed)")
     run.add_argument("--models", choices=["synthetic", "embedded", "files"], help="models.kind")
