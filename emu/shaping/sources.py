@@ -11,6 +11,7 @@ of the rate.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -47,9 +48,14 @@ def stretch(state: LinkState, s: float) -> LinkState:
 
 
 def _series(spec: dict[str, Any]) -> LinkSeries:
-    s = spec["series"]
-    data = np.load(s["npz"])
-    pre = s["prefix"]
+    return _load(str(spec["series"]["npz"]), str(spec["series"]["prefix"]))
+
+
+@functools.cache
+def _load(npz: str, pre: str) -> LinkSeries:
+    """One direction of every user's series, read once per process (every link of a run, and
+    both the netem check and the state source of each, read the same file)."""
+    data = np.load(npz)
     tick = float(data["t_s"][1] - data["t_s"][0]) if data["t_s"].size > 1 else 1.0
     return LinkSeries(
         tick_s=tick,
