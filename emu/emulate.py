@@ -33,6 +33,7 @@ import numpy as np
 
 from emu.backends import GreedyReference, check_sessions, read_sessions
 from emu.errors import ConfigError, ShapingError
+from emu.files import write_atomic
 from emu.metrics import Recorder
 from emu.network import (
     Network,
@@ -224,9 +225,7 @@ def _fidelity(nw: Network, configured: list[dict[str, float]]) -> list[dict[str,
                 {
                     "link": f"u{i}<->edge",
                     "configured": conf,
-                    "measured": {
-                        k: meas.get(k) for k in ("rtt_ms", "up_ms", "down_ms", "up_rate_bps")
-                    },
+                    "measured": {k: meas.get(k) for k in MEASURED},
                     "ok": bool(ok),
                 }
             )
@@ -468,6 +467,4 @@ class _LosslessCheck:
 
 def _write(out: Path, doc: dict[str, Any], t_wall: float) -> None:
     doc = {**doc, "wall_s": time.perf_counter() - t_wall}
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2, default=float))
-    tmp.replace(out / "summary.json")
+    write_atomic(out / "summary.json", json.dumps(doc, indent=2, default=float))

@@ -32,6 +32,7 @@ import numpy as np
 import tomli_w
 
 from emu.errors import ConfigError
+from emu.files import write_atomic
 from emu.planner.fit import AffineFit, fit_affine
 from emu.planner.model import ModelArch, draft_flops, verify_flops
 from nodes.backends import DraftOut, VerifyItem, VerifyOut
@@ -229,9 +230,7 @@ def write_profile(doc: dict[str, Any], out: Path) -> None:
     )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(head + tomli_w.dumps(doc))
-        tmp.replace(out)
+        write_atomic(out, head + tomli_w.dumps(doc))
     except OSError as exc:
         raise ConfigError(f"--out {str(out)!r} cannot be written: {exc.strerror}") from None
 

@@ -26,6 +26,7 @@ import trio.testing
 from channel_models.cell import RadioTrace, generate
 from channel_models.link import LinkState
 from emu.errors import ConfigError
+from emu.files import write_atomic
 from emu.metrics import Recorder
 from emu.planner import Plan, evaluate
 from emu.planner.model import Problem, User
@@ -289,6 +290,4 @@ def _write_summary(out: Path, sc: Scenario, results: dict[str, Any], t_wall: flo
         "results": results,
         "wall_s": time.perf_counter() - t_wall,
     }
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2, default=float))
-    tmp.replace(out / "summary.json")
+    write_atomic(out / "summary.json", json.dumps(doc, indent=2, default=float))

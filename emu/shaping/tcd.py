@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from channel_models.link import LinkState
+from emu.files import write_atomic
 from emu.shaping.sources import needs_netem, state_source
 
 __all__ = ["UNLIMITED_BPS", "htb_params", "main", "netem_params"]
@@ -158,9 +159,7 @@ def _stats(ip: Any, links: list[_Link]) -> dict[str, Any]:
 
 
 def _write_stats(ip: Any, links: list[_Link], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"t": time.time(), "links": _stats(ip, links)}))
-    tmp.replace(path)
+    write_atomic(path, json.dumps({"t": time.time(), "links": _stats(ip, links)}))
 
 
 def run(config: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ import numpy as np
 import trio
 
 from channel_models.trace import from_mahimahi
+from emu.files import write_atomic
 from emu.shaping.schedule import GilbertElliott, LinkSchedule
 from emu.shaping.sources import state_source
 from nodes.pacing import REAL_CLOCK_LEAD_S, sleep_until
@@ -158,9 +159,7 @@ async def _stats_loop(links: list[_Link], path: Path) -> None:
 
 
 def _write_stats(links: list[_Link], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"t": time.time(), "links": _stats(links)}))
-    tmp.replace(path)
+    write_atomic(path, json.dumps({"t": time.time(), "links": _stats(links)}))
 
 
 def _bring_up(names: list[str]) -> None:
