@@ -21,7 +21,7 @@ import numpy as np
 from emu.planner.assign import assign_batches
 from emu.planner.cost import Plan, Tableau
 from emu.planner.lengths import optimise_lengths
-from emu.planner.model import IntArray, Problem, expected_tokens
+from emu.planner.model import FloatArray, IntArray, Problem, expected_tokens
 
 __all__ = ["Incumbent", "dipsd", "min_feasible_batches", "scan_batches", "solo_lengths"]
 
@@ -132,16 +132,33 @@ def _one(n: int) -> range:
     return range(n, n + 1)
 
 
-def _joint_moves(inc: Incumbent, M: int, swaps: bool) -> Iterator[IntArray]:
-    """Assignments one step from the incumbent's: one user moved, or (``swaps``) two swapped."""
+def _occupancy(problem: Problem, batch_of: IntArray, n: int) -> tuple[FloatArray, FloatArray]:
+    """Per batch: its size b [users] and its padded prefix I [tokens]."""
+    size = np.bincount(batch_of, minlength=n).astype(np.float64)
+    top = np.zeros(n)
+    np.maximum.at(top, batch_of, problem.prefix)
+    return size, top
+
+
+def _joint_moves(problem: Problem, inc: Incumbent, swaps: bool) -> Iterator[IntArray]:
+    """Assignments one step from the incumbent's that hold the memory bound: one user moved,
+    or (``swaps``) two swapped.
+
+    A move into a batch the bound already fills is no plan at all: it must not cost a length
+    step, nor stand as a lookahead neighbour (it scores -inf and holds no lengths to search
+    from).
+    """
     assert inc.batch_of is not None
     base, n = inc.batch_of, inc.n
-    sizes = np.bincount(base, minlength=n)
+    M = problem.size
+    sizes, top = _occupancy(problem, base, n)
+    # joins[m, k]: batch k still fits with user m added (the batch m leaves only shrinks).
+    joins = problem.fits(sizes[None, :] + 1, np.maximum(top[None, :], problem.prefix[:, None]))
     for m in range(M):
         if sizes[base[m]] == 1:
             continue
         for k in range(n):
-            if k != base[m]:
+            if k != base[m] and joins[m, k]:
                 trial = base.copy()
                 trial[m] = k
                 yield trial
@@ -151,7 +168,8 @@ def _joint_moves(inc: Incumbent, M: int, swaps: bool) -> Iterator[IntArray]:
                 if base[a] != base[b]:
                     trial = base.copy()
                     trial[a], trial[b] = base[b], base[a]
-                    yield trial
+                    if problem.fits(*_occupancy(problem, trial, n)).all():
+                        yield trial
 
 
 def polish(
@@ -172,7 +190,7 @@ def polish(
         assert inc.lengths is not None
         n, lengths, before = inc.n, inc.lengths.copy(), inc.ratio
         near: list[tuple[float, int, Incumbent]] = []
-        for trial in _joint_moves(inc, M, swaps=swaps):
+        for trial in _joint_moves(problem, inc, swaps=swaps):
             if budget <= 0:
                 break
             new_lengths, _ = optimise_lengths(tab, trial, n, lengths)
@@ -185,7 +203,7 @@ def polish(
         if inc.ratio <= before * (1 + 1e-9):
             for _, _, step in sorted(near, reverse=True)[:lookahead]:
                 assert step.lengths is not None
-                for trial in _joint_moves(step, M, swaps=swaps):
+                for trial in _joint_moves(problem, step, swaps=swaps):
                     if budget <= 0:
                         break
                     new_lengths, _ = optimise_lengths(tab, trial, n, step.lengths)
