@@ -3,7 +3,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bootstrap lint study bench clean
+.PHONY: run test bootstrap lint lock study bench clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -13,6 +13,10 @@ run: bootstrap
 
 test: bootstrap
 	$(BIN)/python -m pytest
+
+# Re-resolve requirements/ on purpose (an upgrade: rerun the benchmarks it touches).
+lock: bootstrap
+	$(BIN)/python scripts/lock.py
 
 lint: bootstrap
 	$(BIN)/ruff check .

