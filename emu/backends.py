@@ -98,7 +98,8 @@ def check_sessions(
     per_user: Sequence[Sequence[Session]], reference: Callable[[tuple[int, ...], int], list[int]]
 ) -> dict[str, Any]:
     """``lossless``: every session's tokens equal the target's own greedy decoding of its
-    prompt (``reference(prompt, n)``); ``lossless_checked`` gives what was compared."""
+    prompt (``reference(prompt, n)``), null when nothing was committed; ``lossless_checked``
+    gives what was compared."""
     bad = []
     sessions = tokens = 0
     for uid, per in enumerate(per_user):
@@ -112,7 +113,8 @@ def check_sessions(
                 at = next(j for j, (a, b) in enumerate(zip(s.tokens, ref, strict=True)) if a != b)
                 bad.append({"user": uid, "session": k, "position": at})
     return {
-        "lossless": not bad,
+        # Nothing committed is nothing checked: null, never a vacuous true.
+        "lossless": (not bad) if tokens else None,
         "lossless_checked": {"sessions": sessions, "tokens": tokens, "mismatches": bad},
     }
 
@@ -145,12 +147,14 @@ class GreedyReference:
         import torch
         from transformers import DynamicCache
 
-        cache = DynamicCache()
+        from nodes.hf_verifier import cache_kwarg
+
+        cache = {cache_kwarg(self.model): DynamicCache()}
         ids = torch.tensor([prompt], device=self.device)
         out: list[int] = []
         with torch.inference_mode():
             while len(out) < n:
-                logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+                logits = self.model(input_ids=ids, use_cache=True, **cache).logits
                 nxt = int(logits[0, -1].float().argmax())
                 out.append(nxt)
                 ids = torch.tensor([[nxt]], device=self.device)
@@ -168,6 +172,7 @@ class RealModels:
         temperature: float = 0.0,
         top_k: int = 8,
         draft_threads: int = 1,
+        verify_threads: int = 0,
         dtype: str = "",
         warm_start: bool = True,
         seed: int = 0,
@@ -186,6 +191,7 @@ class RealModels:
             dtype=dtype or None,
             temperature=temperature,
             seed=seed,
+            threads=verify_threads or None,  # one process, one step at a time: all cores
             prefill_free=warm_start,
         )
         self._drafters = [
@@ -224,5 +230,5 @@ class RealModels:
     def results(self) -> dict[str, Any]:
         """``lossless`` for the policy that just ran (null unless verification is greedy)."""
         if self.temperature > 0:
-            return {"lossless": None, "lossless_checked": {"sessions": 0, "tokens": 0}}
+            return {"lossless": None}  # no check made
         return check_sessions(self._sessions, self._reference)

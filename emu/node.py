@@ -39,6 +39,7 @@ from emu.runtime import (
     synthetic_prompts,
     synthetic_verifier,
     user_prompts,
+    verify_threads,
     verify_time,
 )
 from emu.scenario import Scenario, load_scenario
@@ -62,6 +63,7 @@ def _verifier(sc: Scenario, problem: Problem, profiled: bool) -> VerifyBackend:
     return HFVerifier(
         setup.target,
         device=setup.device,
+        threads=verify_threads(sc, users_on_host=problem.size),
         dtype=sc.models.dtype or None,
         temperature=sc.models.temperature,
         seed=sc.sim.seed,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ __all__ = [
     "synthetic_prompts",
     "synthetic_verifier",
     "user_prompts",
+    "verify_threads",
     "verify_time",
     "with_model_priors",
 ]
@@ -99,6 +101,18 @@ def model_setup(sc: Scenario) -> ModelSetup:
         max_new_tokens=sc.sim.max_new_tokens,
         max_draft_len=sc.planner.max_draft_len,
     )
+
+
+def verify_threads(sc: Scenario, *, users_on_host: int) -> int:
+    """The verifier's torch threads on a CPU: ``models.verify_threads``, or (0) the cores left
+    by the ``users_on_host`` drafters that share its host (the emulation's: every user), at
+    least one. More threads than free cores is the worst choice there is: torch's threads wait
+    for each other at every operator, so one descheduled thread stalls them all (a verify pass
+    of the embedded target went from 0.1 s to several with one core kept busy elsewhere)."""
+    if sc.models.verify_threads:
+        return sc.models.verify_threads
+    cores = os.cpu_count() or 1
+    return max(1, cores - users_on_host * sc.models.draft_threads)
 
 
 def verify_time(edge: Edge) -> Callable[[int, int, int], float]:

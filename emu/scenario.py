@@ -153,6 +153,7 @@ class ModelsConfig:
     temperature: float = 0.0  # 0: greedy drafting and verification
     top_k: int = 8  # sparse draft probabilities sent with sampled drafts
     draft_threads: int = 1  # llama.cpp threads per user
+    verify_threads: int = 0  # torch threads of the verifier on a CPU; 0: emu.runtime decides
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -176,6 +177,7 @@ class ModelsConfig:
         _in("models.temperature", self.temperature, 0, 10, "in [0, 10]")
         _in("models.top_k", self.top_k, 1, 1000, "in [1, 1000]")
         _in("models.draft_threads", self.draft_threads, 1, 256, "in [1, 256]")
+        _in("models.verify_threads", self.verify_threads, 0, 256, "in [0, 256] (0: auto)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -247,6 +247,7 @@ def _real_models(sc: Scenario, users: int) -> RealModels:
         temperature=m.temperature,
         top_k=m.top_k,
         draft_threads=m.draft_threads,
+        verify_threads=m.verify_threads,
         dtype=m.dtype,
         warm_start=sc.sim.warm_start,
         seed=sc.sim.seed,

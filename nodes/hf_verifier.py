@@ -18,6 +18,7 @@ sampling distribution at that temperature.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ import numpy as np
 from emu.errors import ConfigError
 from nodes.backends import VerifyItem, VerifyOut
 
-__all__ = ["HFVerifier", "pick_device"]
+__all__ = ["HFVerifier", "cache_kwarg", "pick_device"]
 
 
 def pick_device(device: str = "auto") -> tuple[str, Any]:
@@ -111,6 +112,7 @@ class HFVerifier:
         self.latency = latency
         self.prefill_free = prefill_free
         self.sessions: dict[int, _Session] = {}
+        self._cache_kwarg = cache_kwarg(self.model)
 
     # --- the VerifyBackend interface --------------------------------------------------------
     def prefill(self, prompts: Mapping[int, Sequence[int]]) -> tuple[dict[int, int], float]:
@@ -188,15 +190,12 @@ class HFVerifier:
         new = [s.ids[s.cached :] + d for s, d in zip(sessions, drafts, strict=True)]
         P, L = max(past), max(len(x) for x in new)
         ids = torch.full((B, L), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((B, P + L), dtype=torch.long)
         pos = torch.zeros((B, L), dtype=torch.long)
         for b, (c, x) in enumerate(zip(past, new, strict=True)):
             ids[b, : len(x)] = torch.tensor(x, dtype=torch.long)
-            mask[b, P - c : P + len(x)] = 1
             pos[b] = c + torch.arange(L)
-        cache = None
+        layers = []
         if P > 0:
-            layers = []
             ref = next(s for s in sessions if s.kv).kv
             for layer, (k0, v0) in enumerate(ref):
                 k = k0.new_zeros((B, k0.shape[0], P, k0.shape[2]))
@@ -206,18 +205,18 @@ class HFVerifier:
                         k[b, :, P - s.cached :] = s.kv[layer][0]
                         v[b, :, P - s.cached :] = s.kv[layer][1]
                 layers.append((k, v))
-            cache = DynamicCache(ddp_cache_data=layers)
+        # The cache is updated in place: after the pass it holds the past and the new tokens.
+        cache: Any = DynamicCache(ddp_cache_data=layers) if layers else DynamicCache()
         dev = self.device
         with torch.inference_mode():
             out = self.model(
                 input_ids=ids.to(dev),
-                attention_mask=mask.to(dev),
+                attention_mask=_padded_causal_mask(past, new, P, L, self.dtype).to(dev),
                 position_ids=pos.to(dev),
-                past_key_values=cache if cache is not None else DynamicCache(),
-                cache_position=torch.arange(P, P + L, device=dev),
                 use_cache=True,
+                **{self._cache_kwarg: cache},
             )
-        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
         return out.logits.float().cpu(), kv
 
     def _decide(self, rows: Any, it: VerifyItem) -> tuple[int, int]:
@@ -251,3 +250,31 @@ class HFVerifier:
         if j < len(it.top_ids) and it.top_ids[j]:
             return {int(t): float(p) for t, p in zip(it.top_ids[j], it.top_probs[j], strict=True)}
         return {int(it.tokens[j]): 1.0}
+
+
+def cache_kwarg(model: Any) -> str:
+    """The name under which this transformers version's forward takes the KV cache: ``cache``
+    from 5.24 on (``past_key_values`` is deprecated there, and slow: 3.7-7.1 s a pass of the
+    embedded target against 0.04-0.15 s), ``past_key_values`` before."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _padded_causal_mask(past: list[int], new: list[list[int]], P: int, L: int, dtype: Any) -> Any:
+    """The 4D additive attention mask (B, 1, L, P + L) of one ragged pass, made here rather
+    than by transformers (whose mask code changes between versions and reads the position ids
+    as a packed batch): query j of row b sees that row's own past, left-padded in
+    [P - past_b, P), and its new tokens up to itself, [P, P + j]; everything else is masked."""
+    import torch
+
+    key = torch.arange(P + L)
+    query = torch.arange(L)
+    own_past = (key[None, :] >= P - torch.tensor(past)[:, None]) & (key[None, :] < P)  # (B, P+L)
+    causal_new = (key[None, :] >= P) & (key[None, :] <= P + query[:, None])  # (L, P+L)
+    n_new = torch.tensor([len(x) for x in new])
+    real_query = query[None, :] < n_new[:, None]  # (B, L)
+    allowed = (own_past[:, None, :] | causal_new[None, :, :]) & real_query[:, :, None]
+    # A padding query sees only itself (a row with nothing to see would be all -inf: NaN).
+    allowed |= (~real_query)[:, :, None] & (key[None, None, :] == P + query[None, :, None])
+    mask = torch.zeros((len(past), 1, L, P + L), dtype=dtype)
+    return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)

@@ -194,3 +194,28 @@ def test_profile_time_of_a_prefill_is_the_whole_prompt_at_prefix_zero(
     # A prefill pass is F_v(prompt, 0) for the longest prompt, batch 2; a warm start is free.
     assert (ms, seen) == (30.0, [(2, max(len(prompts[0]), len(prompts[1])), 0)])
     assert free_ms == 0.0
+
+
+def test_the_verifier_and_the_reference_call_transformers_without_deprecation_warnings(
+    verifier: HFVerifier, prompts: list[list[int]]
+) -> None:
+    """transformers 5.24 deprecates ``past_key_values=``: draftnet's own calls must pass the
+    cache by the name this version takes, on the locked version and any other."""
+    import warnings
+
+    from emu.backends import GreedyReference
+
+    users = {900 + i: p for i, p in enumerate(prompts[:3])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        first, _ = verifier.prefill(users)
+        items = [
+            VerifyItem(user=u, base_len=len(p) + 1, tokens=(first[u],) * (1 + i))
+            for i, (u, p) in enumerate(users.items())
+        ]
+        outs, _ = verifier.verify(items)
+        reference = GreedyReference(verifier.model, verifier.device)(tuple(prompts[0]), 3)
+    for u in users:
+        verifier.drop(u)
+    assert len(outs) == 3 and len(reference) == 3
