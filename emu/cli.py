@@ -101,10 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--timing", choices=["profile", "real"], default="profile")
     run.add_argument(
         "--time-scale",
-        type=float,
-        default=1.0,
+        type=_time_scale,
+        default="auto",
         help="run every modelled time this many times slower on the wall (a slow host's "
-        "headroom; results in modelled time)",
+        "headroom; results in modelled time); auto (the default) calibrates this host's draft "
+        "and verify steps against the profile and picks the smallest scale with headroom",
     )
     run.add_argument("--strict", action="store_true", help="fail on a link outside tolerance")
     run.add_argument("--out", type=Path, help="run directory (default: runs/run-<time>)")
@@ -236,13 +237,41 @@ def _progress(kind: str, unit: str, total: float, *, quiet: bool) -> Iterator[An
         yield progress
 
 
+def _time_scale(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be auto or a number, got {text!r}") from None
+
+
 def _out_dir(args: argparse.Namespace, kind: str) -> Path:
     out_dir: Path = args.out or Path("runs") / time.strftime(f"{kind}-%Y%m%d-%H%M%S")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--out {str(out_dir)!r} cannot be created: {exc.strerror}") from exc
+    args.run_dir = out_dir  # where main() logs a traceback, should one come
     return out_dir
+
+
+def _log_traceback(args: argparse.Namespace) -> Path | None:
+    """The current exception's traceback, in the run directory (``error.log``) or, for a
+    command without one, in ``$DRAFTNET_HOME/logs``; None if neither can be written."""
+    import traceback
+
+    from emu.models import draftnet_home
+
+    run_dir: Path | None = getattr(args, "run_dir", None)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = run_dir / "error.log" if run_dir else draftnet_home() / "logs" / f"error-{stamp}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"draftnet {' '.join(sys.argv[1:])}\n{traceback.format_exc()}")
+    except OSError:
+        return None
+    return path
 
 
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
@@ -413,6 +442,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("draftnet: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # A bug, not the user's input: one line and where the whole traceback went.
+        log = _log_traceback(args)
+        where = f"; the traceback is in {log}" if log else ""
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"draftnet: internal error: {type(exc).__name__}: {first}{where}", file=sys.stderr)
+        return 1
     if getattr(args, "json", False):
         try:
             json.dump(out, sys.stdout, indent=None, allow_nan=False)

@@ -38,6 +38,7 @@ __all__ = [
     "builtin_prompts",
     "check_pair",
     "checkpoint_info",
+    "draftnet_home",
     "embedded_pair",
     "gguf_info",
     "model_cache",
@@ -64,10 +65,14 @@ def builtin_prompts() -> list[Prompt]:
     return [Prompt(kind, text) for kind, texts in raw.items() for text in texts]
 
 
-def model_cache() -> Path:
+def draftnet_home() -> Path:
+    """Where draftnet keeps what outlives a run: ``$DRAFTNET_HOME``, else ~/.cache/draftnet."""
     home = os.environ.get("DRAFTNET_HOME")
-    base = Path(home) if home else Path.home() / ".cache" / "draftnet"
-    return base / "models"
+    return Path(home) if home else Path.home() / ".cache" / "draftnet"
+
+
+def model_cache() -> Path:
+    return draftnet_home() / "models"
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,8 +159,10 @@ def print_run(out: dict[str, Any], console: Console | None = None) -> None:
         f"hosts, {out['models']} models, {out['timing']} timing, "
         f"{out['shaping']} shaping ({out.get('shaping_why', '')}), "
         f"{out['duration_s']:g} s per policy, {out['wall_s']:.0f} s wall"
-        + (f", time scale {out['time_scale']:g}" if out.get("time_scale", 1.0) != 1.0 else "")
+        + f", time scale {out.get('time_scale', 1.0):g}"
     )
+    if out.get("time_scale_why"):
+        console.print(f"time scale {out['time_scale']:g}: {out['time_scale_why']}")
     t = Table()
     cols = ["policy", "tok/s", "predicted", "vs ad", "accept", "TTFT ms p50/95"]
     cols += ["TPOT ms p50/95", "late", "overruns", "deaths"]
@@ -169,9 +171,10 @@ def print_run(out: dict[str, Any], console: Console | None = None) -> None:
     res = out["results"]
     ad = res.get("ad", {}).get("throughput_tok_s")
     for pol, r in res.items():
+        idle = not r["throughput_tok_s"]
         t.add_row(
-            pol,
-            f"{r['throughput_tok_s']:.2f}",
+            f"[red]{pol} (no tokens)[/]" if idle else pol,
+            f"[red]{r['throughput_tok_s']:.2f}[/]" if idle else f"{r['throughput_tok_s']:.2f}",
             f"{r['predicted_tok_s']:.2f}",
             f"{r['throughput_tok_s'] / ad:.2f}x" if ad else "-",
             _f(r["acceptance_rate"], ".3f"),
@@ -206,10 +209,9 @@ def print_run(out: dict[str, Any], console: Console | None = None) -> None:
                 f"[red]{pol}: node {d['node']} stalled[/] (alive, nothing recorded for "
                 f"{d['silent_s']:.0f} s): {d['last_output'][-1:]}"
             )
-    from emu.runreport import lossless_note, overrun_note
+    from emu.runreport import notes
 
-    for note in (lossless_note(out), overrun_note(out)):
-        if note is not None:
-            console.print(note)
+    for note in notes(out):
+        console.print(f"[red]{note}[/]" if note.startswith("NO THROUGHPUT") else note)
     if out.get("out_dir"):
         console.print(f"results in {out['out_dir']}")

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["lossless_note", "overrun_note", "write_run_report"]
+__all__ = ["idle_note", "lossless_note", "notes", "overrun_note", "write_run_report"]
 
 
 def _fmt(x: float | None, spec: str = ".1f") -> str:
@@ -51,28 +51,50 @@ def overrun_note(doc: dict[str, Any]) -> str | None:
 
 
 def lossless_note(doc: dict[str, Any]) -> str | None:
-    """One line on the losslessness check of every policy (None where none was made)."""
+    """One line on the losslessness check of every policy (None where none was made: synthetic
+    models or sampling). A policy whose nodes committed nothing was not checked, and says so."""
     parts = []
     for pol, r in doc["results"].items():
-        if r.get("lossless") is None:
+        if "lossless_checked" not in r:
             continue
-        checked = r.get("lossless_checked", {})
+        if r.get("lossless") is None:
+            parts.append(f"{pol} not checked (nothing committed)")
+            continue
         verdict = "lossless" if r["lossless"] else "NOT lossless"
-        parts.append(f"{pol} {verdict} ({checked.get('tokens', 0)} tokens)")
+        parts.append(f"{pol} {verdict} ({r['lossless_checked'].get('tokens', 0)} tokens)")
     if not parts:
         return None
     return "Greedy check against the target alone: " + ", ".join(parts) + "."
 
 
-def _scale_note(scale: float) -> list[str]:
-    if scale == 1.0:
-        return []
-    return [
-        "",
-        f"Time scale {scale:g}: every modelled time ran {scale:g} times slower on the wall "
-        "(compute, link delays and the duration; link rates that much lower). Results are in "
-        "modelled time; the link fidelity table is on the wall, as the links were shaped.",
-    ]
+def idle_note(doc: dict[str, Any]) -> str | None:
+    """A warning naming every policy that committed no token in its steady window (None if
+    each committed some): its row is no result, and its node records say why."""
+    idle = [pol for pol, r in doc["results"].items() if not r.get("throughput_tok_s")]
+    if not idle:
+        return None
+    return (
+        f"NO THROUGHPUT: {', '.join(idle)} committed no token in the measured window; their rows "
+        "are not results. The nodes' records (events-*.jsonl) and the deaths and stalls say why."
+    )
+
+
+def notes(doc: dict[str, Any]) -> list[str]:
+    """The report's and the terminal's notes under the results, the warnings first."""
+    found = (idle_note(doc), lossless_note(doc), overrun_note(doc))
+    return [n for n in found if n is not None]
+
+
+def _scale_note(doc: dict[str, Any]) -> list[str]:
+    scale, why = float(doc.get("time_scale", 1.0)), doc.get("time_scale_why", "")
+    lines = ["", f"Time scale {scale:g}" + (f": {why}." if why else ".")]
+    if scale != 1.0:
+        lines[-1] += (
+            f" Every modelled time ran {scale:g} times slower on the wall (compute, link delays "
+            "and the duration; link rates that much lower). Results are in modelled time; the "
+            "link fidelity table is on the wall, as the links were shaped."
+        )
+    return lines
 
 
 def write_run_report(out_dir: Path, doc: dict[str, Any]) -> None:
@@ -85,7 +107,7 @@ def write_run_report(out_dir: Path, doc: dict[str, Any]) -> None:
         f"{doc['shaping']} shaping ({doc.get('shaping_why', '')}); "
         f"{doc['duration_s']:g} s per policy; "
         f"{doc.get('wall_s', 0):.0f} s wall.",
-        *_scale_note(doc.get("time_scale", 1.0)),
+        *_scale_note(doc),
         "",
         "## Results",
         "",
@@ -94,8 +116,9 @@ def write_run_report(out_dir: Path, doc: dict[str, Any]) -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for pol, r in res.items():
+        name = f"**{pol} (no tokens)**" if not r["throughput_tok_s"] else pol
         lines.append(
-            f"| {pol} | {r['throughput_tok_s']:.2f} | {r['predicted_tok_s']:.2f} | "
+            f"| {name} | {r['throughput_tok_s']:.2f} | {r['predicted_tok_s']:.2f} | "
             f"{_fmt(r['throughput_tok_s'] / ad if ad else None, '.2f')} | "
             f"{_fmt(r['acceptance_rate'], '.3f')} | {_fmt(r['mean_accepted_len'], '.2f')} | "
             f"{_fmt(r['ttft_ms']['p50'], '.0f')}/{_fmt(r['ttft_ms']['p95'], '.0f')} | "
@@ -117,9 +140,8 @@ def write_run_report(out_dir: Path, doc: dict[str, Any]) -> None:
             f"{_fmt(c['up_rate_bps'] or None, '.3g')} | {_fmt(m.get('up_rate_bps'), '.3g')} | "
             f"{'yes' if f['ok'] else '**NO**'} |"
         )
-    for note in (lossless_note(doc), overrun_note(doc)):
-        if note is not None:
-            lines += ["", note]
+    for note in notes(doc):
+        lines += ["", f"**{note}**" if note.startswith("NO THROUGHPUT") else note]
     bad = [f["link"] for f in doc["fidelity"] if not f["ok"]]
     if bad:
         lines += ["", f"**Links outside tolerance: {', '.join(bad)}.** Read the results with care."]

@@ -197,3 +197,29 @@ def test_channel_bad_input_is_one_line_and_status_2(
     r = draftnet("channel", str(tmp_path / "s.toml"), "--out", str(tmp_path / "x"))
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_an_unexpected_exception_is_one_line_status_1_and_a_logged_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from emu import cli
+
+    def broken(args: object) -> dict[str, object]:
+        cli._out_dir(args, "sim")  # type: ignore[arg-type]  # the run directory exists
+        raise AssertionError("a bug deep inside")
+
+    monkeypatch.setitem(cli.COMMANDS, "sim", broken)
+    monkeypatch.setenv("DRAFTNET_HOME", str(tmp_path / "home"))
+    assert cli.main(["sim", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert "AssertionError: a bug deep inside" in err[0]
+    log = tmp_path / "run" / "error.log"
+    assert str(log) in err[0]
+    assert "Traceback" in log.read_text() and "a bug deep inside" in log.read_text()
+    # A command with no run directory logs under DRAFTNET_HOME.
+    monkeypatch.setitem(cli.COMMANDS, "solve", lambda args: 1 / 0)
+    assert cli.main(["solve"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ZeroDivisionError" in err[0]
+    assert list((tmp_path / "home" / "logs").glob("error-*.log"))

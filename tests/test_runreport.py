@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from emu.runreport import lossless_note, overrun_note
+from emu.runreport import idle_note, lossless_note, overrun_note
 
 
 def _doc(overruns: int, rounds: int, scale: float = 1.0, **res: Any) -> dict[str, Any]:
@@ -28,3 +28,24 @@ def test_the_lossless_note_names_each_checked_policy() -> None:
     note = lossless_note(doc)
     assert note is not None
     assert "dipsd lossless (1307 tokens)" in note and "ad NOT lossless (12 tokens)" in note
+
+
+def test_a_policy_that_committed_nothing_is_not_checked_and_is_flagged() -> None:
+    from emu.backends import check_sessions
+
+    nothing = check_sessions([[], []], lambda prompt, n: [])
+    assert nothing["lossless"] is None  # nothing compared is not a vacuous "lossless"
+    doc = _doc(0, 0, throughput_tok_s=0.0, **nothing)
+    doc["results"]["ad"] = {
+        "lossless": True,
+        "lossless_checked": {"tokens": 12},
+        "throughput_tok_s": 5.0,
+    }
+    note = lossless_note(doc)
+    assert note is not None
+    assert "dipsd not checked (nothing committed)" in note and "ad lossless (12 tokens)" in note
+    assert "lossless (0 tokens)" not in note
+    flag = idle_note(doc)
+    assert flag is not None and flag.startswith("NO THROUGHPUT: dipsd committed no token")
+    doc["results"]["dipsd"]["throughput_tok_s"] = 3.0
+    assert idle_note(doc) is None
