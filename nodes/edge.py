@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
 import trio
 
 from emu.errors import DraftnetError, PeerGone, RemoteProtocolError
@@ -83,10 +82,18 @@ class EdgePlan:
     plan_id: int
     batches: tuple[tuple[int, ...], ...]
     draft_len: Mapping[int, int]
-    ready_ms: Mapping[int, float]
+    draft_ms_per_token: Mapping[int, float]  # what the plan believes of each user's device
+    comm_ms: Mapping[int, float]  # ... and of its link, both ways, per round
     cycle_ms: float
     predicted_tok_s: float
     reason: str
+
+    def ready_ms(self, uid: int, draft_len: int) -> float:
+        """When a draft of ``draft_len`` tokens should arrive after its verdict [ms]: the
+        length the user was asked for, which is the plan's only once a verdict carried it."""
+        if draft_len <= 0:
+            return 0.0
+        return draft_len * self.draft_ms_per_token.get(uid, 0.0) + self.comm_ms.get(uid, 0.0)
 
 
 @dataclass(slots=True)
@@ -130,6 +137,7 @@ class EdgeNode:
         settings: EdgeSettings,
         sink: Sink,
         pacer: Pacer | None = None,
+        solve_in_thread: bool = False,
     ) -> None:
         self.edge = edge
         self.verifier = verifier
@@ -138,6 +146,7 @@ class EdgeNode:
         self.cfg = settings
         self.sink = sink
         self.pacer = pacer or Pacer()
+        self.solve_in_thread = solve_in_thread
         self.members: dict[int, _Member] = {}
         self.plan: EdgePlan | None = None
         self.stats = EdgeStats()
@@ -258,7 +267,7 @@ class EdgeNode:
                 continue
             await self._prefill()
             if self._dirty or self.plan is None:
-                self._replan(self._dirty or "start")
+                await self._replan(self._dirty or "start")
             plan = self.plan
             assert plan is not None
             progressed = False
@@ -271,7 +280,9 @@ class EdgeNode:
                 if members:
                     progressed |= await self._run_batch(slot, members)
             self.stats.cycles += 1
-            self._maybe_replan()
+            reason = self._replan_reason()
+            if reason:
+                await self._replan(reason)
             if not progressed:
                 # Nobody is decoding yet (all in prefill or between sessions): wait for news.
                 with trio.move_on_after(0.05):
@@ -290,7 +301,7 @@ class EdgeNode:
         if not new:
             return
         if self.plan is None or any(m.uid not in self.plan.draft_len for m in new):
-            self._replan(self._dirty or "join")
+            await self._replan(self._dirty or "join")
         prompts = {m.uid: m.prompt for m in new if m.prompt is not None}
         for m in new:
             m.prompt = None
@@ -339,7 +350,7 @@ class EdgeNode:
         waiting = [m for m in members if m.draft_len > 0]
         if waiting:
             deadline = max(
-                m.last_verdict + plan.ready_ms.get(m.uid, 0.0) * tol / 1e3 for m in waiting
+                m.last_verdict + plan.ready_ms(m.uid, m.draft_len) * tol / 1e3 for m in waiting
             )
             deadline += self.cfg.grace_ms / 1e3
             t0 = trio.current_time()
@@ -390,11 +401,11 @@ class EdgeNode:
         return True
 
     # --- estimation and re-planning ------------------------------------------------------
-    def _maybe_replan(self) -> None:
+    def _replan_reason(self) -> str | None:
+        """Why the plan should be made again now, if it should."""
         c = self.cfg
         if c.replan_every and self.stats.cycles % c.replan_every == 0:
-            self._replan("periodic")
-            return
+            return "periodic"
         for uid, m in self.members.items():
             base = self._plan_basis.get(uid)
             if base is None or m.est.rounds < c.min_rounds:
@@ -404,15 +415,14 @@ class EdgeNode:
             trials = max(1, sum(m.est.trials))
             noise = 3.0 * math.sqrt(max(base.alpha * (1 - base.alpha), 1e-4) / trials)
             if abs(now.alpha - base.alpha) > max(c.drift * base.alpha, noise):
-                self._replan(f"user {uid} alpha drifted from {base.alpha:.3g} to {now.alpha:.3g}")
-                return
+                return f"user {uid} alpha drifted from {base.alpha:.3g} to {now.alpha:.3g}"
             for name, a, b in (
                 ("comm_ms", now.comm_ms, base.comm_ms),
                 ("draft_ms", now.draft_ms_per_token, base.draft_ms_per_token),
             ):
                 if abs(a - b) > max(c.drift * b, 0.5):
-                    self._replan(f"user {uid} {name} drifted from {b:.3g} to {a:.3g}")
-                    return
+                    return f"user {uid} {name} drifted from {b:.3g} to {a:.3g}"
+        return None
 
     def _believed(self, uid: int) -> User:
         """The user as the edge now believes it is: estimates where trusted, else the prior."""
@@ -443,7 +453,17 @@ class EdgeNode:
             draft_len=tuple(cur.draft_len[u] for u in uids),
         )
 
-    def _replan(self, reason: str) -> None:
+    async def _solve(self, problem: Problem, previous: Plan | None) -> Plan:
+        """The planner's answer. On a real clock (``solve_in_thread``) it runs in a worker
+        thread, so that the connections go on meanwhile: a solve of 20-200 ms on the event
+        loop held the verdicts just queued and stamped the drafts that arrived during it as
+        that much later, which the edge then took for a slower link, re-planned for, and
+        stalled again. On the simulation's virtual clock it runs in place, taking no time."""
+        if not self.solve_in_thread:
+            return self.planner(problem, previous)
+        return await trio.to_thread.run_sync(self.planner, problem, previous)
+
+    async def _replan(self, reason: str) -> None:
         uids = sorted(self.members)
         self._dirty = ""
         if not uids:
@@ -458,18 +478,18 @@ class EdgeNode:
             fixed_draft_len=min(c.fixed_draft_len, c.max_draft_len),
         )
         try:
-            plan = self.planner(problem, self._in_force(uids))
+            plan = await self._solve(problem, self._in_force(uids))
         except DraftnetError as exc:
             self.sink({"ev": "plan_failed", "t": trio.current_time(), "reason": str(exc)})
             return
         ev = evaluate(problem, plan)
-        ready = problem.ready_ms(np.asarray(plan.draft_len, dtype=np.int64))
         pid = 0 if self.plan is None else self.plan.plan_id + 1
         self.plan = EdgePlan(
             plan_id=pid,
             batches=tuple(tuple(uids[i] for i in b) for b in plan.batches),
             draft_len={uids[i]: int(v) for i, v in enumerate(plan.draft_len)},
-            ready_ms={uids[i]: float(v) for i, v in enumerate(ready)},
+            draft_ms_per_token={u: float(v) for u, v in zip(uids, problem.draft_ms, strict=True)},
+            comm_ms={u: float(v) for u, v in zip(uids, problem.comm_ms, strict=True)},
             cycle_ms=float(ev.cycle_ms),
             predicted_tok_s=float(ev.throughput_tok_s),
             reason=reason,

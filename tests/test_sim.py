@@ -348,3 +348,54 @@ def test_the_shared_clock_runs_slower_by_the_time_scale() -> None:
     assert slow.current_time() == pytest.approx(fast.current_time() / 4.0, abs=1e-3)
     # A deadline 1 modelled second away is 4 wall seconds away.
     assert slow.deadline_to_sleep_time(slow.current_time() + 1.0) == pytest.approx(4.0, abs=1e-3)
+
+
+async def test_drafts_asked_for_under_the_previous_plan_are_not_late_after_a_replan(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A re-plan changes the lengths, but the drafts in flight were asked for under the old
+    plan: their deadline is the length each user was asked for, not the new plan's."""
+    h = _Harness(replan_every=3)
+    plans = itertools.cycle(
+        [
+            Plan(batches=((0,), (1,), (2,)), draft_len=(7, 7, 7)),
+            Plan(batches=((0, 1, 2),), draft_len=(2, 2, 2)),
+        ]
+    )
+    h.edge.planner = lambda problem, previous: next(plans)
+    async with trio.open_nursery() as n:
+        n.start_soon(h.edge.run)
+        for i in range(3):
+            u_end, e_end = h.link(i)
+            n.start_soon(h.edge.serve_stream, e_end)
+            n.start_soon(h.user(i).run, u_end)
+        await trio.sleep(20)
+        n.cancel_scope.cancel()
+    assert len(h.rec._tally[""].plans) >= 6  # the plan switched back and forth
+    assert h.edge.stats.late == 0
+
+
+async def test_a_slow_planner_in_its_thread_leaves_the_link_estimates_alone() -> None:
+    """On a real clock the edge solves in a worker thread: the drafts that arrive during a
+    150 ms solve are stamped when they arrive, not after it (which read as a 150 ms link)."""
+    import time
+
+    h = _Harness(replan_every=2)
+
+    def slow(problem: Problem, previous: Plan | None) -> Plan:
+        time.sleep(0.15)
+        return plan_for("dipsd", problem, previous)
+
+    h.edge.planner = slow
+    h.edge.solve_in_thread = True
+    async with trio.open_nursery() as n:
+        n.start_soon(h.edge.run)
+        for i in range(3):
+            u_end, e_end = h.link(i)
+            n.start_soon(h.edge.serve_stream, e_end)
+            n.start_soon(h.user(i).run, u_end)
+        await trio.sleep(4)
+        samples = [c for m in h.edge.members.values() for c in m.est.comm_ms]
+        n.cancel_scope.cancel()
+    assert h.edge.stats.replans >= 3
+    assert samples and max(samples) < 50.0  # 3 ms links; the solves took 150 ms each
