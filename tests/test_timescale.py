@@ -127,8 +127,9 @@ def test_the_shapes_are_the_plans_steps_with_their_share_of_a_cycle() -> None:
 
 
 @pytest.mark.parametrize(
-    ("cores", "users", "draft_threads", "given", "threads"),
+    "case",
     [
+        # cores, users, llama.cpp threads each, models.verify_threads, the verifier's threads
         (2, 4, 1, 0, 1),  # the default main job here: drafters fill the host, one thread left
         (16, 4, 1, 0, 12),
         (16, 4, 2, 0, 8),
@@ -137,15 +138,11 @@ def test_the_shapes_are_the_plans_steps_with_their_share_of_a_cycle() -> None:
     ],
 )
 def test_the_verifier_never_takes_more_threads_than_the_drafters_leave(
-    monkeypatch: pytest.MonkeyPatch,
-    cores: int,
-    users: int,
-    draft_threads: int,
-    given: int,
-    threads: int,
+    monkeypatch: pytest.MonkeyPatch, case: tuple[int, int, int, int, int]
 ) -> None:
     from emu.runtime import verify_threads
 
+    cores, users, draft_threads, given, threads = case
     monkeypatch.setattr("os.cpu_count", lambda: cores)
     sc = load_scenario(
         overrides={"models.draft_threads": draft_threads, "models.verify_threads": given}
