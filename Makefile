@@ -3,7 +3,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bootstrap lint lock study bench clean
+.PHONY: run test bootstrap lint lock study bench gate clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -17,6 +17,10 @@ test: bootstrap
 # Re-resolve requirements/ on purpose (an upgrade: rerun the benchmarks it touches).
 lock: bootstrap
 	$(BIN)/python scripts/lock.py
+
+# The gross-regression gate: the embedded pair's step times against this machine's calibration.
+gate: bootstrap
+	$(BIN)/python scripts/bench_gate.py
 
 lint: bootstrap
 	$(BIN)/ruff check .
