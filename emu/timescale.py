@@ -215,6 +215,8 @@ def auto_time_scale(
         return TimeScale(scale=1.0, why="real timing: compute takes what it takes, unpadded")
     if sc.models.kind == "synthetic":
         return TimeScale(scale=1.0, why="synthetic models: no compute to pad")
+    import torch
+
     from emu.runtime import draft_time, memo_planner, model_setup, verify_threads, verify_time
     from nodes.hf_verifier import HFVerifier
     from nodes.llama_drafter import LlamaDrafter
@@ -222,6 +224,7 @@ def auto_time_scale(
     setup = model_setup(sc)
     plans = [memo_planner(p)(problem, None) for p in policies]
     threads = verify_threads(sc, users_on_host=problem.size)  # as the edge node will run it
+    runner_threads = torch.get_num_threads()  # torch's threads are the process's: restored below
     verifier = HFVerifier(
         setup.target, device=setup.device, dtype=sc.models.dtype or None, threads=threads
     )
@@ -229,14 +232,17 @@ def auto_time_scale(
     # A context as long as the planner expects one (a prompt and half a session), of real text.
     text = [t for p in setup.prompts for t in p]
     prompt = (text * (1 + setup.prior_prefix() // len(text)))[: setup.prior_prefix()]
-    return calibrate(
-        problem,
-        plans,
-        prompt=prompt,
-        verifier=verifier,
-        drafter=drafter,
-        verify_profile=verify_time(problem.edge),
-        draft_profile=draft_time(problem.users[0]),
-        verify_threads=threads,
-        draft_threads=sc.models.draft_threads,
-    )
+    try:
+        return calibrate(
+            problem,
+            plans,
+            prompt=prompt,
+            verifier=verifier,
+            drafter=drafter,
+            verify_profile=verify_time(problem.edge),
+            draft_profile=draft_time(problem.users[0]),
+            verify_threads=threads,
+            draft_threads=sc.models.draft_threads,
+        )
+    finally:
+        torch.set_num_threads(runner_threads)  # the greedy check runs alone, on every core

@@ -101,7 +101,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--only", choices=["sim"], help="only the embedded simulation")
+    ap.add_argument(
+        "--only", choices=["sim", "verify"], help="only the embedded simulation, or the verifier"
+    )
     ap.add_argument("--sim-users", type=int, default=6)
     ap.add_argument("--sim-duration", type=float, default=30.0)
     ap.add_argument("--profile", action="append", default=[], help="profile TOML (repeatable)")
@@ -113,6 +115,16 @@ def main() -> None:
     pair = embedded_pair()
     prompts = builtin_prompts()
     ids = prompt_ids(pair.target, prompts)
+    if args.only == "verify":
+        import transformers
+
+        v = HFVerifier(pair.target, device=args.device)
+        print(
+            f"## verifier ({pair.target.name}, {v.device}, {v.dtype}, "
+            f"transformers {transformers.__version__}, cache passed as {v._cache_kwarg}=)"
+        )
+        verifier_grid(v, ids[0], args.repeats)
+        return
     print(f"## drafter ({pair.draft.name}), greedy, 8-token drafts")
     for threads in (1, os.cpu_count() or 1):
         print(f"{threads} thread(s): {drafter_speed(pair.draft, ids[0], threads):.1f} tokens/s")
