@@ -23,8 +23,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from emu.planner import Plan, evaluate
 from emu.planner.model import Problem
 from emu.scenario import Scenario
@@ -35,6 +33,7 @@ __all__ = [
     "LADDER",
     "LOAD_LIMIT",
     "StepLoad",
+    "StepShapes",
     "TimeScale",
     "auto_time_scale",
     "calibrate",
@@ -96,13 +95,12 @@ def choose_time_scale(steps: Sequence[StepLoad], cores: int) -> TimeScale:
 
 
 @dataclass(frozen=True, slots=True)
-class _Shapes:
+class StepShapes:
     verify: dict[tuple[int, int], float]  # (batch, padded length) -> largest duty
     draft: dict[int, float]  # draft length -> largest duty of one user
-    prefix: int
 
 
-def step_shapes(problem: Problem, plans: Sequence[Plan]) -> _Shapes:
+def step_shapes(problem: Problem, plans: Sequence[Plan]) -> StepShapes:
     """The verify passes (batch size, padded length) and draft steps (length) the plans run,
     each with the largest share of a cycle it takes in any of them."""
     verify: dict[tuple[int, int], float] = {}
@@ -116,14 +114,11 @@ def step_shapes(problem: Problem, plans: Sequence[Plan]) -> _Shapes:
             L = max(1, *(plan.draft_len[u] for u in batch))
             key = (len(batch), L)
             verify[key] = max(verify.get(key, 0.0), duty_v)
-        ready = problem.ready_ms(np.asarray(plan.draft_len, dtype=np.int64))
-        comm = np.asarray([u.comm_ms for u in problem.users])
         for u, length in enumerate(plan.draft_len):
             if length > 0:
-                duty_d = max(0.0, float(ready[u] - comm[u])) / ev.cycle_ms
+                duty_d = length * float(problem.draft_ms[u]) / ev.cycle_ms
                 draft[length] = max(draft.get(length, 0.0), duty_d)
-    prefix = max(u.prefix_len for u in problem.users)
-    return _Shapes(verify=verify, draft=draft, prefix=prefix)
+    return StepShapes(verify=verify, draft=draft)
 
 
 def _median_wall_ms(
