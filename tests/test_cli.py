@@ -13,13 +13,13 @@ import pytest
 ROOT = Path(__file__).parents[1]
 
 
-def draftnet(*args: str) -> subprocess.CompletedProcess[str]:
+def draftnet(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "emu.cli", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=300,
+        timeout=timeout_s,
         check=False,
     )
 
