@@ -98,6 +98,14 @@ class _Harness:
         self.previous.append(previous)
         return plan_for("dipsd", problem, previous)
 
+    def start(self, nursery: trio.Nursery) -> None:
+        """The edge, and the three users connected to it, each over its link."""
+        nursery.start_soon(self.edge.run)
+        for i in range(3):
+            u_end, e_end = self.link(i)
+            nursery.start_soon(self.edge.serve_stream, e_end)
+            nursery.start_soon(self.user(i).run, u_end)
+
     def link(self, i: int) -> tuple[trio.abc.Stream, trio.abc.Stream]:
         s = LinkState(delay_ms=1.5)
         return link_pair(lambda _t: s, lambda _t: s, self.rngs[1 + i])
@@ -155,11 +163,7 @@ async def test_a_periodic_replan_hands_the_planner_the_plan_in_force(
 ) -> None:
     h = _Harness(replan_every=5)
     async with trio.open_nursery() as n:
-        n.start_soon(h.edge.run)
-        for i in range(3):
-            u_end, e_end = h.link(i)
-            n.start_soon(h.edge.serve_stream, e_end)
-            n.start_soon(h.user(i).run, u_end)
+        h.start(n)
         await trio.sleep(10)
         n.cancel_scope.cancel()
     plans = h.rec._tally[""].plans
@@ -364,11 +368,7 @@ async def test_drafts_asked_for_under_the_previous_plan_are_not_late_after_a_rep
     )
     h.edge.planner = lambda problem, previous: next(plans)
     async with trio.open_nursery() as n:
-        n.start_soon(h.edge.run)
-        for i in range(3):
-            u_end, e_end = h.link(i)
-            n.start_soon(h.edge.serve_stream, e_end)
-            n.start_soon(h.user(i).run, u_end)
+        h.start(n)
         await trio.sleep(20)
         n.cancel_scope.cancel()
     assert len(h.rec._tally[""].plans) >= 6  # the plan switched back and forth
@@ -389,11 +389,7 @@ async def test_a_slow_planner_in_its_thread_leaves_the_link_estimates_alone() ->
     h.edge.planner = slow
     h.edge.solve_in_thread = True
     async with trio.open_nursery() as n:
-        n.start_soon(h.edge.run)
-        for i in range(3):
-            u_end, e_end = h.link(i)
-            n.start_soon(h.edge.serve_stream, e_end)
-            n.start_soon(h.user(i).run, u_end)
+        h.start(n)
         await trio.sleep(4)
         samples = [c for m in h.edge.members.values() for c in m.est.comm_ms]
         n.cancel_scope.cancel()
