@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["idle_note", "lossless_note", "notes", "overrun_note", "write_run_report"]
+__all__ = [
+    "NO_THROUGHPUT",
+    "idle_note",
+    "lossless_note",
+    "notes",
+    "overrun_note",
+    "write_run_report",
+]
 
 
 def _fmt(x: float | None, spec: str = ".1f") -> str:
@@ -67,6 +74,9 @@ def lossless_note(doc: dict[str, Any]) -> str | None:
     return "Greedy check against the target alone: " + ", ".join(parts) + "."
 
 
+NO_THROUGHPUT = "NO THROUGHPUT"  # opens the note that is a warning, not a remark
+
+
 def idle_note(doc: dict[str, Any]) -> str | None:
     """A warning naming every policy that committed no token in its steady window (None if
     each committed some): its row is no result, and its node records say why."""
@@ -74,7 +84,7 @@ def idle_note(doc: dict[str, Any]) -> str | None:
     if not idle:
         return None
     return (
-        f"NO THROUGHPUT: {', '.join(idle)} committed no token in the measured window; their rows "
+        f"{NO_THROUGHPUT}: {', '.join(idle)} committed no token in the measured window; their rows "
         "are not results. The nodes' records (events-*.jsonl) and the deaths and stalls say why."
     )
 
@@ -141,7 +151,7 @@ def write_run_report(out_dir: Path, doc: dict[str, Any]) -> None:
             f"{'yes' if f['ok'] else '**NO**'} |"
         )
     for note in notes(doc):
-        lines += ["", f"**{note}**" if note.startswith("NO THROUGHPUT") else note]
+        lines += ["", f"**{note}**" if note.startswith(NO_THROUGHPUT) else note]
     bad = [f["link"] for f in doc["fidelity"] if not f["ok"]]
     if bad:
         lines += ["", f"**Links outside tolerance: {', '.join(bad)}.** Read the results with care."]

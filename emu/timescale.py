@@ -38,6 +38,7 @@ __all__ = [
     "auto_time_scale",
     "calibrate",
     "choose_time_scale",
+    "median_wall_ms",
     "step_shapes",
 ]
 
@@ -121,7 +122,7 @@ def step_shapes(problem: Problem, plans: Sequence[Plan]) -> StepShapes:
     return StepShapes(verify=verify, draft=draft)
 
 
-def _median_wall_ms(
+def median_wall_ms(
     step: Callable[[], object], repeats: int, reset: Callable[[], object] = lambda: None
 ) -> float:
     """The median wall time of ``step`` [ms]; ``reset`` (untimed) runs before each call."""
@@ -169,7 +170,7 @@ def calibrate(
                 [VerifyItem(user=u, base_len=prefix + 1, tokens=(first[u],) * n) for u in users]
             )
 
-        wall = _median_wall_ms(verify, repeats, reset)
+        wall = median_wall_ms(verify, repeats, reset)
         for u in users:
             verifier.drop(u)
         steps.append(
@@ -191,7 +192,7 @@ def calibrate(
         steps.append(
             StepLoad(
                 name=f"draft {length}",
-                wall_ms=_median_wall_ms(draft, repeats),
+                wall_ms=median_wall_ms(draft, repeats),
                 profile_ms=draft_profile(length, prefix),
                 duty=duty,
                 threads=draft_threads,

@@ -18,10 +18,7 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
@@ -31,18 +28,11 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
+from emu.timescale import median_wall_ms  # noqa: E402
+
 RECORD = Path(__file__).with_suffix(".json")
 DRAFT_TOKENS = 8
 VERIFY_BATCH, VERIFY_TOKENS = 4, 4
-
-
-def _median_ms(step: Callable[[], object], repeats: int) -> float:
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(ts)
 
 
 def calibration_ms(repeats: int) -> float:
@@ -55,8 +45,7 @@ def calibration_ms(repeats: int) -> float:
         for _ in range(20):
             a @ b
 
-    step()
-    return _median_ms(step, repeats)
+    return median_wall_ms(step, repeats)  # after one untimed call, as every step here
 
 
 def measure(repeats: int) -> dict[str, float]:
@@ -74,23 +63,25 @@ def measure(repeats: int) -> dict[str, float]:
         out = drafter.draft(DRAFT_TOKENS)
         drafter.commit(0, out.tokens[0])  # all rejected: the prefix stays where it is
 
-    draft()
     verifier = HFVerifier(pair.target, device="cpu")
     users = list(range(VERIFY_BATCH))
     first, _ = verifier.prefill(dict.fromkeys(users, prompt))
 
     def verify() -> None:
         items = [
-            VerifyItem(user=u, base_len=len(verifier.sessions[u].ids), tokens=(first[u],) * 4)
+            VerifyItem(
+                user=u,
+                base_len=len(verifier.sessions[u].ids),
+                tokens=(first[u],) * VERIFY_TOKENS,
+            )
             for u in users
         ]
         verifier.verify(items)
 
-    verify()
     out = {
         "calibration_ms": calibration_ms(repeats),
-        "draft_ms": _median_ms(draft, repeats),
-        "verify_ms": _median_ms(verify, repeats),
+        "draft_ms": median_wall_ms(draft, repeats),
+        "verify_ms": median_wall_ms(verify, repeats),
     }
     out["calibration_ms"] = min(out["calibration_ms"], calibration_ms(repeats))  # the quieter
     return out
