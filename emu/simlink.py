@@ -3,12 +3,12 @@
 Layer: emu (orchestration); trio, no sockets. Used by ``draftnet sim``, where every node runs in
 one process on trio's virtual clock; the nodes see an ordinary ``trio.abc.Stream``.
 
-Each direction is a FIFO pipe whose behaviour at send time comes from a ``LinkState``
-(constant, or a time series from the radio model): serialisation at ``rate_bps`` (the link is
-busy while a message goes out), then ``delay_ms`` plus a half-normal jitter of scale
-``jitter_ms``, never reordering. The nodes speak over TCP in emulation, so a lost packet is not
-a lost message: it is retransmitted after ``rto_ms`` (each retransmission lost again with the
-same probability), which is what loss does to a reliable stream.
+Each direction is a FIFO pipe whose behaviour comes from a ``LinkState`` at each moment
+(constant, or a time series from the radio model): serialisation at the ``rate_bps`` in force
+while a message goes out (the link is busy meanwhile), then ``delay_ms`` plus a half-normal
+jitter of scale ``jitter_ms``, never reordering. The nodes speak over TCP in emulation, so a
+lost packet is not a lost message: it is retransmitted after ``rto_ms``, each retransmission
+lost again with the loss of its own time, which is what loss does to a reliable stream.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from channel_models.link import LinkState
 __all__ = ["DelayedStream", "link_pair"]
 
 StateAt = Callable[[float], LinkState]
+_STEP_S = 0.001  # the resolution at which a link's rate is followed through a message
+_MAX_STEPS = 1_000_000  # ... up to 1000 s of it, and as many retransmissions at most
 
 
 class _Pipe:
@@ -40,20 +42,38 @@ class _Pipe:
 
     def push(self, data: bytes) -> None:
         now = trio.current_time()
-        st = self.state_at(now)
-        start = max(now, self.busy_until)
-        tx = len(data) * 8 / st.rate_bps if st.rate_bps > 0 else 0.0
-        self.busy_until = start + tx
+        self.busy_until = self._serialised(max(now, self.busy_until), len(data) * 8)
+        t = self.busy_until
+        st = self.state_at(t)
+        # Each transmission is lost with the loss of its own time; a loss costs one RTO.
+        for _ in range(_MAX_STEPS):
+            if st.loss <= 0 or self.rng.random() >= st.loss:
+                break
+            t += self.rto_ms / 1000.0
+            st = self.state_at(t)
         delay_ms = st.delay_ms
         if st.jitter_ms > 0:
             delay_ms += abs(float(self.rng.normal(0.0, st.jitter_ms)))
-        if st.loss > 0:
-            delay_ms += self.rto_ms * int(self.rng.geometric(1.0 - st.loss) - 1)
-        at = max(self.busy_until + delay_ms / 1000.0, self.last_delivery)
+        at = max(t + delay_ms / 1000.0, self.last_delivery)
         self.last_delivery = at
         self.queue.append((at, data))
         self.bytes_sent += len(data)
         self.arrived.set()
+
+    def _serialised(self, start: float, bits: float) -> float:
+        """When the last of ``bits`` leaves, starting at ``start``, at the rate in force each
+        moment (in steps of ``_STEP_S``): a fade slows a message, it does not freeze the
+        rate at the message's start."""
+        t = start
+        for _ in range(_MAX_STEPS):
+            rate = self.state_at(t).rate_bps
+            if rate <= 0:
+                return t  # unlimited
+            if rate * _STEP_S >= bits:
+                return t + bits / rate
+            bits -= rate * _STEP_S
+            t += _STEP_S
+        return t
 
     def close(self) -> None:
         self.closed = True

@@ -56,6 +56,26 @@ def test_sim_metrics_are_consistent(paper_sim: dict[str, Any]) -> None:
     assert d["tpot_ms"]["p50"] < ad["tpot_ms"]["p50"]
 
 
+async def test_a_message_sent_into_a_fade_is_delivered_when_the_fade_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A message is serialised at the rate in force each moment, and each retransmission
+    meets the loss of its own time: a 60 ms outage (1 bit/s, 99% loss) delays a message sent
+    into it by about that long, not by its size at 1 bit/s (800 s) nor by a hundred RTOs."""
+    t0 = trio.current_time()
+
+    def state(t: float) -> LinkState:
+        if t - t0 < 0.06:
+            return LinkState(rate_bps=1.0, delay_ms=19.0, loss=0.99)
+        return LinkState(rate_bps=1e6, delay_ms=10.0)
+
+    a, b = link_pair(state, state, np.random.default_rng(3), rto_ms=20.0)
+    await a.send_all(b"x" * 100)
+    got = await b.receive_some()
+    assert got == b"x" * 100
+    assert 0.06 < trio.current_time() - t0 < 0.2
+
+
 async def test_link_delays_and_never_reorders(autojump_clock: trio.testing.MockClock) -> None:
     state = LinkState(delay_ms=10.0, jitter_ms=5.0, rate_bps=8e6)
     a, b = link_pair(lambda _t: state, lambda _t: state, np.random.default_rng(1))
