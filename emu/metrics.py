@@ -9,6 +9,8 @@ per-position acceptance (position j: the share of drafts reaching j whose token 
 Throughput is measured in steady state: from the moment every user has its first token
 (``t_start``) to the end of the run; ``users_started`` says how many ever got one (a user whose
 link never delivered its prompt is left out of the window, not allowed to empty it).
+``faults`` counts each connection fault by kind: protocol errors and connection errors the edge
+caught, users refused, links lost and redialled, and users dropped for silence.
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ class _Tally:
     plans: list[dict[str, Any]] = field(default_factory=list)
     batches: int = 0
     late: int = 0
+    faults: dict[str, int] = field(default_factory=dict)  # connection faults, by kind
+
+
+# Records of a connection's faults, counted in the summary's ``faults``.
+FAULTS = ("protocol_error", "connection_error", "refused", "link_lost", "reconnected")
 
 
 class Recorder:
@@ -82,6 +89,10 @@ class Recorder:
         elif kind == "batch":
             t.batches += 1
             t.late += len(rec["late"])
+        elif kind in FAULTS:
+            t.faults[kind] = t.faults.get(kind, 0) + 1
+        elif kind == "leave" and "silent" in str(rec.get("why", "")):
+            t.faults["dropped_silent"] = t.faults.get("dropped_silent", 0) + 1
 
     def summary(self, policy: str, *, t_end: float, users: int) -> dict[str, Any]:
         """The result of one policy's run (see the module docstring for the definitions)."""
@@ -125,4 +136,5 @@ class Recorder:
             "replans": max(0, len(t.plans) - 1),
             "steady_window_s": [t_start, t_end],
             "users_started": min(len(t.first_token), users),
+            "faults": dict(sorted(t.faults.items())),
         }

@@ -10,13 +10,14 @@ CONFIG (written by the runner): ``{"scenario": resolved TOML, "policy", "edge_ip
 "run_dir", "timing", "time_scale"}``. Each node appends its records to ``events-<node>.jsonl``
 in the run directory as they happen (times on the machine's monotonic clock, shared by every
 namespace, divided by the time scale), and its counters to ``node-<node>.json`` when it stops
-(on SIGTERM or SIGINT).
+(on SIGTERM, SIGINT or SIGHUP). A user whose link breaks redials the edge and resumes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import signal
 import sys
 import time
@@ -117,7 +118,7 @@ class SharedClock(trio.abc.Clock):
 
 
 async def _until_signalled(cancel: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for _ in signals:
             cancel.cancel()
             return
@@ -127,6 +128,7 @@ async def _edge(cfg: dict[str, Any], sc: Scenario, rec: Recorder, pacer: Pacer) 
     # The planner's thread and the event loop share the GIL: hand it over every 0.5 ms, not
     # Python's default 5, so a message that arrives during a solve waits no longer than that.
     sys.setswitchinterval(0.0005)
+    _open_files_for(edge_settings(sc, sc.users.count).limits.max_connections)
     problem = node_problem(sc)
     edge = EdgeNode(
         edge=problem.edge,
@@ -144,7 +146,23 @@ async def _edge(cfg: dict[str, Any], sc: Scenario, rec: Recorder, pacer: Pacer) 
         await nursery.start(trio.serve_tcp, edge.serve_stream, int(cfg["port"]))
         print("ready", flush=True)
     s = edge.stats
-    return {"batches": s.batches, "cycles": s.cycles, "protocol_errors": s.protocol_errors}
+    return {
+        "batches": s.batches,
+        "cycles": s.cycles,
+        "protocol_errors": s.protocol_errors,
+        "connection_errors": s.connection_errors,
+    }
+
+
+def _open_files_for(connections: int) -> None:
+    """Raise this process's open-file limit to what ``connections`` need (plus the models'
+    and records' files), as far as the hard limit allows: running out of descriptors would
+    stop new users without a word."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
 async def _user(
@@ -157,10 +175,14 @@ async def _user(
             log = stack.enter_context((Path(cfg["run_dir"]) / f"tokens-u{i}.jsonl").open("w"))
             drafter = RecordingDrafter(drafter, [], log)
         node = UserNode(i, drafter, prompts, sink=rec, pacer=pacer, max_new_tokens=session_tokens)
+
+        async def dial() -> trio.abc.Stream:
+            return await trio.open_tcp_stream(cfg["edge_ip"], int(cfg["port"]))
+
         stream: trio.abc.Stream | None = None
         for _ in range(CONNECT_TRIES):
             try:
-                stream = await trio.open_tcp_stream(cfg["edge_ip"], int(cfg["port"]))
+                stream = await dial()
                 break
             except OSError:
                 await trio.sleep(0.1)
@@ -169,10 +191,20 @@ async def _user(
         print("ready", flush=True)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_until_signalled, nursery.cancel_scope)
-            await node.run(stream)
+            await node.serve(
+                dial,
+                first=stream,
+                give_up_s=sc.limits.reconnect_give_up_s,
+                rng=np.random.default_rng([sc.sim.seed, i]),
+            )
             nursery.cancel_scope.cancel()
     st = node.stats
-    return {"rounds": st.rounds, "committed_tokens": st.committed_tokens, "sessions": st.sessions}
+    return {
+        "rounds": st.rounds,
+        "committed_tokens": st.committed_tokens,
+        "sessions": st.sessions,
+        "reconnects": st.reconnects,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

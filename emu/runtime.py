@@ -19,6 +19,7 @@ from emu.planner.model import Edge, Problem, User, draft_flops, verify_flops
 from emu.scenario import Scenario
 from nodes.backends import SyntheticVerifier
 from nodes.edge import EdgeSettings
+from nodes.guard import Limits
 
 if TYPE_CHECKING:
     from emu.models import ModelSetup
@@ -65,6 +66,23 @@ def edge_settings(sc: Scenario, users: int) -> EdgeSettings:
         min_rounds=r.min_rounds,
         comm_quantile=r.comm_quantile or None,
         expected_users=users,
+        limits=limits(sc, users),
+    )
+
+
+def limits(sc: Scenario, users: int) -> Limits:
+    """The scenario's ``[limits]`` as the edge holds its peers to them."""
+    lim = sc.limits
+    return Limits(
+        handshake_timeout_s=lim.handshake_timeout_s,
+        idle_timeout_s=lim.idle_timeout_s,
+        heartbeat_ms=lim.heartbeat_ms,
+        max_frame_bytes=lim.max_frame_bytes,
+        max_session_frame_bytes=lim.max_session_frame_bytes,
+        max_connections=lim.max_connections or 2 * users + 16,
+        messages_per_s=lim.messages_per_s,
+        allow_joins=lim.allow_joins,
+        max_known_ids=lim.max_known_ids,
     )
 
 

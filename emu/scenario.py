@@ -125,6 +125,42 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsConfig:
+    """What one peer may cost the edge, and how nodes tell a dead link (``nodes.guard``)."""
+
+    handshake_timeout_s: float = 5.0
+    idle_timeout_s: float = 5.0
+    heartbeat_ms: float = 250.0
+    max_frame_bytes: int = 1 << 16
+    max_session_frame_bytes: int = 1 << 20
+    max_connections: int = 0  # 0: twice the users, plus 16
+    messages_per_s: float = 500.0
+    allow_joins: bool = False
+    max_known_ids: int = 1024
+    reconnect_give_up_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        _in("limits.handshake_timeout_s", self.handshake_timeout_s, 0.01, 3600, "in [0.01, 3600]")
+        _in("limits.idle_timeout_s", self.idle_timeout_s, 0, 3600, "in [0, 3600] (0: never)")
+        _in("limits.heartbeat_ms", self.heartbeat_ms, 0, 3.6e6, "in [0, 3.6e6] (0: never)")
+        if self.idle_timeout_s and not 0 < self.heartbeat_ms < 1e3 * self.idle_timeout_s / 2:
+            raise ConfigError(
+                "limits.heartbeat_ms must be > 0 and under half of limits.idle_timeout_s "
+                f"({500 * self.idle_timeout_s:g} ms) while the idle timeout is on, "
+                f"got {self.heartbeat_ms!r}"
+            )
+        _in("limits.max_frame_bytes", self.max_frame_bytes, 1024, 1 << 24, "in [1024, 2^24]")
+        _in(
+            "limits.max_session_frame_bytes", self.max_session_frame_bytes,
+            self.max_frame_bytes, 1 << 26, "in [limits.max_frame_bytes, 2^26]",
+        )  # fmt: skip
+        _in("limits.max_connections", self.max_connections, 0, 1e6, "in [0, 1e6] (0: auto)")
+        _in("limits.messages_per_s", self.messages_per_s, 0, 1e7, ">= 0 (0: unlimited)")
+        _in("limits.max_known_ids", self.max_known_ids, 0, 1e7, "in [0, 1e7]")
+        _in("limits.reconnect_give_up_s", self.reconnect_give_up_s, 0, 1e6, "in [0, 1e6]")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SimConfig:
     duration_s: float = 60.0
     seed: int = 0
@@ -190,6 +226,7 @@ class Scenario:
     users: UsersConfig = field(default_factory=UsersConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     radio: RadioConfig = field(default_factory=RadioConfig)

@@ -14,7 +14,7 @@ import functools
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -126,7 +126,6 @@ async def _run_policy(
                 up, down = steady, steady
             else:
                 up, down = radio.up.timeline(i), radio.down.timeline(i)
-            user_end, edge_end = link_pair(up, down, rngs[2 + 2 * i], rto_ms=net.rto_ms)
             node = UserNode(
                 i,
                 backends.drafter(i, u, rngs[3 + 2 * i]),
@@ -134,8 +133,15 @@ async def _run_policy(
                 sink=rec,
                 max_new_tokens=session_tokens,
             )
-            nursery.start_soon(edge.serve_stream, edge_end)
-            nursery.start_soon(node.run, user_end)
+            dial = _dialler(nursery, edge, up=up, down=down, rng=rngs[2 + 2 * i], rto_ms=net.rto_ms)
+            nursery.start_soon(
+                functools.partial(
+                    node.serve,
+                    dial,
+                    give_up_s=sc.limits.reconnect_give_up_s,
+                    rng=np.random.default_rng([seed, i]),  # its redials' backoff
+                )
+            )
         if tick is not None:
             for k in itertools.count(1):
                 step = min(1.0, duration - (k - 1))
@@ -155,6 +161,26 @@ async def _run_policy(
         "cycles": s.cycles,
         "protocol_errors": s.protocol_errors,
     }
+
+
+def _dialler(
+    nursery: trio.Nursery,
+    edge: EdgeNode,
+    *,
+    up: Callable[[float], LinkState],
+    down: Callable[[float], LinkState],
+    rng: np.random.Generator,
+    rto_ms: float,
+) -> Callable[[], Awaitable[trio.abc.Stream]]:
+    """A user's way to the edge: each call a new link over the same channel, the edge serving
+    its end (a user that lost its link redials through this, as over TCP in emulation)."""
+
+    async def dial() -> trio.abc.Stream:
+        user_end, edge_end = link_pair(up, down, rng, rto_ms=rto_ms)
+        nursery.start_soon(edge.serve_stream, edge_end)
+        return user_end
+
+    return dial
 
 
 def simulate(

@@ -125,6 +125,7 @@ class SyntheticVerifier:
     Each drafted token is accepted with its user's rate until the first rejection; the result is
     followed by one random token (the correction, or the bonus after a full acceptance). Time is
     G_v(b, F_v(L, I)) with the batch padded to its longest draft (at least 1) and largest prefix.
+    A user it was not told of (a joiner) accepts at the mean rate, at the mean prefix.
     """
 
     edge: Edge
@@ -145,12 +146,12 @@ class SyntheticVerifier:
         if not batch:
             return [], 0.0
         L = max(1, *(len(it.tokens) for it in batch))
-        I = max(self.prefix_len[it.user] for it in batch)
+        I = max(self._prefix(it.user) for it in batch)
         out = []
         for it in batch:
             n = len(it.tokens)
             # Accepted count: the first failure of Bernoulli(alpha) trials, capped at n.
-            trials = self.rng.random(n) < self.alpha[it.user]
+            trials = self.rng.random(n) < self._alpha(it.user)
             k = int(np.argmin(trials)) if not trials.all() else n
             out.append(VerifyOut(accepted=k, token=int(self.rng.integers(0, SYNTHETIC_VOCAB))))
         flops = float(verify_flops(self.edge.target, L, I))
@@ -158,3 +159,11 @@ class SyntheticVerifier:
 
     def drop(self, user: int) -> None:
         pass  # no per-user state
+
+    def _alpha(self, user: int) -> float:
+        a = self.alpha.get(user)
+        return a if a is not None else float(np.mean(list(self.alpha.values()) or [0.5]))
+
+    def _prefix(self, user: int) -> int:
+        p = self.prefix_len.get(user)
+        return p if p is not None else int(np.mean(list(self.prefix_len.values()) or [0]))

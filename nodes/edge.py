@@ -10,24 +10,31 @@ time, times ``1 + deadline_tolerance``, plus ``grace_ms``); a member that misses
 counted, and verified in its next slot. A user at length 0 needs no draft: the edge decodes for
 it alone.
 
-Faults stay local: a connection that breaks the protocol gets an Error and is closed, a user
-that leaves is dropped from its batch and the plan is recomputed; the others go on.
+Faults stay local, whatever a peer sends: every exception from one connection's handling is
+caught at that connection's boundary, counted and recorded, and the connection is closed with an
+Error; a user that leaves (or falls silent past ``idle_timeout_s``) is dropped from its batch and
+the plan is recomputed; the others go on. Each peer is held to the ``Limits`` (``nodes.guard``):
+a handshake deadline, heartbeats, frame sizes, a message rate, a cap on connections, and no
+user id the scenario does not name unless it allows joins.
 """
 
 from __future__ import annotations
 
+import hmac
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 
-from emu.errors import DraftnetError, PeerGone, RemoteProtocolError
+from emu.errors import LocalProtocolError, PeerGone, RemoteProtocolError
 from emu.planner.cost import Plan, evaluate
 from emu.planner.model import Edge, LatencyModel, Problem, User
 from nodes.backends import VerifyBackend, VerifyItem
 from nodes.estimate import UserEstimate
+from nodes.guard import Limits, RateLimit, check_device
 from nodes.pacing import Pacer
 from nodes.protocol import (
     PROTOCOL_VERSION,
@@ -55,6 +62,8 @@ __all__ = ["EdgeNode", "EdgePlan", "EdgeSettings"]
 # The planner gets the problem and, when the users are the same, the plan in force (in the
 # problem's user indices), from which it may re-plan warm.
 Planner = Callable[[Problem, Plan | None], Plan]
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 _OUTBOX = 64
 
 
@@ -72,7 +81,7 @@ class EdgeSettings:
     expected_users: int = 0  # wait for this many sessions before the first plan
     join_window_s: float = 1.0  # ... but no longer than this after the first
     auth: str = ""  # required Hello.auth ("" accepts any)
-    heartbeat_ms: float = 0.0
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +122,26 @@ class _Member:
 
 
 @dataclass(slots=True)
+class _Peer:
+    """One connection, joined or not."""
+
+    conn: Connection
+    outbox: trio.MemorySendChannel[bytes]
+    rate: RateLimit
+    member: _Member | None = None
+    opened: float = 0.0
+    left_because: str = ""
+
+
+class _Refusal(Exception):
+    """The edge refuses a peer (a limit, an unknown id): the connection closes with ``code``."""
+
+    def __init__(self, message: str, code: ErrorCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True)
 class EdgeStats:
     cycles: int = 0
     batches: int = 0
@@ -122,6 +151,7 @@ class EdgeStats:
     late: int = 0
     replans: int = 0
     protocol_errors: int = 0
+    connection_errors: int = 0  # exceptions from one connection's handling, caught there
     joined: int = 0
     left: int = 0
 
@@ -153,27 +183,68 @@ class EdgeNode:
         self._dirty = "start"
         self._arrival = trio.Event()
         self._plan_basis: dict[int, User] = {}
+        self._connections = 0
+        self._joiners: dict[int, None] = {}  # ids the scenario does not name, oldest first
 
     # --- connections ---------------------------------------------------------------------
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
-        """Serve one user's connection until it ends; never raises for the user's faults."""
-        conn = Connection(Role.EDGE, max_draft_len=self.cfg.max_draft_len)
+        """Serve one peer's connection until it ends. Never raises for anything the peer
+        does: the worst outcome is this connection closed with an Error."""
+        lim = self.cfg.limits
+        conn = Connection(
+            Role.EDGE,
+            max_frame=lim.max_session_frame_bytes,
+            max_small_frame=lim.max_frame_bytes,
+            max_draft_len=self.cfg.max_draft_len,
+        )
         send, recv = trio.open_memory_channel[bytes](_OUTBOX)
-        member: _Member | None = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._writer, stream, recv)
-            try:
-                member = await self._read(stream, conn, send)
-            except RemoteProtocolError as exc:
-                self.stats.protocol_errors += 1
-                self.sink({"ev": "protocol_error", "t": trio.current_time(), "error": str(exc)})
-                _post(send, conn, Error(error=exc.code, message=str(exc)[:1000]))
-            except PeerGone:
-                pass
-            finally:
-                if member is not None:
-                    self._leave(member)
-                send.close()
+        peer = _Peer(conn=conn, outbox=send, rate=RateLimit(lim.messages_per_s))
+        pinger = trio.CancelScope()
+        stopping = False
+        self._connections += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, stream, recv)
+                try:
+                    if self._connections > lim.max_connections:
+                        raise _Refusal(
+                            f"{self._connections - 1} connections open, the most allowed",
+                            ErrorCode.OVERLOADED,
+                        )
+                    nursery.start_soon(self._heartbeats, peer, pinger)
+                    await self._read(stream, peer)
+                except PeerGone:
+                    pass
+                except trio.Cancelled:
+                    stopping = True  # the edge is stopping: nobody leaves a plan
+                    raise
+                except (RemoteProtocolError, _Refusal) as exc:
+                    self._fault(peer, ErrorCode(exc.code), exc, "protocol_error")
+                except Exception as exc:  # the boundary: one peer, never the edge
+                    self._fault(peer, ErrorCode.INTERNAL, exc, "connection_error")
+                finally:
+                    pinger.cancel()
+                    if peer.member is not None and not stopping:
+                        self._leave(peer.member, peer.left_because)
+                    send.close()
+                    nursery.cancel_scope.deadline = trio.current_time() + 1.0  # the Error's way out
+        finally:
+            self._connections -= 1
+
+    def _fault(self, peer: _Peer, code: ErrorCode, exc: Exception, ev: str) -> None:
+        """Record why a peer is being closed and tell it, if it still listens."""
+        if ev == "protocol_error":
+            self.stats.protocol_errors += 1
+        else:
+            self.stats.connection_errors += 1
+        said = str(exc) or type(exc).__name__
+        uid = peer.member.uid if peer.member is not None else None
+        self.sink(
+            {"ev": ev, "t": trio.current_time(), "user": uid, "code": int(code), "error": said}
+        )
+        if code is ErrorCode.TIMEOUT and peer.member is not None:
+            peer.left_because = f"user {peer.member.uid} silent"
+        _post(peer.outbox, peer.conn, Error(error=int(code), message=said[:1000]))
 
     async def _writer(
         self, stream: trio.abc.Stream, recv: trio.MemoryReceiveChannel[bytes]
@@ -182,22 +253,54 @@ class EdgeNode:
             async with recv:
                 async for data in recv:
                     await stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
             pass
         finally:
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 await stream.aclose()
 
-    async def _read(
-        self, stream: trio.abc.Stream, conn: Connection, send: trio.MemorySendChannel[bytes]
-    ) -> _Member | None:
-        member: _Member | None = None
+    async def _heartbeats(self, peer: _Peer, scope: trio.CancelScope) -> None:
+        """Tell a joined peer the edge is alive, every ``heartbeat_ms`` (its own liveness
+        check: a silent edge is a broken link it should redial)."""
+        every = self.cfg.limits.heartbeat_ms / 1e3
+        with scope:
+            while every > 0:
+                await trio.sleep(every)
+                if peer.member is not None:
+                    sent = min(max(0.0, trio.current_time() * 1e3), 1e15)
+                    if not _post(peer.outbox, peer.conn, Heartbeat(sent_ms=sent)):
+                        return
+
+    async def _next(self, stream: trio.abc.Stream, peer: _Peer) -> Event:
+        """The peer's next event, within its deadline (the handshake's until it has joined,
+        then the idle timeout) and its message rate."""
+        lim = self.cfg.limits
+        if peer.member is None:
+            deadline, what = peer.opened + lim.handshake_timeout_s, "no Hello within"
+            wait = lim.handshake_timeout_s
+        elif lim.idle_timeout_s > 0:
+            wait = lim.idle_timeout_s
+            deadline, what = trio.current_time() + wait, "silent for"
+        else:
+            deadline, what, wait = math.inf, "", 0.0
+        with trio.move_on_at(deadline):
+            ev = await receive_event(peer.conn, stream)
+            if not peer.rate.allow(trio.current_time()):
+                raise _Refusal(
+                    f"more than {lim.messages_per_s:g} messages a second", ErrorCode.OVERLOADED
+                )
+            return ev
+        raise _Refusal(f"{what} {wait:g} s", ErrorCode.TIMEOUT)
+
+    async def _read(self, stream: trio.abc.Stream, peer: _Peer) -> None:
+        peer.opened = trio.current_time()
         while True:
-            ev = await receive_event(conn, stream)
+            ev = await self._next(stream, peer)
             if isinstance(ev, Closed | Bye | Error):
-                return member
+                return
+            member = peer.member
             if isinstance(ev, Hello):
-                member = self._join(ev, conn, send)
+                peer.member = self._join(ev, peer)
             elif member is None:
                 continue  # only Heartbeat can come before Hello; the table enforces the rest
             elif isinstance(ev, SessionStart):
@@ -213,39 +316,56 @@ class EdgeNode:
             elif isinstance(ev, Stats | Heartbeat):
                 pass
 
-    def _join(self, hello: Hello, conn: Connection, send: trio.MemorySendChannel[bytes]) -> _Member:
-        if self.cfg.auth and hello.auth != self.cfg.auth:
-            raise RemoteProtocolError("auth refused", code=ErrorCode.AUTH)
-        if hello.user_id in self.members:
-            raise RemoteProtocolError(
-                f"user_id {hello.user_id} is already connected", code=ErrorCode.OUT_OF_ORDER
-            )
-        m = _Member(uid=hello.user_id, conn=conn, outbox=send)
-        if hello.user_id not in self.priors:
-            self.priors[hello.user_id] = _prior_from_hello(hello, self.priors)
-        self.members[m.uid] = m
+    def _join(self, hello: Hello, peer: _Peer) -> _Member:
+        """Admit a Hello's user, or refuse it (one line, naming what is wrong)."""
+        lim, uid = self.cfg.limits, hello.user_id
+        if self.cfg.auth and not hmac.compare_digest(hello.auth, self.cfg.auth):
+            raise _Refusal("auth refused", ErrorCode.AUTH)
+        device = check_device(hello.device)
+        if uid in self.members:
+            raise _Refusal(f"user_id {uid} is already connected", ErrorCode.OUT_OF_ORDER)
+        if uid not in self.priors:
+            if not lim.allow_joins:
+                raise _Refusal(
+                    f"user_id {uid} is not one of this scenario's users (limits.allow_joins)",
+                    ErrorCode.AUTH,
+                )
+            self._remember(uid, _prior_from_hello(uid, device, self.priors))
+        m = _Member(uid=uid, conn=peer.conn, outbox=peer.outbox)
+        self.members[uid] = m
         self.stats.joined += 1
         _post(
-            send,
-            conn,
+            peer.outbox,
+            peer.conn,
             Welcome(
                 version=PROTOCOL_VERSION,
                 max_draft_len=self.cfg.max_draft_len,
-                heartbeat_ms=self.cfg.heartbeat_ms,
+                heartbeat_ms=lim.heartbeat_ms,
             ),
         )
-        self.sink({"ev": "join", "t": trio.current_time(), "user": m.uid})
+        self.sink({"ev": "join", "t": trio.current_time(), "user": uid})
         return m
 
-    def _leave(self, m: _Member) -> None:
+    def _remember(self, uid: int, prior: User) -> None:
+        """Keep a joiner's prior; past ``max_known_ids`` joiners, forget the oldest absent."""
+        self.priors[uid] = prior
+        self._joiners[uid] = None
+        while len(self._joiners) > self.cfg.limits.max_known_ids:
+            old = next((u for u in self._joiners if u not in self.members), None)
+            if old is None:
+                break
+            del self._joiners[old]
+            del self.priors[old]
+
+    def _leave(self, m: _Member, why: str = "") -> None:
         if not m.alive:
             return
         m.alive = False
         self.members.pop(m.uid, None)
         self.verifier.drop(m.uid)
         self.stats.left += 1
-        self._dirty = f"user {m.uid} left"
-        self.sink({"ev": "leave", "t": trio.current_time(), "user": m.uid})
+        self._dirty = why or f"user {m.uid} left"
+        self.sink({"ev": "leave", "t": trio.current_time(), "user": m.uid, "why": self._dirty})
         self._wake()
 
     def _wake(self) -> None:
@@ -269,7 +389,8 @@ class EdgeNode:
             if self._dirty or self.plan is None:
                 await self._replan(self._dirty or "start")
             plan = self.plan
-            assert plan is not None
+            if plan is None:
+                continue  # no plan for anyone: they were refused
             progressed = False
             for slot, batch in enumerate(plan.batches):
                 await self._prefill()
@@ -302,21 +423,62 @@ class EdgeNode:
             return
         if self.plan is None or any(m.uid not in self.plan.draft_len for m in new):
             await self._replan(self._dirty or "join")
+            new = [m for m in new if m.alive]  # those no plan could take were refused
+            if not new or self.plan is None:
+                return
         prompts = {m.uid: m.prompt for m in new if m.prompt is not None}
         for m in new:
             m.prompt = None
         t0, w0 = trio.current_time(), time.perf_counter()
-        first, ms = self.verifier.prefill(prompts)
+
+        def prefill(batch: Sequence[tuple[int, Sequence[int]]]) -> tuple[list[int], float]:
+            first, ms = self.verifier.prefill(dict(batch))
+            return [first[u] for u, _ in batch], ms
+
+        firsts, ms = self._isolating(prefill, new, list(prompts.items()))
         await self.pacer.pace(ms, (time.perf_counter() - w0) * 1e3)
         self.stats.busy_s += trio.current_time() - t0
         assert self.plan is not None
-        for m in new:
-            if not m.alive:
+        for m, first in zip(new, firsts, strict=True):
+            if not m.alive or first is None:
                 continue
             m.decoding = True
             m.generated = 1
-            self._verdict(m, 0, first[m.uid], slot=self._slot(m.uid))
+            self._verdict(m, 0, first, slot=self._slot(m.uid))
         self.sink({"ev": "prefill", "t": trio.current_time(), "users": sorted(prompts)})
+
+    def _isolating(
+        self,
+        step: Callable[[Sequence[_T]], tuple[list[_R], float]],
+        members: Sequence[_Member],
+        items: Sequence[_T],
+    ) -> tuple[list[_R | None], float]:
+        """``step`` on the batch; if it raises, on each member's item alone, and a member
+        whose own item fails is closed (a token id outside the model's vocabulary, say):
+        what one user sent must not stop the others' batch."""
+        try:
+            outs, ms = step(items)
+            return list(outs), ms
+        except Exception as exc:  # find whose item it was
+            self.sink({"ev": "batch_failed", "t": trio.current_time(), "error": repr(exc)})
+        results: list[_R | None] = []
+        total = 0.0
+        for m, item in zip(members, items, strict=True):
+            try:
+                (out,), ms = step([item])
+            except Exception as exc:  # this member's own item
+                self.stats.connection_errors += 1
+                said = f"the edge could not process this user's input: {exc!r}"
+                self.sink({"ev": "connection_error", "t": trio.current_time(), "user": m.uid,
+                           "code": int(ErrorCode.MALFORMED), "error": said})  # fmt: skip
+                _post(m.outbox, m.conn, Error(error=int(ErrorCode.MALFORMED), message=said[:1000]))
+                m.outbox.close()
+                self._leave(m, f"user {m.uid} sent what the model cannot take")
+                results.append(None)
+                continue
+            results.append(out)
+            total += ms
+        return results, total
 
     def _slot(self, uid: int) -> int:
         assert self.plan is not None
@@ -377,12 +539,12 @@ class EdgeNode:
             for m in ready
         ]
         t0, w0 = trio.current_time(), time.perf_counter()
-        outs, ms = self.verifier.verify(items)
+        results, ms = self._isolating(self.verifier.verify, ready, items)
         await self.pacer.pace(ms, (time.perf_counter() - w0) * 1e3)
         self.stats.busy_s += trio.current_time() - t0
         self.stats.batches += 1
-        for m, it, out in zip(ready, items, outs, strict=True):
-            if not m.alive:
+        for m, it, out in zip(ready, items, results, strict=True):
+            if not m.alive or out is None:
                 continue
             m.est.observe_round(len(it.tokens), out.accepted)
             m.generated += out.accepted + 1
@@ -399,6 +561,15 @@ class EdgeNode:
             }
         )
         return True
+
+    def _refuse_unplanned(self, why: str) -> None:
+        """Close every member the plan in force does not cover (the edge cannot take them)."""
+        planned = self.plan.draft_len if self.plan is not None else {}
+        for m in [m for m in self.members.values() if m.uid not in planned]:
+            self.sink({"ev": "refused", "t": trio.current_time(), "user": m.uid, "why": why})
+            _post(m.outbox, m.conn, Error(error=int(ErrorCode.OVERLOADED), message=why[:1000]))
+            m.outbox.close()
+            self._leave(m, f"user {m.uid} refused")
 
     # --- estimation and re-planning ------------------------------------------------------
     def _replan_reason(self) -> str | None:
@@ -470,17 +641,18 @@ class EdgeNode:
             return
         users = tuple(self._believed(u) for u in uids)
         c = self.cfg
-        problem = Problem(
-            users=users,
-            edge=self.edge,
-            max_draft_len=c.max_draft_len,
-            initial_draft_len=min(c.initial_draft_len, c.max_draft_len),
-            fixed_draft_len=min(c.fixed_draft_len, c.max_draft_len),
-        )
         try:
+            problem = Problem(
+                users=users,
+                edge=self.edge,
+                max_draft_len=c.max_draft_len,
+                initial_draft_len=min(c.initial_draft_len, c.max_draft_len),
+                fixed_draft_len=min(c.fixed_draft_len, c.max_draft_len),
+            )
             plan = await self._solve(problem, self._in_force(uids))
-        except DraftnetError as exc:
+        except Exception as exc:  # a plan that cannot be made: the last one stays in force
             self.sink({"ev": "plan_failed", "t": trio.current_time(), "reason": str(exc)})
+            self._refuse_unplanned(f"no plan can take them: {exc}")
             return
         ev = evaluate(problem, plan)
         pid = 0 if self.plan is None else self.plan.plan_id + 1
@@ -528,10 +700,13 @@ class EdgeNode:
 
 
 def _post(send: trio.MemorySendChannel[bytes], conn: Connection, event: Event) -> bool:
-    """Queue an event's bytes for the writer; False if the user is not keeping up."""
+    """Queue an event's bytes for the writer; False if the user is not keeping up or its
+    connection can no longer carry it (closed, or failed)."""
     try:
         send.send_nowait(conn.send(event))
     except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+        return False
+    except LocalProtocolError:
         return False
     return True
 
@@ -543,20 +718,18 @@ def _per_token(draft_ms: float | None, fallback: LatencyModel) -> LatencyModel:
     return LatencyModel(c_ms_per_flop=0.0, beta_ms=float(draft_ms))
 
 
-def _prior_from_hello(hello: Hello, priors: Mapping[int, User]) -> User:
-    """A user the scenario does not know: what its Hello says, else the first known user's."""
+def _prior_from_hello(uid: int, device: Mapping[str, float], priors: Mapping[int, User]) -> User:
+    """A joiner the scenario does not name: what its (checked) device profile says, else the
+    first known user's."""
     base = next(iter(priors.values()), None)
     if base is None:
-        raise RemoteProtocolError(
-            f"user_id {hello.user_id} is unknown and the edge has no prior", code=ErrorCode.AUTH
-        )
-    d = hello.device
-    draft = d.get("draft_ms_per_token")
+        raise _Refusal(f"user_id {uid} is unknown and the edge has no prior", ErrorCode.AUTH)
+    draft = device.get("draft_ms_per_token")
     return User(
-        alpha=float(min(max(d.get("alpha", base.alpha), 0.01), 0.99)),
-        prefix_len=int(d.get("prefix_len", base.prefix_len)),
-        comm_ms=float(d.get("comm_ms", base.comm_ms)),
+        alpha=float(device.get("alpha", base.alpha)),
+        prefix_len=int(device.get("prefix_len", base.prefix_len)),
+        comm_ms=float(device.get("comm_ms", base.comm_ms)),
         draft=base.draft,
         device=_per_token(draft, base.device),
-        name=f"user{hello.user_id}",
+        name=f"user{uid}",
     )

@@ -6,15 +6,22 @@ in-memory link, virtual clock), in a Mininet host (a TCP socket) and on lab hard
 One round: draft ``next_draft_len`` tokens (the backend's time passes through the pacer), send
 the Draft, wait for its Verdict, commit. A length of 0 means the edge decodes for this user
 alone: the user only receives. Every round is emitted as one ``round`` record to the sink.
+
+Liveness: while it waits for the edge the user sends a Heartbeat every ``heartbeat_ms`` the
+Welcome asked for, and takes an edge silent for ``silence_s`` (or eight heartbeats) as a broken
+link. ``serve`` redials a broken link with exponential backoff and resumes the session in
+flight as the same user: its prompt is the old prompt plus every token committed so far.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import trio
 
 from emu.errors import LocalProtocolError, PeerGone, RemoteProtocolError
@@ -27,7 +34,9 @@ from nodes.protocol import (
     Connection,
     Draft,
     Error,
+    ErrorCode,
     Event,
+    Heartbeat,
     Hello,
     Role,
     SessionStart,
@@ -36,7 +45,11 @@ from nodes.protocol import (
 )
 from nodes.stream import Sink, receive_event
 
-__all__ = ["Sink", "UserNode", "UserStats"]
+__all__ = ["EdgeRefused", "Sink", "UserNode", "UserStats"]
+
+Dial = Callable[[], Awaitable[trio.abc.Stream]]
+BACKOFF_S = (0.1, 2.0)  # the first redial's wait, and the longest
+SILENT_BEATS = 8  # heartbeats an edge may miss before its link is taken for broken
 
 
 @dataclass(slots=True)
@@ -46,7 +59,20 @@ class UserStats:
     accepted_tokens: int = 0
     committed_tokens: int = 0
     sessions: int = 0
+    reconnects: int = 0
     first_token_s: list[float] = field(default_factory=list)
+
+
+class EdgeRefused(PeerGone):
+    """The edge refused this user for good (an unknown id, a bad auth, another version)."""
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """The session in progress, enough to resume it on a new connection."""
+
+    prompt: tuple[int, ...]
+    committed: list[int] = field(default_factory=list)
 
 
 class UserNode:
@@ -62,6 +88,7 @@ class UserNode:
         pacer: Pacer | None = None,
         max_new_tokens: int = 0,
         device: Mapping[str, float] | None = None,
+        silence_s: float = 0.0,
     ) -> None:
         self.user_id = user_id
         self.drafter = drafter
@@ -70,12 +97,61 @@ class UserNode:
         self.pacer = pacer or Pacer()
         self.max_new_tokens = max_new_tokens
         self.device = dict(device or {})
+        self.silence_s = silence_s  # 0: SILENT_BEATS of the edge's heartbeats
         self.stats = UserStats()
         self.conn = Connection(Role.USER)
+        self._session_no = 0
+        self._in_flight: _InFlight | None = None
+        self._beat_s = 0.0
+        self._last_sent = 0.0
+
+    async def serve(
+        self,
+        dial: Dial,
+        *,
+        first: trio.abc.Stream | None = None,
+        give_up_s: float = 30.0,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        """Serve over connections from ``dial`` (``first``, if given, is the first), redialling
+        a broken link with jittered exponential backoff, until cancelled, until the edge ends
+        cleanly or refuses the user, or after ``give_up_s`` without a working link."""
+        rng = rng if rng is not None else np.random.default_rng(self.user_id)
+        backoff, down_since = BACKOFF_S[0], None
+        stream = first
+        while True:
+            if stream is None:
+                with contextlib.suppress(OSError):
+                    stream = await dial()
+            if stream is not None:
+                welcomed = self.stats.reconnects
+                try:
+                    await self.run(stream)
+                    return
+                except EdgeRefused:
+                    raise
+                except PeerGone as exc:
+                    self.sink({"ev": "link_lost", "t": trio.current_time(),
+                               "user": self.user_id, "why": str(exc)})  # fmt: skip
+                stream = None
+                if self._welcomed_since(welcomed):
+                    backoff, down_since = BACKOFF_S[0], None
+            now = trio.current_time()
+            down_since = now if down_since is None else down_since
+            if now - down_since > give_up_s:
+                raise PeerGone(f"user {self.user_id}: no link to the edge for {give_up_s:g} s")
+            await trio.sleep(backoff * float(rng.uniform(0.5, 1.5)))
+            backoff = min(2 * backoff, BACKOFF_S[1])
+
+    def _welcomed_since(self, count: int) -> bool:
+        return self.stats.reconnects > count or (count == 0 and self.stats.sessions > 0)
 
     async def run(self, stream: trio.abc.Stream) -> None:
-        """Serve sessions over ``stream`` until cancelled, the edge says Bye, or it fails."""
+        """Serve sessions over ``stream`` until cancelled, the edge says Bye, or it fails
+        (PeerGone for a broken link or an Error from the edge)."""
         self._stream = stream
+        self.conn = Connection(Role.USER)
+        self._beat_s = 0.0
         try:
             await self._send(
                 Hello(version=PROTOCOL_VERSION, user_id=self.user_id, device=self.device)
@@ -83,10 +159,12 @@ class UserNode:
             welcome = await self._next()
             if not isinstance(welcome, Welcome):
                 raise RemoteProtocolError(f"expected Welcome, got {type(welcome).__name__}")
-            session = 0
+            self._beat_s = welcome.heartbeat_ms / 1e3
+            if self.stats.sessions or self._in_flight is not None:
+                self.stats.reconnects += 1
+                self.sink({"ev": "reconnected", "t": trio.current_time(), "user": self.user_id})
             while True:
-                await self._session(session)
-                session += 1
+                await self._session()
         except _EdgeClosed:
             return
         except RemoteProtocolError as exc:
@@ -98,21 +176,34 @@ class UserNode:
                 await self._send_quietly(Bye(reason="user stopping"))
                 await stream.aclose()
 
-    async def _session(self, session: int) -> None:
-        prompt = tuple(next(self.prompts))
+    async def _session(self) -> None:
+        """One session, or the rest of the one a broken link interrupted."""
+        resumed = self._in_flight is not None
+        if self._in_flight is None:
+            self._in_flight = _InFlight(prompt=tuple(next(self.prompts)))
+        flight = self._in_flight
+        prompt = flight.prompt + tuple(flight.committed)
+        left = self.max_new_tokens - len(flight.committed) if self.max_new_tokens else 0
         self.drafter.start(prompt)
         t0 = trio.current_time()
         await self._send(
-            SessionStart(session=session, prompt=prompt, max_new_tokens=self.max_new_tokens)
+            SessionStart(
+                session=self._session_no,
+                prompt=prompt,
+                max_new_tokens=max(left, 1) if self.max_new_tokens else 0,
+            )
         )
+        self._session_no += 1
         v = await self._verdict()
         self.drafter.commit(0, v.token)
+        flight.committed.append(v.token)
         now = trio.current_time()
-        self.stats.sessions += 1
-        self.stats.first_token_s.append(now - t0)
-        self.sink(
-            {"ev": "first_token", "t": now, "user": self.user_id, "ttft_ms": (now - t0) * 1e3}
-        )
+        if not resumed:
+            self.stats.sessions += 1
+            self.stats.first_token_s.append(now - t0)
+            self.sink(
+                {"ev": "first_token", "t": now, "user": self.user_id, "ttft_ms": (now - t0) * 1e3}
+            )
         self.stats.committed_tokens += 1
         last = now
         while not v.done:
@@ -137,6 +228,7 @@ class UserNode:
                 )
             v = await self._verdict()
             self.drafter.commit(v.accepted, v.token)
+            flight.committed.extend((*out.tokens[: v.accepted], v.token) if n > 0 else (v.token,))
             now = trio.current_time()
             st = self.stats
             st.rounds += 1
@@ -158,6 +250,7 @@ class UserNode:
                 }
             )
             last = now
+        self._in_flight = None
 
     async def _verdict(self) -> Verdict:
         while True:
@@ -168,20 +261,42 @@ class UserNode:
     async def _next(self) -> Event:
         """The next event that matters to the user (heartbeats and plan notes are absorbed)."""
         while True:
-            ev = await receive_event(self.conn, self._stream)
-            if isinstance(ev, Closed | Bye):
+            ev = await self._receive()
+            if isinstance(ev, Bye):
                 raise _EdgeClosed
+            if isinstance(ev, Closed):
+                raise PeerGone("the edge closed the connection")
             if isinstance(ev, Error):
-                raise PeerGone(f"the edge closed the session: error {ev.error}: {ev.message}")
+                said = f"the edge closed the session: error {ev.error}: {ev.message}"
+                if ev.error in (ErrorCode.AUTH, ErrorCode.VERSION):
+                    raise EdgeRefused(said)
+                raise PeerGone(said)
             if isinstance(ev, Welcome | Verdict):
                 return ev
             # Heartbeats and PlanUpdates: lengths change through Verdicts, so nothing to do.
+
+    async def _receive(self) -> Event:
+        """The edge's next event. Meanwhile a Heartbeat goes out every ``heartbeat_ms`` the
+        edge asked for; an edge silent past ``silence_s`` is a broken link (PeerGone)."""
+        silence = self.silence_s or SILENT_BEATS * self._beat_s
+        heard = trio.current_time()
+        while True:
+            wake = heard + silence if silence > 0 else math.inf
+            if self._beat_s > 0:
+                wake = min(wake, self._last_sent + self._beat_s)
+            with trio.move_on_at(wake):
+                return await receive_event(self.conn, self._stream)
+            now = trio.current_time()
+            if silence > 0 and now >= heard + silence:
+                raise PeerGone(f"the edge was silent for {silence:g} s")
+            await self._send(Heartbeat(sent_ms=min(max(0.0, now * 1e3), 1e15)))
 
     async def _send(self, event: Event) -> None:
         try:
             await self._stream.send_all(self.conn.send(event))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise PeerGone("the edge's link broke") from exc
+        self._last_sent = trio.current_time()
 
     async def _send_quietly(self, event: Event) -> None:
         with contextlib.suppress(PeerGone, LocalProtocolError):

@@ -7,7 +7,10 @@ Layer: pure (nodes.protocol): bytes in, events out; events in, bytes out. No soc
     conn.receive_data(await stream.receive_some())      # b"" at end of stream
     while (event := conn.next_event()) is not NEED_DATA: ...
 
-Framing: a 4-byte big-endian length, then one msgpack message of at most ``max_frame`` bytes.
+Framing: a 4-byte big-endian length, then one msgpack message: a SessionStart (which carries a
+prompt) of at most ``max_frame`` bytes, every other message of at most ``max_small_frame``. A
+frame's size and its message type are checked against the limits and the session's state as soon
+as its first bytes arrive, before its body is buffered or decoded.
 Both sides track one shared session state, advanced by the events either side sends, through
 the single transition table ``_TRANSITIONS``; an event the table does not allow is a
 LocalProtocolError when we send it and a RemoteProtocolError (with an ErrorCode) when the peer
@@ -24,6 +27,7 @@ import msgpack
 
 from emu.errors import LocalProtocolError, RemoteProtocolError
 from nodes.protocol.events import (
+    EVENT_TYPES,
     PROTOCOL_VERSION,
     Bye,
     Closed,
@@ -41,10 +45,20 @@ from nodes.protocol.events import (
     from_wire,
 )
 
-__all__ = ["DEFAULT_MAX_FRAME", "NEED_DATA", "Connection", "Role", "State"]
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "DEFAULT_MAX_SMALL_FRAME",
+    "NEED_DATA",
+    "Connection",
+    "Role",
+    "State",
+]
 
 DEFAULT_MAX_FRAME = 1 << 20
+DEFAULT_MAX_SMALL_FRAME = 1 << 16  # a 20-token draft with its top-64 distributions is ~18 KB
 _HEADER = struct.Struct(">I")
+# A message's first bytes: an array header (fixarray, array 16, array 32), then its type code.
+_ARRAY_HEADER = {0xDC: 3, 0xDD: 5}
 
 
 class _NeedData:
@@ -102,11 +116,17 @@ class Connection:
     """Protocol state of one connection, seen from ``our_role``."""
 
     def __init__(
-        self, our_role: Role, *, max_frame: int = DEFAULT_MAX_FRAME, max_draft_len: int = 256
+        self,
+        our_role: Role,
+        *,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_small_frame: int = DEFAULT_MAX_SMALL_FRAME,
+        max_draft_len: int = 256,
     ) -> None:
         self.our_role = our_role
         self.their_role = _E if our_role is _U else _U
         self.max_frame = max_frame
+        self.max_small_frame = min(max_small_frame, max_frame)
         self.max_draft_len = max_draft_len
         self.state = State.START
         self.round = 0  # last round with a Verdict
@@ -167,15 +187,46 @@ class Connection:
                 code=ErrorCode.TOO_LARGE,
             )
         if len(buf) < _HEADER.size + size:
+            if size > self.max_small_frame:
+                self._admit_early(buf, size)
             return self._end_or_wait(True)
         body = bytes(buf[_HEADER.size : _HEADER.size + size])
         del buf[: _HEADER.size + size]
+        if size > self.max_small_frame:
+            self._admit_early(body, size, offset=0)
         event = self._decode(body)
         try:
             self._apply(self.their_role, event)
         except _Rejected as exc:
             raise RemoteProtocolError(str(exc), code=exc.code) from exc
         return event
+
+    def _admit_early(self, data: bytes | bytearray, size: int, offset: int = _HEADER.size) -> None:
+        """Check a large frame by its first bytes: only a SessionStart may exceed
+        ``max_small_frame``, and only where the session's state allows one."""
+        first = data[offset] if len(data) > offset else None
+        if first is None:
+            return  # the type is not here yet
+        at = 1 if 0x90 <= first <= 0x9F else _ARRAY_HEADER.get(first)
+        if at is None:
+            raise RemoteProtocolError(
+                "malformed message: a message must be an array [type, fields...]",
+                code=ErrorCode.MALFORMED,
+            )
+        if len(data) <= offset + at:
+            return
+        kind = EVENT_TYPES.get(data[offset + at])
+        if kind is not SessionStart:
+            name = kind.__name__ if kind is not None else f"type {data[offset + at]}"
+            raise RemoteProtocolError(
+                f"{name} frame of {size} bytes over the limit of {self.max_small_frame}",
+                code=ErrorCode.TOO_LARGE,
+            )
+        if (self.their_role, self.state, kind) not in _TRANSITIONS:
+            raise RemoteProtocolError(
+                f"SessionStart from the {self.their_role.value} in state {self.state.value}",
+                code=ErrorCode.OUT_OF_ORDER,
+            )
 
     def _end_or_wait(self, partial: bool) -> Event | _NeedData:
         if not self._eof:
@@ -195,7 +246,7 @@ class Connection:
             return from_wire(obj)
         except LookupError as exc:
             raise RemoteProtocolError(str(exc), code=ErrorCode.UNKNOWN) from exc
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        except Exception as exc:  # whatever the bytes do (RecursionError too), it is malformed
             # A frame is decoded whole or not at all: start the next one on a clean unpacker.
             self._unpacker = msgpack.Unpacker(
                 max_buffer_size=self.max_frame, raw=False, strict_map_key=True, use_list=True

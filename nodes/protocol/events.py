@@ -55,7 +55,8 @@ class ErrorCode(enum.IntEnum):
     VERSION = 5  # a protocol version the peer does not speak
     AUTH = 6  # the auth field was refused
     INTERNAL = 7  # the sender failed on its own side
-    OVERLOADED = 8  # the edge cannot take another user
+    OVERLOADED = 8  # the edge cannot take another user, or a peer sends too fast
+    TIMEOUT = 9  # the peer was silent past a deadline (handshake, idle)
 
 
 def _fail(name: str, value: object, rule: str) -> None:
@@ -303,9 +304,17 @@ EVENT_TYPES: dict[int, type[Event]] = {
 _FIELDS = {code: tuple(f.name for f in fields(cls)) for code, cls in EVENT_TYPES.items()}
 
 
-def _tuples(x: object) -> object:
+# The deepest a message nests: a field, a list in it, and ids in that (Draft.top_ids).
+MAX_DEPTH = 2
+
+
+def _tuples(x: object, depth: int = 0) -> object:
+    """Lists as tuples, refusing nesting deeper than any message has (a 1 KB frame can nest
+    hundreds deep, and decoding must not recurse without bound)."""
     if isinstance(x, list):
-        return tuple(_tuples(y) for y in x)
+        if depth >= MAX_DEPTH:
+            raise ValueError(f"a field nests deeper than {MAX_DEPTH} levels")
+        return tuple(_tuples(y, depth + 1) for y in x)
     return x
 
 
