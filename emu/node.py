@@ -151,6 +151,7 @@ async def _edge(cfg: dict[str, Any], sc: Scenario, rec: Recorder, pacer: Pacer) 
         "cycles": s.cycles,
         "protocol_errors": s.protocol_errors,
         "connection_errors": s.connection_errors,
+        "refused": s.refused,
     }
 
 

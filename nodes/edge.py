@@ -152,6 +152,7 @@ class EdgeStats:
     replans: int = 0
     protocol_errors: int = 0
     connection_errors: int = 0  # exceptions from one connection's handling, caught there
+    refused: int = 0  # peers closed for a limit, an unknown id or a timeout
     joined: int = 0
     left: int = 0
 
@@ -218,8 +219,10 @@ class EdgeNode:
                 except trio.Cancelled:
                     stopping = True  # the edge is stopping: nobody leaves a plan
                     raise
-                except (RemoteProtocolError, _Refusal) as exc:
+                except RemoteProtocolError as exc:
                     self._fault(peer, ErrorCode(exc.code), exc, "protocol_error")
+                except _Refusal as exc:
+                    self._fault(peer, exc.code, exc, "refused")
                 except Exception as exc:  # the boundary: one peer, never the edge
                     self._fault(peer, ErrorCode.INTERNAL, exc, "connection_error")
                 finally:
@@ -232,9 +235,12 @@ class EdgeNode:
             self._connections -= 1
 
     def _fault(self, peer: _Peer, code: ErrorCode, exc: Exception, ev: str) -> None:
-        """Record why a peer is being closed and tell it, if it still listens."""
+        """Record why a peer is being closed (``ev``: protocol_error, refused, or
+        connection_error for an exception of the edge's own) and tell it, if it listens."""
         if ev == "protocol_error":
             self.stats.protocol_errors += 1
+        elif ev == "refused":
+            self.stats.refused += 1
         else:
             self.stats.connection_errors += 1
         said = str(exc) or type(exc).__name__
@@ -566,7 +572,8 @@ class EdgeNode:
         """Close every member the plan in force does not cover (the edge cannot take them)."""
         planned = self.plan.draft_len if self.plan is not None else {}
         for m in [m for m in self.members.values() if m.uid not in planned]:
-            self.sink({"ev": "refused", "t": trio.current_time(), "user": m.uid, "why": why})
+            self.stats.refused += 1
+            self.sink({"ev": "refused", "t": trio.current_time(), "user": m.uid, "error": why})
             _post(m.outbox, m.conn, Error(error=int(ErrorCode.OVERLOADED), message=why[:1000]))
             m.outbox.close()
             self._leave(m, f"user {m.uid} refused")
