@@ -2,7 +2,10 @@
 
 Layer: entry point. With ``--json`` a command prints one JSON object on stdout and nothing
 else; human output goes to stderr. Exit status: 0 success, 2 bad input (one line naming the
-field, the value and the rule), 1 anything else.
+field, the value and the rule), 1 anything else (a ``run`` whose results are no results among
+it: one line naming the policy and why, after its output); a run stopped by a signal (SIGINT,
+SIGTERM, SIGHUP) exits 128 + the signal's number (130, 143, 129) after one line saying where
+it stopped and where its partial results are.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -135,7 +139,10 @@ def _parser() -> argparse.ArgumentParser:
     prof.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
     prof.add_argument("--out", type=Path, help="profile TOML (default: profiles/<model>.toml)")
     prof.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    sub.add_parser("clean", help="remove what a killed emulation left behind (root)")
+    clean = sub.add_parser(
+        "clean", help="remove what killed runs left behind, as they recorded it (root)"
+    )
+    clean.add_argument("--json", action="store_true", help="print what it removed as JSON")
     models = sub.add_parser("models", help="the embedded model pair")
     models_sub = models.add_subparsers(dest="action", required=True, parser_class=_Parser)
     prep = models_sub.add_parser("prepare", help="make the embedded pair (cached; offline after)")
@@ -295,8 +302,23 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
         )
     out["out_dir"] = str(out_dir)
     if not args.json:
-        print_run(out)
+        print_run(_marked(out))
+    bad = [f"{pol}: {r['invalid_reason']}" for pol, r in out["results"].items() if not r["valid"]]
+    if bad:
+        args.failure = f"invalid run: {'; '.join(bad)} (results in {out_dir})"
     return out
+
+
+def _marked(out: dict[str, Any]) -> dict[str, Any]:
+    """The run's object with each policy that is no result, or only part of one, named so
+    in the terminal's table."""
+
+    def name(pol: str, r: dict[str, Any]) -> str:
+        if not r["valid"]:
+            return f"{pol} INVALID"
+        return f"{pol} (partial)" if r.get("partial") else pol
+
+    return {**out, "results": {name(pol, r): r for pol, r in out["results"].items()}}
 
 
 def cmd_channel(args: argparse.Namespace) -> dict[str, Any]:
@@ -390,12 +412,14 @@ def cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_clean(args: argparse.Namespace) -> dict[str, Any]:
-    from emu.network import clean, preflight
+    from emu.manifest import clean
 
-    preflight()
+    if os.geteuid() != 0:
+        raise ConfigError("clean must run as root: it kills the processes a run left as root")
     done = clean()
-    print("draftnet: " + "; ".join(done), file=sys.stderr)
-    return {"done": done}
+    for line in done or ["nothing to clean"]:
+        print(f"draftnet: {line}", file=sys.stderr)
+    return {"removed": done}
 
 
 def cmd_models(args: argparse.Namespace) -> dict[str, Any]:
@@ -439,9 +463,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DraftnetError as exc:
         print(f"draftnet: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("draftnet: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        # emu.emulate's Interrupted says which signal, and where the run stopped.
+        said = getattr(exc, "said", "") or (f"stopped by {exc}" if str(exc) else "interrupted")
+        print(f"draftnet: {said}", file=sys.stderr)
+        return 128 + int(getattr(exc, "signum", signal.SIGINT))
     except Exception as exc:
         # A bug, not the user's input: one line and where the whole traceback went.
         log = _log_traceback(args)
@@ -459,6 +485,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # stdout at /dev/null so the interpreter's final flush does not raise again.
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
+    failure = getattr(args, "failure", None)
+    if failure:
+        print(f"draftnet: {failure}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -7,7 +7,15 @@ records summarised. Before the first policy each link is probed (RTT, one-way de
 one is configured) and configured is compared with measured: ``fidelity`` lists every link,
 and ``strict`` fails the run on a link outside tolerance. A node that dies mid-run is recorded
 with the last lines it wrote, and so is one that stalls (alive, recording nothing); the run goes
-on with the others.
+on with the others. An edge that dies ends its policy there: that policy's result is no result
+(``valid`` false, with ``invalid_reason``; so is the run's top-level ``valid``).
+
+Lifecycle: SIGTERM and SIGHUP stop a run as SIGINT does (``Interrupted``, a KeyboardInterrupt,
+raised in the main thread; a second signal is ignored while it tears down). Every ``with``
+tears down (nodes, shaper, network), then ``summary.json`` and ``report.md`` are written from
+what the nodes recorded so far, marked ``partial`` with where the run ``stopped``. Every process
+the run starts dies with the runner, even a runner killed by SIGKILL (``emu.network``), and
+what the run makes is written down as it is made, for ``draftnet clean`` (``emu.manifest``).
 
 Shaping backends: ``userspace`` (``emu.shaping.tund``, a TUN forwarder) works on any kernel;
 ``tc`` (``emu.shaping.tcd``: HTB, netem beneath) needs netem for delay, jitter and loss, which
@@ -24,8 +32,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +45,7 @@ import numpy as np
 from emu.backends import GreedyReference, check_sessions, read_sessions
 from emu.errors import ConfigError, ShapingError
 from emu.files import write_atomic
+from emu.manifest import PROBE_NETNS, run_manifest
 from emu.metrics import Recorder
 from emu.network import (
     Network,
@@ -46,13 +58,14 @@ from emu.network import shaping as shaping_on
 from emu.planner import Problem, evaluate
 from emu.planner.policies import POLICIES
 from emu.probe import IP_UDP_HEADERS
-from emu.runreport import write_run_report
+from emu.runreport import stopped_line, write_run_report
 from emu.runtime import memo_planner, model_setup, node_problem
 from emu.scenario import Scenario, scenario_toml
 from emu.shaping.sources import tc_refusal
 from emu.timescale import TimeScale, auto_time_scale
+from topologies.registry import check as check_topology
 
-__all__ = ["SHAPING", "emulate", "has_netem"]
+__all__ = ["SHAPING", "STOP_SIGNALS", "Interrupted", "emulate", "has_netem"]
 
 SHAPING = ("auto", "tc", "userspace")
 PORT = 7000
@@ -63,6 +76,7 @@ MEASURED = ("rtt_ms", "up_ms", "down_ms", "up_rate_bps")
 SERIES_FIELDS = ("rate_bps", "delay_ms", "jitter_ms", "loss")
 MAX_TIME_SCALE = 100.0
 STALL_S = 10.0  # a live node that records nothing for this long (modelled) has stalled
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 Specs = list[dict[str, Any]]
@@ -71,7 +85,7 @@ Configured = list[dict[str, float]]
 
 def has_netem() -> bool:
     """Whether this kernel has netem: try it on the loopback of a throwaway namespace."""
-    ns = f"draftnet-probe-{int(time.monotonic() * 1e6) % 10**9}"
+    ns = f"{PROBE_NETNS}{int(time.monotonic() * 1e6) % 10**9}"
     if shutil.which("ip") is None or shutil.which("tc") is None:
         return False
     if subprocess.run(["ip", "netns", "add", ns], capture_output=True, check=False).returncode:
@@ -83,6 +97,51 @@ def has_netem() -> bool:
         )
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal (``STOP_SIGNALS``): raised in the main thread where it was,
+    so that every ``finally`` tears down as for Ctrl-C. ``said`` is where the run stopped and
+    where its partial results are, once they are written."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.at = time.monotonic()
+        self.said = ""
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP handled as SIGINT for the block (restored after): the first raises
+    ``Interrupted``; the next are ignored, so that they cannot cut the teardown short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals go to the main thread only: its own caller handles them
+        return
+    stopping = False
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise Interrupted(signum)
+
+    saved = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
+@dataclass(slots=True)
+class _Where:
+    """Where a run is, for a report of how far it got should it be stopped."""
+
+    phase: str = "starting"
+    policy: str | None = None  # the policy running, until its result is in
+    t0: float | None = None  # when its workload started (monotonic), once every node was ready
+    watch: _Watch | None = None
 
 
 def _backend(shaping: str, specs: Specs) -> tuple[str, str]:
@@ -205,6 +264,8 @@ def _fidelity(nw: Network, configured: list[dict[str, float]]) -> list[dict[str,
     """Probe every user's link; ok when the RTT is within 2 ms (or 10%) of what the link is
     configured to give (delays and the jitters' means), and the rate within 10%."""
     server = nw.edge.popen([sys.executable, "-m", "emu.probe", "serve", str(PROBE_PORT)])
+    if nw.manifest is not None:
+        nw.manifest.process(server.pid, what="link probe", match="emu.probe serve")
     time.sleep(0.3)
     out = []
     try:
@@ -283,11 +344,14 @@ def _run_policy(
     specs: list[dict[str, Any]],
     pdir: Path,
     *,
+    where: _Where,
     backend: str,
     timing: str,
     scale: float,
     progress: Progress | None,
-) -> tuple[dict[str, Any], float, dict[str, list[dict[str, Any]]]]:
+) -> tuple[float, float]:
+    """Run one policy's nodes for the scenario's duration, or until its edge dies; when the
+    workload started and ended (monotonic). ``where`` follows the run as it goes."""
     pdir.mkdir(parents=True, exist_ok=True)
     (pdir / "scenario.toml").write_text(scenario_toml(sc))
     cfg = {
@@ -301,7 +365,8 @@ def _run_policy(
     }
     (pdir / "node.json").write_text(json.dumps(cfg))
     node = [sys.executable, "-m", "emu.node", str(pdir / "node.json")]
-    watch = _Watch(pdir, scale)
+    watch = where.watch = _Watch(pdir, scale)
+    where.phase = "shaping the links"
     with shaping_on(backend, nw, specs, pdir, seed=sc.sim.seed):
         procs: dict[str, Any] = {}
         logs: dict[str, Path] = {}
@@ -315,23 +380,30 @@ def _run_policy(
                 text=True,
             )
             procs[name] = p
+            if nw.manifest is not None:
+                nw.manifest.process(p.pid, what=f"node {name}", match=str(pdir / "node.json"))
             return p
 
         try:
+            where.phase = "starting the nodes"
             edge = start("edge", nw.edge, "edge")
             await_ready("node edge", edge, logs["edge"], READY_TIMEOUT_S)
             users = [start(f"u{i}", nw.user(i), "user", str(i)) for i in range(nw.users)]
             # The workload's clock starts when every user has loaded its model and connected.
             for i, p in enumerate(users):
                 await_ready(f"node u{i}", p, logs[f"u{i}"], READY_TIMEOUT_S)
-            t0 = time.monotonic()
+            t0 = where.t0 = time.monotonic()
+            where.phase = "running the workload"
             end = t0 + sc.sim.duration_s * scale  # modelled seconds, each scale wall seconds
             while (now := time.monotonic()) < end:
                 time.sleep(min(0.5, end - now))
                 if progress is not None:
                     progress(policy, (time.monotonic() - t0) / scale)
                 watch.check(procs, (time.monotonic() - t0) / scale)
+                if _edge_death(watch.deaths) is not None:
+                    break  # no verifier: nothing more to measure
             t_end = time.monotonic()
+            where.phase = "stopping the nodes"
         finally:
             for name in sorted(procs, key=lambda n: n == "edge"):  # users first, then the edge
                 if procs[name].poll() is None:
@@ -343,6 +415,11 @@ def _run_policy(
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+    return t0, t_end
+
+
+def _summarise(pdir: Path, policy: str, *, t_end: float, users: int) -> dict[str, Any]:
+    """A policy's summary from what its nodes recorded (``t_end`` on the nodes' clock)."""
     nodes = {}
     for f in sorted(pdir.glob("node-*.json")):
         with contextlib.suppress(ValueError):  # a node killed while writing it
@@ -357,11 +434,44 @@ def _run_policy(
                 continue  # a line cut short by a killed node
             r.pop("policy", None)
             rec(r)
-    summary = rec.summary(policy, t_end=t_end / scale, users=nw.users)  # on the nodes' clock
+    summary = rec.summary(policy, t_end=t_end, users=users)
     # Steps that ran longer than their profile (the host was too slow to stand in for it).
     summary["overruns"] = {name: int(n.get("overruns", 0)) for name, n in nodes.items()}
     summary["protocol_errors"] = int(nodes.get("edge", {}).get("protocol_errors", 0))
-    return summary, t_end - t0, {"deaths": watch.deaths, "stalls": watch.stalls}
+    return summary
+
+
+def _edge_death(deaths: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next((d for d in deaths if d["node"] == "edge"), None)
+
+
+def _result(
+    problem: Problem,
+    policy: str,
+    summary: dict[str, Any],
+    watch: _Watch | None,
+    *,
+    duration_s: float,
+) -> dict[str, Any]:
+    """A policy's entry in ``results``: its summary, the planner's prediction, its nodes'
+    faults, and whether it is a result at all (an edge that died leaves none)."""
+    predicted = evaluate(problem, memo_planner(policy)(problem, None)).throughput_tok_s
+    deaths = watch.deaths if watch else []
+    res = {
+        "throughput_tok_s": summary.pop("throughput_tok_s"),
+        "predicted_tok_s": predicted,
+        **summary,
+        "deaths": deaths,
+        "stalls": watch.stalls if watch else [],
+        "valid": True,
+    }
+    if (edge := _edge_death(deaths)) is not None:
+        res["valid"] = False
+        res["invalid_reason"] = (
+            f"the edge exited (status {edge['exit']}) at {edge['t_s']:.1f} s of "
+            f"{duration_s:g} s: no verifier after that, and the throughput is no measure"
+        )
+    return res
 
 
 def emulate(
@@ -392,68 +502,128 @@ def emulate(
         )
     if shaping not in SHAPING:
         raise ConfigError(f"--shaping must be one of {', '.join(SHAPING)}, got {shaping!r}")
-    preflight()
     problem = sc.problem()
+    check_topology("star", users=problem.size)  # before anything is built
+    preflight()
     if sc.models.kind != "synthetic":
         problem = node_problem(sc)  # checks the models (one line each) before any host
     t_wall = time.perf_counter()
-    if time_scale == "auto":
-        chosen = auto_time_scale(sc, problem, policies, timing)
-    else:
-        chosen = TimeScale(scale=float(time_scale), why="given (--time-scale)")
-    scale = chosen.scale
-    (out_dir / "scenario.toml").write_text(scenario_toml(sc))
-    specs, probed, configured = _links(sc, problem, out_dir, scale)
-    backend, why = _backend(shaping, specs)
-    results: dict[str, Any] = {}
-    doc: dict[str, Any] = {
-        "mode": "emu",
-        "scenario": sc.name,
-        "users": problem.size,
-        "duration_s": sc.sim.duration_s,
-        "shaping": backend,
-        "shaping_why": why,
-        "timing": timing,
-        "time_scale": scale,
-        "time_scale_why": chosen.why,
-        "models": sc.models.kind,
-        "fidelity": [],
-        "results": results,
-    }
-    lossless = _LosslessCheck(sc, out_dir, problem.size)
-    with star_network(problem.size) as nw:
-        with shaping_on(backend, nw, probed, out_dir, seed=sc.sim.seed):
-            doc["fidelity"] = _fidelity(nw, configured)
-        _write(out_dir, doc, t_wall)
-        bad = [f["link"] for f in doc["fidelity"] if not f["ok"]]
-        if bad and strict:
-            raise ShapingError(f"links outside tolerance (--strict): {', '.join(bad)}")
-        for policy in policies:
-            summary, span, faults = _run_policy(
-                sc,
-                nw,
-                policy,
-                specs,
-                out_dir / policy,
-                backend=backend,
-                timing=timing,
-                scale=scale,
-                progress=progress,
+    with _stop_on_signals():
+        if time_scale == "auto":
+            chosen = auto_time_scale(sc, problem, policies, timing)
+        else:
+            chosen = TimeScale(scale=float(time_scale), why="given (--time-scale)")
+        scale = chosen.scale
+        (out_dir / "scenario.toml").write_text(scenario_toml(sc))
+        specs, probed, configured = _links(sc, problem, out_dir, scale)
+        backend, why = _backend(shaping, specs)
+        doc: dict[str, Any] = {
+            "mode": "emu",
+            "scenario": sc.name,
+            "users": problem.size,
+            "duration_s": sc.sim.duration_s,
+            "shaping": backend,
+            "shaping_why": why,
+            "timing": timing,
+            "time_scale": scale,
+            "time_scale_why": chosen.why,
+            "models": sc.models.kind,
+            "valid": True,
+            "partial": False,
+            "fidelity": [],
+            "results": {},
+        }
+        results: dict[str, Any] = doc["results"]
+        lossless = _LosslessCheck(sc, out_dir, problem.size)
+        where = _Where()
+        try:
+            with run_manifest(out_dir) as manifest, star_network(problem.size, manifest) as nw:
+                where.phase = "probing the links"
+                with shaping_on(backend, nw, probed, out_dir, seed=sc.sim.seed):
+                    doc["fidelity"] = _fidelity(nw, configured)
+                _write(out_dir, doc, t_wall)
+                bad = [f["link"] for f in doc["fidelity"] if not f["ok"]]
+                if bad and strict:
+                    raise ShapingError(f"links outside tolerance (--strict): {', '.join(bad)}")
+                for policy in policies:
+                    where.policy, where.t0, where.watch = policy, None, None
+                    t0, t_end = _run_policy(
+                        sc,
+                        nw,
+                        policy,
+                        specs,
+                        out_dir / policy,
+                        where=where,
+                        backend=backend,
+                        timing=timing,
+                        scale=scale,
+                        progress=progress,
+                    )
+                    where.phase = f"summarising {policy}"
+                    summary = _summarise(
+                        out_dir / policy, policy, t_end=t_end / scale, users=problem.size
+                    )  # on the nodes' clock
+                    res = _result(
+                        problem, policy, summary, where.watch, duration_s=sc.sim.duration_s
+                    )
+                    results[policy] = {**res, **lossless(policy), "span_s": t_end - t0}
+                    doc["valid"] = all(r["valid"] for r in results.values())
+                    where.policy = None
+                    _write(out_dir, doc, t_wall)
+        except KeyboardInterrupt as exc:
+            _stopped(
+                doc,
+                where,
+                exc,
+                problem=problem,
+                policies=policies,
+                out_dir=out_dir,
+                t_wall=t_wall,
             )
-            predicted = evaluate(problem, memo_planner(policy)(problem, None)).throughput_tok_s
-            results[policy] = {
-                "throughput_tok_s": summary.pop("throughput_tok_s"),
-                "predicted_tok_s": predicted,
-                **summary,
-                **lossless(policy),
-                **faults,
-                "span_s": span,
-            }
-            _write(out_dir, doc, t_wall)
+            raise
+        doc["wall_s"] = time.perf_counter() - t_wall
+        _write(out_dir, doc, t_wall)
+        write_run_report(out_dir, doc)
+    return doc
+
+
+def _stopped(
+    doc: dict[str, Any],
+    where: _Where,
+    exc: KeyboardInterrupt,
+    *,
+    problem: Problem,
+    policies: list[str],
+    out_dir: Path,
+    t_wall: float,
+) -> None:
+    """After a run stopped by a signal has torn down: its summary and report from what the
+    nodes recorded so far, marked partial with where it stopped (also said on ``exc``)."""
+    at = getattr(exc, "at", time.monotonic())
+    name = signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
+    scale = float(doc["time_scale"])
+    results = doc["results"]
+    t_s = None if where.t0 is None else (at - where.t0) / scale
+    if where.policy is not None and where.policy not in results:
+        pdir = out_dir / where.policy
+        summary = _summarise(pdir, where.policy, t_end=at / scale, users=problem.size)
+        res = _result(problem, where.policy, summary, where.watch, duration_s=doc["duration_s"])
+        span = 0.0 if where.t0 is None else at - where.t0
+        results[where.policy] = {**res, "lossless": None, "partial": True, "span_s": span}
+        doc["valid"] = all(r["valid"] for r in results.values())
+    doc["partial"] = True
+    doc["stopped"] = {
+        "signal": name,
+        "phase": where.phase,
+        "policy": where.policy,
+        "t_s": t_s,
+        "not_run": [p for p in policies if p not in results],
+    }
     doc["wall_s"] = time.perf_counter() - t_wall
     _write(out_dir, doc, t_wall)
     write_run_report(out_dir, doc)
-    return doc
+    if isinstance(exc, Interrupted):
+        exc.said = f"{stopped_line(doc)}; partial results in {out_dir}"
 
 
 class _LosslessCheck:

@@ -5,8 +5,12 @@ manager that always tears down: ``star_network`` (the hosts, their links and nam
 ``userspace_shaping`` (the shaper process, its TUN devices, the access point's policy routes)
 and ``tc_shaping`` (the process that drives the access point's qdiscs, which it removes).
 ``preflight`` refuses, in one line each, what would leave a run half-built: not root, no
-``mnexec`` (Debian's ``mininet`` package), no ``/dev/net/tun``. ``clean`` removes what a killed
-run left behind.
+``mnexec`` (Debian's ``mininet`` package), no ``/dev/net/tun``.
+
+Nothing a run starts outlives it: every process a host starts (its shell, the nodes, the shaper)
+carries a parent-death signal (SIGKILL when the runner dies, even by SIGKILL itself; it survives
+``mnexec``'s exec), and, given a ``Manifest`` (``emu.manifest``), the network and the shapers
+write down what they make as they make it, for ``clean`` after a runner that was killed.
 
 Shaping (``emu.shaping.tund``): for user i, packets arriving at the access point from the user
 (``iif ap-u<i>``) are routed into TUN ``su<i>``, and packets from the edge to 10.1.i.0/24 into
@@ -18,27 +22,29 @@ carrying traffic unshaped.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import select
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from emu.errors import ConfigError, ShapingError
+from emu.manifest import Manifest
 from topologies.star import user_subnet
 
 __all__ = [
     "Network",
     "await_ready",
-    "clean",
     "preflight",
     "shaping",
     "star_network",
@@ -48,6 +54,8 @@ __all__ = [
 ]
 
 READY_TIMEOUT_S = 20.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def preflight() -> None:
@@ -74,6 +82,7 @@ def preflight() -> None:
 class Network:
     net: Any  # mininet.net.Mininet
     users: int
+    manifest: Manifest | None = None  # where what the run makes is written down
 
     def host(self, name: str) -> Any:
         return self.net.get(name)
@@ -110,10 +119,37 @@ def _run(host: Any, cmd: str) -> str:
     return str(out)
 
 
+def _die_with(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child is SIGKILLed when ``parent`` (the runner's thread that
+    starts it) dies. Set between fork and exec; kept across exec (``mnexec``, ``env``, the
+    interpreter: none is set-user-ID), cleared only in the child's own children."""
+
+    def preexec() -> None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the runner died before the setting took
+            os._exit(1)
+
+    return preexec
+
+
+def _mortal_host() -> type:
+    """Mininet's ``Host`` whose every process (its shell; whatever it ``popen``s or
+    ``pexec``s) dies with the runner."""
+    from mininet.node import Host
+
+    class MortalHost(Host):  # type: ignore[misc]
+        def _popen(self, cmd: list[str], **params: Any) -> Any:
+            params.setdefault("preexec_fn", _die_with(os.getpid()))
+            return super()._popen(cmd, **params)
+
+    return MortalHost
+
+
 @contextmanager
-def star_network(users: int) -> Iterator[Network]:
+def star_network(users: int, manifest: Manifest | None = None) -> Iterator[Network]:
     """A star of ``users`` user hosts, the access point (a router) and the edge; torn down
-    on every exit."""
+    on every exit. ``manifest`` records each host's shell (its namespace goes with it) and
+    the interfaces made in it."""
     preflight()
     from mininet.log import setLogLevel
     from mininet.net import Mininet
@@ -121,34 +157,42 @@ def star_network(users: int) -> Iterator[Network]:
     from topologies.registry import topology
 
     setLogLevel("error")
-    net = Mininet(topo=topology("star", users=users), controller=None, build=False)
+    net = Mininet(
+        topo=topology("star", users=users), host=_mortal_host(), controller=None, build=False
+    )
     try:
         net.build()
+        if manifest is not None:
+            for host in net.hosts:
+                manifest.process(host.pid, what=f"host {host.name}", match=f"mininet:{host.name}")
+                manifest.made("interface", host.intfNames(), where=host.name)
         net.start()
         ap = net.get("ap")
         for key in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0"):
             _run(ap, f"sysctl -qw {key}")
         _run(ap, "sysctl -qw net.ipv4.conf.default.rp_filter=0")
         _run(net.get("edge"), "ip route replace 10.1.0.0/16 via 10.0.0.1")
-        yield Network(net, users)
+        yield Network(net, users, manifest)
     finally:
         net.stop()
 
 
 @contextmanager
-def _shaper(ap: Any, module: str, config: dict[str, Any], run_dir: Path) -> Iterator[None]:
+def _shaper(network: Network, module: str, config: dict[str, Any], run_dir: Path) -> Iterator[None]:
     """Run a shaper process (``python -m module CONFIG``) in the access point until the block
     ends; its config in ``shaper.json``, its output in ``shaper.log``."""
     cfg_path = run_dir / "shaper.json"
     cfg_path.write_text(json.dumps(config, indent=1))
     with (run_dir / "shaper.log").open("w") as log:
-        proc = ap.popen(
+        proc = network.ap.popen(
             [sys.executable, "-m", module, str(cfg_path)],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
         )
         try:
+            if network.manifest is not None:
+                network.manifest.process(proc.pid, what=f"shaper {module}", match=str(cfg_path))
             await_ready(f"the shaper ({module})", proc, run_dir / "shaper.log", READY_TIMEOUT_S)
             yield
         finally:
@@ -186,8 +230,14 @@ def userspace_shaping(
             for d, spec in (("up", pair["up"]), ("down", pair["down"]))
         ],
     }
+    if network.manifest is not None:
+        tuns = [f"s{d}{i}" for i in range(network.users) for d in "ud"]
+        network.manifest.made("TUN", tuns, where="ap")
+        tables = [str(t) for i in range(network.users) for t in (100 + i, 1100 + i)]
+        network.manifest.made("route table", tables, where="ap")
+        network.manifest.made("rule", ["pref 100"], where="ap")
     try:
-        with _shaper(ap, "emu.shaping.tund", config, run_dir):
+        with _shaper(network, "emu.shaping.tund", config, run_dir):
             for i in range(network.users):
                 up, down = 100 + i, 1100 + i
                 for cmd in (
@@ -240,7 +290,10 @@ def tc_shaping(
             )
         ],
     }
-    with _shaper(network.ap, "emu.shaping.tcd", config, run_dir):
+    if network.manifest is not None:
+        devs = ["ap-edge", *(f"ap-u{i}" for i in range(network.users))]
+        network.manifest.made("qdisc", devs, where="ap")
+    with _shaper(network, "emu.shaping.tcd", config, run_dir):
         yield stats
 
 
@@ -290,24 +343,3 @@ def await_ready(what: str, proc: Any, log: Path, timeout_s: float) -> None:
     if line.strip() != "ready":
         said = " | ".join(tail(log, 3)) or f"said {line!r}"
         raise ShapingError(f"{what} did not start: {said}")
-
-
-def clean() -> list[str]:
-    """Remove what a killed run left behind: Mininet's namespaces, links and processes."""
-    from mininet.clean import cleanup
-
-    done = []
-    out = subprocess.run(["pkill", "-f", "emu.shaping.tund"], check=False, capture_output=True)
-    if out.returncode == 0:
-        done.append("killed leftover shaper processes")
-    # Mininet's cleanup also asks Open vSwitch, which draftnet does not use: hush its errors.
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            cleanup()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-    done.append("mininet cleanup (namespaces, links, processes)")
-    return done

@@ -1,7 +1,9 @@
 """The main job's report: ``report.md`` and plots in the run directory.
 
 Layer: emu (orchestration); writes files. Reads the ``run --json`` object and the nodes' records
-(``<policy>/events-*.jsonl``).
+(``<policy>/events-*.jsonl``). A run that is no result says so first: a policy whose edge died
+(``valid`` false) is flagged above the table and struck through in it; a run stopped by a
+signal (``partial``) says where it stopped.
 """
 
 from __future__ import annotations
@@ -14,10 +16,15 @@ import numpy as np
 
 __all__ = [
     "NO_THROUGHPUT",
+    "PARTIAL",
     "idle_note",
+    "invalid_note",
     "lossless_note",
     "notes",
     "overrun_note",
+    "partial_note",
+    "stopped_line",
+    "warnings",
     "write_run_report",
 ]
 
@@ -89,10 +96,61 @@ def idle_note(doc: dict[str, Any]) -> str | None:
     )
 
 
-def notes(doc: dict[str, Any]) -> list[str]:
-    """The report's and the terminal's notes under the results, the warnings first."""
-    found = (idle_note(doc), lossless_note(doc), overrun_note(doc))
+PARTIAL = "PARTIAL RUN"  # opens the note of a run stopped before its end
+
+
+def _valid(r: dict[str, Any]) -> bool:
+    return bool(r.get("valid", True))
+
+
+def invalid_note(doc: dict[str, Any]) -> str | None:
+    """A warning naming every policy that is no result, and why (None if all are results)."""
+    bad = [
+        f"{pol} ({r.get('invalid_reason', 'no reason recorded')})"
+        for pol, r in doc["results"].items()
+        if not _valid(r)
+    ]
+    if not bad:
+        return None
+    return (
+        f"{NO_THROUGHPUT}: the run is INVALID: " + "; ".join(bad) + ". These rows are not results."
+    )
+
+
+def stopped_line(doc: dict[str, Any]) -> str:
+    """Where a partial run stopped, in words (``doc["stopped"]``)."""
+    st = doc["stopped"]
+    line = f"stopped by {st['signal']} while {st['phase']}"
+    if st.get("policy") is not None:
+        line += f" (policy {st['policy']}"
+        if st.get("t_s") is not None:
+            line += f", at {st['t_s']:.1f} s of {doc['duration_s']:g}"
+        line += ")"
+    return line
+
+
+def partial_note(doc: dict[str, Any]) -> str | None:
+    """Where a run stopped by a signal stopped, and what it did not run (None if it ended)."""
+    if not doc.get("partial"):
+        return None
+    not_run = doc["stopped"].get("not_run") or []
+    said = f"{PARTIAL}: {stopped_line(doc)}"
+    if not_run:
+        said += f"; not run: {', '.join(not_run)}"
+    return said + ". The rows are what the nodes recorded until then."
+
+
+def warnings(doc: dict[str, Any]) -> list[str]:
+    """What makes the run's results no results, or not all of them: above everything."""
+    found = (invalid_note(doc), partial_note(doc))
     return [n for n in found if n is not None]
+
+
+def notes(doc: dict[str, Any]) -> list[str]:
+    """The terminal's notes under the results, the warnings first (the report puts
+    ``warnings`` above its table and the rest below)."""
+    found = (idle_note(doc), lossless_note(doc), overrun_note(doc))
+    return [*warnings(doc), *(n for n in found if n is not None)]
 
 
 def _scale_note(doc: dict[str, Any]) -> list[str]:
@@ -107,12 +165,23 @@ def _scale_note(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _row_name(pol: str, r: dict[str, Any]) -> str:
+    if not _valid(r):
+        return f"**{pol} (INVALID)**"
+    if not r["throughput_tok_s"]:
+        return f"**{pol} (no tokens)**"
+    return f"{pol} (partial)" if r.get("partial") else pol
+
+
 def write_run_report(out_dir: Path, doc: dict[str, Any]) -> None:
     res = doc["results"]
-    ad = res.get("ad", {}).get("throughput_tok_s")
+    ad_res = res.get("ad", {})
+    ad = ad_res.get("throughput_tok_s") if _valid(ad_res) else None
+    top = warnings(doc)
     lines = [
         f"# draftnet run: {doc['scenario']}",
         "",
+        *(line for w in top for line in (f"**{w}**", "")),
         f"{doc['users']} users on Mininet hosts; {doc['models']} models, {doc['timing']} timing, "
         f"{doc['shaping']} shaping ({doc.get('shaping_why', '')}); "
         f"{doc['duration_s']:g} s per policy; "
@@ -126,9 +195,10 @@ def write_run_report(out_dir: Path, doc: dict[str, Any]) -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for pol, r in res.items():
-        name = f"**{pol} (no tokens)**" if not r["throughput_tok_s"] else pol
+        tok_s = f"{r['throughput_tok_s']:.2f}"
         lines.append(
-            f"| {name} | {r['throughput_tok_s']:.2f} | {r['predicted_tok_s']:.2f} | "
+            f"| {_row_name(pol, r)} | {tok_s if _valid(r) else f'~~{tok_s}~~'} | "
+            f"{r['predicted_tok_s']:.2f} | "
             f"{_fmt(r['throughput_tok_s'] / ad if ad else None, '.2f')} | "
             f"{_fmt(r['acceptance_rate'], '.3f')} | {_fmt(r['mean_accepted_len'], '.2f')} | "
             f"{_fmt(r['ttft_ms']['p50'], '.0f')}/{_fmt(r['ttft_ms']['p95'], '.0f')} | "
@@ -150,7 +220,7 @@ def write_run_report(out_dir: Path, doc: dict[str, Any]) -> None:
             f"{_fmt(c['up_rate_bps'] or None, '.3g')} | {_fmt(m.get('up_rate_bps'), '.3g')} | "
             f"{'yes' if f['ok'] else '**NO**'} |"
         )
-    for note in notes(doc):
+    for note in notes(doc)[len(top) :]:
         lines += ["", f"**{note}**" if note.startswith(NO_THROUGHPUT) else note]
     bad = [f["link"] for f in doc["fidelity"] if not f["ok"]]
     if bad:
@@ -183,9 +253,10 @@ def _plots(out_dir: Path, doc: dict[str, Any]) -> None:
     names = list(res)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     x = np.arange(len(names))
-    ax.bar(x - 0.2, [res[p]["throughput_tok_s"] for p in names], 0.4, label="measured")
+    measured = [res[p]["throughput_tok_s"] if _valid(res[p]) else 0.0 for p in names]
+    ax.bar(x - 0.2, measured, 0.4, label="measured")
     ax.bar(x + 0.2, [res[p]["predicted_tok_s"] for p in names], 0.4, label="predicted")
-    ax.set_xticks(x, names)
+    ax.set_xticks(x, [p if _valid(res[p]) else f"{p}\n(invalid)" for p in names])
     ax.set_ylabel("tokens/s (all users)")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
@@ -200,7 +271,8 @@ def _plots(out_dir: Path, doc: dict[str, Any]) -> None:
             ax.step(t, np.arange(1, t.size + 1) / t.size, where="post", label=p)
     ax.set_xlabel("time per output token [ms]")
     ax.set_ylabel("CDF over rounds")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # a run stopped before any round has none
+        ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_dir / "tpot_cdf.png", dpi=110)

@@ -223,3 +223,23 @@ def test_an_unexpected_exception_is_one_line_status_1_and_a_logged_traceback(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ZeroDivisionError" in err[0]
     assert list((tmp_path / "home" / "logs").glob("error-*.log"))
+
+
+def test_run_with_more_users_than_the_topology_addresses_is_one_line_and_status_2(
+    tmp_path: Path,
+) -> None:
+    """Refused before anything is built (no root needed): one /24 per user in 10.1.0.0/16."""
+    (tmp_path / "s.toml").write_text('[network]\nmodel = "fixed"\n[models]\nkind = "synthetic"\n')
+    r = draftnet(
+        "run",
+        str(tmp_path / "s.toml"),
+        *["--users", "251", "--duration", "1", "--time-scale", "1", "--policy", "dipsd"],
+        *["--out", str(tmp_path / "run")],
+        timeout_s=60,
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stdout == "" and "Traceback" not in r.stderr
+    assert r.stderr.strip() == (
+        "draftnet: error: users.count must be <= 250 for the star topology (one /24 per user "
+        "in 10.1.0.0/16), got 251"
+    )

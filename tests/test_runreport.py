@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from emu.runreport import idle_note, lossless_note, overrun_note
@@ -49,3 +50,70 @@ def test_a_policy_that_committed_nothing_is_not_checked_and_is_flagged() -> None
     assert flag is not None and flag.startswith("NO THROUGHPUT: dipsd committed no token")
     doc["results"]["dipsd"]["throughput_tok_s"] = 3.0
     assert idle_note(doc) is None
+
+
+def _run_doc(**dipsd: Any) -> dict[str, Any]:
+    r = {
+        "throughput_tok_s": 11.6,
+        "predicted_tok_s": 30.0,
+        "acceptance_rate": 0.6,
+        "mean_accepted_len": 2.5,
+        "ttft_ms": {"p50": 90.0, "p95": 150.0},
+        "tpot_ms": {"p50": 80.0, "p95": 200.0},
+        "late_drafts": 0,
+        "overruns": {"edge": 0},
+        "rounds": 100,
+        "deaths": [],
+        "valid": True,
+        **dipsd,
+    }
+    return {
+        "scenario": "default",
+        "users": 2,
+        "models": "synthetic",
+        "timing": "profile",
+        "shaping": "userspace",
+        "duration_s": 30.0,
+        "time_scale": 1.0,
+        "fidelity": [],
+        "valid": r["valid"],
+        "partial": False,
+        "results": {"dipsd": r},
+    }
+
+
+def test_an_invalid_policy_is_flagged_above_the_table_and_struck_through(
+    tmp_path: Path,
+) -> None:
+    from emu.runreport import invalid_note, write_run_report
+
+    assert invalid_note(_run_doc()) is None
+    why = "the edge exited (status -9) at 3.0 s of 30 s"
+    doc = _run_doc(valid=False, invalid_reason=why)
+    note = invalid_note(doc)
+    assert note is not None and note.startswith("NO THROUGHPUT: the run is INVALID: dipsd (")
+    write_run_report(tmp_path, doc)
+    report = (tmp_path / "report.md").read_text()
+    head, table = report.split("## Results")
+    assert f"**NO THROUGHPUT: the run is INVALID: dipsd ({why})" in head
+    assert "| **dipsd (INVALID)** | ~~11.60~~ | 30.00 |" in table
+    assert "| dipsd | 11.60 |" not in table
+
+
+def test_a_partial_run_says_where_it_stopped_first() -> None:
+    from emu.runreport import notes, partial_note
+
+    doc = _run_doc(partial=True)
+    assert partial_note(doc) is None  # the run's own flag, not a policy's
+    doc["partial"] = True
+    doc["stopped"] = {
+        "signal": "SIGTERM",
+        "phase": "running the workload",
+        "policy": "dipsd",
+        "t_s": 3.21,
+        "not_run": ["ad"],
+    }
+    assert notes(doc)[0] == (
+        "PARTIAL RUN: stopped by SIGTERM while running the workload (policy dipsd, at 3.2 s of "
+        "30); not run: ad. The rows are what the nodes recorded until then."
+    )

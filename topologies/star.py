@@ -13,10 +13,23 @@ from typing import Any
 
 from mininet.topo import Topo
 
-__all__ = ["EDGE_IP", "StarTopo", "user_ip", "user_subnet"]
+from emu.errors import ConfigError
+
+__all__ = ["EDGE_IP", "MAX_USERS", "StarTopo", "check_users", "user_ip", "user_subnet"]
 
 EDGE_IP = "10.0.0.2"
 MAX_USERS = 250
+
+
+def check_users(users: int) -> None:
+    """ConfigError unless the star can address ``users``: one /24 per user in 10.1.0.0/16."""
+    if users < 1:
+        raise ConfigError(f"users.count must be >= 1 for the star topology, got {users}")
+    if users > MAX_USERS:
+        raise ConfigError(
+            f"users.count must be <= {MAX_USERS} for the star topology (one /24 per user in "
+            f"10.1.0.0/16), got {users}"
+        )
 
 
 def user_ip(i: int) -> str:
@@ -31,8 +44,7 @@ class StarTopo(Topo):  # type: ignore[misc]
     """``users`` user hosts (u0, u1, ...), the access point ``ap`` and the ``edge``."""
 
     def build(self, users: int = 1, **_opts: Any) -> None:
-        if not 1 <= users <= MAX_USERS:
-            raise ValueError(f"a star has 1 to {MAX_USERS} users, got {users}")
+        check_users(users)
         ap = self.addHost("ap", ip=None)
         edge = self.addHost("edge", ip=f"{EDGE_IP}/24", defaultRoute="via 10.0.0.1")
         self.addLink(ap, edge, intfName1="ap-edge", params1={"ip": "10.0.0.1/24"})
