@@ -118,6 +118,7 @@ class _Member:
     draft: Draft | None = None
     draft_len: int = 0  # what the last verdict asked for
     last_verdict: float = 0.0
+    heard: float = 0.0  # when its connection last carried a message
     alive: bool = True
 
 
@@ -305,6 +306,8 @@ class EdgeNode:
             if isinstance(ev, Closed | Bye | Error):
                 return
             member = peer.member
+            if member is not None:
+                member.heard = trio.current_time()
             if isinstance(ev, Hello):
                 peer.member = self._join(ev, peer)
             elif member is None:
@@ -328,8 +331,20 @@ class EdgeNode:
         if self.cfg.auth and not hmac.compare_digest(hello.auth, self.cfg.auth):
             raise _Refusal("auth refused", ErrorCode.AUTH)
         device = check_device(hello.device)
-        if uid in self.members:
-            raise _Refusal(f"user_id {uid} is already connected", ErrorCode.OUT_OF_ORDER)
+        if (old := self.members.get(uid)) is not None:
+            # The same user on a new connection, redialled before this edge saw its old link
+            # die: the new one replaces the old once that has been silent for four heartbeats
+            # (a live user cannot be pushed out by someone claiming its id).
+            quiet = trio.current_time() - old.heard
+            if quiet < 4 * max(lim.heartbeat_ms, 250.0) / 1e3:
+                raise _Refusal(
+                    f"user_id {uid} is connected and was heard {quiet:.2f} s ago",
+                    ErrorCode.OUT_OF_ORDER,
+                )
+            said = f"user_id {uid} connected again: this connection is replaced"
+            _post(old.outbox, old.conn, Error(error=int(ErrorCode.OUT_OF_ORDER), message=said))
+            old.outbox.close()
+            self._leave(old, f"user {uid} reconnected")
         if uid not in self.priors:
             if not lim.allow_joins:
                 raise _Refusal(
@@ -337,7 +352,7 @@ class EdgeNode:
                     ErrorCode.AUTH,
                 )
             self._remember(uid, _prior_from_hello(uid, device, self.priors))
-        m = _Member(uid=uid, conn=peer.conn, outbox=peer.outbox)
+        m = _Member(uid=uid, conn=peer.conn, outbox=peer.outbox, heard=trio.current_time())
         self.members[uid] = m
         self.stats.joined += 1
         _post(

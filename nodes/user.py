@@ -48,7 +48,7 @@ from nodes.stream import Sink, receive_event
 __all__ = ["EdgeRefused", "Sink", "UserNode", "UserStats"]
 
 Dial = Callable[[], Awaitable[trio.abc.Stream]]
-BACKOFF_S = (0.1, 2.0)  # the first redial's wait, and the longest
+BACKOFF_S = (0.1, 1.0)  # the first redial's wait, and the longest
 SILENT_BEATS = 8  # heartbeats an edge may miss before its link is taken for broken
 
 

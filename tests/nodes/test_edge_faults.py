@@ -498,3 +498,31 @@ async def test_a_user_that_loses_its_link_redials_and_resumes_its_session(
     assert user.stats.sessions == 1
     still_serving(edge)
     assert committed > committed_before
+
+
+async def test_a_new_connection_of_a_connected_user_replaces_the_old_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A user that redials before the edge saw its old link die is the same user: once the
+    old connection has been silent for four heartbeats it is closed and the new one welcomed
+    (it once waited out the idle timeout); a live user's id cannot be taken over."""
+    edge = Edge(heartbeat_ms=250.0)
+
+    async def twice(e: Edge, n: trio.Nursery) -> bytes:
+        old = e.attacker(n)
+        await old.send_all(hello(1) + session())
+        await trio.sleep(0.5)
+        early = e.attacker(n)
+        await early.send_all(hello(1))
+        assert errors(await read_all(early, 0.5)) == [ErrorCode.OUT_OF_ORDER]
+        await trio.sleep(0.5)  # the old one silent for 1.5 s
+        new = e.attacker(n)
+        await new.send_all(hello(1))
+        old_got, new_got = await read_all(old, 1.0), await read_all(new, 0.5)
+        assert [f[0] for f in frames(new_got)][:1] == [WELCOME]
+        assert 1 in e.node.members and e.node.members[1].outbox is not None
+        return old_got
+
+    got = await under_attack(edge, twice)
+    assert errors(got) == [ErrorCode.OUT_OF_ORDER]
+    assert any(r.get("ev") == "leave" and "reconnected" in r["why"] for r in edge.records)
