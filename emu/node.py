@@ -175,7 +175,15 @@ async def _user(
         if sc.models.kind != "synthetic":  # every committed token, for the lossless check
             log = stack.enter_context((Path(cfg["run_dir"]) / f"tokens-u{i}.jsonl").open("w"))
             drafter = RecordingDrafter(drafter, [], log)
-        node = UserNode(i, drafter, prompts, sink=rec, pacer=pacer, max_new_tokens=session_tokens)
+        node = UserNode(
+            i,
+            drafter,
+            prompts,
+            sink=rec,
+            pacer=pacer,
+            max_new_tokens=session_tokens,
+            silence_s=sc.limits.idle_timeout_s,
+        )
 
         async def dial() -> trio.abc.Stream:
             return await trio.open_tcp_stream(cfg["edge_ip"], int(cfg["port"]))

@@ -132,6 +132,7 @@ async def _run_policy(
                 backends.prompts(i, u, rngs[1]),
                 sink=rec,
                 max_new_tokens=session_tokens,
+                silence_s=sc.limits.idle_timeout_s,
             )
             dial = _dialler(nursery, edge, up=up, down=down, rng=rngs[2 + 2 * i], rto_ms=net.rto_ms)
             nursery.start_soon(

@@ -8,9 +8,10 @@ the Draft, wait for its Verdict, commit. A length of 0 means the edge decodes fo
 alone: the user only receives. Every round is emitted as one ``round`` record to the sink.
 
 Liveness: while it waits for the edge the user sends a Heartbeat every ``heartbeat_ms`` the
-Welcome asked for, and takes an edge silent for ``silence_s`` (or eight heartbeats) as a broken
-link. ``serve`` redials a broken link with exponential backoff and resumes the session in
-flight as the same user: its prompt is the old prompt plus every token committed so far.
+Welcome asked for, and takes an edge silent for ``silence_s`` (the scenario's idle timeout, which
+the edge holds it to as well; else eight heartbeats) as a broken link. ``serve`` redials a broken
+link with exponential backoff and resumes the session in flight as the same user: its prompt is
+the old prompt plus every token committed so far.
 """
 
 from __future__ import annotations
