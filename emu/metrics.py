@@ -10,7 +10,8 @@ Throughput is measured in steady state: from the moment every user has its first
 (``t_start``) to the end of the run; ``users_started`` says how many ever got one (a user whose
 link never delivered its prompt is left out of the window, not allowed to empty it).
 ``faults`` counts each connection fault by kind: protocol errors and connection errors the edge
-caught, users refused, links lost and redialled, and users dropped for silence.
+caught, users refused, links lost and redialled, users dropped for silence, and the warnings of
+a node's runtime (an accept that failed for want of file descriptors).
 """
 
 from __future__ import annotations
@@ -47,7 +48,14 @@ class _Tally:
 
 
 # Records of a connection's faults, counted in the summary's ``faults``.
-FAULTS = ("protocol_error", "connection_error", "refused", "link_lost", "reconnected")
+FAULTS = (
+    "protocol_error",
+    "connection_error",
+    "refused",
+    "link_lost",
+    "reconnected",
+    "node_warning",
+)
 
 
 class Recorder:

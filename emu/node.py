@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import resource
 import signal
 import sys
@@ -216,6 +217,26 @@ async def _user(
     }
 
 
+class _WarningsToRecords(logging.Handler):
+    """trio's own warnings as ``node_warning`` records, beside the node's log: an accept that
+    fails for want of file descriptors ("accept returned EMFILE") must not go unseen."""
+
+    def __init__(self, rec: Recorder, scale: float) -> None:
+        super().__init__(logging.WARNING)
+        self.rec, self.scale = rec, scale
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.rec(
+            {
+                "ev": "node_warning",
+                "t": time.monotonic() / self.scale,  # the SharedClock's reading
+                "logger": record.name,
+                "message": record.getMessage()[:1000],
+            }
+        )
+        sys.stderr.write(self.format(record) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (2, 3) or args[1] not in ("edge", "user"):
@@ -233,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         scale,
         lead_s=REAL_CLOCK_LEAD_S,  # the nodes run on a real clock
     )
+    logging.getLogger("trio").addHandler(_WarningsToRecords(rec, scale))
     try:
         if args[1] == "edge":
             out = trio.run(_edge, cfg, sc, rec, pacer, clock=SharedClock(scale))
