@@ -126,7 +126,10 @@ def _stop_on_signals() -> Iterator[None]:
             stopping = True
             raise Interrupted(signum)
 
-    saved = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    # A signal the caller chose to ignore (nohup, a background job) stays ignored.
+    saved = {
+        s: signal.signal(s, stop) for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:
@@ -403,6 +406,7 @@ def _run_policy(
                 if _edge_death(watch.deaths) is not None:
                     break  # no verifier: nothing more to measure
             t_end = time.monotonic()
+            watch.check(procs, (t_end - t0) / scale)  # a death in the last half second
             where.phase = "stopping the nodes"
         finally:
             for name in sorted(procs, key=lambda n: n == "edge"):  # users first, then the edge

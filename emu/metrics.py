@@ -10,8 +10,8 @@ Throughput is measured in steady state: from the moment every user has its first
 (``t_start``) to the end of the run; ``users_started`` says how many ever got one (a user whose
 link never delivered its prompt is left out of the window, not allowed to empty it).
 ``faults`` counts each connection fault by kind: protocol errors and connection errors the edge
-caught, users refused, links lost and redialled, users dropped for silence, and the warnings of
-a node's runtime (an accept that failed for want of file descriptors).
+caught, users refused, links lost and redialled, users that gave up, users dropped for silence,
+and the warnings of a node's runtime (an accept that failed for want of file descriptors).
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ FAULTS = (
     "refused",
     "link_lost",
     "reconnected",
+    "gave_up",
     "node_warning",
 )
 

@@ -21,10 +21,12 @@ from typing import Any
 from channel_models.config import RadioConfig
 from emu.errors import ConfigError
 from emu.planner.model import Edge, LatencyModel, ModelArch, Problem, User
+from nodes.protocol.events import MAX_TOP_K
 
 __all__ = ["PRESETS", "Scenario", "load_scenario", "scenario_toml"]
 
 PRESETS = ("default", "dipsd-paper")
+_TOP_ENTRY_BYTES = 14  # one top-k entry of a draft on the wire: an id (<= 5) and a float64 (9)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,6 +160,13 @@ class LimitsConfig:
         _in("limits.messages_per_s", self.messages_per_s, 0, 1e7, ">= 0 (0: unlimited)")
         _in("limits.max_known_ids", self.max_known_ids, 0, 1e7, "in [0, 1e7]")
         _in("limits.reconnect_give_up_s", self.reconnect_give_up_s, 0, 1e6, "in [0, 1e6]")
+        beats_per_s = 1e3 / self.heartbeat_ms if self.heartbeat_ms else 0.0
+        if self.messages_per_s and 4 * beats_per_s > self.messages_per_s:
+            raise ConfigError(
+                f"limits.messages_per_s must allow four times the heartbeats (1000 / "
+                f"limits.heartbeat_ms = {beats_per_s:g} a second), "
+                f"got {self.messages_per_s!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -230,6 +239,19 @@ class Scenario:
     sim: SimConfig = field(default_factory=SimConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     radio: RadioConfig = field(default_factory=RadioConfig)
+
+    def __post_init__(self) -> None:
+        # A sampled draft carries each token's top-k ids and probabilities: the largest one a
+        # user may send must fit the frame limit, or honest drafts are refused as too large.
+        if self.models.temperature > 0:
+            per_token = min(self.models.top_k, MAX_TOP_K) * _TOP_ENTRY_BYTES + 6
+            need = self.planner.max_draft_len * per_token + 64
+            if self.limits.max_frame_bytes < need:
+                raise ConfigError(
+                    f"limits.max_frame_bytes must hold a sampled draft of planner.max_draft_len "
+                    f"= {self.planner.max_draft_len} tokens with models.top_k = "
+                    f"{self.models.top_k} ({need} bytes), got {self.limits.max_frame_bytes}"
+                )
 
     def problem(self) -> Problem:
         """The planning instance this scenario describes (validated by the planner's types)."""

@@ -14,7 +14,7 @@ import functools
 import itertools
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -25,7 +25,7 @@ import trio.testing
 
 from channel_models.cell import RadioTrace, generate
 from channel_models.link import LinkState
-from emu.errors import ConfigError
+from emu.errors import ConfigError, DraftnetError
 from emu.files import write_atomic
 from emu.metrics import Recorder
 from emu.planner import Plan, evaluate
@@ -43,7 +43,7 @@ from emu.simlink import link_pair
 from nodes.backends import DraftBackend, SyntheticDrafter, VerifyBackend
 from nodes.edge import EdgeNode
 from nodes.pacing import Pacer
-from nodes.user import UserNode
+from nodes.user import Dial, UserNode
 
 if TYPE_CHECKING:
     from emu.backends import RealModels
@@ -137,7 +137,8 @@ async def _run_policy(
             dial = _dialler(nursery, edge, up=up, down=down, rng=rngs[2 + 2 * i], rto_ms=net.rto_ms)
             nursery.start_soon(
                 functools.partial(
-                    node.serve,
+                    _serve_user,
+                    node,
                     dial,
                     give_up_s=sc.limits.reconnect_give_up_s,
                     rng=np.random.default_rng([seed, i]),  # its redials' backoff
@@ -164,6 +165,19 @@ async def _run_policy(
     }
 
 
+async def _serve_user(
+    node: UserNode, dial: Dial, *, give_up_s: float, rng: np.random.Generator
+) -> None:
+    """A user until it stops: one that gives up (no link for ``give_up_s``, or refused for
+    good) is recorded and stops alone, as its process would; the others go on."""
+    try:
+        await node.serve(dial, give_up_s=give_up_s, rng=rng)
+    except DraftnetError as exc:
+        node.sink(
+            {"ev": "gave_up", "t": trio.current_time(), "user": node.user_id, "why": str(exc)}
+        )
+
+
 def _dialler(
     nursery: trio.Nursery,
     edge: EdgeNode,
@@ -172,7 +186,7 @@ def _dialler(
     down: Callable[[float], LinkState],
     rng: np.random.Generator,
     rto_ms: float,
-) -> Callable[[], Awaitable[trio.abc.Stream]]:
+) -> Dial:
     """A user's way to the edge: each call a new link over the same channel, the edge serving
     its end (a user that lost its link redials through this, as over TCP in emulation)."""
 

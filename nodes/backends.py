@@ -133,6 +133,7 @@ class SyntheticVerifier:
     prefix_len: dict[int, int]
     rng: np.random.Generator
     prefill_free: bool = False  # contexts already cached: steady-state decoding only
+    vocab_size: int = SYNTHETIC_VOCAB
 
     def prefill(self, prompts: Mapping[int, Sequence[int]]) -> tuple[dict[int, int], float]:
         if not prompts:

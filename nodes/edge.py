@@ -237,21 +237,24 @@ class EdgeNode:
 
     def _fault(self, peer: _Peer, code: ErrorCode, exc: Exception, ev: str) -> None:
         """Record why a peer is being closed (``ev``: protocol_error, refused, or
-        connection_error for an exception of the edge's own) and tell it, if it listens."""
+        connection_error for an exception of the edge's own) and tell it, if it listens. A
+        joined member's silence is recorded as its leave (``user N silent``), once."""
+        said = (str(exc) or type(exc).__name__)[:1000]
+        if code is ErrorCode.TIMEOUT and peer.member is not None:
+            peer.left_because = f"user {peer.member.uid} silent"
+            _post(peer.outbox, peer.conn, Error(error=int(code), message=said))
+            return
         if ev == "protocol_error":
             self.stats.protocol_errors += 1
         elif ev == "refused":
             self.stats.refused += 1
         else:
             self.stats.connection_errors += 1
-        said = str(exc) or type(exc).__name__
         uid = peer.member.uid if peer.member is not None else None
         self.sink(
             {"ev": ev, "t": trio.current_time(), "user": uid, "code": int(code), "error": said}
         )
-        if code is ErrorCode.TIMEOUT and peer.member is not None:
-            peer.left_because = f"user {peer.member.uid} silent"
-        _post(peer.outbox, peer.conn, Error(error=int(code), message=said[:1000]))
+        _post(peer.outbox, peer.conn, Error(error=int(code), message=said))
 
     async def _writer(
         self, stream: trio.abc.Stream, recv: trio.MemoryReceiveChannel[bytes]
@@ -267,14 +270,27 @@ class EdgeNode:
                 await stream.aclose()
 
     async def _heartbeats(self, peer: _Peer, scope: trio.CancelScope) -> None:
-        """Tell a joined peer the edge is alive, every ``heartbeat_ms`` (its own liveness
-        check: a silent edge is a broken link it should redial)."""
+        """Tell a joined peer the edge is alive when it has heard nothing else from the edge
+        for ``heartbeat_ms`` (its own liveness check: a silent edge is a broken link it
+        should redial). A user being verified gets verdicts, and no heartbeat."""
         every = self.cfg.limits.heartbeat_ms / 1e3
+        beat = -math.inf
+
+        def due(m: _Member | None) -> float:
+            return (max(beat, m.last_verdict) if m is not None else trio.current_time()) + every
+
         with scope:
             while every > 0:
-                await trio.sleep(every)
-                if peer.member is not None:
-                    sent = min(max(0.0, trio.current_time() * 1e3), 1e15)
+                await trio.sleep_until(due(peer.member))
+                m = peer.member
+                if m is not None and not m.alive:
+                    return  # it left the plan: its connection is closing
+                # The same expression as the wake-up time: a float that rounds the other way
+                # must not spin this loop at one instant of a virtual clock.
+                now = trio.current_time()
+                if m is not None and now >= due(m):
+                    beat = now
+                    sent = min(max(0.0, now * 1e3), 1e15)
                     if not _post(peer.outbox, peer.conn, Heartbeat(sent_ms=sent)):
                         return
 
@@ -309,14 +325,16 @@ class EdgeNode:
             if member is not None:
                 member.heard = trio.current_time()
             if isinstance(ev, Hello):
-                peer.member = self._join(ev, peer)
+                self._join(ev, peer)
             elif member is None:
                 continue  # only Heartbeat can come before Hello; the table enforces the rest
             elif isinstance(ev, SessionStart):
+                self._check_ids("prompt", ev.prompt)
                 member.prompt, member.max_new_tokens = ev.prompt, ev.max_new_tokens
                 member.generated, member.decoding = 0, False
                 self._wake()
             elif isinstance(ev, Draft):
+                self._check_ids("tokens", ev.tokens, *ev.top_ids)
                 now = trio.current_time()
                 gap_ms = (now - member.last_verdict) * 1e3
                 member.est.observe_draft(len(ev.tokens), ev.draft_ms, gap_ms)
@@ -325,10 +343,23 @@ class EdgeNode:
             elif isinstance(ev, Stats | Heartbeat):
                 pass
 
-    def _join(self, hello: Hello, peer: _Peer) -> _Member:
+    def _check_ids(self, name: str, *seqs: tuple[int, ...]) -> None:
+        """Token ids within the verifier's vocabulary (where it has one): an id beyond it
+        fails inside the model, on CUDA for every later batch too."""
+        vocab = getattr(self.verifier, "vocab_size", None)
+        if vocab is None:
+            return
+        for seq in seqs:
+            if seq and max(seq) >= vocab:
+                raise RemoteProtocolError(
+                    f"{name}: token id {max(seq)} is outside the model's vocabulary of {vocab}",
+                    code=ErrorCode.MALFORMED,
+                )
+
+    def _join(self, hello: Hello, peer: _Peer) -> None:
         """Admit a Hello's user, or refuse it (one line, naming what is wrong)."""
         lim, uid = self.cfg.limits, hello.user_id
-        if self.cfg.auth and not hmac.compare_digest(hello.auth, self.cfg.auth):
+        if self.cfg.auth and not hmac.compare_digest(hello.auth.encode(), self.cfg.auth.encode()):
             raise _Refusal("auth refused", ErrorCode.AUTH)
         device = check_device(hello.device)
         if (old := self.members.get(uid)) is not None:
@@ -353,7 +384,7 @@ class EdgeNode:
                 )
             self._remember(uid, _prior_from_hello(uid, device, self.priors))
         m = _Member(uid=uid, conn=peer.conn, outbox=peer.outbox, heard=trio.current_time())
-        self.members[uid] = m
+        self.members[uid] = peer.member = m  # both at once: it leaves with its connection
         self.stats.joined += 1
         _post(
             peer.outbox,
@@ -365,14 +396,13 @@ class EdgeNode:
             ),
         )
         self.sink({"ev": "join", "t": trio.current_time(), "user": uid})
-        return m
 
     def _remember(self, uid: int, prior: User) -> None:
         """Keep a joiner's prior; past ``max_known_ids`` joiners, forget the oldest absent."""
         self.priors[uid] = prior
         self._joiners[uid] = None
         while len(self._joiners) > self.cfg.limits.max_known_ids:
-            old = next((u for u in self._joiners if u not in self.members), None)
+            old = next((u for u in self._joiners if u not in self.members and u != uid), None)
             if old is None:
                 break
             del self._joiners[old]
@@ -395,8 +425,14 @@ class EdgeNode:
 
     def _send(self, m: _Member, event: Event) -> None:
         if m.alive and not _post(m.outbox, m.conn, event):
-            # The user stopped reading: drop it rather than stall everyone.
-            self._leave(m)
+            # The user stopped reading (or its connection cannot carry this): drop it and
+            # close its connection rather than stall everyone.
+            self.stats.connection_errors += 1
+            self.sink({"ev": "connection_error", "t": trio.current_time(), "user": m.uid,
+                       "code": int(ErrorCode.INTERNAL),
+                       "error": f"could not send {type(event).__name__}"})  # fmt: skip
+            m.outbox.close()
+            self._leave(m, f"user {m.uid} not reading")
 
     # --- the pipeline ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -661,9 +697,9 @@ class EdgeNode:
         self._dirty = ""
         if not uids:
             return
-        users = tuple(self._believed(u) for u in uids)
         c = self.cfg
         try:
+            users = tuple(self._believed(u) for u in uids)
             problem = Problem(
                 users=users,
                 edge=self.edge,

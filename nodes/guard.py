@@ -1,7 +1,8 @@
 """What the edge checks of a peer before trusting it: its claimed device, and its pace.
 
-Layer: pure (no I/O, no clock: times are passed in). Every value a peer sends reaches the planner
-or a backend only through here; a value out of range is a RemoteProtocolError naming the field,
+Layer: pure (no I/O, no clock: times are passed in). A Hello's device profile reaches the planner
+only through ``check_device`` (messages are checked by ``nodes.protocol``, token ids against the
+model's vocabulary by the edge); a value out of range is a RemoteProtocolError naming the field,
 the value and the rule, which closes that peer's connection and nobody else's.
 """
 
@@ -62,7 +63,8 @@ def check_device(device: Mapping[str, float]) -> dict[str, float]:
 
 @dataclass(slots=True)
 class RateLimit:
-    """A token bucket: ``rate`` messages a second, bursts of up to ``rate`` (one second's)."""
+    """A token bucket: ``rate`` messages a second, bursts of one second's worth (at least one
+    message)."""
 
     rate: float
     _tokens: float | None = field(default=None, init=False)
@@ -73,8 +75,8 @@ class RateLimit:
         if self.rate <= 0:
             return True
         if self._tokens is None:  # the first message: a full bucket
-            self._tokens, self._at = self.rate, now
-        self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate)
+            self._tokens, self._at = max(self.rate, 1.0), now
+        self._tokens = min(max(self.rate, 1.0), self._tokens + (now - self._at) * self.rate)
         self._at = now
         if self._tokens < 1.0:
             return False

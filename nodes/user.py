@@ -29,6 +29,7 @@ from emu.errors import LocalProtocolError, PeerGone, RemoteProtocolError
 from nodes.backends import DraftBackend
 from nodes.pacing import Pacer
 from nodes.protocol import (
+    MAX_PROMPT_TOKENS,
     PROTOCOL_VERSION,
     Bye,
     Closed,
@@ -46,11 +47,13 @@ from nodes.protocol import (
 )
 from nodes.stream import Sink, receive_event
 
-__all__ = ["EdgeRefused", "Sink", "UserNode", "UserStats"]
+__all__ = ["Dial", "EdgeRefused", "Sink", "UserNode", "UserStats"]
 
 Dial = Callable[[], Awaitable[trio.abc.Stream]]
 BACKOFF_S = (0.1, 1.0)  # the first redial's wait, and the longest
 SILENT_BEATS = 8  # heartbeats an edge may miss before its link is taken for broken
+# Refusals that redialling cannot change: who the user is, or what it sends.
+_FINAL = (ErrorCode.AUTH, ErrorCode.VERSION, ErrorCode.MALFORMED, ErrorCode.TOO_LARGE)
 
 
 @dataclass(slots=True)
@@ -116,16 +119,17 @@ class UserNode:
     ) -> None:
         """Serve over connections from ``dial`` (``first``, if given, is the first), redialling
         a broken link with jittered exponential backoff, until cancelled, until the edge ends
-        cleanly or refuses the user, or after ``give_up_s`` without a working link."""
+        cleanly or refuses the user for good (EdgeRefused), or until ``give_up_s`` pass
+        without a connection that committed a token (PeerGone)."""
         rng = rng if rng is not None else np.random.default_rng(self.user_id)
         backoff, down_since = BACKOFF_S[0], None
         stream = first
         while True:
             if stream is None:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError), trio.move_on_after(max(give_up_s, 1.0)):
                     stream = await dial()
             if stream is not None:
-                welcomed = self.stats.reconnects
+                committed = self.stats.committed_tokens
                 try:
                     await self.run(stream)
                     return
@@ -135,7 +139,7 @@ class UserNode:
                     self.sink({"ev": "link_lost", "t": trio.current_time(),
                                "user": self.user_id, "why": str(exc)})  # fmt: skip
                 stream = None
-                if self._welcomed_since(welcomed):
+                if self.stats.committed_tokens > committed:  # that link worked
                     backoff, down_since = BACKOFF_S[0], None
             now = trio.current_time()
             down_since = now if down_since is None else down_since
@@ -143,9 +147,6 @@ class UserNode:
                 raise PeerGone(f"user {self.user_id}: no link to the edge for {give_up_s:g} s")
             await trio.sleep(backoff * float(rng.uniform(0.5, 1.5)))
             backoff = min(2 * backoff, BACKOFF_S[1])
-
-    def _welcomed_since(self, count: int) -> bool:
-        return self.stats.reconnects > count or (count == 0 and self.stats.sessions > 0)
 
     async def run(self, stream: trio.abc.Stream) -> None:
         """Serve sessions over ``stream`` until cancelled, the edge says Bye, or it fails
@@ -179,10 +180,12 @@ class UserNode:
 
     async def _session(self) -> None:
         """One session, or the rest of the one a broken link interrupted."""
-        resumed = self._in_flight is not None
-        if self._in_flight is None:
-            self._in_flight = _InFlight(prompt=tuple(next(self.prompts)))
         flight = self._in_flight
+        if flight is not None and len(flight.prompt) + len(flight.committed) > MAX_PROMPT_TOKENS:
+            flight = None  # too long to resend as a prompt: a new session instead
+        resumed = flight is not None
+        if flight is None:
+            flight = self._in_flight = _InFlight(prompt=tuple(next(self.prompts)))
         prompt = flight.prompt + tuple(flight.committed)
         left = self.max_new_tokens - len(flight.committed) if self.max_new_tokens else 0
         self.drafter.start(prompt)
@@ -269,7 +272,7 @@ class UserNode:
                 raise PeerGone("the edge closed the connection")
             if isinstance(ev, Error):
                 said = f"the edge closed the session: error {ev.error}: {ev.message}"
-                if ev.error in (ErrorCode.AUTH, ErrorCode.VERSION):
+                if ev.error in _FINAL:
                     raise EdgeRefused(said)
                 raise PeerGone(said)
             if isinstance(ev, Welcome | Verdict):

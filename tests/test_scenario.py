@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,27 @@ def test_bad_scenarios_name_field_value_and_rule(tmp_path: Path, text: str, mess
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_scenario("/nonexistent/scenario.toml")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "said"),
+    [
+        (
+            {"models.temperature": 0.8, "models.top_k": 64, "limits.max_frame_bytes": 4096},
+            "limits.max_frame_bytes must hold a sampled draft of planner.max_draft_len = 20",
+        ),
+        (
+            {"limits.heartbeat_ms": 10.0, "limits.messages_per_s": 100.0},
+            "limits.messages_per_s must allow four times the heartbeats",
+        ),
+        (
+            {"limits.heartbeat_ms": 3000.0, "limits.idle_timeout_s": 5.0},
+            "limits.heartbeat_ms must be > 0 and under half of limits.idle_timeout_s",
+        ),
+    ],
+)
+def test_limits_that_would_refuse_honest_users_are_one_line(
+    overrides: dict[str, object], said: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_scenario(overrides=overrides)

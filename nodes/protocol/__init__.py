@@ -7,6 +7,7 @@ Layer: pure (nodes.protocol): no sockets, no clock, no randomness; the trio shel
 from nodes.protocol.connection import DEFAULT_MAX_FRAME, NEED_DATA, Connection, Role, State
 from nodes.protocol.events import (
     MAX_DRAFT_TOKENS,
+    MAX_PROMPT_TOKENS,
     PROTOCOL_VERSION,
     Bye,
     Closed,
@@ -26,6 +27,7 @@ from nodes.protocol.events import (
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "MAX_DRAFT_TOKENS",
+    "MAX_PROMPT_TOKENS",
     "NEED_DATA",
     "PROTOCOL_VERSION",
     "Bye",

@@ -9,8 +9,8 @@ Layer: pure (nodes.protocol): bytes in, events out; events in, bytes out. No soc
 
 Framing: a 4-byte big-endian length, then one msgpack message: a SessionStart (which carries a
 prompt) of at most ``max_frame`` bytes, every other message of at most ``max_small_frame``. A
-frame's size and its message type are checked against the limits and the session's state as soon
-as its first bytes arrive, before its body is buffered or decoded.
+frame over ``max_small_frame`` has its message type checked against the limits and the
+session's state as soon as its first bytes arrive, before its body is buffered or decoded.
 Both sides track one shared session state, advanced by the events either side sends, through
 the single transition table ``_TRANSITIONS``; an event the table does not allow is a
 LocalProtocolError when we send it and a RemoteProtocolError (with an ErrorCode) when the peer

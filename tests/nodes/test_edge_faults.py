@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from channel_models.link import LinkState
+from emu.errors import PeerGone
 from emu.planner import Plan, Problem, plan_for
 from emu.simlink import link_pair
 from nodes.backends import SyntheticDrafter, SyntheticVerifier
@@ -244,12 +245,14 @@ async def test_an_unknown_user_id_is_refused(autojump_clock: trio.testing.MockCl
     still_serving(edge)
 
 
+@pytest.mark.parametrize("known_ids", [1024, 0])
 async def test_a_joiner_the_scenario_allows_is_verified_like_the_others(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, known_ids: int
 ) -> None:
     """With joins allowed a new id gets a session (the synthetic verifier once raised
-    KeyError for an id it had no rate for, and the edge died)."""
-    edge = Edge(allow_joins=True)
+    KeyError for an id it had no rate for, and the edge died; with no room for joiners'
+    priors the joiner once evicted its own, and the next plan died of a KeyError)."""
+    edge = Edge(allow_joins=True, max_known_ids=known_ids)
 
     async def join(e: Edge, n: trio.Nursery) -> bytes:
         u_end, e_end = link_pair(lambda _t: LinkState(), lambda _t: LinkState(), e.link_rng)
@@ -263,6 +266,38 @@ async def test_a_joiner_the_scenario_allows_is_verified_like_the_others(
     assert edge.commits_after(ATTACK_AT + 1.0) > 20
     assert edge.planned_users() == [0, 99]
     assert sum(r["committed"] for r in edge.records if r.get("user") == 99 and "committed" in r)
+
+
+async def test_a_token_id_outside_the_vocabulary_closes_only_that_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    edge = Edge()
+    got = await under_attack(edge, sends(hello(1), frame(START, 0, [1, 40_000], 0)))
+    assert errors(got) == [ErrorCode.MALFORMED]
+    still_serving(edge)
+
+
+async def test_a_user_refused_again_and_again_backs_off_and_gives_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Redials back off even when every connection is refused at once, and stop after
+    ``give_up_s`` (they once went on at ten a second, for ever)."""
+    edge = Edge(known=1)
+    dials: list[float] = []
+
+    async def refused() -> trio.abc.Stream:
+        dials.append(trio.current_time())
+        client, server = trio.testing.memory_stream_pair()
+        await server.send_all(frame(ERROR, int(ErrorCode.OVERLOADED), "full"))
+        await server.aclose()
+        return client
+
+    user = edge.honest()
+    user.stats.sessions, user.stats.committed_tokens = 1, 100  # as if it had served before
+    with trio.fail_after(60), pytest.raises(PeerGone, match="no link to the edge for 5 s"):
+        await user.serve(refused, give_up_s=5.0)
+    assert 5.0 <= dials[-1] - dials[0] <= 7.0
+    assert len(dials) < 14  # 0.1, 0.2, 0.4, 0.8, then a second apart (jittered)
 
 
 async def test_a_deeply_nested_frame_is_malformed_not_a_crash(
