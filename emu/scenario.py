@@ -132,7 +132,7 @@ class LimitsConfig:
 
     handshake_timeout_s: float = 5.0
     idle_timeout_s: float = 5.0
-    heartbeat_ms: float = 250.0
+    heartbeat_ms: float = 1000.0
     max_frame_bytes: int = 1 << 16
     max_session_frame_bytes: int = 1 << 20
     max_connections: int = 0  # 0: twice the users, plus 16

@@ -295,25 +295,41 @@ class EdgeNode:
                         return
 
     async def _next(self, stream: trio.abc.Stream, peer: _Peer) -> Event:
-        """The peer's next event, within its deadline (the handshake's until it has joined,
-        then the idle timeout) and its message rate."""
+        """The peer's next event, within its message rate and its deadline: the handshake's
+        until it has joined, then the idle timeout whenever the edge waits on it."""
         lim = self.cfg.limits
-        if peer.member is None:
-            deadline, what = peer.opened + lim.handshake_timeout_s, "no Hello within"
-            wait = lim.handshake_timeout_s
-        elif lim.idle_timeout_s > 0:
-            wait = lim.idle_timeout_s
-            deadline, what = trio.current_time() + wait, "silent for"
-        else:
-            deadline, what, wait = math.inf, "", 0.0
-        with trio.move_on_at(deadline):
-            ev = await receive_event(peer.conn, stream)
-            if not peer.rate.allow(trio.current_time()):
+        while True:
+            if peer.member is None:
+                deadline = peer.opened + lim.handshake_timeout_s
+            elif lim.idle_timeout_s > 0:
+                # Look again every quarter of the timeout: what the edge waits on changes
+                # as it sends (a verdict asks for a draft).
+                deadline = trio.current_time() + lim.idle_timeout_s / 4
+            else:
+                deadline = math.inf
+            with trio.move_on_at(deadline):
+                ev = await receive_event(peer.conn, stream)
+                if not peer.rate.allow(trio.current_time()):
+                    raise _Refusal(
+                        f"more than {lim.messages_per_s:g} messages a second",
+                        ErrorCode.OVERLOADED,
+                    )
+                return ev
+            if peer.member is None:
+                raise _Refusal(f"no Hello within {lim.handshake_timeout_s:g} s", ErrorCode.TIMEOUT)
+            if (silent := self._silent_for(peer.member)) >= lim.idle_timeout_s:
                 raise _Refusal(
-                    f"more than {lim.messages_per_s:g} messages a second", ErrorCode.OVERLOADED
+                    f"silent for {silent:.3g} s while the edge waited on it", ErrorCode.TIMEOUT
                 )
-            return ev
-        raise _Refusal(f"{what} {wait:g} s", ErrorCode.TIMEOUT)
+
+    def _silent_for(self, m: _Member) -> float:
+        """How long the edge has waited on ``m`` without a word: for its draft (the last
+        verdict asked for one) or its next session; 0 while the edge owes it (its draft is
+        in, or the edge decodes for it alone), since then nothing of it stalls a batch."""
+        state, conn = m.conn.state, m.conn
+        if state is State.READY or (state is State.DRAFTING and conn.draft_len > 0):
+            return trio.current_time() - max(m.heard, m.last_verdict)
+        return 0.0
 
     async def _read(self, stream: trio.abc.Stream, peer: _Peer) -> None:
         peer.opened = trio.current_time()

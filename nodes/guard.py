@@ -33,7 +33,7 @@ class Limits:
 
     handshake_timeout_s: float = 5.0  # from accept to a complete Hello
     idle_timeout_s: float = 5.0  # silence after which a peer is dropped (0: never)
-    heartbeat_ms: float = 250.0  # how often each side says it is alive (0: never)
+    heartbeat_ms: float = 1000.0  # the edge tells a peer it is alive after this much silence
     max_frame_bytes: int = 1 << 16  # every message but SessionStart
     max_session_frame_bytes: int = 1 << 20  # SessionStart (a prompt of up to 32768 tokens)
     max_connections: int = 64  # open at once, handshake or not

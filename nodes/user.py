@@ -7,9 +7,10 @@ One round: draft ``next_draft_len`` tokens (the backend's time passes through th
 the Draft, wait for its Verdict, commit. A length of 0 means the edge decodes for this user
 alone: the user only receives. Every round is emitted as one ``round`` record to the sink.
 
-Liveness: while it waits for the edge the user sends a Heartbeat every ``heartbeat_ms`` the
-Welcome asked for, and takes an edge silent for ``silence_s`` (the scenario's idle timeout, which
-the edge holds it to as well; else eight heartbeats) as a broken link. ``serve`` redials a broken
+Liveness: the edge heartbeats a user it has sent nothing for ``heartbeat_ms`` (the Welcome says
+how often), and the user takes an edge silent for ``silence_s`` (the scenario's idle timeout;
+else eight heartbeats) as a broken link. The user sends no heartbeats: the edge only waits on it
+for a draft or a session, and those are its signs of life. ``serve`` redials a broken
 link with exponential backoff and resumes the session in flight as the same user: its prompt is
 the old prompt plus every token committed so far.
 """
@@ -38,7 +39,6 @@ from nodes.protocol import (
     Error,
     ErrorCode,
     Event,
-    Heartbeat,
     Hello,
     Role,
     SessionStart,
@@ -107,7 +107,6 @@ class UserNode:
         self._session_no = 0
         self._in_flight: _InFlight | None = None
         self._beat_s = 0.0
-        self._last_sent = 0.0
 
     async def serve(
         self,
@@ -280,27 +279,18 @@ class UserNode:
             # Heartbeats and PlanUpdates: lengths change through Verdicts, so nothing to do.
 
     async def _receive(self) -> Event:
-        """The edge's next event. Meanwhile a Heartbeat goes out every ``heartbeat_ms`` the
-        edge asked for; an edge silent past ``silence_s`` is a broken link (PeerGone)."""
+        """The edge's next event; an edge silent past ``silence_s`` (it heartbeats a user it
+        has sent nothing for ``heartbeat_ms``) is a broken link (PeerGone)."""
         silence = self.silence_s or SILENT_BEATS * self._beat_s
-        heard = trio.current_time()
-        while True:
-            wake = heard + silence if silence > 0 else math.inf
-            if self._beat_s > 0:
-                wake = min(wake, self._last_sent + self._beat_s)
-            with trio.move_on_at(wake):
-                return await receive_event(self.conn, self._stream)
-            now = trio.current_time()
-            if silence > 0 and now >= heard + silence:
-                raise PeerGone(f"the edge was silent for {silence:g} s")
-            await self._send(Heartbeat(sent_ms=min(max(0.0, now * 1e3), 1e15)))
+        with trio.move_on_after(silence if silence > 0 else math.inf):
+            return await receive_event(self.conn, self._stream)
+        raise PeerGone(f"the edge was silent for {silence:g} s")
 
     async def _send(self, event: Event) -> None:
         try:
             await self._stream.send_all(self.conn.send(event))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise PeerGone("the edge's link broke") from exc
-        self._last_sent = trio.current_time()
 
     async def _send_quietly(self, event: Event) -> None:
         with contextlib.suppress(PeerGone, LocalProtocolError):

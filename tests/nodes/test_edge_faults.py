@@ -365,11 +365,11 @@ async def test_a_silent_user_is_dropped_and_the_plan_recomputed(
     still_serving(edge)
 
 
-async def test_an_honest_user_sends_heartbeats_and_is_never_dropped_when_not_drafting(
+async def test_a_user_the_edge_decodes_for_alone_is_never_dropped_for_silence(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """At draft length 0 (the edge decodes alone) a user only receives: its heartbeats are
-    what keeps it in the plan."""
+    """At draft length 0 (the edge decodes alone) a user only receives: the edge does not wait
+    on it, so its silence is no fault."""
     edge = Edge(known=1, idle_timeout_s=0.5, heartbeat_ms=100.0)
     edge._plan = lambda problem, previous: plan_for("ad", problem, previous)  # type: ignore[method-assign]
     edge.node.planner = edge._plan
