@@ -72,18 +72,8 @@ def edge_settings(sc: Scenario, users: int) -> EdgeSettings:
 
 def limits(sc: Scenario, users: int) -> Limits:
     """The scenario's ``[limits]`` as the edge holds its peers to them."""
-    lim = sc.limits
-    return Limits(
-        handshake_timeout_s=lim.handshake_timeout_s,
-        idle_timeout_s=lim.idle_timeout_s,
-        heartbeat_ms=lim.heartbeat_ms,
-        max_frame_bytes=lim.max_frame_bytes,
-        max_session_frame_bytes=lim.max_session_frame_bytes,
-        max_connections=lim.max_connections or 2 * users + 16,
-        messages_per_s=lim.messages_per_s,
-        allow_joins=lim.allow_joins,
-        max_known_ids=lim.max_known_ids,
-    )
+    same = {f.name: getattr(sc.limits, f.name) for f in dataclasses.fields(Limits)}
+    return Limits(**{**same, "max_connections": sc.limits.max_connections or 2 * users + 16})
 
 
 def with_model_priors(problem: Problem, acceptance: float | None, prefix: int) -> Problem:

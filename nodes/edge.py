@@ -389,9 +389,7 @@ class EdgeNode:
                     ErrorCode.OUT_OF_ORDER,
                 )
             said = f"user_id {uid} connected again: this connection is replaced"
-            _post(old.outbox, old.conn, Error(error=int(ErrorCode.OUT_OF_ORDER), message=said))
-            old.outbox.close()
-            self._leave(old, f"user {uid} reconnected")
+            self._evict(old, ErrorCode.OUT_OF_ORDER, said, f"user {uid} reconnected")
         if uid not in self.priors:
             if not lim.allow_joins:
                 raise _Refusal(
@@ -435,6 +433,14 @@ class EdgeNode:
         self.sink({"ev": "leave", "t": trio.current_time(), "user": m.uid, "why": self._dirty})
         self._wake()
 
+    def _evict(self, m: _Member, code: ErrorCode | None, said: str, why: str) -> None:
+        """Drop ``m`` from the plan and close its connection, with an Error saying ``said``
+        where there is a ``code`` (and the connection can still carry one)."""
+        if code is not None:
+            _post(m.outbox, m.conn, Error(error=int(code), message=said[:1000]))
+        m.outbox.close()
+        self._leave(m, why)
+
     def _wake(self) -> None:
         self._arrival.set()
         self._arrival = trio.Event()
@@ -447,8 +453,7 @@ class EdgeNode:
             self.sink({"ev": "connection_error", "t": trio.current_time(), "user": m.uid,
                        "code": int(ErrorCode.INTERNAL),
                        "error": f"could not send {type(event).__name__}"})  # fmt: skip
-            m.outbox.close()
-            self._leave(m, f"user {m.uid} not reading")
+            self._evict(m, None, "", f"user {m.uid} not reading")
 
     # --- the pipeline ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -544,9 +549,9 @@ class EdgeNode:
                 said = f"the edge could not process this user's input: {exc!r}"
                 self.sink({"ev": "connection_error", "t": trio.current_time(), "user": m.uid,
                            "code": int(ErrorCode.MALFORMED), "error": said})  # fmt: skip
-                _post(m.outbox, m.conn, Error(error=int(ErrorCode.MALFORMED), message=said[:1000]))
-                m.outbox.close()
-                self._leave(m, f"user {m.uid} sent what the model cannot take")
+                self._evict(
+                    m, ErrorCode.MALFORMED, said, f"user {m.uid} sent what the model cannot take"
+                )
                 results.append(None)
                 continue
             results.append(out)
@@ -641,9 +646,7 @@ class EdgeNode:
         for m in [m for m in self.members.values() if m.uid not in planned]:
             self.stats.refused += 1
             self.sink({"ev": "refused", "t": trio.current_time(), "user": m.uid, "error": why})
-            _post(m.outbox, m.conn, Error(error=int(ErrorCode.OVERLOADED), message=why[:1000]))
-            m.outbox.close()
-            self._leave(m, f"user {m.uid} refused")
+            self._evict(m, ErrorCode.OVERLOADED, why, f"user {m.uid} refused")
 
     # --- estimation and re-planning ------------------------------------------------------
     def _replan_reason(self) -> str | None:
