@@ -168,7 +168,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 def cmd_solve(args: argparse.Namespace) -> dict[str, Any]:
     from emu.planner import BASELINES, evaluate, plan_for
-    from emu.report import print_solve
+    from emu.results.report import print_solve
 
     scenario = _load(args)
     problem = scenario.problem()
@@ -205,8 +205,8 @@ def cmd_solve(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_sim(args: argparse.Namespace) -> dict[str, Any]:
-    from emu.report import print_sim
-    from emu.sim import simulate
+    from emu.results.report import print_sim
+    from emu.runners.sim import simulate
 
     scenario = _load(args)
     policies = args.policies or [scenario.planner.policy]
@@ -268,7 +268,7 @@ def _log_traceback(args: argparse.Namespace) -> Path | None:
     command without one, in ``$DRAFTNET_HOME/logs``; None if neither can be written."""
     import traceback
 
-    from emu.models import draftnet_home
+    from emu.models.embedded import draftnet_home
 
     run_dir: Path | None = getattr(args, "run_dir", None)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -282,8 +282,8 @@ def _log_traceback(args: argparse.Namespace) -> Path | None:
 
 
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
-    from emu.emulate import emulate
-    from emu.report import print_run
+    from emu.results.report import print_run
+    from emu.runners.emulate import emulate
 
     scenario = _load(args)
     policies = args.policies or ["dipsd", "ad", "ad-batch"]
@@ -322,8 +322,8 @@ def _marked(out: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_channel(args: argparse.Namespace) -> dict[str, Any]:
-    from emu.channel import run_channel
-    from emu.report import print_channel
+    from emu.results.report import print_channel
+    from emu.runners.channel import run_channel
 
     scenario = _load(args)
     out_dir = _out_dir(args, "channel")
@@ -347,7 +347,7 @@ def _spinner(text: str, *, quiet: bool) -> Any:
 
 
 def cmd_study(args: argparse.Namespace) -> dict[str, Any]:
-    from emu.study import run_dipsd_paper
+    from emu.sweep.study import run_dipsd_paper
 
     if args.max_users < 1:
         raise ConfigError(f"--max-users must be >= 1, got {args.max_users}")
@@ -355,7 +355,7 @@ def cmd_study(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
-    from emu.profile import (
+    from emu.models.profile import (
         DRAFT_GRID,
         VERIFY_GRID,
         Grid,
@@ -363,7 +363,7 @@ def cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
         profile_target,
         write_profile,
     )
-    from emu.report import print_profile
+    from emu.results.report import print_profile
 
     def say(line: str) -> None:
         if not args.json:
@@ -412,7 +412,7 @@ def cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_clean(args: argparse.Namespace) -> dict[str, Any]:
-    from emu.manifest import clean
+    from emu.runners.manifest import clean
 
     if os.geteuid() != 0:
         raise ConfigError("clean must run as root: it kills the processes a run left as root")
@@ -423,7 +423,7 @@ def cmd_clean(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_models(args: argparse.Namespace) -> dict[str, Any]:
-    from emu.models import prepare
+    from emu.models.embedded import prepare
 
     pair = prepare(say=lambda line: print(f"draftnet: {line}", file=sys.stderr))
     out = {
@@ -464,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"draftnet: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
-        # emu.emulate's Interrupted says which signal, and where the run stopped.
+        # emu.runners.emulate's Interrupted says which signal, and where the run stopped.
         said = getattr(exc, "said", "") or (f"stopped by {exc}" if str(exc) else "interrupted")
         print(f"draftnet: {said}", file=sys.stderr)
         return 128 + int(getattr(exc, "signum", signal.SIGINT))

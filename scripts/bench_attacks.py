@@ -2,7 +2,7 @@
 """Attack benchmark (issue 13): an honest user's throughput and the edge's memory, before, during
 and after each attack from a client on loopback against a live edge.
 
-The edge and ONE honest user run as their own processes (``python -m emu.node``, synthetic
+The edge and ONE honest user run as their own processes (``python -m emu.runners.node``, synthetic
 models, profile timing, dipsd) on 127.0.0.1. Each attack is a phase: ``--before`` seconds,
 ``--during`` seconds of attack from threads in this process (plain sockets; frames built with
 msgpack, some of them frames the event classes would refuse), ``--after`` seconds. The honest
@@ -234,7 +234,7 @@ def write_config(run_dir: Path, root: Path, edge_ip: str, port: int) -> Path:
 
 
 def node_cmd(cfg: Path, *role: str) -> list[str]:
-    return [sys.executable, "-m", "emu.node", str(cfg), *role]
+    return [sys.executable, "-m", "emu.runners.node", str(cfg), *role]
 
 
 def wait_first_round(events: Path, procs: list[subprocess.Popen[str]], timeout_s: float) -> float:
@@ -754,8 +754,8 @@ def run_attack(key: str, pair: Pair, rss: RssSampler, args: argparse.Namespace) 
 def outage(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     """The honest user's recovery after its own interface is down for ``--outage-s`` (Mininet);
     past the edge's idle timeout the edge drops it, and it must redial and resume."""
-    from emu.network import await_ready as mn_ready
-    from emu.network import star_network
+    from emu.runners.network import await_ready as mn_ready
+    from emu.runners.network import star_network
 
     run_dir = base / "outage"
     run_dir.mkdir()
@@ -969,7 +969,8 @@ def main() -> int:
         "--root",
         type=Path,
         default=ROOT,
-        help="the source tree whose emu.node runs the edge and the user (default: this one)",
+        help="the source tree whose emu.runners.node runs the edge and the user "
+        "(default: this one)",
     )
     args = ap.parse_args()
     keys = parse_attacks(args.attacks)

@@ -28,7 +28,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-from emu.timescale import median_wall_ms  # noqa: E402
+from emu.runners.timescale import median_wall_ms  # noqa: E402
 
 RECORD = Path(__file__).with_suffix(".json")
 DRAFT_TOKENS = 8
@@ -49,7 +49,7 @@ def calibration_ms(repeats: int) -> float:
 
 
 def measure(repeats: int) -> dict[str, float]:
-    from emu.models import builtin_prompts, embedded_pair, prompt_ids
+    from emu.models.embedded import builtin_prompts, embedded_pair, prompt_ids
     from nodes.backends import VerifyItem
     from nodes.hf_verifier import HFVerifier
     from nodes.llama_drafter import LlamaDrafter

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from emu.models import builtin_prompts, embedded_pair, greedy_acceptance, prompt_ids
+from emu.models.embedded import builtin_prompts, embedded_pair, greedy_acceptance, prompt_ids
 from nodes.backends import VerifyItem
 from nodes.hf_verifier import HFVerifier
 from nodes.llama_drafter import LlamaDrafter
@@ -68,8 +68,8 @@ def verifier_grid(v: HFVerifier, prompt: list[int], repeats: int) -> None:
 
 
 def sim_embedded(users: int, duration: float, profiles: list[str]) -> None:
+    from emu.runners.sim import simulate
     from emu.scenario import load_scenario
-    from emu.sim import simulate
 
     sc = load_scenario(
         overrides={

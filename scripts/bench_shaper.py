@@ -22,20 +22,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from emu.network import shaping, star_network
-from emu.probe import IP_UDP_HEADERS
+from emu.runners.network import shaping, star_network
+from emu.shaping.probe import IP_UDP_HEADERS
 
 
 def _probe(nw, **kw: int) -> dict:
     flags = " ".join(f"--{k} {v}" for k, v in kw.items())
-    out = nw.user(0).cmd(f"{sys.executable} -m emu.probe measure 10.0.0.2 9000 {flags}")
+    out = nw.user(0).cmd(f"{sys.executable} -m emu.shaping.probe measure 10.0.0.2 9000 {flags}")
     return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
     print(f"machine: {platform.node()} {platform.machine()} python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp, star_network(1) as nw:
-        server = nw.edge.popen([sys.executable, "-m", "emu.probe", "serve", "9000"])
+        server = nw.edge.popen([sys.executable, "-m", "emu.shaping.probe", "serve", "9000"])
         time.sleep(0.5)
         bare = _probe(nw, packets=0, burst=2, echoes=200)
         print(f"median RTT without a shaper: {bare['rtt_ms']:.3f} ms")

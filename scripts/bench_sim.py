@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
+from emu.runners.sim import simulate
 from emu.scenario import load_scenario
-from emu.sim import simulate
 
 
 def main() -> None:

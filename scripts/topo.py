@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from emu.errors import DraftnetError
-from emu.network import star_network, userspace_shaping
+from emu.runners.network import star_network, userspace_shaping
 from topologies.registry import TOPOLOGIES
 
 
@@ -51,10 +51,10 @@ def main() -> int:
             if args.cli:
                 nw.prompt()
                 return 0
-            server = nw.edge.popen([sys.executable, "-m", "emu.probe", "serve", "9000"])
+            server = nw.edge.popen([sys.executable, "-m", "emu.shaping.probe", "serve", "9000"])
             time.sleep(0.5)
             for i in range(args.users):
-                out = nw.user(i).cmd(f"{sys.executable} -m emu.probe measure 10.0.0.2 9000")
+                out = nw.user(i).cmd(f"{sys.executable} -m emu.shaping.probe measure 10.0.0.2 9000")
                 print(json.dumps({"user": i, "configured": state, **json.loads(out)}))
             server.terminate()
     except DraftnetError as exc:

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from emu.metrics import Recorder
-from emu.node import _WarningsToRecords
+from emu.results.metrics import Recorder
+from emu.runners.node import _WarningsToRecords
 
 
 def test_an_accept_that_fails_for_want_of_descriptors_is_recorded(

@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 
 from emu.errors import ConfigError
+from emu.models.profile import (
+    Grid,
+    _document,
+    fit_samples,
+    measure_draft,
+    measure_verify,
+    write_profile,
+)
 from emu.planner.model import LatencyModel, ModelArch, draft_flops, verify_flops
-from emu.profile import Grid, _document, fit_samples, measure_draft, measure_verify, write_profile
 from emu.scenario import load_scenario
 from nodes.backends import DraftOut, VerifyItem, VerifyOut
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from emu.runreport import idle_note, lossless_note, overrun_note
+from emu.results.runreport import idle_note, lossless_note, overrun_note
 
 
 def _doc(overruns: int, rounds: int, scale: float = 1.0, **res: Any) -> dict[str, Any]:
@@ -32,7 +32,7 @@ def test_the_lossless_note_names_each_checked_policy() -> None:
 
 
 def test_a_policy_that_committed_nothing_is_not_checked_and_is_flagged() -> None:
-    from emu.backends import check_sessions
+    from emu.models.build import check_sessions
 
     nothing = check_sessions([[], []], lambda prompt, n: [])
     assert nothing["lossless"] is None  # nothing compared is not a vacuous "lossless"
@@ -85,7 +85,7 @@ def _run_doc(**dipsd: Any) -> dict[str, Any]:
 def test_an_invalid_policy_is_flagged_above_the_table_and_struck_through(
     tmp_path: Path,
 ) -> None:
-    from emu.runreport import invalid_note, write_run_report
+    from emu.results.runreport import invalid_note, write_run_report
 
     assert invalid_note(_run_doc()) is None
     why = "the edge exited (status -9) at 3.0 s of 30 s"
@@ -101,7 +101,7 @@ def test_an_invalid_policy_is_flagged_above_the_table_and_struck_through(
 
 
 def test_a_partial_run_says_where_it_stopped_first() -> None:
-    from emu.runreport import notes, partial_note
+    from emu.results.runreport import notes, partial_note
 
     doc = _run_doc(partial=True)
     assert partial_note(doc) is None  # the run's own flag, not a policy's

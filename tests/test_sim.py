@@ -12,11 +12,11 @@ import trio
 import trio.testing
 
 from channel_models.link import LinkState
-from emu.metrics import Recorder
 from emu.planner import Plan, Problem, plan_for
+from emu.results.metrics import Recorder
+from emu.runners.sim import simulate
+from emu.runners.simlink import link_pair
 from emu.scenario import load_scenario
-from emu.sim import simulate
-from emu.simlink import link_pair
 from nodes.backends import SyntheticDrafter, SyntheticVerifier
 from nodes.edge import EdgeNode, EdgeSettings
 from nodes.pacing import Pacer
@@ -253,7 +253,7 @@ def test_sim_over_radio_links_uses_each_users_link_states() -> None:
     assert dp["throughput_tok_s"] > ab["throughput_tok_s"]
     # The planner's prior for each user's link is that user's radio: they differ.
     radio = generate(sc.radio, 6, 20.0, np.random.default_rng([sc.sim.seed, 1]))
-    from emu.sim import _with_radio
+    from emu.runners.sim import _with_radio
 
     comm = [u.comm_ms for u in _with_radio(sc.problem(), radio, sc).users]
     assert len(set(comm)) == 6 and min(comm) > sc.radio.core_delay_ms * 2
@@ -366,7 +366,7 @@ async def test_a_scaled_pacer_puts_the_hosts_wall_time_on_the_slowed_clock(
 
 
 def test_the_shared_clock_runs_slower_by_the_time_scale() -> None:
-    from emu.node import SharedClock
+    from emu.runners.node import SharedClock
 
     fast, slow = SharedClock(), SharedClock(4.0)
     assert slow.current_time() == pytest.approx(fast.current_time() / 4.0, abs=1e-3)

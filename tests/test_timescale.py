@@ -9,8 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from emu.planner import plan_for
-from emu.scenario import load_scenario
-from emu.timescale import (
+from emu.runners.timescale import (
     HEADROOM,
     LADDER,
     StepLoad,
@@ -18,6 +17,7 @@ from emu.timescale import (
     choose_time_scale,
     step_shapes,
 )
+from emu.scenario import load_scenario
 from nodes.backends import DraftOut, VerifyItem, VerifyOut
 
 
@@ -140,7 +140,7 @@ def test_the_shapes_are_the_plans_steps_with_their_share_of_a_cycle() -> None:
 def test_the_verifier_never_takes_more_threads_than_the_drafters_leave(
     monkeypatch: pytest.MonkeyPatch, case: tuple[int, int, int, int, int]
 ) -> None:
-    from emu.runtime import verify_threads
+    from emu.models.timing import verify_threads
 
     cores, users, draft_threads, given, threads = case
     monkeypatch.setattr("os.cpu_count", lambda: cores)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from emu.backends import RecordingDrafter, check_sessions, read_sessions
+from emu.models.build import RecordingDrafter, check_sessions, read_sessions
 from nodes.backends import DraftOut
 
 
@@ -56,7 +56,7 @@ def test_logged_sessions_are_read_back_and_checked(tmp_path: Path) -> None:
 
 
 def test_a_wrong_token_is_caught_with_its_user_session_and_position() -> None:
-    from emu.backends import Session
+    from emu.models.build import Session
 
     good = Session(prompt=(1,), tokens=[10, 11, 12])
     bad = Session(prompt=(2,), tokens=[10, 11, 99, 13])

@@ -1,1 +1,3 @@
-"""Link shaping backends: the userspace (TUN) shaper, and its per-packet scheduler."""
+"""Link shaping: the userspace (TUN) shaper and its pure per-packet schedule, the ``tc`` shaper,
+what a shaped link follows over time (``sources``) and the probes that measure a link
+(``probe``)."""

@@ -70,7 +70,7 @@ def test_a_delivery_trace_sends_one_packet_per_opportunity_and_repeats() -> None
 
 def test_the_emulation_refuses_to_start_without_root(monkeypatch: pytest.MonkeyPatch) -> None:
     from emu.errors import ConfigError
-    from emu.network import preflight
+    from emu.runners.network import preflight
 
     monkeypatch.setattr("os.geteuid", lambda: 1000)
     with pytest.raises(ConfigError, match="must run as root"):

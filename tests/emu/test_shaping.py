@@ -25,8 +25,8 @@ pytestmark = [
 ]
 pytest.importorskip("mininet.net")
 
-from emu.emulate import has_netem  # noqa: E402
-from emu.network import Network, star_network, tc_shaping, userspace_shaping  # noqa: E402
+from emu.runners.emulate import has_netem  # noqa: E402
+from emu.runners.network import Network, star_network, tc_shaping, userspace_shaping  # noqa: E402
 
 PORT = 9000
 
@@ -42,7 +42,7 @@ def _processes(pattern: str) -> int:
 @pytest.fixture(scope="module")
 def network() -> Iterator[Network]:
     with star_network(2) as nw:
-        server = nw.edge.popen([sys.executable, "-m", "emu.probe", "serve", str(PORT)])
+        server = nw.edge.popen([sys.executable, "-m", "emu.shaping.probe", "serve", str(PORT)])
         time.sleep(0.5)
         yield nw
         server.terminate()
@@ -51,7 +51,9 @@ def network() -> Iterator[Network]:
 
 def _measure(nw: Network, user: int, **kw: int) -> dict[str, Any]:
     flags = " ".join(f"--{k} {v}" for k, v in kw.items())
-    out = nw.user(user).cmd(f"{sys.executable} -m emu.probe measure 10.0.0.2 {PORT} {flags}")
+    out = nw.user(user).cmd(
+        f"{sys.executable} -m emu.shaping.probe measure 10.0.0.2 {PORT} {flags}"
+    )
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
@@ -196,7 +198,7 @@ def test_nodes_run_as_processes_over_shaped_tcp(network: Network, tmp_path: Path
     """The edge and two users, each its own process in its host, synthetic backends."""
     import subprocess as sp
 
-    from emu.metrics import Recorder
+    from emu.results.metrics import Recorder
     from emu.scenario import load_scenario, scenario_toml
 
     sc = load_scenario(
@@ -213,7 +215,7 @@ def test_nodes_run_as_processes_over_shaped_tcp(network: Network, tmp_path: Path
         "time_scale": 1.0,
     }
     (tmp_path / "node.json").write_text(json.dumps(cfg))
-    node = [sys.executable, "-m", "emu.node", str(tmp_path / "node.json")]
+    node = [sys.executable, "-m", "emu.runners.node", str(tmp_path / "node.json")]
     spec = _state(delay_ms=1.5)
     with userspace_shaping(network, [{"up": spec, "down": spec}] * 2, tmp_path):
         edge = network.edge.popen([*node, "edge"], stdout=sp.PIPE, text=True)

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("llama_cpp")
 pytest.importorskip("transformers")
 
-from emu.models import EmbeddedPair, builtin_prompts, prepare, prompt_ids
+from emu.models.embedded import EmbeddedPair, builtin_prompts, prepare, prompt_ids
 from nodes.hf_verifier import HFVerifier
 
 

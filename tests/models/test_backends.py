@@ -11,7 +11,7 @@ import scipy.stats
 import torch
 
 from emu.errors import ConfigError
-from emu.models import EmbeddedPair, check_pair
+from emu.models.embedded import EmbeddedPair, check_pair
 from nodes.backends import VerifyItem
 from nodes.hf_verifier import HFVerifier, _Session, pick_device
 from nodes.llama_drafter import LlamaDrafter
@@ -203,7 +203,7 @@ def test_the_verifier_and_the_reference_call_transformers_without_deprecation_wa
     cache by the name this version takes, on the locked version and any other."""
     import warnings
 
-    from emu.backends import GreedyReference
+    from emu.models.build import GreedyReference
 
     users = {900 + i: p for i, p in enumerate(prompts[:3])}
     with warnings.catch_warnings():

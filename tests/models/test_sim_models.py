@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from emu.backends import RealModels
-from emu.models import EmbeddedPair
+from emu.models.build import RealModels
+from emu.models.embedded import EmbeddedPair
+from emu.runners.sim import simulate
 from emu.scenario import load_scenario
-from emu.sim import simulate
 from tests.test_cli import draftnet
 
 pytestmark = pytest.mark.models
@@ -58,7 +58,7 @@ def test_the_lossless_check_catches_a_wrong_token(
     sc = load_scenario(
         overrides={"users.count": 1, "sim.max_new_tokens": 10, "models.kind": "embedded"}
     )
-    from emu.sim import _real_models
+    from emu.runners.sim import _real_models
 
     real: RealModels = _real_models(sc, 1)
     problem = sc.problem()

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from channel_models.link import LinkState
 from emu.errors import PeerGone
 from emu.planner import Plan, Problem, plan_for
-from emu.simlink import link_pair
+from emu.runners.simlink import link_pair
 from nodes.backends import SyntheticDrafter, SyntheticVerifier
 from nodes.edge import EdgeNode, EdgeSettings
 from nodes.guard import Limits

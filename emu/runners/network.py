@@ -9,8 +9,8 @@ and ``tc_shaping`` (the process that drives the access point's qdiscs, which it 
 
 Nothing a run starts outlives it: every process a host starts (its shell, the nodes, the shaper)
 carries a parent-death signal (SIGKILL when the runner dies, even by SIGKILL itself; it survives
-``mnexec``'s exec), and, given a ``Manifest`` (``emu.manifest``), the network and the shapers
-write down what they make as they make it, for ``clean`` after a runner that was killed.
+``mnexec``'s exec), and, given a ``Manifest`` (``emu.runners.manifest``), the network and the
+shapers write down what they make as they make it, for ``clean`` after a runner that was killed.
 
 Shaping (``emu.shaping.tund``): for user i, packets arriving at the access point from the user
 (``iif ap-u<i>``) are routed into TUN ``su<i>``, and packets from the edge to 10.1.i.0/24 into
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from emu.errors import ConfigError, ShapingError
-from emu.manifest import Manifest
+from emu.runners.manifest import Manifest
 from topologies.star import user_subnet
 
 __all__ = [

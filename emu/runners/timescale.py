@@ -213,7 +213,8 @@ def auto_time_scale(
         return TimeScale(scale=1.0, why="synthetic models: no compute to pad")
     import torch
 
-    from emu.runtime import draft_time, memo_planner, model_setup, verify_threads, verify_time
+    from emu.deploy.runtime import memo_planner, model_setup
+    from emu.models.timing import draft_time, verify_threads, verify_time
     from nodes.hf_verifier import HFVerifier
     from nodes.llama_drafter import LlamaDrafter
 

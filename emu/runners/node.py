@@ -1,4 +1,5 @@
-"""A node as its own process, over real sockets: ``python -m emu.node CONFIG.json edge|user I``.
+"""A node as its own process, over real sockets:
+``python -m emu.runners.node CONFIG.json edge|user I``.
 
 Layer: emu (a process; sockets, files). The emulation starts one of these per Mininet host, with
 the project's interpreter: the edge listens on TCP, each user connects to it. The node code is
@@ -29,21 +30,23 @@ from typing import Any
 import numpy as np
 import trio
 
-from emu.backends import RecordingDrafter
-from emu.metrics import Recorder
-from emu.planner.model import Problem
-from emu.runtime import (
-    draft_time,
+from emu.deploy.runtime import (
     edge_settings,
     memo_planner,
     model_setup,
     node_problem,
-    synthetic_prompts,
     synthetic_verifier,
+)
+from emu.models.build import RecordingDrafter
+from emu.models.timing import (
+    draft_time,
+    synthetic_prompts,
     user_prompts,
     verify_threads,
     verify_time,
 )
+from emu.planner.model import Problem
+from emu.results.metrics import Recorder
 from emu.scenario import Scenario, load_scenario
 from nodes.backends import DraftBackend, SyntheticDrafter, VerifyBackend
 from nodes.edge import EdgeNode
@@ -240,7 +243,7 @@ class _WarningsToRecords(logging.Handler):
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (2, 3) or args[1] not in ("edge", "user"):
-        print("usage: python -m emu.node CONFIG.json edge|user [I]", file=sys.stderr)
+        print("usage: python -m emu.runners.node CONFIG.json edge|user [I]", file=sys.stderr)
         return 2
     cfg = json.loads(Path(args[0]).read_text())
     sc = load_scenario(cfg["scenario"])

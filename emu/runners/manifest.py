@@ -76,7 +76,7 @@ class Manifest:
 
     @classmethod
     def start(cls, run_dir: Path | None) -> Manifest:
-        from emu.models import draftnet_home
+        from emu.models.embedded import draftnet_home
 
         me = os.getpid()
         run_id = time.strftime(f"%Y%m%d-%H%M%S-{me}")
@@ -147,7 +147,7 @@ def clean() -> list[str]:
     everything made in it go with them), delete its interfaces in the root namespace and its
     files; then remove netem probes' namespaces (``draftnet-probe-*``) older than a minute. A
     line for each thing removed; a manifest whose runner is alive is left alone."""
-    from emu.models import draftnet_home
+    from emu.models.embedded import draftnet_home
 
     done: list[str] = []
     for path in sorted((draftnet_home() / ACTIVE).glob("*.json")):

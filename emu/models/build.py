@@ -24,9 +24,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from emu.models import ModelSetup
+from emu.models.embedded import ModelSetup
+from emu.models.timing import draft_time, user_prompts, verify_time
 from emu.planner.model import Problem, User
-from emu.runtime import draft_time, user_prompts, verify_time
 from nodes.backends import DraftBackend, DraftOut, VerifyBackend
 
 __all__ = [
@@ -162,7 +162,7 @@ class GreedyReference:
 
 
 class RealModels:
-    """The ``_Backends`` of ``emu.sim`` on real models (see the module docstring)."""
+    """The ``_Backends`` of ``emu.runners.sim`` on real models (see the module docstring)."""
 
     def __init__(
         self,

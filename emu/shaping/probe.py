@@ -1,9 +1,9 @@
 """Link probes for the fidelity check: RTT, one-way delay, rate and loss, over UDP.
 
-Layer: emu (a process; sockets). ``python -m emu.probe serve PORT`` runs in the far host (the
-edge); ``python -m emu.probe measure HOST PORT [--packets N] [--burst N]`` runs in the near one
-(a user) and prints one JSON object. Every host of the emulation shares the machine's monotonic
-clock, so the far end's arrival timestamps give one-way delays directly.
+Layer: emu (a process; sockets). ``python -m emu.shaping.probe serve PORT`` runs in the far
+host (the edge); ``python -m emu.shaping.probe measure HOST PORT [--packets N] [--burst N]`` runs
+in the near one (a user) and prints one JSON object. Every host of the emulation shares the
+machine's monotonic clock, so the far end's arrival timestamps give one-way delays directly.
 
 - ``rtt_ms`` and ``up_ms``/``down_ms``: ``echo`` datagrams one at a time, medians.
 - ``up_rate_bps``: a back-to-back burst of 1200-byte datagrams; the bits on the wire of one
@@ -182,7 +182,7 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m emu.probe")
+    ap = argparse.ArgumentParser(prog="python -m emu.shaping.probe")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
     s.add_argument("port", type=int)

@@ -4,7 +4,7 @@ Layer: emu (orchestration). There is no separate simulator: the user and edge no
 emulation's nodes; only the links (in-memory, delayed per message) and the clock
 (``trio.testing.MockClock`` with autojump: time jumps whenever every task waits) differ.
 Backends are synthetic (see ``nodes.backends``) or real models with profiled time (see
-``emu.backends``); each policy runs on the same seed and, with real models, the same prompts.
+``emu.models.build``); each policy runs on the same seed and, with real models, the same prompts.
 """
 
 from __future__ import annotations
@@ -25,29 +25,29 @@ import trio.testing
 
 from channel_models.cell import RadioTrace, generate
 from channel_models.link import LinkState
-from emu.errors import ConfigError, DraftnetError
-from emu.files import write_atomic
-from emu.metrics import Recorder
-from emu.planner import Plan, evaluate
-from emu.planner.model import Problem, User
-from emu.planner.policies import POLICIES
-from emu.runtime import (
+from emu.deploy.runtime import (
     edge_settings,
     memo_planner,
-    synthetic_prompts,
     synthetic_verifier,
     with_model_priors,
 )
+from emu.errors import ConfigError, DraftnetError
+from emu.files import write_atomic
+from emu.models.timing import synthetic_prompts
+from emu.planner import Plan, evaluate
+from emu.planner.model import Problem, User
+from emu.planner.policies import POLICIES
+from emu.results.metrics import Recorder
+from emu.runners.simlink import link_pair
 from emu.scenario import Scenario, scenario_toml
-from emu.simlink import link_pair
 from nodes.backends import DraftBackend, SyntheticDrafter, VerifyBackend
 from nodes.edge import EdgeNode
 from nodes.pacing import Pacer
 from nodes.user import Dial, UserNode
 
 if TYPE_CHECKING:
-    from emu.backends import RealModels
-    from emu.models import ModelSetup
+    from emu.models.build import RealModels
+    from emu.models.embedded import ModelSetup
 
 __all__ = ["simulate"]
 
@@ -59,7 +59,7 @@ def _constant(state: LinkState) -> Callable[[float], LinkState]:
 
 
 class _Backends(Protocol):
-    """Where a policy's run gets its models: synthetic, or real ones (``emu.models``)."""
+    """Where a policy's run gets its models: synthetic, or real ones (``emu.models.embedded``)."""
 
     def verifier(self, problem: Problem, rng: np.random.Generator) -> VerifyBackend: ...
     def drafter(self, i: int, user: User, rng: np.random.Generator) -> DraftBackend: ...
@@ -277,8 +277,8 @@ def simulate(
 
 def _real_models(sc: Scenario, users: int) -> RealModels:
     """Check the models (one-line errors before anything starts), then load them."""
-    from emu.backends import RealModels
-    from emu.runtime import model_setup
+    from emu.deploy.runtime import model_setup
+    from emu.models.build import RealModels
 
     m = sc.models
     setup = model_setup(sc)

@@ -209,7 +209,7 @@ def print_run(out: dict[str, Any], console: Console | None = None) -> None:
                 f"[red]{pol}: node {d['node']} stalled[/] (alive, nothing recorded for "
                 f"{d['silent_s']:.0f} s): {d['last_output'][-1:]}"
             )
-    from emu.runreport import NO_THROUGHPUT, notes
+    from emu.results.runreport import NO_THROUGHPUT, notes
 
     for note in notes(out):
         console.print(f"[red]{note}[/]" if note.startswith(NO_THROUGHPUT) else note)

@@ -244,7 +244,7 @@ def profile_draft(
     say: Say | None = None,
 ) -> dict[str, Any]:
     """Measure a GGUF drafting on this CPU; the profile document (see ``write_profile``)."""
-    from emu.models import gguf_info
+    from emu.models.embedded import gguf_info
     from nodes.llama_drafter import LlamaDrafter
 
     info = gguf_info(path)
@@ -272,7 +272,7 @@ def profile_target(
     say: Say | None = None,
 ) -> dict[str, Any]:
     """Measure a transformers checkpoint verifying in batches; the profile document."""
-    from emu.models import checkpoint_info
+    from emu.models.embedded import checkpoint_info
     from nodes.hf_verifier import HFVerifier, pick_device
 
     info = checkpoint_info(path)

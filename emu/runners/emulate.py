@@ -1,21 +1,21 @@
 """``draftnet run``: the main job. Mininet hosts, shaped links, one process per node.
 
-Layer: emu (orchestration; Mininet through ``emu.network``). For each policy: a fresh shaper on
-the users' links, the edge and every user started as their own processes in their hosts
-(``emu.node``), the workload for ``sim.duration_s`` seconds, then every process stopped and the
-records summarised. Before the first policy each link is probed (RTT, one-way delay, rate where
-one is configured) and configured is compared with measured: ``fidelity`` lists every link,
-and ``strict`` fails the run on a link outside tolerance. A node that dies mid-run is recorded
-with the last lines it wrote, and so is one that stalls (alive, recording nothing); the run goes
-on with the others. An edge that dies ends its policy there: that policy's result is no result
-(``valid`` false, with ``invalid_reason``; so is the run's top-level ``valid``).
+Layer: emu (orchestration; Mininet through ``emu.runners.network``). For each policy: a fresh shaper
+on the users' links, the edge and every user started as their own processes in their hosts
+(``emu.runners.node``), the workload for ``sim.duration_s`` seconds, then every process stopped and
+the records summarised. Before the first policy each link is probed (RTT, one-way delay, rate where
+one is configured) and configured is compared with measured: ``fidelity`` lists every link, and
+``strict`` fails the run on a link outside tolerance. A node that dies mid-run is recorded with the
+last lines it wrote, and so is one that stalls (alive, recording nothing); the run goes on with the
+others. An edge that dies ends its policy there: that policy's result is no result (``valid`` false,
+with ``invalid_reason``; so is the run's top-level ``valid``).
 
 Lifecycle: SIGTERM and SIGHUP stop a run as SIGINT does (``Interrupted``, a KeyboardInterrupt,
-raised in the main thread; a second signal is ignored while it tears down). Every ``with``
-tears down (nodes, shaper, network), then ``summary.json`` and ``report.md`` are written from
-what the nodes recorded so far, marked ``partial`` with where the run ``stopped``. Every process
-the run starts dies with the runner, even a runner killed by SIGKILL (``emu.network``), and
-what the run makes is written down as it is made, for ``draftnet clean`` (``emu.manifest``).
+raised in the main thread; a second signal is ignored while it tears down). Every ``with`` tears
+down (nodes, shaper, network), then ``summary.json`` and ``report.md`` are written from what the
+nodes recorded so far, marked ``partial`` with where the run ``stopped``. Every process the run
+starts dies with the runner, even a runner killed by SIGKILL (``emu.runners.network``), and what the
+run makes is written down as it is made, for ``draftnet clean`` (``emu.runners.manifest``).
 
 Shaping backends: ``userspace`` (``emu.shaping.tund``, a TUN forwarder) works on any kernel;
 ``tc`` (``emu.shaping.tcd``: HTB, netem beneath) needs netem for delay, jitter and loss, which
@@ -42,27 +42,27 @@ from typing import Any
 
 import numpy as np
 
-from emu.backends import GreedyReference, check_sessions, read_sessions
+from emu.deploy.runtime import memo_planner, model_setup, node_problem
 from emu.errors import ConfigError, ShapingError
 from emu.files import write_atomic
-from emu.manifest import PROBE_NETNS, run_manifest
-from emu.metrics import Recorder
-from emu.network import (
+from emu.models.build import GreedyReference, check_sessions, read_sessions
+from emu.planner import Problem, evaluate
+from emu.planner.policies import POLICIES
+from emu.results.metrics import Recorder
+from emu.results.runreport import stopped_line, write_run_report
+from emu.runners.manifest import PROBE_NETNS, run_manifest
+from emu.runners.network import (
     Network,
     await_ready,
     preflight,
     star_network,
     tail,
 )
-from emu.network import shaping as shaping_on
-from emu.planner import Problem, evaluate
-from emu.planner.policies import POLICIES
-from emu.probe import IP_UDP_HEADERS
-from emu.runreport import stopped_line, write_run_report
-from emu.runtime import memo_planner, model_setup, node_problem
+from emu.runners.network import shaping as shaping_on
+from emu.runners.timescale import TimeScale, auto_time_scale
 from emu.scenario import Scenario, scenario_toml
+from emu.shaping.probe import IP_UDP_HEADERS
 from emu.shaping.sources import tc_refusal
-from emu.timescale import TimeScale, auto_time_scale
 from topologies.registry import check as check_topology
 
 __all__ = ["SHAPING", "STOP_SIGNALS", "Interrupted", "emulate", "has_netem"]
@@ -201,7 +201,7 @@ def _modelled_links(
     probed: Specs = []
     configured: Configured = []
     if net.model == "radio":
-        from emu.channel import run_channel
+        from emu.runners.channel import run_channel
 
         channel_dir = out_dir / "channel"
         channel_dir.mkdir(exist_ok=True)
@@ -266,15 +266,15 @@ def _burst_packets(rate_bps: float) -> int:
 def _fidelity(nw: Network, configured: list[dict[str, float]]) -> list[dict[str, Any]]:
     """Probe every user's link; ok when the RTT is within 2 ms (or 10%) of what the link is
     configured to give (delays and the jitters' means), and the rate within 10%."""
-    server = nw.edge.popen([sys.executable, "-m", "emu.probe", "serve", str(PROBE_PORT)])
+    server = nw.edge.popen([sys.executable, "-m", "emu.shaping.probe", "serve", str(PROBE_PORT)])
     if nw.manifest is not None:
-        nw.manifest.process(server.pid, what="link probe", match="emu.probe serve")
+        nw.manifest.process(server.pid, what="link probe", match="emu.shaping.probe serve")
     time.sleep(0.3)
     out = []
     try:
         for i, conf in enumerate(configured):
             burst = _burst_packets(conf["up_rate_bps"])
-            cmd = f"{sys.executable} -m emu.probe measure 10.0.0.2 {PROBE_PORT} "
+            cmd = f"{sys.executable} -m emu.shaping.probe measure 10.0.0.2 {PROBE_PORT} "
             cmd += f"--echoes 10 --burst {burst} --burst-bps {2 * conf['up_rate_bps']} --packets 0"
             text = nw.user(i).cmd(cmd).strip().splitlines()
             try:
@@ -367,7 +367,7 @@ def _run_policy(
         "time_scale": scale,
     }
     (pdir / "node.json").write_text(json.dumps(cfg))
-    node = [sys.executable, "-m", "emu.node", str(pdir / "node.json")]
+    node = [sys.executable, "-m", "emu.runners.node", str(pdir / "node.json")]
     watch = where.watch = _Watch(pdir, scale)
     where.phase = "shaping the links"
     with shaping_on(backend, nw, specs, pdir, seed=sc.sim.seed):
@@ -492,7 +492,7 @@ def emulate(
     """Run every policy on the emulated network; the ``run --json`` object. ``time_scale``
     runs every modelled time that many times slower on the wall (compute, link delays, the
     duration; rates slower by as much) and reports in modelled time; ``"auto"`` chooses it
-    from a calibration of this host (``emu.timescale``)."""
+    from a calibration of this host (``emu.runners.timescale``)."""
     for p in policies:
         if p not in POLICIES:
             raise ConfigError(f"--policy must be one of {', '.join(POLICIES)}, got {p!r}")

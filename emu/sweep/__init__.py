@@ -1,0 +1,1 @@
+"""Studies over the planner and the runners (``study``)."""
