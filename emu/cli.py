@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from emu.errors import ConfigError, DraftnetError, Infeasible
+from emu.planner.policies import policy_names
+from emu.scenario.sections import SHAPING, TIMING
 
 __all__ = ["main"]
 
@@ -34,6 +36,10 @@ OVERRIDES = {
     "seed": "sim.seed",
     "models": "models.kind",
     "profiles": "profiles",
+    "shaping": "emu.shaping",
+    "timing": "emu.timing",
+    "time_scale": "emu.time_scale",
+    "strict": "emu.strict",
 }
 
 
@@ -48,7 +54,7 @@ def _policies_arg(p: argparse.ArgumentParser, default: str) -> None:
         "--policy",
         dest="policies",
         action="append",
-        help=f"policy to run (repeatable; default: {default})",
+        help=f"policy to run (repeatable; one of {', '.join(policy_names())}; default: {default})",
     )
 
 
@@ -57,7 +63,37 @@ def _scenario_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="start from a built-in preset (default, dipsd-paper)")
     p.add_argument("--users", type=int, help="number of users (users.count)")
     p.add_argument("--alpha", type=float, help="every user's acceptance rate (users.alpha)")
+    _set_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _set_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        type=_setting,
+        metavar="SECTION.FIELD=VALUE",
+        help="override any scenario field, validated like the file (repeatable; after the "
+        "other flags); VALUE is TOML (a bare word is a string)",
+    )
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    """``section.field=value``: the value read as TOML (a bare word is a string)."""
+    import tomllib
+
+    path, eq, raw = text.partition("=")
+    path = path.strip()
+    if not eq or not path or any(not part.isidentifier() for part in path.split(".")):
+        raise argparse.ArgumentTypeError(
+            f"must be SECTION.FIELD=VALUE (a dotted scenario field), got {text!r}"
+        )
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return path, value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,7 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     solve = sub.add_parser("solve", help="plan one scenario with the analytic cost model")
     _scenario_args(solve)
-    solve.add_argument("--policy", help="planning policy (planner.policy)")
+    solve.add_argument(
+        "--policy", help=f"planning policy (planner.policy): one of {', '.join(policy_names())}"
+    )
     solve.add_argument(
         "--profile",
         dest="profiles",
@@ -101,17 +139,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", type=float, help="seconds per policy (sim.duration_s)")
     run.add_argument("--seed", type=int, help="random seed (sim.seed)")
     run.add_argument("--models", choices=["synthetic", "embedded", "files"], help="models.kind")
-    run.add_argument("--shaping", choices=["auto", "tc", "userspace"], default="auto")
-    run.add_argument("--timing", choices=["profile", "real"], default="profile")
+    run.add_argument("--shaping", choices=SHAPING, help="the links' shaper (emu.shaping)")
+    run.add_argument("--timing", choices=TIMING, help="the nodes' compute time (emu.timing)")
     run.add_argument(
         "--time-scale",
         type=_time_scale,
-        default="auto",
         help="run every modelled time this many times slower on the wall (a slow host's "
         "headroom; results in modelled time); auto (the default) calibrates this host's draft "
-        "and verify steps against the profile and picks the smallest scale with headroom",
+        "and verify steps against the profile and picks the smallest scale with headroom "
+        "(emu.time_scale)",
     )
-    run.add_argument("--strict", action="store_true", help="fail on a link outside tolerance")
+    run.add_argument(
+        "--strict",
+        action="store_const",
+        const=True,
+        help="fail on a link outside tolerance (emu.strict)",
+    )
     run.add_argument("--out", type=Path, help="run directory (default: runs/run-<time>)")
     chan = sub.add_parser("channel", help="the radio model: link states, traces and plots")
     chan.add_argument("scenario", nargs="?", help="scenario TOML file (default: the embedded one)")
@@ -119,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     chan.add_argument("--users", type=int, help="number of users (users.count)")
     chan.add_argument("--duration", type=float, help="seconds of link states (sim.duration_s)")
     chan.add_argument("--seed", type=int, help="random seed (sim.seed)")
+    _set_arg(chan)
     chan.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     chan.add_argument("--out", type=Path, help="run directory (default: runs/channel-<time>)")
     study = sub.add_parser("study", help="run a reproduction study (CSV and plots)")
@@ -163,11 +207,14 @@ def _load(args: argparse.Namespace) -> Any:
     from emu.scenario import load_scenario
 
     overrides = {path: getattr(args, flag, None) for flag, path in OVERRIDES.items()}
+    for path, value in getattr(args, "sets", None) or ():
+        overrides.pop(path, None)  # a later setting of the same field wins
+        overrides[path] = value
     return load_scenario(args.scenario, preset=args.preset, overrides=overrides)
 
 
 def cmd_solve(args: argparse.Namespace) -> dict[str, Any]:
-    from emu.planner import BASELINES, evaluate, plan_for
+    from emu.planner import baselines_of, evaluate, plan_for
     from emu.results.report import print_solve
 
     scenario = _load(args)
@@ -179,7 +226,7 @@ def cmd_solve(args: argparse.Namespace) -> dict[str, Any]:
     ev = evaluate(problem, plan)
     baselines = {
         key: evaluate(problem, plan_for(name, problem)).throughput_tok_s
-        for key, name in BASELINES.items()
+        for key, name in baselines_of("dipsd").items()
     }
     out = {
         "scenario": scenario.name,
@@ -244,9 +291,9 @@ def _progress(kind: str, unit: str, total: float, *, quiet: bool) -> Iterator[An
         yield progress
 
 
-def _time_scale(text: str) -> float | str:
+def _time_scale(text: str) -> float:
     if text == "auto":
-        return text
+        return 0.0  # emu.time_scale's auto
     try:
         return float(text)
     except ValueError:
@@ -294,10 +341,6 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
             scenario,
             policies,
             out_dir,
-            shaping=args.shaping,
-            strict=args.strict,
-            timing=args.timing,
-            time_scale=args.time_scale,
             progress=progress,
         )
     out["out_dir"] = str(out_dir)

@@ -14,8 +14,8 @@ Real models (llama.cpp drafting, transformers verification) implement the same i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -126,6 +126,11 @@ class SyntheticVerifier:
     followed by one random token (the correction, or the bonus after a full acceptance). Time is
     G_v(b, F_v(L, I)) with the batch padded to its longest draft (at least 1) and largest prefix.
     A user it was not told of (a joiner) accepts at the mean rate, at the mean prefix.
+
+    ``user_rng``, where given, gives each user its own stream of draws (made on first use): a
+    user's k-th verification then draws the same numbers whichever users share its batches and
+    in whatever order they arrive, so two runners with the same seed and plan (the simulation
+    and the emulation) draw the same acceptances. Without it every user draws from ``rng``.
     """
 
     edge: Edge
@@ -134,13 +139,15 @@ class SyntheticVerifier:
     rng: np.random.Generator
     prefill_free: bool = False  # contexts already cached: steady-state decoding only
     vocab_size: int = SYNTHETIC_VOCAB
+    user_rng: Callable[[int], np.random.Generator] | None = None
+    _streams: dict[int, np.random.Generator] = field(default_factory=dict)
 
     def prefill(self, prompts: Mapping[int, Sequence[int]]) -> tuple[dict[int, int], float]:
         if not prompts:
             return {}, 0.0
         longest = max(len(p) for p in prompts.values())
         flops = float(verify_flops(self.edge.target, longest, 0))
-        first = {u: int(self.rng.integers(0, SYNTHETIC_VOCAB)) for u in prompts}
+        first = {u: int(self._rng(u).integers(0, SYNTHETIC_VOCAB)) for u in prompts}
         return first, 0.0 if self.prefill_free else self.edge.latency(float(len(prompts)), flops)
 
     def verify(self, batch: Sequence[VerifyItem]) -> tuple[list[VerifyOut], float]:
@@ -152,14 +159,22 @@ class SyntheticVerifier:
         for it in batch:
             n = len(it.tokens)
             # Accepted count: the first failure of Bernoulli(alpha) trials, capped at n.
-            trials = self.rng.random(n) < self._alpha(it.user)
+            rng = self._rng(it.user)
+            trials = rng.random(n) < self._alpha(it.user)
             k = int(np.argmin(trials)) if not trials.all() else n
-            out.append(VerifyOut(accepted=k, token=int(self.rng.integers(0, SYNTHETIC_VOCAB))))
+            out.append(VerifyOut(accepted=k, token=int(rng.integers(0, SYNTHETIC_VOCAB))))
         flops = float(verify_flops(self.edge.target, L, I))
         return out, self.edge.latency(float(len(batch)), flops)
 
     def drop(self, user: int) -> None:
         pass  # no per-user state
+
+    def _rng(self, user: int) -> np.random.Generator:
+        if self.user_rng is None:
+            return self.rng
+        if user not in self._streams:
+            self._streams[user] = self.user_rng(user)
+        return self._streams[user]
 
     def _alpha(self, user: int) -> float:
         a = self.alpha.get(user)

@@ -3,19 +3,20 @@
 Layer: nodes (trio shell over ``nodes.protocol``; the planner is called, never imported by the
 protocol). The same code serves in-memory links in the simulation and TCP in emulation.
 
-The pipeline: batches are verified one after another in the plan's cyclic order, each as ONE
-verify call, while the other batches' users draft. A batch closes when its last member's draft
-arrives or at a deadline from the plan (each member's last verdict plus its predicted ready
-time, times ``1 + deadline_tolerance``, plus ``grace_ms``); a member that misses it is late,
-counted, and verified in its next slot. A user at length 0 needs no draft: the edge decodes for
-it alone.
+What to verify together, when, and how long each user drafts next are the pure core's
+(``nodes.core``): a batch scheduler (DiP-SD's staged pipeline by default: the plan's batches one
+after another in its cyclic order, each as ONE verify call while the other batches' users draft,
+closing when its last member's draft arrives or at a deadline from the plan; a member that
+misses it is late, counted, and verified in its next slot), a length controller (the plan's
+lengths by default) and the re-plan rule. A user at length 0 needs no draft: the edge decodes
+for it alone. This shell does the waiting, the verifying and the talking.
 
 Faults stay local, whatever a peer sends: every exception from one connection's handling is
 caught at that connection's boundary, counted and recorded, and the connection is closed with an
-Error; a user that leaves (or falls silent past ``idle_timeout_s``) is dropped from its batch and
-the plan is recomputed; the others go on. Each peer is held to the ``Limits`` (``nodes.guard``):
-a handshake deadline, heartbeats, frame sizes, a message rate, a cap on connections, and no
-user id the scenario does not name unless it allows joins.
+Error; a user that leaves (or falls silent past ``idle_timeout_s``) is dropped from its batch
+and the plan is recomputed; the others go on. Each peer is held to the ``Limits``
+(``nodes.core.guard``): a handshake deadline, heartbeats, frame sizes, a message rate, a cap on
+connections, and no user id the scenario does not name unless it allows joins.
 """
 
 from __future__ import annotations
@@ -31,10 +32,26 @@ import trio
 
 from emu.errors import LocalProtocolError, PeerGone, RemoteProtocolError
 from emu.planner.cost import Plan, evaluate
-from emu.planner.model import Edge, LatencyModel, Problem, User
+from emu.planner.model import Edge, Problem, User
 from nodes.backends import VerifyBackend, VerifyItem
-from nodes.estimate import UserEstimate
-from nodes.guard import Limits, RateLimit, check_device
+from nodes.core.estimate import UserEstimate
+from nodes.core.guard import Limits, RateLimit, check_device
+from nodes.core.replan import (
+    ReplanRule,
+    believed,
+    edge_plan,
+    in_force,
+    per_token,
+    planning_problem,
+)
+from nodes.core.schedule import (
+    BatchScheduler,
+    EdgePlan,
+    LengthController,
+    PlanLengths,
+    StagedPipeline,
+    Waiting,
+)
 from nodes.pacing import Pacer
 from nodes.protocol import (
     PROTOCOL_VERSION,
@@ -57,7 +74,7 @@ from nodes.protocol import (
 )
 from nodes.stream import Sink, receive_event
 
-__all__ = ["EdgeNode", "EdgePlan", "EdgeSettings"]
+__all__ = ["EdgeNode", "EdgeSettings"]
 
 # The planner gets the problem and, when the users are the same, the plan in force (in the
 # problem's user indices), from which it may re-plan warm.
@@ -83,26 +100,14 @@ class EdgeSettings:
     auth: str = ""  # required Hello.auth ("" accepts any)
     limits: Limits = field(default_factory=Limits)
 
-
-@dataclass(frozen=True, slots=True)
-class EdgePlan:
-    """A plan in user ids, with what it was made from."""
-
-    plan_id: int
-    batches: tuple[tuple[int, ...], ...]
-    draft_len: Mapping[int, int]
-    draft_ms_per_token: Mapping[int, float]  # what the plan believes of each user's device
-    comm_ms: Mapping[int, float]  # ... and of its link, both ways, per round
-    cycle_ms: float
-    predicted_tok_s: float
-    reason: str
-
-    def ready_ms(self, uid: int, draft_len: int) -> float:
-        """When a draft of ``draft_len`` tokens should arrive after its verdict [ms]: the
-        length the user was asked for, which is the plan's only once a verdict carried it."""
-        if draft_len <= 0:
-            return 0.0
-        return draft_len * self.draft_ms_per_token.get(uid, 0.0) + self.comm_ms.get(uid, 0.0)
+    @property
+    def replan(self) -> ReplanRule:
+        return ReplanRule(
+            every=self.replan_every,
+            drift=self.drift,
+            min_rounds=self.min_rounds,
+            comm_quantile=self.comm_quantile,
+        )
 
 
 @dataclass(slots=True)
@@ -170,10 +175,16 @@ class EdgeNode:
         sink: Sink,
         pacer: Pacer | None = None,
         solve_in_thread: bool = False,
+        scheduler: BatchScheduler | None = None,
+        lengths: LengthController | None = None,
     ) -> None:
         self.edge = edge
         self.verifier = verifier
         self.planner = planner
+        self.scheduler = scheduler or StagedPipeline(
+            tolerance=settings.deadline_tolerance, grace_ms=settings.grace_ms
+        )
+        self.lengths = lengths or PlanLengths()
         self.priors = dict(priors)
         self.cfg = settings
         self.sink = sink
@@ -470,7 +481,7 @@ class EdgeNode:
             if plan is None:
                 continue  # no plan for anyone: they were refused
             progressed = False
-            for slot, batch in enumerate(plan.batches):
+            for slot, batch in self.scheduler.cycle(plan):
                 await self._prefill()
                 if self.plan is not plan:
                     break
@@ -479,7 +490,10 @@ class EdgeNode:
                 if members:
                     progressed |= await self._run_batch(slot, members)
             self.stats.cycles += 1
-            reason = self._replan_reason()
+            estimates = {uid: m.est for uid, m in self.members.items()}
+            reason = self.cfg.replan.reason(
+                self.stats.cycles, estimates, self._plan_basis, self.priors
+            )
             if reason:
                 await self._replan(reason)
             if not progressed:
@@ -522,7 +536,7 @@ class EdgeNode:
                 continue
             m.decoding = True
             m.generated = 1
-            self._verdict(m, 0, first, slot=self._slot(m.uid))
+            self._verdict(m, 0, first, slot=self.plan.slot_of(m.uid))
         self.sink({"ev": "prefill", "t": trio.current_time(), "users": sorted(prompts)})
 
     def _isolating(
@@ -558,16 +572,9 @@ class EdgeNode:
             total += ms
         return results, total
 
-    def _slot(self, uid: int) -> int:
-        assert self.plan is not None
-        for k, b in enumerate(self.plan.batches):
-            if uid in b:
-                return k
-        return 0
-
     def _verdict(self, m: _Member, accepted: int, token: int, *, slot: int) -> None:
         assert self.plan is not None
-        nxt = self.plan.draft_len.get(m.uid, 0)
+        nxt = self.lengths.next_length(self.plan, m.uid)
         done = m.max_new_tokens > 0 and m.generated >= m.max_new_tokens
         v = Verdict(
             round=0 if m.conn.state is State.PREFILL else m.conn.round + 1,
@@ -586,13 +593,12 @@ class EdgeNode:
     async def _run_batch(self, slot: int, members: list[_Member]) -> bool:
         plan = self.plan
         assert plan is not None
-        tol = 1.0 + self.cfg.deadline_tolerance
         waiting = [m for m in members if m.draft_len > 0]
         if waiting:
-            deadline = max(
-                m.last_verdict + plan.ready_ms(m.uid, m.draft_len) * tol / 1e3 for m in waiting
+            deadline = self.scheduler.deadline(
+                plan,
+                [Waiting(m.uid, m.draft_len, m.last_verdict, m.draft is not None) for m in waiting],
             )
-            deadline += self.cfg.grace_ms / 1e3
             t0 = trio.current_time()
             with trio.move_on_at(deadline):
                 while any(m.draft is None and m.alive for m in waiting):
@@ -649,57 +655,9 @@ class EdgeNode:
             self._evict(m, ErrorCode.OVERLOADED, why, f"user {m.uid} refused")
 
     # --- estimation and re-planning ------------------------------------------------------
-    def _replan_reason(self) -> str | None:
-        """Why the plan should be made again now, if it should."""
-        c = self.cfg
-        if c.replan_every and self.stats.cycles % c.replan_every == 0:
-            return "periodic"
-        for uid, m in self.members.items():
-            base = self._plan_basis.get(uid)
-            if base is None or m.est.rounds < c.min_rounds:
-                continue
-            now = self._believed(uid)
-            # A change must be large (drift) and real: beyond 3 standard errors of the estimate.
-            trials = max(1, sum(m.est.trials))
-            noise = 3.0 * math.sqrt(max(base.alpha * (1 - base.alpha), 1e-4) / trials)
-            if abs(now.alpha - base.alpha) > max(c.drift * base.alpha, noise):
-                return f"user {uid} alpha drifted from {base.alpha:.3g} to {now.alpha:.3g}"
-            for name, a, b in (
-                ("comm_ms", now.comm_ms, base.comm_ms),
-                ("draft_ms", now.draft_ms_per_token, base.draft_ms_per_token),
-            ):
-                if abs(a - b) > max(c.drift * b, 0.5):
-                    return f"user {uid} {name} drifted from {b:.3g} to {a:.3g}"
-        return None
-
     def _believed(self, uid: int) -> User:
-        """The user as the edge now believes it is: estimates where trusted, else the prior."""
-        prior = self.priors[uid]
         m = self.members.get(uid)
-        if m is None or m.est.rounds < self.cfg.min_rounds:
-            return prior
-        alpha = m.est.alpha()
-        comm = m.est.comm(self.cfg.comm_quantile)
-        draft = m.est.draft_ms()
-        return User(
-            alpha=alpha if alpha is not None else prior.alpha,
-            prefix_len=prior.prefix_len,
-            comm_ms=comm if comm is not None else prior.comm_ms,
-            draft=prior.draft,
-            device=_per_token(draft, prior.device),
-            name=prior.name,
-        )
-
-    def _in_force(self, uids: list[int]) -> Plan | None:
-        """The plan in force in the indices of ``uids``, if it covers exactly those users."""
-        cur = self.plan
-        if cur is None or sorted(cur.draft_len) != uids:
-            return None
-        index = {u: i for i, u in enumerate(uids)}
-        return Plan(
-            batches=tuple(tuple(index[u] for u in b) for b in cur.batches),
-            draft_len=tuple(cur.draft_len[u] for u in uids),
-        )
+        return believed(self.priors[uid], m.est if m is not None else None, self.cfg.replan)
 
     async def _solve(self, problem: Problem, previous: Plan | None) -> Plan:
         """The planner's answer. On a real clock (``solve_in_thread``) it runs in a worker
@@ -719,29 +677,21 @@ class EdgeNode:
         c = self.cfg
         try:
             users = tuple(self._believed(u) for u in uids)
-            problem = Problem(
-                users=users,
-                edge=self.edge,
+            problem = planning_problem(
+                users,
+                self.edge,
                 max_draft_len=c.max_draft_len,
-                initial_draft_len=min(c.initial_draft_len, c.max_draft_len),
-                fixed_draft_len=min(c.fixed_draft_len, c.max_draft_len),
+                initial=c.initial_draft_len,
+                fixed=c.fixed_draft_len,
             )
-            plan = await self._solve(problem, self._in_force(uids))
+            plan = await self._solve(problem, in_force(self.plan, uids))
         except Exception as exc:  # a plan that cannot be made: the last one stays in force
             self.sink({"ev": "plan_failed", "t": trio.current_time(), "reason": str(exc)})
             self._refuse_unplanned(f"no plan can take them: {exc}")
             return
-        ev = evaluate(problem, plan)
         pid = 0 if self.plan is None else self.plan.plan_id + 1
-        self.plan = EdgePlan(
-            plan_id=pid,
-            batches=tuple(tuple(uids[i] for i in b) for b in plan.batches),
-            draft_len={uids[i]: int(v) for i, v in enumerate(plan.draft_len)},
-            draft_ms_per_token={u: float(v) for u, v in zip(uids, problem.draft_ms, strict=True)},
-            comm_ms={u: float(v) for u, v in zip(uids, problem.comm_ms, strict=True)},
-            cycle_ms=float(ev.cycle_ms),
-            predicted_tok_s=float(ev.throughput_tok_s),
-            reason=reason,
+        self.plan = edge_plan(
+            plan, uids, problem, evaluate(problem, plan), plan_id=pid, reason=reason
         )
         self._plan_basis = dict(zip(uids, users, strict=True))
         self.stats.replans += pid > 0
@@ -788,13 +738,6 @@ def _post(send: trio.MemorySendChannel[bytes], conn: Connection, event: Event) -
     return True
 
 
-def _per_token(draft_ms: float | None, fallback: LatencyModel) -> LatencyModel:
-    """A device known only by its measured time per drafted token: G(1, F) = that time."""
-    if draft_ms is None:
-        return fallback
-    return LatencyModel(c_ms_per_flop=0.0, beta_ms=float(draft_ms))
-
-
 def _prior_from_hello(uid: int, device: Mapping[str, float], priors: Mapping[int, User]) -> User:
     """A joiner the scenario does not name: what its (checked) device profile says, else the
     first known user's."""
@@ -807,6 +750,6 @@ def _prior_from_hello(uid: int, device: Mapping[str, float], priors: Mapping[int
         prefix_len=int(device.get("prefix_len", base.prefix_len)),
         comm_ms=float(device.get("comm_ms", base.comm_ms)),
         draft=base.draft,
-        device=_per_token(draft, base.device),
+        device=per_token(draft, base.device),
         name=f"user{uid}",
     )

@@ -212,29 +212,32 @@ def node_env(root: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(root)}
 
 
-def write_config(run_dir: Path, root: Path, edge_ip: str, port: int) -> Path:
+@dataclass(frozen=True)
+class NodeConfig:
+    """What the pair's nodes run: the resolved scenario (policy dipsd, profile timing, scale 1)
+    in the run directory, and the edge's address."""
+
+    scenario: Path
+    edge_ip: str
+    port: int
+
+
+def write_config(run_dir: Path, root: Path, edge_ip: str, port: int) -> NodeConfig:
     subprocess.run(
         [sys.executable, "-c", _SCENARIO, str(run_dir / "scenario.toml")],
         cwd=root,
         env=node_env(root),
         check=True,
     )
-    cfg = {
-        "scenario": str(run_dir / "scenario.toml"),
-        "policy": "dipsd",
-        "edge_ip": edge_ip,
-        "port": port,
-        "run_dir": str(run_dir),
-        "timing": "profile",
-        "time_scale": 1.0,
-    }
-    path = run_dir / "node.json"
-    path.write_text(json.dumps(cfg))
-    return path
+    return NodeConfig(run_dir / "scenario.toml", edge_ip, port)
 
 
-def node_cmd(cfg: Path, *role: str) -> list[str]:
-    return [sys.executable, "-m", "emu.runners.node", str(cfg), *role]
+def node_cmd(cfg: NodeConfig, *role: str) -> list[str]:
+    """``role``: ``("edge",)`` or ``("user", I)``."""
+    where = (
+        ["--port", str(cfg.port)] if role[0] == "edge" else ["--edge", f"{cfg.edge_ip}:{cfg.port}"]
+    )
+    return [sys.executable, "-m", "emu.runners.node", str(cfg.scenario), *role, *where]
 
 
 def wait_first_round(events: Path, procs: list[subprocess.Popen[str]], timeout_s: float) -> float:
@@ -289,7 +292,7 @@ class Pair:
         wait_first_round(self.events, [self.edge, self.user], FIRST_ROUND_TIMEOUT_S)
         time.sleep(WARMUP_S)
 
-    def _spawn(self, cfg: Path, *role: str) -> subprocess.Popen[str]:
+    def _spawn(self, cfg: NodeConfig, *role: str) -> subprocess.Popen[str]:
         log = (self.dir / f"{'edge' if role[0] == 'edge' else 'u0'}.log").open("w")
         self._logs.append(log)
         return subprocess.Popen(

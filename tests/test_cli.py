@@ -45,6 +45,24 @@ def test_flags_override_the_scenario() -> None:
     assert set(out["plan"]["draft_len"]) == {7}
 
 
+def test_set_overrides_any_field_after_the_flags() -> None:
+    r = draftnet(
+        "solve",
+        "--users", "2",
+        "--set", "users.count=5",
+        "--set", "planner.policy=fixed",  # a bare word is a string
+        "--set", "planner.fixed_draft_len=4",
+        "--set", 'users.alpha = 0.6',
+        "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["users"], out["policy"]) == (5, "fixed")
+    assert set(out["plan"]["draft_len"]) == {4}
+    bare = json.loads(draftnet("solve", "--users", "5", "--policy", "fixed", "--json").stdout)
+    assert out["throughput_tok_s"] < bare["throughput_tok_s"]  # alpha 0.6 against 0.78
+
+
 def test_human_output_goes_to_stderr() -> None:
     r = draftnet("solve")
     assert r.returncode == 0
@@ -61,6 +79,12 @@ def test_human_output_goes_to_stderr() -> None:
         (["solve", "--users", "x"], "invalid int value: 'x'"),
         (["solve", "missing.toml"], "scenario file 'missing.toml' does not exist"),
         (["solve", "--users", "60000"], "users.count must be <= 2000"),
+        (["solve", "--set", "users.count=abc"], "users.count must be of type int, got 'abc'"),
+        (["solve", "--set", "users.colour=1"], "unknown field users.colour"),
+        (["solve", "--set", "users.count"], "must be SECTION.FIELD=VALUE"),
+        (["solve", "--set", "emu.shaping=netem"], "emu.shaping must be one of auto, tc,"),
+        (["run", "--time-scale", "0.5"], "emu.time_scale must be 0 (auto) or in [1, 100]"),
+        (["run", "--set", "network.jitter_ms=-1"], "network.jitter_ms must be"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(args: list[str], message: str) -> None:

@@ -12,12 +12,15 @@ import trio
 import trio.testing
 
 from channel_models.link import LinkState
+from emu.deploy.runtime import radio_comm_ms
 from emu.planner import Plan, Problem, plan_for
 from emu.results.metrics import Recorder
 from emu.runners.sim import simulate
 from emu.runners.simlink import link_pair
 from emu.scenario import load_scenario
+from emu.scenario.streams import Streams
 from nodes.backends import SyntheticDrafter, SyntheticVerifier
+from nodes.core.schedule import EdgePlan, LengthController
 from nodes.edge import EdgeNode, EdgeSettings
 from nodes.pacing import Pacer
 from nodes.protocol import Connection, Error, ErrorCode, Role
@@ -26,19 +29,32 @@ from tests.planner.conftest import paper_problem
 
 
 @pytest.fixture(scope="module")
-def paper_sim() -> dict[str, Any]:
-    sc = load_scenario(preset="dipsd-paper", overrides={"sim.duration_s": 120.0})
-    return simulate(sc, ["dipsd", "ad", "ad-batch", "fixed"])
+def paper_sims() -> list[dict[str, Any]]:
+    """Three seeds of the paper's setting: one seed's acceptance draws alone move a policy's
+    throughput by about 1.2% (one standard deviation over 120 s), too close to 3% to judge
+    the simulation's timing by."""
+    out = []
+    for seed in (0, 1, 2):
+        sc = load_scenario(
+            preset="dipsd-paper", overrides={"sim.duration_s": 120.0, "sim.seed": seed}
+        )
+        out.append(simulate(sc, ["dipsd", "ad", "ad-batch", "fixed"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def paper_sim(paper_sims: list[dict[str, Any]]) -> dict[str, Any]:
+    return paper_sims[0]
 
 
 @pytest.mark.parametrize("policy", ["dipsd", "ad", "ad-batch", "fixed"])
 def test_simulated_throughput_matches_the_planner_within_3_percent(
-    paper_sim: dict[str, Any], policy: str
+    paper_sims: list[dict[str, Any]], policy: str
 ) -> None:
-    r = paper_sim["results"][policy]
-    assert r["throughput_tok_s"] == pytest.approx(r["predicted_tok_s"], rel=0.03)
-    assert r["late_drafts"] == 0
-    assert r["protocol_errors"] == 0
+    runs = [s["results"][policy] for s in paper_sims]
+    ratio = np.mean([r["throughput_tok_s"] / r["predicted_tok_s"] for r in runs])
+    assert ratio == pytest.approx(1.0, rel=0.03)
+    assert all(r["late_drafts"] == 0 and r["protocol_errors"] == 0 for r in runs)
 
 
 def test_sim_metrics_are_consistent(paper_sim: dict[str, Any]) -> None:
@@ -93,7 +109,7 @@ async def test_link_delays_and_never_reorders(autojump_clock: trio.testing.MockC
 class _Harness:
     """An edge with three synthetic users on 3 ms links, and ways to break things."""
 
-    def __init__(self, replan_every: int = 0) -> None:
+    def __init__(self, replan_every: int = 0, *, lengths: LengthController | None = None) -> None:
         self.problem = paper_problem(3)
         self.previous: list[Plan | None] = []
         self.rec = Recorder(None)
@@ -112,6 +128,7 @@ class _Harness:
             priors=dict(enumerate(p.users)),
             settings=EdgeSettings(expected_users=3, replan_every=replan_every),
             sink=self.rec,
+            lengths=lengths,
         )
 
     def plan(self, problem: Problem, previous: Plan | None) -> Plan:
@@ -150,6 +167,28 @@ async def _stop_after(seconds: float, node: UserNode, stream: trio.abc.Stream) -
 
 def _rounds(rec: Recorder, user: int) -> list[float]:
     return [r[0] for r in rec._tally[""].rounds if r[1] == user]
+
+
+async def test_the_edge_asks_for_what_its_length_controller_advises(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The length a verdict carries is the controller's, not the plan's, where one is given
+    (an adaptive window in place of DiP-SD's planned lengths)."""
+
+    class ByUser:
+        def next_length(self, plan: EdgePlan, uid: int) -> int:
+            return 1 + 2 * uid
+
+    h = _Harness(lengths=ByUser())
+    async with trio.open_nursery() as n:
+        h.start(n)
+        await trio.sleep(10)
+        n.cancel_scope.cancel()
+    for i in range(3):
+        drafted = {r[2] for r in h.rec._tally[""].rounds if r[1] == i}
+        assert drafted == {1 + 2 * i}, drafted
+    planned = h.rec._tally[""].plans[0]["draft_len"]
+    assert planned != [1, 3, 5]  # the plan said otherwise
 
 
 async def test_a_user_leaving_mid_run_does_not_stop_the_others(
@@ -252,10 +291,8 @@ def test_sim_over_radio_links_uses_each_users_link_states() -> None:
     )
     assert dp["throughput_tok_s"] > ab["throughput_tok_s"]
     # The planner's prior for each user's link is that user's radio: they differ.
-    radio = generate(sc.radio, 6, 20.0, np.random.default_rng([sc.sim.seed, 1]))
-    from emu.runners.sim import _with_radio
-
-    comm = [u.comm_ms for u in _with_radio(sc.problem(), radio, sc).users]
+    radio = generate(sc.radio, 6, 20.0, Streams(sc.sim.seed).radio())
+    comm = radio_comm_ms(sc, radio.up, radio.down)
     assert len(set(comm)) == 6 and min(comm) > sc.radio.core_delay_ms * 2
 
 

@@ -8,17 +8,18 @@ Layer: emu (orchestration).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-import numpy as np
-
+from channel_models.cell import LinkSeries
 from emu.planner import Plan, plan_for
 from emu.planner.model import Problem
 from emu.scenario import Scenario
+from emu.scenario.sections import UserOverride
+from emu.scenario.streams import Streams
 from nodes.backends import SyntheticVerifier
+from nodes.core.guard import Limits
 from nodes.edge import EdgeSettings
-from nodes.guard import Limits
 
 if TYPE_CHECKING:
     from emu.models.embedded import ModelSetup
@@ -28,7 +29,10 @@ __all__ = [
     "memo_planner",
     "model_setup",
     "node_problem",
+    "node_scenario",
+    "radio_comm_ms",
     "synthetic_verifier",
+    "with_comm",
     "with_model_priors",
 ]
 
@@ -70,6 +74,50 @@ def limits(sc: Scenario, users: int) -> Limits:
     return Limits(**{**same, "max_connections": sc.limits.max_connections or 2 * users + 16})
 
 
+def radio_comm_ms(sc: Scenario, up: LinkSeries, down: LinkSeries) -> tuple[float, ...]:
+    """Each user's communication time per round on its radio links, as the planner's prior:
+    the mean one-way delays both ways plus sending a draft up and a verdict down at the mean
+    rates. One function for every runner, so that they plan alike."""
+    r = sc.radio
+    return tuple(
+        float(
+            up.delay_ms[i].mean()
+            + down.delay_ms[i].mean()
+            + 8e3 * r.payload_up_bytes / up.rate_bps[i].mean()
+            + 8e3 * r.payload_down_bytes / down.rate_bps[i].mean()
+        )
+        for i in range(up.delay_ms.shape[0])
+    )
+
+
+def with_comm(problem: Problem, comm_ms: Sequence[float]) -> Problem:
+    """The problem with each user's communication time per round replaced."""
+    users = tuple(
+        dataclasses.replace(u, comm_ms=c) for u, c in zip(problem.users, comm_ms, strict=True)
+    )
+    return dataclasses.replace(problem, users=users)
+
+
+def node_scenario(
+    sc: Scenario, *, policy: str, time_scale: float, comm_ms: Sequence[float] | None
+) -> Scenario:
+    """What a node process of the emulation is given: the scenario with the policy it runs,
+    the time scale the runner chose and (on radio links) each user's communication prior, as
+    ``[[users.each]]`` entries, so that its edge plans what the simulation plans."""
+    users = sc.users
+    if comm_ms is not None:
+        each = [*users.each, *[UserOverride()] * max(0, len(comm_ms) - len(users.each))]
+        for i, c in enumerate(comm_ms):
+            each[i] = dataclasses.replace(each[i], comm_ms=c)
+        users = dataclasses.replace(users, each=tuple(each))
+    return dataclasses.replace(
+        sc,
+        users=users,
+        planner=dataclasses.replace(sc.planner, policy=policy),
+        emu=dataclasses.replace(sc.emu, time_scale=time_scale),
+    )
+
+
 def with_model_priors(problem: Problem, acceptance: float | None, prefix: int) -> Problem:
     """What the planner assumes of real models before it has measured anything: the pair's
     acceptance on the built-in prompts (where known) and the mean context of a session."""
@@ -106,12 +154,14 @@ def model_setup(sc: Scenario) -> ModelSetup:
 
 
 def synthetic_verifier(
-    problem: Problem, rng: np.random.Generator, *, warm_start: bool
+    problem: Problem, streams: Streams, *, warm_start: bool
 ) -> SyntheticVerifier:
+    """The synthetic verifier every runner builds: each user's acceptances from its own stream."""
     return SyntheticVerifier(
         edge=problem.edge,
         alpha={i: u.alpha for i, u in enumerate(problem.users)},
         prefix_len={i: u.prefix_len for i, u in enumerate(problem.users)},
-        rng=rng,
+        rng=streams.verifier(),  # unused while every user has its own stream
         prefill_free=warm_start,
+        user_rng=streams.acceptance,
     )

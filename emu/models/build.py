@@ -27,6 +27,7 @@ import numpy as np
 from emu.models.embedded import ModelSetup
 from emu.models.timing import draft_time, user_prompts, verify_time
 from emu.planner.model import Problem, User
+from emu.scenario.streams import Streams
 from nodes.backends import DraftBackend, DraftOut, VerifyBackend
 
 __all__ = [
@@ -209,7 +210,7 @@ class RealModels:
         self._sessions: list[list[Session]] = [[] for _ in range(users)]
 
     # --- the _Backends interface, called once per policy --------------------------------------
-    def verifier(self, problem: Problem, rng: np.random.Generator) -> VerifyBackend:
+    def verifier(self, problem: Problem, streams: Streams) -> VerifyBackend:
         v = self._verifier
         for uid in list(v.sessions):
             v.drop(uid)

@@ -15,15 +15,18 @@ Batch slots are used in order and user m may only sit in slots 0..m (symmetry br
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import scipy.sparse as sp
-from scipy.optimize import Bounds, LinearConstraint, milp
 
 from emu.errors import ConfigError, DraftnetError
 from emu.planner.baselines import ad
 from emu.planner.cost import Plan, Tableau
 from emu.planner.dipsd import dipsd
 from emu.planner.model import Problem, expected_tokens, verify_flops
+
+if TYPE_CHECKING:
+    from scipy.optimize import LinearConstraint
 
 __all__ = ["MAX_EXACT_USERS", "exact"]
 
@@ -50,6 +53,9 @@ class _Builder:
         self.ub.append(ub)
 
     def constraint(self, n_vars: int) -> LinearConstraint:
+        import scipy.sparse as sp  # scipy's solvers load in 0.4 s: only when an exact plan is made
+        from scipy.optimize import LinearConstraint
+
         A = sp.csr_array(
             (self.vals, (self.rows, self.cols)), shape=(len(self.lb), n_vars), dtype=np.float64
         )
@@ -163,6 +169,8 @@ def _solve_parametric(
         for k in range(K):
             if cap[k] < 1:
                 ub[z(n, k)] = 0.0
+    from scipy.optimize import Bounds, milp
+
     res = milp(
         c,
         constraints=[b.constraint(n_vars)],

@@ -33,9 +33,6 @@ class AffineFit:
     def model(self, name: str = "") -> LatencyModel:
         return LatencyModel(name=name, c_ms_per_flop=self.c_ms_per_flop, beta_ms=self.beta_ms)
 
-    def predict(self, work: npt.ArrayLike) -> npt.NDArray[np.float64]:
-        return self.c_ms_per_flop * np.asarray(work, dtype=np.float64) + self.beta_ms
-
 
 def fit_affine(work: npt.ArrayLike, ms: npt.ArrayLike) -> AffineFit:
     """Fit ms ~ c * work + beta with c, beta >= 0; ``work`` is b F per point [FLOPs]."""

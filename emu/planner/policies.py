@@ -1,4 +1,9 @@
-"""Policies behind one interface: a name maps to a function from a Problem to a Plan.
+"""Policies behind one protocol, in one registry: ``plan(problem, previous)`` makes a Plan.
+
+Every list of policy names (the command line's help, the scenario's rule, the study's
+columns, the baselines reported beside a solve) is read from the registry, and no caller
+treats a policy by its name: what differs between policies is what they say of themselves
+(``about``, ``baseline``, ``max_users``). A system adds its policies with ``register``.
 
 Layer: pure (emu.planner).
 """
@@ -6,43 +11,142 @@ Layer: pure (emu.planner).
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
+from dataclasses import dataclass
+from typing import Protocol
 
 from emu.errors import ConfigError
 from emu.planner import baselines
 from emu.planner.cost import Plan
 from emu.planner.dipsd import dipsd
-from emu.planner.exact import exact
+from emu.planner.exact import MAX_EXACT_USERS, exact
 from emu.planner.model import Problem
 
-__all__ = ["BASELINES", "POLICIES", "plan_for"]
-
-Policy = Callable[[Problem], Plan]
-
-POLICIES: dict[str, Policy] = {
-    "dipsd": dipsd,
-    "dipsd-published": partial(dipsd, improve=False),
-    "exact": exact,
-    "ad": baselines.ad,
-    "ad-batch": baselines.ad_batch,
-    "sd": baselines.sd,
-    "fixed": baselines.fixed,
-}
-
-# Reported beside every solve, keyed as in the JSON output.
-BASELINES: dict[str, str] = {"ad": "ad", "ad_batch": "ad-batch", "sd": "sd", "fixed": "fixed"}
+__all__ = [
+    "Policy",
+    "SolverPolicy",
+    "baselines_of",
+    "get_policy",
+    "plan_for",
+    "policy_names",
+    "register",
+]
 
 
-def plan_for(policy: str, problem: Problem, previous: Plan | None = None) -> Plan:
-    """Plan ``problem`` with the named policy; ConfigError for an unknown name.
+class Policy(Protocol):
+    """A planning policy of one system."""
 
-    ``previous``, the plan in force for the same users, lets ``dipsd`` re-plan warm on large
-    instances (see ``dipsd.dipsd``); the other policies plan from scratch.
-    """
+    @property
+    def name(self) -> str: ...
+    @property
+    def system(self) -> str: ...
+    @property
+    def about(self) -> str: ...
+    @property
+    def baseline(self) -> str:
+        """The key under which a solve reports this policy beside its plan ("" if it is not a
+        baseline)."""
+        ...
+
+    @property
+    def max_users(self) -> int | None:
+        """The largest instance it plans (None: any)."""
+        ...
+
+    def plan(self, problem: Problem, previous: Plan | None = None) -> Plan:
+        """Plan ``problem``; ``previous``, the plan in force for the same users, lets a policy
+        re-plan warm (the others plan from scratch)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SolverPolicy:
+    """A policy made of one solver function ``(problem, previous) -> Plan``."""
+
+    name: str
+    about: str
+    solve: Callable[[Problem, Plan | None], Plan]
+    system: str = "dipsd"
+    baseline: str = ""
+    max_users: int | None = None
+
+    def plan(self, problem: Problem, previous: Plan | None = None) -> Plan:
+        return self.solve(problem, previous)
+
+
+_REGISTRY: dict[str, Policy] = {}
+
+
+def register(policy: Policy) -> Policy:
+    if policy.name in _REGISTRY:
+        raise ValueError(f"policy {policy.name!r} is registered twice")
+    _REGISTRY[policy.name] = policy
+    return policy
+
+
+def policy_names(system: str | None = None) -> tuple[str, ...]:
+    """Every registered policy's name (of one system, if given), in registration order."""
+    return tuple(n for n, p in _REGISTRY.items() if system is None or p.system == system)
+
+
+def get_policy(name: str, *, where: str = "policy") -> Policy:
+    """The named policy; ConfigError naming ``where`` and the known names otherwise."""
     try:
-        fn = POLICIES[policy]
+        return _REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}") from None
-    if policy == "dipsd" and previous is not None:
-        return dipsd(problem, previous=previous)
-    return fn(problem)
+        known = ", ".join(_REGISTRY)
+        raise ConfigError(f"{where} must be one of {known}, got {name!r}") from None
+
+
+def baselines_of(system: str) -> dict[str, str]:
+    """The baselines a solve reports beside its plan: JSON key -> policy name."""
+    return {p.baseline: n for n, p in _REGISTRY.items() if p.system == system and p.baseline}
+
+
+def plan_for(name: str, problem: Problem, previous: Plan | None = None) -> Plan:
+    """Plan ``problem`` with the named policy; ConfigError for an unknown name."""
+    return get_policy(name).plan(problem, previous)
+
+
+for _policy in (
+    SolverPolicy(
+        "dipsd",
+        "DiP-SD's joint planner (batches, order and draft lengths), improved; re-plans warm",
+        lambda problem, previous: dipsd(problem, previous=previous),
+    ),
+    SolverPolicy(
+        "dipsd-published",
+        "DiP-SD's alternating optimisation as published",
+        lambda problem, previous: dipsd(problem, improve=False),
+    ),
+    SolverPolicy(
+        "exact",
+        "the optimal plan by MILP (HiGHS), a reference for small instances",
+        lambda problem, previous: exact(problem),
+        max_users=MAX_EXACT_USERS,
+    ),
+    SolverPolicy(
+        "ad",
+        "the target alone, one user per forward",
+        lambda problem, previous: baselines.ad(problem),
+        baseline="ad",
+    ),
+    SolverPolicy(
+        "ad-batch",
+        "the target alone, as many users per forward as memory allows",
+        lambda problem, previous: baselines.ad_batch(problem),
+        baseline="ad_batch",
+    ),
+    SolverPolicy(
+        "sd",
+        "speculative decoding, each user verified alone",
+        lambda problem, previous: baselines.sd(problem),
+        baseline="sd",
+    ),
+    SolverPolicy(
+        "fixed",
+        "DiP-SD's batching with one fixed draft length (planner.fixed_draft_len)",
+        lambda problem, previous: baselines.fixed(problem),
+        baseline="fixed",
+    ),
+):
+    register(_policy)

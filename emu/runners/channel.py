@@ -24,6 +24,7 @@ from channel_models.cell import RadioTrace, generate
 from channel_models.trace import to_mahimahi
 from emu.errors import ConfigError
 from emu.scenario import Scenario, scenario_toml
+from emu.scenario.streams import Streams
 
 __all__ = ["run_channel"]
 
@@ -35,7 +36,7 @@ def run_channel(sc: Scenario, out_dir: Path) -> dict[str, Any]:
     if users < 1:
         raise ConfigError(f"users.count must be >= 1, got {users}")
     t0 = time.perf_counter()
-    trace = generate(sc.radio, users, sc.sim.duration_s, np.random.default_rng(sc.sim.seed))
+    trace = generate(sc.radio, users, sc.sim.duration_s, Streams(sc.sim.seed).radio())
     gen_s = time.perf_counter() - t0
     (out_dir / "scenario.toml").write_text(scenario_toml(sc))
     written = _write_traces(trace, out_dir / "traces")

@@ -42,12 +42,19 @@ from typing import Any
 
 import numpy as np
 
-from emu.deploy.runtime import memo_planner, model_setup, node_problem
+from emu.deploy.runtime import (
+    memo_planner,
+    model_setup,
+    node_problem,
+    node_scenario,
+    radio_comm_ms,
+    with_comm,
+)
 from emu.errors import ConfigError, ShapingError
 from emu.files import write_atomic
 from emu.models.build import GreedyReference, check_sessions, read_sessions
 from emu.planner import Problem, evaluate
-from emu.planner.policies import POLICIES
+from emu.planner.policies import get_policy
 from emu.results.metrics import Recorder
 from emu.results.runreport import stopped_line, write_run_report
 from emu.runners.manifest import PROBE_NETNS, run_manifest
@@ -62,19 +69,18 @@ from emu.runners.network import shaping as shaping_on
 from emu.runners.timescale import TimeScale, auto_time_scale
 from emu.scenario import Scenario, scenario_toml
 from emu.shaping.probe import IP_UDP_HEADERS
-from emu.shaping.sources import tc_refusal
+from emu.shaping.sources import load_series, tc_refusal
 from topologies.registry import check as check_topology
 
-__all__ = ["SHAPING", "STOP_SIGNALS", "Interrupted", "emulate", "has_netem"]
+__all__ = ["STOP_SIGNALS", "Interrupted", "emulate", "has_netem"]
 
-SHAPING = ("auto", "tc", "userspace")
 PORT = 7000
+EDGE_IP = "10.0.0.2"  # the star's edge host (topologies.star)
 PROBE_PORT = 9000
 READY_TIMEOUT_S = 120.0  # a user loads its model before it connects
 Progress = Callable[[str, float], None]
 MEASURED = ("rtt_ms", "up_ms", "down_ms", "up_rate_bps")
 SERIES_FIELDS = ("rate_bps", "delay_ms", "jitter_ms", "loss")
-MAX_TIME_SCALE = 100.0
 STALL_S = 10.0  # a live node that records nothing for this long (modelled) has stalled
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -172,14 +178,28 @@ def _backend(shaping: str, specs: Specs) -> tuple[str, str]:
     return "tc", "auto: netem is here"
 
 
+def radio_priors(sc: Scenario, out_dir: Path) -> tuple[str | None, tuple[float, ...] | None]:
+    """On radio links: the radio model's series (``channel/linkstates.npz``, the trace the
+    simulation draws from the same seed) and each user's communication prior from it."""
+    if sc.network.model != "radio":
+        return None, None
+    from emu.runners.channel import run_channel
+
+    channel_dir = out_dir / "channel"
+    channel_dir.mkdir(exist_ok=True)
+    run_channel(sc, channel_dir)
+    npz = str(channel_dir / "linkstates.npz")
+    return npz, radio_comm_ms(sc, load_series(npz, "up"), load_series(npz, "down"))
+
+
 def _links(
-    sc: Scenario, problem: Problem, out_dir: Path, scale: float = 1.0
+    sc: Scenario, problem: Problem, npz: str | None, scale: float = 1.0
 ) -> tuple[Specs, Specs, Configured]:
     """Per user the shaper's specs both ways, the specs to probe the links at, and what each
     link is configured to give (on the wall: stretched by the time scale). A radio series is
     probed at its mean state held still (a probe takes a second or two; what it checks is that
     the shaper gives a link what it is told to)."""
-    specs, probed, configured = _modelled_links(sc, problem, out_dir)
+    specs, probed, configured = _modelled_links(sc, problem, npz)
     if scale == 1.0:
         return specs, probed, configured
 
@@ -194,19 +214,13 @@ def _links(
 
 
 def _modelled_links(
-    sc: Scenario, problem: Problem, out_dir: Path
+    sc: Scenario, problem: Problem, npz: str | None
 ) -> tuple[Specs, Specs, Configured]:
     net = sc.network
     specs: Specs = []
     probed: Specs = []
     configured: Configured = []
-    if net.model == "radio":
-        from emu.runners.channel import run_channel
-
-        channel_dir = out_dir / "channel"
-        channel_dir.mkdir(exist_ok=True)
-        run_channel(sc, channel_dir)
-        npz = str(channel_dir / "linkstates.npz")
+    if npz is not None:
         data = np.load(npz)
         for i in range(problem.size):
             specs.append(
@@ -274,7 +288,7 @@ def _fidelity(nw: Network, configured: list[dict[str, float]]) -> list[dict[str,
     try:
         for i, conf in enumerate(configured):
             burst = _burst_packets(conf["up_rate_bps"])
-            cmd = f"{sys.executable} -m emu.shaping.probe measure 10.0.0.2 {PROBE_PORT} "
+            cmd = f"{sys.executable} -m emu.shaping.probe measure {EDGE_IP} {PROBE_PORT} "
             cmd += f"--echoes 10 --burst {burst} --burst-bps {2 * conf['up_rate_bps']} --packets 0"
             text = nw.user(i).cmd(cmd).strip().splitlines()
             try:
@@ -349,25 +363,16 @@ def _run_policy(
     *,
     where: _Where,
     backend: str,
-    timing: str,
     scale: float,
+    comm: tuple[float, ...] | None,
     progress: Progress | None,
 ) -> tuple[float, float]:
     """Run one policy's nodes for the scenario's duration, or until its edge dies; when the
     workload started and ended (monotonic). ``where`` follows the run as it goes."""
     pdir.mkdir(parents=True, exist_ok=True)
-    (pdir / "scenario.toml").write_text(scenario_toml(sc))
-    cfg = {
-        "scenario": str(pdir / "scenario.toml"),
-        "policy": policy,
-        "edge_ip": "10.0.0.2",
-        "port": PORT,
-        "run_dir": str(pdir),
-        "timing": timing,
-        "time_scale": scale,
-    }
-    (pdir / "node.json").write_text(json.dumps(cfg))
-    node = [sys.executable, "-m", "emu.runners.node", str(pdir / "node.json")]
+    mine = node_scenario(sc, policy=policy, time_scale=scale, comm_ms=comm)
+    (pdir / "scenario.toml").write_text(scenario_toml(mine))
+    node = [sys.executable, "-m", "emu.runners.node", str(pdir / "scenario.toml")]
     watch = where.watch = _Watch(pdir, scale)
     where.phase = "shaping the links"
     with shaping_on(backend, nw, specs, pdir, seed=sc.sim.seed):
@@ -384,14 +389,17 @@ def _run_policy(
             )
             procs[name] = p
             if nw.manifest is not None:
-                nw.manifest.process(p.pid, what=f"node {name}", match=str(pdir / "node.json"))
+                nw.manifest.process(p.pid, what=f"node {name}", match=str(pdir / "scenario.toml"))
             return p
 
         try:
             where.phase = "starting the nodes"
-            edge = start("edge", nw.edge, "edge")
+            edge = start("edge", nw.edge, "edge", "--port", str(PORT))
             await_ready("node edge", edge, logs["edge"], READY_TIMEOUT_S)
-            users = [start(f"u{i}", nw.user(i), "user", str(i)) for i in range(nw.users)]
+            users = [
+                start(f"u{i}", nw.user(i), "user", str(i), "--edge", f"{EDGE_IP}:{PORT}")
+                for i in range(nw.users)
+            ]
             # The workload's clock starts when every user has loaded its model and connected.
             for i, p in enumerate(users):
                 await_ready(f"node u{i}", p, logs[f"u{i}"], READY_TIMEOUT_S)
@@ -483,29 +491,15 @@ def emulate(
     policies: list[str],
     out_dir: Path,
     *,
-    shaping: str = "auto",
-    strict: bool = False,
-    timing: str = "profile",
-    time_scale: float | str = "auto",
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run every policy on the emulated network; the ``run --json`` object. ``time_scale``
-    runs every modelled time that many times slower on the wall (compute, link delays, the
-    duration; rates slower by as much) and reports in modelled time; ``"auto"`` chooses it
-    from a calibration of this host (``emu.runners.timescale``)."""
+    """Run every policy on the emulated network as the scenario's ``[emu]`` says; the
+    ``run --json`` object. ``emu.time_scale`` runs every modelled time that many times slower
+    on the wall (compute, link delays, the duration; rates slower by as much) and reports in
+    modelled time; 0 chooses it from a calibration of this host (``emu.runners.timescale``)."""
     for p in policies:
-        if p not in POLICIES:
-            raise ConfigError(f"--policy must be one of {', '.join(POLICIES)}, got {p!r}")
-    if timing not in ("profile", "real"):
-        raise ConfigError(f"timing must be profile or real, got {timing!r}")
-    if time_scale != "auto" and not (
-        isinstance(time_scale, float | int) and 1.0 <= time_scale <= MAX_TIME_SCALE
-    ):
-        raise ConfigError(
-            f"--time-scale must be auto or in [1, {MAX_TIME_SCALE:g}], got {time_scale!r}"
-        )
-    if shaping not in SHAPING:
-        raise ConfigError(f"--shaping must be one of {', '.join(SHAPING)}, got {shaping!r}")
+        get_policy(p, where="--policy")
+    timing = sc.emu.timing
     problem = sc.problem()
     check_topology("star", users=problem.size)  # before anything is built
     preflight()
@@ -513,14 +507,17 @@ def emulate(
         problem = node_problem(sc)  # checks the models (one line each) before any host
     t_wall = time.perf_counter()
     with _stop_on_signals():
-        if time_scale == "auto":
+        npz, comm = radio_priors(sc, out_dir)
+        if comm is not None:
+            problem = with_comm(problem, comm)  # the simulation's priors (emu.deploy.runtime)
+        if sc.emu.time_scale == 0.0:
             chosen = auto_time_scale(sc, problem, policies, timing)
         else:
-            chosen = TimeScale(scale=float(time_scale), why="given (--time-scale)")
+            chosen = TimeScale(scale=sc.emu.time_scale, why="given (emu.time_scale)")
         scale = chosen.scale
         (out_dir / "scenario.toml").write_text(scenario_toml(sc))
-        specs, probed, configured = _links(sc, problem, out_dir, scale)
-        backend, why = _backend(shaping, specs)
+        specs, probed, configured = _links(sc, problem, npz, scale)
+        backend, why = _backend(sc.emu.shaping, specs)
         doc: dict[str, Any] = {
             "mode": "emu",
             "scenario": sc.name,
@@ -547,8 +544,8 @@ def emulate(
                     doc["fidelity"] = _fidelity(nw, configured)
                 _write(out_dir, doc, t_wall)
                 bad = [f["link"] for f in doc["fidelity"] if not f["ok"]]
-                if bad and strict:
-                    raise ShapingError(f"links outside tolerance (--strict): {', '.join(bad)}")
+                if bad and sc.emu.strict:
+                    raise ShapingError(f"links outside tolerance (emu.strict): {', '.join(bad)}")
                 for policy in policies:
                     where.policy, where.t0, where.watch = policy, None, None
                     t0, t_end = _run_policy(
@@ -559,8 +556,8 @@ def emulate(
                         out_dir / policy,
                         where=where,
                         backend=backend,
-                        timing=timing,
                         scale=scale,
+                        comm=comm,
                         progress=progress,
                     )
                     where.phase = f"summarising {policy}"

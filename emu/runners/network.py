@@ -84,9 +84,6 @@ class Network:
     users: int
     manifest: Manifest | None = None  # where what the run makes is written down
 
-    def host(self, name: str) -> Any:
-        return self.net.get(name)
-
     def user(self, i: int) -> Any:
         return self.net.get(f"u{i}")
 

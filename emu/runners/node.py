@@ -1,5 +1,6 @@
 """A node as its own process, over real sockets:
-``python -m emu.runners.node CONFIG.json edge|user I``.
+``python -m emu.runners.node SCENARIO.toml edge --port P`` or
+``python -m emu.runners.node SCENARIO.toml user I --edge HOST:PORT``.
 
 Layer: emu (a process; sockets, files). The emulation starts one of these per Mininet host, with
 the project's interpreter: the edge listens on TCP, each user connects to it. The node code is
@@ -7,8 +8,10 @@ the simulation's (``nodes.edge``, ``nodes.user``); only the clock (real), the st
 the pacing differ. ``timing = "profile"`` pads each step to the time the scenario's cost model
 gives it (an overrun is counted); ``"real"`` lets compute take what it takes.
 
-CONFIG (written by the runner): ``{"scenario": resolved TOML, "policy", "edge_ip", "port",
-"run_dir", "timing", "time_scale"}``. Each node appends its records to ``events-<node>.jsonl``
+The scenario is the runner's resolved one, read by the same loader as every scenario: the edge
+plans with its ``planner.policy``, and ``emu.timing`` and ``emu.time_scale`` (the runner's
+choice, never 0 here) set the pacing; the addresses are the only other settings. The run
+directory is the scenario file's. Each node appends its records to ``events-<node>.jsonl``
 in the run directory as they happen (times on the machine's monotonic clock, shared by every
 namespace, divided by the time scale), and its counters to ``node-<node>.json`` when it stops
 (on SIGTERM, SIGINT or SIGHUP). A user whose link breaks redials the edge and resumes.
@@ -16,7 +19,9 @@ namespace, divided by the time scale), and its counters to ``node-<node>.json`` 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
 import json
 import logging
 import resource
@@ -27,7 +32,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import trio
 
 from emu.deploy.runtime import (
@@ -37,6 +41,7 @@ from emu.deploy.runtime import (
     node_problem,
     synthetic_verifier,
 )
+from emu.errors import ConfigError
 from emu.models.build import RecordingDrafter
 from emu.models.timing import (
     draft_time,
@@ -48,6 +53,7 @@ from emu.models.timing import (
 from emu.planner.model import Problem
 from emu.results.metrics import Recorder
 from emu.scenario import Scenario, load_scenario
+from emu.scenario.streams import Streams
 from nodes.backends import DraftBackend, SyntheticDrafter, VerifyBackend
 from nodes.edge import EdgeNode
 from nodes.pacing import REAL_CLOCK_LEAD_S, Pacer
@@ -60,8 +66,7 @@ CONNECT_TRIES = 100
 
 def _verifier(sc: Scenario, problem: Problem, profiled: bool) -> VerifyBackend:
     if sc.models.kind == "synthetic":
-        rng = np.random.default_rng(sc.sim.seed)
-        return synthetic_verifier(problem, rng, warm_start=sc.sim.warm_start)
+        return synthetic_verifier(problem, Streams(sc.sim.seed), warm_start=sc.sim.warm_start)
     from nodes.hf_verifier import HFVerifier
 
     setup = model_setup(sc)
@@ -82,10 +87,11 @@ def _drafter(
 ) -> tuple[DraftBackend, Iterator[Sequence[int]], int]:
     """The user's drafter, its prompts, and the tokens a session decodes."""
     user = problem.users[i]
-    rng = np.random.default_rng([sc.sim.seed, i])
     if sc.models.kind == "synthetic":
-        prompts = synthetic_prompts(rng, user.prefix_len)
-        return SyntheticDrafter.for_user(user, rng), prompts, sc.sim.max_new_tokens
+        streams = Streams(sc.sim.seed)
+        prompts = synthetic_prompts(streams.prompts(i), user.prefix_len)
+        synthetic = SyntheticDrafter.for_user(user, streams.drafter(i))
+        return synthetic, prompts, sc.sim.max_new_tokens
     from nodes.llama_drafter import LlamaDrafter
 
     setup = model_setup(sc)
@@ -128,7 +134,7 @@ async def _until_signalled(cancel: trio.CancelScope) -> None:
             return
 
 
-async def _edge(cfg: dict[str, Any], sc: Scenario, rec: Recorder, pacer: Pacer) -> dict[str, Any]:
+async def _edge(port: int, sc: Scenario, rec: Recorder, pacer: Pacer) -> dict[str, Any]:
     # The planner's thread and the event loop share the GIL: hand it over every 0.5 ms, not
     # Python's default 5, so a message that arrives during a solve waits no longer than that.
     sys.setswitchinterval(0.0005)
@@ -136,8 +142,8 @@ async def _edge(cfg: dict[str, Any], sc: Scenario, rec: Recorder, pacer: Pacer) 
     problem = node_problem(sc)
     edge = EdgeNode(
         edge=problem.edge,
-        verifier=_verifier(sc, problem, cfg["timing"] == "profile"),
-        planner=memo_planner(cfg["policy"]),
+        verifier=_verifier(sc, problem, sc.emu.timing == "profile"),
+        planner=memo_planner(sc.planner.policy),
         priors=dict(enumerate(problem.users)),
         settings=edge_settings(sc, problem.size),
         sink=rec,
@@ -147,7 +153,7 @@ async def _edge(cfg: dict[str, Any], sc: Scenario, rec: Recorder, pacer: Pacer) 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_until_signalled, nursery.cancel_scope)
         nursery.start_soon(edge.run)
-        await nursery.start(trio.serve_tcp, edge.serve_stream, int(cfg["port"]))
+        await nursery.start(trio.serve_tcp, edge.serve_stream, port)
         print("ready", flush=True)
     s = edge.stats
     return {
@@ -171,13 +177,13 @@ def _open_files_for(connections: int) -> None:
 
 
 async def _user(
-    cfg: dict[str, Any], sc: Scenario, i: int, rec: Recorder, pacer: Pacer
+    edge: tuple[str, int], sc: Scenario, i: int, rec: Recorder, pacer: Pacer, *, run_dir: Path
 ) -> dict[str, Any]:
     problem = node_problem(sc)
-    drafter, prompts, session_tokens = _drafter(sc, problem, i, cfg["timing"] == "profile")
+    drafter, prompts, session_tokens = _drafter(sc, problem, i, sc.emu.timing == "profile")
     with contextlib.ExitStack() as stack:
         if sc.models.kind != "synthetic":  # every committed token, for the lossless check
-            log = stack.enter_context((Path(cfg["run_dir"]) / f"tokens-u{i}.jsonl").open("w"))
+            log = stack.enter_context((run_dir / f"tokens-u{i}.jsonl").open("w"))
             drafter = RecordingDrafter(drafter, [], log)
         node = UserNode(
             i,
@@ -190,7 +196,7 @@ async def _user(
         )
 
         async def dial() -> trio.abc.Stream:
-            return await trio.open_tcp_stream(cfg["edge_ip"], int(cfg["port"]))
+            return await trio.open_tcp_stream(*edge)
 
         stream: trio.abc.Stream | None = None
         for _ in range(CONNECT_TRIES):
@@ -200,7 +206,7 @@ async def _user(
             except OSError:
                 await trio.sleep(0.1)
         if stream is None:
-            raise ConnectionError(f"user {i}: the edge at {cfg['edge_ip']} never answered")
+            raise ConnectionError(f"user {i}: the edge at {edge[0]}:{edge[1]} never answered")
         print("ready", flush=True)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_until_signalled, nursery.cancel_scope)
@@ -208,7 +214,7 @@ async def _user(
                 dial,
                 first=stream,
                 give_up_s=sc.limits.reconnect_give_up_s,
-                rng=np.random.default_rng([sc.sim.seed, i]),
+                rng=Streams(sc.sim.seed).redial(i),
             )
             nursery.cancel_scope.cancel()
     st = node.stats
@@ -240,29 +246,46 @@ class _WarningsToRecords(logging.Handler):
         sys.stderr.write(self.format(record) + "\n")
 
 
+def _address(text: str) -> tuple[str, int]:
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m emu.runners.node")
+    ap.add_argument("scenario", type=Path, help="the runner's resolved scenario (TOML)")
+    roles = ap.add_subparsers(dest="role", required=True)
+    edge = roles.add_parser("edge", help="listen for the users")
+    edge.add_argument("--port", type=int, required=True)
+    user = roles.add_parser("user", help="user I: dial the edge")
+    user.add_argument("index", type=int)
+    user.add_argument("--edge", type=_address, required=True, metavar="HOST:PORT")
+    return ap.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (2, 3) or args[1] not in ("edge", "user"):
-        print("usage: python -m emu.runners.node CONFIG.json edge|user [I]", file=sys.stderr)
-        return 2
-    cfg = json.loads(Path(args[0]).read_text())
-    sc = load_scenario(cfg["scenario"])
-    name = "edge" if args[1] == "edge" else f"u{int(args[2])}"
-    run_dir = Path(cfg["run_dir"])
-    rec = Recorder(run_dir / f"events-{name}.jsonl")
-    rec.policy = cfg["policy"]
-    scale = float(cfg["time_scale"])
-    pacer = Pacer(
-        "profile" if cfg["timing"] == "profile" else "real",
-        scale,
-        lead_s=REAL_CLOCK_LEAD_S,  # the nodes run on a real clock
-    )
-    logging.getLogger("trio").addHandler(_WarningsToRecords(rec, scale))
+    args = _arguments(argv)
     try:
-        if args[1] == "edge":
-            out = trio.run(_edge, cfg, sc, rec, pacer, clock=SharedClock(scale))
+        sc = load_scenario(args.scenario)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    name = "edge" if args.role == "edge" else f"u{args.index}"
+    run_dir = args.scenario.parent
+    rec = Recorder(run_dir / f"events-{name}.jsonl")
+    rec.policy = sc.planner.policy
+    scale = sc.emu.time_scale or 1.0
+    pacer = Pacer(sc.emu.timing, scale, lead_s=REAL_CLOCK_LEAD_S)  # the nodes' clock is real
+    logging.getLogger("trio").addHandler(_WarningsToRecords(rec, scale))
+    clock = SharedClock(scale)
+    try:
+        if args.role == "edge":
+            out = trio.run(_edge, args.port, sc, rec, pacer, clock=clock)
         else:
-            out = trio.run(_user, cfg, sc, int(args[2]), rec, pacer, clock=SharedClock(scale))
+            user = functools.partial(_user, run_dir=run_dir)
+            out = trio.run(user, args.edge, sc, args.index, rec, pacer, clock=clock)
     finally:
         rec.close()
     out["overruns"] = pacer.overruns

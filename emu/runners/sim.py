@@ -9,7 +9,6 @@ Backends are synthetic (see ``nodes.backends``) or real models with profiled tim
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import json
@@ -28,18 +27,21 @@ from channel_models.link import LinkState
 from emu.deploy.runtime import (
     edge_settings,
     memo_planner,
+    radio_comm_ms,
     synthetic_verifier,
+    with_comm,
     with_model_priors,
 )
-from emu.errors import ConfigError, DraftnetError
+from emu.errors import DraftnetError
 from emu.files import write_atomic
 from emu.models.timing import synthetic_prompts
 from emu.planner import Plan, evaluate
 from emu.planner.model import Problem, User
-from emu.planner.policies import POLICIES
+from emu.planner.policies import get_policy
 from emu.results.metrics import Recorder
 from emu.runners.simlink import link_pair
 from emu.scenario import Scenario, scenario_toml
+from emu.scenario.streams import Streams
 from nodes.backends import DraftBackend, SyntheticDrafter, VerifyBackend
 from nodes.edge import EdgeNode
 from nodes.pacing import Pacer
@@ -61,7 +63,7 @@ def _constant(state: LinkState) -> Callable[[float], LinkState]:
 class _Backends(Protocol):
     """Where a policy's run gets its models: synthetic, or real ones (``emu.models.embedded``)."""
 
-    def verifier(self, problem: Problem, rng: np.random.Generator) -> VerifyBackend: ...
+    def verifier(self, problem: Problem, streams: Streams) -> VerifyBackend: ...
     def drafter(self, i: int, user: User, rng: np.random.Generator) -> DraftBackend: ...
     def prompts(self, i: int, user: User, rng: np.random.Generator) -> Iterator[Sequence[int]]: ...
     def results(self) -> dict[str, Any]: ...
@@ -73,8 +75,8 @@ class _Synthetic:
 
     warm_start: bool
 
-    def verifier(self, problem: Problem, rng: np.random.Generator) -> VerifyBackend:
-        return synthetic_verifier(problem, rng, warm_start=self.warm_start)
+    def verifier(self, problem: Problem, streams: Streams) -> VerifyBackend:
+        return synthetic_verifier(problem, streams, warm_start=self.warm_start)
 
     def drafter(self, i: int, user: User, rng: np.random.Generator) -> DraftBackend:
         return SyntheticDrafter.for_user(user, rng)
@@ -97,11 +99,10 @@ async def _run_policy(
     session_tokens: int,
     radio: RadioTrace | None = None,
 ) -> tuple[float, dict[str, Any]]:
-    seed = sc.sim.seed
-    rngs = np.random.default_rng(seed).spawn(2 * problem.size + 2)
+    streams = Streams(sc.sim.seed)
     edge = EdgeNode(
         edge=problem.edge,
-        verifier=backends.verifier(problem, rngs[0]),
+        verifier=backends.verifier(problem, streams),
         planner=planner,
         priors=dict(enumerate(problem.users)),
         settings=edge_settings(sc, problem.size),
@@ -128,20 +129,20 @@ async def _run_policy(
                 up, down = radio.up.timeline(i), radio.down.timeline(i)
             node = UserNode(
                 i,
-                backends.drafter(i, u, rngs[3 + 2 * i]),
-                backends.prompts(i, u, rngs[1]),
+                backends.drafter(i, u, streams.drafter(i)),
+                backends.prompts(i, u, streams.prompts(i)),
                 sink=rec,
                 max_new_tokens=session_tokens,
                 silence_s=sc.limits.idle_timeout_s,
             )
-            dial = _dialler(nursery, edge, up=up, down=down, rng=rngs[2 + 2 * i], rto_ms=net.rto_ms)
+            dial = _dialler(nursery, edge, up=up, down=down, rng=streams.link(i), rto_ms=net.rto_ms)
             nursery.start_soon(
                 functools.partial(
                     _serve_user,
                     node,
                     dial,
                     give_up_s=sc.limits.reconnect_give_up_s,
-                    rng=np.random.default_rng([seed, i]),  # its redials' backoff
+                    rng=streams.redial(i),
                 )
             )
         if tick is not None:
@@ -207,8 +208,7 @@ def simulate(
 ) -> dict[str, Any]:
     """Run each policy for ``sc.sim.duration_s`` virtual seconds; the ``sim --json`` object."""
     for p in policies:
-        if p not in POLICIES:
-            raise ConfigError(f"--policy must be one of {', '.join(POLICIES)}, got {p!r}")
+        get_policy(p, where="--policy")
     problem = sc.problem()
     t_wall = time.perf_counter()
     backends: _Backends = _Synthetic(warm_start=sc.sim.warm_start)
@@ -221,10 +221,8 @@ def simulate(
     radio = None
     if sc.network.model == "radio":
         # One radio trace for every policy: each meets the same links.
-        radio = generate(
-            sc.radio, problem.size, sc.sim.duration_s, np.random.default_rng([sc.sim.seed, 1])
-        )
-        problem = _with_radio(problem, radio, sc)
+        radio = generate(sc.radio, problem.size, sc.sim.duration_s, Streams(sc.sim.seed).radio())
+        problem = with_comm(problem, radio_comm_ms(sc, radio.up, radio.down))
     rec = Recorder(out_dir / "events.jsonl" if out_dir else None)
     if out_dir is not None:
         (out_dir / "scenario.toml").write_text(scenario_toml(sc))
@@ -293,23 +291,6 @@ def _real_models(sc: Scenario, users: int) -> RealModels:
         warm_start=sc.sim.warm_start,
         seed=sc.sim.seed,
     )
-
-
-def _with_radio(problem: Problem, radio: RadioTrace, sc: Scenario) -> Problem:
-    """Each user's communication time per round, as the planner's prior: the mean one-way
-    delays both ways plus sending a draft up and a verdict down at the mean rates."""
-    r = sc.radio
-    users = []
-    for i, u in enumerate(problem.users):
-        up, down = radio.up, radio.down
-        comm = float(
-            up.delay_ms[i].mean()
-            + down.delay_ms[i].mean()
-            + 8e3 * r.payload_up_bytes / up.rate_bps[i].mean()
-            + 8e3 * r.payload_down_bytes / down.rate_bps[i].mean()
-        )
-        users.append(dataclasses.replace(u, comm_ms=comm))
-    return dataclasses.replace(problem, users=tuple(users))
 
 
 def _models_note(sc: Scenario, setup: ModelSetup | None) -> dict[str, Any]:

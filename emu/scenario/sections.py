@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from channel_models.config import RadioConfig
 from emu.errors import ConfigError
 from emu.planner.model import Edge, LatencyModel, ModelArch, Problem, User
+from emu.planner.policies import get_policy
 from nodes.protocol.events import MAX_TOP_K
 
-__all__ = ["MODEL_KINDS", "PRESETS", "Scenario"]
+__all__ = ["MAX_TIME_SCALE", "MODEL_KINDS", "PRESETS", "SHAPING", "TIMING", "Scenario"]
 
 PRESETS = ("default", "dipsd-paper")
 _TOP_ENTRY_BYTES = 14  # one top-k entry of a draft on the wire: an id (<= 5) and a float64 (9)
@@ -73,6 +74,9 @@ class PlannerConfig:
     initial_draft_len: int = 7
     fixed_draft_len: int = 7
 
+    def __post_init__(self) -> None:
+        get_policy(self.policy, where="planner.policy")
+
 
 def _in(where: str, value: float, lo: float, hi: float, rule: str) -> None:
     if not lo <= value <= hi:
@@ -122,7 +126,7 @@ class RuntimeConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LimitsConfig:
-    """What one peer may cost the edge, and how nodes tell a dead link (``nodes.guard``)."""
+    """What one peer may cost the edge, and how nodes tell a dead link (``nodes.core.guard``)."""
 
     handshake_timeout_s: float = 5.0
     idle_timeout_s: float = 5.0
@@ -176,6 +180,35 @@ class SimConfig:
         _in("sim.max_new_tokens", self.max_new_tokens, 0, 2**31 - 1, ">= 0 (0: no limit)")
 
 
+SHAPING = ("auto", "tc", "userspace")
+TIMING = ("profile", "real")
+MAX_TIME_SCALE = 100.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmuConfig:
+    """How ``draftnet run`` emulates: the links' shaper, the nodes' compute time, the time
+    scale and what a link outside tolerance does."""
+
+    shaping: str = "auto"  # auto | tc | userspace
+    timing: str = "profile"  # profile: each step padded to its profile | real
+    time_scale: float = 0.0  # every modelled time this many times slower; 0: auto (calibrated)
+    strict: bool = False  # a link outside tolerance fails the run
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("emu.shaping", self.shaping, SHAPING),
+            ("emu.timing", self.timing, TIMING),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.time_scale != 0.0:
+            _in(
+                "emu.time_scale", self.time_scale, 1.0, MAX_TIME_SCALE,
+                f"0 (auto) or in [1, {MAX_TIME_SCALE:g}]",
+            )  # fmt: skip
+
+
 MODEL_KINDS = ("synthetic", "embedded", "files")
 
 
@@ -192,7 +225,7 @@ class ModelsConfig:
     temperature: float = 0.0  # 0: greedy drafting and verification
     top_k: int = 8  # sparse draft probabilities sent with sampled drafts
     draft_threads: int = 1  # llama.cpp threads per user
-    verify_threads: int = 0  # torch threads of the verifier on a CPU; 0: emu.runtime decides
+    verify_threads: int = 0  # torch threads of the verifier on a CPU; 0: emu.models.timing decides
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -231,6 +264,7 @@ class Scenario:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     sim: SimConfig = field(default_factory=SimConfig)
+    emu: EmuConfig = field(default_factory=EmuConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     radio: RadioConfig = field(default_factory=RadioConfig)
 

@@ -20,7 +20,7 @@ import numpy as np
 from channel_models.cell import LinkSeries
 from channel_models.link import LinkState
 
-__all__ = ["needs_netem", "state_source", "stretch", "tc_refusal"]
+__all__ = ["load_series", "needs_netem", "state_source", "stretch", "tc_refusal"]
 
 
 def state_source(spec: dict[str, Any]) -> Callable[[float], LinkState]:
@@ -48,11 +48,11 @@ def stretch(state: LinkState, s: float) -> LinkState:
 
 
 def _series(spec: dict[str, Any]) -> LinkSeries:
-    return _load(str(spec["series"]["npz"]), str(spec["series"]["prefix"]))
+    return load_series(str(spec["series"]["npz"]), str(spec["series"]["prefix"]))
 
 
 @functools.cache
-def _load(npz: str, pre: str) -> LinkSeries:
+def load_series(npz: str, pre: str) -> LinkSeries:
     """One direction of every user's series, read once per process (every link of a run, and
     both the netem check and the state source of each, read the same file)."""
     data = np.load(npz)

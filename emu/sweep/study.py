@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
-from emu.planner import evaluate, plan_for
+from emu.planner import evaluate, get_policy, plan_for, policy_names
 from emu.planner.baselines import fixed
 from emu.planner.model import Problem
 from emu.scenario import load_scenario
@@ -22,7 +22,8 @@ __all__ = ["PAPER", "run_dipsd_paper"]
 
 # The paper's headline figures (Qwen3-1.7B drafting, Qwen3-32B verifying).
 PAPER = {"speedup_vs_ad": 17.89, "speedup_vs_ad_batch": 1.93}
-POLICIES = ("ad", "ad-batch", "sd", "fixed", "dipsd-published", "dipsd")
+# Every DiP-SD policy that plans any number of users (``exact`` stops at 10).
+POLICIES = tuple(n for n in policy_names("dipsd") if get_policy(n).max_users is None)
 ALPHAS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.78, 0.8, 0.85, 0.9, 0.95)
 ALPHA_USERS = (4, 8, 16, 32)
 FIXED_USERS = (6, 16)

@@ -145,7 +145,7 @@ def test_an_edge_killed_mid_run_makes_the_run_invalid_and_fail(
     out = tmp_path / "run"
     proc = start(30, "dipsd")
     _drafting(proc, out)
-    edge = f"emu\\.node {out}/dipsd/node\\.json edge$"
+    edge = f"emu\\.runners\\.node {out}/dipsd/scenario\\.toml edge --port"
     killed_at = time.monotonic()
     subprocess.run(["pkill", "-9", "-f", edge], check=True)
     stdout, stderr = proc.communicate(timeout=60)

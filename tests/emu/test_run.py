@@ -165,8 +165,12 @@ def test_a_killed_and_a_stalled_node_are_recorded_and_the_others_go_on(tmp_path:
         assert time.monotonic() < deadline and proc.poll() is None, "user 1 never started"
         time.sleep(0.1)
     killed_at = time.monotonic()
-    subprocess.run(["pkill", "-9", "-f", r"emu\.node .*node\.json user 1$"], check=True)
-    subprocess.run(["pkill", "-STOP", "-f", r"emu\.node .*node\.json user 2$"], check=True)
+    subprocess.run(
+        ["pkill", "-9", "-f", r"emu\.runners\.node .*scenario\.toml user 1 --edge"], check=True
+    )
+    subprocess.run(
+        ["pkill", "-STOP", "-f", r"emu\.runners\.node .*scenario\.toml user 2 --edge"], check=True
+    )
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-2000:]
     res = json.loads(stdout)["results"]["dipsd"]
@@ -185,5 +189,5 @@ def test_a_killed_and_a_stalled_node_are_recorded_and_the_others_go_on(tmp_path:
     assert "## Node deaths and stalls" in report and "- dipsd: u1 exited -9" in report
     assert "- dipsd: u2 stalled" in report
     assert set(os.listdir("/sys/class/net")) == before
-    left = subprocess.run(["pgrep", "-f", r"emu\.node "], capture_output=True, check=False)
+    left = subprocess.run(["pgrep", "-f", r"emu\.runners\.node "], capture_output=True, check=False)
     assert left.returncode != 0, left.stdout  # no node process left, the stopped one included

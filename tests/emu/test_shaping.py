@@ -205,22 +205,15 @@ def test_nodes_run_as_processes_over_shaped_tcp(network: Network, tmp_path: Path
         overrides={"users.count": 2, "models.kind": "synthetic", "network.model": "fixed"}
     )
     (tmp_path / "scenario.toml").write_text(scenario_toml(sc))
-    cfg = {
-        "scenario": str(tmp_path / "scenario.toml"),
-        "policy": "dipsd",
-        "edge_ip": "10.0.0.2",
-        "port": 7000,
-        "run_dir": str(tmp_path),
-        "timing": "profile",
-        "time_scale": 1.0,
-    }
-    (tmp_path / "node.json").write_text(json.dumps(cfg))
-    node = [sys.executable, "-m", "emu.runners.node", str(tmp_path / "node.json")]
+    node = [sys.executable, "-m", "emu.runners.node", str(tmp_path / "scenario.toml")]
     spec = _state(delay_ms=1.5)
     with userspace_shaping(network, [{"up": spec, "down": spec}] * 2, tmp_path):
-        edge = network.edge.popen([*node, "edge"], stdout=sp.PIPE, text=True)
+        edge = network.edge.popen([*node, "edge", "--port", "7000"], stdout=sp.PIPE, text=True)
         assert edge.stdout is not None and edge.stdout.readline().strip() == "ready"
-        users = [network.user(i).popen([*node, "user", str(i)]) for i in range(2)]
+        users = [
+            network.user(i).popen([*node, "user", str(i), "--edge", "10.0.0.2:7000"])
+            for i in range(2)
+        ]
         t0 = time.monotonic()
         time.sleep(6.0)
         t_end = time.monotonic()

@@ -26,8 +26,8 @@ from emu.errors import PeerGone
 from emu.planner import Plan, Problem, plan_for
 from emu.runners.simlink import link_pair
 from nodes.backends import SyntheticDrafter, SyntheticVerifier
+from nodes.core.guard import Limits
 from nodes.edge import EdgeNode, EdgeSettings
-from nodes.guard import Limits
 from nodes.protocol import PROTOCOL_VERSION, ErrorCode
 from nodes.protocol.events import EVENT_TYPES
 from nodes.user import UserNode

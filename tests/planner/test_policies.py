@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from emu.errors import ConfigError
-from emu.planner import POLICIES, Plan, Problem, evaluate, plan_for
+from emu.planner import Plan, Problem, baselines_of, evaluate, get_policy, plan_for, policy_names
 from emu.planner.assign import assign_batches
 from emu.planner.baselines import ad, ad_batch
 from emu.planner.cost import Tableau
@@ -19,7 +20,7 @@ from emu.planner.dipsd import min_feasible_batches
 from emu.planner.exact import exact
 from tests.planner.conftest import paper_problem, random_problem
 
-FAST_POLICIES = [p for p in POLICIES if p != "exact"]
+FAST_POLICIES = [p for p in policy_names() if get_policy(p).max_users is None]
 
 
 def _thr(policy: str, p: Problem) -> float:
@@ -169,3 +170,68 @@ def test_warm_replan_is_valid_and_never_worse_than_keeping_the_plan() -> None:
     assert evaluate(q, warm).throughput_tok_s >= 0.98 * _thr("dipsd", q)
     with pytest.raises(ConfigError):
         plan_for("dipsd", paper_problem(users=81), previous=before)
+
+
+def test_every_name_list_comes_from_the_registry() -> None:
+    from emu.cli import _parser
+    from emu.sweep.study import POLICIES as STUDY
+
+    names = policy_names("dipsd")
+    assert {"dipsd", "exact", "ad", "ad-batch", "sd", "fixed"} <= set(names)
+    assert set(STUDY) == {n for n in names if get_policy(n).max_users is None}
+    assert baselines_of("dipsd") == {
+        "ad": "ad",
+        "ad_batch": "ad-batch",
+        "sd": "sd",
+        "fixed": "fixed",
+    }
+    help_text = re.sub(r"-\s+", "-", _parser().format_help() + _solve_help())  # argparse wraps
+    for n in names:
+        assert n in help_text
+
+
+def _solve_help() -> str:
+    from emu.cli import _parser
+
+    parser = _parser()
+    sub = next(a for a in parser._actions if a.choices and "solve" in a.choices)  # type: ignore[operator]
+    return str(sub.choices["solve"].format_help())  # type: ignore[index]
+
+
+def test_a_registered_policy_plans_and_runs_with_no_change_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A policy is what it says of itself: registering one makes it a scenario's policy, a
+    solve's and a simulation's, with no list of names to edit."""
+    from emu.planner import policies
+    from emu.runners.sim import simulate
+    from emu.scenario import load_scenario
+
+    calls: list[Plan | None] = []
+
+    def pairs(problem: Problem, previous: Plan | None) -> Plan:
+        calls.append(previous)
+        M = problem.size
+        return Plan(
+            batches=tuple(tuple(range(i, min(i + 2, M))) for i in range(0, M, 2)),
+            draft_len=(3,) * M,
+        )
+
+    mine = policies.SolverPolicy("pairs-of-three", "pairs, three tokens each", pairs)
+    monkeypatch.setitem(policies._REGISTRY, mine.name, mine)
+    sc = load_scenario(
+        overrides={
+            "planner.policy": "pairs-of-three",
+            "users.count": 4,
+            "network.model": "fixed",
+            "models.kind": "synthetic",
+            "sim.duration_s": 5.0,
+        }
+    )
+    assert plan_for(sc.planner.policy, sc.problem()).batches == ((0, 1), (2, 3))
+    out = simulate(sc, [sc.planner.policy])["results"]["pairs-of-three"]
+    assert out["rounds"] > 0 and out["tokens"] > 0
+    assert out["throughput_tok_s"] == pytest.approx(out["predicted_tok_s"], rel=0.1)
+    assert calls, "the simulation's edge planned with the registered policy"
+    with pytest.raises(ConfigError, match=r"planner\.policy must be one of"):
+        load_scenario(overrides={"planner.policy": "pairs-of-two"})

@@ -1,6 +1,6 @@
 """What the edge learns about each user from what it observes: acceptance, draft time, link.
 
-Layer: nodes (no I/O, no clock: callers pass the observations). Windows are bounded, so
+Layer: pure (no I/O, no clock: callers pass the observations). Windows are bounded, so
 memory stays flat however long a run lasts.
 
 Acceptance is the maximum-likelihood per-token rate of the truncated geometric model: a round

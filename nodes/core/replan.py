@@ -1,0 +1,127 @@
+"""The verifier's planning rule: the problem it plans (users as it now believes them), the plan
+in force in the planner's indices, the plan it gets back in user ids, and when to plan again.
+
+Layer: pure (no clock, no I/O; the planner is called by the shell, never from here).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from emu.planner.cost import Evaluation, Plan
+from emu.planner.model import Edge, LatencyModel, Problem, User
+from nodes.core.estimate import UserEstimate
+from nodes.core.schedule import EdgePlan
+
+__all__ = ["ReplanRule", "believed", "edge_plan", "in_force", "planning_problem"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplanRule:
+    """When the plan is made again: every ``every`` cycles (0: never on a timer), and when a
+    trusted estimate (``min_rounds`` samples) has moved by ``drift`` (relative) from what the
+    plan assumed, and by more than its noise."""
+
+    every: int = 50
+    drift: float = 0.2
+    min_rounds: int = 16
+    comm_quantile: float | None = None  # plan with the mean link time, or this quantile
+
+    def reason(
+        self,
+        cycles: int,
+        estimates: Mapping[int, UserEstimate],
+        basis: Mapping[int, User],
+        priors: Mapping[int, User],
+    ) -> str | None:
+        """Why the plan should be made again after ``cycles`` cycles, if it should."""
+        if self.every and cycles % self.every == 0:
+            return "periodic"
+        for uid, est in estimates.items():
+            base = basis.get(uid)
+            if base is None or est.rounds < self.min_rounds:
+                continue
+            now = believed(priors[uid], est, self)
+            # A change must be large (drift) and real: beyond 3 standard errors of the estimate.
+            trials = max(1, sum(est.trials))
+            noise = 3.0 * math.sqrt(max(base.alpha * (1 - base.alpha), 1e-4) / trials)
+            if abs(now.alpha - base.alpha) > max(self.drift * base.alpha, noise):
+                return f"user {uid} alpha drifted from {base.alpha:.3g} to {now.alpha:.3g}"
+            for name, a, b in (
+                ("comm_ms", now.comm_ms, base.comm_ms),
+                ("draft_ms", now.draft_ms_per_token, base.draft_ms_per_token),
+            ):
+                if abs(a - b) > max(self.drift * b, 0.5):
+                    return f"user {uid} {name} drifted from {b:.3g} to {a:.3g}"
+        return None
+
+
+def believed(prior: User, est: UserEstimate | None, rule: ReplanRule) -> User:
+    """The user as the verifier now believes it is: estimates where trusted, else the prior."""
+    if est is None or est.rounds < rule.min_rounds:
+        return prior
+    alpha = est.alpha()
+    comm = est.comm(rule.comm_quantile)
+    draft = est.draft_ms()
+    return User(
+        alpha=alpha if alpha is not None else prior.alpha,
+        prefix_len=prior.prefix_len,
+        comm_ms=comm if comm is not None else prior.comm_ms,
+        draft=prior.draft,
+        device=per_token(draft, prior.device),
+        name=prior.name,
+    )
+
+
+def per_token(draft_ms: float | None, fallback: LatencyModel) -> LatencyModel:
+    """A device known only by its measured time per drafted token: G(1, F) = that time."""
+    if draft_ms is None:
+        return fallback
+    return LatencyModel(c_ms_per_flop=0.0, beta_ms=float(draft_ms))
+
+
+def planning_problem(
+    users: Sequence[User], edge: Edge, *, max_draft_len: int, initial: int, fixed: int
+) -> Problem:
+    return Problem(
+        users=tuple(users),
+        edge=edge,
+        max_draft_len=max_draft_len,
+        initial_draft_len=min(initial, max_draft_len),
+        fixed_draft_len=min(fixed, max_draft_len),
+    )
+
+
+def in_force(plan: EdgePlan | None, uids: Sequence[int]) -> Plan | None:
+    """The plan in force in the indices of ``uids`` (sorted), if it covers exactly them."""
+    if plan is None or sorted(plan.draft_len) != list(uids):
+        return None
+    index = {u: i for i, u in enumerate(uids)}
+    return Plan(
+        batches=tuple(tuple(index[u] for u in b) for b in plan.batches),
+        draft_len=tuple(plan.draft_len[u] for u in uids),
+    )
+
+
+def edge_plan(
+    plan: Plan,
+    uids: Sequence[int],
+    problem: Problem,
+    evaluation: Evaluation,
+    *,
+    plan_id: int,
+    reason: str,
+) -> EdgePlan:
+    """The planner's plan (in the problem's indices) in user ids."""
+    return EdgePlan(
+        plan_id=plan_id,
+        batches=tuple(tuple(uids[i] for i in b) for b in plan.batches),
+        draft_len={uids[i]: int(v) for i, v in enumerate(plan.draft_len)},
+        draft_ms_per_token={u: float(v) for u, v in zip(uids, problem.draft_ms, strict=True)},
+        comm_ms={u: float(v) for u, v in zip(uids, problem.comm_ms, strict=True)},
+        cycle_ms=float(evaluation.cycle_ms),
+        predicted_tok_s=float(evaluation.throughput_tok_s),
+        reason=reason,
+    )

@@ -1,0 +1,121 @@
+"""The verifier's pure core without trio: the staged pipeline's order and deadlines, the
+length controller, the plan's translation between user ids and the planner's indices, and the
+re-plan rule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from nodes.core.estimate import UserEstimate
+
+from emu.planner.cost import Plan, evaluate
+from nodes.core.replan import ReplanRule, believed, edge_plan, in_force, planning_problem
+from nodes.core.schedule import EdgePlan, PlanLengths, StagedPipeline, Waiting
+from tests.planner.conftest import paper_problem
+
+
+def _plan() -> EdgePlan:
+    return EdgePlan(
+        plan_id=3,
+        batches=((7, 2), (5,)),
+        draft_len={7: 4, 2: 0, 5: 6},
+        draft_ms_per_token={7: 10.0, 2: 10.0, 5: 20.0},
+        comm_ms={7: 3.0, 2: 3.0, 5: 5.0},
+        cycle_ms=250.0,
+        predicted_tok_s=40.0,
+        reason="start",
+    )
+
+
+def test_the_staged_pipeline_runs_the_plans_batches_in_its_cyclic_order() -> None:
+    plan = _plan()
+    assert list(StagedPipeline().cycle(plan)) == [(0, (7, 2)), (1, (5,))]
+    assert [plan.slot_of(u) for u in (7, 2, 5, 99)] == [0, 0, 1, 0]
+
+
+def test_a_batch_closes_at_its_slowest_members_predicted_ready_time() -> None:
+    plan, rule = _plan(), StagedPipeline(tolerance=0.5, grace_ms=2.0)
+    members = [
+        Waiting(uid=7, asked=4, last_verdict_s=10.0, has_draft=False),  # 43 ms
+        Waiting(uid=5, asked=6, last_verdict_s=9.9, has_draft=False),  # 125 ms
+    ]
+    expected = max(10.0 + 43e-3 * 1.5, 9.9 + 125e-3 * 1.5) + 2e-3
+    assert rule.deadline(plan, members) == pytest.approx(expected)
+    # The length a verdict asked for counts, not the plan's (a new plan reaches a user only
+    # through its next verdict); a user asked for nothing holds no batch.
+    assert rule.deadline(plan, [Waiting(7, 2, 10.0, False)]) == pytest.approx(
+        10.0 + 23e-3 * 1.5 + 2e-3
+    )
+    assert rule.deadline(plan, [Waiting(2, 0, 10.0, False)]) == -math.inf
+
+
+def test_the_plans_lengths_are_the_length_controllers_advice() -> None:
+    plan = _plan()
+    assert [PlanLengths().next_length(plan, u) for u in (7, 2, 5, 99)] == [4, 0, 6, 0]
+
+
+def test_a_plan_goes_to_user_ids_and_back_to_the_planners_indices() -> None:
+    problem = paper_problem(3)
+    plan = Plan(batches=((2, 0), (1,)), draft_len=(5, 0, 3))
+    uids = [4, 10, 11]
+    mine = edge_plan(plan, uids, problem, evaluate(problem, plan), plan_id=1, reason="join")
+    assert mine.batches == ((11, 4), (10,))
+    assert dict(mine.draft_len) == {4: 5, 10: 0, 11: 3}
+    assert mine.predicted_tok_s == evaluate(problem, plan).throughput_tok_s
+    assert in_force(mine, uids) == plan
+    assert in_force(mine, [4, 10]) is None  # other users: no warm start
+    assert in_force(None, uids) is None
+
+
+def _estimate(
+    accepted: list[int], *, comm_ms: float = 3.0, per_token_ms: float = 10.0
+) -> UserEstimate:
+    """Rounds of 10 drafted tokens, each drafted at ``per_token_ms`` a token and back
+    ``comm_ms`` later."""
+    est = UserEstimate()
+    for k in accepted:
+        est.observe_round(10, k)
+        est.observe_draft(10, 10 * per_token_ms, 10 * per_token_ms + comm_ms)
+    return est
+
+
+AT_078 = [3, 4] * 8  # 56 kept of 72 trials: 0.778, the prior's 0.78
+
+
+def test_estimates_replace_the_prior_only_once_trusted() -> None:
+    prior = paper_problem(1).users[0]
+    rule = ReplanRule(min_rounds=16)
+    assert believed(prior, _estimate(AT_078[:15]), rule) == prior
+    now = believed(prior, _estimate(AT_078, comm_ms=9.0), rule)
+    assert now.comm_ms == pytest.approx(9.0)
+    assert now.alpha == pytest.approx(56 / 72)
+    assert now.draft_ms_per_token == pytest.approx(10.0)
+
+
+def test_the_plan_is_made_again_on_a_timer_and_on_a_real_drift() -> None:
+    prior = paper_problem(1).users[0]
+    priors, basis = {0: prior}, {0: prior}
+    rule = ReplanRule(every=50, drift=0.2, min_rounds=16)
+    comm, per_token = prior.comm_ms, prior.draft_ms_per_token
+
+    def at(accepted: list[int], comm_ms: float) -> UserEstimate:
+        return _estimate(accepted, comm_ms=comm_ms, per_token_ms=per_token)
+
+    def why(est: UserEstimate, cycles: int = 7) -> str | None:
+        return rule.reason(cycles, {0: est}, basis, priors)
+
+    assert why(UserEstimate(), cycles=50) == "periodic"
+    assert ReplanRule(every=0).reason(50, {}, basis, priors) is None
+    assert why(at(AT_078[:15], comm + 30)) is None  # not trusted yet
+    assert why(at(AT_078, comm + 0.3)) is None  # within noise
+    assert str(why(at(AT_078, comm + 30))).startswith("user 0 comm_ms drifted")
+    assert str(why(at([10] * 16, comm))).startswith("user 0 alpha drifted")
+    slower = _estimate(AT_078, comm_ms=comm, per_token_ms=2 * per_token)
+    assert str(why(slower)).startswith("user 0 draft_ms drifted")
+
+
+def test_the_planning_problem_caps_the_lengths_at_the_maximum() -> None:
+    p = paper_problem(2)
+    q = planning_problem(p.users, p.edge, max_draft_len=5, initial=7, fixed=9)
+    assert (q.max_draft_len, q.initial_draft_len, q.fixed_draft_len) == (5, 5, 5)
