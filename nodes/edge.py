@@ -529,7 +529,8 @@ class EdgeNode:
 
         firsts, ms = self._isolating(prefill, new, list(prompts.items()))
         await self.pacer.pace(ms, (time.perf_counter() - w0) * 1e3)
-        self.stats.busy_s += trio.current_time() - t0
+        busy = trio.current_time() - t0
+        self.stats.busy_s += busy
         assert self.plan is not None
         for m, first in zip(new, firsts, strict=True):
             if not m.alive or first is None:
@@ -537,7 +538,14 @@ class EdgeNode:
             m.decoding = True
             m.generated = 1
             self._verdict(m, 0, first, slot=self.plan.slot_of(m.uid))
-        self.sink({"ev": "prefill", "t": trio.current_time(), "users": sorted(prompts)})
+        self.sink(
+            {
+                "ev": "prefill",
+                "t": trio.current_time(),
+                "users": sorted(prompts),
+                "busy_ms": busy * 1e3,
+            }
+        )
 
     def _isolating(
         self,
@@ -594,6 +602,7 @@ class EdgeNode:
         plan = self.plan
         assert plan is not None
         waiting = [m for m in members if m.draft_len > 0]
+        waited = 0.0
         if waiting:
             deadline = self.scheduler.deadline(
                 plan,
@@ -625,7 +634,8 @@ class EdgeNode:
         t0, w0 = trio.current_time(), time.perf_counter()
         results, ms = self._isolating(self.verifier.verify, ready, items)
         await self.pacer.pace(ms, (time.perf_counter() - w0) * 1e3)
-        self.stats.busy_s += trio.current_time() - t0
+        busy = trio.current_time() - t0
+        self.stats.busy_s += busy
         self.stats.batches += 1
         for m, it, out in zip(ready, items, results, strict=True):
             if not m.alive or out is None:
@@ -641,6 +651,8 @@ class EdgeNode:
                 "users": [m.uid for m in ready],
                 "late": late,
                 "verify_ms": ms,
+                "busy_ms": busy * 1e3,
+                "waited_ms": waited * 1e3,
                 "padded_len": max(len(it.tokens) for it in items),
             }
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from emu.results.runreport import idle_note, lossless_note, overrun_note
 
 
@@ -117,3 +119,21 @@ def test_a_partial_run_says_where_it_stopped_first() -> None:
         "PARTIAL RUN: stopped by SIGTERM while running the workload (policy dipsd, at 3.2 s of "
         "30); not run: ad. The rows are what the nodes recorded until then."
     )
+
+
+def test_edge_utilisation_and_bubbles_come_from_the_verifiers_records_in_the_window() -> None:
+    from emu.results.metrics import Recorder
+
+    rec = Recorder(None)
+    rec.policy = "p"
+    rec({"ev": "first_token", "t": 1.0, "user": 0, "ttft_ms": 50.0})
+    rec({"ev": "prefill", "t": 0.9, "users": [0], "busy_ms": 400.0})  # before the window
+    for k in range(10):  # ten batches of 50 ms in [1, 3]; every other one waited 20 ms
+        rec({"ev": "batch", "t": 1.2 + 0.2 * k, "slot": 0, "users": [0], "late": [],
+             "verify_ms": 50.0, "busy_ms": 50.0, "waited_ms": 20.0 * (k % 2),
+             "padded_len": 4})  # fmt: skip
+        rec({"ev": "round", "t": 1.2 + 0.2 * k, "user": 0, "drafted": 4, "accepted": 2,
+             "committed": 3, "round_ms": 200.0})  # fmt: skip
+    s = rec.summary("p", t_end=3.0, users=1)
+    assert s["edge_utilisation"] == pytest.approx(10 * 0.05 / 2.0)
+    assert s["pipeline_bubbles"] == 5 and s["bubble_s"] == pytest.approx(0.1)

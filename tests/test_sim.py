@@ -69,6 +69,11 @@ def test_sim_metrics_are_consistent(paper_sim: dict[str, Any]) -> None:
     assert sum(d["per_user_tok_s"].values()) == pytest.approx(d["throughput_tok_s"])
     ad = paper_sim["results"]["ad"]
     assert ad["acceptance_rate"] is None and ad["draft_tokens"] == 0
+    # The verifier's side: without drafts it never waits and is never idle (3 ms links and
+    # verify passes of ~100 ms overlap); with them it waits for the slowest draft of a batch.
+    ab = paper_sim["results"]["ad-batch"]
+    assert ab["pipeline_bubbles"] == 0 and ab["edge_utilisation"] > 0.95
+    assert 0 < d["edge_utilisation"] <= 1
     assert d["tpot_ms"]["p50"] < ad["tpot_ms"]["p50"]
 
 

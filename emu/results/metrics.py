@@ -6,6 +6,12 @@ of common serving engines: draft tokens, accepted tokens, acceptance rate (accep
 mean accepted length (1 + accepted / rounds with a draft: tokens committed per verified draft),
 per-position acceptance (position j: the share of drafts reaching j whose token j was kept).
 
+The verifier's side, from its ``batch`` and ``prefill`` records, over the same steady window:
+``edge_utilisation`` is the share of the window the verifier spent in verify and prefill steps
+(on the node's clock, so a step that overran its profile counts for what it took);
+``pipeline_bubbles`` counts the batches that waited for a draft before they closed, and
+``bubble_s`` is how long they waited in all. The simulation and the emulation compute them alike.
+
 Throughput is measured in steady state: from the moment every user has its first token
 (``t_start``) to the end of the run; ``users_started`` says how many ever got one (a user whose
 link never delivered its prompt is left out of the window, not allowed to empty it).
@@ -44,6 +50,8 @@ class _Tally:
     plans: list[dict[str, Any]] = field(default_factory=list)
     batches: int = 0
     late: int = 0
+    busy: list[tuple[float, float]] = field(default_factory=list)  # (t, ms) per verifier step
+    waits: list[tuple[float, float]] = field(default_factory=list)  # (t, ms) per batch
     faults: dict[str, int] = field(default_factory=dict)  # connection faults, by kind
 
 
@@ -98,6 +106,10 @@ class Recorder:
         elif kind == "batch":
             t.batches += 1
             t.late += len(rec["late"])
+            t.busy.append((rec["t"], float(rec.get("busy_ms", 0.0))))
+            t.waits.append((rec["t"], float(rec.get("waited_ms", 0.0))))
+        elif kind == "prefill":
+            t.busy.append((rec["t"], float(rec.get("busy_ms", 0.0))))
         elif kind in FAULTS:
             t.faults[kind] = t.faults.get(kind, 0) + 1
         elif kind == "leave" and "silent" in str(rec.get("why", "")):
@@ -124,6 +136,8 @@ class Recorder:
         reach = (drafted[:, None] > positions[None, :]).sum(axis=0)
         kept = (accepted[:, None] > positions[None, :]).sum(axis=0)
         tpot = (R[:, 5] / R[:, 4]).tolist() if R.size else []
+        busy_ms = sum(ms for at, ms in t.busy if t_start <= at <= t_end)
+        waits = [ms for at, ms in t.waits if t_start <= at <= t_end and ms > 0]
         return {
             "throughput_tok_s": float(steady[:, 4].sum()) / window,
             "per_user_tok_s": {str(u): v / window for u, v in sorted(per_user.items())},
@@ -142,6 +156,9 @@ class Recorder:
             "tpot_ms": percentiles(tpot),
             "batches": t.batches,
             "late_drafts": t.late,
+            "edge_utilisation": min(1.0, busy_ms / 1e3 / window),
+            "pipeline_bubbles": len(waits),
+            "bubble_s": sum(waits) / 1e3,
             "replans": max(0, len(t.plans) - 1),
             "steady_window_s": [t_start, t_end],
             "users_started": min(len(t.first_token), users),

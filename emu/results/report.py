@@ -165,7 +165,7 @@ def print_run(out: dict[str, Any], console: Console | None = None) -> None:
         console.print(f"time scale {out['time_scale']:g}: {out['time_scale_why']}")
     t = Table()
     cols = ["policy", "tok/s", "predicted", "vs ad", "accept", "TTFT ms p50/95"]
-    cols += ["TPOT ms p50/95", "late", "overruns", "deaths"]
+    cols += ["TPOT ms p50/95", "late", "util", "bubbles", "overruns", "deaths"]
     for col in cols:
         t.add_column(col, justify="left" if col == "policy" else "right")
     res = out["results"]
@@ -181,6 +181,8 @@ def print_run(out: dict[str, Any], console: Console | None = None) -> None:
             f"{_f(r['ttft_ms']['p50'], '.0f')}/{_f(r['ttft_ms']['p95'], '.0f')}",
             f"{_f(r['tpot_ms']['p50'])}/{_f(r['tpot_ms']['p95'])}",
             str(r["late_drafts"]),
+            f"{r['edge_utilisation']:.2f}",
+            str(r["pipeline_bubbles"]),
             str(sum(r.get("overruns", {}).values())),
             str(len(r["deaths"])),
         )

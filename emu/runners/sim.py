@@ -158,9 +158,6 @@ async def _run_policy(
         nursery.cancel_scope.cancel()
     s = edge.stats
     return t_end, {
-        "edge_utilisation": s.busy_s / max(t_end, 1e-9),
-        "pipeline_bubbles": s.bubbles,
-        "bubble_s": s.wait_s,
         "cycles": s.cycles,
         "protocol_errors": s.protocol_errors,
     }

@@ -47,6 +47,7 @@ def test_two_users_with_the_embedded_models_end_to_end(tmp_path: Path) -> None:
         assert res["users_started"] == 2 and res["tokens"] > 10
         for key in ("throughput_tok_s", "predicted_tok_s", "ttft_ms", "tpot_ms"):
             assert key in res
+        assert 0 < res["edge_utilisation"] <= 1
         # Every token the user processes committed equals the target's own greedy decoding.
         assert res["lossless"] is True, res["lossless_checked"]
         assert res["lossless_checked"]["tokens"] >= res["tokens"] > 10
@@ -89,6 +90,9 @@ def test_radio_links_drive_the_emulation(tmp_path: Path) -> None:
     assert (out / "channel" / "linkstates.npz").exists()
     res = doc["results"]["ad-batch"]
     assert res["users_started"] == 2 and res["deaths"] == [] and res["tokens"] > 10
+    # Without drafts nothing is waited for: the verifier is busy but for the links' turns.
+    assert res["pipeline_bubbles"] == 0 and res["bubble_s"] == 0
+    assert res["edge_utilisation"] > 0.3
 
 
 def _run_synthetic(tmp_path: Path, toml: str, *extra: str) -> dict[str, Any]:

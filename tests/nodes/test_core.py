@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from nodes.core.estimate import UserEstimate
 
 from emu.planner.cost import Plan, evaluate
+from nodes.core.estimate import UserEstimate
 from nodes.core.replan import ReplanRule, believed, edge_plan, in_force, planning_problem
 from nodes.core.schedule import EdgePlan, PlanLengths, StagedPipeline, Waiting
 from tests.planner.conftest import paper_problem
@@ -111,6 +111,10 @@ def test_the_plan_is_made_again_on_a_timer_and_on_a_real_drift() -> None:
     assert why(at(AT_078, comm + 0.3)) is None  # within noise
     assert str(why(at(AT_078, comm + 30))).startswith("user 0 comm_ms drifted")
     assert str(why(at([10] * 16, comm))).startswith("user 0 alpha drifted")
+    stalled = at(AT_078, comm)
+    stalled.comm_ms[3] += 270.0  # one round held up by the host, the link no slower
+    assert stalled.comm() is not None and stalled.comm() > comm + 15
+    assert why(stalled) is None
     slower = _estimate(AT_078, comm_ms=comm, per_token_ms=2 * per_token)
     assert str(why(slower)).startswith("user 0 draft_ms drifted")
 
