@@ -51,13 +51,15 @@ class ReplanRule:
             noise = 3.0 * math.sqrt(max(base.alpha * (1 - base.alpha), 1e-4) / trials)
             if abs(now.alpha - base.alpha) > max(self.drift * base.alpha, noise):
                 return f"user {uid} alpha drifted from {base.alpha:.3g} to {now.alpha:.3g}"
-            median = est.comm(0.5)
-            for name, a, b, typical in (
-                ("comm_ms", now.comm_ms, base.comm_ms, median),
-                ("draft_ms", now.draft_ms_per_token, base.draft_ms_per_token, None),
+            for name, a, b in (
+                ("comm_ms", now.comm_ms, base.comm_ms),
+                ("draft_ms", now.draft_ms_per_token, base.draft_ms_per_token),
             ):
                 limit = max(self.drift * b, 0.5)
-                if abs(a - b) > limit and (typical is None or abs(typical - b) > limit):
+                if abs(a - b) <= limit:
+                    continue
+                median = est.comm(0.5) if name == "comm_ms" else None  # only when it may matter
+                if median is None or abs(median - b) > limit:
                     return f"user {uid} {name} drifted from {b:.3g} to {a:.3g}"
         return None
 
