@@ -37,19 +37,18 @@ from nodes.backends import VerifyBackend, VerifyItem
 from nodes.core.estimate import UserEstimate
 from nodes.core.guard import Limits, RateLimit, check_device
 from nodes.core.replan import (
-    ReplanRule,
     believed,
     edge_plan,
     in_force,
     per_token,
     planning_problem,
 )
+from nodes.core.runtime import RuntimeConfig
 from nodes.core.schedule import (
     BatchScheduler,
     EdgePlan,
     LengthController,
     PlanLengths,
-    StagedPipeline,
     Waiting,
 )
 from nodes.pacing import Pacer
@@ -89,25 +88,11 @@ class EdgeSettings:
     max_draft_len: int = 20
     initial_draft_len: int = 7
     fixed_draft_len: int = 7
-    deadline_tolerance: float = 0.25
-    grace_ms: float = 2.0
-    replan_every: int = 50  # cycles; 0: never on a timer
-    drift: float = 0.2  # relative change of an estimate that triggers a re-plan
-    min_rounds: int = 16  # samples an estimate needs before it is trusted
-    comm_quantile: float | None = None  # plan with the mean link time, or this quantile
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)  # deadlines, re-planning
     expected_users: int = 0  # wait for this many sessions before the first plan
     join_window_s: float = 1.0  # ... but no longer than this after the first
     auth: str = ""  # required Hello.auth ("" accepts any)
     limits: Limits = field(default_factory=Limits)
-
-    @property
-    def replan(self) -> ReplanRule:
-        return ReplanRule(
-            every=self.replan_every,
-            drift=self.drift,
-            min_rounds=self.min_rounds,
-            comm_quantile=self.comm_quantile,
-        )
 
 
 @dataclass(slots=True)
@@ -181,9 +166,7 @@ class EdgeNode:
         self.edge = edge
         self.verifier = verifier
         self.planner = planner
-        self.scheduler = scheduler or StagedPipeline(
-            tolerance=settings.deadline_tolerance, grace_ms=settings.grace_ms
-        )
+        self.scheduler = scheduler or settings.runtime.pipeline
         self.lengths = lengths or PlanLengths()
         self.priors = dict(priors)
         self.cfg = settings
@@ -219,7 +202,7 @@ class EdgeNode:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, stream, recv)
                 try:
-                    if self._connections > lim.max_connections:
+                    if self._connections > lim.connections(self.cfg.expected_users):
                         raise _Refusal(
                             f"{self._connections - 1} connections open, the most allowed",
                             ErrorCode.OVERLOADED,
@@ -491,7 +474,7 @@ class EdgeNode:
                     progressed |= await self._run_batch(slot, members)
             self.stats.cycles += 1
             estimates = {uid: m.est for uid, m in self.members.items()}
-            reason = self.cfg.replan.reason(
+            reason = self.cfg.runtime.replan.reason(
                 self.stats.cycles, estimates, self._plan_basis, self.priors
             )
             if reason:
@@ -669,7 +652,7 @@ class EdgeNode:
     # --- estimation and re-planning ------------------------------------------------------
     def _believed(self, uid: int) -> User:
         m = self.members.get(uid)
-        return believed(self.priors[uid], m.est if m is not None else None, self.cfg.replan)
+        return believed(self.priors[uid], m.est if m is not None else None, self.cfg.runtime.replan)
 
     async def _solve(self, problem: Problem, previous: Plan | None) -> Plan:
         """The planner's answer. On a real clock (``solve_in_thread``) it runs in a worker

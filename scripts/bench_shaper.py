@@ -22,8 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from emu.runners.network import shaping, star_network
+from emu.runners.network import star_network
+from emu.runners.shapers import SHAPERS
 from emu.shaping.probe import IP_UDP_HEADERS
+from emu.shaping.spec import LinkPair, LinkSpec
 
 
 def _probe(nw, **kw: int) -> dict:
@@ -43,12 +45,12 @@ def main() -> None:
               "| 5 Mbit/s measured |")  # fmt: skip
         print("|---|---|---|---|---|---|")
         for backend in ("userspace", "tc"):
-            spec = {"state": {}}
-            with shaping(backend, nw, [{"up": spec, "down": spec}], Path(tmp)):
+            spec = LinkSpec.fixed()
+            with SHAPERS[backend].running(nw, [LinkPair.both(spec)], Path(tmp), seed=0):
                 shaped = _probe(nw, packets=0, burst=2, echoes=200)
                 burst = _probe(nw, packets=0, burst=20000, echoes=0)
-            slow = {"state": {"rate_bps": 5e6}}
-            with shaping(backend, nw, [{"up": slow, "down": spec}], Path(tmp)):
+            slow = LinkSpec.fixed(rate_bps=5e6)
+            with SHAPERS[backend].running(nw, [LinkPair(slow, spec)], Path(tmp), seed=0):
                 rate = _probe(nw, packets=0, burst=300, echoes=0)
             # Packets that arrived, over the span of their arrivals (drops do not count).
             got = burst["burst_received"] / burst["burst"]

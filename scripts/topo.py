@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from emu.errors import DraftnetError
 from emu.runners.network import star_network, userspace_shaping
+from emu.shaping.spec import LinkPair, LinkSpec
 from topologies.registry import TOPOLOGIES
 
 
@@ -41,12 +42,12 @@ def main() -> int:
         "rate_bps": args.rate_bps,
         "loss": args.loss,
     }
-    spec = {"state": state}
+    spec = LinkSpec.fixed(**state)
     try:
         with (
             tempfile.TemporaryDirectory() as tmp,
             star_network(args.users) as nw,
-            userspace_shaping(nw, [{"up": spec, "down": spec}] * args.users, Path(tmp)),
+            userspace_shaping(nw, [LinkPair.both(spec)] * args.users, Path(tmp)),
         ):
             if args.cli:
                 nw.prompt()

@@ -115,3 +115,15 @@ def test_limits_that_would_refuse_honest_users_are_one_line(
 ) -> None:
     with pytest.raises(ConfigError, match=re.escape(said)):
         load_scenario(overrides=overrides)
+
+
+def test_the_edge_runs_the_scenarios_own_runtime_section() -> None:
+    """One type for [runtime] in the file and in the node: nothing is copied field by field."""
+    from emu.deploy.runtime import edge_settings
+
+    sc = load_scenario(overrides={"runtime.grace_ms": 7.0, "runtime.comm_quantile": 0.9})
+    settings = edge_settings(sc, sc.users.count)
+    assert settings.runtime is sc.runtime
+    assert settings.runtime.pipeline.grace_ms == 7.0
+    assert settings.runtime.replan.comm_quantile == 0.9
+    assert load_scenario().runtime.replan.comm_quantile is None  # 0 in the file: the mean

@@ -20,6 +20,7 @@ from emu.runners.simlink import link_pair
 from emu.scenario import load_scenario
 from emu.scenario.streams import Streams
 from nodes.backends import SyntheticDrafter, SyntheticVerifier
+from nodes.core.runtime import RuntimeConfig
 from nodes.core.schedule import EdgePlan, LengthController
 from nodes.edge import EdgeNode, EdgeSettings
 from nodes.pacing import Pacer
@@ -131,7 +132,9 @@ class _Harness:
             ),
             planner=self.plan,
             priors=dict(enumerate(p.users)),
-            settings=EdgeSettings(expected_users=3, replan_every=replan_every),
+            settings=EdgeSettings(
+                expected_users=3, runtime=RuntimeConfig(replan_every=replan_every)
+            ),
             sink=self.rec,
             lengths=lengths,
         )

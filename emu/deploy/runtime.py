@@ -52,17 +52,12 @@ def memo_planner(policy: str) -> Callable[[Problem, Plan | None], Plan]:
 
 
 def edge_settings(sc: Scenario, users: int) -> EdgeSettings:
-    r, p = sc.runtime, sc.planner
+    p = sc.planner
     return EdgeSettings(
         max_draft_len=p.max_draft_len,
         initial_draft_len=p.initial_draft_len,
         fixed_draft_len=p.fixed_draft_len,
-        deadline_tolerance=r.deadline_tolerance,
-        grace_ms=r.grace_ms,
-        replan_every=r.replan_every,
-        drift=r.drift,
-        min_rounds=r.min_rounds,
-        comm_quantile=r.comm_quantile or None,
+        runtime=sc.runtime,
         expected_users=users,
         limits=limits(sc, users),
     )
@@ -70,8 +65,7 @@ def edge_settings(sc: Scenario, users: int) -> EdgeSettings:
 
 def limits(sc: Scenario, users: int) -> Limits:
     """The scenario's ``[limits]`` as the edge holds its peers to them."""
-    same = {f.name: getattr(sc.limits, f.name) for f in dataclasses.fields(Limits)}
-    return Limits(**{**same, "max_connections": sc.limits.max_connections or 2 * users + 16})
+    return dataclasses.replace(sc.limits, max_connections=sc.limits.connections(users))
 
 
 def radio_comm_ms(sc: Scenario, up: LinkSeries, down: LinkSeries) -> tuple[float, ...]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 import signal
 import subprocess
 import sys
@@ -50,14 +49,14 @@ from emu.deploy.runtime import (
     radio_comm_ms,
     with_comm,
 )
-from emu.errors import ConfigError, ShapingError
+from emu.errors import ShapingError
 from emu.files import write_atomic
 from emu.models.build import GreedyReference, check_sessions, read_sessions
 from emu.planner import Problem, evaluate
 from emu.planner.policies import get_policy
 from emu.results.metrics import Recorder
 from emu.results.runreport import stopped_line, write_run_report
-from emu.runners.manifest import PROBE_NETNS, run_manifest
+from emu.runners.manifest import run_manifest
 from emu.runners.network import (
     Network,
     await_ready,
@@ -65,17 +64,17 @@ from emu.runners.network import (
     star_network,
     tail,
 )
-from emu.runners.network import shaping as shaping_on
+from emu.runners.shapers import Shaper, choose_shaper
 from emu.runners.timescale import TimeScale, auto_time_scale
 from emu.scenario import Scenario, scenario_toml
 from emu.shaping.probe import IP_UDP_HEADERS
-from emu.shaping.sources import load_series, tc_refusal
+from emu.shaping.sources import load_series
+from emu.shaping.spec import LinkPair, LinkSpec, SeriesRef
 from topologies.registry import check as check_topology
 
-__all__ = ["STOP_SIGNALS", "Interrupted", "emulate", "has_netem"]
+__all__ = ["STOP_SIGNALS", "Interrupted", "emulate"]
 
 PORT = 7000
-EDGE_IP = "10.0.0.2"  # the star's edge host (topologies.star)
 PROBE_PORT = 9000
 READY_TIMEOUT_S = 120.0  # a user loads its model before it connects
 Progress = Callable[[str, float], None]
@@ -85,24 +84,8 @@ STALL_S = 10.0  # a live node that records nothing for this long (modelled) has 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-Specs = list[dict[str, Any]]
+Specs = list[LinkPair]
 Configured = list[dict[str, float]]
-
-
-def has_netem() -> bool:
-    """Whether this kernel has netem: try it on the loopback of a throwaway namespace."""
-    ns = f"{PROBE_NETNS}{int(time.monotonic() * 1e6) % 10**9}"
-    if shutil.which("ip") is None or shutil.which("tc") is None:
-        return False
-    if subprocess.run(["ip", "netns", "add", ns], capture_output=True, check=False).returncode:
-        return False
-    try:
-        add = ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem"]
-        return (
-            subprocess.run([*add, "delay", "1ms"], capture_output=True, check=False).returncode == 0
-        )
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -153,31 +136,6 @@ class _Where:
     watch: _Watch | None = None
 
 
-def _backend(shaping: str, specs: Specs) -> tuple[str, str]:
-    """The shaping backend that runs, and why: ``tc`` where netem exists and it can give every
-    link what it needs, else ``userspace``. Asked for, ``tc`` refuses a link it cannot shape
-    (one line, naming the userspace backend); nothing runs unshaped in silence."""
-    netem = has_netem()
-    refusals = [
-        (f"u{i} {d}", why)
-        for i, pair in enumerate(specs)
-        for d in ("up", "down")
-        if (why := tc_refusal(pair[d], netem)) is not None
-    ]
-    if shaping == "tc":
-        if refusals:
-            link, why = refusals[0]
-            raise ConfigError(f"--shaping tc cannot shape link {link}: {why}")
-        return "tc", "asked for" + ("" if netem else " (no netem here: HTB alone, rates only)")
-    if shaping == "userspace":
-        return "userspace", "asked for"
-    if not netem:
-        return "userspace", "auto: this kernel has no netem"
-    if refusals:
-        return "userspace", f"auto: tc cannot shape link {refusals[0][0]} ({refusals[0][1]})"
-    return "tc", "auto: netem is here"
-
-
 def radio_priors(sc: Scenario, out_dir: Path) -> tuple[str | None, tuple[float, ...] | None]:
     """On radio links: the radio model's series (``channel/linkstates.npz``, the trace the
     simulation draws from the same seed) and each user's communication prior from it."""
@@ -204,7 +162,7 @@ def _links(
         return specs, probed, configured
 
     def scaled(pairs: Specs) -> Specs:
-        return [{d: {**spec, "time_scale": scale} for d, spec in pair.items()} for pair in pairs]
+        return [pair.scaled(scale) for pair in pairs]
 
     wall = [
         {**c, "rtt_ms": c["rtt_ms"] * scale, "up_rate_bps": c["up_rate_bps"] / scale}
@@ -224,16 +182,18 @@ def _modelled_links(
         data = np.load(npz)
         for i in range(problem.size):
             specs.append(
-                {d: {"series": {"npz": npz, "prefix": d, "user": i}} for d in ("up", "down")}
+                LinkPair(
+                    LinkSpec(series=SeriesRef(npz, "up", i)),
+                    LinkSpec(series=SeriesRef(npz, "down", i)),
+                )
             )
             mean = {
                 d: {k: float(data[f"{d}_{k}"][i].mean()) for k in SERIES_FIELDS}
                 for d in ("up", "down")
             }
             # Loss left out of the probe's links: ten echoes cannot measure it.
-            probed.append(
-                {d: {"state": {k: v for k, v in m.items() if k != "loss"}} for d, m in mean.items()}
-            )
+            held = {d: {k: v for k, v in m.items() if k != "loss"} for d, m in mean.items()}
+            probed.append(LinkPair(LinkSpec.fixed(**held["up"]), LinkSpec.fixed(**held["down"])))
             configured.append(
                 {
                     "rtt_ms": _expected_rtt(
@@ -246,13 +206,16 @@ def _modelled_links(
             )
         return specs, probed, configured
     for u in problem.users:  # a fixed link for every user
-        state: dict[str, float] = {
-            "rate_bps": net.rate_bps,
-            "delay_ms": u.comm_ms / 2,
-            "jitter_ms": net.jitter_ms,
-            "loss": net.loss,
-        }
-        specs.append({"up": {"state": state}, "down": {"state": state}})
+        specs.append(
+            LinkPair.both(
+                LinkSpec.fixed(
+                    rate_bps=net.rate_bps,
+                    delay_ms=u.comm_ms / 2,
+                    jitter_ms=net.jitter_ms,
+                    loss=net.loss,
+                )
+            )
+        )
         configured.append(
             {
                 "rtt_ms": _expected_rtt(u.comm_ms, 2 * net.jitter_ms),
@@ -288,7 +251,7 @@ def _fidelity(nw: Network, configured: list[dict[str, float]]) -> list[dict[str,
     try:
         for i, conf in enumerate(configured):
             burst = _burst_packets(conf["up_rate_bps"])
-            cmd = f"{sys.executable} -m emu.shaping.probe measure {EDGE_IP} {PROBE_PORT} "
+            cmd = f"{sys.executable} -m emu.shaping.probe measure {nw.edge_ip} {PROBE_PORT} "
             cmd += f"--echoes 10 --burst {burst} --burst-bps {2 * conf['up_rate_bps']} --packets 0"
             text = nw.user(i).cmd(cmd).strip().splitlines()
             try:
@@ -358,11 +321,11 @@ def _run_policy(
     sc: Scenario,
     nw: Network,
     policy: str,
-    specs: list[dict[str, Any]],
+    specs: Specs,
     pdir: Path,
     *,
     where: _Where,
-    backend: str,
+    shaper: Shaper,
     scale: float,
     comm: tuple[float, ...] | None,
     progress: Progress | None,
@@ -375,7 +338,7 @@ def _run_policy(
     node = [sys.executable, "-m", "emu.runners.node", str(pdir / "scenario.toml")]
     watch = where.watch = _Watch(pdir, scale)
     where.phase = "shaping the links"
-    with shaping_on(backend, nw, specs, pdir, seed=sc.sim.seed):
+    with shaper.running(nw, specs, pdir, seed=sc.sim.seed):
         procs: dict[str, Any] = {}
         logs: dict[str, Path] = {}
 
@@ -397,7 +360,7 @@ def _run_policy(
             edge = start("edge", nw.edge, "edge", "--port", str(PORT))
             await_ready("node edge", edge, logs["edge"], READY_TIMEOUT_S)
             users = [
-                start(f"u{i}", nw.user(i), "user", str(i), "--edge", f"{EDGE_IP}:{PORT}")
+                start(f"u{i}", nw.user(i), "user", str(i), "--edge", f"{nw.edge_ip}:{PORT}")
                 for i in range(nw.users)
             ]
             # The workload's clock starts when every user has loaded its model and connected.
@@ -517,13 +480,13 @@ def emulate(
         scale = chosen.scale
         (out_dir / "scenario.toml").write_text(scenario_toml(sc))
         specs, probed, configured = _links(sc, problem, npz, scale)
-        backend, why = _backend(sc.emu.shaping, specs)
+        shaper, why = choose_shaper(sc.emu.shaping, specs)
         doc: dict[str, Any] = {
             "mode": "emu",
             "scenario": sc.name,
             "users": problem.size,
             "duration_s": sc.sim.duration_s,
-            "shaping": backend,
+            "shaping": shaper.name,
             "shaping_why": why,
             "timing": timing,
             "time_scale": scale,
@@ -540,7 +503,7 @@ def emulate(
         try:
             with run_manifest(out_dir) as manifest, star_network(problem.size, manifest) as nw:
                 where.phase = "probing the links"
-                with shaping_on(backend, nw, probed, out_dir, seed=sc.sim.seed):
+                with shaper.running(nw, probed, out_dir, seed=sc.sim.seed):
                     doc["fidelity"] = _fidelity(nw, configured)
                 _write(out_dir, doc, t_wall)
                 bad = [f["link"] for f in doc["fidelity"] if not f["ok"]]
@@ -555,7 +518,7 @@ def emulate(
                         specs,
                         out_dir / policy,
                         where=where,
-                        backend=backend,
+                        shaper=shaper,
                         scale=scale,
                         comm=comm,
                         progress=progress,

@@ -32,7 +32,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,13 +40,13 @@ from typing import Any
 
 from emu.errors import ConfigError, ShapingError
 from emu.runners.manifest import Manifest
+from emu.shaping.spec import LinkPair
 from topologies.star import user_subnet
 
 __all__ = [
     "Network",
     "await_ready",
     "preflight",
-    "shaping",
     "star_network",
     "tail",
     "tc_shaping",
@@ -90,6 +90,11 @@ class Network:
     @property
     def edge(self) -> Any:
         return self.net.get("edge")
+
+    @property
+    def edge_ip(self) -> str:
+        """The edge's address, as the topology gave it."""
+        return str(self.edge.IP())
 
     @property
     def ap(self) -> Any:
@@ -202,19 +207,17 @@ def _shaper(network: Network, module: str, config: dict[str, Any], run_dir: Path
                     proc.wait()
 
 
-def _check_links(network: Network, links: list[dict[str, Any]]) -> None:
+def _check_links(network: Network, links: Sequence[LinkPair]) -> None:
     if len(links) != network.users:
         raise ValueError(f"{len(links)} link specs for {network.users} users")
 
 
 @contextmanager
 def userspace_shaping(
-    network: Network, links: list[dict[str, Any]], run_dir: Path, *, seed: int = 0
+    network: Network, links: Sequence[LinkPair], run_dir: Path, *, seed: int = 0
 ) -> Iterator[Path]:
-    """Shape every user's link both ways with ``emu.shaping.tund`` in the access point.
-
-    ``links[i]`` is ``{"up": spec, "down": spec}`` for user i, a spec as tund's config takes
-    (without its ``tun``). Yields the path of the shaper's counters (JSON)."""
+    """Shape every user's link both ways with ``emu.shaping.tund`` in the access point
+    (``links[i]``: user i's). Yields the path of the shaper's counters (JSON)."""
     _check_links(network, links)
     ap = network.ap
     stats = run_dir / "shaper-stats.json"
@@ -222,9 +225,9 @@ def userspace_shaping(
         "seed": seed,
         "stats": str(stats),
         "links": [
-            {**spec, "tun": f"s{d[0]}{i}"}
+            {**spec.config(), "tun": f"s{d[0]}{i}"}
             for i, pair in enumerate(links)
-            for d, spec in (("up", pair["up"]), ("down", pair["down"]))
+            for d, spec in (("up", pair.up), ("down", pair.down))
         ],
     }
     if network.manifest is not None:
@@ -253,7 +256,7 @@ def userspace_shaping(
 
 @contextmanager
 def tc_shaping(
-    network: Network, links: list[dict[str, Any]], run_dir: Path, *, tick_s: float = 0.01
+    network: Network, links: Sequence[LinkPair], run_dir: Path, *, tick_s: float = 0.01
 ) -> Iterator[Path]:
     """Shape every user's link both ways with kernel qdiscs (``emu.shaping.tcd``): HTB classes,
     netem beneath where a link has delay, jitter or loss. The uplinks are classes on the
@@ -269,7 +272,7 @@ def tc_shaping(
             for i, pair in enumerate(links)
             for entry in (
                 {
-                    **pair["up"],
+                    **pair.up.config(),
                     "name": f"su{i}",
                     "dev": "ap-edge",
                     "minor": i + 1,
@@ -277,7 +280,7 @@ def tc_shaping(
                     "subnet": user_subnet(i),
                 },
                 {
-                    **pair["down"],
+                    **pair.down.config(),
                     "name": f"sd{i}",
                     "dev": f"ap-u{i}",
                     "minor": 1,
@@ -292,19 +295,6 @@ def tc_shaping(
         network.manifest.made("qdisc", devs, where="ap")
     with _shaper(network, "emu.shaping.tcd", config, run_dir):
         yield stats
-
-
-@contextmanager
-def shaping(
-    backend: str, network: Network, links: list[dict[str, Any]], run_dir: Path, *, seed: int = 0
-) -> Iterator[Path]:
-    """The chosen backend (``userspace`` or ``tc``) on every user's link, both ways."""
-    if backend == "tc":
-        with tc_shaping(network, links, run_dir) as stats:
-            yield stats
-    else:
-        with userspace_shaping(network, links, run_dir, seed=seed) as stats:
-            yield stats
 
 
 def _unroute(network: Network) -> None:

@@ -16,6 +16,8 @@ from channel_models.config import RadioConfig
 from emu.errors import ConfigError
 from emu.planner.model import Edge, LatencyModel, ModelArch, Problem, User
 from emu.planner.policies import get_policy
+from nodes.core.guard import Limits
+from nodes.core.runtime import RuntimeConfig
 from nodes.protocol.events import MAX_TOP_K
 
 __all__ = ["MAX_TIME_SCALE", "MODEL_KINDS", "PRESETS", "SHAPING", "TIMING", "Scenario"]
@@ -102,69 +104,6 @@ class NetworkConfig:
         _in("network.jitter_ms", self.jitter_ms, 0, 1e5, "in [0, 1e5]")
         _in("network.loss", self.loss, 0, 0.5, "in [0, 0.5]")
         _in("network.rto_ms", self.rto_ms, 1, 1e5, "in [1, 1e5]")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RuntimeConfig:
-    """How the edge runs a plan: deadlines, estimation and re-planning."""
-
-    deadline_tolerance: float = 0.25
-    grace_ms: float = 2.0
-    replan_every: int = 50
-    drift: float = 0.2
-    min_rounds: int = 16
-    comm_quantile: float = 0.0
-
-    def __post_init__(self) -> None:
-        _in("runtime.deadline_tolerance", self.deadline_tolerance, 0, 100, "in [0, 100]")
-        _in("runtime.grace_ms", self.grace_ms, 0, 1e5, "in [0, 1e5]")
-        _in("runtime.replan_every", self.replan_every, 0, 1e9, ">= 0 (0: never)")
-        _in("runtime.drift", self.drift, 0.01, 10, "in [0.01, 10]")
-        _in("runtime.min_rounds", self.min_rounds, 1, 1e6, ">= 1")
-        _in("runtime.comm_quantile", self.comm_quantile, 0, 0.999, "in [0, 0.999] (0: mean)")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LimitsConfig:
-    """What one peer may cost the edge, and how nodes tell a dead link (``nodes.core.guard``)."""
-
-    handshake_timeout_s: float = 5.0
-    idle_timeout_s: float = 5.0
-    heartbeat_ms: float = 1000.0
-    max_frame_bytes: int = 1 << 16
-    max_session_frame_bytes: int = 1 << 20
-    max_connections: int = 0  # 0: twice the users, plus 16
-    messages_per_s: float = 500.0
-    allow_joins: bool = False
-    max_known_ids: int = 1024
-    reconnect_give_up_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        _in("limits.handshake_timeout_s", self.handshake_timeout_s, 0.01, 3600, "in [0.01, 3600]")
-        _in("limits.idle_timeout_s", self.idle_timeout_s, 0, 3600, "in [0, 3600] (0: never)")
-        _in("limits.heartbeat_ms", self.heartbeat_ms, 0, 3.6e6, "in [0, 3.6e6] (0: never)")
-        if self.idle_timeout_s and not 0 < self.heartbeat_ms < 1e3 * self.idle_timeout_s / 2:
-            raise ConfigError(
-                "limits.heartbeat_ms must be > 0 and under half of limits.idle_timeout_s "
-                f"({500 * self.idle_timeout_s:g} ms) while the idle timeout is on, "
-                f"got {self.heartbeat_ms!r}"
-            )
-        _in("limits.max_frame_bytes", self.max_frame_bytes, 1024, 1 << 24, "in [1024, 2^24]")
-        _in(
-            "limits.max_session_frame_bytes", self.max_session_frame_bytes,
-            self.max_frame_bytes, 1 << 26, "in [limits.max_frame_bytes, 2^26]",
-        )  # fmt: skip
-        _in("limits.max_connections", self.max_connections, 0, 1e6, "in [0, 1e6] (0: auto)")
-        _in("limits.messages_per_s", self.messages_per_s, 0, 1e7, ">= 0 (0: unlimited)")
-        _in("limits.max_known_ids", self.max_known_ids, 0, 1e7, "in [0, 1e7]")
-        _in("limits.reconnect_give_up_s", self.reconnect_give_up_s, 0, 1e6, "in [0, 1e6]")
-        beats_per_s = 1e3 / self.heartbeat_ms if self.heartbeat_ms else 0.0
-        if self.messages_per_s and 4 * beats_per_s > self.messages_per_s:
-            raise ConfigError(
-                f"limits.messages_per_s must allow four times the heartbeats (1000 / "
-                f"limits.heartbeat_ms = {beats_per_s:g} a second), "
-                f"got {self.messages_per_s!r}"
-            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -262,7 +201,7 @@ class Scenario:
     users: UsersConfig = field(default_factory=UsersConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    limits: Limits = field(default_factory=Limits)
     sim: SimConfig = field(default_factory=SimConfig)
     emu: EmuConfig = field(default_factory=EmuConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from emu.runners.emulate import has_netem
+from emu.runners.shapers import has_netem
 from tests.test_cli import ROOT, draftnet
 
 pytestmark = [

@@ -25,8 +25,9 @@ pytestmark = [
 ]
 pytest.importorskip("mininet.net")
 
-from emu.runners.emulate import has_netem  # noqa: E402
 from emu.runners.network import Network, star_network, tc_shaping, userspace_shaping  # noqa: E402
+from emu.runners.shapers import has_netem  # noqa: E402
+from emu.shaping.spec import LinkPair, LinkSpec, SeriesRef  # noqa: E402
 
 PORT = 9000
 
@@ -57,14 +58,14 @@ def _measure(nw: Network, user: int, **kw: int) -> dict[str, Any]:
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
-def _state(**kw: float) -> dict[str, Any]:
-    return {"state": kw}
+def _state(**kw: float) -> LinkSpec:
+    return LinkSpec.fixed(**kw)
 
 
 def test_delay_rate_and_loss_measure_as_configured(network: Network, tmp_path: Path) -> None:
     links = [
-        {"up": _state(delay_ms=20.0, rate_bps=5e6, loss=0.1), "down": _state(delay_ms=20.0)},
-        {"up": _state(), "down": _state()},
+        LinkPair(_state(delay_ms=20.0, rate_bps=5e6, loss=0.1), _state(delay_ms=20.0)),
+        LinkPair.both(_state()),
     ]
     with userspace_shaping(network, links, tmp_path):
         m = _measure(network, 0, packets=1500)
@@ -78,7 +79,7 @@ def test_delay_rate_and_loss_measure_as_configured(network: Network, tmp_path: P
 
 def test_jitter_never_reorders(network: Network, tmp_path: Path) -> None:
     spec = _state(delay_ms=10.0, jitter_ms=5.0)
-    with userspace_shaping(network, [{"up": spec, "down": spec}] * 2, tmp_path):
+    with userspace_shaping(network, [LinkPair.both(spec)] * 2, tmp_path):
         m = _measure(network, 0, packets=1000, burst=0)
     assert m["reordered"] == 0 and m["up_loss"] == 0.0
     assert m["up_ms"] > 11.0  # 10 ms plus half-normal jitter (mean 4 ms)
@@ -99,9 +100,8 @@ def test_a_time_varying_series_changes_the_rate_within_a_tick(
         up_jitter_ms=zeros,
         up_loss=zeros,
     )
-    series = [{"series": {"npz": str(tmp_path / "series.npz"), "prefix": "up", "user": u}}
-              for u in range(2)]  # fmt: skip
-    links = [{"up": series[u], "down": _state()} for u in range(2)]
+    series = [LinkSpec(series=SeriesRef(str(tmp_path / "series.npz"), "up", u)) for u in range(2)]
+    links = [LinkPair(series[u], _state()) for u in range(2)]
     with userspace_shaping(network, links, tmp_path):
         t0 = time.monotonic()
         before = _measure(network, 0, packets=0, burst=150, echoes=0)
@@ -111,7 +111,9 @@ def test_a_time_varying_series_changes_the_rate_within_a_tick(
     assert after["up_rate_bps"] == pytest.approx(8e6, rel=0.05)
 
 
-def _step_series(path: Path, tick: float, change_s: float, low: float, high: float) -> list[Any]:
+def _step_series(
+    path: Path, tick: float, change_s: float, low: float, high: float
+) -> list[LinkSpec]:
     """Every user's uplink rate steps from ``low`` to ``high`` at ``change_s`` (rate only)."""
     ticks = int(2 * change_s / tick)
     rate = np.where(np.arange(ticks) * tick < change_s, low, high)
@@ -124,7 +126,7 @@ def _step_series(path: Path, tick: float, change_s: float, low: float, high: flo
         up_jitter_ms=zeros,
         up_loss=zeros,
     )
-    return [{"series": {"npz": str(path), "prefix": "up", "user": u}} for u in range(2)]
+    return [LinkSpec(series=SeriesRef(str(path), "up", u)) for u in range(2)]
 
 
 def test_tc_gives_the_rate_and_changes_it_in_place_within_a_tick(
@@ -133,7 +135,7 @@ def test_tc_gives_the_rate_and_changes_it_in_place_within_a_tick(
     """HTB alone (this kernel has no netem): a rate series stepping 2 -> 8 Mbit/s."""
     tick, change_s = 0.1, 4.0
     series = _step_series(tmp_path / "series.npz", tick, change_s, 2e6, 8e6)
-    links = [{"up": series[u], "down": _state()} for u in range(2)]
+    links = [LinkPair(series[u], _state()) for u in range(2)]
     with tc_shaping(network, links, tmp_path, tick_s=tick) as stats:
         t0 = time.monotonic()
         before = _measure(network, 0, packets=0, burst=150, echoes=0)
@@ -153,8 +155,8 @@ def test_tc_gives_the_rate_and_changes_it_in_place_within_a_tick(
 @pytest.mark.skipif(not has_netem(), reason="this kernel has no netem")
 def test_tc_with_netem_measures_as_configured(network: Network, tmp_path: Path) -> None:
     links = [
-        {"up": _state(delay_ms=20.0, rate_bps=5e6, loss=0.1), "down": _state(delay_ms=20.0)},
-        {"up": _state(delay_ms=10.0, jitter_ms=5.0), "down": _state(delay_ms=10.0, jitter_ms=5.0)},
+        LinkPair(_state(delay_ms=20.0, rate_bps=5e6, loss=0.1), _state(delay_ms=20.0)),
+        LinkPair.both(_state(delay_ms=10.0, jitter_ms=5.0)),
     ]
     with tc_shaping(network, links, tmp_path):
         m = _measure(network, 0, packets=1500)
@@ -171,20 +173,20 @@ def test_nothing_is_left_behind_after_a_run_a_failure_and_a_killed_shaper(
     before = _interfaces()
     with (
         star_network(1) as nw,
-        userspace_shaping(nw, [{"up": _state(), "down": _state()}], tmp_path),
+        userspace_shaping(nw, [LinkPair.both(_state())], tmp_path),
     ):
         assert "ap-u0" not in before and _processes("emu.shaping.tund") == 0
     assert _interfaces() == before and _processes("emu.shaping.tund") != 0
     with (
         pytest.raises(RuntimeError, match="boom"),
         star_network(1) as nw,
-        userspace_shaping(nw, [{"up": _state(), "down": _state()}], tmp_path),
+        userspace_shaping(nw, [LinkPair.both(_state())], tmp_path),
     ):
         raise RuntimeError("boom")
     assert _interfaces() == before and _processes("emu.shaping.tund") != 0
     with (
         star_network(1) as nw,
-        userspace_shaping(nw, [{"up": _state(), "down": _state()}], tmp_path),
+        userspace_shaping(nw, [LinkPair.both(_state())], tmp_path),
     ):
         subprocess.run(["pkill", "-9", "-f", "emu.shaping.tund"], check=True)
         time.sleep(0.3)
@@ -207,7 +209,7 @@ def test_nodes_run_as_processes_over_shaped_tcp(network: Network, tmp_path: Path
     (tmp_path / "scenario.toml").write_text(scenario_toml(sc))
     node = [sys.executable, "-m", "emu.runners.node", str(tmp_path / "scenario.toml")]
     spec = _state(delay_ms=1.5)
-    with userspace_shaping(network, [{"up": spec, "down": spec}] * 2, tmp_path):
+    with userspace_shaping(network, [LinkPair.both(spec)] * 2, tmp_path):
         edge = network.edge.popen([*node, "edge", "--port", "7000"], stdout=sp.PIPE, text=True)
         assert edge.stdout is not None and edge.stdout.readline().strip() == "ready"
         users = [

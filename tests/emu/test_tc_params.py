@@ -83,3 +83,45 @@ def test_a_time_scale_stretches_a_link_and_its_series(tmp_path: Path) -> None:
     # At 0.65 s on the wall the series is at 0.325 s: tick 3 (3 Mbit/s), run at half rate.
     assert at(0.65) == LinkState(rate_bps=1.5e6, delay_ms=4.0)
     assert state_source(spec)(0.65).rate_bps == 6e6
+
+
+def test_a_link_spec_is_a_state_or_a_series_and_reads_as_the_shapers_config() -> None:
+    from emu.shaping.spec import LinkPair, LinkSpec, SeriesRef
+
+    fixed = LinkSpec.fixed(rate_bps=5e6, delay_ms=3.0)
+    assert fixed.config() == {"state": {"rate_bps": 5e6, "delay_ms": 3.0}}
+    series = LinkSpec(series=SeriesRef("s.npz", "up", 2), trace="x.trace")
+    assert series.scaled(3.0).config() == {
+        "series": {"npz": "s.npz", "prefix": "up", "user": 2},
+        "trace": "x.trace",
+        "time_scale": 3.0,
+    }
+    assert LinkPair.both(fixed).config() == {"up": fixed.config(), "down": fixed.config()}
+    for bad in ({}, {"state": LinkState(), "series": SeriesRef("s.npz", "up", 0)}):
+        with pytest.raises(ValueError, match="exactly one"):
+            LinkSpec(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="time_scale"):
+        fixed.scaled(0.5)
+
+
+def test_the_shaper_is_chosen_in_one_place_and_says_why() -> None:
+    from emu.errors import ConfigError
+    from emu.runners.shapers import SHAPERS, choose_shaper, has_netem
+    from emu.shaping.spec import LinkPair, LinkSpec
+
+    rate_only = LinkPair.both(LinkSpec.fixed(rate_bps=5e6))
+    traced = LinkPair(LinkSpec(state=LinkState(rate_bps=5e6), trace="t"), LinkSpec.fixed())
+    assert set(SHAPERS) == {"userspace", "tc"}
+    shaper, why = choose_shaper("userspace", [traced])
+    assert (shaper.name, why) == ("userspace", "asked for")
+    with pytest.raises(ConfigError, match=r"emu.shaping must be one of auto, userspace, tc"):
+        choose_shaper("netem", [rate_only])
+    with pytest.raises(ConfigError, match=r"cannot shape link u1 up: trace-driven.*userspace"):
+        choose_shaper("tc", [rate_only, traced])
+    shaper, why = choose_shaper("auto", [rate_only, traced])
+    assert shaper.name == "userspace"
+    if has_netem():
+        assert why.startswith("auto: tc cannot shape link u1 up (trace-driven")
+    else:
+        assert why == "auto: this kernel has no netem"
+    assert choose_shaper("tc", [rate_only])[0].name == "tc"  # HTB alone gives a rate
