@@ -167,7 +167,7 @@ class SyntheticVerifier:
         return out, self.edge.latency(float(len(batch)), flops)
 
     def drop(self, user: int) -> None:
-        pass  # no per-user state
+        pass  # a user's stream of draws outlives its connection: a redial resumes it
 
     def _rng(self, user: int) -> np.random.Generator:
         if self.user_rng is None:

@@ -136,9 +136,6 @@ class _Refusal(Exception):
 class EdgeStats:
     cycles: int = 0
     batches: int = 0
-    busy_s: float = 0.0
-    wait_s: float = 0.0
-    bubbles: int = 0
     late: int = 0
     replans: int = 0
     protocol_errors: int = 0
@@ -513,7 +510,6 @@ class EdgeNode:
         firsts, ms = self._isolating(prefill, new, list(prompts.items()))
         await self.pacer.pace(ms, (time.perf_counter() - w0) * 1e3)
         busy = trio.current_time() - t0
-        self.stats.busy_s += busy
         assert self.plan is not None
         for m, first in zip(new, firsts, strict=True):
             if not m.alive or first is None:
@@ -596,13 +592,13 @@ class EdgeNode:
                 while any(m.draft is None and m.alive for m in waiting):
                     await self._arrival.wait()
             waited = trio.current_time() - t0
-            if waited > 0:
-                self.stats.wait_s += waited
-                self.stats.bubbles += 1
         ready = [m for m in members if m.alive and (m.draft_len == 0 or m.draft is not None)]
         late = [m.uid for m in members if m.alive and m.draft_len > 0 and m.draft is None]
         self.stats.late += len(late)
         if not ready:
+            # Every member late: a slot with nothing to verify, the worst of bubbles.
+            self.sink({"ev": "empty_slot", "t": trio.current_time(), "slot": slot,
+                       "late": late, "waited_ms": waited * 1e3})  # fmt: skip
             return False
         items = [
             VerifyItem(
@@ -618,7 +614,6 @@ class EdgeNode:
         results, ms = self._isolating(self.verifier.verify, ready, items)
         await self.pacer.pace(ms, (time.perf_counter() - w0) * 1e3)
         busy = trio.current_time() - t0
-        self.stats.busy_s += busy
         self.stats.batches += 1
         for m, it, out in zip(ready, items, results, strict=True):
             if not m.alive or out is None:

@@ -8,11 +8,10 @@ cost model or a profile); ``wall_ms`` is what the call really took on this host.
 - ``real``: compute takes what it takes.
 
 A time scale ``s`` >= 1 gives a slow host headroom: the emulation's nodes run on a clock that
-ticks ``s`` times slower than the wall (``emu.node.SharedClock``), so every modelled time, and
-every result read off that clock, is in modelled units while each takes ``s`` times as long on
-the wall. The pacer is told ``scale = s`` so that it can put a step's wall time (what the host
-really took) on that clock: ``wall_ms / s``.
-"""
+ticks ``s`` times slower than the wall (``emu.runners.node.SharedClock``), so every modelled
+time, and every result read off that clock, is in modelled units while each takes ``s`` times as
+long on the wall. The pacer is told ``scale = s`` so that it can put a step's wall time (what
+the host really took) on that clock: ``wall_ms / s``."""
 
 from __future__ import annotations
 

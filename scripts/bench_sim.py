@@ -61,7 +61,9 @@ def accuracy(seeds: int) -> None:
     prediction, per seed and on average (as ``tests/test_sim.py`` judges it)."""
     policies = ["dipsd", "ad", "ad-batch", "fixed"]
     print(f"machine: {platform.machine()} python {platform.python_version()}")
-    print("| policy | predicted tok/s | " + " | ".join(f"seed {s}" for s in range(seeds)))
+    seeds_head = " | ".join(f"seed {s}" for s in range(seeds))
+    print(f"| policy | predicted tok/s | {seeds_head} | mean error |")
+    print("|---" * (seeds + 3) + "|")
     rows: dict[str, list[str]] = {p: [] for p in policies}
     predicted: dict[str, float] = {}
     ratios: dict[str, list[float]] = {p: [] for p in policies}
@@ -77,7 +79,7 @@ def accuracy(seeds: int) -> None:
             rows[p].append(f"{r['throughput_tok_s']:.2f} ({100 * (ratios[p][-1] - 1):+.2f}%)")
     for p in policies:
         mean = 100 * (sum(ratios[p]) / seeds - 1)
-        print(f"| {p} | {predicted[p]:.2f} | " + " | ".join(rows[p]) + f" | mean {mean:+.2f}% |")
+        print(f"| {p} | {predicted[p]:.2f} | " + " | ".join(rows[p]) + f" | {mean:+.2f}% |")
 
 
 if __name__ == "__main__":

@@ -137,3 +137,17 @@ def test_edge_utilisation_and_bubbles_come_from_the_verifiers_records_in_the_win
     s = rec.summary("p", t_end=3.0, users=1)
     assert s["edge_utilisation"] == pytest.approx(10 * 0.05 / 2.0)
     assert s["pipeline_bubbles"] == 5 and s["bubble_s"] == pytest.approx(0.1)
+
+
+def test_a_slot_whose_members_were_all_late_is_a_bubble() -> None:
+    from emu.results.metrics import Recorder
+
+    rec = Recorder(None)
+    rec.policy = "p"
+    rec({"ev": "first_token", "t": 1.0, "user": 0, "ttft_ms": 50.0})
+    rec({"ev": "empty_slot", "t": 1.5, "slot": 1, "late": [0, 3], "waited_ms": 80.0})
+    rec({"ev": "round", "t": 1.9, "user": 0, "drafted": 4, "accepted": 2, "committed": 3,
+         "round_ms": 200.0})  # fmt: skip
+    s = rec.summary("p", t_end=2.0, users=1)
+    assert (s["pipeline_bubbles"], s["bubble_s"], s["late_drafts"]) == (1, 0.08, 2)
+    assert s["batches"] == 0 and s["edge_utilisation"] == 0.0

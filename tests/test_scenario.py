@@ -127,3 +127,29 @@ def test_the_edge_runs_the_scenarios_own_runtime_section() -> None:
     assert settings.runtime.pipeline.grace_ms == 7.0
     assert settings.runtime.replan.comm_quantile == 0.9
     assert load_scenario().runtime.replan.comm_quantile is None  # 0 in the file: the mean
+
+
+def test_set_chooses_a_preset_and_refuses_a_field_of_a_value() -> None:
+    assert load_scenario(overrides={"preset": "dipsd-paper"}).users.count == 6
+    with pytest.raises(ConfigError, match=r"sim\.seed\.x: sim\.seed is a value, not a table"):
+        load_scenario(overrides={"sim.seed.x": 1})
+
+
+def test_a_node_loads_its_scenario_wherever_the_runner_writes_it(tmp_path: Path) -> None:
+    """The runner's per-policy scenario keeps no relative profile path (its values are merged
+    in): a node process loads it from the run directory as the user's file resolved."""
+    from emu.deploy.runtime import node_scenario
+    from emu.scenario import scenario_toml
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "edge.toml").write_text("[edge.latency]\nbeta_ms = 42.0\n")
+    (tmp_path / "s.toml").write_text('profiles = ["sub/edge.toml"]\n[models]\nkind = "synthetic"\n')
+    sc = load_scenario(tmp_path / "s.toml")
+    assert sc.edge.latency.beta_ms == 42.0
+    mine = node_scenario(sc, policy="ad", time_scale=2.0, comm_ms=None)
+    run = tmp_path / "run" / "ad"
+    run.mkdir(parents=True)
+    (run / "scenario.toml").write_text(scenario_toml(mine))
+    loaded = load_scenario(run / "scenario.toml")
+    assert loaded == mine and loaded.edge.latency.beta_ms == 42.0
+    assert (loaded.planner.policy, loaded.emu.time_scale) == ("ad", 2.0)

@@ -106,6 +106,7 @@ def node_scenario(
         users = dataclasses.replace(users, each=tuple(each))
     return dataclasses.replace(
         sc,
+        profiles=(),  # merged in already; a path relative to the user's file means nothing here
         users=users,
         planner=dataclasses.replace(sc.planner, policy=policy),
         emu=dataclasses.replace(sc.emu, time_scale=time_scale),

@@ -1,9 +1,10 @@
 """Policies behind one protocol, in one registry: ``plan(problem, previous)`` makes a Plan.
 
 Every list of policy names (the command line's help, the scenario's rule, the study's
-columns, the baselines reported beside a solve) is read from the registry, and no caller
-treats a policy by its name: what differs between policies is what they say of themselves
-(``about``, ``baseline``, ``max_users``). A system adds its policies with ``register``.
+columns, the baselines reported beside a solve) is read from the registry, and no node or
+runner treats a policy by its name: what differs between policies is what they say of
+themselves (``about``, ``baseline``, ``max_users``). Only studies and the command line's
+defaults name the policies they compare. A system adds its policies with ``register``.
 
 Layer: pure (emu.planner).
 """

@@ -9,8 +9,9 @@ per-position acceptance (position j: the share of drafts reaching j whose token 
 The verifier's side, from its ``batch`` and ``prefill`` records, over the same steady window:
 ``edge_utilisation`` is the share of the window the verifier spent in verify and prefill steps
 (on the node's clock, so a step that overran its profile counts for what it took);
-``pipeline_bubbles`` counts the batches that waited for a draft before they closed, and
-``bubble_s`` is how long they waited in all. The simulation and the emulation compute them alike.
+``pipeline_bubbles`` counts the batches that waited for a draft before they closed (a slot whose
+members were all late, so that nothing was verified, included), and ``bubble_s`` is how long
+they waited in all. The simulation and the emulation compute them alike.
 
 Throughput is measured in steady state: from the moment every user has its first token
 (``t_start``) to the end of the run; ``users_started`` says how many ever got one (a user whose
@@ -108,6 +109,9 @@ class Recorder:
             t.late += len(rec["late"])
             t.busy.append((rec["t"], float(rec.get("busy_ms", 0.0))))
             t.waits.append((rec["t"], float(rec.get("waited_ms", 0.0))))
+        elif kind == "empty_slot":  # every member late: nothing verified, all waited
+            t.late += len(rec["late"])
+            t.waits.append((rec["t"], float(rec["waited_ms"])))
         elif kind == "prefill":
             t.busy.append((rec["t"], float(rec.get("busy_ms", 0.0))))
         elif kind in FAULTS:

@@ -93,7 +93,7 @@ def choose_shaper(choice: str, links: Sequence[LinkPair]) -> tuple[Shaper, str]:
     if choice == "tc":
         if refusals:
             link, why = refusals[0]
-            raise ConfigError(f"--shaping tc cannot shape link {link}: {why}")
+            raise ConfigError(f"emu.shaping tc cannot shape link {link}: {why}")
         return tc, "asked for" + ("" if netem else " (no netem here: HTB alone, rates only)")
     if choice != "auto":
         return SHAPERS[choice], "asked for"

@@ -108,8 +108,11 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
 def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
     *heads, last = path.split(".")
     node = data
-    for h in heads:
+    for k, h in enumerate(heads):
         node = node.setdefault(h, {})
+        if not isinstance(node, dict):
+            where = ".".join(heads[: k + 1])
+            raise ConfigError(f"{path}: {where} is a value, not a table, so it has no fields")
     node[last] = value
 
 
@@ -129,7 +132,8 @@ def load_scenario(
         data = _read_toml(Path(path), "scenario file")
         here = Path(path).parent
     base = _preset("default")
-    chosen = preset if preset is not None else data.get("preset", "")
+    flagged_preset = (overrides or {}).get("preset")  # --set preset=NAME chooses it too
+    chosen = next((p for p in (preset, flagged_preset) if p is not None), data.get("preset", ""))
     if not isinstance(chosen, str):
         raise ConfigError(f"preset must be a string, got {chosen!r}")
     if chosen and chosen != "default":

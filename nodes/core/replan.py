@@ -22,9 +22,9 @@ __all__ = ["ReplanRule", "believed", "edge_plan", "in_force", "planning_problem"
 class ReplanRule:
     """When the plan is made again: every ``every`` cycles (0: never on a timer), and when a
     trusted estimate (``min_rounds`` samples) has moved by ``drift`` (relative) from what the
-    plan assumed, and by more than its noise. A link time has moved only if its median moved
-    too: one round stalled by a host (a 0.3 s hiccup among 16 rounds) moves the mean by
-    several ms, and is no new link to plan for."""
+    plan assumed, and by more than its noise. Planning with the mean link time, a link has
+    moved only if its median moved too: one round stalled by a host (a 0.3 s hiccup among 16
+    rounds) moves the mean by several ms, and is no new link to plan for."""
 
     every: int = 50
     drift: float = 0.2
@@ -58,7 +58,10 @@ class ReplanRule:
                 limit = max(self.drift * b, 0.5)
                 if abs(a - b) <= limit:
                     continue
-                median = est.comm(0.5) if name == "comm_ms" else None  # only when it may matter
+                # The median says whether the typical round moved, and the plan's value is a
+                # mean only when it plans with the mean: a quantile plan must see its tail grow.
+                robust = name == "comm_ms" and self.comm_quantile is None
+                median = est.comm(0.5) if robust else None  # only when it may matter
                 if median is None or abs(median - b) > limit:
                     return f"user {uid} {name} drifted from {b:.3g} to {a:.3g}"
         return None

@@ -115,6 +115,12 @@ def test_the_plan_is_made_again_on_a_timer_and_on_a_real_drift() -> None:
     stalled.comm_ms[3] += 270.0  # one round held up by the host, the link no slower
     assert stalled.comm() is not None and stalled.comm() > comm + 15
     assert why(stalled) is None
+    # Planning with a quantile of the link time, a longer tail is a change, typical rounds or not.
+    tail = ReplanRule(every=50, drift=0.2, min_rounds=16, comm_quantile=0.9)
+    heavy = at(AT_078, comm)
+    for k in range(0, 16, 5):
+        heavy.comm_ms[k] += 60.0
+    assert str(tail.reason(7, {0: heavy}, basis, priors)).startswith("user 0 comm_ms drifted")
     slower = _estimate(AT_078, comm_ms=comm, per_token_ms=2 * per_token)
     assert str(why(slower)).startswith("user 0 draft_ms drifted")
 
