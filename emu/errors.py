@@ -14,6 +14,7 @@ __all__ = [
     "PeerGone",
     "RemoteProtocolError",
     "ShapingError",
+    "check_in",
 ]
 
 
@@ -50,3 +51,9 @@ class PeerGone(DraftnetError):
 
 class ShapingError(DraftnetError):
     """A link could not be shaped as configured."""
+
+
+def check_in(where: str, value: float, lo: float, hi: float, rule: str) -> None:
+    """ConfigError naming the field ``where``, the value and the rule, unless lo <= value <= hi."""
+    if not lo <= value <= hi:
+        raise ConfigError(f"{where} must be {rule}, got {value!r}")

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 from channel_models.config import RadioConfig
-from emu.errors import ConfigError
+from emu.errors import ConfigError, check_in
 from emu.planner.model import Edge, LatencyModel, ModelArch, Problem, User
 from emu.planner.policies import get_policy
 from nodes.core.guard import Limits
@@ -80,11 +80,6 @@ class PlannerConfig:
         get_policy(self.policy, where="planner.policy")
 
 
-def _in(where: str, value: float, lo: float, hi: float, rule: str) -> None:
-    if not lo <= value <= hi:
-        raise ConfigError(f"{where} must be {rule}, got {value!r}")
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NetworkConfig:
     """Every user's link in the simulation, both ways. ``model = "fixed"``: one-way delay
@@ -100,10 +95,10 @@ class NetworkConfig:
     def __post_init__(self) -> None:
         if self.model not in ("fixed", "radio"):
             raise ConfigError(f"network.model must be fixed or radio, got {self.model!r}")
-        _in("network.rate_bps", self.rate_bps, 0, math.inf, ">= 0 (0: unlimited)")
-        _in("network.jitter_ms", self.jitter_ms, 0, 1e5, "in [0, 1e5]")
-        _in("network.loss", self.loss, 0, 0.5, "in [0, 0.5]")
-        _in("network.rto_ms", self.rto_ms, 1, 1e5, "in [1, 1e5]")
+        check_in("network.rate_bps", self.rate_bps, 0, math.inf, ">= 0 (0: unlimited)")
+        check_in("network.jitter_ms", self.jitter_ms, 0, 1e5, "in [0, 1e5]")
+        check_in("network.loss", self.loss, 0, 0.5, "in [0, 0.5]")
+        check_in("network.rto_ms", self.rto_ms, 1, 1e5, "in [1, 1e5]")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,9 +109,9 @@ class SimConfig:
     warm_start: bool = True
 
     def __post_init__(self) -> None:
-        _in("sim.duration_s", self.duration_s, 0.001, 1e6, "in (0, 1e6]")
-        _in("sim.seed", self.seed, 0, 2**63 - 1, "an integer >= 0")
-        _in("sim.max_new_tokens", self.max_new_tokens, 0, 2**31 - 1, ">= 0 (0: no limit)")
+        check_in("sim.duration_s", self.duration_s, 0.001, 1e6, "in (0, 1e6]")
+        check_in("sim.seed", self.seed, 0, 2**63 - 1, "an integer >= 0")
+        check_in("sim.max_new_tokens", self.max_new_tokens, 0, 2**31 - 1, ">= 0 (0: no limit)")
 
 
 SHAPING = ("auto", "tc", "userspace")
@@ -142,7 +137,7 @@ class EmuConfig:
             if value not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.time_scale != 0.0:
-            _in(
+            check_in(
                 "emu.time_scale", self.time_scale, 1.0, MAX_TIME_SCALE,
                 f"0 (auto) or in [1, {MAX_TIME_SCALE:g}]",
             )  # fmt: skip
@@ -185,10 +180,10 @@ class ModelsConfig:
             raise ConfigError(
                 f"models.dtype must be '', float32, bfloat16 or float16, got {self.dtype!r}"
             )
-        _in("models.temperature", self.temperature, 0, 10, "in [0, 10]")
-        _in("models.top_k", self.top_k, 1, 1000, "in [1, 1000]")
-        _in("models.draft_threads", self.draft_threads, 1, 256, "in [1, 256]")
-        _in("models.verify_threads", self.verify_threads, 0, 256, "in [0, 256] (0: auto)")
+        check_in("models.temperature", self.temperature, 0, 10, "in [0, 10]")
+        check_in("models.top_k", self.top_k, 1, 1000, "in [1, 1000]")
+        check_in("models.draft_threads", self.draft_threads, 1, 256, "in [1, 256]")
+        check_in("models.verify_threads", self.verify_threads, 0, 256, "in [0, 256] (0: auto)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from emu.errors import ConfigError, RemoteProtocolError
+from emu.errors import ConfigError, RemoteProtocolError, check_in
 from nodes.protocol import ErrorCode
 
 __all__ = ["DEVICE_RANGES", "Limits", "RateLimit", "check_device"]
@@ -44,24 +44,26 @@ class Limits:
     reconnect_give_up_s: float = 30.0  # a user without a working link this long stops
 
     def __post_init__(self) -> None:
-        _in("limits.handshake_timeout_s", self.handshake_timeout_s, 0.01, 3600, "in [0.01, 3600]")
-        _in("limits.idle_timeout_s", self.idle_timeout_s, 0, 3600, "in [0, 3600] (0: never)")
-        _in("limits.heartbeat_ms", self.heartbeat_ms, 0, 3.6e6, "in [0, 3.6e6] (0: never)")
+        check_in(
+            "limits.handshake_timeout_s", self.handshake_timeout_s, 0.01, 3600, "in [0.01, 3600]"
+        )
+        check_in("limits.idle_timeout_s", self.idle_timeout_s, 0, 3600, "in [0, 3600] (0: never)")
+        check_in("limits.heartbeat_ms", self.heartbeat_ms, 0, 3.6e6, "in [0, 3.6e6] (0: never)")
         if self.idle_timeout_s and not 0 < self.heartbeat_ms < 1e3 * self.idle_timeout_s / 2:
             raise ConfigError(
                 "limits.heartbeat_ms must be > 0 and under half of limits.idle_timeout_s "
                 f"({500 * self.idle_timeout_s:g} ms) while the idle timeout is on, "
                 f"got {self.heartbeat_ms!r}"
             )
-        _in("limits.max_frame_bytes", self.max_frame_bytes, 1024, 1 << 24, "in [1024, 2^24]")
-        _in(
+        check_in("limits.max_frame_bytes", self.max_frame_bytes, 1024, 1 << 24, "in [1024, 2^24]")
+        check_in(
             "limits.max_session_frame_bytes", self.max_session_frame_bytes,
             self.max_frame_bytes, 1 << 26, "in [limits.max_frame_bytes, 2^26]",
         )  # fmt: skip
-        _in("limits.max_connections", self.max_connections, 0, 1e6, "in [0, 1e6] (0: auto)")
-        _in("limits.messages_per_s", self.messages_per_s, 0, 1e7, ">= 0 (0: unlimited)")
-        _in("limits.max_known_ids", self.max_known_ids, 0, 1e7, "in [0, 1e7]")
-        _in("limits.reconnect_give_up_s", self.reconnect_give_up_s, 0, 1e6, "in [0, 1e6]")
+        check_in("limits.max_connections", self.max_connections, 0, 1e6, "in [0, 1e6] (0: auto)")
+        check_in("limits.messages_per_s", self.messages_per_s, 0, 1e7, ">= 0 (0: unlimited)")
+        check_in("limits.max_known_ids", self.max_known_ids, 0, 1e7, "in [0, 1e7]")
+        check_in("limits.reconnect_give_up_s", self.reconnect_give_up_s, 0, 1e6, "in [0, 1e6]")
         beats_per_s = 1e3 / self.heartbeat_ms if self.heartbeat_ms else 0.0
         if self.messages_per_s and 4 * beats_per_s > self.messages_per_s:
             raise ConfigError(
@@ -73,11 +75,6 @@ class Limits:
     def connections(self, users: int) -> int:
         """The connections the edge keeps open at once for ``users`` users."""
         return self.max_connections or 2 * users + 16
-
-
-def _in(where: str, value: float, lo: float, hi: float, rule: str) -> None:
-    if not lo <= value <= hi:
-        raise ConfigError(f"{where} must be {rule}, got {value!r}")
 
 
 def check_device(device: Mapping[str, float]) -> dict[str, float]:

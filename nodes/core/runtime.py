@@ -8,16 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from emu.errors import ConfigError
+from emu.errors import check_in
 from nodes.core.replan import ReplanRule
 from nodes.core.schedule import StagedPipeline
 
 __all__ = ["RuntimeConfig"]
-
-
-def _in(where: str, value: float, lo: float, hi: float, rule: str) -> None:
-    if not lo <= value <= hi:
-        raise ConfigError(f"{where} must be {rule}, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,12 +27,12 @@ class RuntimeConfig:
     comm_quantile: float = 0.0  # 0: plan with the mean link time
 
     def __post_init__(self) -> None:
-        _in("runtime.deadline_tolerance", self.deadline_tolerance, 0, 100, "in [0, 100]")
-        _in("runtime.grace_ms", self.grace_ms, 0, 1e5, "in [0, 1e5]")
-        _in("runtime.replan_every", self.replan_every, 0, 1e9, ">= 0 (0: never)")
-        _in("runtime.drift", self.drift, 0.01, 10, "in [0.01, 10]")
-        _in("runtime.min_rounds", self.min_rounds, 1, 1e6, ">= 1")
-        _in("runtime.comm_quantile", self.comm_quantile, 0, 0.999, "in [0, 0.999] (0: mean)")
+        check_in("runtime.deadline_tolerance", self.deadline_tolerance, 0, 100, "in [0, 100]")
+        check_in("runtime.grace_ms", self.grace_ms, 0, 1e5, "in [0, 1e5]")
+        check_in("runtime.replan_every", self.replan_every, 0, 1e9, ">= 0 (0: never)")
+        check_in("runtime.drift", self.drift, 0.01, 10, "in [0.01, 10]")
+        check_in("runtime.min_rounds", self.min_rounds, 1, 1e6, ">= 1")
+        check_in("runtime.comm_quantile", self.comm_quantile, 0, 0.999, "in [0, 0.999] (0: mean)")
 
     @property
     def pipeline(self) -> StagedPipeline:
