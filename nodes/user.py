@@ -47,13 +47,13 @@ from nodes.protocol import (
 )
 from nodes.stream import Sink, receive_event
 
-__all__ = ["Dial", "EdgeRefused", "Sink", "UserNode", "UserStats"]
+__all__ = ["FINAL_REFUSALS", "Dial", "EdgeRefused", "Sink", "UserNode", "UserStats"]
 
 Dial = Callable[[], Awaitable[trio.abc.Stream]]
 BACKOFF_S = (0.1, 1.0)  # the first redial's wait, and the longest
 SILENT_BEATS = 8  # heartbeats an edge may miss before its link is taken for broken
 # Refusals that redialling cannot change: who the user is, or what it sends.
-_FINAL = (ErrorCode.AUTH, ErrorCode.VERSION, ErrorCode.MALFORMED, ErrorCode.TOO_LARGE)
+FINAL_REFUSALS = (ErrorCode.AUTH, ErrorCode.VERSION, ErrorCode.MALFORMED, ErrorCode.TOO_LARGE)
 
 
 @dataclass(slots=True)
@@ -125,8 +125,13 @@ class UserNode:
         stream = first
         while True:
             if stream is None:
-                with contextlib.suppress(OSError), trio.move_on_after(max(give_up_s, 1.0)):
-                    stream = await dial()
+                try:
+                    with trio.move_on_after(max(give_up_s, 1.0)):
+                        stream = await dial()
+                except EdgeRefused:
+                    raise
+                except (OSError, PeerGone):  # no way through yet (a router that broke off too)
+                    pass
             if stream is not None:
                 committed = self.stats.committed_tokens
                 try:
@@ -271,7 +276,7 @@ class UserNode:
                 raise PeerGone("the edge closed the connection")
             if isinstance(ev, Error):
                 said = f"the edge closed the session: error {ev.error}: {ev.message}"
-                if ev.error in _FINAL:
+                if ev.error in FINAL_REFUSALS:
                     raise EdgeRefused(said)
                 raise PeerGone(said)
             if isinstance(ev, Welcome | Verdict):

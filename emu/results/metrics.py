@@ -8,7 +8,9 @@ per-position acceptance (position j: the share of drafts reaching j whose token 
 
 The verifier's side, from its ``batch`` and ``prefill`` records, over the same steady window:
 ``edge_utilisation`` is the share of the window the verifier spent in verify and prefill steps
-(on the node's clock, so a step that overran its profile counts for what it took);
+(on the node's clock, so a step that overran its profile counts for what it took), the mean
+over the verifiers where there are several; ``replans`` counts every verifier's plans after
+its first;
 ``pipeline_bubbles`` counts the batches that waited for a draft before they closed (a slot whose
 members were all late, so that nothing was verified, included), and ``bubble_s`` is how long
 they waited in all. The simulation and the emulation compute them alike.
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -82,6 +84,10 @@ class Recorder:
             self._file.close()
             self._file = None
 
+    def for_node(self, name: str) -> Callable[[Mapping[str, Any]], None]:
+        """A sink for server node ``name``'s records: each carries ``"node": name``."""
+        return lambda rec: self({**rec, "node": name})
+
     def __call__(self, rec: Mapping[str, Any]) -> None:
         if self._file is not None:
             self._file.write(json.dumps({"policy": self.policy, **rec}, default=float) + "\n")
@@ -119,8 +125,11 @@ class Recorder:
         elif kind == "leave" and "silent" in str(rec.get("why", "")):
             t.faults["dropped_silent"] = t.faults.get("dropped_silent", 0) + 1
 
-    def summary(self, policy: str, *, t_end: float, users: int) -> dict[str, Any]:
-        """The result of one policy's run (see the module docstring for the definitions)."""
+    def summary(
+        self, policy: str, *, t_end: float, users: int, verifiers: int = 1
+    ) -> dict[str, Any]:
+        """The result of one policy's run (see the module docstring for the definitions);
+        ``verifiers``: how many verify, each planning and stepping on its own."""
         t = self._tally[policy]
         # Steady state starts when every user that ever started has its first token: a user
         # whose link never carried its prompt must not zero everyone else's throughput.
@@ -160,10 +169,10 @@ class Recorder:
             "tpot_ms": percentiles(tpot),
             "batches": t.batches,
             "late_drafts": t.late,
-            "edge_utilisation": min(1.0, busy_ms / 1e3 / window),
+            "edge_utilisation": min(1.0, busy_ms / 1e3 / window / verifiers),
             "pipeline_bubbles": len(waits),
             "bubble_s": sum(waits) / 1e3,
-            "replans": max(0, len(t.plans) - 1),
+            "replans": max(0, len(t.plans) - len({p.get("node") for p in t.plans})),
             "steady_window_s": [t_start, t_end],
             "users_started": min(len(t.first_token), users),
             "faults": dict(sorted(t.faults.items())),

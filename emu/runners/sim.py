@@ -13,7 +13,7 @@ import functools
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -24,6 +24,7 @@ import trio.testing
 
 from channel_models.cell import RadioTrace, generate
 from channel_models.link import LinkState
+from emu.deploy.deployment import Deployment, assemble
 from emu.deploy.runtime import (
     edge_settings,
     memo_planner,
@@ -35,7 +36,7 @@ from emu.deploy.runtime import (
 from emu.errors import DraftnetError
 from emu.files import write_atomic
 from emu.models.timing import synthetic_prompts
-from emu.planner import Plan, evaluate
+from emu.planner import Plan
 from emu.planner.model import Problem, User
 from emu.planner.policies import get_policy
 from emu.results.metrics import Recorder
@@ -45,6 +46,8 @@ from emu.scenario.streams import Streams
 from nodes.backends import DraftBackend, SyntheticDrafter, VerifyBackend
 from nodes.edge import EdgeNode
 from nodes.pacing import Pacer
+from nodes.protocol import Redirect
+from nodes.router import RouterNode, via_router
 from nodes.user import Dial, UserNode
 
 if TYPE_CHECKING:
@@ -89,8 +92,7 @@ class _Synthetic:
 
 
 async def _run_policy(
-    sc: Scenario,
-    problem: Problem,
+    dep: Deployment,
     planner: Callable[[Problem, Plan | None], Plan],
     rec: Recorder,
     tick: Callable[[float], None] | None,
@@ -99,21 +101,37 @@ async def _run_policy(
     session_tokens: int,
     radio: RadioTrace | None = None,
 ) -> tuple[float, dict[str, Any]]:
+    sc, problem = dep.scenario, dep.problem
     streams = Streams(sc.sim.seed)
-    edge = EdgeNode(
-        edge=problem.edge,
-        verifier=backends.verifier(problem, streams),
-        planner=planner,
-        priors=dict(enumerate(problem.users)),
-        settings=edge_settings(sc, problem.size),
-        sink=rec,
-        pacer=Pacer("virtual"),
-    )
+    verifier = backends.verifier(problem, streams)  # keyed by user: the verifiers share it
+    servers: dict[str, Callable[[trio.abc.Stream], Awaitable[None]]] = {}
+    edges: list[EdgeNode] = []
+    for v, uids in dep.groups.items():
+        edge = EdgeNode(
+            edge=problem.edge,
+            verifier=verifier,
+            planner=planner,
+            priors={i: problem.users[i] for i in uids},
+            settings=edge_settings(sc, len(uids)),
+            sink=rec.for_node(v),
+            pacer=Pacer("virtual"),
+        )
+        edges.append(edge)
+        servers[v] = edge.serve_stream
+    if dep.router is not None:
+        router = RouterNode(
+            dep.router_core(),
+            {v: (v, 0) for v in dep.verifiers},  # in memory, a node's name is its address
+            sink=rec.for_node(dep.router),
+            limits=sc.limits,
+        )
+        servers[dep.router] = router.serve_stream
     net = sc.network
     duration = sc.sim.duration_s
     t0 = trio.current_time()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(edge.run)
+        for edge in edges:
+            nursery.start_soon(edge.run)
         for i, u in enumerate(problem.users):
             if radio is None:
                 steady = _constant(
@@ -135,7 +153,13 @@ async def _run_policy(
                 max_new_tokens=session_tokens,
                 silence_s=sc.limits.idle_timeout_s,
             )
-            dial = _dialler(nursery, edge, up=up, down=down, rng=streams.link(i), rto_ms=net.rto_ms)
+            to = _dialler(
+                nursery, servers, up=up, down=down, rng=streams.link(i), rto_ms=net.rto_ms
+            )
+            if dep.router is not None:
+                dial = via_router(i, to(dep.router), functools.partial(_dial_named, to))
+            else:
+                dial = to(dep.entry)
             nursery.start_soon(
                 functools.partial(
                     _serve_user,
@@ -156,10 +180,9 @@ async def _run_policy(
             await trio.sleep(duration)
         t_end = trio.current_time() - t0
         nursery.cancel_scope.cancel()
-    s = edge.stats
     return t_end, {
-        "cycles": s.cycles,
-        "protocol_errors": s.protocol_errors,
+        "cycles": sum(e.stats.cycles for e in edges),
+        "protocol_errors": sum(e.stats.protocol_errors for e in edges),
     }
 
 
@@ -176,24 +199,32 @@ async def _serve_user(
         )
 
 
+async def _dial_named(to: Callable[[str], Dial], redirect: Redirect) -> trio.abc.Stream:
+    return await to(redirect.node)()
+
+
 def _dialler(
     nursery: trio.Nursery,
-    edge: EdgeNode,
+    servers: Mapping[str, Callable[[trio.abc.Stream], Awaitable[None]]],
     *,
     up: Callable[[float], LinkState],
     down: Callable[[float], LinkState],
     rng: np.random.Generator,
     rto_ms: float,
-) -> Dial:
-    """A user's way to the edge: each call a new link over the same channel, the edge serving
-    its end (a user that lost its link redials through this, as over TCP in emulation)."""
+) -> Callable[[str], Dial]:
+    """A user's way to each server node: each call of ``to(name)()`` a new link over the
+    user's channel, the node serving its end (a user that lost its link redials through
+    this, as over TCP in emulation)."""
 
-    async def dial() -> trio.abc.Stream:
-        user_end, edge_end = link_pair(up, down, rng, rto_ms=rto_ms)
-        nursery.start_soon(edge.serve_stream, edge_end)
-        return user_end
+    def to(name: str) -> Dial:
+        async def dial() -> trio.abc.Stream:
+            user_end, server_end = link_pair(up, down, rng, rto_ms=rto_ms)
+            nursery.start_soon(servers[name], server_end)
+            return user_end
 
-    return dial
+        return dial
+
+    return to
 
 
 def simulate(
@@ -206,7 +237,8 @@ def simulate(
     """Run each policy for ``sc.sim.duration_s`` virtual seconds; the ``sim --json`` object."""
     for p in policies:
         get_policy(p, where="--policy")
-    problem = sc.problem()
+    dep = assemble(sc)
+    problem = dep.problem
     t_wall = time.perf_counter()
     backends: _Backends = _Synthetic(warm_start=sc.sim.warm_start)
     session_tokens = sc.sim.max_new_tokens
@@ -220,6 +252,7 @@ def simulate(
         # One radio trace for every policy: each meets the same links.
         radio = generate(sc.radio, problem.size, sc.sim.duration_s, Streams(sc.sim.seed).radio())
         problem = with_comm(problem, radio_comm_ms(sc, radio.up, radio.down))
+    dep = dep.with_problem(problem)
     rec = Recorder(out_dir / "events.jsonl" if out_dir else None)
     if out_dir is not None:
         (out_dir / "scenario.toml").write_text(scenario_toml(sc))
@@ -228,13 +261,12 @@ def simulate(
         for policy in policies:
             rec.policy = policy
             planner = memo_planner(policy)
-            predicted = evaluate(problem, planner(problem, None)).throughput_tok_s
+            predicted = dep.predicted_tok_s(planner)
             t_policy = time.perf_counter()
             t_end, edge = trio.run(
                 functools.partial(
                     _run_policy,
-                    sc,
-                    problem,
+                    dep,
                     planner,
                     rec,
                     None if progress is None else functools.partial(progress, policy),
@@ -244,7 +276,7 @@ def simulate(
                 ),
                 clock=trio.testing.MockClock(autojump_threshold=0),
             )
-            res = rec.summary(policy, t_end=t_end, users=problem.size)
+            res = rec.summary(policy, t_end=t_end, users=problem.size, verifiers=len(dep.verifiers))
             res = {
                 "throughput_tok_s": res.pop("throughput_tok_s"),
                 "predicted_tok_s": predicted,

@@ -16,6 +16,7 @@ from channel_models.config import RadioConfig
 from emu.errors import ConfigError, check_in
 from emu.planner.model import Edge, LatencyModel, ModelArch, Problem, User
 from emu.planner.policies import get_policy
+from emu.scenario.deployment import DeploymentConfig
 from nodes.core.guard import Limits
 from nodes.core.runtime import RuntimeConfig
 from nodes.protocol.events import MAX_TOP_K
@@ -191,6 +192,7 @@ class Scenario:
     name: str = "default"
     preset: str = ""
     profiles: tuple[str, ...] = ()
+    deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     users: UsersConfig = field(default_factory=UsersConfig)

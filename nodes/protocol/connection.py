@@ -38,6 +38,7 @@ from nodes.protocol.events import (
     Heartbeat,
     Hello,
     PlanUpdate,
+    Redirect,
     SessionStart,
     Stats,
     Verdict,
@@ -76,7 +77,7 @@ class Role(enum.Enum):
 
 class State(enum.Enum):
     START = "start"  # nothing yet; the user says Hello
-    GREETED = "greeted"  # Hello seen; the edge answers Welcome
+    GREETED = "greeted"  # Hello seen; the edge answers Welcome (a router: Redirect)
     READY = "ready"  # between sessions; the user may start one
     PREFILL = "prefill"  # SessionStart seen; the edge answers with Verdict round 0
     DRAFTING = "drafting"  # the user is drafting (or, at length 0, the edge decodes alone)
@@ -89,6 +90,7 @@ _U, _E = Role.USER, Role.EDGE
 _TRANSITIONS: dict[tuple[Role, State, type[Event]], State] = {
     (_U, State.START, Hello): State.GREETED,
     (_E, State.GREETED, Welcome): State.READY,
+    (_E, State.GREETED, Redirect): State.CLOSED,  # a router's answer: ask that verifier
     (_U, State.READY, SessionStart): State.PREFILL,
     (_E, State.PREFILL, Verdict): State.DRAFTING,
     (_U, State.DRAFTING, Draft): State.VERIFYING,

@@ -29,6 +29,7 @@ __all__ = [
     "Heartbeat",
     "Hello",
     "PlanUpdate",
+    "Redirect",
     "SessionStart",
     "Stats",
     "Verdict",
@@ -36,7 +37,7 @@ __all__ = [
     "from_wire",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: Redirect (a router between users and verifiers)
 MAX_DRAFT_TOKENS = 256
 MAX_PROMPT_TOKENS = 32768
 MAX_TOKEN_ID = 2**31 - 1
@@ -282,6 +283,24 @@ class Error(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Redirect(Event):
+    """Router to user, answering its Hello: dial verifier ``node`` at ``host``:``port`` and
+    say Hello there. The router closes the connection after it (``nodes.router``)."""
+
+    code: ClassVar[int] = 11
+    node: str
+    host: str
+    port: int
+
+    def validate(self) -> None:
+        for name, v in (("node", self.node), ("host", self.host)):
+            _text(name, v)
+            if not v:
+                _fail(name, v, "a non-empty string")
+        _int("port", self.port, 0, 65535)  # 0: an in-memory transport, addressed by name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Closed(Event):
     """Not a message: the peer closed its side of the stream cleanly."""
 
@@ -299,6 +318,7 @@ EVENT_TYPES: dict[int, type[Event]] = {
         Stats,
         Bye,
         Error,
+        Redirect,
     )
 }
 _FIELDS = {code: tuple(f.name for f in fields(cls)) for code, cls in EVENT_TYPES.items()}

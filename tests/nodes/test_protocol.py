@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from emu.errors import LocalProtocolError, RemoteProtocolError
 from nodes.protocol import (
     NEED_DATA,
+    PROTOCOL_VERSION,
     Bye,
     Closed,
     Connection,
@@ -22,6 +23,7 @@ from nodes.protocol import (
     Heartbeat,
     Hello,
     PlanUpdate,
+    Redirect,
     Role,
     SessionStart,
     State,
@@ -42,8 +44,8 @@ def _pump(a: Connection, b: Connection, ev: Event) -> Event:
 def _session() -> tuple[Connection, Connection]:
     """A user and an edge connection, handshake done and one session at round 0."""
     u, e = Connection(Role.USER), Connection(Role.EDGE, max_draft_len=8)
-    _pump(u, e, Hello(version=1, user_id=3, device={"draft_ms_per_token": 30.0}))
-    _pump(e, u, Welcome(version=1, max_draft_len=8, heartbeat_ms=0.0))
+    _pump(u, e, Hello(version=PROTOCOL_VERSION, user_id=3, device={"draft_ms_per_token": 30.0}))
+    _pump(e, u, Welcome(version=PROTOCOL_VERSION, max_draft_len=8, heartbeat_ms=0.0))
     _pump(u, e, SessionStart(session=0, prompt=(5, 6, 7), max_new_tokens=0))
     _pump(e, u, Verdict(round=0, accepted=0, token=9, next_draft_len=3, slot=0))
     return u, e
@@ -71,7 +73,7 @@ def test_a_session_advances_both_sides_in_step() -> None:
         (Draft(round=1, base_len=5, tokens=(1,)), "base_len 5, expected 4"),
         (Draft(round=1, base_len=4, tokens=tuple(range(9))), "over max_draft_len 8"),
         (SessionStart(session=1, prompt=(1,), max_new_tokens=0), "state drafting"),
-        (Hello(version=1, user_id=3), "state drafting"),
+        (Hello(version=PROTOCOL_VERSION, user_id=3), "state drafting"),
     ],
 )
 def test_out_of_order_user_messages_are_remote_errors_at_the_edge(event: Event, why: str) -> None:
@@ -98,11 +100,45 @@ def test_verdict_must_answer_the_outstanding_draft() -> None:
 
 def test_wrong_version_is_refused_with_its_code() -> None:
     e = Connection(Role.EDGE)
-    body = msgpack.packb(Hello(version=2, user_id=1).to_wire())
+    body = msgpack.packb(Hello(version=PROTOCOL_VERSION + 1, user_id=1).to_wire())
     e.receive_data(struct.pack(">I", len(body)) + body)
     with pytest.raises(RemoteProtocolError) as info:
         e.next_event()
     assert info.value.code == ErrorCode.VERSION
+
+
+def test_a_router_answers_hello_with_a_redirect_and_the_connection_ends() -> None:
+    u, r = Connection(Role.USER), Connection(Role.EDGE)
+    _pump(u, r, Hello(version=PROTOCOL_VERSION, user_id=4))
+    _pump(r, u, Redirect(node="edge1", host="10.0.1.2", port=7000))
+    assert u.state is State.CLOSED and r.state is State.CLOSED
+    with pytest.raises(LocalProtocolError, match="closed"):
+        u.send(SessionStart(session=0, prompt=(1,), max_new_tokens=0))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"node": "", "host": "h", "port": 1}, "node"),
+        ({"node": "n", "host": "", "port": 1}, "host"),
+        ({"node": "n", "host": "h", "port": 70000}, "port"),
+    ],
+)
+def test_a_redirect_names_a_node_and_an_address(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        Redirect(**kwargs)  # type: ignore[arg-type]
+
+
+def test_only_the_edge_side_redirects_and_only_after_hello() -> None:
+    _u, e = _session()
+    with pytest.raises(LocalProtocolError):
+        e.send(Redirect(node="edge1", host="h", port=1))  # mid-session
+    fresh = Connection(Role.EDGE)
+    with pytest.raises(LocalProtocolError):
+        fresh.send(Redirect(node="edge1", host="h", port=1))  # before any Hello
+    user = Connection(Role.USER)
+    with pytest.raises(LocalProtocolError):
+        user.send(Redirect(node="edge1", host="h", port=1))
 
 
 def test_oversized_frame_is_refused_before_it_is_buffered() -> None:
@@ -132,7 +168,7 @@ def test_malformed_messages_name_their_fault(body: bytes, code: ErrorCode) -> No
     assert info.value.code == code
     # After a remote error only an Error (then close) may be sent.
     with pytest.raises(LocalProtocolError):
-        e.send(Welcome(version=1, max_draft_len=1, heartbeat_ms=0.0))
+        e.send(Welcome(version=PROTOCOL_VERSION, max_draft_len=1, heartbeat_ms=0.0))
     assert e.send(Error(error=int(code), message="bye"))
 
 
@@ -149,7 +185,7 @@ def test_end_of_stream_is_closed_or_an_error_inside_a_frame() -> None:
 
 def test_bytes_split_anywhere_decode_the_same() -> None:
     u, e = Connection(Role.USER), Connection(Role.EDGE)
-    data = u.send(Hello(version=1, user_id=1)) + u.send(Heartbeat(sent_ms=5.0))
+    data = u.send(Hello(version=PROTOCOL_VERSION, user_id=1)) + u.send(Heartbeat(sent_ms=5.0))
     for b in data:
         e.receive_data(bytes([b]))
     assert isinstance(e.next_event(), Hello)
@@ -210,7 +246,7 @@ def test_fuzz_valid_looking_messages_yield_events_or_protocol_errors(
 ) -> None:
     conn = Connection(role)
     if handshake and role is Role.EDGE:
-        conn.receive_data(Connection(Role.USER).send(Hello(version=1, user_id=1)))
+        conn.receive_data(Connection(Role.USER).send(Hello(version=PROTOCOL_VERSION, user_id=1)))
         assert isinstance(conn.next_event(), Hello)
     body = msgpack.packb([code, *fields], use_bin_type=True)
     conn.receive_data(struct.pack(">I", len(body)) + body)

@@ -1,0 +1,138 @@
+"""A scenario's deployment, assembled once: every node with its role and place, the node the
+users dial, the router's choice of verifier per user, and each verifier's planning instance.
+
+Layer: emu (orchestration; pure over the scenario). ``assemble(scenario)`` is the one place
+where roles, users and verifiers are put together; ``draftnet sim`` and ``draftnet run`` take
+the Deployment it returns and choose only the clock, the transport and where each node runs
+(see ../shared/ARCHITECTURE.md, "Deployments"). DiP-SD's single edge is the deployment with
+one verifier that every user dials; with a router, users are split across verifiers by the
+router's own rule (``nodes.core.route``), so each verifier's users, plan and prediction are
+known before anything runs and the router node routes exactly so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from emu.planner import Plan, evaluate
+from emu.planner.model import Problem
+from emu.scenario import Scenario
+from nodes.core.route import RouterCore
+
+__all__ = ["Deployment", "Node", "assemble"]
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One node: a user (client and drafter on its device) or a server (verifier, router).
+    ``address``: where it listens ("" for a user, which only dials; a server's name until a
+    network places it)."""
+
+    name: str
+    role: str  # user | verifier | router
+    site: str
+    address: str
+    user: int | None = None  # a user node's index in the scenario's users
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    system: str
+    scenario: Scenario
+    problem: Problem  # every user's prior, as the verifiers' planners see them
+    nodes: tuple[Node, ...]
+    entry: str  # the node every user dials first
+    groups: Mapping[str, tuple[int, ...]]  # each verifier's users (scenario indices)
+    router: str | None = None
+    router_policy: str = "round-robin"
+
+    @property
+    def verifiers(self) -> tuple[str, ...]:
+        return tuple(self.groups)
+
+    @property
+    def users(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.role == "user")
+
+    @property
+    def servers(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.role != "user")
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(f"{name!r} is not a node of this deployment")
+
+    def serves(self, uid: int) -> str:
+        """The verifier that serves user ``uid``."""
+        return next(v for v, us in self.groups.items() if uid in us)
+
+    def served(self, verifier: str) -> Problem:
+        """The planning instance of ``verifier``: its users' priors, in index order."""
+        users = tuple(self.problem.users[i] for i in self.groups[verifier])
+        if len(users) == self.problem.size:
+            return self.problem
+        return dataclasses.replace(self.problem, users=users)
+
+    def router_core(self) -> RouterCore:
+        """The router's rule (the one that made ``groups``), for the router node."""
+        return RouterCore(self.verifiers, self.router_policy, self.scenario.sim.seed)
+
+    def with_problem(self, problem: Problem) -> Deployment:
+        """The same deployment with the users' priors replaced (radio links' or real models'
+        priors, which the runners measure before they plan)."""
+        if problem.size != self.problem.size:
+            raise ValueError(f"{problem.size} users for a deployment of {self.problem.size}")
+        return dataclasses.replace(self, problem=problem)
+
+    def placed(self, addresses: Mapping[str, str]) -> Deployment:
+        """The deployment with each named server's address set (from a network's topology)."""
+        nodes = tuple(
+            dataclasses.replace(n, address=addresses[n.name]) if n.name in addresses else n
+            for n in self.nodes
+        )
+        return dataclasses.replace(self, nodes=nodes)
+
+    def predicted_tok_s(self, planner: Callable[[Problem, Plan | None], Plan]) -> float:
+        """The throughput the verifiers' first plans predict, all together."""
+        total = 0.0
+        for v, users in self.groups.items():
+            if users:
+                problem = self.served(v)
+                total += evaluate(problem, planner(problem, None)).throughput_tok_s
+        return total
+
+
+def assemble(sc: Scenario) -> Deployment:
+    """The deployment ``sc`` describes (its rules were checked when it was loaded)."""
+    d = sc.deployment
+    problem = sc.problem()
+    users = tuple(
+        Node(name=f"u{i}", role="user", site="device", address="", user=i)
+        for i in range(problem.size)
+    )
+    servers = tuple(
+        Node(name=n.name, role=n.role, site=n.site, address=n.address or n.name) for n in d.nodes
+    )
+    entry = d.entry
+    router = next((n for n in d.nodes if n.role == "router"), None)
+    if router is not None and entry == router.name:
+        core = RouterCore(d.routed, router.policy, sc.sim.seed)
+        groups = core.groups(range(problem.size))
+        policy = router.policy
+    else:
+        groups = {v: (tuple(range(problem.size)) if v == entry else ()) for v in d.verifiers}
+        policy = "round-robin"
+    return Deployment(
+        system=d.system,
+        scenario=sc,
+        problem=problem,
+        nodes=(*users, *servers),
+        entry=entry,
+        groups=groups,
+        router=router.name if router is not None and entry == router.name else None,
+        router_policy=policy,
+    )

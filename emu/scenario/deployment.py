@@ -1,0 +1,164 @@
+"""The scenario's ``[deployment]``: the system, its server nodes with their roles, and the node
+the users dial; the rules that make roles work together.
+
+Layer: emu (orchestration; typed configuration, no I/O). The users' nodes (each a client and a
+drafter on its device, as in DiP-SD) come from ``[users]``; the nodes listed here are the
+servers: verifiers and at most one router. ``emu.deploy.deployment.assemble`` turns a scenario
+into the typed ``Deployment`` every runner takes. Each rule's violation is one ConfigError
+naming the field, the value and the rule, before anything starts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from emu.errors import ConfigError, check_in
+from nodes.core.route import ROUTER_POLICIES
+
+__all__ = ["ROLES", "SITES", "SYSTEMS", "DeploymentConfig", "NodeConfig"]
+
+SYSTEMS = ("dipsd",)  # hetnet and dsd: issues 17 and 18
+ROLES = ("verifier", "router")
+SITES = ("device", "small-cell", "macro-cell", "edge", "cloud")
+# A node is a Mininet host, and its link at the access point the interface "ap-<name>" (at most
+# 15 characters); "ap" is the access point and u<N> the users' hosts.
+_NAME = re.compile(r"[a-z][a-z0-9]{0,9}")
+_RESERVED = re.compile(r"ap|u[0-9]+")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """One server node. ``address``: where it listens in a lab ("" in the emulation, where
+    the topology gives every node its address, and in the simulation, where a node's name is
+    its address)."""
+
+    name: str
+    role: str
+    site: str = "edge"
+    address: str = ""
+    policy: str = "round-robin"  # a router's: how it picks each user's verifier
+    verifiers: tuple[str, ...] = ()  # a router's: the verifiers it routes to; (): every one
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeploymentConfig:
+    system: str = "dipsd"
+    nodes: tuple[NodeConfig, ...] = (NodeConfig(name="edge", role="verifier"),)
+    attach: str = ""  # the node every user dials: "" = the router if any, else the verifier
+    port: int = 7000  # every server node's TCP port (emulation and lab)
+
+    def __post_init__(self) -> None:
+        if self.system not in SYSTEMS:
+            raise ConfigError(
+                f"deployment.system must be one of {', '.join(SYSTEMS)}, got {self.system!r}"
+            )
+        check_in("deployment.port", self.port, 1, 65535, "in [1, 65535]")
+        seen: dict[str, int] = {}
+        at: dict[str, int] = {}
+        for i, n in enumerate(self.nodes):
+            where = f"deployment.nodes[{i}]"
+            if not _NAME.fullmatch(n.name) or _RESERVED.fullmatch(n.name):
+                raise ConfigError(
+                    f"{where}.name must be a lowercase letter then up to 9 letters or digits, "
+                    f"and not ap or u<N> (the access point's and the users'), got {n.name!r}"
+                )
+            if n.name in seen:
+                raise ConfigError(
+                    f"{where}.name {n.name!r} is deployment.nodes[{seen[n.name]}]'s too: "
+                    "each node needs a name of its own"
+                )
+            seen[n.name] = i
+            if n.role not in ROLES:
+                raise ConfigError(f"{where}.role must be one of {', '.join(ROLES)}, got {n.role!r}")
+            if n.site not in SITES:
+                raise ConfigError(f"{where}.site must be one of {', '.join(SITES)}, got {n.site!r}")
+            if n.address:
+                if n.address in at:
+                    raise ConfigError(
+                        f"{where}.address {n.address!r} is deployment.nodes[{at[n.address]}]'s "
+                        "too: two nodes cannot listen on one address"
+                    )
+                at[n.address] = i
+            if n.role == "router":
+                if n.policy not in ROUTER_POLICIES:
+                    raise ConfigError(
+                        f"{where}.policy must be one of {', '.join(ROUTER_POLICIES)}, "
+                        f"got {n.policy!r}"
+                    )
+            elif n.verifiers:
+                raise ConfigError(
+                    f"{where}.verifiers is a router's field, and {n.name} is a {n.role}"
+                )
+        verifiers = [n.name for n in self.nodes if n.role == "verifier"]
+        routers = [n for n in self.nodes if n.role == "router"]
+        if not verifiers:
+            raise ConfigError(
+                "deployment.nodes must include a verifier: the users' drafts would reach none"
+            )
+        if len(routers) > 1:
+            names = ", ".join(r.name for r in routers)
+            raise ConfigError(
+                f"deployment.nodes has {len(routers)} routers ({names}); at most one is supported"
+            )
+        for router in routers:
+            i = seen[router.name]
+            for v in router.verifiers:
+                if v not in seen:
+                    raise ConfigError(
+                        f"deployment.nodes[{i}].verifiers names {v!r}, which is not a node of "
+                        f"the deployment (nodes: {', '.join(seen)})"
+                    )
+                if v not in verifiers:
+                    raise ConfigError(
+                        f"deployment.nodes[{i}].verifiers names {v!r}, which is a "
+                        f"{self.nodes[seen[v]].role}, not a verifier: a router routes to verifiers"
+                    )
+        if self.attach and self.attach not in seen:
+            raise ConfigError(
+                f"deployment.attach names {self.attach!r}, which is not a node of the deployment "
+                f"(nodes: {', '.join(seen)}): the users could reach no verifier"
+            )
+        entry = self.entry
+        reached = set(self.routed) if entry in self.routers else {entry}
+        for v in verifiers:
+            if v not in reached:
+                how = " and it does not route to it" if entry in self.routers else ""
+                raise ConfigError(
+                    f"deployment.nodes[{seen[v]}] ({v}): no user reaches this verifier (users "
+                    f"dial {entry}{how}); set deployment.attach to a router that routes to "
+                    "every verifier"
+                )
+
+    @property
+    def verifiers(self) -> tuple[str, ...]:
+        return tuple(n.name for n in self.nodes if n.role == "verifier")
+
+    @property
+    def routers(self) -> tuple[str, ...]:
+        return tuple(n.name for n in self.nodes if n.role == "router")
+
+    @property
+    def entry(self) -> str:
+        """The node every user dials first."""
+        if self.attach:
+            return self.attach
+        if self.routers:
+            return self.routers[0]
+        if len(self.verifiers) > 1:
+            raise ConfigError(
+                f"deployment.attach must name the node the users dial: there are "
+                f"{len(self.verifiers)} verifiers ({', '.join(self.verifiers)}) and no router"
+            )
+        return self.verifiers[0]
+
+    @property
+    def routed(self) -> tuple[str, ...]:
+        """The verifiers the router routes to (every verifier, unless it names some)."""
+        router = next((n for n in self.nodes if n.role == "router"), None)
+        if router is None:
+            return ()
+        return router.verifiers or self.verifiers
+
+    def node(self, name: str) -> NodeConfig:
+        return next(n for n in self.nodes if n.name == name)
