@@ -3,10 +3,11 @@
 
     sudo .venv/bin/python scripts/topo.py star --users 3 --delay-ms 20 --rate-bps 5e6 --loss 0.01
     sudo .venv/bin/python scripts/topo.py star --users 2 --cli      # Mininet's prompt
+    sudo .venv/bin/python scripts/topo.py star --users 4 --servers edge0,edge1,router --cli
 
 Each user's link is shaped both ways by the userspace shaper; without --cli, each user probes
-the edge (RTT, one-way delay, rate, loss) and a JSON line per user is printed. The network is
-torn down on every exit.
+the first server (RTT, one-way delay, rate, loss) and a JSON line per user is printed. The
+network is torn down on every exit.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def main() -> int:
     ap.add_argument("--jitter-ms", type=float, default=0.0)
     ap.add_argument("--rate-bps", type=float, default=0.0)
     ap.add_argument("--loss", type=float, default=0.0)
+    ap.add_argument(
+        "--servers",
+        default="edge",
+        help="the server hosts, comma-separated (a deployment's verifiers and router)",
+    )
     ap.add_argument("--cli", action="store_true", help="open Mininet's prompt instead of probing")
     args = ap.parse_args()
     state = {
@@ -46,7 +52,7 @@ def main() -> int:
     try:
         with (
             tempfile.TemporaryDirectory() as tmp,
-            star_network(args.users) as nw,
+            star_network(args.users, servers=args.servers.split(",")) as nw,
             userspace_shaping(nw, [LinkPair.both(spec)] * args.users, Path(tmp)),
         ):
             if args.cli:
@@ -55,7 +61,9 @@ def main() -> int:
             server = nw.edge.popen([sys.executable, "-m", "emu.shaping.probe", "serve", "9000"])
             time.sleep(0.5)
             for i in range(args.users):
-                out = nw.user(i).cmd(f"{sys.executable} -m emu.shaping.probe measure 10.0.0.2 9000")
+                out = nw.user(i).cmd(
+                    f"{sys.executable} -m emu.shaping.probe measure {nw.edge_ip} 9000"
+                )
                 print(json.dumps({"user": i, "configured": state, **json.loads(out)}))
             server.terminate()
     except DraftnetError as exc:

@@ -96,6 +96,15 @@ class Deployment:
         )
         return dataclasses.replace(self, nodes=nodes)
 
+    def describe(self) -> dict[str, object]:
+        """The run JSON's ``deployment``: the system, each verifier's users, the router."""
+        return {
+            "system": self.system,
+            "verifiers": {v: list(us) for v, us in self.groups.items()},
+            "router": self.router,
+            "router_policy": self.router_policy if self.router is not None else None,
+        }
+
     def predicted_tok_s(self, planner: Callable[[Problem, Plan | None], Plan]) -> float:
         """The throughput the verifiers' first plans predict, all together."""
         total = 0.0

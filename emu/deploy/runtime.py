@@ -8,7 +8,7 @@ Layer: emu (orchestration).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from channel_models.cell import LinkSeries
@@ -93,11 +93,24 @@ def with_comm(problem: Problem, comm_ms: Sequence[float]) -> Problem:
 
 
 def node_scenario(
-    sc: Scenario, *, policy: str, time_scale: float, comm_ms: Sequence[float] | None
+    sc: Scenario,
+    *,
+    policy: str,
+    time_scale: float,
+    comm_ms: Sequence[float] | None,
+    addresses: Mapping[str, str] | None = None,
 ) -> Scenario:
     """What a node process of the emulation is given: the scenario with the policy it runs,
-    the time scale the runner chose and (on radio links) each user's communication prior, as
-    ``[[users.each]]`` entries, so that its edge plans what the simulation plans."""
+    the time scale the runner chose, (on radio links) each user's communication prior, as
+    ``[[users.each]]`` entries, so that its edge plans what the simulation plans, and the
+    server nodes' ``addresses`` (by name) as the network placed them."""
+    deployment = sc.deployment
+    if addresses:
+        nodes = tuple(
+            dataclasses.replace(n, address=addresses.get(n.name, n.address))
+            for n in deployment.nodes
+        )
+        deployment = dataclasses.replace(deployment, nodes=nodes)
     users = sc.users
     if comm_ms is not None:
         each = [*users.each, *[UserOverride()] * max(0, len(comm_ms) - len(users.each))]
@@ -107,6 +120,7 @@ def node_scenario(
     return dataclasses.replace(
         sc,
         profiles=(),  # merged in already; a path relative to the user's file means nothing here
+        deployment=deployment,
         users=users,
         planner=dataclasses.replace(sc.planner, policy=policy),
         emu=dataclasses.replace(sc.emu, time_scale=time_scale),

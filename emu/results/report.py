@@ -58,11 +58,22 @@ def _f(x: float | None, fmt: str = ".1f") -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def _servers(out: dict[str, Any]) -> str:
+    """", on N verifiers behind ROUTER" where a deployment has several verifiers."""
+    d = out.get("deployment") or {}
+    n = len(d.get("verifiers", ()))
+    if n < 2:
+        return ""
+    behind = f" behind {d['router']} ({d['router_policy']})" if d.get("router") else ""
+    return f" on {n} verifiers{behind}"
+
+
 def print_sim(out: dict[str, Any], console: Console | None = None) -> None:
     """The sim summary: one row per policy, measured against predicted."""
     console = console or _stderr()
     console.print(
-        f"[bold]sim[/] of scenario [bold]{out['scenario']}[/]: {out['users']} users, "
+        f"[bold]sim[/] of scenario [bold]{out['scenario']}[/]: {out['users']} users"
+        f"{_servers(out)}, "
         f"{out['duration_s']:g} virtual s per policy, seed {out['seed']}, "
         f"{out['wall_s']:.1f} s wall"
     )
@@ -155,8 +166,8 @@ def print_run(out: dict[str, Any], console: Console | None = None) -> None:
     """The main job's summary: the policies, then every link's fidelity."""
     console = console or _stderr()
     console.print(
-        f"[bold]run[/] of scenario [bold]{out['scenario']}[/]: {out['users']} users on Mininet "
-        f"hosts, {out['models']} models, {out['timing']} timing, "
+        f"[bold]run[/] of scenario [bold]{out['scenario']}[/]: {out['users']} users"
+        f"{_servers(out)} on Mininet hosts, {out['models']} models, {out['timing']} timing, "
         f"{out['shaping']} shaping ({out.get('shaping_why', '')}), "
         f"{out['duration_s']:g} s per policy, {out['wall_s']:.0f} s wall"
         + f", time scale {out.get('time_scale', 1.0):g}"

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from emu.deploy.deployment import Deployment, assemble
 from emu.deploy.runtime import (
     memo_planner,
     model_setup,
@@ -52,7 +53,7 @@ from emu.deploy.runtime import (
 from emu.errors import ShapingError
 from emu.files import write_atomic
 from emu.models.build import GreedyReference, check_sessions, read_sessions
-from emu.planner import Problem, evaluate
+from emu.planner import Problem
 from emu.planner.policies import get_policy
 from emu.results.metrics import Recorder
 from emu.results.runreport import stopped_line, write_run_report
@@ -74,7 +75,6 @@ from topologies.registry import check as check_topology
 
 __all__ = ["STOP_SIGNALS", "Interrupted", "emulate"]
 
-PORT = 7000
 PROBE_PORT = 9000
 READY_TIMEOUT_S = 120.0  # a user loads its model before it connects
 Progress = Callable[[str, float], None]
@@ -280,11 +280,12 @@ def _fidelity(nw: Network, configured: list[dict[str, float]]) -> list[dict[str,
 class _Watch:
     """The node processes' faults while a policy runs: a node that exits is a death; one whose
     records stop growing for ``STALL_S`` modelled seconds while it lives is a stall (it is left
-    to run: the edge's deadlines already route around a user that goes quiet). Each is
+    to run: the edge's deadlines already route around a user that goes quiet). A router
+    records only when a user dials it, so it is ``quiet``: only its death counts. Each is
     recorded once, with the node's last output."""
 
-    def __init__(self, pdir: Path, scale: float) -> None:
-        self.pdir, self.scale = pdir, scale
+    def __init__(self, pdir: Path, scale: float, quiet: frozenset[str] = frozenset()) -> None:
+        self.pdir, self.scale, self.quiet = pdir, scale, quiet
         self.deaths: list[dict[str, Any]] = []
         self.stalls: list[dict[str, Any]] = []
         self._seen: dict[str, tuple[int, float]] = {}  # records' size, and since when
@@ -298,6 +299,8 @@ class _Watch:
                     self.deaths.append(
                         {"node": name, "exit": p.returncode, "t_s": t_s, "last_output": tail(log)}
                     )
+                continue
+            if name in self.quiet:
                 continue
             records = self.pdir / f"events-{name}.jsonl"
             size = records.stat().st_size if records.exists() else 0
@@ -318,7 +321,7 @@ class _Watch:
 
 
 def _run_policy(
-    sc: Scenario,
+    dep: Deployment,
     nw: Network,
     policy: str,
     specs: Specs,
@@ -330,13 +333,18 @@ def _run_policy(
     comm: tuple[float, ...] | None,
     progress: Progress | None,
 ) -> tuple[float, float]:
-    """Run one policy's nodes for the scenario's duration, or until its edge dies; when the
-    workload started and ended (monotonic). ``where`` follows the run as it goes."""
+    """Run one policy's nodes for the scenario's duration, or until a server node (a verifier
+    or the router) dies; when the workload started and ended (monotonic). ``where`` follows
+    the run as it goes."""
+    sc = dep.scenario
     pdir.mkdir(parents=True, exist_ok=True)
-    mine = node_scenario(sc, policy=policy, time_scale=scale, comm_ms=comm)
+    at = nw.addresses()
+    mine = node_scenario(sc, policy=policy, time_scale=scale, comm_ms=comm, addresses=at)
+    port = str(sc.deployment.port)
     (pdir / "scenario.toml").write_text(scenario_toml(mine))
     node = [sys.executable, "-m", "emu.runners.node", str(pdir / "scenario.toml")]
-    watch = where.watch = _Watch(pdir, scale)
+    routers = frozenset(s.name for s in dep.servers if s.role == "router")
+    watch = where.watch = _Watch(pdir, scale, quiet=routers)
     where.phase = "shaping the links"
     with shaper.running(nw, specs, pdir, seed=sc.sim.seed):
         procs: dict[str, Any] = {}
@@ -357,10 +365,13 @@ def _run_policy(
 
         try:
             where.phase = "starting the nodes"
-            edge = start("edge", nw.edge, "edge", "--port", str(PORT))
-            await_ready("node edge", edge, logs["edge"], READY_TIMEOUT_S)
+            for s in dep.servers:  # verifiers first: the router sends users on to them
+                role = "edge" if s.role == "verifier" else "router"
+                p = start(s.name, nw.server(s.name), role, "--name", s.name, "--port", port)
+                await_ready(f"node {s.name}", p, logs[s.name], READY_TIMEOUT_S)
+            how = "--router" if dep.router is not None else "--edge"
             users = [
-                start(f"u{i}", nw.user(i), "user", str(i), "--edge", f"{nw.edge_ip}:{PORT}")
+                start(f"u{i}", nw.user(i), "user", str(i), how, f"{at[dep.entry]}:{port}")
                 for i in range(nw.users)
             ]
             # The workload's clock starts when every user has loaded its model and connected.
@@ -374,13 +385,14 @@ def _run_policy(
                 if progress is not None:
                     progress(policy, (time.monotonic() - t0) / scale)
                 watch.check(procs, (time.monotonic() - t0) / scale)
-                if _edge_death(watch.deaths) is not None:
-                    break  # no verifier: nothing more to measure
+                if _server_death(dep, watch.deaths) is not None:
+                    break  # a server is gone: the run no longer measures the deployment
             t_end = time.monotonic()
             watch.check(procs, (t_end - t0) / scale)  # a death in the last half second
             where.phase = "stopping the nodes"
         finally:
-            for name in sorted(procs, key=lambda n: n == "edge"):  # users first, then the edge
+            servers = {s.name for s in dep.servers}
+            for name in sorted(procs, key=lambda n: n in servers):  # users first, then servers
                 if procs[name].poll() is None:
                     procs[name].send_signal(signal.SIGCONT)  # a stopped node could not stop
                     procs[name].terminate()
@@ -393,7 +405,7 @@ def _run_policy(
     return t0, t_end
 
 
-def _summarise(pdir: Path, policy: str, *, t_end: float, users: int) -> dict[str, Any]:
+def _summarise(dep: Deployment, pdir: Path, policy: str, *, t_end: float) -> dict[str, Any]:
     """A policy's summary from what its nodes recorded (``t_end`` on the nodes' clock)."""
     nodes = {}
     for f in sorted(pdir.glob("node-*.json")):
@@ -409,28 +421,31 @@ def _summarise(pdir: Path, policy: str, *, t_end: float, users: int) -> dict[str
                 continue  # a line cut short by a killed node
             r.pop("policy", None)
             rec(r)
-    summary = rec.summary(policy, t_end=t_end, users=users)
+    summary = rec.summary(policy, t_end=t_end, users=dep.problem.size, verifiers=len(dep.verifiers))
     # Steps that ran longer than their profile (the host was too slow to stand in for it).
     summary["overruns"] = {name: int(n.get("overruns", 0)) for name, n in nodes.items()}
-    summary["protocol_errors"] = int(nodes.get("edge", {}).get("protocol_errors", 0))
+    summary["protocol_errors"] = sum(
+        int(nodes.get(v, {}).get("protocol_errors", 0)) for v in dep.verifiers
+    )
     return summary
 
 
-def _edge_death(deaths: list[dict[str, Any]]) -> dict[str, Any] | None:
-    return next((d for d in deaths if d["node"] == "edge"), None)
+def _server_death(dep: Deployment, deaths: list[dict[str, Any]]) -> dict[str, Any] | None:
+    servers = {s.name for s in dep.servers}
+    return next((d for d in deaths if d["node"] in servers), None)
 
 
 def _result(
-    problem: Problem,
+    dep: Deployment,
     policy: str,
     summary: dict[str, Any],
     watch: _Watch | None,
     *,
     duration_s: float,
 ) -> dict[str, Any]:
-    """A policy's entry in ``results``: its summary, the planner's prediction, its nodes'
-    faults, and whether it is a result at all (an edge that died leaves none)."""
-    predicted = evaluate(problem, memo_planner(policy)(problem, None)).throughput_tok_s
+    """A policy's entry in ``results``: its summary, the planners' prediction, its nodes'
+    faults, and whether it is a result at all (a server that died leaves none)."""
+    predicted = dep.predicted_tok_s(memo_planner(policy))
     deaths = watch.deaths if watch else []
     res = {
         "throughput_tok_s": summary.pop("throughput_tok_s"),
@@ -440,11 +455,13 @@ def _result(
         "stalls": watch.stalls if watch else [],
         "valid": True,
     }
-    if (edge := _edge_death(deaths)) is not None:
+    if (dead := _server_death(dep, deaths)) is not None:
+        what = "the edge" if dead["node"] == "edge" else f"server {dead['node']}"
         res["valid"] = False
         res["invalid_reason"] = (
-            f"the edge exited (status {edge['exit']}) at {edge['t_s']:.1f} s of "
-            f"{duration_s:g} s: no verifier after that, and the throughput is no measure"
+            f"{what} exited (status {dead['exit']}) at {dead['t_s']:.1f} s of "
+            f"{duration_s:g} s: its users had no verifier after that, and the throughput is "
+            "no measure"
         )
     return res
 
@@ -463,8 +480,10 @@ def emulate(
     for p in policies:
         get_policy(p, where="--policy")
     timing = sc.emu.timing
-    problem = sc.problem()
-    check_topology("star", users=problem.size)  # before anything is built
+    dep = assemble(sc)
+    problem = dep.problem
+    servers = tuple(s.name for s in dep.servers)
+    check_topology("star", users=problem.size, servers=len(servers))  # before anything is built
     preflight()
     if sc.models.kind != "synthetic":
         problem = node_problem(sc)  # checks the models (one line each) before any host
@@ -478,6 +497,7 @@ def emulate(
         else:
             chosen = TimeScale(scale=sc.emu.time_scale, why="given (emu.time_scale)")
         scale = chosen.scale
+        dep = dep.with_problem(problem)
         (out_dir / "scenario.toml").write_text(scenario_toml(sc))
         specs, probed, configured = _links(sc, problem, npz, scale)
         shaper, why = choose_shaper(sc.emu.shaping, specs)
@@ -485,6 +505,7 @@ def emulate(
             "mode": "emu",
             "scenario": sc.name,
             "users": problem.size,
+            "deployment": dep.describe(),
             "duration_s": sc.sim.duration_s,
             "shaping": shaper.name,
             "shaping_why": why,
@@ -501,7 +522,10 @@ def emulate(
         lossless = _LosslessCheck(sc, out_dir, problem.size)
         where = _Where()
         try:
-            with run_manifest(out_dir) as manifest, star_network(problem.size, manifest) as nw:
+            with (
+                run_manifest(out_dir) as manifest,
+                star_network(problem.size, manifest, servers) as nw,
+            ):
                 where.phase = "probing the links"
                 with shaper.running(nw, probed, out_dir, seed=sc.sim.seed):
                     doc["fidelity"] = _fidelity(nw, configured)
@@ -512,7 +536,7 @@ def emulate(
                 for policy in policies:
                     where.policy, where.t0, where.watch = policy, None, None
                     t0, t_end = _run_policy(
-                        sc,
+                        dep,
                         nw,
                         policy,
                         specs,
@@ -525,11 +549,9 @@ def emulate(
                     )
                     where.phase = f"summarising {policy}"
                     summary = _summarise(
-                        out_dir / policy, policy, t_end=t_end / scale, users=problem.size
+                        dep, out_dir / policy, policy, t_end=t_end / scale
                     )  # on the nodes' clock
-                    res = _result(
-                        problem, policy, summary, where.watch, duration_s=sc.sim.duration_s
-                    )
+                    res = _result(dep, policy, summary, where.watch, duration_s=sc.sim.duration_s)
                     results[policy] = {**res, **lossless(policy), "span_s": t_end - t0}
                     doc["valid"] = all(r["valid"] for r in results.values())
                     where.policy = None
@@ -539,7 +561,7 @@ def emulate(
                 doc,
                 where,
                 exc,
-                problem=problem,
+                dep=dep,
                 policies=policies,
                 out_dir=out_dir,
                 t_wall=t_wall,
@@ -556,7 +578,7 @@ def _stopped(
     where: _Where,
     exc: KeyboardInterrupt,
     *,
-    problem: Problem,
+    dep: Deployment,
     policies: list[str],
     out_dir: Path,
     t_wall: float,
@@ -570,8 +592,8 @@ def _stopped(
     t_s = None if where.t0 is None else (at - where.t0) / scale
     if where.policy is not None and where.policy not in results:
         pdir = out_dir / where.policy
-        summary = _summarise(pdir, where.policy, t_end=at / scale, users=problem.size)
-        res = _result(problem, where.policy, summary, where.watch, duration_s=doc["duration_s"])
+        summary = _summarise(dep, pdir, where.policy, t_end=at / scale)
+        res = _result(dep, where.policy, summary, where.watch, duration_s=doc["duration_s"])
         span = 0.0 if where.t0 is None else at - where.t0
         results[where.policy] = {**res, "lossless": None, "partial": True, "span_s": span}
         doc["valid"] = all(r["valid"] for r in results.values())

@@ -13,7 +13,7 @@ carries a parent-death signal (SIGKILL when the runner dies, even by SIGKILL its
 shapers write down what they make as they make it, for ``clean`` after a runner that was killed.
 
 Shaping (``emu.shaping.tund``): for user i, packets arriving at the access point from the user
-(``iif ap-u<i>``) are routed into TUN ``su<i>``, and packets from the edge to 10.1.i.0/24 into
+(``iif ap-u<i>``) are routed into TUN ``su<i>``, and packets from any server to 10.1.i.0/24 into
 ``sd<i>``; the shaper writes each back when its link lets it through, and the kernel forwards it
 from there (packets out of a TUN device match no shaping rule). Each shaping table has a
 blackhole route behind the TUN route: if the shaper dies, the link drops everything rather than
@@ -83,17 +83,26 @@ class Network:
     net: Any  # mininet.net.Mininet
     users: int
     manifest: Manifest | None = None  # where what the run makes is written down
+    servers: tuple[str, ...] = ("edge",)  # the server nodes' hosts, in the topology's order
 
     def user(self, i: int) -> Any:
         return self.net.get(f"u{i}")
 
+    def server(self, name: str) -> Any:
+        return self.net.get(name)
+
+    def addresses(self) -> dict[str, str]:
+        """Each server's address, as the topology gave it."""
+        return {name: str(self.server(name).IP()) for name in self.servers}
+
     @property
     def edge(self) -> Any:
-        return self.net.get("edge")
+        """The first server's host (DiP-SD's one edge)."""
+        return self.server(self.servers[0])
 
     @property
     def edge_ip(self) -> str:
-        """The edge's address, as the topology gave it."""
+        """The first server's address, as the topology gave it."""
         return str(self.edge.IP())
 
     @property
@@ -148,10 +157,12 @@ def _mortal_host() -> type:
 
 
 @contextmanager
-def star_network(users: int, manifest: Manifest | None = None) -> Iterator[Network]:
-    """A star of ``users`` user hosts, the access point (a router) and the edge; torn down
-    on every exit. ``manifest`` records each host's shell (its namespace goes with it) and
-    the interfaces made in it."""
+def star_network(
+    users: int, manifest: Manifest | None = None, servers: Sequence[str] = ("edge",)
+) -> Iterator[Network]:
+    """A star of ``users`` user hosts, the access point (a router) and a host per server
+    node (DiP-SD: the one ``edge``); torn down on every exit. ``manifest`` records each
+    host's shell (its namespace goes with it) and the interfaces made in it."""
     preflight()
     from mininet.log import setLogLevel
     from mininet.net import Mininet
@@ -160,7 +171,10 @@ def star_network(users: int, manifest: Manifest | None = None) -> Iterator[Netwo
 
     setLogLevel("error")
     net = Mininet(
-        topo=topology("star", users=users), host=_mortal_host(), controller=None, build=False
+        topo=topology("star", users=users, servers=tuple(servers)),
+        host=_mortal_host(),
+        controller=None,
+        build=False,
     )
     try:
         net.build()
@@ -173,8 +187,9 @@ def star_network(users: int, manifest: Manifest | None = None) -> Iterator[Netwo
         for key in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0"):
             _run(ap, f"sysctl -qw {key}")
         _run(ap, "sysctl -qw net.ipv4.conf.default.rp_filter=0")
-        _run(net.get("edge"), "ip route replace 10.1.0.0/16 via 10.0.0.1")
-        yield Network(net, users, manifest)
+        for k, name in enumerate(servers):
+            _run(net.get(name), f"ip route replace 10.1.0.0/16 via 10.0.{k}.1")
+        yield Network(net, users, manifest, tuple(servers))
     finally:
         net.stop()
 
@@ -244,7 +259,10 @@ def userspace_shaping(
                     f"ip rule add iif ap-u{i} lookup {up} pref 100",
                     f"ip route add default dev su{i} table {up}",
                     f"ip route add blackhole default metric 4000 table {up}",
-                    f"ip rule add iif ap-edge to {user_subnet(i)} lookup {down} pref 100",
+                    *(
+                        f"ip rule add iif ap-{name} to {user_subnet(i)} lookup {down} pref 100"
+                        for name in network.servers
+                    ),
                     f"ip route add default dev sd{i} table {down}",
                     f"ip route add blackhole default metric 4000 table {down}",
                 ):
@@ -263,6 +281,11 @@ def tc_shaping(
     access point's edge interface, picked by source subnet; each downlink a class on its
     user's interface. Yields the path of the counters (JSON)."""
     _check_links(network, links)
+    if len(network.servers) > 1:
+        raise ConfigError(
+            f"emu.shaping = tc shapes the uplinks on one server's interface, and this deployment "
+            f"has {len(network.servers)} servers ({', '.join(network.servers)}): use userspace"
+        )
     stats = run_dir / "shaper-stats.json"
     config = {
         "stats": str(stats),
@@ -274,7 +297,7 @@ def tc_shaping(
                 {
                     **pair.up.config(),
                     "name": f"su{i}",
-                    "dev": "ap-edge",
+                    "dev": f"ap-{network.servers[0]}",
                     "minor": i + 1,
                     "match": "src",
                     "subnet": user_subnet(i),
@@ -291,7 +314,7 @@ def tc_shaping(
         ],
     }
     if network.manifest is not None:
-        devs = ["ap-edge", *(f"ap-u{i}" for i in range(network.users))]
+        devs = [f"ap-{network.servers[0]}", *(f"ap-u{i}" for i in range(network.users))]
         network.manifest.made("qdisc", devs, where="ap")
     with _shaper(network, "emu.shaping.tcd", config, run_dir):
         yield stats

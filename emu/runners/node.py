@@ -1,6 +1,7 @@
 """A node as its own process, over real sockets:
-``python -m emu.runners.node SCENARIO.toml edge --port P`` or
-``python -m emu.runners.node SCENARIO.toml user I --edge HOST:PORT``.
+``python -m emu.runners.node SCENARIO.toml edge [--name NAME] --port P`` (a verifier),
+``python -m emu.runners.node SCENARIO.toml router [--name NAME] --port P``, or
+``python -m emu.runners.node SCENARIO.toml user I (--edge | --router) HOST:PORT``.
 
 Layer: emu (a process; sockets, files). The emulation starts one of these per Mininet host, with
 the project's interpreter: the edge listens on TCP, each user connects to it. The node code is
@@ -10,7 +11,9 @@ gives it (an overrun is counted); ``"real"`` lets compute take what it takes.
 
 The scenario is the runner's resolved one, read by the same loader as every scenario: the edge
 plans with its ``planner.policy``, and ``emu.timing`` and ``emu.time_scale`` (the runner's
-choice, never 0 here) set the pacing; the addresses are the only other settings. The run
+choice, never 0 here) set the pacing; the addresses are the only other settings. A verifier
+plans for the users its deployment gives it (``emu.deploy.deployment``); a router sends each
+user to its verifier at the address in ``deployment.nodes`` and ``deployment.port``. The run
 directory is the scenario file's. Each node appends its records to ``events-<node>.jsonl``
 in the run directory as they happen (times on the machine's monotonic clock, shared by every
 namespace, divided by the time scale), and its counters to ``node-<node>.json`` when it stops
@@ -34,6 +37,7 @@ from typing import Any
 
 import trio
 
+from emu.deploy.deployment import assemble
 from emu.deploy.runtime import (
     edge_settings,
     memo_planner,
@@ -41,7 +45,7 @@ from emu.deploy.runtime import (
     node_problem,
     synthetic_verifier,
 )
-from emu.errors import ConfigError
+from emu.errors import ConfigError, PeerGone
 from emu.models.build import RecordingDrafter
 from emu.models.timing import (
     draft_time,
@@ -57,7 +61,9 @@ from emu.scenario.streams import Streams
 from nodes.backends import DraftBackend, SyntheticDrafter, VerifyBackend
 from nodes.edge import EdgeNode
 from nodes.pacing import REAL_CLOCK_LEAD_S, Pacer
-from nodes.user import UserNode
+from nodes.protocol import Redirect
+from nodes.router import RouterNode, via_router
+from nodes.user import EdgeRefused, UserNode
 
 __all__ = ["SharedClock", "main"]
 
@@ -134,19 +140,23 @@ async def _until_signalled(cancel: trio.CancelScope) -> None:
             return
 
 
-async def _edge(port: int, sc: Scenario, rec: Recorder, pacer: Pacer) -> dict[str, Any]:
+async def _edge(
+    port: int, sc: Scenario, rec: Recorder, pacer: Pacer, *, name: str
+) -> dict[str, Any]:
     # The planner's thread and the event loop share the GIL: hand it over every 0.5 ms, not
     # Python's default 5, so a message that arrives during a solve waits no longer than that.
     sys.setswitchinterval(0.0005)
-    _open_files_for(edge_settings(sc, sc.users.count).limits.max_connections)
     problem = node_problem(sc)
+    uids = assemble(sc).groups[name]
+    settings = edge_settings(sc, len(uids))
+    _open_files_for(settings.limits.max_connections)
     edge = EdgeNode(
         edge=problem.edge,
         verifier=_verifier(sc, problem, sc.emu.timing == "profile"),
         planner=memo_planner(sc.planner.policy),
-        priors=dict(enumerate(problem.users)),
-        settings=edge_settings(sc, problem.size),
-        sink=rec,
+        priors={i: problem.users[i] for i in uids},
+        settings=settings,
+        sink=rec.for_node(name),
         pacer=pacer,
         solve_in_thread=True,  # a real clock: the connections go on while it plans
     )
@@ -165,6 +175,17 @@ async def _edge(port: int, sc: Scenario, rec: Recorder, pacer: Pacer) -> dict[st
     }
 
 
+async def _router(port: int, sc: Scenario, rec: Recorder, *, name: str) -> dict[str, Any]:
+    dep = assemble(sc)
+    where = {v: (dep.node(v).address, sc.deployment.port) for v in dep.verifiers}
+    router = RouterNode(dep.router_core(), where, sink=rec.for_node(name), limits=sc.limits)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_until_signalled, nursery.cancel_scope)
+        await nursery.start(trio.serve_tcp, router.serve_stream, port)
+        print("ready", flush=True)
+    return {"routed": router.routed, "refused": router.refused}
+
+
 def _open_files_for(connections: int) -> None:
     """Raise this process's open-file limit to what ``connections`` need (plus the models'
     and records' files), as far as the hard limit allows: running out of descriptors would
@@ -177,8 +198,16 @@ def _open_files_for(connections: int) -> None:
 
 
 async def _user(
-    edge: tuple[str, int], sc: Scenario, i: int, rec: Recorder, pacer: Pacer, *, run_dir: Path
+    to: tuple[str, tuple[str, int]],
+    sc: Scenario,
+    i: int,
+    rec: Recorder,
+    pacer: Pacer,
+    *,
+    run_dir: Path,
 ) -> dict[str, Any]:
+    """User ``i``, dialling ``to``: ("edge", its address) or ("router", its address)."""
+    kind, first = to
     problem = node_problem(sc)
     drafter, prompts, session_tokens = _drafter(sc, problem, i, sc.emu.timing == "profile")
     with contextlib.ExitStack() as stack:
@@ -195,18 +224,24 @@ async def _user(
             silence_s=sc.limits.idle_timeout_s,
         )
 
-        async def dial() -> trio.abc.Stream:
-            return await trio.open_tcp_stream(*edge)
+        async def dial_edge() -> trio.abc.Stream:
+            return await trio.open_tcp_stream(*first)
 
+        async def dial_verifier(r: Redirect) -> trio.abc.Stream:
+            return await trio.open_tcp_stream(r.host, r.port)
+
+        dial = via_router(i, dial_edge, dial_verifier) if kind == "router" else dial_edge
         stream: trio.abc.Stream | None = None
         for _ in range(CONNECT_TRIES):
             try:
                 stream = await dial()
                 break
-            except OSError:
+            except (OSError, PeerGone) as exc:
+                if isinstance(exc, EdgeRefused):
+                    raise
                 await trio.sleep(0.1)
         if stream is None:
-            raise ConnectionError(f"user {i}: the edge at {edge[0]}:{edge[1]} never answered")
+            raise ConnectionError(f"user {i}: the {kind} at {first[0]}:{first[1]} never answered")
         print("ready", flush=True)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_until_signalled, nursery.cancel_scope)
@@ -257,22 +292,44 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m emu.runners.node")
     ap.add_argument("scenario", type=Path, help="the runner's resolved scenario (TOML)")
     roles = ap.add_subparsers(dest="role", required=True)
-    edge = roles.add_parser("edge", help="listen for the users")
+    edge = roles.add_parser("edge", help="a verifier: listen for its users")
+    edge.add_argument("--name", default="", help="its node name (default: the first verifier)")
     edge.add_argument("--port", type=int, required=True)
-    user = roles.add_parser("user", help="user I: dial the edge")
+    router = roles.add_parser("router", help="tell each user which verifier to dial")
+    router.add_argument("--name", default="", help="its node name (default: the router)")
+    router.add_argument("--port", type=int, required=True)
+    user = roles.add_parser("user", help="user I: dial its edge, or the router")
     user.add_argument("index", type=int)
-    user.add_argument("--edge", type=_address, required=True, metavar="HOST:PORT")
+    to = user.add_mutually_exclusive_group(required=True)
+    to.add_argument("--edge", type=_address, metavar="HOST:PORT")
+    to.add_argument("--router", type=_address, metavar="HOST:PORT")
     return ap.parse_args(argv)
+
+
+def _node_name(args: argparse.Namespace, sc: Scenario) -> str:
+    """The node this process is; ConfigError for a name that is no node of that role."""
+    if args.role == "user":
+        return f"u{args.index}"
+    dep = assemble(sc)
+    role = "verifier" if args.role == "edge" else "router"
+    names = [n.name for n in dep.servers if n.role == role]
+    name = args.name or (names[0] if names else "")
+    if name not in names:
+        raise ConfigError(
+            f"--name must name a {role} of the scenario's deployment "
+            f"({', '.join(names) or 'none'}), got {args.name!r}"
+        )
+    return name
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     try:
         sc = load_scenario(args.scenario)
+        name = _node_name(args, sc)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    name = "edge" if args.role == "edge" else f"u{args.index}"
     run_dir = args.scenario.parent
     rec = Recorder(run_dir / f"events-{name}.jsonl")
     rec.policy = sc.planner.policy
@@ -282,10 +339,15 @@ def main(argv: list[str] | None = None) -> int:
     clock = SharedClock(scale)
     try:
         if args.role == "edge":
-            out = trio.run(_edge, args.port, sc, rec, pacer, clock=clock)
+            edge = functools.partial(_edge, name=name)
+            out = trio.run(edge, args.port, sc, rec, pacer, clock=clock)
+        elif args.role == "router":
+            router = functools.partial(_router, name=name)
+            out = trio.run(router, args.port, sc, rec, clock=clock)
         else:
             user = functools.partial(_user, run_dir=run_dir)
-            out = trio.run(user, args.edge, sc, args.index, rec, pacer, clock=clock)
+            to = ("router", args.router) if args.router else ("edge", args.edge)
+            out = trio.run(user, to, sc, args.index, rec, pacer, clock=clock)
     finally:
         rec.close()
     out["overruns"] = pacer.overruns

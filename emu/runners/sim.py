@@ -295,6 +295,7 @@ def simulate(
         "scenario": sc.name,
         "models": _models_note(sc, None if real is None else real.setup),
         "users": problem.size,
+        "deployment": dep.describe(),
         "duration_s": sc.sim.duration_s,
         "seed": sc.sim.seed,
         "results": results,

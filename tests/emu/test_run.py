@@ -151,6 +151,51 @@ def test_a_time_scale_runs_slower_and_reports_in_modelled_time(tmp_path: Path) -
     assert "Time scale 3" in (tmp_path / "run" / "report.md").read_text()
 
 
+TWO_VERIFIERS = """
+[users]
+comm_ms = 20.0
+[network]
+model = "fixed"
+[[deployment.nodes]]
+name = "edge0"
+role = "verifier"
+[[deployment.nodes]]
+name = "edge1"
+role = "verifier"
+[[deployment.nodes]]
+name = "router"
+role = "router"
+site = "cloud"
+"""
+
+
+def test_two_verifiers_behind_a_router_run_on_their_own_hosts(tmp_path: Path) -> None:
+    """A deployment DiP-SD does not have: each user asks the router (its own host), which
+    sends it on to its verifier (round robin by user); each verifier plans for its own users
+    and the run measures what their plans predict together."""
+    before = set(os.listdir("/sys/class/net"))
+    doc = _run_synthetic(
+        tmp_path, TWO_VERIFIERS, "--users", "4", "--duration", "10", "--time-scale", "1"
+    )
+    res = doc["results"]["dipsd"]
+    assert doc["valid"] and res["deaths"] == [] and res["stalls"] == []
+    assert res["users_started"] == 4 and res["faults"] == {} and res["protocol_errors"] == 0
+    run = tmp_path / "run" / "dipsd"
+
+    def records(node: str, ev: str) -> list[dict[str, Any]]:
+        lines = (run / f"events-{node}.jsonl").read_text().splitlines()
+        return [r for r in map(json.loads, lines) if r["ev"] == ev]
+
+    assert {r["user"]: r["to"] for r in records("router", "route")} == {
+        0: "edge0", 1: "edge1", 2: "edge0", 3: "edge1"
+    }  # fmt: skip
+    for v, users in (("edge0", [0, 2]), ("edge1", [1, 3])):
+        assert [p["users"] for p in records(v, "plan")][-1] == users
+        assert {u for b in records(v, "batch") for u in b["users"]} == set(users)
+    assert res["throughput_tok_s"] == pytest.approx(res["predicted_tok_s"], rel=0.15)
+    assert set(os.listdir("/sys/class/net")) == before
+
+
 def test_a_killed_and_a_stalled_node_are_recorded_and_the_others_go_on(tmp_path: Path) -> None:
     """Mid-run, user 1 is killed (SIGKILL) and user 2 stopped (SIGSTOP, alive but silent): the
     run finishes with user 0, records the death and the stall with each node's last output,
