@@ -27,5 +27,5 @@ def test_an_accept_that_fails_for_want_of_descriptors_is_recorded(
     finally:
         trio_log.removeHandler(handler)
     s = rec.summary("p", t_end=1.0, users=1)
-    assert s["faults"] == {"node_warning": 1}
+    assert s.faults == {"node_warning": 1}
     assert "EMFILE" in capsys.readouterr().err  # and still in the node's log

@@ -135,8 +135,8 @@ def test_edge_utilisation_and_bubbles_come_from_the_verifiers_records_in_the_win
         rec({"ev": "round", "t": 1.2 + 0.2 * k, "user": 0, "drafted": 4, "accepted": 2,
              "committed": 3, "round_ms": 200.0})  # fmt: skip
     s = rec.summary("p", t_end=3.0, users=1)
-    assert s["edge_utilisation"] == pytest.approx(10 * 0.05 / 2.0)
-    assert s["pipeline_bubbles"] == 5 and s["bubble_s"] == pytest.approx(0.1)
+    assert s.edge_utilisation == pytest.approx(10 * 0.05 / 2.0)
+    assert s.pipeline_bubbles == 5 and s.bubble_s == pytest.approx(0.1)
 
 
 def test_a_slot_whose_members_were_all_late_is_a_bubble() -> None:
@@ -149,5 +149,5 @@ def test_a_slot_whose_members_were_all_late_is_a_bubble() -> None:
     rec({"ev": "round", "t": 1.9, "user": 0, "drafted": 4, "accepted": 2, "committed": 3,
          "round_ms": 200.0})  # fmt: skip
     s = rec.summary("p", t_end=2.0, users=1)
-    assert (s["pipeline_bubbles"], s["bubble_s"], s["late_drafts"]) == (1, 0.08, 2)
-    assert s["batches"] == 0 and s["edge_utilisation"] == 0.0
+    assert (s.pipeline_bubbles, s.bubble_s, s.late_drafts) == (1, 0.08, 2)
+    assert s.batches == 0 and s.edge_utilisation == 0.0

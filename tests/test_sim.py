@@ -318,8 +318,8 @@ def test_a_user_that_never_starts_does_not_zero_everyone_elses_throughput() -> N
                 }
             )  # fmt: skip
     s = rec.summary("p", t_end=2.0, users=3)  # user 2 never got through
-    assert s["throughput_tok_s"] == pytest.approx(40 / 1.0)
-    assert s["users_started"] == 2
+    assert s.throughput_tok_s == pytest.approx(40 / 1.0)
+    assert s.users_started == 2
 
 
 async def test_nodes_tell_the_pacer_how_long_compute_really_took() -> None:

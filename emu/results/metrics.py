@@ -34,15 +34,17 @@ from typing import IO, Any
 
 import numpy as np
 
+from emu.results.types import Measured, Percentiles
+
 __all__ = ["Recorder", "percentiles"]
 
 
-def percentiles(xs: list[float]) -> dict[str, float | None]:
+def percentiles(xs: list[float]) -> Percentiles:
     if not xs:
-        return {"p50": None, "p95": None, "p99": None}
+        return Percentiles(p50=None, p95=None, p99=None)
     a = np.asarray(xs, dtype=np.float64)
     p50, p95, p99 = np.percentile(a, [50, 95, 99])
-    return {"p50": float(p50), "p95": float(p95), "p99": float(p99)}
+    return Percentiles(p50=float(p50), p95=float(p95), p99=float(p99))
 
 
 @dataclass(slots=True)
@@ -125,9 +127,7 @@ class Recorder:
         elif kind == "leave" and "silent" in str(rec.get("why", "")):
             t.faults["dropped_silent"] = t.faults.get("dropped_silent", 0) + 1
 
-    def summary(
-        self, policy: str, *, t_end: float, users: int, verifiers: int = 1
-    ) -> dict[str, Any]:
+    def summary(self, policy: str, *, t_end: float, users: int, verifiers: int = 1) -> Measured:
         """The result of one policy's run (see the module docstring for the definitions);
         ``verifiers``: how many verify, each planning and stepping on its own."""
         t = self._tally[policy]
@@ -151,29 +151,29 @@ class Recorder:
         tpot = (R[:, 5] / R[:, 4]).tolist() if R.size else []
         busy_ms = sum(ms for at, ms in t.busy if t_start <= at <= t_end)
         waits = [ms for at, ms in t.waits if t_start <= at <= t_end and ms > 0]
-        return {
-            "throughput_tok_s": float(steady[:, 4].sum()) / window,
-            "per_user_tok_s": {str(u): v / window for u, v in sorted(per_user.items())},
-            "tokens": int(R[:, 4].sum()) + len(t.ttft_ms),
-            "rounds": len(t.rounds),
-            "draft_tokens": int(drafted.sum()),
-            "accepted_tokens": int(accepted.sum()),
-            "acceptance_rate": float(accepted.sum() / drafted.sum()) if drafted.sum() else None,
-            "mean_accepted_len": 1.0 + float(accepted[with_draft].sum()) / n_drafts
+        return Measured(
+            throughput_tok_s=float(steady[:, 4].sum()) / window,
+            per_user_tok_s={str(u): v / window for u, v in sorted(per_user.items())},
+            tokens=int(R[:, 4].sum()) + len(t.ttft_ms),
+            rounds=len(t.rounds),
+            draft_tokens=int(drafted.sum()),
+            accepted_tokens=int(accepted.sum()),
+            acceptance_rate=float(accepted.sum() / drafted.sum()) if drafted.sum() else None,
+            mean_accepted_len=1.0 + float(accepted[with_draft].sum()) / n_drafts
             if n_drafts
             else None,
-            "per_position_acceptance": [
+            per_position_acceptance=tuple(
                 float(k / r) if r else None for k, r in zip(kept, reach, strict=True)
-            ],
-            "ttft_ms": percentiles(t.ttft_ms),
-            "tpot_ms": percentiles(tpot),
-            "batches": t.batches,
-            "late_drafts": t.late,
-            "edge_utilisation": min(1.0, busy_ms / 1e3 / window / verifiers),
-            "pipeline_bubbles": len(waits),
-            "bubble_s": sum(waits) / 1e3,
-            "replans": max(0, len(t.plans) - len({p.get("node") for p in t.plans})),
-            "steady_window_s": [t_start, t_end],
-            "users_started": min(len(t.first_token), users),
-            "faults": dict(sorted(t.faults.items())),
-        }
+            ),
+            ttft_ms=percentiles(t.ttft_ms),
+            tpot_ms=percentiles(tpot),
+            batches=t.batches,
+            late_drafts=t.late,
+            edge_utilisation=min(1.0, busy_ms / 1e3 / window / verifiers),
+            pipeline_bubbles=len(waits),
+            bubble_s=sum(waits) / 1e3,
+            replans=max(0, len(t.plans) - len({p.get("node") for p in t.plans})),
+            steady_window_s=(t_start, t_end),
+            users_started=min(len(t.first_token), users),
+            faults=dict(sorted(t.faults.items())),
+        )

@@ -59,7 +59,7 @@ def _f(x: float | None, fmt: str = ".1f") -> str:
 
 
 def _servers(out: dict[str, Any]) -> str:
-    """", on N verifiers behind ROUTER" where a deployment has several verifiers."""
+    """ ", on N verifiers behind ROUTER" where a deployment has several verifiers."""
     d = out.get("deployment") or {}
     n = len(d.get("verifiers", ()))
     if n < 2:

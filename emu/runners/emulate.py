@@ -57,6 +57,7 @@ from emu.planner import Problem
 from emu.planner.policies import get_policy
 from emu.results.metrics import Recorder
 from emu.results.runreport import stopped_line, write_run_report
+from emu.results.types import Measured, RunResult
 from emu.runners.manifest import run_manifest
 from emu.runners.network import (
     Network,
@@ -367,7 +368,7 @@ def _run_policy(
             where.phase = "starting the nodes"
             for s in dep.servers:  # verifiers first: the router sends users on to them
                 role = "edge" if s.role == "verifier" else "router"
-                p = start(s.name, nw.server(s.name), role, "--name", s.name, "--port", port)
+                p = start(s.name, nw.server(s.name), role, "--port", port, "--name", s.name)
                 await_ready(f"node {s.name}", p, logs[s.name], READY_TIMEOUT_S)
             how = "--router" if dep.router is not None else "--edge"
             users = [
@@ -405,7 +406,14 @@ def _run_policy(
     return t0, t_end
 
 
-def _summarise(dep: Deployment, pdir: Path, policy: str, *, t_end: float) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class _Summarised:
+    measured: Measured
+    overruns: dict[str, int]  # steps past their profile, by node
+    protocol_errors: int  # every verifier's
+
+
+def _summarise(dep: Deployment, pdir: Path, policy: str, *, t_end: float) -> _Summarised:
     """A policy's summary from what its nodes recorded (``t_end`` on the nodes' clock)."""
     nodes = {}
     for f in sorted(pdir.glob("node-*.json")):
@@ -421,13 +429,15 @@ def _summarise(dep: Deployment, pdir: Path, policy: str, *, t_end: float) -> dic
                 continue  # a line cut short by a killed node
             r.pop("policy", None)
             rec(r)
-    summary = rec.summary(policy, t_end=t_end, users=dep.problem.size, verifiers=len(dep.verifiers))
-    # Steps that ran longer than their profile (the host was too slow to stand in for it).
-    summary["overruns"] = {name: int(n.get("overruns", 0)) for name, n in nodes.items()}
-    summary["protocol_errors"] = sum(
-        int(nodes.get(v, {}).get("protocol_errors", 0)) for v in dep.verifiers
+    measured = rec.summary(
+        policy, t_end=t_end, users=dep.problem.size, verifiers=len(dep.verifiers)
     )
-    return summary
+    return _Summarised(
+        measured,
+        # Steps that ran longer than their profile (the host was too slow to stand in for it).
+        overruns={name: int(n.get("overruns", 0)) for name, n in nodes.items()},
+        protocol_errors=sum(int(nodes.get(v, {}).get("protocol_errors", 0)) for v in dep.verifiers),
+    )
 
 
 def _server_death(dep: Deployment, deaths: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -438,32 +448,38 @@ def _server_death(dep: Deployment, deaths: list[dict[str, Any]]) -> dict[str, An
 def _result(
     dep: Deployment,
     policy: str,
-    summary: dict[str, Any],
+    summary: _Summarised,
     watch: _Watch | None,
     *,
     duration_s: float,
-) -> dict[str, Any]:
+    span_s: float,
+    lossless: dict[str, Any],
+    partial: bool | None = None,
+) -> RunResult:
     """A policy's entry in ``results``: its summary, the planners' prediction, its nodes'
     faults, and whether it is a result at all (a server that died leaves none)."""
-    predicted = dep.predicted_tok_s(memo_planner(policy))
-    deaths = watch.deaths if watch else []
-    res = {
-        "throughput_tok_s": summary.pop("throughput_tok_s"),
-        "predicted_tok_s": predicted,
-        **summary,
-        "deaths": deaths,
-        "stalls": watch.stalls if watch else [],
-        "valid": True,
-    }
-    if (dead := _server_death(dep, deaths)) is not None:
+    deaths = tuple(watch.deaths) if watch else ()
+    invalid = None
+    if (dead := _server_death(dep, list(deaths))) is not None:
         what = "the edge" if dead["node"] == "edge" else f"server {dead['node']}"
-        res["valid"] = False
-        res["invalid_reason"] = (
+        invalid = (
             f"{what} exited (status {dead['exit']}) at {dead['t_s']:.1f} s of "
             f"{duration_s:g} s: its users had no verifier after that, and the throughput is "
             "no measure"
         )
-    return res
+    return RunResult(
+        measured=summary.measured,
+        predicted_tok_s=dep.predicted_tok_s(memo_planner(policy)),
+        protocol_errors=summary.protocol_errors,
+        overruns=summary.overruns,
+        deaths=deaths,
+        stalls=tuple(watch.stalls) if watch else (),
+        valid=invalid is None,
+        invalid_reason=invalid,
+        span_s=span_s,
+        partial=partial,
+        **lossless,
+    )
 
 
 def emulate(
@@ -551,8 +567,15 @@ def emulate(
                     summary = _summarise(
                         dep, out_dir / policy, policy, t_end=t_end / scale
                     )  # on the nodes' clock
-                    res = _result(dep, policy, summary, where.watch, duration_s=sc.sim.duration_s)
-                    results[policy] = {**res, **lossless(policy), "span_s": t_end - t0}
+                    results[policy] = _result(
+                        dep,
+                        policy,
+                        summary,
+                        where.watch,
+                        duration_s=sc.sim.duration_s,
+                        span_s=t_end - t0,
+                        lossless=lossless(policy),
+                    ).to_json()
                     doc["valid"] = all(r["valid"] for r in results.values())
                     where.policy = None
                     _write(out_dir, doc, t_wall)
@@ -593,9 +616,16 @@ def _stopped(
     if where.policy is not None and where.policy not in results:
         pdir = out_dir / where.policy
         summary = _summarise(dep, pdir, where.policy, t_end=at / scale)
-        res = _result(dep, where.policy, summary, where.watch, duration_s=doc["duration_s"])
-        span = 0.0 if where.t0 is None else at - where.t0
-        results[where.policy] = {**res, "lossless": None, "partial": True, "span_s": span}
+        results[where.policy] = _result(
+            dep,
+            where.policy,
+            summary,
+            where.watch,
+            duration_s=doc["duration_s"],
+            span_s=0.0 if where.t0 is None else at - where.t0,
+            lossless={"lossless": None},
+            partial=True,
+        ).to_json()
         doc["valid"] = all(r["valid"] for r in results.values())
     doc["partial"] = True
     doc["stopped"] = {

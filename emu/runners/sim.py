@@ -40,6 +40,7 @@ from emu.planner import Plan
 from emu.planner.model import Problem, User
 from emu.planner.policies import get_policy
 from emu.results.metrics import Recorder
+from emu.results.types import SimResult, SimSummary
 from emu.runners.simlink import link_pair
 from emu.scenario import Scenario, scenario_toml
 from emu.scenario.streams import Streams
@@ -100,7 +101,9 @@ async def _run_policy(
     backends: _Backends,
     session_tokens: int,
     radio: RadioTrace | None = None,
-) -> tuple[float, dict[str, Any]]:
+) -> tuple[float, int, int]:
+    """Run one policy's deployment; when it ended, and its verifiers' cycles and protocol
+    errors."""
     sc, problem = dep.scenario, dep.problem
     streams = Streams(sc.sim.seed)
     verifier = backends.verifier(problem, streams)  # keyed by user: the verifiers share it
@@ -180,10 +183,8 @@ async def _run_policy(
             await trio.sleep(duration)
         t_end = trio.current_time() - t0
         nursery.cancel_scope.cancel()
-    return t_end, {
-        "cycles": sum(e.stats.cycles for e in edges),
-        "protocol_errors": sum(e.stats.protocol_errors for e in edges),
-    }
+    cycles = sum(e.stats.cycles for e in edges)
+    return t_end, cycles, sum(e.stats.protocol_errors for e in edges)
 
 
 async def _serve_user(
@@ -256,14 +257,28 @@ def simulate(
     rec = Recorder(out_dir / "events.jsonl" if out_dir else None)
     if out_dir is not None:
         (out_dir / "scenario.toml").write_text(scenario_toml(sc))
-    results: dict[str, Any] = {}
+    results: dict[str, SimResult] = {}
+    models = _models_note(sc, None if real is None else real.setup)
+
+    def summary() -> SimSummary:
+        return SimSummary(
+            scenario=sc.name,
+            models=models,
+            users=problem.size,
+            deployment=dep.describe(),
+            duration_s=sc.sim.duration_s,
+            seed=sc.sim.seed,
+            results=dict(results),
+            wall_s=time.perf_counter() - t_wall,
+        )
+
     try:
         for policy in policies:
             rec.policy = policy
             planner = memo_planner(policy)
             predicted = dep.predicted_tok_s(planner)
             t_policy = time.perf_counter()
-            t_end, edge = trio.run(
+            t_end, cycles, protocol_errors = trio.run(
                 functools.partial(
                     _run_policy,
                     dep,
@@ -276,31 +291,23 @@ def simulate(
                 ),
                 clock=trio.testing.MockClock(autojump_threshold=0),
             )
-            res = rec.summary(policy, t_end=t_end, users=problem.size, verifiers=len(dep.verifiers))
-            res = {
-                "throughput_tok_s": res.pop("throughput_tok_s"),
-                "predicted_tok_s": predicted,
-                **res,
-                **edge,
+            measured = rec.summary(
+                policy, t_end=t_end, users=problem.size, verifiers=len(dep.verifiers)
+            )
+            results[policy] = SimResult(
+                measured=measured,
+                predicted_tok_s=predicted,
+                cycles=cycles,
+                protocol_errors=protocol_errors,
                 **backends.results(),
-                "wall_s": time.perf_counter() - t_policy,
-            }
-            results[policy] = res
-            if out_dir is not None:
-                _write_summary(out_dir, sc, results, t_wall)
+                wall_s=time.perf_counter() - t_policy,
+            )
+            if out_dir is not None:  # as each policy ends: nothing measured is lost
+                doc = json.dumps(summary().to_json(), indent=2, default=float)
+                write_atomic(out_dir / "summary.json", doc)
     finally:
         rec.close()
-    return {
-        "mode": "sim",
-        "scenario": sc.name,
-        "models": _models_note(sc, None if real is None else real.setup),
-        "users": problem.size,
-        "deployment": dep.describe(),
-        "duration_s": sc.sim.duration_s,
-        "seed": sc.sim.seed,
-        "results": results,
-        "wall_s": time.perf_counter() - t_wall,
-    }
+    return summary().to_json()
 
 
 def _real_models(sc: Scenario, users: int) -> RealModels:
@@ -334,13 +341,3 @@ def _models_note(sc: Scenario, setup: ModelSetup | None) -> dict[str, Any]:
         "temperature": sc.models.temperature,
         "session_tokens": setup.session_tokens,
     }
-
-
-def _write_summary(out: Path, sc: Scenario, results: dict[str, Any], t_wall: float) -> None:
-    doc = {
-        "mode": "sim",
-        "scenario": sc.name,
-        "results": results,
-        "wall_s": time.perf_counter() - t_wall,
-    }
-    write_atomic(out / "summary.json", json.dumps(doc, indent=2, default=float))

@@ -15,6 +15,10 @@ import pytest
 
 from emu.runners.shapers import has_netem
 from tests.test_cli import ROOT, draftnet
+from tests.test_results import SIM_AND_RUN, missing, parse
+from tests.test_results import documented as documented_as
+
+RUN = "and, for `run`, "
 
 pytestmark = [
     pytest.mark.mininet,
@@ -178,6 +182,9 @@ def test_two_verifiers_behind_a_router_run_on_their_own_hosts(tmp_path: Path) ->
         tmp_path, TWO_VERIFIERS, "--users", "4", "--duration", "10", "--time-scale", "1"
     )
     res = doc["results"]["dipsd"]
+    documented = {**parse(documented_as(SIM_AND_RUN)), **parse("{" + documented_as(RUN) + "}")}
+    assert missing(doc, documented) == []  # the JSON of ../shared/ARCHITECTURE.md
+    assert doc["deployment"]["verifiers"] == {"edge0": [0, 2], "edge1": [1, 3]}
     assert doc["valid"] and res["deaths"] == [] and res["stalls"] == []
     assert res["users_started"] == 4 and res["faults"] == {} and res["protocol_errors"] == 0
     run = tmp_path / "run" / "dipsd"

@@ -232,14 +232,14 @@ def test_nodes_run_as_processes_over_shaped_tcp(network: Network, tmp_path: Path
             if r.get("ev") == "plan":
                 plans.append(r)
     s = rec.summary("dipsd", t_end=t_end, users=2)
-    assert s["users_started"] == 2 and s["rounds"] > 20
-    assert t0 < s["steady_window_s"][0] < t_end  # every node's times on one clock
+    assert s.users_started == 2 and s.rounds > 20
+    assert t0 < s.steady_window_s[0] < t_end  # every node's times on one clock
     # Real sockets, processes and a shaper cost a few ms a round more than the 3 ms shaped:
     # the edge measures that, re-plans, and then runs as its own plan predicts.
     # The plan in force when the measurement ended: the users are stopped first, and the edge
     # may re-plan for the one still there before it stops too (a plan for one user, not this run).
     plans = [p for p in plans if p["t"] <= t_end]
     assert plans[0]["reason"] == "start" and len(plans) >= 2
-    assert s["throughput_tok_s"] == pytest.approx(plans[-1]["predicted_tok_s"], rel=0.1)
+    assert s.throughput_tok_s == pytest.approx(plans[-1]["predicted_tok_s"], rel=0.1)
     edge_stats = json.loads((tmp_path / "node-edge.json").read_text())
     assert edge_stats["protocol_errors"] == 0 and edge_stats["overruns"] == 0

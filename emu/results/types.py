@@ -1,0 +1,133 @@
+"""Typed results: what one policy's run measured, and the entry ``sim`` and ``run`` report for it.
+
+Layer: emu (orchestration; no I/O). The records of a run (``emu.results.metrics``) are summed up
+into one ``Measured`` with the same definitions in the simulation and the emulation; a runner
+adds the planners' prediction and what only it knows (``SimResult``, ``RunResult``). ``to_json``
+gives the documented JSON (../shared/ARCHITECTURE.md, "Interfaces users rely on"): one flat
+object per policy, ``throughput_tok_s`` and ``predicted_tok_s`` first; a field a runner does
+not have is left out, never written as null unless null is its value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Measured", "Percentiles", "PolicyResult", "RunResult", "SimResult", "SimSummary"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Percentiles:
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Measured:
+    """One policy's run as its records tell it (see ``emu.results.metrics``)."""
+
+    throughput_tok_s: float  # committed tokens per second in the steady window, all users
+    per_user_tok_s: Mapping[str, float]
+    tokens: int
+    rounds: int
+    draft_tokens: int
+    accepted_tokens: int
+    acceptance_rate: float | None  # accepted / drafted
+    mean_accepted_len: float | None  # 1 + accepted per verified draft
+    per_position_acceptance: tuple[float | None, ...]
+    ttft_ms: Percentiles
+    tpot_ms: Percentiles
+    batches: int
+    late_drafts: int
+    edge_utilisation: float  # the verifiers' mean busy share of the window
+    pipeline_bubbles: int
+    bubble_s: float
+    replans: int
+    steady_window_s: tuple[float, float]
+    users_started: int
+    faults: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyResult:
+    """A policy's entry in ``results``: what it measured against what its plans predicted."""
+
+    measured: Measured
+    predicted_tok_s: float
+    protocol_errors: int = 0
+    lossless: bool | None = None  # greedy runs with real models: matches the target alone
+    lossless_checked: Mapping[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        m = _plain(self.measured)
+        out = {
+            "throughput_tok_s": m.pop("throughput_tok_s"),
+            "predicted_tok_s": self.predicted_tok_s,
+        }
+        out.update(m)
+        for f in dataclasses.fields(self):
+            if f.name in ("measured", "predicted_tok_s"):
+                continue
+            value = getattr(self, f.name)
+            if value is not None or f.name == "lossless":
+                out[f.name] = _plain(value)
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimResult(PolicyResult):
+    cycles: int = 0  # every verifier's cycles of its plan
+    wall_s: float = 0.0  # this policy's simulation on the wall
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunResult(PolicyResult):
+    overruns: Mapping[str, int] = field(default_factory=dict)  # steps past their profile, by node
+    deaths: tuple[Mapping[str, Any], ...] = ()  # node processes that exited mid-run
+    stalls: tuple[Mapping[str, Any], ...] = ()  # live nodes whose records stopped
+    valid: bool = True  # False: a server died, and the throughput is no measure
+    invalid_reason: str | None = None
+    span_s: float | None = None  # the workload on the wall
+    partial: bool | None = None  # True: the run was stopped during this policy
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimSummary:
+    """``sim --json``."""
+
+    scenario: str
+    models: Mapping[str, Any]
+    users: int
+    deployment: Mapping[str, Any]
+    duration_s: float
+    seed: int
+    results: Mapping[str, SimResult]
+    wall_s: float
+    mode: str = "sim"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "scenario": self.scenario,
+            "models": dict(self.models),
+            "users": self.users,
+            "deployment": dict(self.deployment),
+            "duration_s": self.duration_s,
+            "seed": self.seed,
+            "results": {p: r.to_json() for p, r in self.results.items()},
+            "wall_s": self.wall_s,
+        }
+
+
+def _plain(x: Any) -> Any:
+    """JSON-ready data: dataclasses as objects, tuples as lists, mappings as dicts."""
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {f.name: _plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, tuple | list):
+        return [_plain(v) for v in x]
+    if isinstance(x, Mapping):
+        return {k: _plain(v) for k, v in x.items()}
+    return x
