@@ -67,7 +67,6 @@ from nodes.protocol import (
     Role,
     SessionStart,
     State,
-    Stats,
     Verdict,
     Welcome,
 )
@@ -347,7 +346,7 @@ class EdgeNode:
                 member.est.observe_draft(len(ev.tokens), ev.draft_ms, gap_ms)
                 member.draft = ev
                 self._wake()
-            elif isinstance(ev, Stats | Heartbeat):
+            elif isinstance(ev, Heartbeat):
                 pass
 
     def _check_ids(self, name: str, *seqs: tuple[int, ...]) -> None:

@@ -40,6 +40,7 @@ from nodes.protocol import (
     ErrorCode,
     Event,
     Hello,
+    PlanUpdate,
     Role,
     SessionStart,
     Verdict,
@@ -107,6 +108,7 @@ class UserNode:
         self._session_no = 0
         self._in_flight: _InFlight | None = None
         self._beat_s = 0.0
+        self.plan: PlanUpdate | None = None  # the edge's last word on its plan, where it sends one
 
     async def serve(
         self,
@@ -255,6 +257,7 @@ class UserNode:
                     "committed": v.accepted + 1,
                     "round_ms": (now - last) * 1e3,
                     "draft_ms": draft_ms,
+                    "plan_id": self.plan.plan_id if self.plan is not None else None,
                 }
             )
             last = now
@@ -281,7 +284,9 @@ class UserNode:
                 raise PeerGone(said)
             if isinstance(ev, Welcome | Verdict):
                 return ev
-            # Heartbeats and PlanUpdates: lengths change through Verdicts, so nothing to do.
+            if isinstance(ev, PlanUpdate):  # the plan this user's rounds now run under
+                self.plan = ev
+            # Heartbeats: only signs of life. Lengths change through Verdicts.
 
     async def _receive(self) -> Event:
         """The edge's next event; an edge silent past ``silence_s`` (it heartbeats a user it

@@ -181,3 +181,6 @@ def test_each_verifier_plans_and_verifies_only_the_users_routed_to_it(tmp_path: 
         assert plans and all(p["users"] == users for p in plans)
         batches = [r for r in recs if r["ev"] == "batch" and r["node"] == v]
         assert batches and {u for b in batches for u in b["users"]} == set(users)
+        # Each user's rounds ran under a plan of its own verifier (the PlanUpdate it was sent).
+        rounds = [r for r in recs if r["ev"] == "round" and r["user"] in users]
+        assert rounds and {r["plan_id"] for r in rounds} <= {p["plan_id"] for p in plans}

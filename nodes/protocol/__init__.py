@@ -20,7 +20,6 @@ from nodes.protocol.events import (
     PlanUpdate,
     Redirect,
     SessionStart,
-    Stats,
     Verdict,
     Welcome,
 )
@@ -45,7 +44,6 @@ __all__ = [
     "Role",
     "SessionStart",
     "State",
-    "Stats",
     "Verdict",
     "Welcome",
 ]

@@ -40,7 +40,6 @@ from nodes.protocol.events import (
     PlanUpdate,
     Redirect,
     SessionStart,
-    Stats,
     Verdict,
     Welcome,
     from_wire,
@@ -86,7 +85,7 @@ class State(enum.Enum):
 
 
 _U, _E = Role.USER, Role.EDGE
-# (who sends, state, message) -> next state. Heartbeat, Stats and PlanUpdate keep the state.
+# (who sends, state, message) -> next state. Heartbeat and PlanUpdate keep the state.
 _TRANSITIONS: dict[tuple[Role, State, type[Event]], State] = {
     (_U, State.START, Hello): State.GREETED,
     (_E, State.GREETED, Welcome): State.READY,
@@ -101,7 +100,6 @@ _ANYTIME: dict[type[Event], Role | None] = {
     Heartbeat: None,
     Bye: None,
     Error: None,
-    Stats: _U,
     PlanUpdate: _E,
 }
 

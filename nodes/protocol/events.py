@@ -31,13 +31,12 @@ __all__ = [
     "PlanUpdate",
     "Redirect",
     "SessionStart",
-    "Stats",
     "Verdict",
     "Welcome",
     "from_wire",
 ]
 
-PROTOCOL_VERSION = 2  # 2: Redirect (a router between users and verifiers)
+PROTOCOL_VERSION = 2  # 2: Redirect (a router between users and verifiers); Stats retired
 MAX_DRAFT_TOKENS = 256
 MAX_PROMPT_TOKENS = 32768
 MAX_TOKEN_ID = 2**31 - 1
@@ -201,8 +200,12 @@ class Draft(Event):
 class Verdict(Event):
     """Edge to user: ``accepted`` draft tokens kept, then ``token`` (correction or bonus).
 
-    Round 0 answers SessionStart with the first token. ``next_draft_len`` 0 means the edge
-    decodes this user alone next round and the user sends no draft. ``done`` ends the session.
+    Round 0 answers SessionStart with the first token. ``next_draft_len`` is the verifier's
+    length controller's advice for the next draft (DiP-SD: the plan's length; an adaptive
+    window elsewhere): the user may send fewer tokens, never more than the Welcome's
+    ``max_draft_len``; 0 means the edge decodes this user alone next round and the user sends
+    no draft. ``slot`` is the batch the user is in where the verifier schedules slots (0
+    where it does not). ``done`` ends the session.
     """
 
     code: ClassVar[int] = 5
@@ -225,7 +228,9 @@ class Verdict(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PlanUpdate(Event):
-    """Edge to user, informational: a new plan is in force (lengths change through Verdicts)."""
+    """Edge to user, informational and optional: a new plan is in force, with the user's slot
+    and draft length in it (lengths change through Verdicts). A verifier without plans sends
+    none; a user records the plan its rounds ran under (``plan_id`` in its round records)."""
 
     code: ClassVar[int] = 6
     plan_id: int
@@ -249,17 +254,6 @@ class Heartbeat(Event):
 
     def validate(self) -> None:
         _float("sent_ms", self.sent_ms, 0.0, 1e15)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Stats(Event):
-    """User to edge: measurements from the device (e.g. ``draft_ms_per_token``)."""
-
-    code: ClassVar[int] = 8
-    values: dict[str, float]
-
-    def validate(self) -> None:
-        _numbers("values", self.values)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -315,7 +309,8 @@ EVENT_TYPES: dict[int, type[Event]] = {
         Verdict,
         PlanUpdate,
         Heartbeat,
-        Stats,
+        # 8 was Stats (device measurements), never sent: the edge learns a device's pace from
+        # its drafts' draft_ms. Retired in version 2; the code is not reused.
         Bye,
         Error,
         Redirect,
