@@ -11,7 +11,6 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from channel_models.cell import LinkSeries
 from emu.planner import Plan, plan_for
 from emu.planner.model import Problem
 from emu.scenario import Scenario
@@ -22,6 +21,7 @@ from nodes.core.guard import Limits
 from nodes.edge import EdgeSettings
 
 if TYPE_CHECKING:
+    from channel_models.cell import LinkSeries
     from emu.models.embedded import ModelSetup
 
 __all__ = [

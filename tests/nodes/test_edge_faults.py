@@ -555,7 +555,7 @@ async def test_a_new_connection_of_a_connected_user_replaces_the_old_one(
         await new.send_all(hello(1))
         old_got, new_got = await read_all(old, 1.0), await read_all(new, 0.5)
         assert [f[0] for f in frames(new_got)][:1] == [WELCOME]
-        assert 1 in e.node.members and e.node.members[1].outbox is not None
+        assert 1 in e.node.members and e.node.connected(1)
         return old_got
 
     got = await under_attack(edge, twice)

@@ -1,0 +1,185 @@
+"""The verifier's core without trio: events in (with ``now``), actions out. A small driver plays
+the shell: it sends each event the core says on the member's pure Connection, and keeps the
+records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from emu.planner import plan_for
+from emu.planner.model import Problem
+from nodes.core.guard import Limits
+from nodes.core.runtime import RuntimeConfig
+from nodes.core.schedule import PlanLengths
+from nodes.core.verifier import (
+    EdgeSettings,
+    Evict,
+    Forget,
+    Member,
+    Record,
+    Refusal,
+    Send,
+    VerifierCore,
+)
+from nodes.protocol import (
+    PROTOCOL_VERSION,
+    Connection,
+    Draft,
+    ErrorCode,
+    Hello,
+    PlanUpdate,
+    Role,
+    SessionStart,
+    Verdict,
+    Welcome,
+)
+from tests.planner.conftest import paper_problem
+
+
+class Shell:
+    """What the trio shell does with the core's actions, minus the I/O."""
+
+    def __init__(self, problem: Problem, **limits: Any) -> None:
+        self.core = VerifierCore(
+            edge=problem.edge,
+            priors=dict(enumerate(problem.users)),
+            settings=EdgeSettings(expected_users=problem.size, limits=Limits(**limits)),
+            scheduler=RuntimeConfig().pipeline,
+            lengths=PlanLengths(),
+        )
+        self.sent: list[tuple[int, Any]] = []
+        self.evicted: list[tuple[int, ErrorCode | None]] = []
+        self.forgotten: list[int] = []
+        self.records: list[dict[str, Any]] = []
+
+    def apply(self) -> None:
+        for a in self.core.actions():
+            if isinstance(a, Send):
+                a.member.conn.send(a.event)  # the wire's state advances as it would
+                self.sent.append((a.member.uid, a.event))
+            elif isinstance(a, Evict):
+                self.evicted.append((a.member.uid, a.code))
+            elif isinstance(a, Forget):
+                self.forgotten.append(a.uid)
+            elif isinstance(a, Record):
+                self.records.append(dict(a.rec))
+
+    def hello(self, uid: int, now: float) -> Member:
+        conn = Connection(Role.EDGE)
+        conn.receive_data(Connection(Role.USER).send(Hello(version=PROTOCOL_VERSION, user_id=uid)))
+        assert isinstance(conn.next_event(), Hello)
+        m = self.core.join(Hello(version=PROTOCOL_VERSION, user_id=uid), conn, now)
+        self.apply()
+        return m
+
+    def start(self, m: Member, prompt: tuple[int, ...] = (1, 2, 3)) -> None:
+        ev = SessionStart(session=0, prompt=prompt, max_new_tokens=0)
+        m.conn.receive_data(_user_bytes(m, ev))
+        assert m.conn.next_event() == ev
+        self.core.session(m, ev)
+
+    def plan(self, now: float, policy: str = "dipsd") -> None:
+        asked = self.core.planning("start")
+        assert asked is not None
+        self.core.planned(asked, plan_for(policy, asked.problem, asked.previous), now)
+        self.apply()
+
+
+def _user_bytes(m: Member, ev: Any) -> bytes:
+    """``ev`` framed as the user would send it (the edge's Connection checks it)."""
+    import msgpack
+
+    from nodes.protocol.connection import _HEADER
+
+    body = msgpack.packb(ev.to_wire(), use_bin_type=True)
+    return _HEADER.pack(len(body)) + body
+
+
+def test_a_hello_is_welcomed_and_an_unknown_id_refused() -> None:
+    s = Shell(paper_problem(2))
+    s.hello(0, now=1.0)
+    assert [(u, type(e)) for u, e in s.sent] == [(0, Welcome)]
+    assert s.records == [{"ev": "join", "t": 1.0, "user": 0}]
+    with pytest.raises(Refusal) as info:
+        s.hello(7, now=1.0)
+    assert info.value.code == ErrorCode.AUTH
+
+
+def test_a_live_id_is_kept_and_a_silent_one_replaced() -> None:
+    s = Shell(paper_problem(2), heartbeat_ms=250.0)
+    old = s.hello(1, now=0.0)
+    with pytest.raises(Refusal) as info:
+        s.hello(1, now=0.5)  # heard 0.5 s ago: four heartbeats are 1 s
+    assert info.value.code == ErrorCode.OUT_OF_ORDER
+    new = s.hello(1, now=2.0)
+    assert s.evicted == [(1, ErrorCode.OUT_OF_ORDER)] and s.forgotten == [1]
+    assert not old.alive and s.core.members[1] is new
+    assert s.records[-2]["ev"] == "leave" and "reconnected" in s.records[-2]["why"]
+
+
+def test_a_plan_then_prefill_then_a_batch_as_the_staged_pipeline_says() -> None:
+    s = Shell(paper_problem(2))
+    a, b = s.hello(0, now=0.0), s.hello(1, now=0.0)
+    s.start(a)
+    s.start(b)
+    assert s.core.unplanned_sessions()
+    s.plan(now=0.1)
+    plan = s.core.plan
+    assert plan is not None and s.core.dirty == ""
+    assert [r["ev"] for r in s.records][-1] == "plan"
+    updates = [e for _, e in s.sent if isinstance(e, PlanUpdate)]
+    assert len(updates) == 2  # both past their handshake
+    taken = s.core.take_prompts()
+    assert [m.uid for m, _ in taken] == [0, 1] and s.core.sessions_waiting() == 0
+    s.core.prefilled([a, b], [11, 12], busy_s=0.05, now=0.2)
+    s.apply()
+    verdicts = [(u, e) for u, e in s.sent if isinstance(e, Verdict)]
+    assert [(u, v.round, v.token, v.next_draft_len) for u, v in verdicts] == [
+        (0, 0, 11, plan.draft_len[0]),
+        (1, 0, 12, plan.draft_len[1]),
+    ]
+    # The first batch waits for its members' drafts, until its deadline.
+    slot, users = s.core.cycle()[0]
+    members = s.core.batch(users)
+    deadline = s.core.deadline(members)
+    assert deadline is not None and deadline > 0.2
+    assert s.core.waiting_on(members)
+    first = members[0]
+    draft = Draft(round=1, base_len=4, tokens=(5,) * first.draft_len, draft_ms=30.0)
+    first.conn.receive_data(_user_bytes(first, draft))
+    first.conn.next_event()
+    s.core.drafted(first, draft, now=0.3)
+    ready, late = s.core.close(slot, members, waited_s=0.1, now=0.3)
+    assert ready == [first] and late == [m.uid for m in members[1:]]
+    s.core.verified(slot, ready, [first.draft_len], [(2, 9)], verify_ms=80.0, busy_s=0.08,
+                    waited_s=0.1, late=late, now=0.4)  # fmt: skip
+    s.apply()
+    batch = s.records[-1]
+    assert batch["ev"] == "batch" and batch["users"] == [first.uid] and batch["late"] == late
+    last = s.sent[-1]
+    assert last[0] == first.uid and isinstance(last[1], Verdict) and last[1].accepted == 2
+    assert first.generated == 1 + 3 and s.core.stats.batches == 1
+
+
+def test_a_leave_forgets_the_user_and_dirties_the_plan() -> None:
+    s = Shell(paper_problem(2))
+    a = s.hello(0, now=0.0)
+    s.hello(1, now=0.0)
+    s.plan(now=0.1)
+    s.core.leave(a, "", now=1.0)
+    s.apply()
+    assert s.forgotten == [0] and 0 not in s.core.members
+    assert s.core.dirty == "user 0 left"
+    asked = s.core.planning(s.core.dirty)
+    assert asked is not None and asked.uids == (1,) and asked.previous is None
+
+
+def test_a_plan_that_cannot_be_made_refuses_whom_the_last_plan_does_not_cover() -> None:
+    s = Shell(paper_problem(2))
+    s.hello(0, now=0.0)
+    s.core.plan_failed(ValueError("too little memory"), now=0.5)
+    s.apply()
+    assert s.evicted == [(0, ErrorCode.OVERLOADED)]
+    assert [r["ev"] for r in s.records][-3:] == ["plan_failed", "refused", "leave"]
