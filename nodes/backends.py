@@ -130,13 +130,14 @@ class SyntheticVerifier:
     ``user_rng``, where given, gives each user its own stream of draws (made on first use): a
     user's k-th verification then draws the same numbers whichever users share its batches and
     in whatever order they arrive, so two runners with the same seed and plan (the simulation
-    and the emulation) draw the same acceptances. Without it every user draws from ``rng``.
+    and the emulation) draw the same acceptances. Without it every user draws from ``rng``;
+    one of the two is required.
     """
 
     edge: Edge
     alpha: dict[int, float]
     prefix_len: dict[int, int]
-    rng: np.random.Generator
+    rng: np.random.Generator | None = None
     prefill_free: bool = False  # contexts already cached: steady-state decoding only
     vocab_size: int = SYNTHETIC_VOCAB
     user_rng: Callable[[int], np.random.Generator] | None = None
@@ -171,6 +172,8 @@ class SyntheticVerifier:
 
     def _rng(self, user: int) -> np.random.Generator:
         if self.user_rng is None:
+            if self.rng is None:
+                raise ValueError("a SyntheticVerifier needs rng or user_rng")
             return self.rng
         if user not in self._streams:
             self._streams[user] = self.user_rng(user)

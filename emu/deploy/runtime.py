@@ -17,7 +17,6 @@ from emu.scenario import Scenario
 from emu.scenario.sections import UserOverride
 from emu.scenario.streams import Streams
 from nodes.backends import SyntheticVerifier
-from nodes.core.guard import Limits
 from nodes.edge import EdgeSettings
 
 if TYPE_CHECKING:
@@ -59,13 +58,8 @@ def edge_settings(sc: Scenario, users: int) -> EdgeSettings:
         fixed_draft_len=p.fixed_draft_len,
         runtime=sc.runtime,
         expected_users=users,
-        limits=limits(sc, users),
+        limits=sc.limits,  # the edge caps its connections at limits.connections(users)
     )
-
-
-def limits(sc: Scenario, users: int) -> Limits:
-    """The scenario's ``[limits]`` as the edge holds its peers to them."""
-    return dataclasses.replace(sc.limits, max_connections=sc.limits.connections(users))
 
 
 def radio_comm_ms(sc: Scenario, up: LinkSeries, down: LinkSeries) -> tuple[float, ...]:
@@ -170,7 +164,6 @@ def synthetic_verifier(
         edge=problem.edge,
         alpha={i: u.alpha for i, u in enumerate(problem.users)},
         prefix_len={i: u.prefix_len for i, u in enumerate(problem.users)},
-        rng=streams.verifier(),  # unused while every user has its own stream
         prefill_free=warm_start,
         user_rng=streams.acceptance,
     )

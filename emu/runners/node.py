@@ -149,7 +149,7 @@ async def _edge(
     problem = node_problem(sc)
     uids = assemble(sc).groups[name]
     settings = edge_settings(sc, len(uids))
-    _open_files_for(settings.limits.max_connections)
+    _open_files_for(settings.limits.connections(settings.expected_users))
     edge = EdgeNode(
         edge=problem.edge,
         verifier=_verifier(sc, problem, sc.emu.timing == "profile"),

@@ -28,10 +28,6 @@ class Streams:
         """The radio model's trace (placement, mobility, shadowing, fading)."""
         return self._stream(1)
 
-    def verifier(self) -> np.random.Generator:
-        """A synthetic verifier's draws shared by its users (where they have no streams)."""
-        return self._stream(8)  # not 2: numpy pads [seed, 2] to acceptance(0)'s [seed, 2, 0]
-
     def acceptance(self, user: int) -> np.random.Generator:
         """A synthetic verifier's draws for one user."""
         return self._stream(2, user)
