@@ -1,7 +1,9 @@
 """The user node: drafts on its device, uploads drafts, applies the edge's verdicts.
 
-Layer: nodes (trio shell over ``nodes.protocol``). The same code runs in the simulation (an
-in-memory link, virtual clock), in a Mininet host (a TCP socket) and on lab hardware.
+Layer: nodes (trio shell over ``nodes.protocol`` and its core, ``nodes.core.client``, which
+keeps the sessions, what survives a broken link, and the records). The same code runs in the
+simulation (an in-memory link, virtual clock), in a Mininet host (a TCP socket) and on lab
+hardware.
 
 One round: draft ``next_draft_len`` tokens (the backend's time passes through the pacer), send
 the Draft, wait for its Verdict, commit. A length of 0 means the edge decodes for this user
@@ -18,19 +20,19 @@ the old prompt plus every token committed so far.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import trio
 
 from emu.errors import LocalProtocolError, PeerGone, RemoteProtocolError
 from nodes.backends import DraftBackend
+from nodes.core.client import ClientCore, UserStats
 from nodes.pacing import Pacer
 from nodes.protocol import (
-    MAX_PROMPT_TOKENS,
     PROTOCOL_VERSION,
     Bye,
     Closed,
@@ -42,7 +44,6 @@ from nodes.protocol import (
     Hello,
     PlanUpdate,
     Role,
-    SessionStart,
     Verdict,
     Welcome,
 )
@@ -57,27 +58,8 @@ SILENT_BEATS = 8  # heartbeats an edge may miss before its link is taken for bro
 FINAL_REFUSALS = (ErrorCode.AUTH, ErrorCode.VERSION, ErrorCode.MALFORMED, ErrorCode.TOO_LARGE)
 
 
-@dataclass(slots=True)
-class UserStats:
-    rounds: int = 0
-    draft_tokens: int = 0
-    accepted_tokens: int = 0
-    committed_tokens: int = 0
-    sessions: int = 0
-    reconnects: int = 0
-    first_token_s: list[float] = field(default_factory=list)
-
-
 class EdgeRefused(PeerGone):
     """The edge refused this user for good (an unknown id, a bad auth, another version)."""
-
-
-@dataclass(slots=True)
-class _InFlight:
-    """The session in progress, enough to resume it on a new connection."""
-
-    prompt: tuple[int, ...]
-    committed: list[int] = field(default_factory=list)
 
 
 class UserNode:
@@ -95,20 +77,28 @@ class UserNode:
         device: Mapping[str, float] | None = None,
         silence_s: float = 0.0,
     ) -> None:
-        self.user_id = user_id
+        self.core = ClientCore(
+            user_id, functools.partial(next, prompts), max_new_tokens=max_new_tokens
+        )
         self.drafter = drafter
-        self.prompts = prompts
         self.sink = sink
         self.pacer = pacer or Pacer()
-        self.max_new_tokens = max_new_tokens
         self.device = dict(device or {})
         self.silence_s = silence_s  # 0: SILENT_BEATS of the edge's heartbeats
-        self.stats = UserStats()
         self.conn = Connection(Role.USER)
-        self._session_no = 0
-        self._in_flight: _InFlight | None = None
         self._beat_s = 0.0
-        self.plan: PlanUpdate | None = None  # the edge's last word on its plan, where it sends one
+
+    @property
+    def stats(self) -> UserStats:
+        return self.core.stats
+
+    @property
+    def user_id(self) -> int:
+        return self.core.user_id
+
+    @user_id.setter
+    def user_id(self, uid: int) -> None:
+        self.core.user_id = uid
 
     async def serve(
         self,
@@ -168,9 +158,8 @@ class UserNode:
             if not isinstance(welcome, Welcome):
                 raise RemoteProtocolError(f"expected Welcome, got {type(welcome).__name__}")
             self._beat_s = welcome.heartbeat_ms / 1e3
-            if self.stats.sessions or self._in_flight is not None:
-                self.stats.reconnects += 1
-                self.sink({"ev": "reconnected", "t": trio.current_time(), "user": self.user_id})
+            self.core.welcomed(trio.current_time())
+            self._flush()
             while True:
                 await self._session()
         except _EdgeClosed:
@@ -186,46 +175,22 @@ class UserNode:
 
     async def _session(self) -> None:
         """One session, or the rest of the one a broken link interrupted."""
-        flight = self._in_flight
-        if flight is not None and len(flight.prompt) + len(flight.committed) > MAX_PROMPT_TOKENS:
-            flight = None  # too long to resend as a prompt: a new session instead
-        resumed = flight is not None
-        if flight is None:
-            flight = self._in_flight = _InFlight(prompt=tuple(next(self.prompts)))
-        prompt = flight.prompt + tuple(flight.committed)
-        left = self.max_new_tokens - len(flight.committed) if self.max_new_tokens else 0
-        self.drafter.start(prompt)
-        t0 = trio.current_time()
-        await self._send(
-            SessionStart(
-                session=self._session_no,
-                prompt=prompt,
-                max_new_tokens=max(left, 1) if self.max_new_tokens else 0,
-            )
-        )
-        self._session_no += 1
+        core = self.core
+        start = core.open_session(trio.current_time())
+        self.drafter.start(start.prompt)
+        await self._send(start)
         v = await self._verdict()
         self.drafter.commit(0, v.token)
-        flight.committed.append(v.token)
-        now = trio.current_time()
-        if not resumed:
-            self.stats.sessions += 1
-            self.stats.first_token_s.append(now - t0)
-            self.sink(
-                {"ev": "first_token", "t": now, "user": self.user_id, "ttft_ms": (now - t0) * 1e3}
-            )
-        self.stats.committed_tokens += 1
-        last = now
+        core.first_token(v, trio.current_time())
+        self._flush()
         while not v.done:
-            n = v.next_draft_len
+            drafted: tuple[int, ...] = ()
             draft_ms = 0.0
-            drafted = 0
-            if n > 0:
+            if (n := v.next_draft_len) > 0:
                 w0 = time.perf_counter()
                 out = self.drafter.draft(n)
                 await self.pacer.pace(out.compute_ms, (time.perf_counter() - w0) * 1e3)
-                draft_ms = out.compute_ms
-                drafted = len(out.tokens)
+                drafted, draft_ms = tuple(out.tokens), out.compute_ms
                 await self._send(
                     Draft(
                         round=self.conn.round + 1,
@@ -238,30 +203,12 @@ class UserNode:
                 )
             v = await self._verdict()
             self.drafter.commit(v.accepted, v.token)
-            flight.committed.extend((*out.tokens[: v.accepted], v.token) if n > 0 else (v.token,))
-            now = trio.current_time()
-            st = self.stats
-            st.rounds += 1
-            st.draft_tokens += drafted
-            st.accepted_tokens += v.accepted
-            st.committed_tokens += v.accepted + 1
-            self.sink(
-                {
-                    "ev": "round",
-                    "t": now,
-                    "user": self.user_id,
-                    "round": v.round,
-                    "slot": v.slot,
-                    "drafted": drafted,
-                    "accepted": v.accepted,
-                    "committed": v.accepted + 1,
-                    "round_ms": (now - last) * 1e3,
-                    "draft_ms": draft_ms,
-                    "plan_id": self.plan.plan_id if self.plan is not None else None,
-                }
-            )
-            last = now
-        self._in_flight = None
+            core.verdict(v, drafted, draft_ms, trio.current_time())
+            self._flush()
+
+    def _flush(self) -> None:
+        for rec in self.core.records():
+            self.sink(rec)
 
     async def _verdict(self) -> Verdict:
         while True:
@@ -285,7 +232,7 @@ class UserNode:
             if isinstance(ev, Welcome | Verdict):
                 return ev
             if isinstance(ev, PlanUpdate):  # the plan this user's rounds now run under
-                self.plan = ev
+                self.core.plan = ev
             # Heartbeats: only signs of life. Lengths change through Verdicts.
 
     async def _receive(self) -> Event:
