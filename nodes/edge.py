@@ -151,6 +151,7 @@ class EdgeNode:
                     out = self._outboxes.get(m.conn)
                     if m.alive and (out is None or not _post(out, m.conn, a.event)):
                         self.core.send_failed(m, a.event, trio.current_time())
+                        self._apply()  # its eviction now, before the records that follow
                 elif isinstance(a, Evict):
                     out = self._outboxes.get(a.member.conn)
                     if out is not None:
@@ -237,7 +238,6 @@ class EdgeNode:
             {"ev": ev, "t": trio.current_time(), "user": uid, "code": int(code), "error": said}
         )
         _post(peer.outbox, peer.conn, Error(error=int(code), message=said))
-        self._apply()  # what the core decided before it refused (a replaced connection)
 
     async def _writer(
         self, stream: trio.abc.Stream, recv: trio.MemoryReceiveChannel[bytes]
@@ -369,13 +369,14 @@ class EdgeNode:
 
     async def _prefill(self) -> None:
         core = self.core
-        if not core.sessions_waiting():
+        if not (new := core.new_sessions()):
             return
-        if core.unplanned_sessions():
+        if core.unplanned(new):
             await self._replan(core.dirty or "join")
-            if core.plan is None or not core.sessions_waiting():
-                return  # those no plan could take were refused
-        taken = core.take_prompts()
+            new = [m for m in new if m.alive]  # those no plan could take were refused
+            if core.plan is None or not new:
+                return
+        taken = core.take_prompts(new)
         members = [m for m, _ in taken]
         t0, w0 = trio.current_time(), time.perf_counter()
 

@@ -15,11 +15,12 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import trio
 
-from emu.errors import PeerGone, RemoteProtocolError
+from emu.errors import LocalProtocolError, PeerGone, RemoteProtocolError
 from nodes.core.guard import Limits
 from nodes.core.route import RouterCore
 from nodes.protocol import (
     PROTOCOL_VERSION,
+    Closed,
     Connection,
     Error,
     ErrorCode,
@@ -70,6 +71,8 @@ class RouterNode:
                 try:
                     with trio.fail_after(lim.handshake_timeout_s):
                         hello = await receive_event(conn, stream)
+                    if isinstance(hello, Closed):
+                        return  # gone before it asked: nothing to answer
                     answer = self._answer(hello)
                 except trio.TooSlowError:
                     answer = self._refuse(
@@ -80,8 +83,8 @@ class RouterNode:
                 data = conn.send(answer)
                 with trio.move_on_after(lim.handshake_timeout_s):
                     await stream.send_all(data)
-        except (PeerGone, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        except (PeerGone, LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the peer is gone, or its connection can carry nothing more
 
     def _answer(self, hello: Event) -> Event:
         if not isinstance(hello, Hello):
@@ -114,7 +117,10 @@ async def ask_router(stream: trio.abc.Stream, user_id: int, *, auth: str = "") -
                                                   auth=auth)))  # fmt: skip
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise PeerGone("the link to the router broke") from exc
-        ev = await receive_event(conn, stream)
+        try:
+            ev = await receive_event(conn, stream)
+        except RemoteProtocolError as exc:  # a broken answer: worth another try
+            raise PeerGone(f"the router broke the protocol: {exc}") from exc
     if isinstance(ev, Redirect):
         return ev
     if isinstance(ev, Error):

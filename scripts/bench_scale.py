@@ -4,8 +4,12 @@ measured throughput stays within 10% of its prediction, and what each user costs
 
 Each case is one ``draftnet run`` with synthetic backends and profile timing (the paper's
 devices), on fixed 3 ms links or on the default radio cell, for a given user count and time
-scale. While it runs, every node process is sampled once a second from /proc: the CPU time and
-the resident memory of the user processes (per user) and of the verifier.
+scale. "predicted" is the run's (the planner's on the scenario's priors); "own plans" is what
+the verifiers' own plans predicted over the steady window, made from what they measured of the
+links and devices: the gap between the two is what the host adds that the scenario does not
+say, the gap from own plans to measured is what the plans do not expect (late drafts, stalls).
+While it runs, every node process is sampled once a second from /proc: the CPU time and the
+resident memory of the user processes (per user) and of the verifier.
 
     sudo .venv/bin/python scripts/bench_scale.py [--users 8,24,48,100] [--scale 1,auto]
         [--links fixed,radio] [--policy dipsd --policy ad-batch] [--duration 20]
@@ -72,6 +76,28 @@ class Sampler(threading.Thread):
         return len(rows), sum(r[1] for r in rows), sum(r[2] for r in rows)
 
 
+def own_plans_tok_s(run: Path, window: tuple[float, float]) -> float | None:
+    """What the verifiers' own plans predicted over the steady window, time-weighted: the
+    plans they made from what they measured, not the scenario's priors."""
+    total = 0.0
+    for f in run.glob("events-*.jsonl"):
+        plans = [
+            (r["t"], r["predicted_tok_s"])
+            for r in map(json.loads, f.read_text().splitlines())
+            if r.get("ev") == "plan"
+        ]
+        if not plans:
+            continue
+        t0, t1 = window
+        acc = 0.0
+        for k, (t, tok_s) in enumerate(plans):
+            start = max(t, t0)
+            end = min(plans[k + 1][0] if k + 1 < len(plans) else t1, t1)
+            acc += tok_s * max(0.0, end - start)
+        total += acc / max(t1 - t0, 1e-9)
+    return total or None
+
+
 def case(users: int, scale: str, links: str, policies: list[str], duration: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sc = Path(tmp) / "s.toml"
@@ -91,18 +117,25 @@ def case(users: int, scale: str, links: str, policies: list[str], duration: floa
         wall = time.perf_counter() - t0
         sampler.stop.set()
         sampler.join()
-    if r.returncode != 0:
-        print(f"| {users} | {links} | {scale} | failed: {r.stderr.strip()[-300:]} |", flush=True)
-        return
-    doc = json.loads(r.stdout)
+        if r.returncode != 0:
+            print(f"| {users} | {links} | {scale} | failed: {r.stderr.strip()[-300:]} |")
+            return
+        doc = json.loads(r.stdout)
+        own = {
+            p: own_plans_tok_s(Path(tmp) / "run" / p, tuple(res["steady_window_s"]))
+            for p, res in doc["results"].items()
+        }
     n_users, user_cpu, user_mb = sampler.per_role("user")
     _, edge_cpu, edge_mb = sampler.per_role("edge")
     span = sum(res.get("span_s", 0.0) for res in doc["results"].values())
     for policy, res in doc["results"].items():
         ratio = res["throughput_tok_s"] / res["predicted_tok_s"]
+        mine = own[policy]
+        own_ratio = f"{res['throughput_tok_s'] / mine:.3f}" if mine else "-"
         print(
             f"| {users} | {links} | {doc['time_scale']:g} | {policy} "
             f"| {res['throughput_tok_s']:.1f} | {res['predicted_tok_s']:.1f} | {ratio:.3f} "
+            f"| {own_ratio} "
             f"| {res['late_drafts']} "
             f"| {sum(res['overruns'].values())} | {res['replans']} "
             f"| {user_cpu / max(n_users, 1) / max(span, 1e-9) * 100:.1f} "
@@ -125,10 +158,11 @@ def main() -> None:
           f"python {platform.python_version()}")  # fmt: skip
     print(
         "| users | links | time scale | policy | tok/s | predicted | measured / predicted "
-        "| late drafts | overruns | replans | CPU % of a core per user (wall) | MB per user "
+        "| measured / own plans | late drafts | overruns | replans "
+        "| CPU % of a core per user (wall) | MB per user "
         "| verifier CPU % (wall) | verifier MB | wall s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for links in args.links.split(","):
         for users in (int(u) for u in args.users.split(",")):
             for scale in args.scale.split(","):

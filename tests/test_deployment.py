@@ -43,7 +43,10 @@ def _scenario(nodes: list[dict[str, Any]], **more: Any) -> Any:
          "which is not a node"),
         ([V0, ROUTER, {**ROUTER, "name": "r2"}], {}, "2 routers"),
         ([V0, {**ROUTER, "verifiers": ["router"]}], {}, "is a router, not a verifier"),
-        ([V0, V1], {}, "deployment.attach must name the node the users dial"),
+        ([V0, V1], {}, "2 verifiers \\(edge0, edge1\\) and no router"),
+        ([V0, {**ROUTER, "verifiers": ["edge0", "edge0"]}], {}, "must name each verifier once"),
+        ([{**V0, "policy": "jsq"}], {}, r"nodes\[0\]\.policy is a router's field.*'jsq'"),
+        ([V0, ROUTER], {"deployment.attach": "edge0"}, r"\(router\): no user dials this router"),
         ([V0], {"deployment.attach": "edge7"}, "deployment.attach names 'edge7', which is not"),
         ([V0, V1], {"deployment.attach": "edge0"}, r"nodes\[1\] \(edge1\): no user reaches"),
         ([V0, V1, {**ROUTER, "verifiers": ["edge0"]}], {}, r"\(edge1\): no user reaches"),
@@ -74,7 +77,7 @@ def test_the_command_refuses_a_bad_deployment_with_status_2(tmp_path: Path) -> N
     )  # fmt: skip
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "deployment.attach must name the node" in lines[0]
+    assert len(lines) == 1 and "2 verifiers (edge0, edge1) and no router" in lines[0]
     assert "Traceback" not in out.stderr
 
 
@@ -148,6 +151,14 @@ async def test_the_router_refuses_a_bad_auth_for_good_and_answers_only_hello() -
         ev = await receive_event(conn, user)
         assert isinstance(ev, Error) and ev.error == ErrorCode.OUT_OF_ORDER
     assert node.routed == 0 and node.refused == 2
+
+
+async def test_the_router_lets_a_peer_that_leaves_before_hello_go() -> None:
+    node, records = _router()
+    user, router = trio.testing.memory_stream_pair()
+    await user.aclose()
+    await node.serve_stream(router)  # returns, and raises nothing
+    assert node.routed == 0 and records == []
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,17 @@
 """The registry of topologies by name (``draftnet run``'s ``topology`` field, scripts/topo.py).
 
 Layer: topologies. A topology places the deployment's nodes: it builds a host for every user
-and every server node, and gives each server its address (``addresses``).
+and every server node, and gives each server its address (read back from the built network,
+``emu.runners.network.Network.addresses``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from emu.errors import ConfigError
 
-__all__ = ["TOPOLOGIES", "addresses", "check", "topology"]
+__all__ = ["TOPOLOGIES", "check", "topology"]
 
 TOPOLOGIES = ("star",)
 
@@ -24,14 +24,6 @@ def check(name: str, *, users: int, servers: int = 1) -> None:
     from topologies.star import check_users
 
     check_users(users, servers)
-
-
-def addresses(name: str, servers: Sequence[str]) -> dict[str, str]:
-    """Where the named topology puts each server node, by name."""
-    check(name, users=1, servers=len(servers))
-    from topologies.star import addresses as star_addresses
-
-    return star_addresses(servers)
 
 
 def topology(name: str, **params: Any) -> Any:

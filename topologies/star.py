@@ -18,11 +18,9 @@ from mininet.topo import Topo
 from emu.errors import ConfigError
 
 __all__ = [
-    "EDGE_IP",
     "MAX_SERVERS",
     "MAX_USERS",
     "StarTopo",
-    "addresses",
     "check_users",
     "server_ip",
     "user_ip",
@@ -37,9 +35,6 @@ def server_ip(k: int) -> str:
     return f"10.0.{k}.2"
 
 
-EDGE_IP = server_ip(0)  # the first server's: DiP-SD's one edge
-
-
 def check_users(users: int, servers: int = 1) -> None:
     """ConfigError unless the star can address ``users`` and ``servers``: one /24 per user in
     10.1.0.0/16, one per server in 10.0.0.0/16."""
@@ -52,7 +47,8 @@ def check_users(users: int, servers: int = 1) -> None:
         )
     if not 1 <= servers <= MAX_SERVERS:
         raise ConfigError(
-            f"deployment.nodes must be 1 to {MAX_SERVERS} for the star topology, got {servers}"
+            f"the deployment's server nodes must number 1 to {MAX_SERVERS} for the star "
+            f"topology (one /24 each in 10.0.0.0/16), got {servers}"
         )
 
 
@@ -62,11 +58,6 @@ def user_ip(i: int) -> str:
 
 def user_subnet(i: int) -> str:
     return f"10.1.{i}.0/24"
-
-
-def addresses(servers: Sequence[str]) -> dict[str, str]:
-    """Each server's address in the star, by name."""
-    return {name: server_ip(k) for k, name in enumerate(servers)}
 
 
 class StarTopo(Topo):  # type: ignore[misc]

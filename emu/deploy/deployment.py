@@ -66,10 +66,6 @@ class Deployment:
                 return n
         raise KeyError(f"{name!r} is not a node of this deployment")
 
-    def serves(self, uid: int) -> str:
-        """The verifier that serves user ``uid``."""
-        return next(v for v, us in self.groups.items() if uid in us)
-
     def served(self, verifier: str) -> Problem:
         """The planning instance of ``verifier``: its users' priors, in index order."""
         users = tuple(self.problem.users[i] for i in self.groups[verifier])
@@ -87,14 +83,6 @@ class Deployment:
         if problem.size != self.problem.size:
             raise ValueError(f"{problem.size} users for a deployment of {self.problem.size}")
         return dataclasses.replace(self, problem=problem)
-
-    def placed(self, addresses: Mapping[str, str]) -> Deployment:
-        """The deployment with each named server's address set (from a network's topology)."""
-        nodes = tuple(
-            dataclasses.replace(n, address=addresses[n.name]) if n.name in addresses else n
-            for n in self.nodes
-        )
-        return dataclasses.replace(self, nodes=nodes)
 
     def describe(self) -> dict[str, object]:
         """The run JSON's ``deployment``: the system, each verifier's users, the router."""

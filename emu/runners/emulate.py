@@ -282,8 +282,9 @@ class _Watch:
     """The node processes' faults while a policy runs: a node that exits is a death; one whose
     records stop growing for ``STALL_S`` modelled seconds while it lives is a stall (it is left
     to run: the edge's deadlines already route around a user that goes quiet). A router
-    records only when a user dials it, so it is ``quiet``: only its death counts. Each is
-    recorded once, with the node's last output."""
+    records only when a user dials it, and a verifier with no users never: such nodes are
+    ``quiet``, and only their death counts. Each is recorded once, with the node's last
+    output."""
 
     def __init__(self, pdir: Path, scale: float, quiet: frozenset[str] = frozenset()) -> None:
         self.pdir, self.scale, self.quiet = pdir, scale, quiet
@@ -344,8 +345,10 @@ def _run_policy(
     port = str(sc.deployment.port)
     (pdir / "scenario.toml").write_text(scenario_toml(mine))
     node = [sys.executable, "-m", "emu.runners.node", str(pdir / "scenario.toml")]
-    routers = frozenset(s.name for s in dep.servers if s.role == "router")
-    watch = where.watch = _Watch(pdir, scale, quiet=routers)
+    # A router records only when a user dials it, and a verifier with no users never.
+    idle = {v for v, users in dep.groups.items() if not users}
+    quiet = frozenset(s.name for s in dep.servers if s.role == "router" or s.name in idle)
+    watch = where.watch = _Watch(pdir, scale, quiet=quiet)
     where.phase = "shaping the links"
     with shaper.running(nw, specs, pdir, seed=sc.sim.seed):
         procs: dict[str, Any] = {}

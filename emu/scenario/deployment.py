@@ -86,10 +86,16 @@ class DeploymentConfig:
                         f"{where}.policy must be one of {', '.join(ROUTER_POLICIES)}, "
                         f"got {n.policy!r}"
                     )
-            elif n.verifiers:
-                raise ConfigError(
-                    f"{where}.verifiers is a router's field, and {n.name} is a {n.role}"
-                )
+            else:
+                for name, value, default in (
+                    ("verifiers", n.verifiers, ()),
+                    ("policy", n.policy, "round-robin"),
+                ):
+                    if value != default:
+                        raise ConfigError(
+                            f"{where}.{name} is a router's field, and {n.name} is a {n.role}, "
+                            f"got {value!r}"
+                        )
         verifiers = [n.name for n in self.nodes if n.role == "verifier"]
         routers = [n for n in self.nodes if n.role == "router"]
         if not verifiers:
@@ -103,6 +109,11 @@ class DeploymentConfig:
             )
         for router in routers:
             i = seen[router.name]
+            if len(set(router.verifiers)) != len(router.verifiers):
+                raise ConfigError(
+                    f"deployment.nodes[{i}].verifiers must name each verifier once, "
+                    f"got {list(router.verifiers)}"
+                )
             for v in router.verifiers:
                 if v not in seen:
                     raise ConfigError(
@@ -120,6 +131,12 @@ class DeploymentConfig:
                 f"(nodes: {', '.join(seen)}): the users could reach no verifier"
             )
         entry = self.entry
+        for r in routers:
+            if r.name != entry:
+                raise ConfigError(
+                    f"deployment.nodes[{seen[r.name]}] ({r.name}): no user dials this router "
+                    f"(deployment.attach is {entry!r}); leave attach empty to dial it"
+                )
         reached = set(self.routed) if entry in self.routers else {entry}
         for v in verifiers:
             if v not in reached:
@@ -147,8 +164,9 @@ class DeploymentConfig:
             return self.routers[0]
         if len(self.verifiers) > 1:
             raise ConfigError(
-                f"deployment.attach must name the node the users dial: there are "
-                f"{len(self.verifiers)} verifiers ({', '.join(self.verifiers)}) and no router"
+                f"deployment.nodes has {len(self.verifiers)} verifiers "
+                f"({', '.join(self.verifiers)}) and no router: every user dials one node, so "
+                'several verifiers need a router (a node with role = "router")'
             )
         return self.verifiers[0]
 

@@ -63,7 +63,9 @@ class ClientCore:
         return out
 
     def welcomed(self, now: float) -> None:
-        """A connection's handshake is done: a reconnection, if this user had served before."""
+        """A connection's handshake is done: a reconnection, if this user had served before.
+        The plan it knew was the last connection's (perhaps another verifier's)."""
+        self.plan = None
         if self.stats.sessions or self._flight is not None:
             self.stats.reconnects += 1
             self._records.append({"ev": "reconnected", "t": now, "user": self.user_id})

@@ -308,19 +308,22 @@ class VerifierCore:
     def sessions_waiting(self) -> int:
         return sum(m.prompt is not None for m in self.members.values())
 
-    def unplanned_sessions(self) -> bool:
-        """New sessions that the plan in force does not cover (a plan must be made first)."""
-        new = [m for m in self.members.values() if m.prompt is not None]
-        return bool(new) and (
-            self.plan is None or any(m.uid not in self.plan.draft_len for m in new)
-        )
+    def new_sessions(self) -> list[Member]:
+        """The members whose session waits for its prefill."""
+        return [m for m in self.members.values() if m.prompt is not None]
 
-    def take_prompts(self) -> list[tuple[Member, tuple[int, ...]]]:
-        """The sessions to prefill now (their prompts handed over)."""
-        new = [(m, m.prompt) for m in self.members.values() if m.prompt is not None]
-        for m, _ in new:
+    def unplanned(self, members: Sequence[Member]) -> bool:
+        """Some of ``members`` are not in the plan in force (a plan must be made first)."""
+        return self.plan is None or any(m.uid not in self.plan.draft_len for m in members)
+
+    @staticmethod
+    def take_prompts(members: Sequence[Member]) -> list[tuple[Member, tuple[int, ...]]]:
+        """``members``' sessions to prefill now (their prompts handed over). Only these: a
+        session that arrived since (during a solve) waits for a plan that has it."""
+        taken = [(m, m.prompt) for m in members if m.alive and m.prompt is not None]
+        for m, _ in taken:
             m.prompt = None
-        return [(m, p) for m, p in new if p is not None]
+        return [(m, p) for m, p in taken if p is not None]
 
     def prefilled(
         self, members: Sequence[Member], firsts: Sequence[int | None], busy_s: float, now: float

@@ -41,8 +41,11 @@ def test_a_broken_session_resumes_with_every_committed_token_as_the_same_session
     core.first_token(_verdict(0, 0, 7), now=0.1)
     core.verdict(_verdict(1, 1, 9), drafted=(5, 6), draft_ms=0.0, now=0.2)
     core.records()
-    # The link breaks here; the next connection is a reconnection and resumes.
+    # The link breaks here; the next connection is a reconnection and resumes, under no plan
+    # until its verifier says (the old one was the last connection's).
+    core.plan = PlanUpdate(plan_id=3, slot=0, slots=1, draft_len=3, cycle_ms=100.0)
     core.welcomed(now=1.0)
+    assert core.plan is None
     assert core.records() == [{"ev": "reconnected", "t": 1.0, "user": 0}]
     again = core.open_session(now=1.0)
     assert again.prompt == (1, 2, 3, 7, 5, 9) and again.max_new_tokens == 10 - 3

@@ -124,14 +124,14 @@ def test_a_plan_then_prefill_then_a_batch_as_the_staged_pipeline_says() -> None:
     a, b = s.hello(0, now=0.0), s.hello(1, now=0.0)
     s.start(a)
     s.start(b)
-    assert s.core.unplanned_sessions()
+    assert s.core.unplanned(s.core.new_sessions())
     s.plan(now=0.1)
     plan = s.core.plan
     assert plan is not None and s.core.dirty == ""
     assert [r["ev"] for r in s.records][-1] == "plan"
     updates = [e for _, e in s.sent if isinstance(e, PlanUpdate)]
     assert len(updates) == 2  # both past their handshake
-    taken = s.core.take_prompts()
+    taken = s.core.take_prompts(s.core.new_sessions())
     assert [m.uid for m, _ in taken] == [0, 1] and s.core.sessions_waiting() == 0
     s.core.prefilled([a, b], [11, 12], busy_s=0.05, now=0.2)
     s.apply()
