@@ -32,8 +32,8 @@ ROOT = Path(__file__).parents[1]
 TICK_S = os.sysconf("SC_CLK_TCK")
 
 
-def _nodes() -> dict[int, tuple[str, float, float]]:
-    """Every live node process: its role, CPU seconds so far and resident MB."""
+def _nodes() -> dict[int, tuple[str, str, float, float]]:
+    """Every live node process: its policy, its role, CPU seconds so far and resident MB."""
     out = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -43,7 +43,8 @@ def _nodes() -> dict[int, tuple[str, float, float]]:
             if b"emu.runners.node" not in cmd:
                 continue
             args = [a.decode() for a in cmd]
-            role = args[args.index("emu.runners.node") + 2]
+            at = args.index("emu.runners.node")
+            policy, role = Path(args[at + 1]).parent.name, args[at + 2]
             stat = (Path("/proc") / pid / "stat").read_text().rsplit(")", 1)[1].split()
             cpu = (int(stat[11]) + int(stat[12])) / TICK_S
             rss = next(
@@ -53,7 +54,7 @@ def _nodes() -> dict[int, tuple[str, float, float]]:
             )
         except (OSError, ValueError, StopIteration, IndexError):
             continue
-        out[int(pid)] = (role, cpu, rss)
+        out[int(pid)] = (policy, role, cpu, rss)
     return out
 
 
@@ -62,18 +63,19 @@ class Sampler(threading.Thread):
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.seen: dict[int, tuple[str, float, float]] = {}
+        self.seen: dict[int, tuple[str, str, float, float]] = {}
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.wait(1.0):
-            for pid, (role, cpu, rss) in _nodes().items():
+            for pid, (policy, role, cpu, rss) in _nodes().items():
                 old = self.seen.get(pid)
-                self.seen[pid] = (role, cpu, max(rss, old[2] if old else 0.0))
+                self.seen[pid] = (policy, role, cpu, max(rss, old[3] if old else 0.0))
 
-    def per_role(self, role: str) -> tuple[int, float, float]:
-        rows = [v for v in self.seen.values() if v[0] == role]
-        return len(rows), sum(r[1] for r in rows), sum(r[2] for r in rows)
+    def per_role(self, policy: str, role: str) -> tuple[int, float, float]:
+        """One policy's processes of ``role``: how many, their CPU seconds and MB in all."""
+        rows = [v for v in self.seen.values() if v[:2] == (policy, role)]
+        return len(rows), sum(r[2] for r in rows), sum(r[3] for r in rows)
 
 
 def own_plans_tok_s(run: Path, window: tuple[float, float]) -> float | None:
@@ -125,10 +127,10 @@ def case(users: int, scale: str, links: str, policies: list[str], duration: floa
             p: own_plans_tok_s(Path(tmp) / "run" / p, tuple(res["steady_window_s"]))
             for p, res in doc["results"].items()
         }
-    n_users, user_cpu, user_mb = sampler.per_role("user")
-    _, edge_cpu, edge_mb = sampler.per_role("edge")
-    span = sum(res.get("span_s", 0.0) for res in doc["results"].values())
     for policy, res in doc["results"].items():
+        n_users, user_cpu, user_mb = sampler.per_role(policy, "user")
+        _, edge_cpu, edge_mb = sampler.per_role(policy, "edge")
+        span = res.get("span_s", 0.0)
         ratio = res["throughput_tok_s"] / res["predicted_tok_s"]
         mine = own[policy]
         own_ratio = f"{res['throughput_tok_s'] / mine:.3f}" if mine else "-"
