@@ -29,8 +29,7 @@ from nodes.protocol import (
     Redirect,
     Role,
 )
-from nodes.stream import Sink, receive_event
-from nodes.user import FINAL_REFUSALS, EdgeRefused
+from nodes.stream import FINAL_REFUSALS, EdgeRefused, Sink, receive_event
 
 __all__ = ["RouterNode", "ask_router", "via_router"]
 
@@ -40,7 +39,9 @@ DialNode = Callable[[Redirect], Awaitable[trio.abc.Stream]]
 
 class RouterNode:
     """Answers each Hello with the verifier that serves its user. ``where`` maps each
-    verifier's name to its (host, port)."""
+    verifier's name to its (host, port). Peers are held to the ``limits``: a Hello within
+    the handshake timeout, frames within their size, and at most ``limits.connections(users)``
+    connections open at once (a connection is brief: one question, one answer)."""
 
     def __init__(
         self,
@@ -51,6 +52,7 @@ class RouterNode:
         limits: Limits | None = None,
         auth: str = "",
         name: str = "router",
+        users: int = 0,
     ) -> None:
         missing = [v for v in core.verifiers if v not in where]
         if missing:
@@ -58,17 +60,22 @@ class RouterNode:
         self.core, self.where, self.sink = core, dict(where), sink
         self.limits = limits or Limits()
         self.auth, self.name = auth, name
+        self.max_connections = self.limits.connections(users)
         self.routed = 0
         self.refused = 0
+        self._open = 0
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """One user's question, answered; never raises for anything the peer does."""
         lim = self.limits
         conn = Connection(Role.EDGE, max_frame=lim.max_frame_bytes)
+        self._open += 1
         try:
             async with stream:
                 answer: Event
                 try:
+                    if self._open > self.max_connections:
+                        raise _Full(f"{self._open - 1} connections open, the most allowed")
                     with trio.fail_after(lim.handshake_timeout_s):
                         hello = await receive_event(conn, stream)
                     if isinstance(hello, Closed):
@@ -80,11 +87,15 @@ class RouterNode:
                     )
                 except RemoteProtocolError as exc:
                     answer = self._refuse(None, ErrorCode(exc.code), str(exc))
+                except _Full as exc:
+                    answer = self._refuse(None, ErrorCode.OVERLOADED, str(exc))
                 data = conn.send(answer)
                 with trio.move_on_after(lim.handshake_timeout_s):
                     await stream.send_all(data)
         except (PeerGone, LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer is gone, or its connection can carry nothing more
+        finally:
+            self._open -= 1
 
     def _answer(self, hello: Event) -> Event:
         if not isinstance(hello, Hello):
@@ -105,6 +116,10 @@ class RouterNode:
         self.sink({"ev": "refused", "t": trio.current_time(), "node": self.name, "user": uid,
                    "code": int(code), "error": why})  # fmt: skip
         return Error(error=int(code), message=why[:1000])
+
+
+class _Full(Exception):
+    """Too many connections open at once."""
 
 
 async def ask_router(stream: trio.abc.Stream, user_id: int, *, auth: str = "") -> Redirect:

@@ -39,7 +39,6 @@ from nodes.protocol import (
     Connection,
     Draft,
     Error,
-    ErrorCode,
     Event,
     Hello,
     PlanUpdate,
@@ -47,19 +46,13 @@ from nodes.protocol import (
     Verdict,
     Welcome,
 )
-from nodes.stream import Sink, receive_event
+from nodes.stream import FINAL_REFUSALS, EdgeRefused, Sink, receive_event
 
 __all__ = ["FINAL_REFUSALS", "Dial", "EdgeRefused", "Sink", "UserNode", "UserStats"]
 
 Dial = Callable[[], Awaitable[trio.abc.Stream]]
 BACKOFF_S = (0.1, 1.0)  # the first redial's wait, and the longest
 SILENT_BEATS = 8  # heartbeats an edge may miss before its link is taken for broken
-# Refusals that redialling cannot change: who the user is, or what it sends.
-FINAL_REFUSALS = (ErrorCode.AUTH, ErrorCode.VERSION, ErrorCode.MALFORMED, ErrorCode.TOO_LARGE)
-
-
-class EdgeRefused(PeerGone):
-    """The edge refused this user for good (an unknown id, a bad auth, another version)."""
 
 
 class UserNode:

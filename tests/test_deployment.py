@@ -14,10 +14,11 @@ import trio
 import trio.testing
 
 from emu.deploy.deployment import assemble
-from emu.errors import ConfigError
+from emu.errors import ConfigError, PeerGone
 from emu.planner import evaluate, plan_for
 from emu.runners.sim import simulate
 from emu.scenario import load_scenario
+from nodes.core.guard import Limits
 from nodes.core.route import RouterCore
 from nodes.protocol import Connection, Error, ErrorCode, Heartbeat, Role
 from nodes.router import RouterNode, ask_router
@@ -159,6 +160,28 @@ async def test_the_router_lets_a_peer_that_leaves_before_hello_go() -> None:
     await user.aclose()
     await node.serve_stream(router)  # returns, and raises nothing
     assert node.routed == 0 and records == []
+
+
+async def test_the_router_caps_its_open_connections() -> None:
+    records: list[dict[str, Any]] = []
+    node = RouterNode(
+        RouterCore(("edge0",)),
+        {"edge0": ("10.0.1.2", 7000)},
+        sink=records.append,
+        limits=Limits(max_connections=2),
+    )
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):  # two peers that hold their connection and say nothing
+            _, router = trio.testing.memory_stream_pair()
+            nursery.start_soon(node.serve_stream, router)
+        await trio.sleep(0.1)
+        user, router = trio.testing.memory_stream_pair()
+        nursery.start_soon(node.serve_stream, router)
+        with pytest.raises(PeerGone, match="connections open") as info:
+            await ask_router(user, 1)
+        assert not isinstance(info.value, EdgeRefused)  # OVERLOADED: worth a redial later
+        nursery.cancel_scope.cancel()
+    assert node.refused == 1 and records[-1]["code"] == ErrorCode.OVERLOADED
 
 
 @pytest.fixture(scope="module")

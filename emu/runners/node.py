@@ -178,7 +178,13 @@ async def _edge(
 async def _router(port: int, sc: Scenario, rec: Recorder, *, name: str) -> dict[str, Any]:
     dep = assemble(sc)
     where = {v: (dep.node(v).address, sc.deployment.port) for v in dep.verifiers}
-    router = RouterNode(dep.router_core(), where, sink=rec.for_node(name), limits=sc.limits)
+    router = RouterNode(
+        dep.router_core(),
+        where,
+        sink=rec.for_node(name),
+        limits=sc.limits,
+        users=dep.problem.size,
+    )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_until_signalled, nursery.cancel_scope)
         await nursery.start(trio.serve_tcp, router.serve_stream, port)

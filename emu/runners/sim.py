@@ -127,6 +127,7 @@ async def _run_policy(
             {v: (v, 0) for v in dep.verifiers},  # in memory, a node's name is its address
             sink=rec.for_node(dep.router),
             limits=sc.limits,
+            users=problem.size,
         )
         servers[dep.router] = router.serve_stream
     net = sc.network
