@@ -361,10 +361,10 @@ class EdgeNode:
                     await self._arrival.wait()
 
     async def _await_first_users(self) -> None:
-        while not self.core.sessions_waiting():
+        while not self.core.new_sessions():
             await self._arrival.wait()
         with trio.move_on_after(self.cfg.join_window_s):
-            while self.core.sessions_waiting() < self.cfg.expected_users:
+            while len(self.core.new_sessions()) < self.cfg.expected_users:
                 await self._arrival.wait()
 
     async def _prefill(self) -> None:

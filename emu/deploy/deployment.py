@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from emu.planner import Plan, evaluate
-from emu.planner.model import Problem
+from emu.planner.model import Problem, User
 from emu.scenario import Scenario
 from nodes.core.route import RouterCore
 
@@ -65,6 +65,10 @@ class Deployment:
             if n.name == name:
                 return n
         raise KeyError(f"{name!r} is not a node of this deployment")
+
+    def priors(self, verifier: str) -> dict[int, User]:
+        """What ``verifier`` starts out believing of each of its users, by user id."""
+        return {i: self.problem.users[i] for i in self.groups[verifier]}
 
     def served(self, verifier: str) -> Problem:
         """The planning instance of ``verifier``: its users' priors, in index order."""

@@ -18,9 +18,12 @@ from emu.scenario.sections import UserOverride
 from emu.scenario.streams import Streams
 from nodes.backends import SyntheticVerifier
 from nodes.edge import EdgeSettings
+from nodes.router import RouterNode
+from nodes.stream import Sink
 
 if TYPE_CHECKING:
     from channel_models.cell import LinkSeries
+    from emu.deploy.deployment import Deployment
     from emu.models.embedded import ModelSetup
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "node_problem",
     "node_scenario",
     "radio_comm_ms",
+    "router_node",
     "synthetic_verifier",
     "with_comm",
     "with_model_priors",
@@ -60,6 +64,13 @@ def edge_settings(sc: Scenario, users: int) -> EdgeSettings:
         expected_users=users,
         limits=sc.limits,  # the edge caps its connections at limits.connections(users)
     )
+
+
+def router_node(dep: Deployment, where: Mapping[str, tuple[str, int]], sink: Sink) -> RouterNode:
+    """The deployment's router, sending each user to its verifier at ``where`` (by name)."""
+    assert dep.router is not None
+    sc = dep.scenario
+    return RouterNode(dep.router_core(), where, sink=sink, limits=sc.limits, users=dep.problem.size)
 
 
 def radio_comm_ms(sc: Scenario, up: LinkSeries, down: LinkSeries) -> tuple[float, ...]:

@@ -43,6 +43,7 @@ from emu.deploy.runtime import (
     memo_planner,
     model_setup,
     node_problem,
+    router_node,
     synthetic_verifier,
 )
 from emu.errors import ConfigError, PeerGone
@@ -62,7 +63,7 @@ from nodes.backends import DraftBackend, SyntheticDrafter, VerifyBackend
 from nodes.edge import EdgeNode
 from nodes.pacing import REAL_CLOCK_LEAD_S, Pacer
 from nodes.protocol import Redirect
-from nodes.router import RouterNode, via_router
+from nodes.router import via_router
 from nodes.user import EdgeRefused, UserNode
 
 __all__ = ["SharedClock", "main"]
@@ -146,15 +147,15 @@ async def _edge(
     # The planner's thread and the event loop share the GIL: hand it over every 0.5 ms, not
     # Python's default 5, so a message that arrives during a solve waits no longer than that.
     sys.setswitchinterval(0.0005)
-    problem = node_problem(sc)
-    uids = assemble(sc).groups[name]
-    settings = edge_settings(sc, len(uids))
+    dep = assemble(sc).with_problem(node_problem(sc))
+    problem = dep.problem
+    settings = edge_settings(sc, len(dep.groups[name]))
     _open_files_for(settings.limits.connections(settings.expected_users))
     edge = EdgeNode(
         edge=problem.edge,
         verifier=_verifier(sc, problem, sc.emu.timing == "profile"),
         planner=memo_planner(sc.planner.policy),
-        priors={i: problem.users[i] for i in uids},
+        priors=dep.priors(name),
         settings=settings,
         sink=rec.for_node(name),
         pacer=pacer,
@@ -178,13 +179,7 @@ async def _edge(
 async def _router(port: int, sc: Scenario, rec: Recorder, *, name: str) -> dict[str, Any]:
     dep = assemble(sc)
     where = {v: (dep.node(v).address, sc.deployment.port) for v in dep.verifiers}
-    router = RouterNode(
-        dep.router_core(),
-        where,
-        sink=rec.for_node(name),
-        limits=sc.limits,
-        users=dep.problem.size,
-    )
+    router = router_node(dep, where, rec.for_node(name))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_until_signalled, nursery.cancel_scope)
         await nursery.start(trio.serve_tcp, router.serve_stream, port)

@@ -29,6 +29,7 @@ from emu.deploy.runtime import (
     edge_settings,
     memo_planner,
     radio_comm_ms,
+    router_node,
     synthetic_verifier,
     with_comm,
     with_model_priors,
@@ -48,7 +49,7 @@ from nodes.backends import DraftBackend, SyntheticDrafter, VerifyBackend
 from nodes.edge import EdgeNode
 from nodes.pacing import Pacer
 from nodes.protocol import Redirect
-from nodes.router import RouterNode, via_router
+from nodes.router import via_router
 from nodes.user import Dial, UserNode
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ async def _run_policy(
             edge=problem.edge,
             verifier=verifier,
             planner=planner,
-            priors={i: problem.users[i] for i in uids},
+            priors=dep.priors(v),
             settings=edge_settings(sc, len(uids)),
             sink=rec.for_node(v),
             pacer=Pacer("virtual"),
@@ -122,13 +123,8 @@ async def _run_policy(
         edges.append(edge)
         servers[v] = edge.serve_stream
     if dep.router is not None:
-        router = RouterNode(
-            dep.router_core(),
-            {v: (v, 0) for v in dep.verifiers},  # in memory, a node's name is its address
-            sink=rec.for_node(dep.router),
-            limits=sc.limits,
-            users=problem.size,
-        )
+        in_memory = {v: (v, 0) for v in dep.verifiers}  # a node's name is its address
+        router = router_node(dep, in_memory, rec.for_node(dep.router))
         servers[dep.router] = router.serve_stream
     net = sc.network
     duration = sc.sim.duration_s

@@ -305,9 +305,6 @@ class VerifierCore:
         )
 
     # --- the pipeline ------------------------------------------------------------------
-    def sessions_waiting(self) -> int:
-        return sum(m.prompt is not None for m in self.members.values())
-
     def new_sessions(self) -> list[Member]:
         """The members whose session waits for its prefill."""
         return [m for m in self.members.values() if m.prompt is not None]

@@ -132,7 +132,7 @@ def test_a_plan_then_prefill_then_a_batch_as_the_staged_pipeline_says() -> None:
     updates = [e for _, e in s.sent if isinstance(e, PlanUpdate)]
     assert len(updates) == 2  # both past their handshake
     taken = s.core.take_prompts(s.core.new_sessions())
-    assert [m.uid for m, _ in taken] == [0, 1] and s.core.sessions_waiting() == 0
+    assert [m.uid for m, _ in taken] == [0, 1] and s.core.new_sessions() == []
     s.core.prefilled([a, b], [11, 12], busy_s=0.05, now=0.2)
     s.apply()
     verdicts = [(u, e) for u, e in s.sent if isinstance(e, Verdict)]
