@@ -59,6 +59,18 @@ def _scenario(nodes: list[dict[str, Any]], **more: Any) -> Any:
         ([V0, {**ROUTER, "policy": "jsq"}], {}, r"nodes\[1\]\.policy must be one of"),
         ([{**V0, "verifiers": ["edge0"]}], {}, "is a router's field"),
         ([V0], {"deployment.system": "dsd"}, "deployment.system must be one of dipsd"),
+        ([V0, V1, ROUTER], {"deployment.links": [{"ends": ["router", "edge9"]}]},
+         r"links\[0\]\.ends names 'edge9', which is not a server node"),
+        ([V0], {"deployment.links": [{"ends": ["u0", "edge0"]}]},
+         r"names 'u0'.*a user's link is \[network\]'s or \[radio\]'s"),
+        ([V0], {"deployment.links": [{"ends": ["edge0", "edge0"]}]},
+         r"links\[0\]\.ends must name two different nodes"),
+        ([V0], {"deployment.links": [{"ends": ["edge0"]}]}, "must name two different nodes"),
+        ([V0, V1, ROUTER], {"deployment.links": [{"ends": ["router", "edge1"], "delay_ms": -1}]},
+         r"deployment\.links\[0\]\.delay_ms must be in \[0, 1e5\], got -1"),
+        ([V0, V1, ROUTER], {"deployment.links": [
+            {"ends": ["router", "edge1"]}, {"ends": ["edge1", "router"], "one_way": True}]},
+         r"links\[1\] links edge1 to router, and so does deployment\.links\[0\]"),
     ],
 )  # fmt: skip
 def test_roles_that_cannot_work_together_are_one_line_each(
@@ -88,6 +100,21 @@ def test_the_default_deployment_is_dipsd_one_edge_that_every_user_dials() -> Non
     assert dep.entry == "edge" and dep.groups["edge"] == (0, 1, 2, 3)
     assert [n.name for n in dep.users] == ["u0", "u1", "u2", "u3"]
     assert dep.served("edge") is dep.problem
+
+
+def test_links_between_servers_are_each_direction_a_fixed_state() -> None:
+    links = [
+        {"ends": ["router", "edge1"], "delay_ms": 5.0, "rate_bps": 1e8},
+        {"ends": ["edge0", "edge1"], "delay_ms": 2.0, "jitter_ms": 0.5, "one_way": True},
+    ]
+    dep = assemble(_scenario([V0, V1, ROUTER], **{"deployment.links": links}))
+    assert [link.name for link in dep.links] == ["router->edge1", "edge1->router", "edge0->edge1"]
+    assert [(x.spec.state.delay_ms, x.spec.state.rate_bps) for x in dep.links[:2]] == [
+        (5.0, 1e8), (5.0, 1e8)
+    ]  # fmt: skip
+    assert dep.links[2].spec.state.jitter_ms == 0.5
+    assert dep.describe()["links"] == ["router->edge1", "edge1->router", "edge0->edge1"]
+    assert dep.links[0].scaled(3.0).spec.time_scale == 3.0
 
 
 def test_a_router_splits_users_by_its_own_rule_and_the_deployment_knows_the_split() -> None:

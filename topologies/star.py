@@ -23,6 +23,7 @@ __all__ = [
     "StarTopo",
     "check_users",
     "server_ip",
+    "server_subnet",
     "user_ip",
     "user_subnet",
 ]
@@ -33,6 +34,10 @@ MAX_SERVERS = 250
 
 def server_ip(k: int) -> str:
     return f"10.0.{k}.2"
+
+
+def server_subnet(k: int) -> str:
+    return f"10.0.{k}.0/24"
 
 
 def check_users(users: int, servers: int = 1) -> None:

@@ -1,5 +1,6 @@
 """A scenario's deployment, assembled once: every node with its role and place, the node the
-users dial, the router's choice of verifier per user, and each verifier's planning instance.
+users dial, the router's choice of verifier per user, each verifier's planning instance, and
+the links between servers.
 
 Layer: emu (orchestration; pure over the scenario). ``assemble(scenario)`` is the one place
 where roles, users and verifiers are put together; ``draftnet sim`` and ``draftnet run`` take
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from emu.planner import Plan, evaluate
 from emu.planner.model import Problem, User
 from emu.scenario import Scenario
+from emu.shaping.spec import LinkSpec, ServerLink
 from nodes.core.route import RouterCore
 
 __all__ = ["Deployment", "Node", "assemble"]
@@ -47,6 +49,7 @@ class Deployment:
     groups: Mapping[str, tuple[int, ...]]  # each verifier's users (scenario indices)
     router: str | None = None
     router_policy: str = "round-robin"
+    links: tuple[ServerLink, ...] = ()  # between servers, each direction its own
 
     @property
     def verifiers(self) -> tuple[str, ...]:
@@ -95,6 +98,7 @@ class Deployment:
             "verifiers": {v: list(us) for v, us in self.groups.items()},
             "router": self.router,
             "router_policy": self.router_policy if self.router is not None else None,
+            "links": [link.name for link in self.links],
         }
 
     def predicted_tok_s(self, planner: Callable[[Problem, Plan | None], Plan]) -> float:
@@ -136,4 +140,18 @@ def assemble(sc: Scenario) -> Deployment:
         groups=groups,
         router=router.name if router is not None and entry == router.name else None,
         router_policy=policy,
+        links=tuple(
+            ServerLink(
+                src,
+                dst,
+                LinkSpec.fixed(
+                    delay_ms=link.delay_ms,
+                    jitter_ms=link.jitter_ms,
+                    rate_bps=link.rate_bps,
+                    loss=link.loss,
+                ),
+            )
+            for link in d.links
+            for src, dst in link.directions
+        ),
     )

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +71,7 @@ from emu.runners.timescale import TimeScale, auto_time_scale
 from emu.scenario import Scenario, scenario_toml
 from emu.shaping.probe import IP_UDP_HEADERS
 from emu.shaping.sources import load_series
-from emu.shaping.spec import LinkPair, LinkSpec, SeriesRef
+from emu.shaping.spec import LinkPair, LinkSpec, SeriesRef, ServerLink
 from topologies.registry import check as check_topology
 
 __all__ = ["STOP_SIGNALS", "Interrupted", "emulate"]
@@ -241,20 +241,44 @@ def _burst_packets(rate_bps: float) -> int:
     return int(np.clip(rate_bps * 0.2 / ((1200 + IP_UDP_HEADERS) * 8), 100, 600))
 
 
-def _fidelity(nw: Network, configured: list[dict[str, float]]) -> list[dict[str, Any]]:
-    """Probe every user's link; ok when the RTT is within 2 ms (or 10%) of what the link is
-    configured to give (delays and the jitters' means), and the rate within 10%."""
-    server = nw.edge.popen([sys.executable, "-m", "emu.shaping.probe", "serve", str(PROBE_PORT)])
-    if nw.manifest is not None:
-        nw.manifest.process(server.pid, what="link probe", match="emu.shaping.probe serve")
+def _fidelity(
+    nw: Network, configured: Configured, between: Sequence[ServerLink] = ()
+) -> list[dict[str, Any]]:
+    """Probe every user's link (to the first server) and every link between servers (from its
+    source); ok when the RTT is within 2 ms (or 10%) of what the link is configured to give
+    (delays and the jitters' means, both ways), and the rate within 10%."""
+    probes = [
+        (f"u{i}<->{nw.servers[0]}", nw.user(i), nw.servers[0], conf)
+        for i, conf in enumerate(configured)
+    ]
+    state = {(link.src, link.dst): link.spec.state for link in between}
+    for link in between:
+        there, back = link.spec.state, state.get((link.dst, link.src))
+        assert there is not None  # a link between servers is a fixed state
+        delay, jitter = there.delay_ms, there.jitter_ms
+        if back is not None:
+            delay, jitter = delay + back.delay_ms, jitter + back.jitter_ms
+        conf = {
+            "rtt_ms": _expected_rtt(delay * link.spec.time_scale, jitter * link.spec.time_scale),
+            "up_rate_bps": there.rate_bps / link.spec.time_scale,
+            "up_loss": there.loss,
+        }
+        probes.append((link.name, nw.server(link.src), link.dst, conf))
+    servers = []
+    for far in dict.fromkeys(p[2] for p in probes):
+        cmd = [sys.executable, "-m", "emu.shaping.probe", "serve", str(PROBE_PORT)]
+        servers.append(nw.server(far).popen(cmd))
+        if nw.manifest is not None:
+            nw.manifest.process(servers[-1].pid, what="link probe", match=" ".join(cmd[1:]))
     time.sleep(0.3)
+    at = nw.addresses()
     out = []
     try:
-        for i, conf in enumerate(configured):
+        for label, near, far, conf in probes:
             burst = _burst_packets(conf["up_rate_bps"])
-            cmd = f"{sys.executable} -m emu.shaping.probe measure {nw.edge_ip} {PROBE_PORT} "
-            cmd += f"--echoes 10 --burst {burst} --burst-bps {2 * conf['up_rate_bps']} --packets 0"
-            text = nw.user(i).cmd(cmd).strip().splitlines()
+            line = f"{sys.executable} -m emu.shaping.probe measure {at[far]} {PROBE_PORT} "
+            line += f"--echoes 10 --burst {burst} --burst-bps {2 * conf['up_rate_bps']} --packets 0"
+            text = near.cmd(line).strip().splitlines()
             try:
                 meas = json.loads(text[-1])
             except (IndexError, ValueError):
@@ -266,15 +290,16 @@ def _fidelity(nw: Network, configured: list[dict[str, float]]) -> list[dict[str,
                 ok = ok and abs(meas["up_rate_bps"] / conf["up_rate_bps"] - 1.0) <= 0.1
             out.append(
                 {
-                    "link": f"u{i}<->edge",
+                    "link": label,
                     "configured": conf,
                     "measured": {k: meas.get(k) for k in MEASURED},
                     "ok": bool(ok),
                 }
             )
     finally:
-        server.terminate()
-        server.wait()
+        for server in servers:
+            server.terminate()
+            server.wait()
     return out
 
 
@@ -350,7 +375,8 @@ def _run_policy(
     quiet = frozenset(s.name for s in dep.servers if s.role == "router" or s.name in idle)
     watch = where.watch = _Watch(pdir, scale, quiet=quiet)
     where.phase = "shaping the links"
-    with shaper.running(nw, specs, pdir, seed=sc.sim.seed):
+    between = tuple(link.scaled(scale) for link in dep.links)
+    with shaper.running(nw, specs, pdir, seed=sc.sim.seed, between=between):
         procs: dict[str, Any] = {}
         logs: dict[str, Path] = {}
 
@@ -519,7 +545,8 @@ def emulate(
         dep = dep.with_problem(problem)
         (out_dir / "scenario.toml").write_text(scenario_toml(sc))
         specs, probed, configured = _links(sc, problem, npz, scale)
-        shaper, why = choose_shaper(sc.emu.shaping, specs)
+        between = tuple(link.scaled(scale) for link in dep.links)
+        shaper, why = choose_shaper(sc.emu.shaping, specs, between)
         doc: dict[str, Any] = {
             "mode": "emu",
             "scenario": sc.name,
@@ -546,8 +573,8 @@ def emulate(
                 star_network(problem.size, manifest, servers) as nw,
             ):
                 where.phase = "probing the links"
-                with shaper.running(nw, probed, out_dir, seed=sc.sim.seed):
-                    doc["fidelity"] = _fidelity(nw, configured)
+                with shaper.running(nw, probed, out_dir, seed=sc.sim.seed, between=between):
+                    doc["fidelity"] = _fidelity(nw, configured, between)
                 _write(out_dir, doc, t_wall)
                 bad = [f["link"] for f in doc["fidelity"] if not f["ok"]]
                 if bad and sc.emu.strict:

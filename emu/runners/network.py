@@ -17,7 +17,8 @@ Shaping (``emu.shaping.tund``): for user i, packets arriving at the access point
 ``sd<i>``; the shaper writes each back when its link lets it through, and the kernel forwards it
 from there (packets out of a TUN device match no shaping rule). Each shaping table has a
 blackhole route behind the TUN route: if the shaper dies, the link drops everything rather than
-carrying traffic unshaped.
+carrying traffic unshaped. A link between two servers (``ServerLink`` j, src to dst) is TUN
+``sx<j>``: packets arriving from the source (``iif ap-<src>``) for the destination's subnet.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from typing import Any
 
 from emu.errors import ConfigError, ShapingError
 from emu.runners.manifest import Manifest
-from emu.shaping.spec import LinkPair
-from topologies.star import user_subnet
+from emu.shaping.spec import LinkPair, ServerLink
+from topologies.star import server_subnet, user_subnet
 
 __all__ = [
     "Network",
@@ -227,12 +228,21 @@ def _check_links(network: Network, links: Sequence[LinkPair]) -> None:
         raise ValueError(f"{len(links)} link specs for {network.users} users")
 
 
+SERVER_LINK_TABLE = 2100  # user i's tables are 100 + i and 1100 + i (i < 250)
+
+
 @contextmanager
 def userspace_shaping(
-    network: Network, links: Sequence[LinkPair], run_dir: Path, *, seed: int = 0
+    network: Network,
+    links: Sequence[LinkPair],
+    run_dir: Path,
+    *,
+    seed: int = 0,
+    between: Sequence[ServerLink] = (),
 ) -> Iterator[Path]:
-    """Shape every user's link both ways with ``emu.shaping.tund`` in the access point
-    (``links[i]``: user i's). Yields the path of the shaper's counters (JSON)."""
+    """Shape every user's link both ways (``links[i]``: user i's) and every link between
+    servers with ``emu.shaping.tund`` in the access point. Yields the path of the shaper's
+    counters (JSON)."""
     _check_links(network, links)
     ap = network.ap
     stats = run_dir / "shaper-stats.json"
@@ -240,47 +250,80 @@ def userspace_shaping(
         "seed": seed,
         "stats": str(stats),
         "links": [
-            {**spec.config(), "tun": f"s{d[0]}{i}"}
-            for i, pair in enumerate(links)
-            for d, spec in (("up", pair.up), ("down", pair.down))
+            *(
+                {**spec.config(), "tun": f"s{d[0]}{i}"}
+                for i, pair in enumerate(links)
+                for d, spec in (("up", pair.up), ("down", pair.down))
+            ),
+            *({**link.spec.config(), "tun": f"sx{j}"} for j, link in enumerate(between)),
         ],
     }
+    tables = _tables(network, len(between))
     if network.manifest is not None:
         tuns = [f"s{d}{i}" for i in range(network.users) for d in "ud"]
+        tuns += [f"sx{j}" for j in range(len(between))]
         network.manifest.made("TUN", tuns, where="ap")
-        tables = [str(t) for i in range(network.users) for t in (100 + i, 1100 + i)]
-        network.manifest.made("route table", tables, where="ap")
+        network.manifest.made("route table", [str(t) for t in tables], where="ap")
         network.manifest.made("rule", ["pref 100"], where="ap")
+    index = {name: k for k, name in enumerate(network.servers)}
     try:
         with _shaper(network, "emu.shaping.tund", config, run_dir):
             for i in range(network.users):
                 up, down = 100 + i, 1100 + i
                 for cmd in (
                     f"ip rule add iif ap-u{i} lookup {up} pref 100",
-                    f"ip route add default dev su{i} table {up}",
-                    f"ip route add blackhole default metric 4000 table {up}",
+                    *_tun_route(f"su{i}", up),
                     *(
                         f"ip rule add iif ap-{name} to {user_subnet(i)} lookup {down} pref 100"
                         for name in network.servers
                     ),
-                    f"ip route add default dev sd{i} table {down}",
-                    f"ip route add blackhole default metric 4000 table {down}",
+                    *_tun_route(f"sd{i}", down),
+                ):
+                    _run(ap, cmd)
+            for j, link in enumerate(between):
+                table, dst = SERVER_LINK_TABLE + j, server_subnet(index[link.dst])
+                for cmd in (
+                    f"ip rule add iif ap-{link.src} to {dst} lookup {table} pref 100",
+                    *_tun_route(f"sx{j}", table),
                 ):
                     _run(ap, cmd)
             yield stats
     finally:
-        _unroute(network)
+        _unroute(network, tables)
+
+
+def _tun_route(tun: str, table: int) -> tuple[str, str]:
+    """A shaping table: into the TUN device, and nowhere if the device is gone."""
+    return (
+        f"ip route add default dev {tun} table {table}",
+        f"ip route add blackhole default metric 4000 table {table}",
+    )
+
+
+def _tables(network: Network, server_links: int) -> list[int]:
+    users = [t for i in range(network.users) for t in (100 + i, 1100 + i)]
+    return users + [SERVER_LINK_TABLE + j for j in range(server_links)]
 
 
 @contextmanager
 def tc_shaping(
-    network: Network, links: Sequence[LinkPair], run_dir: Path, *, tick_s: float = 0.01
+    network: Network,
+    links: Sequence[LinkPair],
+    run_dir: Path,
+    *,
+    tick_s: float = 0.01,
+    between: Sequence[ServerLink] = (),
 ) -> Iterator[Path]:
     """Shape every user's link both ways with kernel qdiscs (``emu.shaping.tcd``): HTB classes,
     netem beneath where a link has delay, jitter or loss. The uplinks are classes on the
     access point's edge interface, picked by source subnet; each downlink a class on its
     user's interface. Yields the path of the counters (JSON)."""
     _check_links(network, links)
+    if between:
+        raise ConfigError(
+            f"emu.shaping = tc shapes the users' links only, and this deployment links servers "
+            f"({', '.join(link.name for link in between)}): use userspace"
+        )
     if len(network.servers) > 1:
         raise ConfigError(
             f"emu.shaping = tc shapes the uplinks on one server's interface, and this deployment "
@@ -320,12 +363,11 @@ def tc_shaping(
         yield stats
 
 
-def _unroute(network: Network) -> None:
+def _unroute(network: Network, tables: Sequence[int]) -> None:
     """Remove the shaping rules and tables (the network may be shaped again)."""
     ap = network.ap
-    for i in range(network.users):
-        for table in (100 + i, 1100 + i):
-            _pexec(ap, f"ip route flush table {table}")
+    for table in tables:
+        _pexec(ap, f"ip route flush table {table}")
     while _pexec(ap, "ip rule del pref 100")[2] == 0:
         pass
 

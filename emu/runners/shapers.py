@@ -25,7 +25,7 @@ from emu.errors import ConfigError
 from emu.runners.manifest import PROBE_NETNS
 from emu.runners.network import Network, tc_shaping, userspace_shaping
 from emu.shaping.sources import tc_refusal
-from emu.shaping.spec import LinkPair, LinkSpec
+from emu.shaping.spec import LinkPair, LinkSpec, ServerLink
 
 __all__ = ["SHAPERS", "Shaper", "choose_shaper", "has_netem"]
 
@@ -39,9 +39,16 @@ class Shaper(Protocol):
         ...
 
     def running(
-        self, network: Network, links: Sequence[LinkPair], run_dir: Path, *, seed: int
+        self,
+        network: Network,
+        links: Sequence[LinkPair],
+        run_dir: Path,
+        *,
+        seed: int,
+        between: Sequence[ServerLink] = (),
     ) -> AbstractContextManager[Path]:
-        """Shape every user's link both ways while inside; yields its counters' path."""
+        """Shape every user's link both ways, and the links ``between`` servers, while inside;
+        yields its counters' path."""
         ...
 
 
@@ -53,9 +60,15 @@ class Userspace:
         return None
 
     def running(
-        self, network: Network, links: Sequence[LinkPair], run_dir: Path, *, seed: int
+        self,
+        network: Network,
+        links: Sequence[LinkPair],
+        run_dir: Path,
+        *,
+        seed: int,
+        between: Sequence[ServerLink] = (),
     ) -> AbstractContextManager[Path]:
-        return userspace_shaping(network, links, run_dir, seed=seed)
+        return userspace_shaping(network, links, run_dir, seed=seed, between=between)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,19 +79,28 @@ class Tc:
         return tc_refusal(spec.config(), has_netem())
 
     def running(
-        self, network: Network, links: Sequence[LinkPair], run_dir: Path, *, seed: int
+        self,
+        network: Network,
+        links: Sequence[LinkPair],
+        run_dir: Path,
+        *,
+        seed: int,
+        between: Sequence[ServerLink] = (),
     ) -> AbstractContextManager[Path]:
-        return tc_shaping(network, links, run_dir)
+        return tc_shaping(network, links, run_dir, between=between)
 
 
 SHAPERS: dict[str, Shaper] = {s.name: s for s in (Userspace(), Tc())}
 
 
-def choose_shaper(choice: str, links: Sequence[LinkPair]) -> tuple[Shaper, str]:
+def choose_shaper(
+    choice: str, links: Sequence[LinkPair], between: Sequence[ServerLink] = ()
+) -> tuple[Shaper, str]:
     """The shaper that runs (``emu.shaping``: auto, or a name in ``SHAPERS``), and why:
     auto takes ``tc`` where netem exists and it can give every link what it needs, else
     ``userspace``. Asked for, a shaper that cannot shape a link refuses it (one line, naming
-    the link and what to use instead); nothing runs unshaped in silence."""
+    the link and what to use instead); nothing runs unshaped in silence. ``tc`` shapes the
+    users' links only, not the links ``between`` servers."""
     if choice != "auto" and choice not in SHAPERS:
         known = ", ".join(["auto", *SHAPERS])
         raise ConfigError(f"emu.shaping must be one of {known}, got {choice!r}")
@@ -88,6 +110,9 @@ def choose_shaper(choice: str, links: Sequence[LinkPair]) -> tuple[Shaper, str]:
         for i, pair in enumerate(links)
         for d, spec in (("up", pair.up), ("down", pair.down))
         if (why := tc.refusal(spec)) is not None
+    ]
+    refusals += [
+        (link.name, "tc shapes the users' links only (deployment.links)") for link in between
     ]
     netem = has_netem()
     if choice == "tc":

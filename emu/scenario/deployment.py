@@ -2,21 +2,24 @@
 the users dial; the rules that make roles work together.
 
 Layer: emu (orchestration; typed configuration, no I/O). The users' nodes (each a client and a
-drafter on its device, as in DiP-SD) come from ``[users]``; the nodes listed here are the
-servers: verifiers and at most one router. ``emu.deploy.deployment.assemble`` turns a scenario
-into the typed ``Deployment`` every runner takes. Each rule's violation is one ConfigError
-naming the field, the value and the rule, before anything starts.
+drafter on its device, as in DiP-SD) come from ``[users]``, and their links from ``[network]``
+and ``[radio]``; the nodes listed here are the servers (verifiers and at most one router), and
+``links`` the links between servers (a fronthaul, a WAN), each a fixed state each way.
+``emu.deploy.deployment.assemble`` turns a scenario into the typed ``Deployment`` every runner
+takes. Each rule's violation is one ConfigError naming the field, the value and the rule,
+before anything starts.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 from emu.errors import ConfigError, check_in
 from nodes.core.route import ROUTER_POLICIES
 
-__all__ = ["ROLES", "SITES", "SYSTEMS", "DeploymentConfig", "NodeConfig"]
+__all__ = ["ROLES", "SITES", "SYSTEMS", "DeploymentConfig", "LinkConfig", "NodeConfig"]
 
 SYSTEMS = ("dipsd",)  # hetnet and dsd: issues 17 and 18
 ROLES = ("verifier", "router")
@@ -42,9 +45,37 @@ class NodeConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LinkConfig:
+    """A link between two server nodes, ``ends[0]`` to ``ends[1]`` and (unless ``one_way``)
+    back with the same state. Traffic between two servers with no link between them crosses
+    the access point unshaped."""
+
+    ends: tuple[str, ...] = ()
+    delay_ms: float = 0.0  # one way
+    jitter_ms: float = 0.0
+    rate_bps: float = 0.0  # 0: unlimited
+    loss: float = 0.0
+    one_way: bool = False  # only ends[0] -> ends[1]; the other way is another entry (or none)
+
+    def check(self, where: str) -> None:
+        check_in(f"{where}.delay_ms", self.delay_ms, 0, 1e5, "in [0, 1e5]")
+        check_in(f"{where}.jitter_ms", self.jitter_ms, 0, 1e5, "in [0, 1e5]")
+        check_in(f"{where}.rate_bps", self.rate_bps, 0, math.inf, ">= 0 (0: unlimited)")
+        check_in(f"{where}.loss", self.loss, 0, 0.5, "in [0, 0.5]")
+        if len(self.ends) != 2 or self.ends[0] == self.ends[1]:
+            raise ConfigError(f"{where}.ends must name two different nodes, got {list(self.ends)}")
+
+    @property
+    def directions(self) -> tuple[tuple[str, str], ...]:
+        a, b = self.ends
+        return ((a, b),) if self.one_way else ((a, b), (b, a))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeploymentConfig:
     system: str = "dipsd"
     nodes: tuple[NodeConfig, ...] = (NodeConfig(name="edge", role="verifier"),)
+    links: tuple[LinkConfig, ...] = ()
     attach: str = ""  # the node every user dials: "" = the router if any, else the verifier
     port: int = 7000  # every server node's TCP port (emulation and lab)
 
@@ -130,6 +161,7 @@ class DeploymentConfig:
                 f"deployment.attach names {self.attach!r}, which is not a node of the deployment "
                 f"(nodes: {', '.join(seen)}): the users could reach no verifier"
             )
+        self._check_links(seen)
         entry = self.entry
         for r in routers:
             if r.name != entry:
@@ -146,6 +178,30 @@ class DeploymentConfig:
                     f"dial {entry}{how}); set deployment.attach to a router that routes to "
                     "every verifier"
                 )
+
+    def _check_links(self, seen: dict[str, int]) -> None:
+        made: dict[tuple[str, str], int] = {}
+        for j, link in enumerate(self.links):
+            where = f"deployment.links[{j}]"
+            link.check(where)
+            for end in link.ends:
+                if end not in seen:
+                    users = (
+                        " (a user's link is [network]'s or [radio]'s)"
+                        if _RESERVED.fullmatch(end)
+                        else ""
+                    )
+                    raise ConfigError(
+                        f"{where}.ends names {end!r}, which is not a server node of the "
+                        f"deployment (nodes: {', '.join(seen)}){users}"
+                    )
+            for a, b in link.directions:
+                if (a, b) in made:
+                    raise ConfigError(
+                        f"{where} links {a} to {b}, and so does deployment.links[{made[a, b]}]: "
+                        "each direction between two nodes is one link"
+                    )
+                made[a, b] = j
 
     @property
     def verifiers(self) -> tuple[str, ...]:

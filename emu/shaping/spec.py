@@ -1,6 +1,6 @@
 """What a shaped link is told to follow, as a type: ``LinkSpec`` for one direction, ``LinkPair``
-for a user's two. The shaper processes read it as JSON (``config``), the form documented in
-``emu.shaping.sources``.
+for a user's two, ``ServerLink`` for one direction between two server nodes. The shaper
+processes read it as JSON (``config``), the form documented in ``emu.shaping.sources``.
 
 Layer: emu (shaping); no I/O.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 from channel_models.link import LinkState
 
-__all__ = ["LinkPair", "LinkSpec", "SeriesRef"]
+__all__ = ["LinkPair", "LinkSpec", "SeriesRef", "ServerLink"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +83,20 @@ class LinkPair:
 
     def config(self) -> dict[str, dict[str, Any]]:
         return {"up": self.up.config(), "down": self.down.config()}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLink:
+    """One direction of a link between two server nodes (a fronthaul, a WAN): what leaves
+    ``src`` for ``dst`` follows ``spec``."""
+
+    src: str
+    dst: str
+    spec: LinkSpec
+
+    @property
+    def name(self) -> str:
+        return f"{self.src}->{self.dst}"
+
+    def scaled(self, time_scale: float) -> ServerLink:
+        return ServerLink(self.src, self.dst, self.spec.scaled(time_scale))

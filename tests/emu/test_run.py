@@ -170,6 +170,9 @@ role = "verifier"
 name = "router"
 role = "router"
 site = "cloud"
+[[deployment.links]]
+ends = ["router", "edge1"]
+delay_ms = 15.0
 """
 
 
@@ -200,6 +203,14 @@ def test_two_verifiers_behind_a_router_run_on_their_own_hosts(tmp_path: Path) ->
         assert [p["users"] for p in records(v, "plan")][-1] == users
         assert {u for b in records(v, "batch") for u in b["users"]} == set(users)
     assert res["throughput_tok_s"] == pytest.approx(res["predicted_tok_s"], rel=0.15)
+    # The link between two servers is shaped both ways (nothing crosses it yet: the router is
+    # not on the drafts' path), and probed from each end: a shaped delay is never shorter.
+    assert doc["deployment"]["links"] == ["router->edge1", "edge1->router"]
+    probed = {f["link"]: f for f in doc["fidelity"]}
+    assert set(probed) == {*(f"u{i}<->edge0" for i in range(4)), "router->edge1", "edge1->router"}
+    for name in ("router->edge1", "edge1->router"):
+        assert probed[name]["configured"]["rtt_ms"] == pytest.approx(30.0)
+        assert probed[name]["measured"]["rtt_ms"] >= 30.0
     assert set(os.listdir("/sys/class/net")) == before
 
 

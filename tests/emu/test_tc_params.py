@@ -107,7 +107,7 @@ def test_a_link_spec_is_a_state_or_a_series_and_reads_as_the_shapers_config() ->
 def test_the_shaper_is_chosen_in_one_place_and_says_why() -> None:
     from emu.errors import ConfigError
     from emu.runners.shapers import SHAPERS, choose_shaper, has_netem
-    from emu.shaping.spec import LinkPair, LinkSpec
+    from emu.shaping.spec import LinkPair, LinkSpec, ServerLink
 
     rate_only = LinkPair.both(LinkSpec.fixed(rate_bps=5e6))
     traced = LinkPair(LinkSpec(state=LinkState(rate_bps=5e6), trace="t"), LinkSpec.fixed())
@@ -125,3 +125,7 @@ def test_the_shaper_is_chosen_in_one_place_and_says_why() -> None:
     else:
         assert why == "auto: this kernel has no netem"
     assert choose_shaper("tc", [rate_only])[0].name == "tc"  # HTB alone gives a rate
+    fronthaul = ServerLink("small", "macro", LinkSpec.fixed(delay_ms=1.0))
+    with pytest.raises(ConfigError, match=r"cannot shape link small->macro: .*users' links only"):
+        choose_shaper("tc", [rate_only], [fronthaul])
+    assert choose_shaper("auto", [rate_only], [fronthaul])[0].name == "userspace"
