@@ -13,29 +13,22 @@ slot), the length controller (the plan's lengths by default) and the re-plan rul
 length 0 needs no draft: the edge decodes for it alone. This shell runs the loop, waits on
 drafts and deadlines, calls the model backend and the planner, and does the core's actions.
 
-Faults stay local, whatever a peer sends: every exception from one connection's handling is
-caught at that connection's boundary, counted and recorded, and the connection is closed with an
-Error; a user that leaves (or falls silent past ``idle_timeout_s``) is dropped from its batch
-and the plan is recomputed; the others go on. Each peer is held to the ``Limits``
-(``nodes.core.guard``): a handshake deadline, heartbeats, frame sizes, a message rate, a cap on
-connections, and no user id the scenario does not name unless it allows joins.
+Faults stay local, whatever a peer sends: its connection (``nodes.peers``) is closed with an
+Error, counted and recorded; a user that leaves (or falls silent past ``idle_timeout_s``) is
+dropped from its batch and the plan is recomputed; the others go on.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 import trio
 
-from emu.errors import LocalProtocolError, PeerGone, RemoteProtocolError
 from emu.planner.cost import Plan
 from emu.planner.model import Edge, Problem, User
 from nodes.backends import VerifyBackend, VerifyItem
-from nodes.core.guard import RateLimit
 from nodes.core.schedule import BatchScheduler, EdgePlan, LengthController, PlanLengths
 from nodes.core.verifier import (
     EdgeSettings,
@@ -44,25 +37,13 @@ from nodes.core.verifier import (
     Forget,
     Member,
     Record,
-    Refusal,
     Send,
     VerifierCore,
 )
 from nodes.pacing import Pacer
-from nodes.protocol import (
-    Bye,
-    Closed,
-    Connection,
-    Draft,
-    Error,
-    ErrorCode,
-    Event,
-    Heartbeat,
-    Hello,
-    Role,
-    SessionStart,
-)
-from nodes.stream import Sink, receive_event
+from nodes.peers import VerifierPeers
+from nodes.protocol import Error
+from nodes.stream import Sink
 
 __all__ = ["EdgeNode", "EdgeSettings", "EdgeStats"]
 
@@ -71,19 +52,6 @@ __all__ = ["EdgeNode", "EdgeSettings", "EdgeStats"]
 Planner = Callable[[Problem, Plan | None], Plan]
 _T = TypeVar("_T")
 _R = TypeVar("_R")
-_OUTBOX = 64
-
-
-@dataclass(slots=True)
-class _Peer:
-    """One connection, joined or not."""
-
-    conn: Connection
-    outbox: trio.MemorySendChannel[bytes]
-    rate: RateLimit
-    member: Member | None = None
-    opened: float = 0.0
-    left_because: str = ""
 
 
 class EdgeNode:
@@ -115,9 +83,8 @@ class EdgeNode:
         self.sink = sink
         self.pacer = pacer or Pacer()
         self.solve_in_thread = solve_in_thread
-        self._outboxes: dict[Connection, trio.MemorySendChannel[bytes]] = {}
         self._arrival = trio.Event()
-        self._connections = 0
+        self.peers = VerifierPeers(self.core, settings, sink, apply=self._apply, wake=self._wake)
 
     @property
     def members(self) -> dict[int, Member]:
@@ -138,7 +105,7 @@ class EdgeNode:
     def connected(self, uid: int) -> bool:
         """Whether user ``uid`` is in the edge's care with a connection to send on."""
         m = self.core.members.get(uid)
-        return m is not None and m.conn in self._outboxes
+        return m is not None and self.peers.connected(m.conn)
 
     def _apply(self) -> None:
         """Do what the core decided, in order (a send that fails adds the core's answer)."""
@@ -148,18 +115,13 @@ class EdgeNode:
                     self.sink(a.rec)
                 elif isinstance(a, Send):
                     m = a.member
-                    out = self._outboxes.get(m.conn)
-                    if m.alive and (out is None or not _post(out, m.conn, a.event)):
+                    if m.alive and not self.peers.send(m.conn, a.event):
                         self.core.send_failed(m, a.event, trio.current_time())
                         self._apply()  # its eviction now, before the records that follow
                 elif isinstance(a, Evict):
-                    out = self._outboxes.get(a.member.conn)
-                    if out is not None:
-                        if a.code is not None:
-                            _post(
-                                out, a.member.conn, Error(error=int(a.code), message=a.said[:1000])
-                            )
-                        out.close()
+                    said = a.said[:1000]
+                    error = None if a.code is None else Error(error=int(a.code), message=said)
+                    self.peers.close(a.member.conn, error)
                 elif isinstance(a, Forget):  # a user left: a batch may wait on it no more
                     self.verifier.drop(a.uid)
                     self._wake()
@@ -168,168 +130,10 @@ class EdgeNode:
         self._arrival.set()
         self._arrival = trio.Event()
 
-    # --- connections ---------------------------------------------------------------------
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
-        """Serve one peer's connection until it ends. Never raises for anything the peer
-        does: the worst outcome is this connection closed with an Error."""
-        lim = self.cfg.limits
-        conn = Connection(
-            Role.EDGE,
-            max_frame=lim.max_session_frame_bytes,
-            max_small_frame=lim.max_frame_bytes,
-            max_draft_len=self.cfg.max_draft_len,
-        )
-        send, recv = trio.open_memory_channel[bytes](_OUTBOX)
-        peer = _Peer(conn=conn, outbox=send, rate=RateLimit(lim.messages_per_s))
-        self._outboxes[conn] = send
-        pinger = trio.CancelScope()
-        stopping = False
-        self._connections += 1
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, stream, recv)
-                try:
-                    if self._connections > lim.connections(self.cfg.expected_users):
-                        raise Refusal(
-                            f"{self._connections - 1} connections open, the most allowed",
-                            ErrorCode.OVERLOADED,
-                        )
-                    nursery.start_soon(self._heartbeats, peer, pinger)
-                    await self._read(stream, peer)
-                except PeerGone:
-                    pass
-                except trio.Cancelled:
-                    stopping = True  # the edge is stopping: nobody leaves a plan
-                    raise
-                except RemoteProtocolError as exc:
-                    self._fault(peer, ErrorCode(exc.code), exc, "protocol_error")
-                except Refusal as exc:
-                    self._fault(peer, exc.code, exc, "refused")
-                except Exception as exc:  # the boundary: one peer, never the edge
-                    self._fault(peer, ErrorCode.INTERNAL, exc, "connection_error")
-                finally:
-                    pinger.cancel()
-                    if peer.member is not None and not stopping:
-                        self.core.leave(peer.member, peer.left_because, trio.current_time())
-                        self._apply()
-                    send.close()
-                    nursery.cancel_scope.deadline = trio.current_time() + 1.0  # the Error's way out
-        finally:
-            self._connections -= 1
-            self._outboxes.pop(conn, None)
-
-    def _fault(self, peer: _Peer, code: ErrorCode, exc: Exception, ev: str) -> None:
-        """Record why a peer is being closed (``ev``: protocol_error, refused, or
-        connection_error for an exception of the edge's own) and tell it, if it listens. A
-        joined member's silence is recorded as its leave (``user N silent``), once."""
-        said = (str(exc) or type(exc).__name__)[:1000]
-        if code is ErrorCode.TIMEOUT and peer.member is not None:
-            peer.left_because = f"user {peer.member.uid} silent"
-            _post(peer.outbox, peer.conn, Error(error=int(code), message=said))
-            return
-        if ev == "protocol_error":
-            self.stats.protocol_errors += 1
-        elif ev == "refused":
-            self.stats.refused += 1
-        else:
-            self.stats.connection_errors += 1
-        uid = peer.member.uid if peer.member is not None else None
-        self.sink(
-            {"ev": ev, "t": trio.current_time(), "user": uid, "code": int(code), "error": said}
-        )
-        _post(peer.outbox, peer.conn, Error(error=int(code), message=said))
-
-    async def _writer(
-        self, stream: trio.abc.Stream, recv: trio.MemoryReceiveChannel[bytes]
-    ) -> None:
-        try:
-            async with recv:
-                async for data in recv:
-                    await stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-            pass
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                await stream.aclose()
-
-    async def _heartbeats(self, peer: _Peer, scope: trio.CancelScope) -> None:
-        """Tell a joined peer the edge is alive when it has heard nothing else from the edge
-        for ``heartbeat_ms`` (its own liveness check: a silent edge is a broken link it
-        should redial). A user being verified gets verdicts, and no heartbeat."""
-        every = self.cfg.limits.heartbeat_ms / 1e3
-        beat = -math.inf
-
-        def due(m: Member | None) -> float:
-            return (max(beat, m.last_verdict) if m is not None else trio.current_time()) + every
-
-        with scope:
-            while every > 0:
-                await trio.sleep_until(due(peer.member))
-                m = peer.member
-                if m is not None and not m.alive:
-                    return  # it left the plan: its connection is closing
-                # The same expression as the wake-up time: a float that rounds the other way
-                # must not spin this loop at one instant of a virtual clock.
-                now = trio.current_time()
-                if m is not None and now >= due(m):
-                    beat = now
-                    sent = min(max(0.0, now * 1e3), 1e15)
-                    if not _post(peer.outbox, peer.conn, Heartbeat(sent_ms=sent)):
-                        return
-
-    async def _next(self, stream: trio.abc.Stream, peer: _Peer) -> Event:
-        """The peer's next event, within its message rate and its deadline: the handshake's
-        until it has joined, then the idle timeout whenever the edge waits on it."""
-        lim = self.cfg.limits
-        while True:
-            if peer.member is None:
-                deadline = peer.opened + lim.handshake_timeout_s
-            elif lim.idle_timeout_s > 0:
-                # Look again every quarter of the timeout: what the edge waits on changes
-                # as it sends (a verdict asks for a draft).
-                deadline = trio.current_time() + lim.idle_timeout_s / 4
-            else:
-                deadline = math.inf
-            with trio.move_on_at(deadline):
-                ev = await receive_event(peer.conn, stream)
-                if not peer.rate.allow(trio.current_time()):
-                    raise Refusal(
-                        f"more than {lim.messages_per_s:g} messages a second",
-                        ErrorCode.OVERLOADED,
-                    )
-                return ev
-            if peer.member is None:
-                raise Refusal(f"no Hello within {lim.handshake_timeout_s:g} s", ErrorCode.TIMEOUT)
-            if (silent := self.core.silent_for(peer.member, trio.current_time())) >= (
-                lim.idle_timeout_s
-            ):
-                raise Refusal(
-                    f"silent for {silent:.3g} s while the edge waited on it", ErrorCode.TIMEOUT
-                )
-
-    async def _read(self, stream: trio.abc.Stream, peer: _Peer) -> None:
-        peer.opened = trio.current_time()
-        while True:
-            ev = await self._next(stream, peer)
-            if isinstance(ev, Closed | Bye | Error):
-                return
-            member = peer.member
-            if member is not None:
-                member.heard = trio.current_time()
-            now = trio.current_time()
-            if isinstance(ev, Hello):
-                peer.member = self.core.join(ev, peer.conn, now)
-            elif member is None:
-                continue  # only Heartbeat can come before Hello; the table enforces the rest
-            elif isinstance(ev, SessionStart):
-                self.core.session(member, ev)
-                self._wake()
-            elif isinstance(ev, Draft):
-                self.core.drafted(member, ev, now)
-                self._wake()
-            elif isinstance(ev, Heartbeat):
-                continue
-            self._apply()
+        """Serve one peer's connection until it ends (``nodes.peers``); never raises for
+        anything the peer does."""
+        await self.peers.serve_stream(stream)
 
     # --- the pipeline ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -478,15 +282,3 @@ class EdgeNode:
         else:
             self.core.planned(asked, plan, trio.current_time())
         self._apply()
-
-
-def _post(send: trio.MemorySendChannel[bytes], conn: Connection, event: Event) -> bool:
-    """Queue an event's bytes for the writer; False if the user is not keeping up or its
-    connection can no longer carry it (closed, or failed)."""
-    try:
-        send.send_nowait(conn.send(event))
-    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
-        return False
-    except LocalProtocolError:
-        return False
-    return True
