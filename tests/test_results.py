@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from emu.results.metrics import Recorder
-from emu.results.types import RunResult
+from emu.results.types import LinkCheck, RunResult, RunSummary
 from emu.runners.sim import simulate
 from emu.scenario import load_scenario
 
@@ -129,6 +129,30 @@ def test_a_run_result_has_every_documented_policy_field() -> None:
     assert res["lossless"] is None and res["valid"] is True and "invalid_reason" not in res
     assert list(res)[:2] == ["throughput_tok_s", "predicted_tok_s"]
     assert res["throughput_tok_s"] == pytest.approx(3 / 1.0)
+
+
+def test_a_run_summary_has_every_documented_field_and_is_valid_while_every_result_is() -> None:
+    rec = Recorder(None)
+    rec.policy = "p"
+    rec({"ev": "round", "t": 1.5, "user": 0, "drafted": 4, "accepted": 2, "committed": 3,
+         "round_ms": 200.0})  # fmt: skip
+    result = RunResult(measured=rec.summary("p", t_end=2.0, users=1), predicted_tok_s=5.0)
+    check = LinkCheck(link="u0<->edge", configured={"rtt_ms": 3.0},
+                      measured={"rtt_ms": 3.2}, ok=True)  # fmt: skip
+    run = RunSummary(scenario="s", users=1, deployment={}, duration_s=2.0, shaping="userspace",
+                     shaping_why="asked for", timing="profile", time_scale=1.0,
+                     time_scale_why="given", models="synthetic", fidelity=(check,))  # fmt: skip
+    run = run.with_result("dipsd", result)
+    doc = run.to_json()
+    fields = {**parse(documented(SIM_AND_RUN)), **parse("{" + documented("and, for `run`, ") + "}")}
+    assert missing(doc, fields) == []
+    assert doc["valid"] is True and "stopped" not in doc and doc["mode"] == "emu"
+    void = RunResult(measured=result.measured, predicted_tok_s=5.0, valid=False,
+                     invalid_reason="the edge exited")  # fmt: skip
+    doc = run.with_result("ad", void).to_json()
+    assert doc["valid"] is False and list(doc["results"]) == ["dipsd", "ad"]
+    assert doc["fidelity"] == [{"link": "u0<->edge", "configured": {"rtt_ms": 3.0},
+                                "measured": {"rtt_ms": 3.2}, "ok": True}]  # fmt: skip
 
 
 def test_the_run_json_documents_fidelity() -> None:

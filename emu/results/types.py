@@ -15,7 +15,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Measured", "Percentiles", "PolicyResult", "RunResult", "SimResult", "SimSummary"]
+__all__ = [
+    "LinkCheck",
+    "Measured",
+    "Percentiles",
+    "PolicyResult",
+    "RunResult",
+    "RunSummary",
+    "SimResult",
+    "SimSummary",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,6 +129,70 @@ class SimSummary:
             "results": {p: r.to_json() for p, r in self.results.items()},
             "wall_s": self.wall_s,
         }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkCheck:
+    """One link probed before a run: what it is configured to give and what it gave."""
+
+    link: str  # "u<i><->SERVER" (a user's), "A->B" (between servers)
+    configured: Mapping[str, float]  # rtt_ms, up_rate_bps, up_loss
+    measured: Mapping[str, float | None]  # rtt_ms, up_ms, down_ms, up_rate_bps
+    ok: bool  # within the tolerance (emu.strict fails the run otherwise)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSummary:
+    """``run --json`` (and ``summary.json``, rewritten as each policy ends). ``valid``: no
+    policy's result is void (a server died); ``partial`` and ``stopped``: a signal stopped the
+    run, where, and which policies did not run."""
+
+    scenario: str
+    users: int
+    deployment: Mapping[str, Any]
+    duration_s: float
+    shaping: str
+    shaping_why: str
+    timing: str
+    time_scale: float
+    time_scale_why: str
+    models: str
+    fidelity: tuple[LinkCheck, ...] = ()
+    results: Mapping[str, RunResult] = field(default_factory=dict)
+    partial: bool = False
+    stopped: Mapping[str, Any] | None = None
+    wall_s: float = 0.0
+    mode: str = "emu"
+
+    @property
+    def valid(self) -> bool:
+        return all(r.valid for r in self.results.values())
+
+    def with_result(self, policy: str, result: RunResult) -> RunSummary:
+        return dataclasses.replace(self, results={**self.results, policy: result})
+
+    def to_json(self) -> dict[str, Any]:
+        out = {
+            "mode": self.mode,
+            "scenario": self.scenario,
+            "users": self.users,
+            "deployment": _plain(self.deployment),
+            "duration_s": self.duration_s,
+            "shaping": self.shaping,
+            "shaping_why": self.shaping_why,
+            "timing": self.timing,
+            "time_scale": self.time_scale,
+            "time_scale_why": self.time_scale_why,
+            "models": self.models,
+            "valid": self.valid,
+            "partial": self.partial,
+            "fidelity": _plain(self.fidelity),
+            "results": {p: r.to_json() for p, r in self.results.items()},
+        }
+        if self.stopped is not None:
+            out["stopped"] = _plain(self.stopped)
+        out["wall_s"] = self.wall_s
+        return out
 
 
 def _plain(x: Any) -> Any:

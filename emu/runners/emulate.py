@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ from emu.planner import Problem
 from emu.planner.policies import get_policy
 from emu.results.metrics import Recorder
 from emu.results.runreport import stopped_line, write_run_report
-from emu.results.types import Measured, RunResult
+from emu.results.types import LinkCheck, Measured, RunResult, RunSummary
 from emu.runners.manifest import run_manifest
 from emu.runners.network import (
     Network,
@@ -243,7 +243,7 @@ def _burst_packets(rate_bps: float) -> int:
 
 def _fidelity(
     nw: Network, configured: Configured, between: Sequence[ServerLink] = ()
-) -> list[dict[str, Any]]:
+) -> tuple[LinkCheck, ...]:
     """Probe every user's link (to the first server) and every link between servers (from its
     source); ok when the RTT is within 2 ms (or 10%) of what the link is configured to give
     (delays and the jitters' means, both ways), and the rate within 10%."""
@@ -288,19 +288,13 @@ def _fidelity(
             )
             if burst and meas.get("up_rate_bps"):
                 ok = ok and abs(meas["up_rate_bps"] / conf["up_rate_bps"] - 1.0) <= 0.1
-            out.append(
-                {
-                    "link": label,
-                    "configured": conf,
-                    "measured": {k: meas.get(k) for k in MEASURED},
-                    "ok": bool(ok),
-                }
-            )
+            measured = {k: meas.get(k) for k in MEASURED}
+            out.append(LinkCheck(link=label, configured=conf, measured=measured, ok=bool(ok)))
     finally:
         for server in servers:
             server.terminate()
             server.wait()
-    return out
+    return tuple(out)
 
 
 class _Watch:
@@ -547,24 +541,18 @@ def emulate(
         specs, probed, configured = _links(sc, problem, npz, scale)
         between = tuple(link.scaled(scale) for link in dep.links)
         shaper, why = choose_shaper(sc.emu.shaping, specs, between)
-        doc: dict[str, Any] = {
-            "mode": "emu",
-            "scenario": sc.name,
-            "users": problem.size,
-            "deployment": dep.describe(),
-            "duration_s": sc.sim.duration_s,
-            "shaping": shaper.name,
-            "shaping_why": why,
-            "timing": timing,
-            "time_scale": scale,
-            "time_scale_why": chosen.why,
-            "models": sc.models.kind,
-            "valid": True,
-            "partial": False,
-            "fidelity": [],
-            "results": {},
-        }
-        results: dict[str, Any] = doc["results"]
+        run = RunSummary(
+            scenario=sc.name,
+            users=problem.size,
+            deployment=dep.describe(),
+            duration_s=sc.sim.duration_s,
+            shaping=shaper.name,
+            shaping_why=why,
+            timing=timing,
+            time_scale=scale,
+            time_scale_why=chosen.why,
+            models=sc.models.kind,
+        )
         lossless = _LosslessCheck(sc, out_dir, problem.size)
         where = _Where()
         try:
@@ -574,9 +562,9 @@ def emulate(
             ):
                 where.phase = "probing the links"
                 with shaper.running(nw, probed, out_dir, seed=sc.sim.seed, between=between):
-                    doc["fidelity"] = _fidelity(nw, configured, between)
-                _write(out_dir, doc, t_wall)
-                bad = [f["link"] for f in doc["fidelity"] if not f["ok"]]
+                    run = replace(run, fidelity=_fidelity(nw, configured, between))
+                _write(out_dir, run, t_wall)
+                bad = [f.link for f in run.fidelity if not f.ok]
                 if bad and sc.emu.strict:
                     raise ShapingError(f"links outside tolerance (emu.strict): {', '.join(bad)}")
                 for policy in policies:
@@ -597,7 +585,7 @@ def emulate(
                     summary = _summarise(
                         dep, out_dir / policy, policy, t_end=t_end / scale
                     )  # on the nodes' clock
-                    results[policy] = _result(
+                    result = _result(
                         dep,
                         policy,
                         summary,
@@ -605,13 +593,13 @@ def emulate(
                         duration_s=sc.sim.duration_s,
                         span_s=t_end - t0,
                         lossless=lossless(policy),
-                    ).to_json()
-                    doc["valid"] = all(r["valid"] for r in results.values())
+                    )
+                    run = run.with_result(policy, result)
                     where.policy = None
-                    _write(out_dir, doc, t_wall)
+                    _write(out_dir, run, t_wall)
         except KeyboardInterrupt as exc:
             _stopped(
-                doc,
+                run,
                 where,
                 exc,
                 dep=dep,
@@ -620,14 +608,15 @@ def emulate(
                 t_wall=t_wall,
             )
             raise
-        doc["wall_s"] = time.perf_counter() - t_wall
-        _write(out_dir, doc, t_wall)
+        run = replace(run, wall_s=time.perf_counter() - t_wall)
+        doc = run.to_json()
+        write_atomic(out_dir / "summary.json", json.dumps(doc, indent=2, default=float))
         write_run_report(out_dir, doc)
     return doc
 
 
 def _stopped(
-    doc: dict[str, Any],
+    run: RunSummary,
     where: _Where,
     exc: KeyboardInterrupt,
     *,
@@ -640,33 +629,31 @@ def _stopped(
     nodes recorded so far, marked partial with where it stopped (also said on ``exc``)."""
     at = getattr(exc, "at", time.monotonic())
     name = signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
-    scale = float(doc["time_scale"])
-    results = doc["results"]
-    t_s = None if where.t0 is None else (at - where.t0) / scale
-    if where.policy is not None and where.policy not in results:
+    t_s = None if where.t0 is None else (at - where.t0) / run.time_scale
+    if where.policy is not None and where.policy not in run.results:
         pdir = out_dir / where.policy
-        summary = _summarise(dep, pdir, where.policy, t_end=at / scale)
-        results[where.policy] = _result(
+        summary = _summarise(dep, pdir, where.policy, t_end=at / run.time_scale)
+        result = _result(
             dep,
             where.policy,
             summary,
             where.watch,
-            duration_s=doc["duration_s"],
+            duration_s=run.duration_s,
             span_s=0.0 if where.t0 is None else at - where.t0,
             lossless={"lossless": None},
             partial=True,
-        ).to_json()
-        doc["valid"] = all(r["valid"] for r in results.values())
-    doc["partial"] = True
-    doc["stopped"] = {
+        )
+        run = run.with_result(where.policy, result)
+    stopped = {
         "signal": name,
         "phase": where.phase,
         "policy": where.policy,
         "t_s": t_s,
-        "not_run": [p for p in policies if p not in results],
+        "not_run": [p for p in policies if p not in run.results],
     }
-    doc["wall_s"] = time.perf_counter() - t_wall
-    _write(out_dir, doc, t_wall)
+    run = replace(run, partial=True, stopped=stopped, wall_s=time.perf_counter() - t_wall)
+    doc = run.to_json()
+    write_atomic(out_dir / "summary.json", json.dumps(doc, indent=2, default=float))
     write_run_report(out_dir, doc)
     if isinstance(exc, Interrupted):
         exc.said = f"{stopped_line(doc)}; partial results in {out_dir}"
@@ -693,6 +680,7 @@ class _LosslessCheck:
         return check_sessions(per_user, self.reference)
 
 
-def _write(out: Path, doc: dict[str, Any], t_wall: float) -> None:
-    doc = {**doc, "wall_s": time.perf_counter() - t_wall}
+def _write(out: Path, run: RunSummary, t_wall: float) -> None:
+    """``summary.json`` as it stands (after the probes, and after each policy)."""
+    doc = replace(run, wall_s=time.perf_counter() - t_wall).to_json()
     write_atomic(out / "summary.json", json.dumps(doc, indent=2, default=float))
