@@ -128,6 +128,7 @@ class Member:
 
     uid: int
     conn: Connection  # the wire's state machine (pure): round, position, state
+    drafter: str = ""  # the node drafting for it, when not the user itself (Hello.drafter)
     est: UserEstimate = field(default_factory=UserEstimate)
     prompt: tuple[int, ...] | None = None  # a session waiting for its prefill
     max_new_tokens: int = 0
@@ -211,7 +212,7 @@ class VerifierCore:
                     ErrorCode.AUTH,
                 )
             self._remember(uid, _prior_from_hello(uid, device, self.priors))
-        m = Member(uid=uid, conn=conn, heard=now)
+        m = Member(uid=uid, conn=conn, drafter=hello.drafter, heard=now)
         self.members[uid] = m
         self.stats.joined += 1
         welcome = Welcome(
@@ -220,7 +221,10 @@ class VerifierCore:
             heartbeat_ms=lim.heartbeat_ms,
         )
         self._out.append(Send(m, welcome))
-        self._record({"ev": "join", "t": now, "user": uid})
+        joined: dict[str, object] = {"ev": "join", "t": now, "user": uid}
+        if hello.drafter:
+            joined["drafter"] = hello.drafter
+        self._record(joined)
         return m
 
     def _remember(self, uid: int, prior: User) -> None:

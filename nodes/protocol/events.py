@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import astuple, dataclass, field, fields
+from dataclasses import MISSING, astuple, dataclass, field, fields
 from typing import Any, ClassVar
 
 __all__ = [
@@ -36,7 +36,9 @@ __all__ = [
     "from_wire",
 ]
 
-PROTOCOL_VERSION = 2  # 2: Redirect (a router between users and verifiers); Stats retired
+# 2: Redirect (a router between users and verifiers); Stats retired. 3: Hello.drafter (a drafter
+# that serves several clients opens one connection, and one session at a time, per client).
+PROTOCOL_VERSION = 3
 MAX_DRAFT_TOKENS = 256
 MAX_PROMPT_TOKENS = 32768
 MAX_TOKEN_ID = 2**31 - 1
@@ -119,19 +121,26 @@ def _plain(x: object) -> object:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Hello(Event):
-    """User to edge, first: who it is, what it runs on, and the protocol it speaks."""
+    """User to edge, first: who it is, what it runs on, and the protocol it speaks.
+
+    ``user_id`` is the client whose tokens the connection carries. ``drafter`` names the node
+    that drafts for it when that is not the client itself ("": the client drafts, as in
+    DiP-SD): a drafter serving several clients dials once per client, each connection its own
+    user, and says so here; ``device`` is then the drafter's."""
 
     code: ClassVar[int] = 1
     version: int
     user_id: int
     device: dict[str, float] = field(default_factory=dict)
     auth: str = ""
+    drafter: str = ""
 
     def validate(self) -> None:
         _int("version", self.version, 1, 2**16)
         _int("user_id", self.user_id, 0, 2**31 - 1)
         _numbers("device", self.device)
         _text("auth", self.auth)
+        _text("drafter", self.drafter)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -317,6 +326,10 @@ EVENT_TYPES: dict[int, type[Event]] = {
     )
 }
 _FIELDS = {code: tuple(f.name for f in fields(cls)) for code, cls in EVENT_TYPES.items()}
+_REQUIRED = {
+    code: sum(f.default is MISSING and f.default_factory is MISSING for f in fields(cls))
+    for code, cls in EVENT_TYPES.items()
+}
 
 
 # The deepest a message nests: a field, a list in it, and ids in that (Draft.top_ids).
@@ -343,7 +356,10 @@ def from_wire(obj: object) -> Event:
     cls = EVENT_TYPES.get(obj[0])
     if cls is None:
         raise LookupError(f"unknown message type {obj[0]}")
-    names = _FIELDS[obj[0]]
-    if len(obj) != len(names) + 1:
-        raise ValueError(f"{cls.__name__} has {len(names)} fields, got {len(obj) - 1}")
-    return cls(**{n: _tuples(v) for n, v in zip(names, obj[1:], strict=True)})
+    names, least = _FIELDS[obj[0]], _REQUIRED[obj[0]]
+    if not least <= len(obj) - 1 <= len(names):
+        counts = f"{least} to {len(names)}" if least < len(names) else f"{len(names)}"
+        raise ValueError(f"{cls.__name__} has {counts} fields, got {len(obj) - 1}")
+    # Trailing fields with defaults may be left out: a field added in a later version (an
+    # older peer's Hello then decodes, and is refused for its version, not as malformed).
+    return cls(**{n: _tuples(v) for n, v in zip(names, obj[1:], strict=False)})

@@ -107,6 +107,31 @@ def test_wrong_version_is_refused_with_its_code() -> None:
     assert info.value.code == ErrorCode.VERSION
 
 
+def test_an_older_peers_hello_is_refused_for_its_version_not_as_malformed() -> None:
+    """Version 2's Hello had no ``drafter``: its four fields still decode, so the refusal
+    says what is wrong (the version). Fields with no default stay required."""
+    e = Connection(Role.EDGE)
+    body = msgpack.packb([Hello.code, 2, 1, {}, ""])
+    e.receive_data(struct.pack(">I", len(body)) + body)
+    with pytest.raises(RemoteProtocolError, match="protocol version 2 is not 3") as info:
+        e.next_event()
+    assert info.value.code == ErrorCode.VERSION
+    e = Connection(Role.EDGE)
+    body = msgpack.packb([Hello.code, PROTOCOL_VERSION])
+    e.receive_data(struct.pack(">I", len(body)) + body)
+    with pytest.raises(RemoteProtocolError, match="Hello has 2 to 5 fields, got 1") as info:
+        e.next_event()
+    assert info.value.code == ErrorCode.MALFORMED
+
+
+def test_a_drafter_serving_several_clients_says_so_in_each_hello() -> None:
+    u, e = Connection(Role.USER), Connection(Role.EDGE)
+    hello = Hello(version=PROTOCOL_VERSION, user_id=7, drafter="small0")
+    assert _pump(u, e, hello) == hello
+    with pytest.raises(ValueError, match="drafter must be a string"):
+        Hello(version=PROTOCOL_VERSION, user_id=7, drafter=3)  # type: ignore[arg-type]
+
+
 def test_a_router_answers_hello_with_a_redirect_and_the_connection_ends() -> None:
     u, r = Connection(Role.USER), Connection(Role.EDGE)
     _pump(u, r, Hello(version=PROTOCOL_VERSION, user_id=4))

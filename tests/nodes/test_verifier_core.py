@@ -66,11 +66,12 @@ class Shell:
             elif isinstance(a, Record):
                 self.records.append(dict(a.rec))
 
-    def hello(self, uid: int, now: float) -> Member:
+    def hello(self, uid: int, now: float, drafter: str = "") -> Member:
+        hello = Hello(version=PROTOCOL_VERSION, user_id=uid, drafter=drafter)
         conn = Connection(Role.EDGE)
-        conn.receive_data(Connection(Role.USER).send(Hello(version=PROTOCOL_VERSION, user_id=uid)))
+        conn.receive_data(Connection(Role.USER).send(hello))
         assert isinstance(conn.next_event(), Hello)
-        m = self.core.join(Hello(version=PROTOCOL_VERSION, user_id=uid), conn, now)
+        m = self.core.join(hello, conn, now)
         self.apply()
         return m
 
@@ -105,6 +106,20 @@ def test_a_hello_is_welcomed_and_an_unknown_id_refused() -> None:
     with pytest.raises(Refusal) as info:
         s.hello(7, now=1.0)
     assert info.value.code == ErrorCode.AUTH
+
+
+def test_clients_of_one_drafter_are_each_a_member_that_names_it() -> None:
+    """A drafter serving several clients dials once per client: each is its own member (its
+    own session, draft and verdicts), and the verifier knows which drafter holds it."""
+    s = Shell(paper_problem(3))
+    a, b = s.hello(0, now=1.0, drafter="small0"), s.hello(1, now=1.0, drafter="small0")
+    c = s.hello(2, now=1.0)
+    assert (a.drafter, b.drafter, c.drafter) == ("small0", "small0", "")
+    assert s.records == [
+        {"ev": "join", "t": 1.0, "user": 0, "drafter": "small0"},
+        {"ev": "join", "t": 1.0, "user": 1, "drafter": "small0"},
+        {"ev": "join", "t": 1.0, "user": 2},
+    ]
 
 
 def test_a_live_id_is_kept_and_a_silent_one_replaced() -> None:
