@@ -20,6 +20,8 @@ from emu.runners.sim import simulate
 from emu.scenario import load_scenario
 from nodes.core.guard import Limits
 from nodes.core.route import RouterCore
+from nodes.core.schedule import PlanLengths, StagedPipeline
+from nodes.core.systems import System, get_system
 from nodes.protocol import Connection, Error, ErrorCode, Heartbeat, Role
 from nodes.router import RouterNode, ask_router
 from nodes.stream import receive_event
@@ -96,10 +98,22 @@ def test_the_command_refuses_a_bad_deployment_with_status_2(tmp_path: Path) -> N
 
 def test_the_default_deployment_is_dipsd_one_edge_that_every_user_dials() -> None:
     dep = assemble(load_scenario())
-    assert dep.system == "dipsd" and dep.verifiers == ("edge",) and dep.router is None
+    assert dep.system.name == "dipsd" and dep.verifiers == ("edge",) and dep.router is None
     assert dep.entry == "edge" and dep.groups["edge"] == (0, 1, 2, 3)
     assert [n.name for n in dep.users] == ["u0", "u1", "u2", "u3"]
     assert dep.served("edge") is dep.problem
+
+
+def test_the_system_supplies_the_policies_the_scheduler_and_the_length_control() -> None:
+    dep = assemble(_scenario([V0], **{"runtime.deadline_tolerance": 0.5}))
+    assert dep.system is get_system("dipsd") and dep.describe()["system"] == "dipsd"
+    assert dep.system.policies[0] == "dipsd" and "ad-batch" in dep.system.policies
+    assert dep.scheduler() == StagedPipeline(tolerance=0.5, grace_ms=2.0)
+    assert isinstance(dep.lengths(), PlanLengths)
+    toy = System(name="toy", about="", roles=("verifier",), scheduler=lambda rt: rt.pipeline,
+                 lengths=lambda rt: PlanLengths())  # fmt: skip
+    with pytest.raises(ConfigError, match=r"--policy must be one of toy's policies \(\), got"):
+        toy.check_policy("dipsd", where="--policy")
 
 
 def test_links_between_servers_are_each_direction_a_fixed_state() -> None:

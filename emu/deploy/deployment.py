@@ -22,6 +22,8 @@ from emu.planner.model import Problem, User
 from emu.scenario import Scenario
 from emu.shaping.spec import LinkSpec, ServerLink
 from nodes.core.route import RouterCore
+from nodes.core.schedule import BatchScheduler, LengthController
+from nodes.core.systems import System, get_system
 
 __all__ = ["Deployment", "Node", "assemble"]
 
@@ -41,7 +43,7 @@ class Node:
 
 @dataclass(frozen=True, slots=True)
 class Deployment:
-    system: str
+    system: System  # what supplies the policies, the verifiers' scheduler and length control
     scenario: Scenario
     problem: Problem  # every user's prior, as the verifiers' planners see them
     nodes: tuple[Node, ...]
@@ -62,6 +64,14 @@ class Deployment:
     @property
     def servers(self) -> tuple[Node, ...]:
         return tuple(n for n in self.nodes if n.role != "user")
+
+    def scheduler(self) -> BatchScheduler:
+        """A verifier's batch scheduler, as the system makes it from the scenario's runtime."""
+        return self.system.scheduler(self.scenario.runtime)
+
+    def lengths(self) -> LengthController:
+        """A verifier's length controller, as the system makes it."""
+        return self.system.lengths(self.scenario.runtime)
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -94,7 +104,7 @@ class Deployment:
     def describe(self) -> dict[str, object]:
         """The run JSON's ``deployment``: the system, each verifier's users, the router."""
         return {
-            "system": self.system,
+            "system": self.system.name,
             "verifiers": {v: list(us) for v, us in self.groups.items()},
             "router": self.router,
             "router_policy": self.router_policy if self.router is not None else None,
@@ -132,7 +142,7 @@ def assemble(sc: Scenario) -> Deployment:
         groups = {v: (tuple(range(problem.size)) if v == entry else ()) for v in d.verifiers}
         policy = "round-robin"
     return Deployment(
-        system=d.system,
+        system=get_system(d.system),
         scenario=sc,
         problem=problem,
         nodes=(*users, *servers),

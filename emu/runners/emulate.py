@@ -54,7 +54,6 @@ from emu.errors import ShapingError
 from emu.files import write_atomic
 from emu.models.build import GreedyReference, check_sessions, read_sessions
 from emu.planner import Problem
-from emu.planner.policies import get_policy
 from emu.results.metrics import Recorder
 from emu.results.runreport import stopped_line, write_run_report
 from emu.results.types import LinkCheck, Measured, RunResult, RunSummary
@@ -516,10 +515,10 @@ def emulate(
     ``run --json`` object. ``emu.time_scale`` runs every modelled time that many times slower
     on the wall (compute, link delays, the duration; rates slower by as much) and reports in
     modelled time; 0 chooses it from a calibration of this host (``emu.runners.timescale``)."""
-    for p in policies:
-        get_policy(p, where="--policy")
     timing = sc.emu.timing
     dep = assemble(sc)
+    for p in policies:
+        dep.system.check_policy(p, where="--policy")
     problem = dep.problem
     servers = tuple(s.name for s in dep.servers)
     check_topology("star", users=problem.size, servers=len(servers))  # before anything is built

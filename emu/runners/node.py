@@ -160,6 +160,8 @@ async def _edge(
         sink=rec.for_node(name),
         pacer=pacer,
         solve_in_thread=True,  # a real clock: the connections go on while it plans
+        scheduler=dep.scheduler(),
+        lengths=dep.lengths(),
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_until_signalled, nursery.cancel_scope)

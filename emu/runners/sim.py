@@ -39,7 +39,6 @@ from emu.files import write_atomic
 from emu.models.timing import synthetic_prompts
 from emu.planner import Plan
 from emu.planner.model import Problem, User
-from emu.planner.policies import get_policy
 from emu.results.metrics import Recorder
 from emu.results.types import SimResult, SimSummary
 from emu.runners.simlink import link_pair
@@ -119,6 +118,8 @@ async def _run_policy(
             settings=edge_settings(sc, len(uids)),
             sink=rec.for_node(v),
             pacer=Pacer("virtual"),
+            scheduler=dep.scheduler(),
+            lengths=dep.lengths(),
         )
         edges.append(edge)
         servers[v] = edge.serve_stream
@@ -233,9 +234,9 @@ def simulate(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run each policy for ``sc.sim.duration_s`` virtual seconds; the ``sim --json`` object."""
-    for p in policies:
-        get_policy(p, where="--policy")
     dep = assemble(sc)
+    for p in policies:
+        dep.system.check_policy(p, where="--policy")
     problem = dep.problem
     t_wall = time.perf_counter()
     backends: _Backends = _Synthetic(warm_start=sc.sim.warm_start)

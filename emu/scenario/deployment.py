@@ -18,11 +18,10 @@ from dataclasses import dataclass
 
 from emu.errors import ConfigError, check_in
 from nodes.core.route import ROUTER_POLICIES
+from nodes.core.systems import get_system
 
-__all__ = ["ROLES", "SITES", "SYSTEMS", "DeploymentConfig", "LinkConfig", "NodeConfig"]
+__all__ = ["SITES", "DeploymentConfig", "LinkConfig", "NodeConfig"]
 
-SYSTEMS = ("dipsd",)  # hetnet and dsd: issues 17 and 18
-ROLES = ("verifier", "router")
 SITES = ("device", "small-cell", "macro-cell", "edge", "cloud")
 # A node is a Mininet host, and its link at the access point the interface "ap-<name>" (at most
 # 15 characters); "ap" is the access point and u<N> the users' hosts.
@@ -80,10 +79,7 @@ class DeploymentConfig:
     port: int = 7000  # every server node's TCP port (emulation and lab)
 
     def __post_init__(self) -> None:
-        if self.system not in SYSTEMS:
-            raise ConfigError(
-                f"deployment.system must be one of {', '.join(SYSTEMS)}, got {self.system!r}"
-            )
+        roles = get_system(self.system).roles
         check_in("deployment.port", self.port, 1, 65535, "in [1, 65535]")
         seen: dict[str, int] = {}
         at: dict[str, int] = {}
@@ -100,8 +96,11 @@ class DeploymentConfig:
                     "each node needs a name of its own"
                 )
             seen[n.name] = i
-            if n.role not in ROLES:
-                raise ConfigError(f"{where}.role must be one of {', '.join(ROLES)}, got {n.role!r}")
+            if n.role not in roles:
+                raise ConfigError(
+                    f"{where}.role must be one of {', '.join(roles)} (the roles of "
+                    f"{self.system}'s servers), got {n.role!r}"
+                )
             if n.site not in SITES:
                 raise ConfigError(f"{where}.site must be one of {', '.join(SITES)}, got {n.site!r}")
             if n.address:

@@ -19,6 +19,7 @@ from emu.planner.policies import get_policy
 from emu.scenario.deployment import DeploymentConfig
 from nodes.core.guard import Limits
 from nodes.core.runtime import RuntimeConfig
+from nodes.core.systems import get_system
 from nodes.protocol.events import MAX_TOP_K
 
 __all__ = ["MAX_TIME_SCALE", "MODEL_KINDS", "PRESETS", "SHAPING", "TIMING", "Scenario"]
@@ -205,6 +206,7 @@ class Scenario:
     radio: RadioConfig = field(default_factory=RadioConfig)
 
     def __post_init__(self) -> None:
+        get_system(self.deployment.system).check_policy(self.planner.policy, where="planner.policy")
         # A sampled draft carries each token's top-k ids and probabilities: the largest one a
         # user may send must fit the frame limit, or honest drafts are refused as too large.
         if self.models.temperature > 0:
