@@ -245,6 +245,34 @@ def test_two_verifiers_behind_a_router_run_in_the_simulation_as_predicted(
     assert all(v > 0 for v in r["per_user_tok_s"].values()) and len(r["per_user_tok_s"]) == 4
 
 
+def test_a_verifier_with_compute_of_its_own_plans_and_runs_on_it(tmp_path: Path) -> None:
+    """edge1 is a server twice as slow per flop, with half the base latency: each verifier
+    plans for its own hardware, and the simulation measures what the two plans predict."""
+    slow = {**V1, "latency": {"c_ms_per_flop": 2.4154e-11, "beta_ms": 47.55}}
+    sc = _scenario([V0, slow, ROUTER], **{"users.count": 4, "sim.duration_s": 60.0})
+    dep = assemble(sc)
+    assert dep.edge("edge0") == dep.problem.edge and dep.served("edge0").edge == dep.problem.edge
+    assert dep.edge("edge1").latency.c_ms_per_flop == 2.4154e-11
+    assert dep.served("edge1").edge.latency.beta_ms == 47.55
+    ok = [evaluate(dep.served(v), plan_for("dipsd", dep.served(v))) for v in dep.verifiers]
+    assert ok[0].throughput_tok_s != pytest.approx(ok[1].throughput_tok_s, rel=0.02)
+    doc = simulate(sc, ["dipsd"], out_dir=tmp_path)
+    r = doc["results"]["dipsd"]
+    assert r["predicted_tok_s"] == pytest.approx(sum(o.throughput_tok_s for o in ok))
+    assert r["throughput_tok_s"] / r["predicted_tok_s"] == pytest.approx(1.0, rel=0.05)
+    recs = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    for v, o in zip(dep.verifiers, ok, strict=True):
+        first = next(p for p in recs if p["ev"] == "plan" and p["node"] == v)
+        assert first["predicted_tok_s"] == pytest.approx(o.throughput_tok_s)
+
+
+def test_a_routers_compute_and_a_bad_verifier_memory_are_one_line_each() -> None:
+    with pytest.raises(ConfigError, match=r"nodes\[2\]\.latency is a verifier's field"):
+        _scenario([V0, V1, {**ROUTER, "latency": {"beta_ms": 1.0}}])
+    with pytest.raises(ConfigError, match=r"deployment\.nodes\[1\]\.memory_bytes must exceed"):
+        _scenario([V0, {**V1, "memory_bytes": 1e9}, ROUTER], preset="dipsd-paper")
+
+
 def test_each_verifier_plans_and_verifies_only_the_users_routed_to_it(tmp_path: Path) -> None:
     sc = _scenario([V0, V1, ROUTER], **{"users.count": 4, "sim.duration_s": 5.0})
     simulate(sc, ["dipsd"], out_dir=tmp_path)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from emu.planner import Plan, evaluate
-from emu.planner.model import Problem, User
+from emu.planner.model import Edge, Problem, User
 from emu.scenario import Scenario
 from emu.shaping.spec import LinkSpec, ServerLink
 from nodes.core.route import RouterCore
@@ -52,6 +52,11 @@ class Deployment:
     router: str | None = None
     router_policy: str = "round-robin"
     links: tuple[ServerLink, ...] = ()  # between servers, each direction its own
+    edges: Mapping[str, Edge] = dataclasses.field(default_factory=dict)  # a verifier's own
+
+    def edge(self, verifier: str) -> Edge:
+        """``verifier``'s compute: its own where the scenario gives it one, else ``[edge]``'s."""
+        return self.edges.get(verifier, self.problem.edge)
 
     @property
     def verifiers(self) -> tuple[str, ...]:
@@ -86,9 +91,10 @@ class Deployment:
     def served(self, verifier: str) -> Problem:
         """The planning instance of ``verifier``: its users' priors, in index order."""
         users = tuple(self.problem.users[i] for i in self.groups[verifier])
-        if len(users) == self.problem.size:
+        edge = self.edge(verifier)
+        if len(users) == self.problem.size and edge == self.problem.edge:
             return self.problem
-        return dataclasses.replace(self.problem, users=users)
+        return dataclasses.replace(self.problem, users=users, edge=edge)
 
     def router_core(self) -> RouterCore:
         """The router's rule (the one that made ``groups``), for the router node."""
@@ -150,6 +156,11 @@ def assemble(sc: Scenario) -> Deployment:
         groups=groups,
         router=router.name if router is not None and entry == router.name else None,
         router_policy=policy,
+        edges={
+            n.name: sc.verifier_edge(n.name)
+            for n in d.nodes
+            if n.memory_bytes is not None or n.latency is not None
+        },
         links=tuple(
             ServerLink(
                 src,

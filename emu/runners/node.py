@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -151,9 +152,10 @@ async def _edge(
     problem = dep.problem
     settings = edge_settings(sc, len(dep.groups[name]))
     _open_files_for(settings.limits.connections(settings.expected_users))
+    served = dataclasses.replace(problem, edge=dep.edge(name))  # on its own compute
     edge = EdgeNode(
-        edge=problem.edge,
-        verifier=_verifier(sc, problem, sc.emu.timing == "profile"),
+        edge=served.edge,
+        verifier=_verifier(sc, served, sc.emu.timing == "profile"),
         planner=memo_planner(sc.planner.policy),
         priors=dep.priors(name),
         settings=settings,

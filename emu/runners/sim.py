@@ -9,6 +9,7 @@ Backends are synthetic (see ``nodes.backends``) or real models with profiled tim
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -34,7 +35,7 @@ from emu.deploy.runtime import (
     with_comm,
     with_model_priors,
 )
-from emu.errors import DraftnetError
+from emu.errors import ConfigError, DraftnetError
 from emu.files import write_atomic
 from emu.models.timing import synthetic_prompts
 from emu.planner import Plan
@@ -106,13 +107,15 @@ async def _run_policy(
     errors."""
     sc, problem = dep.scenario, dep.problem
     streams = Streams(sc.sim.seed)
-    verifier = backends.verifier(problem, streams)  # keyed by user: the verifiers share it
     servers: dict[str, Callable[[trio.abc.Stream], Awaitable[None]]] = {}
     edges: list[EdgeNode] = []
     for v, uids in dep.groups.items():
+        # Each verifier's backend on its own compute; a user's draws are its own stream's
+        # (``Streams.acceptance``), whichever verifier serves it.
+        served = dataclasses.replace(problem, edge=dep.edge(v))
         edge = EdgeNode(
-            edge=problem.edge,
-            verifier=verifier,
+            edge=served.edge,
+            verifier=backends.verifier(served, streams),
             planner=planner,
             priors=dep.priors(v),
             settings=edge_settings(sc, len(uids)),
@@ -243,6 +246,12 @@ def simulate(
     session_tokens = sc.sim.max_new_tokens
     real: RealModels | None = None
     if sc.models.kind != "synthetic":
+        if any(dep.edge(v) != problem.edge for v in dep.verifiers):
+            raise ConfigError(
+                f"models.kind = {sc.models.kind} in the simulation loads one target model for "
+                "every verifier, and deployment.nodes give a verifier compute of its own: use "
+                "models.kind = synthetic, or draftnet run (a process per verifier)"
+            )
         real = _real_models(sc, problem.size)
         backends, session_tokens = real, real.session_tokens
         problem = with_model_priors(problem, real.setup.acceptance, real.setup.prior_prefix())

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from emu.errors import ConfigError, check_in
+from emu.scenario.compute import LatencyConfig
 from nodes.core.route import ROUTER_POLICIES
 from nodes.core.systems import get_system
 
@@ -41,6 +42,8 @@ class NodeConfig:
     address: str = ""
     policy: str = "round-robin"  # a router's: how it picks each user's verifier
     verifiers: tuple[str, ...] = ()  # a router's: the verifiers it routes to; (): every one
+    memory_bytes: float | None = None  # a verifier's own compute; None: [edge]'s
+    latency: LatencyConfig | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,6 +119,13 @@ class DeploymentConfig:
                         f"{where}.policy must be one of {', '.join(ROUTER_POLICIES)}, "
                         f"got {n.policy!r}"
                     )
+                compute = {"memory_bytes": n.memory_bytes, "latency": n.latency}
+                for field_name, set_to in compute.items():
+                    if set_to is not None:
+                        raise ConfigError(
+                            f"{where}.{field_name} is a verifier's field, and {n.name} is a "
+                            f"router, got {set_to!r}"
+                        )
             else:
                 for name, value, default in (
                     ("verifiers", n.verifiers, ()),

@@ -16,6 +16,7 @@ from channel_models.config import RadioConfig
 from emu.errors import ConfigError, check_in
 from emu.planner.model import Edge, LatencyModel, ModelArch, Problem, User
 from emu.planner.policies import get_policy
+from emu.scenario.compute import ArchConfig, LatencyConfig
 from emu.scenario.deployment import DeploymentConfig
 from nodes.core.guard import Limits
 from nodes.core.runtime import RuntimeConfig
@@ -26,20 +27,6 @@ __all__ = ["MAX_TIME_SCALE", "MODEL_KINDS", "PRESETS", "SHAPING", "TIMING", "Sce
 
 PRESETS = ("default", "dipsd-paper")
 _TOP_ENTRY_BYTES = 14  # one top-k entry of a draft on the wire: an id (<= 5) and a float64 (9)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ArchConfig:
-    name: str = ""
-    layers: int = 1
-    hidden: int = 1
-    ffn: int = 1
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LatencyConfig:
-    c_ms_per_flop: float = 0.0
-    beta_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -207,6 +194,8 @@ class Scenario:
 
     def __post_init__(self) -> None:
         get_system(self.deployment.system).check_policy(self.planner.policy, where="planner.policy")
+        for v in self.deployment.verifiers:
+            self.verifier_edge(v)  # a verifier's own compute, checked as [edge]'s is
         # A sampled draft carries each token's top-k ids and probabilities: the largest one a
         # user may send must fit the frame limit, or honest drafts are refused as too large.
         if self.models.temperature > 0:
@@ -218,6 +207,36 @@ class Scenario:
                     f"= {self.planner.max_draft_len} tokens with models.top_k = "
                     f"{self.models.top_k} ({need} bytes), got {self.limits.max_frame_bytes}"
                 )
+
+    def verifier_edge(self, node: str = "") -> Edge:
+        """The verifying server ``[edge]`` describes, or the verifier node ``node`` with its own
+        compute (its ``memory_bytes`` and ``latency``, where it sets them)."""
+        e = self.edge
+        memory, latency = e.memory_bytes, e.latency
+        at_memory, at_latency = "edge.memory_bytes", "edge.latency"
+        if node:
+            i, n = next((i, n) for i, n in enumerate(self.deployment.nodes) if n.name == node)
+            if n.memory_bytes is not None:
+                memory, at_memory = n.memory_bytes, f"deployment.nodes[{i}].memory_bytes"
+            if n.latency is not None:
+                latency, at_latency = n.latency, f"deployment.nodes[{i}].latency"
+        target = ModelArch(
+            name="edge.target", layers=e.target.layers, hidden=e.target.hidden, ffn=e.target.ffn
+        )
+        if not (math.isfinite(memory) and memory > target.weight_bytes):
+            raise ConfigError(
+                f"{at_memory} must exceed the target's fp16 weights "
+                f"({target.weight_bytes:.4g} bytes), got {memory!r}"
+            )
+        return Edge(
+            target=target,
+            latency=LatencyModel(
+                name=at_latency,
+                c_ms_per_flop=latency.c_ms_per_flop,
+                beta_ms=latency.beta_ms,
+            ),
+            memory_bytes=memory,
+        )
 
     def problem(self) -> Problem:
         """The planning instance this scenario describes (validated by the planner's types)."""
@@ -248,22 +267,10 @@ class Scenario:
                     ),
                 )
             )
-        e = self.edge
-        edge = Edge(
-            target=ModelArch(
-                name="edge.target", layers=e.target.layers, hidden=e.target.hidden, ffn=e.target.ffn
-            ),
-            latency=LatencyModel(
-                name="edge.latency",
-                c_ms_per_flop=e.latency.c_ms_per_flop,
-                beta_ms=e.latency.beta_ms,
-            ),
-            memory_bytes=e.memory_bytes,
-        )
         p = self.planner
         return Problem(
             users=tuple(users),
-            edge=edge,
+            edge=self.verifier_edge(),
             max_draft_len=p.max_draft_len,
             initial_draft_len=p.initial_draft_len,
             fixed_draft_len=p.fixed_draft_len,
