@@ -226,7 +226,7 @@ def cmd_solve(args: argparse.Namespace) -> dict[str, Any]:
     ev = evaluate(problem, plan)
     baselines = {
         key: evaluate(problem, plan_for(name, problem)).throughput_tok_s
-        for key, name in baselines_of("dipsd").items()
+        for key, name in baselines_of(scenario.deployment.system).items()
     }
     out = {
         "scenario": scenario.name,

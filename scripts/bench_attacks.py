@@ -29,7 +29,8 @@ on a shared host runs under the lock, and Mininet's shell=True reads $SHELL:
         --attacks none --outage
 
 ``--root DIR`` runs the nodes from another source tree (e.g. ``git archive HEAD`` unpacked, to
-measure the edge before and after a change); the report names the nodes/edge.py each row ran.
+measure the edge before and after a change); the report names the edge's sources each row ran
+(a hash of nodes/edge.py, nodes/peers.py and nodes/core/verifier.py).
 The attacker shares the host (and its cores) with both nodes. With profile timing every step
 is padded to its modelled time, so the edge has slack: an attack shows first in the honest
 user's time per round, which is also less noisy than its tokens per second (those carry the
@@ -838,9 +839,17 @@ def outage(args: argparse.Namespace, base: Path) -> dict[str, Any]:
 
 
 # --- report ------------------------------------------------------------------------------
+VERIFIER_SOURCES = ("nodes/edge.py", "nodes/peers.py", "nodes/core/verifier.py")
+
+
 def edge_hash(root: Path) -> str:
-    """Which edge ran: the first 12 hex digits of its nodes/edge.py's SHA-256."""
-    return hashlib.sha256((root / "nodes" / "edge.py").read_bytes()).hexdigest()[:12]
+    """Which edge ran: the first 12 hex digits of the SHA-256 of its sources (the pipeline,
+    the connections the attacks reach, and the core)."""
+    digest = hashlib.sha256()
+    for name in VERIFIER_SOURCES:
+        path = root / name
+        digest.update(path.read_bytes() if path.exists() else b"")
+    return digest.hexdigest()[:12]
 
 
 def machine(root: Path) -> dict[str, Any]:

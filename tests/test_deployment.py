@@ -266,8 +266,17 @@ def test_a_verifier_with_compute_of_its_own_plans_and_runs_on_it(tmp_path: Path)
         assert first["predicted_tok_s"] == pytest.approx(o.throughput_tok_s)
 
 
+def test_a_verifier_that_sets_part_of_its_latency_keeps_the_rest_of_the_edges() -> None:
+    dep = assemble(_scenario([V0, {**V1, "latency": {"beta_ms": 10.0}}, ROUTER]))
+    own, edge = dep.edge("edge1").latency, dep.problem.edge.latency
+    assert own.beta_ms == 10.0 and own.c_ms_per_flop == edge.c_ms_per_flop
+    assert dep.edge("edge0") is dep.problem.edge and list(dep.edges) == ["edge1"]
+
+
 def test_a_routers_compute_and_a_bad_verifier_memory_are_one_line_each() -> None:
-    with pytest.raises(ConfigError, match=r"nodes\[2\]\.latency is a verifier's field"):
+    with pytest.raises(
+        ConfigError, match=r"nodes\[2\]\.latency is a verifier's field.*got \{'beta_ms': 1\.0\}"
+    ):
         _scenario([V0, V1, {**ROUTER, "latency": {"beta_ms": 1.0}}])
     with pytest.raises(ConfigError, match=r"deployment\.nodes\[1\]\.memory_bytes must exceed"):
         _scenario([V0, {**V1, "memory_bytes": 1e9}, ROUTER], preset="dipsd-paper")

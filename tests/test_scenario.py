@@ -81,11 +81,32 @@ def test_example_scenarios_load() -> None:
         ('preset = "nope"\n', r"preset must be one of default, dipsd-paper, got 'nope'"),
         ("users = 3\n", r"users must be a table, got 3"),
         ("[users\n", r"is not valid TOML"),
+        ('[network]\nmodel = "trace"\n', r'network\.model = "trace" needs network\.trace_up or'),
+        ('[network]\nmodel = "trace"\ntrace_up = "/nonexistent/up.trace"\n',
+         r"network\.trace_up '/nonexistent/up\.trace' cannot be read"),
+        ('[network]\nmodel = "fixed"\ntrace_down = "d.trace"\n',
+         r"network\.trace_down needs network\.model = trace, got model 'fixed'"),
+        ('[network]\nmodel = "wifi"\n', r"network\.model must be one of fixed, radio, trace"),
     ],
-)
+)  # fmt: skip
 def test_bad_scenarios_name_field_value_and_rule(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_scenario(_write(tmp_path, text)).problem()
+
+
+def test_a_trace_link_must_be_a_mahimahi_trace_with_an_opportunity(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.trace"
+    for text, says in (("", "is empty"), ("5\n3\n", "non-decreasing"), ("x\n", "one integer")):
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=rf"network\.trace_up '.*bad\.trace' .*{says}"):
+            load_scenario(overrides={"network.model": "trace", "network.trace_up": str(bad)})
+    good = tmp_path / "up.trace"
+    good.write_text("1\n2\n")
+    with pytest.raises(ConfigError, match=r"network\.rate_bps is the traces'"):
+        load_scenario(overrides={"network.model": "trace", "network.trace_up": str(good),
+                                 "network.rate_bps": 1e6})  # fmt: skip
+    net = load_scenario(overrides={"network.model": "trace", "network.trace_up": str(good)}).network
+    assert list(net.trace("trace_up")) == [1, 1] and net.trace("trace_down") is None
 
 
 def test_missing_file() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from emu.deploy.runtime import radio_comm_ms
 from emu.planner import Plan, Problem, plan_for
 from emu.results.metrics import Recorder
 from emu.runners.sim import simulate
-from emu.runners.simlink import link_pair
+from emu.runners.simlink import link_pair, traced
 from emu.scenario import load_scenario
 from emu.scenario.streams import Streams
 from nodes.backends import SyntheticDrafter, SyntheticVerifier
@@ -76,6 +77,37 @@ def test_sim_metrics_are_consistent(paper_sim: dict[str, Any]) -> None:
     assert ab["pipeline_bubbles"] == 0 and ab["edge_utilisation"] > 0.95
     assert 0 < d["edge_utilisation"] <= 1
     assert d["tpot_ms"]["p50"] < ad["tpot_ms"]["p50"]
+
+
+def test_a_trace_link_runs_at_its_opportunities_millisecond_by_millisecond() -> None:
+    """ms 1: one 1500-byte opportunity (12 Mbit/s over that millisecond), ms 2: none (next to
+    nothing, not unlimited), ms 3: two; then again. Delay, jitter and loss are the base's."""
+    at = traced(np.array([1, 0, 2]), LinkState(delay_ms=4.0, jitter_ms=1.0))
+    assert [at(t).rate_bps for t in (0.0005, 0.0015, 0.0025, 0.0035)] == pytest.approx(
+        [12e6, 1e-3, 24e6, 12e6]
+    )
+    assert at(0.0025).delay_ms == 4.0 and at(0.0025).jitter_ms == 1.0
+    assert traced(None, LinkState(rate_bps=5.0))(123.0).rate_bps == 5.0
+
+
+def test_sim_over_a_sparse_trace_is_slower_than_over_a_dense_one(tmp_path: Path) -> None:
+    """The same users on recorded traces: one opportunity a millisecond (12 Mbit/s) against one
+    every 20 ms (0.6 Mbit/s), each way. Each message waits for its next opportunity, so the
+    sparse trace's rounds take longer and its users decode fewer tokens."""
+    dense, sparse = tmp_path / "dense.trace", tmp_path / "sparse.trace"
+    dense.write_text("".join(f"{ms}\n" for ms in range(1, 101)))
+    sparse.write_text("".join(f"{ms}\n" for ms in range(20, 101, 20)))
+    out = {}
+    for name, trace in (("dense", dense), ("sparse", sparse)):
+        sc = load_scenario(preset="dipsd-paper", overrides={
+            "network.model": "trace", "network.trace_up": str(trace),
+            "network.trace_down": str(trace), "users.count": 3, "sim.duration_s": 20.0,
+        })  # fmt: skip
+        out[name] = simulate(sc, ["ad-batch"])["results"]["ad-batch"]
+    for r in out.values():
+        assert r["users_started"] == 3 and r["protocol_errors"] == 0 and r["tokens"] > 0
+    assert out["sparse"]["tpot_ms"]["p50"] > out["dense"]["tpot_ms"]["p50"]
+    assert out["sparse"]["throughput_tok_s"] < out["dense"]["throughput_tok_s"]
 
 
 async def test_a_message_sent_into_a_fade_is_delivered_when_the_fade_ends(

@@ -91,10 +91,9 @@ class Deployment:
     def served(self, verifier: str) -> Problem:
         """The planning instance of ``verifier``: its users' priors, in index order."""
         users = tuple(self.problem.users[i] for i in self.groups[verifier])
-        edge = self.edge(verifier)
-        if len(users) == self.problem.size and edge == self.problem.edge:
+        if len(users) == self.problem.size and verifier not in self.edges:
             return self.problem
-        return dataclasses.replace(self.problem, users=users, edge=edge)
+        return dataclasses.replace(self.problem, users=users, edge=self.edge(verifier))
 
     def router_core(self) -> RouterCore:
         """The router's rule (the one that made ``groups``), for the router node."""

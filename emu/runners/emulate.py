@@ -1,9 +1,10 @@
 """``draftnet run``: the main job. Mininet hosts, shaped links, one process per node.
 
 Layer: emu (orchestration; Mininet through ``emu.runners.network``). For each policy: a fresh shaper
-on the users' links, the edge and every user started as their own processes in their hosts
-(``emu.runners.node``), the workload for ``sim.duration_s`` seconds, then every process stopped and
-the records summarised. Before the first policy each link is probed (RTT, one-way delay, rate where
+on the users' links and the links between servers, every server node (verifiers, a router) and
+every user started as their own processes in their hosts (``emu.runners.node``), the workload for
+``sim.duration_s`` seconds, then every process stopped and the records summarised; the result is
+typed (``RunSummary``). Before the first policy each link is probed (RTT, one-way delay, rate where
 one is configured) and configured is compared with measured: ``fidelity`` lists every link, and
 ``strict`` fails the run on a link outside tolerance. A node that dies mid-run is recorded with the
 last lines it wrote, and so is one that stalls (alive, recording nothing); the run goes on with the
@@ -20,7 +21,8 @@ run makes is written down as it is made, for ``draftnet clean`` (``emu.runners.m
 Shaping backends: ``userspace`` (``emu.shaping.tund``, a TUN forwarder) works on any kernel;
 ``tc`` (``emu.shaping.tcd``: HTB, netem beneath) needs netem for delay, jitter and loss, which
 is probed. ``auto`` picks tc where netem is and tc can give every link what it needs (not a
-Mahimahi trace, not burst loss), else userspace; ``shaping_why`` says why.
+Mahimahi trace, not burst loss, not a link between servers), else userspace; ``shaping_why``
+says why.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from channel_models.link import LinkState
 from emu.deploy.deployment import Deployment, assemble
 from emu.deploy.runtime import (
     memo_planner,
@@ -205,25 +208,51 @@ def _modelled_links(
                 }
             )
         return specs, probed, configured
-    for u in problem.users:  # a fixed link for every user
+    # A fixed link for every user, each direction at the rate of its trace where it has one.
+    up_trace, down_trace = (
+        str(Path(t).resolve()) if t else "" for t in (net.trace_up, net.trace_down)
+    )
+    for u in problem.users:
+        state = LinkState(
+            rate_bps=net.rate_bps, delay_ms=u.comm_ms / 2, jitter_ms=net.jitter_ms, loss=net.loss
+        )
         specs.append(
-            LinkPair.both(
-                LinkSpec.fixed(
-                    rate_bps=net.rate_bps,
-                    delay_ms=u.comm_ms / 2,
-                    jitter_ms=net.jitter_ms,
-                    loss=net.loss,
-                )
-            )
+            LinkPair(LinkSpec(state=state, trace=up_trace), LinkSpec(state=state, trace=down_trace))
         )
         configured.append(
             {
                 "rtt_ms": _expected_rtt(u.comm_ms, 2 * net.jitter_ms),
-                "up_rate_bps": net.rate_bps,
+                # A trace's rate is not probed: the shaper spends one opportunity on each
+                # packet, and the probe's datagrams are smaller than the MTU it is made of.
+                "up_rate_bps": 0.0 if up_trace else net.rate_bps,
                 "up_loss": net.loss,
             }
         )
     return specs, specs, configured
+
+
+def _configured_between(
+    between: Sequence[ServerLink],
+) -> list[tuple[ServerLink, dict[str, float]]]:
+    """What each link between servers is configured to give, probed from its source: the round
+    trip over it and back (the way back is the reverse link's, if any: else unshaped), and its
+    own rate and loss (on the wall: stretched by its time scale)."""
+    state = {(link.src, link.dst): link.spec.state for link in between}
+    out = []
+    for link in between:
+        there, back = link.spec.state, state.get((link.dst, link.src))
+        assert there is not None  # a link between servers is a fixed state
+        delay, jitter = there.delay_ms, there.jitter_ms
+        if back is not None:
+            delay, jitter = delay + back.delay_ms, jitter + back.jitter_ms
+        scale = link.spec.time_scale
+        conf = {
+            "rtt_ms": _expected_rtt(delay * scale, jitter * scale),
+            "up_rate_bps": there.rate_bps / scale,
+            "up_loss": there.loss,
+        }
+        out.append((link, conf))
+    return out
 
 
 def _expected_rtt(delays_ms: float, jitters_ms: float) -> float:
@@ -250,19 +279,10 @@ def _fidelity(
         (f"u{i}<->{nw.servers[0]}", nw.user(i), nw.servers[0], conf)
         for i, conf in enumerate(configured)
     ]
-    state = {(link.src, link.dst): link.spec.state for link in between}
-    for link in between:
-        there, back = link.spec.state, state.get((link.dst, link.src))
-        assert there is not None  # a link between servers is a fixed state
-        delay, jitter = there.delay_ms, there.jitter_ms
-        if back is not None:
-            delay, jitter = delay + back.delay_ms, jitter + back.jitter_ms
-        conf = {
-            "rtt_ms": _expected_rtt(delay * link.spec.time_scale, jitter * link.spec.time_scale),
-            "up_rate_bps": there.rate_bps / link.spec.time_scale,
-            "up_loss": there.loss,
-        }
-        probes.append((link.name, nw.server(link.src), link.dst, conf))
+    probes += [
+        (link.name, nw.server(link.src), link.dst, conf)
+        for link, conf in _configured_between(between)
+    ]
     servers = []
     for far in dict.fromkeys(p[2] for p in probes):
         cmd = [sys.executable, "-m", "emu.shaping.probe", "serve", str(PROBE_PORT)]
@@ -531,7 +551,8 @@ def emulate(
         if comm is not None:
             problem = with_comm(problem, comm)  # the simulation's priors (emu.deploy.runtime)
         if sc.emu.time_scale == 0.0:
-            chosen = auto_time_scale(sc, problem, policies, timing)
+            own = [dep.edge(v) for v in dep.edges]  # verifiers with compute of their own
+            chosen = auto_time_scale(sc, problem, policies, timing, own)
         else:
             chosen = TimeScale(scale=sc.emu.time_scale, why="given (emu.time_scale)")
         scale = chosen.scale
@@ -607,9 +628,7 @@ def emulate(
                 t_wall=t_wall,
             )
             raise
-        run = replace(run, wall_s=time.perf_counter() - t_wall)
-        doc = run.to_json()
-        write_atomic(out_dir / "summary.json", json.dumps(doc, indent=2, default=float))
+        doc = _write(out_dir, run, t_wall)
         write_run_report(out_dir, doc)
     return doc
 
@@ -650,9 +669,7 @@ def _stopped(
         "t_s": t_s,
         "not_run": [p for p in policies if p not in run.results],
     }
-    run = replace(run, partial=True, stopped=stopped, wall_s=time.perf_counter() - t_wall)
-    doc = run.to_json()
-    write_atomic(out_dir / "summary.json", json.dumps(doc, indent=2, default=float))
+    doc = _write(out_dir, replace(run, partial=True, stopped=stopped), t_wall)
     write_run_report(out_dir, doc)
     if isinstance(exc, Interrupted):
         exc.said = f"{stopped_line(doc)}; partial results in {out_dir}"
@@ -679,7 +696,9 @@ class _LosslessCheck:
         return check_sessions(per_user, self.reference)
 
 
-def _write(out: Path, run: RunSummary, t_wall: float) -> None:
-    """``summary.json`` as it stands (after the probes, and after each policy)."""
+def _write(out: Path, run: RunSummary, t_wall: float) -> dict[str, Any]:
+    """``summary.json`` as it stands (after the probes, after each policy, at the end); the
+    JSON it holds."""
     doc = replace(run, wall_s=time.perf_counter() - t_wall).to_json()
     write_atomic(out / "summary.json", json.dumps(doc, indent=2, default=float))
+    return doc

@@ -1,10 +1,12 @@
 """The link shapers behind one protocol, in a registry: what each can shape, and running it on
-every user's link of a network. ``choose_shaper`` is the one place a run's shaper is chosen.
+every link of a network (each user's, both ways, and the links between servers). ``choose_shaper``
+is the one place a run's shaper is chosen.
 
 - ``userspace``: a TUN forwarder in the access point (``emu.shaping.tund``); any kernel, any
-  link (a fixed state, a radio series, a Mahimahi trace, Gilbert-Elliott burst loss).
+  link (a fixed state, a radio series, a Mahimahi trace, Gilbert-Elliott burst loss, a link
+  between servers).
 - ``tc``: kernel qdiscs driven on a tick (``emu.shaping.tcd``): HTB for rates, netem beneath for
-  delay, jitter and loss where the kernel has netem.
+  delay, jitter and loss where the kernel has netem; the users' links only.
 
 Layer: emu (orchestration; runs processes in Mininet hosts through ``emu.runners.network``).
 """

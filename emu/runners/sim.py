@@ -42,7 +42,7 @@ from emu.planner import Plan
 from emu.planner.model import Problem, User
 from emu.results.metrics import Recorder
 from emu.results.types import SimResult, SimSummary
-from emu.runners.simlink import link_pair
+from emu.runners.simlink import link_pair, traced
 from emu.scenario import Scenario, scenario_toml
 from emu.scenario.streams import Streams
 from nodes.backends import DraftBackend, SyntheticDrafter, VerifyBackend
@@ -59,10 +59,6 @@ if TYPE_CHECKING:
 __all__ = ["simulate"]
 
 Progress = Callable[[str, float], None]
-
-
-def _constant(state: LinkState) -> Callable[[float], LinkState]:
-    return lambda _t: state
 
 
 class _Backends(Protocol):
@@ -107,15 +103,21 @@ async def _run_policy(
     errors."""
     sc, problem = dep.scenario, dep.problem
     streams = Streams(sc.sim.seed)
+    # One backend keyed by user for every verifier on [edge]'s compute (a real target model is
+    # loaded once), and one on its own compute for each verifier that has one (synthetic); a
+    # user's draws are its own stream's (``Streams.acceptance``), whichever verifier serves it.
+    shared = backends.verifier(problem, streams)
     servers: dict[str, Callable[[trio.abc.Stream], Awaitable[None]]] = {}
     edges: list[EdgeNode] = []
     for v, uids in dep.groups.items():
-        # Each verifier's backend on its own compute; a user's draws are its own stream's
-        # (``Streams.acceptance``), whichever verifier serves it.
-        served = dataclasses.replace(problem, edge=dep.edge(v))
+        own = v in dep.edges
         edge = EdgeNode(
-            edge=served.edge,
-            verifier=backends.verifier(served, streams),
+            edge=dep.edge(v),
+            verifier=(
+                backends.verifier(dataclasses.replace(problem, edge=dep.edge(v)), streams)
+                if own
+                else shared
+            ),
             planner=planner,
             priors=dep.priors(v),
             settings=edge_settings(sc, len(uids)),
@@ -131,6 +133,7 @@ async def _run_policy(
         router = router_node(dep, in_memory, rec.for_node(dep.router))
         servers[dep.router] = router.serve_stream
     net = sc.network
+    trace_up, trace_down = net.trace("trace_up"), net.trace("trace_down")
     duration = sc.sim.duration_s
     t0 = trio.current_time()
     async with trio.open_nursery() as nursery:
@@ -138,15 +141,13 @@ async def _run_policy(
             nursery.start_soon(edge.run)
         for i, u in enumerate(problem.users):
             if radio is None:
-                steady = _constant(
-                    LinkState(
-                        rate_bps=net.rate_bps,
-                        delay_ms=u.comm_ms / 2,
-                        jitter_ms=net.jitter_ms,
-                        loss=net.loss,
-                    )
+                steady = LinkState(
+                    rate_bps=net.rate_bps,
+                    delay_ms=u.comm_ms / 2,
+                    jitter_ms=net.jitter_ms,
+                    loss=net.loss,
                 )
-                up, down = steady, steady
+                up, down = traced(trace_up, steady), traced(trace_down, steady)
             else:
                 up, down = radio.up.timeline(i), radio.down.timeline(i)
             node = UserNode(
@@ -246,7 +247,7 @@ def simulate(
     session_tokens = sc.sim.max_new_tokens
     real: RealModels | None = None
     if sc.models.kind != "synthetic":
-        if any(dep.edge(v) != problem.edge for v in dep.verifiers):
+        if dep.edges:
             raise ConfigError(
                 f"models.kind = {sc.models.kind} in the simulation loads one target model for "
                 "every verifier, and deployment.nodes give a verifier compute of its own: use "

@@ -13,6 +13,7 @@ lost again with the loss of its own time, which is what loss does to a reliable 
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable
 
@@ -20,12 +21,27 @@ import numpy as np
 import trio
 
 from channel_models.link import LinkState
+from channel_models.trace import IntArray, rate_bps
 
-__all__ = ["DelayedStream", "link_pair"]
+__all__ = ["DelayedStream", "link_pair", "traced"]
 
 StateAt = Callable[[float], LinkState]
 _STEP_S = 0.001  # the resolution at which a link's rate is followed through a message
 _MAX_STEPS = 1_000_000  # ... up to 1000 s of it, and as many retransmissions at most
+_NO_OPPORTUNITY_BPS = 1e-3  # a trace's millisecond without an opportunity (0 is unlimited)
+
+
+def traced(per_ms: IntArray | None, base: LinkState) -> StateAt:
+    """``base`` at the rate of a Mahimahi trace (delivery opportunities per millisecond, one
+    MTU each, repeating), millisecond by millisecond: the fluid form of what ``mm-link`` and
+    the userspace shaper deliver a packet at a time. None: ``base`` all along."""
+    if per_ms is None:
+        return lambda _t: base
+    states = [
+        dataclasses.replace(base, rate_bps=max(float(r), _NO_OPPORTUNITY_BPS))
+        for r in rate_bps(per_ms)
+    ]
+    return lambda t: states[int(t * 1000.0) % len(states)]
 
 
 class _Pipe:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from emu.planner import Plan, evaluate
-from emu.planner.model import Problem
+from emu.planner.model import Edge, Problem
 from emu.scenario import Scenario
 from nodes.backends import DraftBackend, VerifyBackend, VerifyItem
 
@@ -202,11 +202,22 @@ def calibrate(
     return choose_time_scale(steps, cores or os.cpu_count() or 1)
 
 
+def _fastest(
+    profiles: Sequence[Callable[[int, int, int], float]],
+) -> Callable[[int, int, int], float]:
+    return lambda b, length, prefix: min(p(b, length, prefix) for p in profiles)
+
+
 def auto_time_scale(
-    sc: Scenario, problem: Problem, policies: Sequence[str], timing: str
+    sc: Scenario,
+    problem: Problem,
+    policies: Sequence[str],
+    timing: str,
+    verifiers: Sequence[Edge] = (),
 ) -> TimeScale:
     """``--time-scale auto`` for a run: 1 where nothing is padded to a profile (real timing,
-    synthetic models), else the calibration of the scenario's models against its profile."""
+    synthetic models), else the calibration of the scenario's models against its profile (of
+    ``verifiers`` with compute of their own, the fastest: the profile hardest to keep)."""
     if timing != "profile":
         return TimeScale(scale=1.0, why="real timing: compute takes what it takes, unpadded")
     if sc.models.kind == "synthetic":
@@ -236,7 +247,7 @@ def auto_time_scale(
             prompt=prompt,
             verifier=verifier,
             drafter=drafter,
-            verify_profile=verify_time(problem.edge),
+            verify_profile=_fastest([verify_time(e) for e in (problem.edge, *verifiers)]),
             draft_profile=draft_time(problem.users[0]),
             verify_threads=threads,
             draft_threads=sc.models.draft_threads,

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 
 from emu.errors import ConfigError, check_in
-from emu.scenario.compute import LatencyConfig
+from emu.scenario.compute import LatencyOverride
 from nodes.core.route import ROUTER_POLICIES
 from nodes.core.systems import get_system
 
@@ -43,7 +43,7 @@ class NodeConfig:
     policy: str = "round-robin"  # a router's: how it picks each user's verifier
     verifiers: tuple[str, ...] = ()  # a router's: the verifiers it routes to; (): every one
     memory_bytes: float | None = None  # a verifier's own compute; None: [edge]'s
-    latency: LatencyConfig | None = None
+    latency: LatencyOverride | None = None  # each field unset: [edge.latency]'s
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,7 +119,10 @@ class DeploymentConfig:
                         f"{where}.policy must be one of {', '.join(ROUTER_POLICIES)}, "
                         f"got {n.policy!r}"
                     )
-                compute = {"memory_bytes": n.memory_bytes, "latency": n.latency}
+                compute = {
+                    "memory_bytes": n.memory_bytes,
+                    "latency": None if n.latency is None else n.latency.given(),
+                }
                 for field_name, set_to in compute.items():
                     if set_to is not None:
                         raise ConfigError(
@@ -197,7 +200,7 @@ class DeploymentConfig:
                 if end not in seen:
                     users = (
                         " (a user's link is [network]'s or [radio]'s)"
-                        if _RESERVED.fullmatch(end)
+                        if re.fullmatch(r"u[0-9]+", end)
                         else ""
                     )
                     raise ConfigError(

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from channel_models.config import RadioConfig
+from channel_models.trace import IntArray, from_mahimahi
 from emu.errors import ConfigError, check_in
 from emu.planner.model import Edge, LatencyModel, ModelArch, Problem, User
-from emu.planner.policies import get_policy
 from emu.scenario.compute import ArchConfig, LatencyConfig
 from emu.scenario.deployment import DeploymentConfig
 from nodes.core.guard import Limits
@@ -26,6 +27,7 @@ from nodes.protocol.events import MAX_TOP_K
 __all__ = ["MAX_TIME_SCALE", "MODEL_KINDS", "PRESETS", "SHAPING", "TIMING", "Scenario"]
 
 PRESETS = ("default", "dipsd-paper")
+NETWORK_MODELS = ("fixed", "radio", "trace")
 _TOP_ENTRY_BYTES = 14  # one top-k entry of a draft on the wire: an id (<= 5) and a float64 (9)
 
 
@@ -63,31 +65,70 @@ class PlannerConfig:
     policy: str = "dipsd"
     max_draft_len: int = 20
     initial_draft_len: int = 7
-    fixed_draft_len: int = 7
-
-    def __post_init__(self) -> None:
-        get_policy(self.policy, where="planner.policy")
+    fixed_draft_len: int = 7  # policy: one of the deployment's system's (checked by Scenario)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NetworkConfig:
-    """Every user's link in the simulation, both ways. ``model = "fixed"``: one-way delay
-    users.comm_ms / 2 and the fields below; ``"radio"``: each user's uplink and downlink follow
-    the [radio] model's link states (users.comm_ms is then taken from them)."""
+    """Every user's link, both ways. ``model = "fixed"``: one-way delay users.comm_ms / 2 and
+    the fields below; ``"radio"``: each user's uplink and downlink follow the [radio] model's
+    link states (users.comm_ms is then taken from them); ``"trace"``: as fixed, with the rate
+    of each direction from a recorded Mahimahi trace (``trace_up``, ``trace_down``: paths
+    relative to the working directory; "" for an unlimited direction), the same for every
+    user."""
 
     model: str = "fixed"
     rate_bps: float = 0.0
     jitter_ms: float = 0.0
     loss: float = 0.0
     rto_ms: float = 200.0
+    trace_up: str = ""
+    trace_down: str = ""
 
     def __post_init__(self) -> None:
-        if self.model not in ("fixed", "radio"):
-            raise ConfigError(f"network.model must be fixed or radio, got {self.model!r}")
+        if self.model not in NETWORK_MODELS:
+            raise ConfigError(
+                f"network.model must be one of {', '.join(NETWORK_MODELS)}, got {self.model!r}"
+            )
+        if self.model == "trace":
+            if not (self.trace_up or self.trace_down):
+                raise ConfigError(
+                    'network.model = "trace" needs network.trace_up or network.trace_down (a '
+                    "Mahimahi trace file), got neither"
+                )
+            for name in ("trace_up", "trace_down"):
+                self.trace(name)  # readable and a trace, or one line naming the field
+            if self.rate_bps:
+                raise ConfigError(
+                    f"network.rate_bps is the traces' with network.model = trace: leave it 0, "
+                    f"got {self.rate_bps!r}"
+                )
+        else:
+            for name in ("trace_up", "trace_down"):
+                if getattr(self, name):
+                    raise ConfigError(
+                        f"network.{name} needs network.model = trace, got model "
+                        f"{self.model!r} and {name} {getattr(self, name)!r}"
+                    )
         check_in("network.rate_bps", self.rate_bps, 0, math.inf, ">= 0 (0: unlimited)")
         check_in("network.jitter_ms", self.jitter_ms, 0, 1e5, "in [0, 1e5]")
         check_in("network.loss", self.loss, 0, 0.5, "in [0, 0.5]")
         check_in("network.rto_ms", self.rto_ms, 1, 1e5, "in [1, 1e5]")
+
+    def trace(self, name: str) -> IntArray | None:
+        """Delivery opportunities per millisecond of ``name`` (trace_up or trace_down), None
+        for an unlimited direction."""
+        path = getattr(self, name)
+        if not path:
+            return None
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"network.{name} {path!r} cannot be read: {exc.strerror}") from None
+        per_ms = from_mahimahi(text, where=f"network.{name} {path!r}")
+        if int(per_ms.sum()) == 0:
+            raise ConfigError(f"network.{name} {path!r} has no delivery opportunity")
+        return per_ms
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -215,11 +256,14 @@ class Scenario:
         memory, latency = e.memory_bytes, e.latency
         at_memory, at_latency = "edge.memory_bytes", "edge.latency"
         if node:
-            i, n = next((i, n) for i, n in enumerate(self.deployment.nodes) if n.name == node)
+            at = [i for i, n in enumerate(self.deployment.nodes) if n.name == node]
+            if not at:
+                raise KeyError(f"{node!r} is not a node of this scenario's deployment")
+            i, n = at[0], self.deployment.nodes[at[0]]
             if n.memory_bytes is not None:
                 memory, at_memory = n.memory_bytes, f"deployment.nodes[{i}].memory_bytes"
             if n.latency is not None:
-                latency, at_latency = n.latency, f"deployment.nodes[{i}].latency"
+                latency, at_latency = n.latency.over(latency), f"deployment.nodes[{i}].latency"
         target = ModelArch(
             name="edge.target", layers=e.target.layers, hidden=e.target.hidden, ffn=e.target.ffn
         )

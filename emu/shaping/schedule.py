@@ -79,6 +79,7 @@ class LinkSchedule:
     burst_loss: GilbertElliott | None = None
     trace_ms: npt.NDArray[np.int64] | None = None  # delivery opportunities per ms (repeating)
     trace_t0: float = 0.0
+    trace_scale: float = 1.0  # wall milliseconds per trace millisecond (a run's time scale)
     _free_at: float = 0.0  # when the transmitter finishes what it has
     _last_delivery: float = 0.0
     _waiting: deque[tuple[float, int]] = field(default_factory=deque)  # (leaves at, bytes)
@@ -128,8 +129,9 @@ class LinkSchedule:
         """The first unused delivery opportunity at or after ``start`` (the trace repeats)."""
         assert self.trace_ms is not None
         period = int(self.trace_ms.size)
+        unit = self.trace_scale / 1000.0  # one trace millisecond, in seconds
         # Millisecond k's opportunity is at its end, (k + 1) ms: the first one not before start.
-        ms = max(0, math.ceil((start - self.trace_t0) * 1000.0 - 1.0 - 1e-9))
+        ms = max(0, math.ceil((start - self.trace_t0) / unit - 1.0 - 1e-9))
         while True:
             slot = ms % period
             if self.trace_ms[slot] > self._trace_used.get(ms, 0):
@@ -137,5 +139,5 @@ class LinkSchedule:
                 # Forget spent milliseconds: the map stays small however long the run.
                 for old in [k for k in self._trace_used if k < ms - 1]:
                     del self._trace_used[old]
-                return max(start, self.trace_t0 + (ms + 1) / 1000.0)
+                return max(start, self.trace_t0 + (ms + 1) * unit)
             ms += 1

@@ -128,6 +128,7 @@ async def _run(config: dict[str, Any]) -> None:
             queue_bytes=int(config.get("queue_bytes", 1_000_000)),
             burst_loss=GilbertElliott(**ge) if ge else None,
             trace_ms=from_mahimahi(trace, where=spec["trace"]) if trace else None,
+            trace_scale=float(spec.get("time_scale", 1.0)),  # a slowed run's trace is too
         )
         links.append(_Link(spec["tun"], open_tun(spec["tun"]), schedule))
     _bring_up([lk.name for lk in links])

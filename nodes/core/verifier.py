@@ -4,9 +4,10 @@ and what to tell each user.
 Layer: pure (nodes.core): no sockets, no clock, no models. Events come in as calls with ``now``
 (a Hello, a session, a draft, a leave, a plan, a verify step's results); what the shell must do
 comes out as actions, drained with ``actions()`` (send an event to a user, close a user with an
-Error, forget a user's model state) and records for the run's sink. The trio shell
-(``nodes.edge``) owns the streams, the timers, the model backend and the planner's thread, and
-does what the core says; the same core would run under any event loop.
+Error, forget a user's model state) and records for the run's sink. The trio shells own the
+streams and the timers (``nodes.peers``: the connections) and the model backend and the planner's
+thread (``nodes.edge``: the pipeline), and do what the core says; the same core would run under
+any event loop.
 
 What to verify together and when is the batch scheduler's (``nodes.core.schedule``), how long
 each user drafts next the length controller's, and when to plan again the re-plan rule's

@@ -330,6 +330,13 @@ _REQUIRED = {
     code: sum(f.default is MISSING and f.default_factory is MISSING for f in fields(cls))
     for code, cls in EVENT_TYPES.items()
 }
+# from_wire leaves out trailing fields only: every field with a default comes after the others.
+for _code, _cls in EVENT_TYPES.items():
+    _defaulted = [
+        f.default is not MISSING or f.default_factory is not MISSING for f in fields(_cls)
+    ]
+    if _defaulted != sorted(_defaulted):
+        raise TypeError(f"{_cls.__name__}: a field without a default follows one with a default")
 
 
 # The deepest a message nests: a field, a list in it, and ids in that (Draft.top_ids).

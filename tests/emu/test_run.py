@@ -132,6 +132,27 @@ def test_the_tc_backend_runs_a_rate_only_cell(tmp_path: Path) -> None:
     assert stats["links"]["su0"]["sent"] > 0  # the workload went through the HTB classes
 
 
+def test_recorded_traces_shape_the_users_links(tmp_path: Path) -> None:
+    """Both ways a recorded Mahimahi trace (two opportunities a millisecond, 24 Mbit/s) under
+    a 10 ms round trip: the userspace shaper runs it (``tc`` cannot) and the workload goes
+    through it."""
+    trace = tmp_path / "cell.trace"
+    trace.write_text("".join(f"{ms}\n{ms}\n" for ms in range(1, 501)))
+    doc = _run_synthetic(
+        tmp_path,
+        f'[users]\ncomm_ms = 10.0\n[network]\nmodel = "trace"\ntrace_up = "{trace}"\n'
+        f'trace_down = "{trace}"\n',
+    )
+    assert doc["shaping"] == "userspace"  # tc cannot shape a trace
+    for f in doc["fidelity"]:
+        assert f["configured"]["up_rate_bps"] == 0.0  # a trace's rate is not probed
+        assert f["measured"]["rtt_ms"] >= 10.0  # the delays, and the wait for opportunities
+    res = doc["results"]["dipsd"]
+    assert res["users_started"] == 2 and res["deaths"] == [] and res["tokens"] > 10
+    stats = json.loads((tmp_path / "run" / "dipsd" / "shaper-stats.json").read_text())
+    assert stats["links"]["su0"]["sent"] > 0 and stats["links"]["sd1"]["sent"] > 0
+
+
 def test_a_time_scale_runs_slower_and_reports_in_modelled_time(tmp_path: Path) -> None:
     """Time scale 3: a 4 s run takes 12 s on the wall, its 3 ms links are shaped to 9 ms, and
     throughput, read in modelled time, is what the planner predicts."""

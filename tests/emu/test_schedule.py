@@ -68,6 +68,14 @@ def test_a_delivery_trace_sends_one_packet_per_opportunity_and_repeats() -> None
     assert out == pytest.approx([0.001, 0.003, 0.003, 0.004, 0.006, 0.006])
 
 
+def test_a_slowed_run_stretches_its_trace_by_the_time_scale() -> None:
+    """At time scale 3 every trace millisecond lasts 3 ms on the wall: the same opportunities,
+    each three times later."""
+    link = _link(LinkState(), trace_ms=np.array([1, 0, 2]), trace_scale=3.0)
+    out = [link.arrive(0.0, 1500).deliver_at for _ in range(6)]
+    assert out == pytest.approx([0.003, 0.009, 0.009, 0.012, 0.018, 0.018])
+
+
 def test_the_emulation_refuses_to_start_without_root(monkeypatch: pytest.MonkeyPatch) -> None:
     from emu.errors import ConfigError
     from emu.runners.network import preflight
