@@ -41,9 +41,15 @@ from channel_models import nr
 from channel_models.config import RadioConfig
 from channel_models.link import LinkState
 from channel_models.mobility import place_uniform, trajectories
-from channel_models.pathloss import C_M_S, SCENARIOS, los_probability, path_loss_db
+from channel_models.pathloss import (
+    C_M_S,
+    SCENARIOS,
+    los_probability,
+    path_loss_db,
+    shadowing_std_db,
+)
 from channel_models.scheduler import shares
-from channel_models.shadowing import correlated_normal, los_state
+from channel_models.shadowing import correlated_normal, los_state, per_state
 
 __all__ = ["LinkSeries", "RadioTrace", "generate", "site_positions"]
 
@@ -159,14 +165,15 @@ def generate(
     rows = np.arange(users)
     los = los_all[rows, cell]
     d_serv = d_all[rows, cell]
-    z_sf = correlated_normal(pos, sc.sf_corr_m[0], rng)
-    sigma = np.where(los, sc.sf_std_db[0], sc.sf_std_db[1])
+    z_sf = per_state(pos, los, sc.sf_corr_m, rng)  # each state its decorrelation distance
+    sigma = shadowing_std_db(cfg.scenario, los, d_serv, **pl_kw)
     pl = pl_all[rows, cell] + sigma * z_sf  # [users, ticks], shadowing included
 
     # Small scale, at the slot.
     speed = cfg.speed_mps if cfg.mobility != "static" else STATIC_DOPPLER_SPEED_MPS
     doppler = np.full(users, max(speed, STATIC_DOPPLER_SPEED_MPS) * cfg.carrier_hz / C_M_S)
-    k_lin = np.where(los.mean(axis=1) >= 0.5, 10.0 ** (cfg.k_factor_db / 10.0), 0.0)
+    k_db = sc.k_factor_db if cfg.k_factor_db is None else cfg.k_factor_db
+    k_lin = np.where(los.mean(axis=1) >= 0.5, 10.0 ** (k_db / 10.0), 0.0)
     gain = fad.fading_gain(
         cfg.fading, doppler, slots, slot_s, rng, k_factor=k_lin, block_s=cfg.block_ms * 1e-3
     )

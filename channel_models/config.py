@@ -71,7 +71,8 @@ class RadioConfig:
     fading: str = (
         "auto"  # auto (Rician in LOS, Rayleigh in NLOS) | rayleigh | rician | block | none
     )
-    k_factor_db: float = 9.0  # Rician K of LOS users (38.901 UMi LOS mean)
+    k_factor_db: float | None = None  # Rician K of LOS users; None: the scenario's mean
+    # (TR 38.901 Table 7.5-6: 9 dB in UMi and UMa, 7 dB in RMa and InH)
     block_ms: float = 10.0  # block fading: coherence block
     tick_ms: float = 10.0  # link-state resolution
 
@@ -115,7 +116,8 @@ class RadioConfig:
             _range(name, getattr(self, name), 0, 1e4, "in [0, 1e4] ms")
         _range("speed_mps", self.speed_mps, 0, 200, "in [0, 200] m/s")
         _range("pause_s", self.pause_s, 0, 1e4, "in [0, 1e4] s")
-        _range("k_factor_db", self.k_factor_db, -50, 50, "in [-50, 50] dB")
+        if self.k_factor_db is not None:
+            _range("k_factor_db", self.k_factor_db, -50, 50, "in [-50, 50] dB")
         _range("block_ms", self.block_ms, 0.001, 1e5, "> 0 ms")
         _range("tick_ms", self.tick_ms, 1, 1e5, "an integer number of ms >= 1")
         if not float(self.tick_ms).is_integer():

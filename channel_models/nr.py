@@ -204,7 +204,8 @@ def tbs_bits(n_prb: npt.ArrayLike, mcs: npt.ArrayLike, *, symbols: int = 12) -> 
         idx = np.minimum(np.searchsorted(_TBS_SMALL, small_info, side="left"), _TBS_SMALL.size - 1)
         tbs_small = _TBS_SMALL[idx].astype(np.float64)
         n2 = np.floor(np.log2(np.maximum(n_info - 24, 1.0))) - 5
-        big_info = np.maximum(3840, 2**n2 * np.round((n_info - 24) / 2**n2))
+        # round() of step 4 takes a tie to the next larger integer (np.round: to the even).
+        big_info = np.maximum(3840, 2**n2 * np.floor((n_info - 24) / 2**n2 + 0.5))
         c_low = np.ceil((big_info + 24) / 3816)
         c_high = np.ceil((big_info + 24) / 8424)
         tbs_low = 8 * c_low * np.ceil((big_info + 24) / (8 * c_low)) - 24

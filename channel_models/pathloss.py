@@ -1,5 +1,6 @@
 """Large-scale propagation of 3GPP TR 38.901 (V17): path loss (Table 7.4.1-1), LOS probability
-(Table 7.4.2-1), shadow fading spread and decorrelation distances (Tables 7.4.1-1, 7.5-6).
+(Table 7.4.2-1), shadow fading spread and decorrelation distances (Tables 7.4.1-1, 7.5-6), and
+the mean Rician K factor of LOS users (Table 7.5-6).
 
 Layer: pure (numpy; no I/O). Every function is vectorised over distances and takes the carrier
 in Hz and heights in metres. ``Scenario.check`` raises ConfigError for inputs outside the
@@ -20,7 +21,7 @@ import numpy.typing as npt
 
 from emu.errors import ConfigError
 
-__all__ = ["SCENARIOS", "Scenario", "los_probability", "path_loss_db"]
+__all__ = ["SCENARIOS", "Scenario", "los_probability", "path_loss_db", "shadowing_std_db"]
 
 FloatArray = npt.NDArray[np.float64]
 C_M_S = 299_792_458.0
@@ -35,10 +36,11 @@ class Scenario:
     h_bs_m: tuple[float, float]
     h_ut_m: tuple[float, float]
     d2d_m: tuple[float, float]
-    sf_std_db: tuple[float, float]  # LOS, NLOS (RMa LOS: before the breakpoint)
+    sf_std_db: tuple[float, float]  # LOS, NLOS (RMa LOS: up to the breakpoint; see below)
     sf_corr_m: tuple[float, float]  # shadowing decorrelation distance, LOS, NLOS
     los_corr_m: float  # LOS state decorrelation distance (7.6.3.3)
     default_h_bs_m: float
+    k_factor_db: float  # the mean K of a LOS user (Table 7.5-6: mu_K)
 
     def check(self, *, freq_hz: float, h_bs_m: float, h_ut_m: float, d2d_m: FloatArray) -> None:
         """ConfigError naming the first input outside this scenario's validity range."""
@@ -75,6 +77,7 @@ SCENARIOS = {
         sf_corr_m=(10.0, 13.0),
         los_corr_m=50.0,
         default_h_bs_m=10.0,
+        k_factor_db=9.0,
     ),
     "uma": Scenario(
         name="UMa",
@@ -86,6 +89,7 @@ SCENARIOS = {
         sf_corr_m=(37.0, 50.0),
         los_corr_m=50.0,
         default_h_bs_m=25.0,
+        k_factor_db=9.0,
     ),
     "rma": Scenario(
         name="RMa",
@@ -97,6 +101,7 @@ SCENARIOS = {
         sf_corr_m=(37.0, 120.0),
         los_corr_m=60.0,
         default_h_bs_m=35.0,
+        k_factor_db=7.0,
     ),
     "inh": Scenario(
         name="InH office",
@@ -108,6 +113,7 @@ SCENARIOS = {
         sf_corr_m=(10.0, 6.0),
         los_corr_m=10.0,
         default_h_bs_m=3.0,
+        k_factor_db=7.0,
     ),
 }
 
@@ -140,9 +146,14 @@ def _umi_los(d2: FloatArray, d3: FloatArray, f: float, hb: float, hu: float) -> 
     return np.where(d2 <= bp, pl1, pl2)
 
 
+def _breakpoint_rma(freq_hz: float, h_bs_m: float, h_ut_m: float) -> float:
+    """d_BP = 2 pi h_BS h_UT f_c / c (Table 7.4.1-1, note 5)."""
+    return 2.0 * math.pi * h_bs_m * h_ut_m * freq_hz / C_M_S
+
+
 def _rma_los(d2: FloatArray, d3: FloatArray, f: float, hb: float, hu: float) -> FloatArray:
     fg, h = f / 1e9, RMA_H_M
-    bp = 2.0 * math.pi * hb * hu * f / C_M_S
+    bp = _breakpoint_rma(f, hb, hu)
 
     def pl1(d: FloatArray | float) -> FloatArray:
         return np.asarray(
@@ -194,6 +205,25 @@ def path_loss_db(
     else:
         raise ConfigError(f"radio.scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")
     return np.where(is_los, pl_los, np.maximum(pl_los, nlos))
+
+
+def shadowing_std_db(
+    scenario: str,
+    los: npt.ArrayLike,
+    d2d_m: npt.ArrayLike,
+    *,
+    freq_hz: float,
+    h_bs_m: float,
+    h_ut_m: float,
+) -> FloatArray:
+    """The shadow fading's standard deviation [dB] (Table 7.4.1-1): the scenario's LOS or NLOS
+    value; RMa LOS is 4 dB up to the breakpoint distance and 6 dB beyond it."""
+    sc = SCENARIOS[scenario]
+    d2 = np.asarray(d2d_m, dtype=np.float64)
+    los_db: FloatArray | float = sc.sf_std_db[0]
+    if scenario == "rma":
+        los_db = np.where(d2 <= _breakpoint_rma(freq_hz, h_bs_m, h_ut_m), 4.0, 6.0)
+    return np.asarray(np.where(np.asarray(los, dtype=bool), los_db, sc.sf_std_db[1]), np.float64)
 
 
 def los_probability(scenario: str, d2d_m: npt.ArrayLike, *, h_ut_m: float = 1.5) -> FloatArray:

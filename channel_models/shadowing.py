@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.special import ndtr
 
-__all__ = ["correlated_normal", "los_state"]
+__all__ = ["correlated_normal", "los_state", "per_state"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -45,3 +45,17 @@ def correlated_normal(positions: FloatArray, corr_m: float, rng: np.random.Gener
 def los_state(z: FloatArray, p_los: FloatArray) -> npt.NDArray[np.bool_]:
     """LOS where the correlated variable's uniform transform falls below P_LOS."""
     return np.asarray(ndtr(z) < p_los)
+
+
+def per_state(
+    positions: FloatArray,
+    los: npt.NDArray[np.bool_],
+    corr_m: tuple[float, float],
+    rng: np.random.Generator,
+) -> FloatArray:
+    """Standard normal values [users, ticks] for shadowing: one correlated process with the LOS
+    decorrelation distance ``corr_m[0]`` and one with the NLOS distance ``corr_m[1]``
+    (TR 38.901 Table 7.5-6), each user following the one of its state at each tick."""
+    z_los = correlated_normal(positions, corr_m[0], rng)
+    z_nlos = correlated_normal(positions, corr_m[1], rng)
+    return np.asarray(np.where(los, z_los, z_nlos), dtype=np.float64)

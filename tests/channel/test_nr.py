@@ -39,6 +39,17 @@ def test_transport_block_size(prb: int, mcs: int, tbs: int) -> None:
     assert float(nr.tbs_for(prb, mcs)) == tbs
 
 
+def test_a_tie_in_step_4s_rounding_goes_to_the_larger_integer() -> None:
+    """TS 38.214 5.1.3.2 step 4: "round() rounds to the nearest integer, ties towards the next
+    largest". 32 PRB, 8 data symbols (N'_RE = 96), MCS 12 (16QAM, R = 434/1024):
+    N_info = 3072 * 434/1024 * 4 = 5208 > 3824, n = floor(log2(5208 - 24)) - 5 = 7,
+    (N_info - 24) / 2^7 = 40.5 -> 41, N'_info = max(3840, 128 * 41) = 5248; R > 1/4 and
+    N'_info <= 8424, so TBS = 8 * ceil((5248 + 24) / 8) - 24 = 5248. Half to even (40) gave
+    N'_info = 5120 and TBS 5120."""
+    assert float(nr.tbs_bits(32, 12, symbols=8)) == 5248
+    assert float(nr.tbs_for(32, 12, symbols=8)) == 5248
+
+
 def test_prbs_per_carrier_and_a_bandwidth_the_table_lacks() -> None:
     assert nr.prb_count(20e6, 1) == 51
     assert nr.prb_count(100e6, 1) == 273

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from channel_models.pathloss import SCENARIOS, los_probability, path_loss_db
+from channel_models.pathloss import SCENARIOS, los_probability, path_loss_db, shadowing_std_db
+from channel_models.shadowing import per_state
 from emu.errors import ConfigError
 
 # (scenario, los, d2D m, carrier GHz, h_BS, h_UT, expected dB). Worked from Table 7.4.1-1:
@@ -93,3 +94,42 @@ def test_inputs_outside_the_validity_range_are_refused(
 def test_an_unknown_scenario_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"radio\.scenario must be one of umi, uma, rma, inh"):
         path_loss_db("suburb", True, 50.0, freq_hz=3.5e9, h_bs_m=10, h_ut_m=1.5)
+
+
+def test_shadowing_spread_follows_table_7_4_1_1_rma_los_past_its_breakpoint() -> None:
+    """Table 7.4.1-1: RMa LOS sigma_SF = 4 dB for 10 m <= d2D <= d_BP and 6 dB for d_BP <
+    d2D <= 10 km; d_BP = 2 pi h_BS h_UT f_c / c (note 5): at 0.7 GHz, h_BS 35 m, h_UT 1.5 m,
+    d_BP = 2 pi 35 1.5 0.7e9 / 299792458 = 770.2 m. RMa NLOS 8 dB; UMi 4 and 7.82; UMa 4 and 6;
+    InH 3 and 8.03."""
+    kw = {"freq_hz": 0.7e9, "h_bs_m": 35.0, "h_ut_m": 1.5}
+    sigma = shadowing_std_db("rma", [True, True, True, False], [100.0, 770.0, 771.0, 771.0], **kw)
+    assert list(sigma) == [4.0, 4.0, 6.0, 8.0]
+    for scenario, los_db, nlos_db in (("umi", 4.0, 7.82), ("uma", 4.0, 6.0), ("inh", 3.0, 8.03)):
+        got = shadowing_std_db(scenario, [True, False], [50.0, 5000.0], freq_hz=3.5e9,
+                               h_bs_m=10.0, h_ut_m=1.5)  # fmt: skip
+        assert list(got) == [los_db, nlos_db]
+
+
+def test_the_mean_k_factor_is_the_scenarios_table_7_5_6() -> None:
+    """Table 7.5-6 (part 1), K-factor mu_K of LOS users: UMi 9 dB, UMa 9 dB, RMa 7 dB, InH 7 dB."""
+    assert {k: s.k_factor_db for k, s in SCENARIOS.items()} == {
+        "umi": 9.0, "uma": 9.0, "rma": 7.0, "inh": 7.0
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(("los", "corr_m"), [(False, 120.0), (True, 37.0)])
+def test_shadowing_decorrelates_over_the_distance_of_the_users_state(
+    los: bool, corr_m: float
+) -> None:
+    """Table 7.5-6: RMa's shadowing decorrelation distance is 37 m in LOS and 120 m in NLOS.
+    Users 10 km apart, each walking 1 m a tick in one state: their shadowing's correlation
+    120 m apart is exp(-120 / d_corr) (0.37 in NLOS, 0.04 in LOS)."""
+    users, ticks, lag = 300, 240, 120
+    x = np.arange(ticks, dtype=np.float64)
+    along = np.broadcast_to(x, (users, ticks))
+    apart = np.broadcast_to(1e4 * np.arange(users)[:, None], (users, ticks))
+    pos = np.stack([along, apart], axis=-1)
+    state = np.full((users, ticks), los)
+    z = per_state(pos, state, SCENARIOS["rma"].sf_corr_m, np.random.default_rng(7))
+    rho = np.mean([np.corrcoef(z[:, t], z[:, t + lag])[0, 1] for t in range(ticks - lag)])
+    assert rho == pytest.approx(np.exp(-lag / corr_m), abs=0.1)
