@@ -55,6 +55,8 @@ def from_mahimahi(text: str, *, where: str = "trace") -> IntArray:
         raise ConfigError(f"{where} is empty: a Mahimahi trace needs at least one line")
     if times.min() < 0 or np.any(np.diff(times) < 0):
         raise ConfigError(f"{where} must list non-negative, non-decreasing milliseconds")
+    if times.max() == 0:
+        raise ConfigError(f"{where} must last at least 1 ms (its last line is its period), got 0")
     return np.bincount(np.maximum(times, 1) - 1)
 
 

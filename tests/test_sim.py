@@ -80,11 +80,12 @@ def test_sim_metrics_are_consistent(paper_sim: dict[str, Any]) -> None:
 
 
 def test_a_trace_link_runs_at_its_opportunities_millisecond_by_millisecond() -> None:
-    """ms 1: one 1500-byte opportunity (12 Mbit/s over that millisecond), ms 2: none (next to
-    nothing, not unlimited), ms 3: two; then again. Delay, jitter and loss are the base's."""
+    """ms 1: one opportunity of 1504 bytes (12.032 Mbit/s over that millisecond), ms 2: none
+    (next to nothing, not unlimited), ms 3: two; then again. Delay, jitter and loss are the
+    base's."""
     at = traced(np.array([1, 0, 2]), LinkState(delay_ms=4.0, jitter_ms=1.0))
     assert [at(t).rate_bps for t in (0.0005, 0.0015, 0.0025, 0.0035)] == pytest.approx(
-        [12e6, 1e-3, 24e6, 12e6]
+        [12.032e6, 1e-3, 24.064e6, 12.032e6]
     )
     assert at(0.0025).delay_ms == 4.0 and at(0.0025).jitter_ms == 1.0
     assert traced(None, LinkState(rate_bps=5.0))(123.0).rate_bps == 5.0

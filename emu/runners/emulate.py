@@ -72,6 +72,7 @@ from emu.runners.shapers import Shaper, choose_shaper
 from emu.runners.timescale import TimeScale, auto_time_scale
 from emu.scenario import Scenario, scenario_toml
 from emu.shaping.probe import IP_UDP_HEADERS
+from emu.shaping.schedule import trace_rate_bps
 from emu.shaping.sources import load_series
 from emu.shaping.spec import LinkPair, LinkSpec, SeriesRef, ServerLink
 from topologies.registry import check as check_topology
@@ -212,6 +213,9 @@ def _modelled_links(
     up_trace, down_trace = (
         str(Path(t).resolve()) if t else "" for t in (net.trace_up, net.trace_down)
     )
+    up_per_ms = net.trace("trace_up")
+    # A trace's rate: its opportunities' bytes (mm-link's 1504 each) a second, on average.
+    up_rate = 0.0 if up_per_ms is None else float(trace_rate_bps(up_per_ms).mean())
     for u in problem.users:
         state = LinkState(
             rate_bps=net.rate_bps, delay_ms=u.comm_ms / 2, jitter_ms=net.jitter_ms, loss=net.loss
@@ -222,9 +226,7 @@ def _modelled_links(
         configured.append(
             {
                 "rtt_ms": _expected_rtt(u.comm_ms, 2 * net.jitter_ms),
-                # A trace's rate is not probed: the shaper spends one opportunity on each
-                # packet, and the probe's datagrams are smaller than the MTU it is made of.
-                "up_rate_bps": 0.0 if up_trace else net.rate_bps,
+                "up_rate_bps": up_rate if up_trace else net.rate_bps,
                 "up_loss": net.loss,
             }
         )

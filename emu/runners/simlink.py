@@ -21,7 +21,8 @@ import numpy as np
 import trio
 
 from channel_models.link import LinkState
-from channel_models.trace import IntArray, rate_bps
+from channel_models.trace import IntArray
+from emu.shaping.schedule import trace_rate_bps
 
 __all__ = ["DelayedStream", "link_pair", "traced"]
 
@@ -32,14 +33,14 @@ _NO_OPPORTUNITY_BPS = 1e-3  # a trace's millisecond without an opportunity (0 is
 
 
 def traced(per_ms: IntArray | None, base: LinkState) -> StateAt:
-    """``base`` at the rate of a Mahimahi trace (delivery opportunities per millisecond, one
-    MTU each, repeating), millisecond by millisecond: the fluid form of what ``mm-link`` and
-    the userspace shaper deliver a packet at a time. None: ``base`` all along."""
+    """``base`` at the rate of a Mahimahi trace (delivery opportunities per millisecond, 1504
+    bytes each, repeating), millisecond by millisecond: the fluid form of what ``mm-link`` and
+    the userspace shaper deliver an opportunity at a time. None: ``base`` all along."""
     if per_ms is None:
         return lambda _t: base
     states = [
         dataclasses.replace(base, rate_bps=max(float(r), _NO_OPPORTUNITY_BPS))
-        for r in rate_bps(per_ms)
+        for r in trace_rate_bps(per_ms)
     ]
     return lambda t: states[int(t * 1000.0) % len(states)]
 

@@ -11,7 +11,10 @@ A packet arriving at ``t`` with ``size`` bytes:
    when one is configured;
 3. starts its transmission when the link is free (FIFO) and takes ``size * 8 / rate`` at the
    rate in force then (``rate_bps = 0``: no serialisation), or, driven by a packet-delivery
-   trace, leaves at the next delivery opportunity (Mahimahi: one packet each);
+   trace, leaves as mm-link lets it: each delivery opportunity carries ``OPPORTUNITY_BYTES``
+   (1504) of the packets queued by its time, first come first served, so small packets share
+   one and a large one spans two; what an opportunity has left when the queue is empty is
+   lost; the trace repeats with a period of its last line's millisecond;
 4. is delivered after the one-way delay plus a jitter draw (half-normal with the link's
    ``jitter_ms`` as its scale), but never before the packet ahead of it: no reordering.
 
@@ -21,7 +24,6 @@ the rate, delay, jitter and loss of the packets that arrive after each tick.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +33,15 @@ import numpy.typing as npt
 
 from channel_models.link import LinkState
 
-__all__ = ["GilbertElliott", "LinkSchedule", "Verdict"]
+__all__ = ["OPPORTUNITY_BYTES", "GilbertElliott", "LinkSchedule", "Verdict", "trace_rate_bps"]
+
+OPPORTUNITY_BYTES = 1504  # what one Mahimahi delivery opportunity carries (mm-link's PACKET_SIZE)
+
+
+def trace_rate_bps(per_ms: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """A trace's rate each millisecond [bit/s]: its opportunities' bytes, as mm-link delivers
+    them to a queue that never empties."""
+    return np.asarray(per_ms, dtype=np.float64) * OPPORTUNITY_BYTES * 8.0 * 1000.0
 
 
 @dataclass(slots=True)
@@ -84,14 +94,20 @@ class LinkSchedule:
     _last_delivery: float = 0.0
     _waiting: deque[tuple[float, int]] = field(default_factory=deque)  # (leaves at, bytes)
     _queued: int = 0
-    _trace_used: dict[int, int] = field(default_factory=dict)
+    _opportunities: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    _opp: int = -1  # the last opportunity a packet used (counted from the trace's start)
+    _opp_left: int = 0  # ... and the bytes it has left
     dropped_queue: int = 0
     lost: int = 0
     sent: int = 0
 
     def __post_init__(self) -> None:
-        if self.trace_ms is not None and int(np.sum(self.trace_ms)) <= 0:
-            raise ValueError("a delivery trace needs at least one opportunity")
+        if self.trace_ms is not None:
+            if int(np.sum(self.trace_ms)) <= 0:
+                raise ValueError("a delivery trace needs at least one opportunity")
+            # Each opportunity's millisecond in the period: k's is at the end of ms k, (k + 1).
+            per_ms = np.asarray(self.trace_ms, dtype=np.int64)
+            self._opportunities = np.repeat(np.arange(1, per_ms.size + 1), per_ms).astype(float)
 
     def arrive(self, now: float, size: int) -> Verdict:
         while self._waiting and self._waiting[0][0] <= now:
@@ -107,7 +123,7 @@ class LinkSchedule:
         )
         start = max(now, self._free_at)
         if self.trace_ms is not None:
-            leave = self._opportunity(start)
+            leave = self._through_trace(now, size)
         elif state.rate_bps > 0:
             leave = start + size * 8.0 / state.rate_bps
         else:
@@ -125,19 +141,39 @@ class LinkSchedule:
         self.sent += 1
         return Verdict(deliver)
 
-    def _opportunity(self, start: float) -> float:
-        """The first unused delivery opportunity at or after ``start`` (the trace repeats)."""
-        assert self.trace_ms is not None
-        period = int(self.trace_ms.size)
-        unit = self.trace_scale / 1000.0  # one trace millisecond, in seconds
-        # Millisecond k's opportunity is at its end, (k + 1) ms: the first one not before start.
-        ms = max(0, math.ceil((start - self.trace_t0) / unit - 1.0 - 1e-9))
+    def _opp_at(self, k: int) -> float:
+        """When opportunity ``k`` (counted from the trace's start, across repeats) comes."""
+        n, period = self._opportunities.size, self._period_ms
+        ms = (k // n) * period + self._opportunities[k % n]
+        return float(self.trace_t0 + ms * self.trace_scale / 1000.0)
+
+    @property
+    def _period_ms(self) -> int:
+        return int(np.asarray(self.trace_ms).size)
+
+    def _first_opp(self, t: float) -> int:
+        """The first opportunity at or after ``t``."""
+        n, period = self._opportunities.size, self._period_ms
+        ms = max(0.0, (t - self.trace_t0) * 1000.0 / self.trace_scale)
+        cycle = int(ms // period)
+        j = int(np.searchsorted(self._opportunities, ms - cycle * period - 1e-9, side="left"))
+        return (cycle + 1) * n if j == n else cycle * n + j
+
+    def _through_trace(self, now: float, size: int) -> float:
+        """When the last byte of a ``size``-byte packet arriving at ``now`` leaves: first in
+        what the opportunity the packet ahead of it left ends with (if that opportunity comes
+        no earlier than ``now``: the packet is queued by then), then in whole opportunities."""
+        left = size
+        if self._opp >= 0 and self._opp_left > 0 and self._opp_at(self._opp) >= now:
+            take = min(left, self._opp_left)
+            left, self._opp_left = left - take, self._opp_left - take
+            if left == 0:
+                return self._opp_at(self._opp)
+        k = max(self._first_opp(now), self._opp + 1)
         while True:
-            slot = ms % period
-            if self.trace_ms[slot] > self._trace_used.get(ms, 0):
-                self._trace_used[ms] = self._trace_used.get(ms, 0) + 1
-                # Forget spent milliseconds: the map stays small however long the run.
-                for old in [k for k in self._trace_used if k < ms - 1]:
-                    del self._trace_used[old]
-                return max(start, self.trace_t0 + (ms + 1) * unit)
-            ms += 1
+            take = min(left, OPPORTUNITY_BYTES)
+            left -= take
+            if left == 0:
+                self._opp, self._opp_left = k, OPPORTUNITY_BYTES - take
+                return self._opp_at(k)
+            k += 1

@@ -133,9 +133,9 @@ def test_the_tc_backend_runs_a_rate_only_cell(tmp_path: Path) -> None:
 
 
 def test_recorded_traces_shape_the_users_links(tmp_path: Path) -> None:
-    """Both ways a recorded Mahimahi trace (two opportunities a millisecond, 24 Mbit/s) under
-    a 10 ms round trip: the userspace shaper runs it (``tc`` cannot) and the workload goes
-    through it."""
+    """Both ways a recorded Mahimahi trace (two opportunities a millisecond: 24.064 Mbit/s of
+    1504-byte opportunities) under a 10 ms round trip: the userspace shaper runs it (``tc``
+    cannot), the probe measures its rate, and the workload goes through it."""
     trace = tmp_path / "cell.trace"
     trace.write_text("".join(f"{ms}\n{ms}\n" for ms in range(1, 501)))
     doc = _run_synthetic(
@@ -145,7 +145,8 @@ def test_recorded_traces_shape_the_users_links(tmp_path: Path) -> None:
     )
     assert doc["shaping"] == "userspace"  # tc cannot shape a trace
     for f in doc["fidelity"]:
-        assert f["configured"]["up_rate_bps"] == 0.0  # a trace's rate is not probed
+        assert f["configured"]["up_rate_bps"] == pytest.approx(24.064e6)
+        assert f["measured"]["up_rate_bps"] == pytest.approx(24.064e6, rel=0.1)
         assert f["measured"]["rtt_ms"] >= 10.0  # the delays, and the wait for opportunities
     res = doc["results"]["dipsd"]
     assert res["users_started"] == 2 and res["deaths"] == [] and res["tokens"] > 10

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -66,6 +68,47 @@ def test_a_delivery_trace_sends_one_packet_per_opportunity_and_repeats() -> None
     link = _link(LinkState(), trace_ms=np.array([1, 0, 2]))
     out = [link.arrive(0.0, 1500).deliver_at for _ in range(6)]
     assert out == pytest.approx([0.001, 0.003, 0.003, 0.004, 0.006, 0.006])
+
+
+def test_small_packets_share_an_opportunitys_1504_bytes_and_a_large_one_spans_two() -> None:
+    """mm-link (LinkQueue::rationalize): each opportunity carries 1504 bytes of the packets
+    queued by its time, first come first served. One opportunity a millisecond: thirty
+    100-byte packets queued at 0 leave 15 at 1 ms (1500 bytes), then the 16th takes the 4 bytes
+    left and 96 of the next (2 ms), ..., packet i at ceil(100 i / 1504) ms."""
+    link = _link(LinkState(), trace_ms=np.array([1]))
+    out = [link.arrive(0.0, 100).deliver_at for _ in range(30)]
+    assert out == pytest.approx([math.ceil(100 * i / 1504) / 1000 for i in range(1, 31)])
+    big = _link(LinkState(), trace_ms=np.array([1]))
+    assert big.arrive(0.0, 2000).deliver_at == pytest.approx(0.002)  # 1504 + 496 bytes
+
+
+def test_what_an_opportunity_has_left_is_lost_once_it_has_passed() -> None:
+    """A packet queued before an opportunity shares it; one that arrives after it waits for the
+    next: the bytes the first left are not kept."""
+    link = _link(LinkState(), trace_ms=np.array([0, 1]))  # one opportunity every 2 ms
+    assert link.arrive(0.0, 100).deliver_at == pytest.approx(0.002)
+    assert link.arrive(0.0015, 100).deliver_at == pytest.approx(0.002)  # queued by then
+    assert link.arrive(0.0025, 100).deliver_at == pytest.approx(0.004)  # it had passed
+
+
+@pytest.mark.parametrize("size", [1500, 100])
+def test_a_recorded_trace_delivers_its_own_rate_to_full_size_and_to_small_packets(
+    size: int,
+) -> None:
+    """A 10 ms pattern of 10 opportunities (2 0 1 3 0 0 1 2 0 1 a millisecond), replayed for 2 s
+    under a full queue: it delivers 1000 opportunities a second of 1504 bytes each, and with
+    the queue never empty no byte of one is left unused (a packet spans two where it must), so
+    packets of 1500 bytes and of 100 bytes both get the trace's 1504 x 1000 bytes a second."""
+    pattern = np.array([2, 0, 1, 3, 0, 0, 1, 2, 0, 1])
+    link = _link(LinkState(), trace_ms=pattern, queue_bytes=10**9)
+    sent = 0
+    while True:
+        t = link.arrive(0.0, size).deliver_at
+        assert t is not None
+        if t > 2.0:
+            break
+        sent += size
+    assert sent / 2.0 == pytest.approx(1504 * 1000, rel=0.002)
 
 
 def test_a_slowed_run_stretches_its_trace_by_the_time_scale() -> None:
