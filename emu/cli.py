@@ -40,6 +40,7 @@ OVERRIDES = {
     "timing": "emu.timing",
     "time_scale": "emu.time_scale",
     "strict": "emu.strict",
+    "plots": "channel.plots",
 }
 
 
@@ -162,6 +163,13 @@ def _parser() -> argparse.ArgumentParser:
     chan.add_argument("--users", type=int, help="number of users (users.count)")
     chan.add_argument("--duration", type=float, help="seconds of link states (sim.duration_s)")
     chan.add_argument("--seed", type=int, help="random seed (sim.seed)")
+    chan.add_argument(
+        "--no-plots",
+        dest="plots",
+        action="store_const",
+        const=False,
+        help="write no plots, only the series, traces and summary (channel.plots)",
+    )
     _set_arg(chan)
     chan.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     chan.add_argument("--out", type=Path, help="run directory (default: runs/channel-<time>)")

@@ -201,6 +201,14 @@ def test_channel_writes_traces_series_and_plots(tmp_path: Path) -> None:
     # The delivery trace carries the rate the summary reports (within a packet a second).
     trace = from_mahimahi((out / "traces" / "user-0.up").read_text())
     assert rate_bps(trace).sum() / 3000 == pytest.approx(doc["users"][0]["up_rate_bps"], rel=0.02)
+    # --no-plots (channel.plots = false): the same series and summary, and no plot.
+    bare = tmp_path / "bare"
+    r = draftnet("channel", "--users", "5", "--duration", "3", "--no-plots", "--json",
+                 "--out", str(bare))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert not list(bare.glob("*.png")) and "plots_s" not in json.loads(r.stdout)
+    again = np.load(bare / "linkstates.npz")
+    assert all(np.array_equal(series[k], again[k]) for k in series.files)
 
 
 @pytest.mark.parametrize(

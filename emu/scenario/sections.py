@@ -150,6 +150,13 @@ MAX_TIME_SCALE = 100.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelConfig:
+    """What ``draftnet channel`` writes besides the series, the traces and the summary."""
+
+    plots: bool = True  # SINR, rate and delay against time, and CDFs (after the summary)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EmuConfig:
     """How ``draftnet run`` emulates: the links' shaper, the nodes' compute time, the time
     scale and what a link outside tolerance does."""
@@ -230,6 +237,7 @@ class Scenario:
     limits: Limits = field(default_factory=Limits)
     sim: SimConfig = field(default_factory=SimConfig)
     emu: EmuConfig = field(default_factory=EmuConfig)
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     radio: RadioConfig = field(default_factory=RadioConfig)
 

@@ -106,3 +106,17 @@ def test_settings_outside_the_model_are_refused_before_generating() -> None:
         generate(RadioConfig(scenario="rma", carrier_hz=40e9), 2, 0.1, np.random.default_rng(0))
     with pytest.raises(ConfigError, match=r"radio\.bandwidth_hz must be a TS 38\.101-1"):
         generate(RadioConfig(bandwidth_hz=7e6), 2, 0.1, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("beta", [0.005, 0.3, 1.0])
+def test_the_schedulers_average_is_the_first_order_filter_it_replaces(beta: float) -> None:
+    """PF's share average, y_t = beta x_t + (1 - beta) y_(t-1) from each row's mean, in numpy:
+    the same as scipy.signal.lfilter to 1e-12 over a long series (blocks of the closed form)."""
+    from scipy.signal import lfilter
+
+    from channel_models.cell import _ewma
+
+    x = np.random.default_rng(4).random((3, 20_000))
+    start = (1.0 - beta) * x.mean(axis=1)[:, None]
+    want, _ = lfilter([beta], [1.0, beta - 1.0], x, axis=1, zi=start)
+    np.testing.assert_allclose(_ewma(x, beta), want, rtol=1e-12)
