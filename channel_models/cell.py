@@ -12,10 +12,14 @@ Modelling choices, each a simplification a user should know:
 - Users are backlogged: the series is the rate a user gets when it has data.
 - Each user stays with the cell that is strongest (least path loss) at the start (no handover).
 - Uplink and downlink see the same fading (TDD reciprocity). The downlink's interference is
-  every other cell's base station at full power (full load); the uplink's is an
-  interference-over-thermal margin ``ul_iot_db``.
-- A user's uplink power is spread over its share of the PRBs, so a smaller share has a higher
-  SINR; the min-max split's shares are computed from rates at equal shares.
+  every other cell's base station at full power (full load); the uplink's, with several
+  cells, the other cells' users at their own powers, each on its share of its cell's PRBs
+  (``channel_models.uplink``; a mean over the schedulers' choices), and with one cell the
+  margin ``ul_iot_db`` (interference from outside the layout).
+- A user's uplink power follows open-loop fractional power control (TS 38.213 7.1.1:
+  ``ul_p0_dbm``, ``ul_alpha``, capped at ``ue_power_dbm``) on its share of the PRBs, so a
+  smaller share has a higher SINR while the open loop asks for more than P_CMAX; the min-max
+  split's shares are computed from rates at equal shares.
 - Throughput is the share of a full-carrier transport block (TBS is near-linear in PRBs), so
   many users can share few PRBs over time, as a real scheduler does.
 - Delay: ``core_delay_ms`` (processing and the path to the edge) + one slot + HARQ
@@ -37,6 +41,7 @@ import numpy.typing as npt
 
 from channel_models import fading as fad
 from channel_models import nr
+from channel_models import uplink as ul
 from channel_models.config import RadioConfig
 from channel_models.link import LinkState
 from channel_models.mobility import place_uniform, trajectories
@@ -191,9 +196,21 @@ def generate(
     ).sum(axis=1)
     dl_large = cfg.bs_power_dbm + cfg.bs_gain_dbi + cfg.ue_gain_dbi - pl - _db(noise_dl + intf_mw)
     sinr_dl = _impaired(cfg, (dl_large[:, :, None] + fade_db).reshape(users, slots))
-    # Uplink SINR with the whole carrier; a share s of it gains 1/s in power density.
-    noise_ul = nr.thermal_noise_dbm(cfg.bandwidth_hz, cfg.bs_noise_figure_db) + cfg.ul_iot_db
-    ul_large = cfg.ue_power_dbm + cfg.ue_gain_dbi + cfg.bs_gain_dbi - pl - noise_ul
+    # Uplink SINR with the whole carrier at full power; on a share s of it the open loop's
+    # power (TS 38.213 7.1.1) gains min(1/s, what it asks for over P_CMAX) (``uplink``).
+    pc = ul.PowerControl(cfg.ul_p0_dbm, cfg.ul_alpha, cfg.numerology, cfg.ue_power_dbm)
+    headroom = ul.headroom_db(pl, n_prb, pc)  # [users, ticks]
+    noise_ul = nr.thermal_noise_dbm(cfg.bandwidth_hz, cfg.bs_noise_figure_db)
+    iot: FloatArray | float = cfg.ul_iot_db
+    if cfg.cells > 1:  # the other cells' scheduled users, at their own powers
+        members = np.bincount(cell, minlength=cfg.cells)[cell].astype(np.float64)
+        per_slot = np.minimum(_rbg_count(n_prb), members) if cfg.scheduler == "pf" else members
+        prb_hz = 12 * 15e3 * 2**cfg.numerology
+        iot = ul.interference_over_thermal_db(
+            pl_all, cell, n_prb / per_slot, pc, gains_db=cfg.ue_gain_dbi + cfg.bs_gain_dbi,
+            noise_prb_dbm=nr.thermal_noise_dbm(prb_hz, cfg.bs_noise_figure_db),
+        )[cell]  # fmt: skip
+    ul_large = cfg.ue_power_dbm + cfg.ue_gain_dbi + cfg.bs_gain_dbi - pl - noise_ul - iot
     sinr_ul_full = (ul_large[:, :, None] + fade_db).reshape(users, slots)
     del gain, fade_db
 
@@ -204,7 +221,8 @@ def generate(
         # Both directions in one pass of the scheduler (its loop over slots is the cost).
         groups = _rbg_count(n_prb)
         turn = 1.0 / min(groups, int(np.bincount(cell).min()))
-        sinr_ul_full = _impaired(cfg, sinr_ul_full + 10.0 * math.log10(min(groups, users)))
+        at_once = float(_db(np.asarray(min(groups, users), dtype=np.float64)))
+        sinr_ul_full = _impaired(cfg, _concentrated(sinr_ul_full, at_once, headroom))
         sent = (
             _bits(cfg, sinr_ul_full, n_prb, slot_s, lag),
             _bits(cfg, sinr_dl, n_prb, slot_s, lag),
@@ -219,8 +237,9 @@ def generate(
         share = _ewma(share, 1.0 / tc)
         pf = ((share[:users], sent[0]), (share[users:], sent[1]))
     up = _direction(
-        cfg, sinr_ul_full, cell, n_prb, slot_s=slot_s, lag=lag, uplink=True, scheduled=pf and pf[0]
-    )
+        cfg, sinr_ul_full, cell, n_prb, slot_s=slot_s, lag=lag, uplink=True,
+        scheduled=pf and pf[0], headroom=headroom,
+    )  # fmt: skip
     down = _direction(
         cfg, sinr_dl, cell, n_prb, slot_s=slot_s, lag=lag, uplink=False, scheduled=pf and pf[1]
     )
@@ -256,6 +275,19 @@ def _impaired(cfg: RadioConfig, sinr_db: FloatArray) -> FloatArray:
     g = np.reciprocal(np.reciprocal(g, out=g) + 10.0 ** (-cfg.max_sinr_db / 10.0), out=g)
     out: FloatArray = np.multiply(np.log10(g, out=g), 10.0, out=g)
     return out
+
+
+def _concentrated(
+    sinr_full_db: FloatArray, gain_db: FloatArray | float, headroom: FloatArray
+) -> FloatArray:
+    """The uplink SINR on a share of the carrier [users, slots]: the full-carrier, full-power
+    SINR plus min(``gain_db``, the open loop's headroom of the slot's tick) (``gain_db``:
+    -10 log10 of the share, per user or per user and slot)."""
+    users, slots = sinr_full_db.shape
+    per = slots // headroom.shape[1]
+    gain = np.broadcast_to(np.asarray(gain_db, dtype=np.float64), (users, slots))
+    capped = np.minimum(gain.reshape(users, -1, per), headroom[:, :, None])
+    return np.asarray((sinr_full_db.reshape(users, -1, per) + capped).reshape(users, slots))
 
 
 def _rbg_count(n_prb: int) -> int:
@@ -333,9 +365,11 @@ def _direction(
     lag: int,
     uplink: bool,
     scheduled: _Scheduled | None = None,
+    headroom: FloatArray | None = None,
 ) -> _Slots:
     """One direction's goodput and HARQ figures per slot; ``scheduled``: the PF scheduler's
-    shares, and the bits and MCS it decided on."""
+    shares, and the bits and MCS it decided on; ``headroom``: the uplink's power control
+    [users, ticks] (``uplink.headroom_db``)."""
     payload = 8.0 * (cfg.payload_up_bytes if uplink else cfg.payload_down_bytes)
     members = np.bincount(cell, minlength=cfg.cells)[cell].astype(np.float64)
     if scheduled is not None:
@@ -346,9 +380,10 @@ def _direction(
         share = shares(cfg.scheduler, sent[0], cell, payload_bits=np.full(cell.size, payload))
         sinr = sinr_full_db
     else:
-        # Power concentrates on a share of the carrier: first rates at equal shares, then the
-        # scheduler's shares, then the SINR those shares give.
-        equal = sinr_full_db + _db(members)[:, None]
+        # Power concentrates on a share of the carrier (as far as power control asks): first
+        # rates at equal shares, then the scheduler's shares, then the SINR those shares give.
+        assert headroom is not None
+        equal = _concentrated(sinr_full_db, _db(members)[:, None], headroom)
         bits_eq, _ = _bits(cfg, equal, n_prb, slot_s, lag)
         share = shares(
             cfg.scheduler,
@@ -356,7 +391,7 @@ def _direction(
             cell,
             payload_bits=np.full(cell.size, payload),
         )
-        concentrated = sinr_full_db - _db(np.maximum(share, 1e-6))
+        concentrated = _concentrated(sinr_full_db, -_db(np.maximum(share, 1e-6)), headroom)
         sinr = _impaired(cfg, equal if cfg.scheduler == "rr" else concentrated)
         sent = _bits(cfg, sinr, n_prb, slot_s, lag)
     bits, residual, mean_tx, var_tx = _link(cfg, sinr, sent)

@@ -16,6 +16,7 @@ from channel_models.fading import FADING_KINDS
 from channel_models.mobility import MOBILITY
 from channel_models.pathloss import SCENARIOS
 from channel_models.scheduler import SCHEDULERS
+from channel_models.uplink import ALPHAS, P0_RANGE_DBM
 from emu.errors import ConfigError
 
 __all__ = ["RadioConfig"]
@@ -51,7 +52,9 @@ class RadioConfig:
     ue_gain_dbi: float = 0.0
     bs_noise_figure_db: float = 5.0
     ue_noise_figure_db: float = 9.0
-    ul_iot_db: float = 0.0  # uplink interference over thermal from other cells' users
+    ul_iot_db: float = 0.0  # one cell: uplink interference over thermal from outside the layout
+    ul_p0_dbm: float = -80.0  # uplink power control (TS 38.213 7.1.1): P_O_PUSCH ...
+    ul_alpha: float = 0.8  # ... and the path loss's weight (TS 38.331: 0, 0.4, 0.5, ..., 1)
     max_sinr_db: float = 30.0  # what transceiver impairments (EVM) let any link reach
     link: str = "nr"  # nr (CQI, MCS, TBS, BLER, HARQ) | shannon
     shannon_efficiency: float = 0.6  # shannon: the share of capacity achieved
@@ -101,6 +104,18 @@ class RadioConfig:
         for name in ("bs_noise_figure_db", "ue_noise_figure_db", "ul_iot_db"):
             _range(name, getattr(self, name), 0, 40, "in [0, 40] dB")
         _range("max_sinr_db", self.max_sinr_db, 0, 100, "in [0, 100] dB")
+        lo, hi = P0_RANGE_DBM
+        _range("ul_p0_dbm", self.ul_p0_dbm, lo, hi, f"in [{lo:g}, {hi:g}] dBm (TS 38.331)")
+        if self.ul_alpha not in ALPHAS:
+            raise ConfigError(
+                f"radio.ul_alpha must be one of {', '.join(f'{a:g}' for a in ALPHAS)} "
+                f"(TS 38.331 Alpha), got {self.ul_alpha!r}"
+            )
+        if self.cells > 1 and self.ul_iot_db:
+            raise ConfigError(
+                f"radio.ul_iot_db is computed with several cells (the other cells' users), so "
+                f"it must be 0 with radio.cells = {self.cells}, got {self.ul_iot_db!r}"
+            )
         _range("shannon_efficiency", self.shannon_efficiency, 0.01, 1, "in (0, 1]")
         _range("pf_tc_ms", self.pf_tc_ms, 0.1, 1e6, "> 0 ms")
         _range("payload_up_bytes", self.payload_up_bytes, 1, 1e9, ">= 1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -93,6 +94,8 @@ def test_every_scheduler_shares_the_cell() -> None:
         ("scenario", "suburb", "radio.scenario must be one of umi, uma, rma, inh"),
         ("scheduler", "edf", "radio.scheduler must be one of rr, pf, minmax"),
         ("tick_ms", 2.5, "radio.tick_ms must be a whole number of ms"),
+        ("ul_alpha", 0.3, "radio.ul_alpha must be one of 0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1"),
+        ("ul_p0_dbm", 30.0, "radio.ul_p0_dbm must be in [-202, 24] dBm (TS 38.331), got 30.0"),
     ],
 )
 def test_bad_radio_settings_name_the_field(field: str, value: object, needle: str) -> None:
@@ -120,3 +123,25 @@ def test_the_schedulers_average_is_the_first_order_filter_it_replaces(beta: floa
     start = (1.0 - beta) * x.mean(axis=1)[:, None]
     want, _ = lfilter([beta], [1.0, beta - 1.0], x, axis=1, zi=start)
     np.testing.assert_allclose(_ewma(x, beta), want, rtol=1e-12)
+
+
+def test_one_cells_margin_is_no_setting_where_the_layout_computes_the_interference() -> None:
+    with pytest.raises(ConfigError, match=r"radio\.ul_iot_db is computed with several cells"):
+        RadioConfig(cells=7, ul_iot_db=3.0)
+
+
+def test_power_control_holds_near_users_below_their_maximum() -> None:
+    """The same users with the default open loop (P0 -80 dBm, alpha 0.8) and with every user at
+    P_CMAX (P0 24 dBm, alpha 1), no SINR ceiling: no user's uplink SINR is higher under power
+    control, and what it loses grows with how good its link is. By TS 38.213 7.1.1 a user below
+    P_CMAX sends P0 + 10 log10(2^mu M) + alpha PL, so it loses P_CMAX - that, which is
+    alpha x (its full-power SINR) plus a constant: the slope is alpha."""
+    rng = np.random.default_rng
+    kw: dict[str, Any] = {"numerology": 0, "max_sinr_db": 100.0}
+    pc = generate(RadioConfig(**kw), 20, 5.0, rng(2))
+    full = generate(RadioConfig(**kw, ul_p0_dbm=24.0, ul_alpha=1.0), 20, 5.0, rng(2))
+    at_max = full.sinr_up_db.mean(axis=1)
+    drop = at_max - pc.sinr_up_db.mean(axis=1)
+    assert (drop >= -1e-9).all()
+    slope = np.polyfit(at_max, drop, 1)[0]
+    assert slope == pytest.approx(0.8, abs=0.12)

@@ -1,0 +1,96 @@
+"""The NR uplink's transmit power and the interference it makes: open-loop fractional power
+control (TS 38.213 7.1.1) and, where the layout has several cells, the interference each cell's
+receiver sees from the users the other cells schedule.
+
+Layer: pure (numpy; no I/O).
+
+TS 38.213 7.1.1, the PUSCH power of a transmission on ``M`` resource blocks at numerology mu:
+
+    P = min(P_CMAX, P_O_PUSCH + 10 log10(2^mu M) + alpha PL + Delta_TF + f)
+
+with ``Delta_TF = 0`` (no MCS-dependent offset) and ``f = 0`` (no closed-loop corrections):
+the open loop alone. ``PL`` is the downlink path loss the user estimates (large-scale: path
+loss and shadowing, no fast fading). ``alpha`` takes the values TS 38.331 allows.
+
+Interference (full load, a mean over the scheduler's choices): every PRB of every other cell
+carries one of its users at a time, each in proportion to its share of the cell's PRBs; the
+power it puts on that PRB reaches this cell's receiver through its own path loss to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "ALPHAS",
+    "P0_RANGE_DBM",
+    "PowerControl",
+    "headroom_db",
+    "interference_over_thermal_db",
+    "pusch_dbm",
+]
+
+FloatArray = npt.NDArray[np.float64]
+ALPHAS = (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # TS 38.331 Alpha: alpha0 ... alpha1
+P0_RANGE_DBM = (-202.0, 24.0)  # TS 38.331 p0-NominalWithGrant
+
+
+def _db(x: npt.ArrayLike) -> FloatArray:
+    return np.asarray(10.0 * np.log10(np.maximum(np.asarray(x, dtype=np.float64), 1e-30)))
+
+
+@dataclass(frozen=True, slots=True)
+class PowerControl:
+    """The open loop's parameters: P_O_PUSCH [dBm], alpha, the numerology, P_CMAX [dBm]."""
+
+    p0_dbm: float
+    alpha: float
+    numerology: int
+    p_max_dbm: float
+
+    def wanted_dbm(self, pl_db: npt.ArrayLike, prbs: npt.ArrayLike) -> FloatArray:
+        """What the open loop asks for on ``prbs`` resource blocks, before the cap."""
+        scaled = 2.0**self.numerology * np.asarray(prbs, dtype=np.float64)
+        return self.p0_dbm + _db(scaled) + self.alpha * np.asarray(pl_db, dtype=np.float64)
+
+
+def pusch_dbm(pl_db: npt.ArrayLike, prbs: npt.ArrayLike, pc: PowerControl) -> FloatArray:
+    """The PUSCH transmit power [dBm] on ``prbs`` resource blocks at path loss ``pl_db``."""
+    return np.asarray(np.minimum(pc.p_max_dbm, pc.wanted_dbm(pl_db, prbs)), dtype=np.float64)
+
+
+def headroom_db(pl_db: npt.ArrayLike, n_prb: int, pc: PowerControl) -> FloatArray:
+    """How far the open loop's power for the whole carrier stands from P_CMAX [dB]: negative
+    where power control holds a user below its maximum. On a share ``s`` of the carrier a user
+    sends min(P_CMAX, wanted(s M)), so its SINR there is the full-carrier, full-power SINR plus
+    ``min(-10 log10 s, headroom)``: power concentrates on fewer PRBs only while the open loop
+    asks for more than it has."""
+    return np.asarray(pc.wanted_dbm(pl_db, n_prb) - pc.p_max_dbm, dtype=np.float64)
+
+
+def interference_over_thermal_db(
+    pl_all_db: FloatArray,
+    serving: npt.NDArray[np.int64],
+    prbs: FloatArray,
+    pc: PowerControl,
+    *,
+    gains_db: float,
+    noise_prb_dbm: float,
+) -> FloatArray:
+    """Each cell's uplink interference over thermal [dB] per tick: ``pl_all_db`` [users, cells,
+    ticks] every user's path loss to every cell, ``serving`` each user's cell, ``prbs`` [users]
+    the resource blocks each uses when scheduled (its share of its cell's PRBs is 1 / the
+    users the cell serves). ``noise_prb_dbm``: the receiver's noise in one PRB."""
+    users, cells, _ = pl_all_db.shape
+    own = pl_all_db[np.arange(users), serving]  # [users, ticks]
+    power = pusch_dbm(own, prbs[:, None], pc)
+    per_prb_mw = 10.0 ** ((power - _db(prbs)[:, None]) / 10.0)  # [users, ticks]
+    members = np.bincount(serving, minlength=cells).astype(np.float64)
+    weight = per_prb_mw / members[serving][:, None]  # a PRB of its cell, this share of the time
+    received = weight[:, None, :] * 10.0 ** ((gains_db - pl_all_db) / 10.0)  # [users, cells, t]
+    foreign = serving[:, None] != np.arange(cells)[None, :]  # [users, cells]
+    interference = (received * foreign[:, :, None]).sum(axis=0)  # [cells, ticks]
+    return np.asarray(_db(1.0 + interference / 10.0 ** (noise_prb_dbm / 10.0)), dtype=np.float64)
