@@ -201,13 +201,16 @@ def generate(
     pc = ul.PowerControl(cfg.ul_p0_dbm, cfg.ul_alpha, cfg.numerology, cfg.ue_power_dbm)
     headroom = ul.headroom_db(pl, n_prb, pc)  # [users, ticks]
     noise_ul = nr.thermal_noise_dbm(cfg.bandwidth_hz, cfg.bs_noise_figure_db)
+    # The users a cell schedules in one slot: PF one resource-block group each; the others share
+    # the carrier among all the cell's users.
+    members = np.bincount(cell, minlength=cfg.cells)[cell].astype(np.float64)
+    per_slot = np.minimum(_rbg_count(n_prb), members) if cfg.scheduler == "pf" else members
     iot: FloatArray | float = cfg.ul_iot_db
     if cfg.cells > 1:  # the other cells' scheduled users, at their own powers
-        members = np.bincount(cell, minlength=cfg.cells)[cell].astype(np.float64)
-        per_slot = np.minimum(_rbg_count(n_prb), members) if cfg.scheduler == "pf" else members
         prb_hz = 12 * 15e3 * 2**cfg.numerology
         iot = ul.interference_over_thermal_db(
-            pl_all, cell, n_prb / per_slot, pc, gains_db=cfg.ue_gain_dbi + cfg.bs_gain_dbi,
+            pl_all, cell, n_prb / per_slot, pc, own_pl_db=pl,
+            gains_db=cfg.ue_gain_dbi + cfg.bs_gain_dbi,
             noise_prb_dbm=nr.thermal_noise_dbm(prb_hz, cfg.bs_noise_figure_db),
         )[cell]  # fmt: skip
     ul_large = cfg.ue_power_dbm + cfg.ue_gain_dbi + cfg.bs_gain_dbi - pl - noise_ul - iot
@@ -221,8 +224,7 @@ def generate(
         # Both directions in one pass of the scheduler (its loop over slots is the cost).
         groups = _rbg_count(n_prb)
         turn = 1.0 / min(groups, int(np.bincount(cell).min()))
-        at_once = float(_db(np.asarray(min(groups, users), dtype=np.float64)))
-        sinr_ul_full = _impaired(cfg, _concentrated(sinr_ul_full, at_once, headroom))
+        sinr_ul_full = _impaired(cfg, _concentrated(sinr_ul_full, _db(per_slot)[:, None], headroom))
         sent = (
             _bits(cfg, sinr_ul_full, n_prb, slot_s, lag),
             _bits(cfg, sinr_dl, n_prb, slot_s, lag),
@@ -233,8 +235,8 @@ def generate(
             "pf", both, np.concatenate([cell, cell + cfg.cells]), tc_slots=tc, groups=groups
         )
         # A user's share over PF's own window: the rate it gets when it has data, not all or
-        # nothing within a tick.
-        share = _ewma(share, 1.0 / tc)
+        # nothing within a tick (a window shorter than a slot: the slot's own share).
+        share = _ewma(share, min(1.0, 1.0 / tc))
         pf = ((share[:users], sent[0]), (share[users:], sent[1]))
     up = _direction(
         cfg, sinr_ul_full, cell, n_prb, slot_s=slot_s, lag=lag, uplink=True,

@@ -3,9 +3,10 @@
 Layer: pure (strings and arrays; the caller reads and writes files).
 
 A Mahimahi trace is one line per delivery opportunity: the time in milliseconds (an integer,
-non-decreasing) at which one MTU-sized packet (1500 bytes) may leave the link. The trace
-repeats when it ends. A millisecond with n lines delivers n packets: 12 Mbit/s is one line
-per millisecond.
+non-decreasing) at which the link may deliver ``OPPORTUNITY_BYTES`` (1504, mm-link's
+PACKET_SIZE: an MTU-sized packet and its TUN header) of what is queued. The trace repeats
+with a period of its last line's millisecond. A millisecond with n lines delivers n
+opportunities: 12.032 Mbit/s is one line per millisecond.
 
 ``to_mahimahi`` turns goodput per millisecond [bits] into opportunities, carrying the fraction
 of a packet over to the next millisecond so that no capacity is lost to rounding;
@@ -20,14 +21,14 @@ import numpy.typing as npt
 
 from emu.errors import ConfigError
 
-__all__ = ["MTU_BYTES", "from_mahimahi", "opportunities", "rate_bps", "to_mahimahi"]
+__all__ = ["OPPORTUNITY_BYTES", "from_mahimahi", "opportunities", "rate_bps", "to_mahimahi"]
 
-MTU_BYTES = 1500
+OPPORTUNITY_BYTES = 1504  # what one line delivers (mm-link's PACKET_SIZE)
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
 
-def opportunities(bits_per_ms: npt.ArrayLike, mtu_bytes: int = MTU_BYTES) -> IntArray:
+def opportunities(bits_per_ms: npt.ArrayLike, mtu_bytes: int = OPPORTUNITY_BYTES) -> IntArray:
     """Delivery opportunities per millisecond: the whole packets the goodput has made so far,
     less those already given out."""
     cum = np.cumsum(np.asarray(bits_per_ms, dtype=np.float64)) / (8.0 * mtu_bytes)
@@ -35,7 +36,7 @@ def opportunities(bits_per_ms: npt.ArrayLike, mtu_bytes: int = MTU_BYTES) -> Int
     return np.diff(whole, prepend=0)
 
 
-def to_mahimahi(bits_per_ms: npt.ArrayLike, mtu_bytes: int = MTU_BYTES) -> str:
+def to_mahimahi(bits_per_ms: npt.ArrayLike, mtu_bytes: int = OPPORTUNITY_BYTES) -> str:
     """The trace text: one line per opportunity, times in ms from 1 (Mahimahi's first)."""
     per_ms = opportunities(bits_per_ms, mtu_bytes)
     if per_ms.sum() == 0:
@@ -60,6 +61,6 @@ def from_mahimahi(text: str, *, where: str = "trace") -> IntArray:
     return np.bincount(np.maximum(times, 1) - 1)
 
 
-def rate_bps(packets_per_ms: npt.ArrayLike, mtu_bytes: int = MTU_BYTES) -> FloatArray:
+def rate_bps(packets_per_ms: npt.ArrayLike, mtu_bytes: int = OPPORTUNITY_BYTES) -> FloatArray:
     """The rate each millisecond of a trace delivers [bit/s]."""
     return np.asarray(packets_per_ms, dtype=np.float64) * 8.0 * mtu_bytes * 1000.0

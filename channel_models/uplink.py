@@ -77,16 +77,18 @@ def interference_over_thermal_db(
     prbs: FloatArray,
     pc: PowerControl,
     *,
+    own_pl_db: FloatArray,
     gains_db: float,
     noise_prb_dbm: float,
 ) -> FloatArray:
     """Each cell's uplink interference over thermal [dB] per tick: ``pl_all_db`` [users, cells,
     ticks] every user's path loss to every cell, ``serving`` each user's cell, ``prbs`` [users]
     the resource blocks each uses when scheduled (its share of its cell's PRBs is 1 / the
-    users the cell serves). ``noise_prb_dbm``: the receiver's noise in one PRB."""
-    users, cells, _ = pl_all_db.shape
-    own = pl_all_db[np.arange(users), serving]  # [users, ticks]
-    power = pusch_dbm(own, prbs[:, None], pc)
+    users the cell serves), ``own_pl_db`` [users, ticks] the path loss each user's power
+    control estimates (to its own cell, shadowing included). ``noise_prb_dbm``: the
+    receiver's noise in one PRB."""
+    cells = pl_all_db.shape[1]
+    power = pusch_dbm(own_pl_db, prbs[:, None], pc)
     per_prb_mw = 10.0 ** ((power - _db(prbs)[:, None]) / 10.0)  # [users, ticks]
     members = np.bincount(serving, minlength=cells).astype(np.float64)
     weight = per_prb_mw / members[serving][:, None]  # a PRB of its cell, this share of the time

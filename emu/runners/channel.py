@@ -4,7 +4,7 @@ Layer: emu (orchestration); writes files. ``channel_models.cell.generate`` makes
 states; this module writes, into the run directory:
 
 - ``traces/user-<i>.up`` and ``.down``: packet-delivery traces in Mahimahi's format (one line
-  per millisecond delivery opportunity of one 1500-byte packet), for trace-driven shaping;
+  per delivery opportunity of 1504 bytes), for trace-driven shaping;
 - ``linkstates.npz``: per user, per direction, per tick: rate_bps, delay_ms, jitter_ms, loss
   (and the tick times, SINR, distance and LOS state);
 - ``summary.json`` (the ``--json`` object) and ``scenario.toml`` (resolved), then, unless
@@ -84,6 +84,7 @@ def run_channel(sc: Scenario, out_dir: Path) -> dict[str, Any]:
     if sc.channel.plots:
         _plots(trace, out_dir)
         out["plots_s"] = time.perf_counter() - t0 - wall_s
+        (out_dir / "summary.json").write_text(json.dumps(out, indent=2) + "\n")
     return out
 
 

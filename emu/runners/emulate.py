@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from channel_models.link import LinkState
+from channel_models.trace import rate_bps
 from emu.deploy.deployment import Deployment, assemble
 from emu.deploy.runtime import (
     memo_planner,
@@ -72,7 +73,6 @@ from emu.runners.shapers import Shaper, choose_shaper
 from emu.runners.timescale import TimeScale, auto_time_scale
 from emu.scenario import Scenario, scenario_toml
 from emu.shaping.probe import IP_UDP_HEADERS
-from emu.shaping.schedule import trace_rate_bps
 from emu.shaping.sources import load_series
 from emu.shaping.spec import LinkPair, LinkSpec, SeriesRef, ServerLink
 from topologies.registry import check as check_topology
@@ -215,7 +215,7 @@ def _modelled_links(
     )
     up_per_ms = net.trace("trace_up")
     # A trace's rate: its opportunities' bytes (mm-link's 1504 each) a second, on average.
-    up_rate = 0.0 if up_per_ms is None else float(trace_rate_bps(up_per_ms).mean())
+    up_rate = 0.0 if up_per_ms is None else float(rate_bps(up_per_ms).mean())
     for u in problem.users:
         state = LinkState(
             rate_bps=net.rate_bps, delay_ms=u.comm_ms / 2, jitter_ms=net.jitter_ms, loss=net.loss

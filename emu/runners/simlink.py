@@ -21,8 +21,7 @@ import numpy as np
 import trio
 
 from channel_models.link import LinkState
-from channel_models.trace import IntArray
-from emu.shaping.schedule import trace_rate_bps
+from channel_models.trace import IntArray, rate_bps
 
 __all__ = ["DelayedStream", "link_pair", "traced"]
 
@@ -40,7 +39,7 @@ def traced(per_ms: IntArray | None, base: LinkState) -> StateAt:
         return lambda _t: base
     states = [
         dataclasses.replace(base, rate_bps=max(float(r), _NO_OPPORTUNITY_BPS))
-        for r in trace_rate_bps(per_ms)
+        for r in rate_bps(per_ms)
     ]
     return lambda t: states[int(t * 1000.0) % len(states)]
 

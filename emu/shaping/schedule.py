@@ -12,9 +12,10 @@ A packet arriving at ``t`` with ``size`` bytes:
 3. starts its transmission when the link is free (FIFO) and takes ``size * 8 / rate`` at the
    rate in force then (``rate_bps = 0``: no serialisation), or, driven by a packet-delivery
    trace, leaves as mm-link lets it: each delivery opportunity carries ``OPPORTUNITY_BYTES``
-   (1504) of the packets queued by its time, first come first served, so small packets share
-   one and a large one spans two; what an opportunity has left when the queue is empty is
-   lost; the trace repeats with a period of its last line's millisecond;
+   (1504) of the packets queued before its time, first come first served, so small packets
+   share one (a packet over 1504 bytes, which mm-link refuses, spans two here); what an
+   opportunity has left when the queue is empty is lost; the trace repeats with a period of
+   its last line's millisecond;
 4. is delivered after the one-way delay plus a jitter draw (half-normal with the link's
    ``jitter_ms`` as its scale), but never before the packet ahead of it: no reordering.
 
@@ -32,16 +33,9 @@ import numpy as np
 import numpy.typing as npt
 
 from channel_models.link import LinkState
+from channel_models.trace import OPPORTUNITY_BYTES
 
-__all__ = ["OPPORTUNITY_BYTES", "GilbertElliott", "LinkSchedule", "Verdict", "trace_rate_bps"]
-
-OPPORTUNITY_BYTES = 1504  # what one Mahimahi delivery opportunity carries (mm-link's PACKET_SIZE)
-
-
-def trace_rate_bps(per_ms: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """A trace's rate each millisecond [bit/s]: its opportunities' bytes, as mm-link delivers
-    them to a queue that never empties."""
-    return np.asarray(per_ms, dtype=np.float64) * OPPORTUNITY_BYTES * 8.0 * 1000.0
+__all__ = ["GilbertElliott", "LinkSchedule", "Verdict"]
 
 
 @dataclass(slots=True)
@@ -152,19 +146,20 @@ class LinkSchedule:
         return int(np.asarray(self.trace_ms).size)
 
     def _first_opp(self, t: float) -> int:
-        """The first opportunity at or after ``t``."""
+        """The first opportunity after ``t`` (mm-link spends those at or before a packet's
+        arrival before it queues the packet), within and across the trace's repeats alike."""
         n, period = self._opportunities.size, self._period_ms
-        ms = max(0.0, (t - self.trace_t0) * 1000.0 / self.trace_scale)
+        ms = max(0.0, (t - self.trace_t0) * 1000.0 / self.trace_scale) + 1e-9
         cycle = int(ms // period)
-        j = int(np.searchsorted(self._opportunities, ms - cycle * period - 1e-9, side="left"))
+        j = int(np.searchsorted(self._opportunities, ms - cycle * period, side="right"))
         return (cycle + 1) * n if j == n else cycle * n + j
 
     def _through_trace(self, now: float, size: int) -> float:
         """When the last byte of a ``size``-byte packet arriving at ``now`` leaves: first in
-        what the opportunity the packet ahead of it left ends with (if that opportunity comes
-        no earlier than ``now``: the packet is queued by then), then in whole opportunities."""
+        what the opportunity the packet ahead of it ended in has left (if that opportunity comes
+        after ``now``: the packet is queued by then), then in whole opportunities."""
         left = size
-        if self._opp >= 0 and self._opp_left > 0 and self._opp_at(self._opp) >= now:
+        if self._opp >= 0 and self._opp_left > 0 and self._opp_at(self._opp) > now:
             take = min(left, self._opp_left)
             left, self._opp_left = left - take, self._opp_left - take
             if left == 0:

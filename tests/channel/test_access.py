@@ -84,9 +84,9 @@ def test_trace_export_then_import_gives_the_same_delivery_schedule() -> None:
     sent = opportunities(bits)
     last = int(np.flatnonzero(sent)[-1]) + 1
     np.testing.assert_array_equal(back, sent[:last])
-    # No capacity lost to rounding: within one packet of the goodput.
-    assert abs(back.sum() * 12_000 - bits.sum()) < 12_000
-    assert rate_bps(back)[:1].item() == back[0] * 12e6
+    # No capacity lost to rounding: within one opportunity (1504 bytes) of the goodput.
+    assert abs(back.sum() * 12_032 - bits.sum()) < 12_032
+    assert rate_bps(back)[:1].item() == back[0] * 12.032e6
 
 
 def test_a_recorded_trace_replays_and_bad_traces_are_refused() -> None:

@@ -63,7 +63,7 @@ def test_a_time_varying_state_applies_to_packets_after_each_tick() -> None:
     assert after == pytest.approx(1.5 + 0.0025 + 0.030)
 
 
-def test_a_delivery_trace_sends_one_packet_per_opportunity_and_repeats() -> None:
+def test_full_size_packets_take_an_opportunity_each_and_the_trace_repeats() -> None:
     # ms 1: one opportunity, ms 2: none, ms 3: two; then again from ms 4.
     link = _link(LinkState(), trace_ms=np.array([1, 0, 2]))
     out = [link.arrive(0.0, 1500).deliver_at for _ in range(6)]
@@ -109,6 +109,22 @@ def test_a_recorded_trace_delivers_its_own_rate_to_full_size_and_to_small_packet
             break
         sent += size
     assert sent / 2.0 == pytest.approx(1504 * 1000, rel=0.002)
+
+
+def test_a_packet_uses_only_opportunities_after_its_arrival_also_at_the_repeat() -> None:
+    """mm-link spends the opportunities at or before a packet's arrival before it queues it
+    (``rationalize(now)``), inside the trace's period and at its end alike: with opportunities
+    at 3 ms of a 3 ms period, a packet arriving at 3 ms leaves at 6 ms, one at 2 ms at 3 ms."""
+    assert _link(LinkState(), trace_ms=np.array([0, 0, 1])).arrive(0.003, 100).deliver_at == (
+        pytest.approx(0.006)
+    )
+    assert _link(LinkState(), trace_ms=np.array([0, 0, 1])).arrive(0.002, 100).deliver_at == (
+        pytest.approx(0.003)
+    )
+    every = _link(LinkState(), trace_ms=np.array([1, 1, 1]))
+    assert [every.arrive(t, 1500).deliver_at for t in (0.002, 0.0035)] == pytest.approx(
+        [0.003, 0.004]
+    )  # the second, after 3 ms, waits for the next period's first opportunity, at 4 ms
 
 
 def test_a_slowed_run_stretches_its_trace_by_the_time_scale() -> None:
