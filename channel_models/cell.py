@@ -239,12 +239,13 @@ def generate(
         share = _ewma(share, min(1.0, 1.0 / tc))
         pf = ((share[:users], sent[0]), (share[users:], sent[1]))
     up = _direction(
-        cfg, sinr_ul_full, cell, n_prb, slot_s=slot_s, lag=lag, uplink=True,
+        cfg, sinr_ul_full, cell, n_prb, slot_s=slot_s, lag=lag, uplink=True, members=members,
         scheduled=pf and pf[0], headroom=headroom,
     )  # fmt: skip
     down = _direction(
-        cfg, sinr_dl, cell, n_prb, slot_s=slot_s, lag=lag, uplink=False, scheduled=pf and pf[1]
-    )
+        cfg, sinr_dl, cell, n_prb, slot_s=slot_s, lag=lag, uplink=False, members=members,
+        scheduled=pf and pf[1],
+    )  # fmt: skip
     shape = (users, ticks, slots_per_tick)
     return RadioTrace(
         t_s=np.arange(ticks) * tick_s,
@@ -366,14 +367,15 @@ def _direction(
     slot_s: float,
     lag: int,
     uplink: bool,
+    members: FloatArray,
     scheduled: _Scheduled | None = None,
     headroom: FloatArray | None = None,
 ) -> _Slots:
-    """One direction's goodput and HARQ figures per slot; ``scheduled``: the PF scheduler's
-    shares, and the bits and MCS it decided on; ``headroom``: the uplink's power control
-    [users, ticks] (``uplink.headroom_db``)."""
+    """One direction's goodput and HARQ figures per slot; ``members``: how many users each
+    user's cell serves; ``scheduled``: the PF scheduler's shares, and the bits and MCS it
+    decided on; ``headroom``: the uplink's power control [users, ticks]
+    (``uplink.headroom_db``)."""
     payload = 8.0 * (cfg.payload_up_bytes if uplink else cfg.payload_down_bytes)
-    members = np.bincount(cell, minlength=cfg.cells)[cell].astype(np.float64)
     if scheduled is not None:
         share, sent = scheduled
         sinr = sinr_full_db

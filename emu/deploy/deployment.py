@@ -88,6 +88,13 @@ class Deployment:
         """What ``verifier`` starts out believing of each of its users, by user id."""
         return {i: self.problem.users[i] for i in self.groups[verifier]}
 
+    def on_compute_of(self, verifier: str) -> Problem:
+        """Every user's prior (scenario indices) on ``verifier``'s compute: what its model
+        backend is built from."""
+        if verifier not in self.edges:
+            return self.problem
+        return dataclasses.replace(self.problem, edge=self.edges[verifier])
+
     def served(self, verifier: str) -> Problem:
         """The planning instance of ``verifier``: its users' priors, in index order."""
         users = tuple(self.problem.users[i] for i in self.groups[verifier])

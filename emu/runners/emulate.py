@@ -369,6 +369,7 @@ def _run_policy(
     specs: Specs,
     pdir: Path,
     *,
+    between: Sequence[ServerLink],
     where: _Where,
     shaper: Shaper,
     scale: float,
@@ -376,8 +377,8 @@ def _run_policy(
     progress: Progress | None,
 ) -> tuple[float, float]:
     """Run one policy's nodes for the scenario's duration, or until a server node (a verifier
-    or the router) dies; when the workload started and ended (monotonic). ``where`` follows
-    the run as it goes."""
+    or the router) dies, on the users' links ``specs`` and the servers' ``between``; when the
+    workload started and ended (monotonic). ``where`` follows the run as it goes."""
     sc = dep.scenario
     pdir.mkdir(parents=True, exist_ok=True)
     at = nw.addresses()
@@ -390,7 +391,6 @@ def _run_policy(
     quiet = frozenset(s.name for s in dep.servers if s.role == "router" or s.name in idle)
     watch = where.watch = _Watch(pdir, scale, quiet=quiet)
     where.phase = "shaping the links"
-    between = tuple(link.scaled(scale) for link in dep.links)
     with shaper.running(nw, specs, pdir, seed=sc.sim.seed, between=between):
         procs: dict[str, Any] = {}
         logs: dict[str, Path] = {}
@@ -553,8 +553,8 @@ def emulate(
         if comm is not None:
             problem = with_comm(problem, comm)  # the simulation's priors (emu.deploy.runtime)
         if sc.emu.time_scale == 0.0:
-            own = [dep.edge(v) for v in dep.edges]  # verifiers with compute of their own
-            chosen = auto_time_scale(sc, problem, policies, timing, own)
+            verifiers = [dep.edge(v) for v in dep.verifiers]
+            chosen = auto_time_scale(sc, problem, policies, timing, verifiers)
         else:
             chosen = TimeScale(scale=sc.emu.time_scale, why="given (emu.time_scale)")
         scale = chosen.scale
@@ -597,6 +597,7 @@ def emulate(
                         policy,
                         specs,
                         out_dir / policy,
+                        between=between,
                         where=where,
                         shaper=shaper,
                         scale=scale,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
 import json
 import logging
@@ -149,13 +148,11 @@ async def _edge(
     # Python's default 5, so a message that arrives during a solve waits no longer than that.
     sys.setswitchinterval(0.0005)
     dep = assemble(sc).with_problem(node_problem(sc))
-    problem = dep.problem
     settings = edge_settings(sc, len(dep.groups[name]))
     _open_files_for(settings.limits.connections(settings.expected_users))
-    served = dataclasses.replace(problem, edge=dep.edge(name))  # on its own compute
     edge = EdgeNode(
-        edge=served.edge,
-        verifier=_verifier(sc, served, sc.emu.timing == "profile"),
+        edge=dep.edge(name),
+        verifier=_verifier(sc, dep.on_compute_of(name), sc.emu.timing == "profile"),
         planner=memo_planner(sc.planner.policy),
         priors=dep.priors(name),
         settings=settings,

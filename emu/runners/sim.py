@@ -9,7 +9,6 @@ Backends are synthetic (see ``nodes.backends``) or real models with profiled tim
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import json
@@ -110,14 +109,9 @@ async def _run_policy(
     servers: dict[str, Callable[[trio.abc.Stream], Awaitable[None]]] = {}
     edges: list[EdgeNode] = []
     for v, uids in dep.groups.items():
-        own = v in dep.edges
         edge = EdgeNode(
             edge=dep.edge(v),
-            verifier=(
-                backends.verifier(dataclasses.replace(problem, edge=dep.edge(v)), streams)
-                if own
-                else shared
-            ),
+            verifier=backends.verifier(dep.on_compute_of(v), streams) if v in dep.edges else shared,
             planner=planner,
             priors=dep.priors(v),
             settings=edge_settings(sc, len(uids)),

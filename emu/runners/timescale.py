@@ -217,7 +217,8 @@ def auto_time_scale(
 ) -> TimeScale:
     """``--time-scale auto`` for a run: 1 where nothing is padded to a profile (real timing,
     synthetic models), else the calibration of the scenario's models against its profile (of
-    ``verifiers`` with compute of their own, the fastest: the profile hardest to keep)."""
+    the ``verifiers``' compute, the fastest: the profile hardest to keep; none given:
+    ``problem.edge``)."""
     if timing != "profile":
         return TimeScale(scale=1.0, why="real timing: compute takes what it takes, unpadded")
     if sc.models.kind == "synthetic":
@@ -247,7 +248,7 @@ def auto_time_scale(
             prompt=prompt,
             verifier=verifier,
             drafter=drafter,
-            verify_profile=_fastest([verify_time(e) for e in (problem.edge, *verifiers)]),
+            verify_profile=_fastest([verify_time(e) for e in verifiers or (problem.edge,)]),
             draft_profile=draft_time(problem.users[0]),
             verify_threads=threads,
             draft_threads=sc.models.draft_threads,
