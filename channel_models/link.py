@@ -6,9 +6,13 @@ Layer: pure (channel_models): data only.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["LinkState"]
+__all__ = ["LinkState", "serialised_until"]
+
+STEP_S = 0.001  # the resolution at which a link's rate is followed through a transmission
+MAX_STEPS = 1_000_000  # ... up to 1000 s of it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,3 +36,19 @@ class LinkState:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if not (isinstance(self.loss, int | float) and 0.0 <= self.loss < 1.0):
             raise ValueError(f"loss must be in [0, 1), got {self.loss!r}")
+
+
+def serialised_until(state_at: Callable[[float], LinkState], start: float, bits: float) -> float:
+    """When the last of ``bits`` leaves a link, starting at ``start``, at the rate in force each
+    moment (in steps of ``STEP_S``): a fade or an outage slows a transmission, it does not
+    freeze the rate at its start (``rate_bps = 0``: unlimited)."""
+    t = start
+    for _ in range(MAX_STEPS):
+        rate = state_at(t).rate_bps
+        if rate <= 0:
+            return t
+        if rate * STEP_S >= bits:
+            return t + bits / rate
+        bits -= rate * STEP_S
+        t += STEP_S
+    return t

@@ -20,14 +20,13 @@ from collections.abc import Callable
 import numpy as np
 import trio
 
-from channel_models.link import LinkState
+from channel_models.link import LinkState, serialised_until
 from channel_models.trace import IntArray, rate_bps
 
 __all__ = ["DelayedStream", "link_pair", "traced"]
 
 StateAt = Callable[[float], LinkState]
-_STEP_S = 0.001  # the resolution at which a link's rate is followed through a message
-_MAX_STEPS = 1_000_000  # ... up to 1000 s of it, and as many retransmissions at most
+_MAX_RETRANSMISSIONS = 1_000_000
 _NO_OPPORTUNITY_BPS = 1e-3  # a trace's millisecond without an opportunity (0 is unlimited)
 
 
@@ -58,11 +57,11 @@ class _Pipe:
 
     def push(self, data: bytes) -> None:
         now = trio.current_time()
-        self.busy_until = self._serialised(max(now, self.busy_until), len(data) * 8)
+        self.busy_until = serialised_until(self.state_at, max(now, self.busy_until), len(data) * 8)
         t = self.busy_until
         st = self.state_at(t)
         # Each transmission is lost with the loss of its own time; a loss costs one RTO.
-        for _ in range(_MAX_STEPS):
+        for _ in range(_MAX_RETRANSMISSIONS):
             if st.loss <= 0 or self.rng.random() >= st.loss:
                 break
             t += self.rto_ms / 1000.0
@@ -75,21 +74,6 @@ class _Pipe:
         self.queue.append((at, data))
         self.bytes_sent += len(data)
         self.arrived.set()
-
-    def _serialised(self, start: float, bits: float) -> float:
-        """When the last of ``bits`` leaves, starting at ``start``, at the rate in force each
-        moment (in steps of ``_STEP_S``): a fade slows a message, it does not freeze the
-        rate at the message's start."""
-        t = start
-        for _ in range(_MAX_STEPS):
-            rate = self.state_at(t).rate_bps
-            if rate <= 0:
-                return t  # unlimited
-            if rate * _STEP_S >= bits:
-                return t + bits / rate
-            bits -= rate * _STEP_S
-            t += _STEP_S
-        return t
 
     def close(self) -> None:
         self.closed = True

@@ -9,8 +9,9 @@ A packet arriving at ``t`` with ``size`` bytes:
 1. is dropped if the bytes still waiting to be sent exceed ``queue_bytes`` (drop-tail);
 2. is lost with the link's loss (Bernoulli on ``LinkState.loss``), or by a Gilbert-Elliott chain
    when one is configured;
-3. starts its transmission when the link is free (FIFO) and takes ``size * 8 / rate`` at the
-   rate in force then (``rate_bps = 0``: no serialisation), or, driven by a packet-delivery
+3. starts its transmission when the link is free (FIFO) and takes ``size * 8`` bits at the
+   rate in force at each moment (``channel_models.link.serialised_until``; ``rate_bps = 0``:
+   no serialisation), so an outage holds it only while it lasts, or, driven by a packet-delivery
    trace, leaves as mm-link lets it: each delivery opportunity carries ``OPPORTUNITY_BYTES``
    (1504) of the packets queued before its time, first come first served, so small packets
    share one (a packet over 1504 bytes, which mm-link refuses, spans two here); what an
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from channel_models.link import LinkState
+from channel_models.link import LinkState, serialised_until
 from channel_models.trace import OPPORTUNITY_BYTES
 
 __all__ = ["GilbertElliott", "LinkSchedule", "Verdict"]
@@ -118,10 +119,8 @@ class LinkSchedule:
         start = max(now, self._free_at)
         if self.trace_ms is not None:
             leave = self._through_trace(now, size)
-        elif state.rate_bps > 0:
-            leave = start + size * 8.0 / state.rate_bps
         else:
-            leave = start
+            leave = serialised_until(self.state_at, start, size * 8.0)
         # A lost packet still used the link's time (it was sent, and not received).
         self._free_at = leave
         self._waiting.append((leave, size))

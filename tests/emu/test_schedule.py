@@ -63,6 +63,20 @@ def test_a_time_varying_state_applies_to_packets_after_each_tick() -> None:
     assert after == pytest.approx(1.5 + 0.0025 + 0.030)
 
 
+def test_a_packet_sent_into_an_outage_leaves_when_the_link_comes_back() -> None:
+    """A radio series' outage (a handover's interruption) has a rate of 1 bit/s for 30 ms: a
+    packet that starts then is slowed by it, not frozen at it (1000 bytes at 1 bit/s would
+    hold the link for 8000 s, and every packet behind it)."""
+
+    def state_at(t: float) -> LinkState:
+        return LinkState(rate_bps=1.0 if t < 0.030 else 8e6)
+
+    link = LinkSchedule(state_at, np.random.default_rng(1))
+    first = link.arrive(0.0, 1000).deliver_at
+    assert first == pytest.approx(0.031, abs=0.0011)  # the outage, then 1 ms at 8 Mbit/s
+    assert link.arrive(0.040, 1000).deliver_at == pytest.approx(0.041)
+
+
 def test_full_size_packets_take_an_opportunity_each_and_the_trace_repeats() -> None:
     # ms 1: one opportunity, ms 2: none, ms 3: two; then again from ms 4.
     link = _link(LinkState(), trace_ms=np.array([1, 0, 2]))
