@@ -2,24 +2,30 @@
 
 Layer: pure (numpy; no I/O; a generator passed in).
 
-positions (mobility) -> 38.901 path loss, spatially consistent LOS state and correlated
-shadowing (at the tick) -> small-scale fading (at the slot) -> SINR -> the cell's PRBs shared by
-the scheduler -> CQI (reported ``cqi_delay_ms`` earlier) -> MCS -> TBS, BLER, HARQ -> goodput,
-residual loss and delay per slot -> ``LinkSeries`` per tick, and goodput per millisecond for
-packet-delivery traces.
+layout and drops (``layout``) -> positions (mobility) -> per site: 38.901 path loss,
+spatially consistent LOS state and correlated shadowing, indoor users' building penetration ->
+per cell: antenna gain (sectors) -> coupling gain of every user to every cell (at the tick) ->
+the serving cell from filtered RSRP (A3 handover, ``handover``) -> small-scale fading (at the
+slot) -> SINR -> the cell's PRBs shared by the scheduler -> CQI (reported ``cqi_delay_ms``
+earlier) -> MCS -> TBS, BLER, HARQ -> goodput, residual loss and delay per slot ->
+``LinkSeries`` per tick, and goodput per millisecond for packet-delivery traces.
 
 Modelling choices, each a simplification a user should know:
 - Users are backlogged: the series is the rate a user gets when it has data.
-- Each user stays with the cell that is strongest (least path loss) at the start (no handover).
+- A user attaches to the cell with the strongest RSRP and hands over on the A3 event; while a
+  handover interrupts its link it carries nothing (an outage in the series). Still users are
+  computed at one instant (their large scale does not change).
+- Each site's shadowing and LOS state are their own processes (sectors of a site share them).
 - Uplink and downlink see the same fading (TDD reciprocity). The downlink's interference is
   every other cell's base station at full power (full load); the uplink's, with several
   cells, the other cells' users at their own powers, each on its share of its cell's PRBs
-  (``channel_models.uplink``; a mean over the schedulers' choices), and with one cell the
-  margin ``ul_iot_db`` (interference from outside the layout).
+  (``channel_models.uplink``; a mean over the schedulers' choices in each tick), and with one
+  cell the margin ``ul_iot_db`` (interference from outside the layout).
 - A user's uplink power follows open-loop fractional power control (TS 38.213 7.1.1:
-  ``ul_p0_dbm``, ``ul_alpha``, capped at ``ue_power_dbm``) on its share of the PRBs, so a
-  smaller share has a higher SINR while the open loop asks for more than P_CMAX; the min-max
-  split's shares are computed from rates at equal shares.
+  ``ul_p0_dbm``, ``ul_alpha``, capped at ``ue_power_dbm``; the loss it estimates is its
+  coupling loss) on its share of the PRBs, so a smaller share has a higher SINR while the open
+  loop asks for more than P_CMAX; the min-max split's shares are computed from rates at equal
+  shares.
 - Throughput is the share of a full-carrier transport block (TBS is near-linear in PRBs), so
   many users can share few PRBs over time, as a real scheduler does.
 - Delay: ``core_delay_ms`` (processing and the path to the edge) + one slot + HARQ
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -43,19 +50,24 @@ from channel_models import fading as fad
 from channel_models import nr
 from channel_models import uplink as ul
 from channel_models.config import RadioConfig
+from channel_models.handover import A3, serve
+from channel_models.layout import Antenna, Layout, build, drop
 from channel_models.link import LinkState
-from channel_models.mobility import place_uniform, trajectories
+from channel_models.mobility import trajectories
 from channel_models.pathloss import (
     C_M_S,
+    INDOOR_DEPTH_M,
     SCENARIOS,
+    indoor_heights,
     los_probability,
+    o2i_loss_db,
     path_loss_db,
     shadowing_std_db,
 )
 from channel_models.scheduler import shares
 from channel_models.shadowing import correlated_normal, los_state, per_state
 
-__all__ = ["LinkSeries", "RadioTrace", "generate", "site_positions"]
+__all__ = ["LinkSeries", "RadioTrace", "generate"]
 
 FloatArray = npt.NDArray[np.float64]
 STATIC_DOPPLER_SPEED_MPS = 0.3  # scatterers move around a still user (about 1 km/h)
@@ -101,23 +113,104 @@ class RadioTrace:
     t_s: FloatArray  # tick start times [ticks]
     up: LinkSeries
     down: LinkSeries
-    cell: npt.NDArray[np.int64]  # serving cell per user
+    cell: npt.NDArray[np.int64]  # serving cell [users, ticks]
     distance_m: FloatArray  # 2D distance to the serving site [users, ticks]
     los: npt.NDArray[np.bool_]  # [users, ticks]
     sinr_up_db: FloatArray  # mean per tick [users, ticks]
     sinr_down_db: FloatArray
+    handovers: npt.NDArray[np.int64]  # per user
+    coupling_loss_db: FloatArray  # to the serving cell, shadowing and antennas [users, ticks]
+    geometry_db: FloatArray  # downlink SINR before fading and impairments [users, ticks]
 
 
-def site_positions(cells: int, isd_m: float) -> FloatArray:
-    """Sites: one at the origin, then a hexagonal ring at the inter-site distance."""
-    ring = [
-        (isd_m * math.cos(math.pi / 3 * k), isd_m * math.sin(math.pi / 3 * k)) for k in range(6)
-    ]
-    return np.asarray([(0.0, 0.0), *ring][:cells])
+@dataclass(frozen=True, slots=True)
+class _LargeScale:
+    """Per user and cell (or site), per tick: the last axis is one tick for still users."""
+
+    distance_m: FloatArray  # [users, sites, ticks'], 2D, to each site's nearest copy
+    los: npt.NDArray[np.bool_]  # [users, sites, ticks']
+    coupling_db: FloatArray  # gain (negative) [users, cells, ticks']
 
 
 def _db(x: FloatArray) -> FloatArray:
     return 10.0 * np.log10(np.maximum(x, 1e-30))
+
+
+def _large_scale(
+    cfg: RadioConfig,
+    lay: Layout,
+    users: int,
+    *,
+    ticks: int,
+    tick_s: float,
+    rng: np.random.Generator,
+) -> _LargeScale:
+    """Drops, mobility, 38.901 path loss with spatially consistent LOS and shadowing per site,
+    and each cell's antenna gain: the coupling gain of every user to every cell."""
+    sc = SCENARIOS[cfg.scenario]
+    h_bs = cfg.h_bs_m or sc.default_h_bs_m
+    start, home = drop(lay, users, rng, min_m=cfg.min_distance_m, radius_m=cfg.cell_radius_m)
+    if lay.sectorised:  # anywhere in the layout
+        pos = trajectories(
+            cfg.mobility, start, ticks, tick_s, rng,
+            speed_mps=cfg.speed_mps, pause_s=cfg.pause_s, r_min=0.0, r_max=lay.extent_m,
+        )  # fmt: skip
+    else:  # within the disc around one's own site
+        at = lay.sites[lay.cell_site[home]]
+        pos = trajectories(
+            cfg.mobility, start - at, ticks, tick_s, rng, speed_mps=cfg.speed_mps,
+            pause_s=cfg.pause_s, r_min=cfg.min_distance_m, r_max=cfg.cell_radius_m,
+        ) + at[:, None, :]  # fmt: skip
+    still = cfg.mobility == "static" or cfg.speed_mps == 0
+    where = pos[:, :1] if still else pos
+    off = np.moveaxis(lay.offsets(where), 2, 1)  # [users, sites, ticks', 2]
+    d = np.clip(np.hypot(off[..., 0], off[..., 1]), sc.d2d_m[0], sc.d2d_m[1])
+    sites = lay.sites.shape[0]
+    # Indoor users (TR 38.901 7.4.3): LOS and path loss outside the building, then the wall
+    # and the way in (one building each: the same toward every site); in UMa and UMi on a
+    # floor of it.
+    indoor = rng.random(users) < cfg.indoor_ratio
+    h_ut: FloatArray | float = cfg.h_ut_m
+    if indoor.any() and cfg.scenario in ("uma", "umi"):
+        floor = indoor_heights(users, cfg.h_ut_m, rng)
+        h_ut = np.where(indoor, floor, cfg.h_ut_m)[:, None, None]
+    pl_kw: dict[str, Any] = {"freq_hz": cfg.carrier_hz, "h_bs_m": h_bs, "h_ut_m": h_ut}
+    depth = INDOOR_DEPTH_M.get(cfg.scenario, 0.0)
+    d_in = np.where(indoor, rng.uniform(0.0, depth, (2, users)).min(axis=0), 0.0)
+    o2i_mean, o2i_std = o2i_loss_db(
+        cfg.carrier_hz, rng.random(users) < cfg.o2i_high_loss_ratio, d_in
+    )
+    o2i = np.where(indoor, o2i_mean + o2i_std * rng.standard_normal(users), 0.0)[:, None, None]
+    d_out = np.maximum(d - d_in[:, None, None], 0.0)
+    p_los = los_probability(cfg.scenario, d_out, h_ut_m=h_ut)
+    los = los_state(correlated_normal(where, sc.los_corr_m, rng, copies=sites), p_los)
+    sigma = shadowing_std_db(cfg.scenario, los, d, **pl_kw)
+    z_sf = per_state(where, los, sc.sf_corr_m, rng)  # each state its decorrelation distance
+    pl = path_loss_db(cfg.scenario, los, d, **pl_kw) + sigma * z_sf + o2i
+    of = lay.cell_site
+    gain: FloatArray | float = cfg.bs_gain_dbi
+    if lay.sectorised:
+        zenith = 90.0 + np.degrees(np.arctan2(h_bs - h_ut, d[:, of]))
+        azimuth = np.degrees(np.arctan2(off[..., 1], off[..., 0]))[:, of]
+        antenna = Antenna(
+            cfg.antenna_rows, cfg.antenna_spacing_wl, cfg.downtilt_deg, cfg.bs_gain_dbi
+        )
+        gain = antenna.gain_dbi(zenith, azimuth - lay.boresight_deg[None, :, None])
+    return _LargeScale(d, los, gain + cfg.ue_gain_dbi - pl[:, of])
+
+
+def _at_serving(x: FloatArray, serving: npt.NDArray[np.int64]) -> FloatArray:
+    """``x`` [users, cells, ticks'] at each user's serving cell [users, ticks']."""
+    rows = np.arange(x.shape[0])[:, None]
+    return np.asarray(x[rows, serving, np.arange(x.shape[2])[None, :]])
+
+
+def _members(serving: npt.NDArray[np.int64], cells: int) -> FloatArray:
+    """How many users each user's cell serves, per tick [users, ticks']."""
+    ticks = serving.shape[1]
+    key = (serving * ticks + np.arange(ticks)).ravel()
+    counts = np.bincount(key, minlength=cells * ticks)[key].reshape(serving.shape)
+    return np.asarray(counts, dtype=np.float64)
 
 
 def generate(
@@ -132,46 +225,24 @@ def generate(
     ticks = max(1, math.ceil(duration_s / tick_s))
     slots = ticks * slots_per_tick
     n_prb = nr.prb_count(cfg.bandwidth_hz, cfg.numerology)
-    sites = site_positions(cfg.cells, cfg.isd_m)
-    r_lo, r_hi = cfg.min_distance_m, cfg.cell_radius_m
-    sc.check(freq_hz=cfg.carrier_hz, h_bs_m=h_bs, h_ut_m=cfg.h_ut_m, d2d_m=np.array([r_lo, r_hi]))
+    lay = build(cfg.sites, cfg.sectors, cfg.isd_m, wrap_around=cfg.wrap_around)
+    r_hi = lay.isd_m / math.sqrt(3) if lay.sectorised else cfg.cell_radius_m
+    d_range = np.array([cfg.min_distance_m, r_hi])
+    sc.check(freq_hz=cfg.carrier_hz, h_bs_m=h_bs, h_ut_m=cfg.h_ut_m, d2d_m=d_range)
 
-    # Large scale, at the tick.
-    home = rng.integers(0, cfg.cells, size=users)
-    rel = trajectories(
-        cfg.mobility,
-        place_uniform(users, r_lo, r_hi, rng),
-        ticks,
-        tick_s,
-        rng,
-        speed_mps=cfg.speed_mps,
-        r_min=r_lo,
-        r_max=r_hi,
-        pause_s=cfg.pause_s,
-    )
-    pos = rel + sites[home][:, None, :]
-    d_all = np.hypot(
-        pos[:, None, :, 0] - sites[None, :, None, 0], pos[:, None, :, 1] - sites[None, :, None, 1]
-    )  # [users, cells, ticks]
-    d_all = np.clip(d_all, sc.d2d_m[0], sc.d2d_m[1])
-    pl_kw = {"freq_hz": cfg.carrier_hz, "h_bs_m": h_bs, "h_ut_m": cfg.h_ut_m}
-    p_los = los_probability(cfg.scenario, d_all, h_ut_m=cfg.h_ut_m)
-    z_los = correlated_normal(pos, sc.los_corr_m, rng)
-    los_all = los_state(z_los[:, None, :], p_los)
-    # Interferers' LOS states are their own draws, held for the run.
-    los_all = np.where(
-        np.arange(cfg.cells)[None, :, None] == home[:, None, None],
-        los_all,
-        (rng.random((users, cfg.cells, 1)) < p_los[:, :, :1]),
-    )
-    pl_all = path_loss_db(cfg.scenario, los_all, d_all, **pl_kw)
-    cell = np.argmin(pl_all[:, :, 0], axis=1)
-    rows = np.arange(users)
-    los = los_all[rows, cell]
-    d_serv = d_all[rows, cell]
-    z_sf = per_state(pos, los, sc.sf_corr_m, rng)  # each state its decorrelation distance
-    sigma = shadowing_std_db(cfg.scenario, los, d_serv, **pl_kw)
-    pl = pl_all[rows, cell] + sigma * z_sf  # [users, ticks], shadowing included
+    # Large scale, at the tick; the serving cell from each cell's RSRP (handover).
+    big = _large_scale(cfg, lay, users, ticks=ticks, tick_s=tick_s, rng=rng)
+    rsrp = cfg.bs_power_dbm - 10.0 * math.log10(12 * n_prb) + big.coupling_db  # a RE's
+    rule = None
+    if cfg.handover:
+        rule = A3(cfg.ho_offset_db, cfg.ho_hysteresis_db, cfg.ho_ttt_ms, cfg.ho_filter_k,
+                  cfg.ho_interruption_ms)  # fmt: skip
+    served = serve(rsrp, cfg.tick_ms, rule)
+    cell = served.cell  # [users, ticks']
+    gain_db = _at_serving(big.coupling_db, cell)  # [users, ticks']
+    site = lay.cell_site[cell]
+    rows, cols = np.arange(users)[:, None], np.arange(cell.shape[1])[None, :]
+    d_serv, los = big.distance_m[rows, site, cols], big.los[rows, site, cols]
 
     # Small scale, at the slot.
     speed = cfg.speed_mps if cfg.mobility != "static" else STATIC_DOPPLER_SPEED_MPS
@@ -186,76 +257,77 @@ def generate(
     gain *= 10.0
     fade_db = gain.reshape(users, ticks, slots_per_tick)
 
-    # Downlink SINR over the carrier (interference: the other sites at full power, no fading).
+    # Downlink SINR over the carrier (interference: every other cell at full power, no fading).
     noise_dl = 10.0 ** (nr.thermal_noise_dbm(cfg.bandwidth_hz, cfg.ue_noise_figure_db) / 10.0)
-    other = np.ones((users, cfg.cells), dtype=bool)
-    other[rows, cell] = False
-    intf_mw = (
-        10.0 ** ((cfg.bs_power_dbm + cfg.bs_gain_dbi + cfg.ue_gain_dbi - pl_all) / 10.0)
-        * other[:, :, None]
-    ).sum(axis=1)
-    dl_large = cfg.bs_power_dbm + cfg.bs_gain_dbi + cfg.ue_gain_dbi - pl - _db(noise_dl + intf_mw)
+    heard = 10.0 ** ((cfg.bs_power_dbm + big.coupling_db) / 10.0)  # [users, cells, ticks']
+    own = 10.0 ** ((cfg.bs_power_dbm + gain_db) / 10.0)
+    intf_mw = np.maximum(heard.sum(axis=1) - own, 0.0)
+    dl_large = cfg.bs_power_dbm + gain_db - _db(noise_dl + intf_mw)  # the geometry SINR
     sinr_dl = _impaired(cfg, (dl_large[:, :, None] + fade_db).reshape(users, slots))
     # Uplink SINR with the whole carrier at full power; on a share s of it the open loop's
     # power (TS 38.213 7.1.1) gains min(1/s, what it asks for over P_CMAX) (``uplink``).
     pc = ul.PowerControl(cfg.ul_p0_dbm, cfg.ul_alpha, cfg.numerology, cfg.ue_power_dbm)
-    headroom = ul.headroom_db(pl, n_prb, pc)  # [users, ticks]
+    headroom = ul.headroom_db(-gain_db, n_prb, pc)  # [users, ticks']
     noise_ul = nr.thermal_noise_dbm(cfg.bandwidth_hz, cfg.bs_noise_figure_db)
     # The users a cell schedules in one slot: PF one resource-block group each; the others share
     # the carrier among all the cell's users.
-    members = np.bincount(cell, minlength=cfg.cells)[cell].astype(np.float64)
-    per_slot = np.minimum(_rbg_count(n_prb), members) if cfg.scheduler == "pf" else members
+    members = _members(cell, lay.cells)
+    groups = _rbg_count(n_prb)
+    per_slot = np.minimum(groups, members) if cfg.scheduler == "pf" else members
     iot: FloatArray | float = cfg.ul_iot_db
-    if cfg.cells > 1:  # the other cells' scheduled users, at their own powers
+    if lay.cells > 1:  # the other cells' scheduled users, at their own powers
         prb_hz = 12 * 15e3 * 2**cfg.numerology
-        iot = ul.interference_over_thermal_db(
-            pl_all, cell, n_prb / per_slot, pc, own_pl_db=pl,
-            gains_db=cfg.ue_gain_dbi + cfg.bs_gain_dbi,
+        per_cell = ul.interference_over_thermal_db(
+            -big.coupling_db, cell, n_prb / per_slot, pc, own_loss_db=-gain_db,
             noise_prb_dbm=nr.thermal_noise_dbm(prb_hz, cfg.bs_noise_figure_db),
-        )[cell]  # fmt: skip
-    ul_large = cfg.ue_power_dbm + cfg.ue_gain_dbi + cfg.bs_gain_dbi - pl - noise_ul - iot
+        )  # [cells, ticks']  # fmt: skip
+        iot = per_cell[cell, np.arange(cell.shape[1])[None, :]]
+    ul_large = cfg.ue_power_dbm + gain_db - noise_ul - iot
     sinr_ul_full = (ul_large[:, :, None] + fade_db).reshape(users, slots)
-    del gain, fade_db
+    del gain, fade_db, heard
 
     lag = max(0, round(cfg.cqi_delay_ms * 1e-3 / slot_s))
     pf: tuple[_Scheduled, _Scheduled] | None = None
-    turn = 1.0
     if cfg.scheduler == "pf":
         # Both directions in one pass of the scheduler (its loop over slots is the cost).
-        groups = _rbg_count(n_prb)
-        turn = 1.0 / min(groups, int(np.bincount(cell).min()))
-        sinr_ul_full = _impaired(cfg, _concentrated(sinr_ul_full, _db(per_slot)[:, None], headroom))
+        sinr_ul_full = _impaired(cfg, _concentrated(sinr_ul_full, _db(per_slot), headroom))
         sent = (
             _bits(cfg, sinr_ul_full, n_prb, slot_s, lag),
             _bits(cfg, sinr_dl, n_prb, slot_s, lag),
         )
         both = np.vstack([sent[0][0], sent[1][0]])
         tc = cfg.pf_tc_ms * 1e-3 / slot_s
-        share = shares(
-            "pf", both, np.concatenate([cell, cell + cfg.cells]), tc_slots=tc, groups=groups
-        )
+        share = shares("pf", both, np.vstack([cell, cell + lay.cells]), tc_slots=tc, groups=groups)
         # A user's share over PF's own window: the rate it gets when it has data, not all or
         # nothing within a tick (a window shorter than a slot: the slot's own share).
         share = _ewma(share, min(1.0, 1.0 / tc))
         pf = ((share[:users], sent[0]), (share[users:], sent[1]))
     up = _direction(
         cfg, sinr_ul_full, cell, n_prb, slot_s=slot_s, lag=lag, uplink=True, members=members,
-        scheduled=pf and pf[0], headroom=headroom,
+        scheduled=pf and pf[0], headroom=headroom, cut=served.interrupted,
     )  # fmt: skip
     down = _direction(
         cfg, sinr_dl, cell, n_prb, slot_s=slot_s, lag=lag, uplink=False, members=members,
-        scheduled=pf and pf[1],
+        scheduled=pf and pf[1], cut=served.interrupted,
     )  # fmt: skip
     shape = (users, ticks, slots_per_tick)
+    turn = 1.0 / per_slot  # the share of the cell a PF user holds in a slot it is given
+
+    def every_tick(x: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        return np.ascontiguousarray(np.broadcast_to(x, (users, ticks)))
+
     return RadioTrace(
         t_s=np.arange(ticks) * tick_s,
         up=_per_tick(cfg, up, shape, slot_s, uplink=True, turn=turn),
         down=_per_tick(cfg, down, shape, slot_s, uplink=False, turn=turn),
-        cell=cell,
-        distance_m=d_serv,
-        los=los,
+        cell=every_tick(cell),
+        distance_m=every_tick(d_serv),
+        los=every_tick(los),
         sinr_up_db=up.sinr_db.reshape(shape).mean(axis=2),
         sinr_down_db=sinr_dl.reshape(shape).mean(axis=2),
+        handovers=served.handovers,
+        coupling_loss_db=every_tick(-gain_db),
+        geometry_db=every_tick(dl_large),
     )
 
 
@@ -285,11 +357,13 @@ def _concentrated(
 ) -> FloatArray:
     """The uplink SINR on a share of the carrier [users, slots]: the full-carrier, full-power
     SINR plus min(``gain_db``, the open loop's headroom of the slot's tick) (``gain_db``:
-    -10 log10 of the share, per user or per user and slot)."""
+    -10 log10 of the share, per user and tick as ``headroom`` is, or per user and slot)."""
     users, slots = sinr_full_db.shape
     per = slots // headroom.shape[1]
-    gain = np.broadcast_to(np.asarray(gain_db, dtype=np.float64), (users, slots))
-    capped = np.minimum(gain.reshape(users, -1, per), headroom[:, :, None])
+    gain = np.asarray(gain_db, dtype=np.float64)
+    # per slot, or per tick as ``headroom``
+    gain = gain.reshape(users, -1, per) if gain.shape != headroom.shape else gain[:, :, None]
+    capped = np.minimum(gain, headroom[:, :, None])
     return np.asarray((sinr_full_db.reshape(users, -1, per) + capped).reshape(users, slots))
 
 
@@ -368,38 +442,41 @@ def _direction(
     lag: int,
     uplink: bool,
     members: FloatArray,
+    cut: npt.NDArray[np.bool_],
     scheduled: _Scheduled | None = None,
     headroom: FloatArray | None = None,
 ) -> _Slots:
-    """One direction's goodput and HARQ figures per slot; ``members``: how many users each
-    user's cell serves; ``scheduled``: the PF scheduler's shares, and the bits and MCS it
-    decided on; ``headroom``: the uplink's power control [users, ticks]
+    """One direction's goodput and HARQ figures per slot; ``cell`` and ``members`` [users,
+    ticks']: each user's cell and how many users it serves; ``cut`` [users, ticks']: no link
+    (a handover's interruption); ``scheduled``: the PF scheduler's shares, and the bits and MCS
+    it decided on; ``headroom``: the uplink's power control [users, ticks']
     (``uplink.headroom_db``)."""
+    users, slots = sinr_full_db.shape
     payload = 8.0 * (cfg.payload_up_bytes if uplink else cfg.payload_down_bytes)
     if scheduled is not None:
         share, sent = scheduled
         sinr = sinr_full_db
     elif not uplink:
         sent = _bits(cfg, sinr_full_db, n_prb, slot_s, lag)
-        share = shares(cfg.scheduler, sent[0], cell, payload_bits=np.full(cell.size, payload))
+        share = shares(cfg.scheduler, sent[0], cell, payload_bits=np.full(users, payload))
         sinr = sinr_full_db
     else:
         # Power concentrates on a share of the carrier (as far as power control asks): first
         # rates at equal shares, then the scheduler's shares, then the SINR those shares give.
         assert headroom is not None
-        equal = _concentrated(sinr_full_db, _db(members)[:, None], headroom)
+        equal = _concentrated(sinr_full_db, _db(members), headroom)
         bits_eq, _ = _bits(cfg, equal, n_prb, slot_s, lag)
-        share = shares(
-            cfg.scheduler,
-            bits_eq / members[:, None],
-            cell,
-            payload_bits=np.full(cell.size, payload),
-        )
+        per = slots // members.shape[1]
+        each = (bits_eq.reshape(users, -1, per) / members[:, :, None]).reshape(users, slots)
+        share = shares(cfg.scheduler, each, cell, payload_bits=np.full(users, payload))
         concentrated = _concentrated(sinr_full_db, -_db(np.maximum(share, 1e-6)), headroom)
         sinr = _impaired(cfg, equal if cfg.scheduler == "rr" else concentrated)
         sent = _bits(cfg, sinr, n_prb, slot_s, lag)
     bits, residual, mean_tx, var_tx = _link(cfg, sinr, sent)
     good = share * bits * (1.0 - residual) / mean_tx
+    if cut.any():  # no link while a handover interrupts it
+        per = slots // cut.shape[1]
+        good.reshape(users, -1, per)[cut] = 0.0
     return _Slots(good, residual, mean_tx, var_tx, share, sinr)
 
 
@@ -410,9 +487,10 @@ def _per_tick(
     slot_s: float,
     *,
     uplink: bool,
-    turn: float = 1.0,
+    turn: FloatArray,
 ) -> LinkSeries:
-    """Per tick; ``turn``: the share of the cell a PF user holds in a slot it is given."""
+    """Per tick; ``turn`` [users, ticks']: the share of the cell a PF user holds in a slot it
+    is given."""
     users, _, per = shape
     slot_ms = slot_s * 1e3
 

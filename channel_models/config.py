@@ -13,8 +13,15 @@ import math
 from dataclasses import dataclass
 
 from channel_models.fading import FADING_KINDS
+from channel_models.handover import (
+    A3_OFFSET_RANGE_DB,
+    FILTER_COEFFICIENTS,
+    HYSTERESIS_RANGE_DB,
+    TIME_TO_TRIGGER_MS,
+)
+from channel_models.layout import SITE_COUNTS
 from channel_models.mobility import MOBILITY
-from channel_models.pathloss import SCENARIOS
+from channel_models.pathloss import INDOOR_DEPTH_M, SCENARIOS
 from channel_models.scheduler import SCHEDULERS
 from channel_models.uplink import ALPHAS, P0_RANGE_DBM
 from emu.errors import ConfigError
@@ -40,15 +47,24 @@ class RadioConfig:
     carrier_hz: float = 3.5e9
     bandwidth_hz: float = 20e6  # the cell's carrier, shared by its users
     numerology: int = 1  # subcarrier spacing 15 * 2^mu kHz, slot 1 / 2^mu ms
-    cells: int = 1  # sites: one, or a hexagonal ring around it (up to 7)
+    sites: int = 1  # 1 to 7 (a site and its ring of six) or 19 (two rings) (``layout``)
+    sectors: int = 1  # cells a site: 1 (omnidirectional) or 3 (TR 38.901 sector antennas)
+    wrap_around: bool = True  # 7 and 19 sites: edge cells see interference as inner ones do
     isd_m: float = 200.0  # inter-site distance
-    cell_radius_m: float = 150.0  # users are placed (and move) within this of their site
+    cell_radius_m: float = 150.0  # one sector a site: users are placed (and move) within this
+    # of their site (three sectors: within their sector of the site's hexagon, and move over
+    # the whole layout)
     min_distance_m: float = 10.0
     h_bs_m: float = 0.0  # 0: the scenario's standard height
     h_ut_m: float = 1.5
+    indoor_ratio: float = 0.0  # users inside buildings (TR 38.901 7.4.3: O2I penetration)
+    o2i_high_loss_ratio: float = 0.5  # ... of them behind the high-loss model's walls
     bs_power_dbm: float = 44.0
     ue_power_dbm: float = 23.0
-    bs_gain_dbi: float = 8.0
+    bs_gain_dbi: float = 8.0  # an omnidirectional cell's gain; a sector's peak (G_E,max)
+    antenna_rows: int = 10  # sectors: elements in the panel's column, fed as one port
+    antenna_spacing_wl: float = 0.5  # ... their spacing in wavelengths
+    downtilt_deg: float = 12.0  # sectors: the beam's tilt below the horizon (zenith 102 deg)
     ue_gain_dbi: float = 0.0
     bs_noise_figure_db: float = 5.0
     ue_noise_figure_db: float = 9.0
@@ -78,6 +94,16 @@ class RadioConfig:
     # (TR 38.901 Table 7.5-6: 9 dB in UMi and UMa, 7 dB in RMa and InH)
     block_ms: float = 10.0  # block fading: coherence block
     tick_ms: float = 10.0  # link-state resolution
+    handover: bool = True  # A3 handover (``handover``); false: each user keeps its first cell
+    ho_offset_db: float = 3.0  # a3-Offset (TS 38.331: -15 ... 15 dB in 0.5 dB steps)
+    ho_hysteresis_db: float = 1.0  # Hysteresis (0 ... 15 dB in 0.5 dB steps)
+    ho_ttt_ms: float = 160.0  # TimeToTrigger (one of TS 38.331's values)
+    ho_filter_k: int = 4  # the layer-3 filter's coefficient (FilterCoefficient)
+    ho_interruption_ms: float = 30.0  # no link while the user moves to its new cell
+
+    @property
+    def cells(self) -> int:
+        return self.sites * self.sectors
 
     def __post_init__(self) -> None:
         _choice("scenario", self.scenario, tuple(SCENARIOS))
@@ -88,7 +114,59 @@ class RadioConfig:
         _range("carrier_hz", self.carrier_hz, 1e6, 1e12, "> 0 Hz")
         _range("bandwidth_hz", self.bandwidth_hz, 1e3, 1e10, "> 0 Hz")
         _range("numerology", self.numerology, 0, 2, "0, 1 or 2")
-        _range("cells", self.cells, 1, 7, "in [1, 7]")
+        if self.sites not in SITE_COUNTS or isinstance(self.sites, bool):
+            raise ConfigError(
+                f"radio.sites must be one of {', '.join(map(str, SITE_COUNTS))}, got {self.sites!r}"
+            )
+        if self.sectors not in (1, 3) or isinstance(self.sectors, bool):
+            raise ConfigError(f"radio.sectors must be 1 or 3, got {self.sectors!r}")
+        if not isinstance(self.wrap_around, bool):
+            raise ConfigError(f"radio.wrap_around must be true or false, got {self.wrap_around!r}")
+        if self.sectors == 3 and self.min_distance_m >= self.isd_m / 2:
+            raise ConfigError(
+                f"radio.min_distance_m must be below half of radio.isd_m ({self.isd_m / 2:g} m, "
+                f"the edge of a site's hexagon) for users to fit in a sector, "
+                f"got {self.min_distance_m!r}"
+            )
+        _range("indoor_ratio", self.indoor_ratio, 0, 1, "in [0, 1]")
+        _range("o2i_high_loss_ratio", self.o2i_high_loss_ratio, 0, 1, "in [0, 1]")
+        if self.indoor_ratio and self.scenario not in INDOOR_DEPTH_M:
+            raise ConfigError(
+                f"radio.indoor_ratio must be 0 for radio.scenario = {self.scenario!r} (every "
+                f"user is indoors already; TR 38.901 O2I is for "
+                f"{', '.join(INDOOR_DEPTH_M)}), got {self.indoor_ratio!r}"
+            )
+        _range("antenna_rows", self.antenna_rows, 1, 64, "an integer in [1, 64]")
+        if not float(self.antenna_rows).is_integer():
+            raise ConfigError(f"radio.antenna_rows must be an integer, got {self.antenna_rows!r}")
+        _range("antenna_spacing_wl", self.antenna_spacing_wl, 0.1, 4, "in [0.1, 4] wavelengths")
+        _range(
+            "downtilt_deg", self.downtilt_deg, -90, 90,
+            "in [-90, 90] degrees (TR 38.901 7.1.3: the tilt beta)",
+        )  # fmt: skip
+        if not isinstance(self.handover, bool):
+            raise ConfigError(f"radio.handover must be true or false, got {self.handover!r}")
+        for name, (lo, hi) in (
+            ("ho_offset_db", A3_OFFSET_RANGE_DB),
+            ("ho_hysteresis_db", HYSTERESIS_RANGE_DB),
+        ):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and lo <= v <= hi and float(2 * v).is_integer()):
+                raise ConfigError(
+                    f"radio.{name} must be in [{lo:g}, {hi:g}] dB in 0.5 dB steps (TS 38.331), "
+                    f"got {v!r}"
+                )
+        if self.ho_ttt_ms not in TIME_TO_TRIGGER_MS:
+            raise ConfigError(
+                f"radio.ho_ttt_ms must be one of TS 38.331's TimeToTrigger values "
+                f"({', '.join(map(str, TIME_TO_TRIGGER_MS))} ms), got {self.ho_ttt_ms!r}"
+            )
+        if self.ho_filter_k not in FILTER_COEFFICIENTS or isinstance(self.ho_filter_k, bool):
+            raise ConfigError(
+                f"radio.ho_filter_k must be one of TS 38.331's FilterCoefficient values "
+                f"({', '.join(map(str, FILTER_COEFFICIENTS))}), got {self.ho_filter_k!r}"
+            )
+        _range("ho_interruption_ms", self.ho_interruption_ms, 0, 1000, "in [0, 1000] ms")
         _range("isd_m", self.isd_m, 1, 1e5, "in [1, 1e5] m")
         _range("cell_radius_m", self.cell_radius_m, 1, 1e5, "in [1, 1e5] m")
         _range(
@@ -114,7 +192,8 @@ class RadioConfig:
         if self.cells > 1 and self.ul_iot_db:
             raise ConfigError(
                 f"radio.ul_iot_db is computed with several cells (the other cells' users), so "
-                f"it must be 0 with radio.cells = {self.cells}, got {self.ul_iot_db!r}"
+                f"it must be 0 with {self.cells} cells (radio.sites x radio.sectors), "
+                f"got {self.ul_iot_db!r}"
             )
         _range("shannon_efficiency", self.shannon_efficiency, 0.01, 1, "in (0, 1]")
         _range("pf_tc_ms", self.pf_tc_ms, 0.1, 1e6, "> 0 ms")

@@ -21,9 +21,19 @@ import numpy.typing as npt
 
 from emu.errors import ConfigError
 
-__all__ = ["SCENARIOS", "Scenario", "los_probability", "path_loss_db", "shadowing_std_db"]
+__all__ = [
+    "INDOOR_DEPTH_M",
+    "SCENARIOS",
+    "Scenario",
+    "indoor_heights",
+    "los_probability",
+    "o2i_loss_db",
+    "path_loss_db",
+    "shadowing_std_db",
+]
 
 FloatArray = npt.NDArray[np.float64]
+Height = FloatArray | float  # a user's height: one for all, or each user's (broadcasting)
 C_M_S = 299_792_458.0
 
 
@@ -122,36 +132,36 @@ RMA_W_M = 20.0
 RMA_H_M = 5.0
 
 
-def _log(x: FloatArray | float) -> FloatArray:
+def _log(x: npt.ArrayLike) -> FloatArray:
     return np.log10(np.asarray(x, dtype=np.float64))
 
 
-def _breakpoint_urban(freq_hz: float, h_bs_m: float, h_ut_m: float) -> float:
+def _breakpoint_urban(freq_hz: float, h_bs_m: float, h_ut_m: Height) -> Height:
     return 4.0 * (h_bs_m - 1.0) * (h_ut_m - 1.0) * freq_hz / C_M_S
 
 
-def _uma_los(d2: FloatArray, d3: FloatArray, f: float, hb: float, hu: float) -> FloatArray:
+def _uma_los(d2: FloatArray, d3: FloatArray, f: float, hb: float, hu: Height) -> FloatArray:
     fg = f / 1e9
     bp = _breakpoint_urban(f, hb, hu)
     pl1 = 28.0 + 22.0 * _log(d3) + 20.0 * math.log10(fg)
-    pl2 = 28.0 + 40.0 * _log(d3) + 20.0 * math.log10(fg) - 9.0 * math.log10(bp**2 + (hb - hu) ** 2)
+    pl2 = 28.0 + 40.0 * _log(d3) + 20.0 * math.log10(fg) - 9.0 * _log(bp**2 + (hb - hu) ** 2)
     return np.where(d2 <= bp, pl1, pl2)
 
 
-def _umi_los(d2: FloatArray, d3: FloatArray, f: float, hb: float, hu: float) -> FloatArray:
+def _umi_los(d2: FloatArray, d3: FloatArray, f: float, hb: float, hu: Height) -> FloatArray:
     fg = f / 1e9
     bp = _breakpoint_urban(f, hb, hu)
     pl1 = 32.4 + 21.0 * _log(d3) + 20.0 * math.log10(fg)
-    pl2 = 32.4 + 40.0 * _log(d3) + 20.0 * math.log10(fg) - 9.5 * math.log10(bp**2 + (hb - hu) ** 2)
+    pl2 = 32.4 + 40.0 * _log(d3) + 20.0 * math.log10(fg) - 9.5 * _log(bp**2 + (hb - hu) ** 2)
     return np.where(d2 <= bp, pl1, pl2)
 
 
-def _breakpoint_rma(freq_hz: float, h_bs_m: float, h_ut_m: float) -> float:
+def _breakpoint_rma(freq_hz: float, h_bs_m: float, h_ut_m: Height) -> Height:
     """d_BP = 2 pi h_BS h_UT f_c / c (Table 7.4.1-1, note 5)."""
     return 2.0 * math.pi * h_bs_m * h_ut_m * freq_hz / C_M_S
 
 
-def _rma_los(d2: FloatArray, d3: FloatArray, f: float, hb: float, hu: float) -> FloatArray:
+def _rma_los(d2: FloatArray, d3: FloatArray, f: float, hb: float, hu: Height) -> FloatArray:
     fg, h = f / 1e9, RMA_H_M
     bp = _breakpoint_rma(f, hb, hu)
 
@@ -163,7 +173,7 @@ def _rma_los(d2: FloatArray, d3: FloatArray, f: float, hb: float, hu: float) -> 
             + 0.002 * math.log10(h) * np.asarray(d)
         )
 
-    d3_bp = math.hypot(bp, hb - hu)
+    d3_bp = np.hypot(bp, hb - hu)
     return np.where(d2 <= bp, pl1(d3), pl1(d3_bp) + 40.0 * _log(d3 / bp))
 
 
@@ -174,7 +184,7 @@ def path_loss_db(
     *,
     freq_hz: float,
     h_bs_m: float,
-    h_ut_m: float,
+    h_ut_m: Height,
 ) -> FloatArray:
     """Path loss [dB] at 2D distances ``d2d_m`` [m], LOS where ``los`` is true (no shadowing)."""
     d2 = np.asarray(d2d_m, dtype=np.float64)
@@ -197,7 +207,7 @@ def path_loss_db(
             - (24.37 - 3.7 * (h / hb) ** 2) * math.log10(hb)
             + (43.42 - 3.1 * math.log10(hb)) * (_log(d3) - 3.0)
             + 20.0 * math.log10(fg)
-            - (3.2 * math.log10(11.75 * hu) ** 2 - 4.97)
+            - (3.2 * _log(11.75 * hu) ** 2 - 4.97)
         )
     elif scenario == "inh":
         pl_los = 32.4 + 17.3 * _log(d3) + 20.0 * math.log10(fg)
@@ -214,7 +224,7 @@ def shadowing_std_db(
     *,
     freq_hz: float,
     h_bs_m: float,
-    h_ut_m: float,
+    h_ut_m: Height,
 ) -> FloatArray:
     """The shadow fading's standard deviation [dB] (Table 7.4.1-1): the scenario's LOS or NLOS
     value; RMa LOS is 4 dB up to the breakpoint distance and 6 dB beyond it."""
@@ -226,13 +236,13 @@ def shadowing_std_db(
     return np.asarray(np.where(np.asarray(los, dtype=bool), los_db, sc.sf_std_db[1]), np.float64)
 
 
-def los_probability(scenario: str, d2d_m: npt.ArrayLike, *, h_ut_m: float = 1.5) -> FloatArray:
+def los_probability(scenario: str, d2d_m: npt.ArrayLike, *, h_ut_m: Height = 1.5) -> FloatArray:
     """Probability of line of sight at 2D distance ``d2d_m`` [m] (Table 7.4.2-1)."""
     d = np.maximum(np.asarray(d2d_m, dtype=np.float64), 1e-9)
     if scenario == "umi":
         return np.where(d <= 18.0, 1.0, 18.0 / d + np.exp(-d / 36.0) * (1.0 - 18.0 / d))
     if scenario == "uma":
-        c = 0.0 if h_ut_m <= 13.0 else ((h_ut_m - 13.0) / 10.0) ** 1.5
+        c = (np.maximum(np.asarray(h_ut_m) - 13.0, 0.0) / 10.0) ** 1.5  # 0 up to 13 m
         base = 18.0 / d + np.exp(-d / 63.0) * (1.0 - 18.0 / d)
         p = base * (1.0 + c * 1.25 * (d / 100.0) ** 3 * np.exp(-d / 150.0))
         return np.where(d <= 18.0, 1.0, p)
@@ -245,3 +255,36 @@ def los_probability(scenario: str, d2d_m: npt.ArrayLike, *, h_ut_m: float = 1.5)
             np.where(d < 6.5, np.exp(-(d - 1.2) / 4.7), 0.32 * np.exp(-(d - 6.5) / 32.6)),
         )
     raise ConfigError(f"radio.scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")
+
+
+def indoor_heights(users: int, h_ut_m: float, rng: np.random.Generator) -> npt.NDArray[np.float64]:
+    """Indoor users' heights in UMa and UMi (TR 38.901 Table 7.4.1-1, note on h_UT):
+    3 (n_fl - 1) + ``h_ut_m`` with the floor n_fl uniform in 1..N_fl, N_fl uniform in 4..8."""
+    floors = rng.integers(4, 9, size=users)
+    n_fl = np.floor(rng.random(users) * floors) + 1.0
+    return np.asarray(3.0 * (n_fl - 1.0) + h_ut_m, dtype=np.float64)
+
+
+# TR 38.901 7.4.3.1: an indoor user's distance from the wall is the smaller of two draws uniform
+# over [0, this]: 25 m in UMa and UMi, 10 m in RMa.
+INDOOR_DEPTH_M = {"uma": 25.0, "umi": 25.0, "rma": 10.0}
+
+
+def o2i_loss_db(
+    freq_hz: float, high_loss: npt.ArrayLike, d_in_m: npt.ArrayLike
+) -> tuple[FloatArray, FloatArray]:
+    """Building penetration of an indoor user (TR 38.901 7.4.3.1, Tables 7.4.3-1 and 7.4.3-2):
+    the mean loss PL_tw + PL_in [dB] and the standard deviation sigma_P [dB] of its spread, for
+    the low-loss (standard glass, 30%, and concrete) or high-loss (IRR glass, 70%, and
+    concrete) model, ``d_in_m`` from the wall (PL_in = 0.5 d_2D-in)."""
+    f = freq_hz / 1e9
+    glass, irr_glass, concrete = 2.0 + 0.2 * f, 23.0 + 0.3 * f, 5.0 + 4.0 * f
+
+    def wall(parts: tuple[tuple[float, float], ...]) -> float:
+        return 5.0 - 10.0 * math.log10(sum(w * 10.0 ** (-db / 10.0) for w, db in parts))
+
+    low = wall(((0.3, glass), (0.7, concrete)))
+    high = wall(((0.7, irr_glass), (0.3, concrete)))
+    is_high = np.asarray(high_loss, dtype=bool)
+    mean = np.where(is_high, high, low) + 0.5 * np.asarray(d_in_m, dtype=np.float64)
+    return np.asarray(mean, np.float64), np.asarray(np.where(is_high, 6.5, 4.4), np.float64)

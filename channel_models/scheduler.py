@@ -2,7 +2,9 @@
 
 Layer: pure (numpy; no I/O). Every user is taken as backlogged (the link state is the rate a
 user gets when it has data, as a shaper needs). Each function returns the share of the cell's
-PRBs each user holds in each slot, [users, slots], summing to 1 over a cell's users.
+PRBs each user holds in each slot, [users, slots], summing to 1 over a cell's users. A user's
+cell is fixed ([users]) or changes with handovers ([users, ticks], a tick a whole number of
+slots).
 
 - ``round_robin``: equal shares in every slot.
 - ``proportional_fair``: each slot's resource-block groups go to the users with the largest
@@ -22,64 +24,121 @@ import numpy.typing as npt
 
 from emu.errors import ConfigError
 
-__all__ = ["SCHEDULERS", "min_max_upload", "proportional_fair", "round_robin", "shares"]
+__all__ = [
+    "SCHEDULERS",
+    "cell_totals",
+    "min_max_upload",
+    "proportional_fair",
+    "round_robin",
+    "shares",
+]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 SCHEDULERS = ("rr", "pf", "minmax")
 
 
-def _groups(cell: IntArray) -> list[IntArray]:
-    return [np.flatnonzero(cell == c) for c in np.unique(cell)]
+def _per_tick(cell: IntArray, slots: int) -> IntArray:
+    """Each user's cell per tick [users, ticks] (a cell for the whole run: one tick)."""
+    c = np.asarray(cell, dtype=np.int64)
+    c = c[:, None] if c.ndim == 1 else c
+    if slots % c.shape[1]:
+        raise ValueError(f"{slots} slots do not split into {c.shape[1]} ticks")
+    return c
+
+
+def cell_totals(x: FloatArray, cell: IntArray) -> FloatArray:
+    """Per user and slot, the sum of ``x`` [users, slots] over the users of its cell in that
+    slot; ``cell``: [users] or [users, ticks] (each tick a whole number of slots)."""
+    users, slots = x.shape
+    c = _per_tick(cell, slots)
+    ticks = c.shape[1]
+    per = slots // ticks
+    key = (c * ticks + np.arange(ticks)).ravel()  # one key per (cell, tick)
+    xs = x.reshape(users * ticks, per)
+    n = int(key.max()) + 1
+    acc = np.empty((n, per))
+    for j in range(per):
+        acc[:, j] = np.bincount(key, weights=xs[:, j], minlength=n)
+    return np.asarray(acc[key].reshape(users, slots), dtype=np.float64)
 
 
 def round_robin(rate: FloatArray, cell: IntArray) -> FloatArray:
-    share = np.zeros_like(rate)
-    for members in _groups(cell):
-        share[members] = 1.0 / members.size
-    return share
+    """Equal shares of each cell among its users, in every slot."""
+    return 1.0 / cell_totals(np.ones_like(rate), cell)
+
+
+class _Members:
+    """The users of each cell as rows of an index matrix [cells, most users], padded with
+    ``pad`` (an index past the users), rebuilt only when the membership changes."""
+
+    def __init__(self, users: int, groups: int) -> None:
+        self.pad, self.groups = users, groups
+        self.key: IntArray | None = None
+        self.index = np.zeros((0, 0), dtype=np.int64)
+        self.k = 1
+        self.share = np.zeros(0)
+
+    def update(self, cell: IntArray) -> None:
+        if self.key is not None and np.array_equal(cell, self.key):
+            return
+        self.key = cell.copy()
+        order = np.argsort(cell, kind="stable")
+        cells, start, sizes = np.unique(cell[order], return_index=True, return_counts=True)
+        width = int(sizes.max())
+        index = np.full((cells.size, width), self.pad, dtype=np.int64)
+        col = np.arange(cell.size) - np.repeat(start, sizes)
+        index[np.repeat(np.arange(cells.size), sizes), col] = order
+        self.index = index
+        self.k = min(self.groups, width)
+        # each cell gives its groups to min(groups, its users) users, one group each
+        self.share = 1.0 / np.minimum(self.groups, sizes).astype(np.float64)
+        self.full = bool(sizes.min() >= self.k)  # no row short of k users: no padding chosen
+        self.part = np.repeat(self.share, self.k)
+        self.metric = np.empty(index.shape)
+        self.flat = index.ravel()
+        self.row_start = (np.arange(cells.size) * width)[:, None]
 
 
 def proportional_fair(
     rate: FloatArray, cell: IntArray, *, tc_slots: float = 100.0, groups: int = 1
 ) -> FloatArray:
-    """``rate`` [users, slots]: what each user would get with the whole cell in that slot.
-    Each slot's ``groups`` resource-block groups go to the users of each cell with the largest
-    PF metrics, one group each (a user with a group holds 1/groups of the cell)."""
+    """``rate`` [users, slots]: what each user would get with the whole cell in that slot;
+    ``cell``: [users] or [users, ticks]. Each slot's ``groups`` resource-block groups go to the
+    users of each cell with the largest PF metrics, one group each (a cell with fewer users
+    than groups gives each of them an equal part)."""
     users, slots = rate.shape
+    c = _per_tick(cell, slots)
+    per = slots // c.shape[1]
     avg = np.maximum(rate.mean(axis=1), 1e-9)  # start from the long-term mean: no warm-up
     beta = 1.0 / tc_slots
-    cells, sizes = np.unique(cell, return_counts=True)
-    # Every cell serves k users a slot (k: the groups, or the smallest cell's users).
-    k = int(min(groups, sizes.min()))
     # Slot-major copies, so that each slot reads and writes contiguous memory.
     rate_t = np.ascontiguousarray(rate.T)
     share_t = np.zeros((slots, users))
-    blocks = bool(np.all(sizes == sizes[0])) and bool(np.all(cell == np.repeat(cells, sizes[0])))
-    if blocks:
-        # Cells as equal contiguous blocks (one cell, or the two directions of one): the
-        # metric reshapes to [cells, users per cell] with no masking.
-        offset = (np.arange(cells.size) * sizes[0])[:, None]
-        shape = (cells.size, int(sizes[0]))
-    else:
-        outside = np.where(cell[None, :] == cells[:, None], 0.0, -np.inf)  # [cells, users]
+    metric = np.full(users + 1, -np.inf)  # the last entry: the padding's, never chosen
+    members = _Members(users, groups)
     for t in range(slots):
+        if t % per == 0:
+            members.update(c[:, t // per])
+            index, flat, start, buf = members.index, members.flat, members.row_start, members.metric
+            k, part, full = members.k, members.part, members.full
         r = rate_t[t]
-        metric = r / avg
-        if blocks:
-            m = metric.reshape(shape)
-            local = (
-                m.argmax(axis=1)[:, None] if k == 1 else np.argpartition(-m, k - 1, axis=1)[:, :k]
-            )
-            winners = (local + offset).ravel()
+        np.divide(r, avg, out=metric[:users])
+        m = metric.take(index, out=buf)
+        if k == 1:
+            local = m.argmax(axis=1)[:, None]
         else:
-            m = outside + metric
-            winners = (
-                m.argmax(axis=1) if k == 1 else np.argpartition(-m, k - 1, axis=1)[:, :k].ravel()
-            )
-        share_t[t, winners] = 1.0 / k
+            np.negative(m, out=m)
+            local = m.argpartition(k - 1, axis=1)[:, :k]
+        winners = flat[(local + start).ravel()]
+        got = part
+        if not full:
+            real = winners < users
+            winners, got = winners[real], part[real]
+        row = share_t[t]
+        row[winners] = got
         avg *= 1.0 - beta
-        avg[winners] += beta * r[winners] / k
+        avg[winners] += beta * r[winners] * got
         np.maximum(avg, 1e-9, out=avg)
     return np.ascontiguousarray(share_t.T)
 
@@ -87,11 +146,8 @@ def proportional_fair(
 def min_max_upload(rate: FloatArray, cell: IntArray, payload_bits: FloatArray) -> FloatArray:
     """Shares proportional to payload / rate within each cell (0-rate users get nothing)."""
     need = np.where(rate > 0, payload_bits[:, None] / np.maximum(rate, 1e-30), 0.0)
-    share = np.zeros_like(rate)
-    for members in _groups(cell):
-        total = need[members].sum(axis=0, keepdims=True)
-        share[members] = np.where(total > 0, need[members] / np.maximum(total, 1e-30), 0.0)
-    return share
+    total = cell_totals(need, cell)
+    return np.asarray(np.where(total > 0, need / np.maximum(total, 1e-30), 0.0), np.float64)
 
 
 def shares(

@@ -9,8 +9,9 @@ TS 38.213 7.1.1, the PUSCH power of a transmission on ``M`` resource blocks at n
     P = min(P_CMAX, P_O_PUSCH + 10 log10(2^mu M) + alpha PL + Delta_TF + f)
 
 with ``Delta_TF = 0`` (no MCS-dependent offset) and ``f = 0`` (no closed-loop corrections):
-the open loop alone. ``PL`` is the downlink path loss the user estimates (large-scale: path
-loss and shadowing, no fast fading). ``alpha`` takes the values TS 38.331 allows.
+the open loop alone. ``PL`` is the downlink loss the user estimates: the reference signal's
+power less its filtered RSRP, so the coupling loss to its cell (path loss, shadowing and both
+antennas' gains; no fast fading). ``alpha`` takes the values TS 38.331 allows.
 
 Interference (full load, a mean over the scheduler's choices): every PRB of every other cell
 carries one of its users at a time, each in proportion to its share of the cell's PRBs; the
@@ -72,27 +73,53 @@ def headroom_db(pl_db: npt.ArrayLike, n_prb: int, pc: PowerControl) -> FloatArra
 
 
 def interference_over_thermal_db(
-    pl_all_db: FloatArray,
+    loss_db: FloatArray,
     serving: npt.NDArray[np.int64],
     prbs: FloatArray,
     pc: PowerControl,
     *,
-    own_pl_db: FloatArray,
-    gains_db: float,
+    own_loss_db: FloatArray,
     noise_prb_dbm: float,
 ) -> FloatArray:
-    """Each cell's uplink interference over thermal [dB] per tick: ``pl_all_db`` [users, cells,
-    ticks] every user's path loss to every cell, ``serving`` each user's cell, ``prbs`` [users]
-    the resource blocks each uses when scheduled (its share of its cell's PRBs is 1 / the
-    users the cell serves), ``own_pl_db`` [users, ticks] the path loss each user's power
-    control estimates (to its own cell, shadowing included). ``noise_prb_dbm``: the
-    receiver's noise in one PRB."""
-    cells = pl_all_db.shape[1]
-    power = pusch_dbm(own_pl_db, prbs[:, None], pc)
-    per_prb_mw = 10.0 ** ((power - _db(prbs)[:, None]) / 10.0)  # [users, ticks]
-    members = np.bincount(serving, minlength=cells).astype(np.float64)
-    weight = per_prb_mw / members[serving][:, None]  # a PRB of its cell, this share of the time
-    received = weight[:, None, :] * 10.0 ** ((gains_db - pl_all_db) / 10.0)  # [users, cells, t]
-    foreign = serving[:, None] != np.arange(cells)[None, :]  # [users, cells]
-    interference = (received * foreign[:, :, None]).sum(axis=0)  # [cells, ticks]
+    """Each cell's uplink interference over thermal [dB] per tick [cells, ticks]: ``loss_db``
+    [users, cells, ticks] every user's coupling loss to every cell (path loss, shadowing and
+    both antennas' gains), ``serving`` [users, ticks] each user's cell, ``prbs`` [users, ticks]
+    the resource blocks each uses when scheduled (its share of its cell's PRBs is 1 / the users
+    the cell serves), ``own_loss_db`` [users, ticks] the loss each user's power control
+    estimates (TS 38.213: the reference signal's power less the filtered RSRP, so the
+    coupling loss to its own cell). ``noise_prb_dbm``: the receiver's noise in one PRB."""
+    cells, ticks = loss_db.shape[1], loss_db.shape[2]
+    serving = np.broadcast_to(serving, (serving.shape[0], ticks))
+    power = pusch_dbm(own_loss_db, prbs, pc)
+    per_prb_mw = 10.0 ** ((power - _db(prbs)) / 10.0)  # [users, ticks]
+    key = (serving * ticks + np.arange(ticks)).ravel()
+    members = np.bincount(key, minlength=cells * ticks)[key].reshape(serving.shape)
+    weight = per_prb_mw / members  # a PRB of its cell, this share of the time
+    received = weight[:, None, :] * 10.0 ** (-loss_db / 10.0)  # [users, cells, ticks]
+    foreign = serving[:, None, :] != np.arange(cells)[None, :, None]
+    interference = (received * foreign).sum(axis=0)  # [cells, ticks]
     return np.asarray(_db(1.0 + interference / 10.0 ** (noise_prb_dbm / 10.0)), dtype=np.float64)
+
+
+def interference_per_slot(
+    loss_db: FloatArray,
+    serving: npt.NDArray[np.int64],
+    occupancy: FloatArray,
+    per_prb_dbm: FloatArray,
+) -> FloatArray:
+    """The interference [mW] on a PRB of each user's own cell in each slot [users, slots],
+    from the users the other cells schedule in that slot: ``occupancy`` [users, slots] the
+    share of its cell's PRBs each user holds (the chance that a given PRB carries it),
+    ``per_prb_dbm`` [users, ticks'] its power on each of them, ``loss_db`` [users, cells,
+    ticks'] and ``serving`` [users, ticks'] as in ``interference_over_thermal_db`` (a tick
+    a whole number of slots; ticks' = 1: the same all along)."""
+    users, cells, ticks = loss_db.shape
+    slots = occupancy.shape[1]
+    per = slots // ticks
+    foreign = serving[:, None, :] != np.arange(cells)[None, :, None]
+    gain = 10.0 ** (-loss_db / 10.0) * foreign  # [users, cells, ticks']
+    sent = occupancy.reshape(users, ticks, per) * 10.0 ** (per_prb_dbm / 10.0)[:, :, None]
+    # heard[t, c, s] = sum over users of gain[u, c, t] sent[u, t, s]
+    heard = np.matmul(gain.transpose(2, 1, 0), sent.transpose(1, 0, 2))  # [ticks', cells, per]
+    at = heard[np.arange(ticks)[None, :], serving]  # [users, ticks', per]
+    return np.asarray(at.reshape(users, slots), dtype=np.float64)

@@ -136,6 +136,12 @@ def print_channel(out: dict[str, Any], console: Console | None = None) -> None:
         f"{r['scenario']} at {r['carrier_hz'] / 1e9:g} GHz, {r['bandwidth_hz'] / 1e6:g} MHz, "
         f"{r['scheduler']} scheduler, {r['link']} link, {out['duration_s']:g} s "
         f"(generated in {out['generate_s']:.1f} s)"
+        + (
+            f", {out['handovers']} handovers ({out['handovers_per_user_minute']:.2f} a user "
+            "a minute)"
+            if out.get("handovers")
+            else ""
+        )
     )
     t = Table()
     cols = ["user", "cell", "distance m", "LOS", "SINR dB", "up Mbit/s", "down Mbit/s"]

@@ -115,10 +115,11 @@ class SimSummary:
     seed: int
     results: Mapping[str, SimResult]
     wall_s: float
+    handovers: tuple[int, ...] | None = None  # on radio links: each user's, the same trace
     mode: str = "sim"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "mode": self.mode,
             "scenario": self.scenario,
             "models": dict(self.models),
@@ -129,6 +130,9 @@ class SimSummary:
             "results": {p: r.to_json() for p, r in self.results.items()},
             "wall_s": self.wall_s,
         }
+        if self.handovers is not None:
+            out["handovers"] = list(self.handovers)
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,7 +6,8 @@ states; this module writes, into the run directory:
 - ``traces/user-<i>.up`` and ``.down``: packet-delivery traces in Mahimahi's format (one line
   per delivery opportunity of 1504 bytes), for trace-driven shaping;
 - ``linkstates.npz``: per user, per direction, per tick: rate_bps, delay_ms, jitter_ms, loss
-  (and the tick times, SINR, distance and LOS state);
+  (and the tick times, SINR, the serving cell, distance, LOS state, coupling loss and
+  geometry SINR);
 - ``summary.json`` (the ``--json`` object) and ``scenario.toml`` (resolved), then, unless
   ``channel.plots`` is false (``--no-plots``), plots: SINR, rate and delay against time for a
   few users, and CDFs over all users.
@@ -56,6 +57,8 @@ def run_channel(sc: Scenario, out_dir: Path) -> dict[str, Any]:
         distance_m=trace.distance_m,
         los=trace.los,
         cell=trace.cell,
+        coupling_loss_db=trace.coupling_loss_db,
+        geometry_db=trace.geometry_db,
     )
     out = {
         "mode": "channel",
@@ -65,6 +68,8 @@ def run_channel(sc: Scenario, out_dir: Path) -> dict[str, Any]:
             "carrier_hz": sc.radio.carrier_hz,
             "bandwidth_hz": sc.radio.bandwidth_hz,
             "numerology": sc.radio.numerology,
+            "sites": sc.radio.sites,
+            "sectors": sc.radio.sectors,
             "cells": sc.radio.cells,
             "link": sc.radio.link,
             "scheduler": sc.radio.scheduler,
@@ -75,6 +80,10 @@ def run_channel(sc: Scenario, out_dir: Path) -> dict[str, Any]:
         "duration_s": sc.sim.duration_s,
         "seed": sc.sim.seed,
         "users": _users(trace),
+        "handovers": int(trace.handovers.sum()),
+        "handovers_per_user_minute": float(
+            trace.handovers.mean() / max(sc.sim.duration_s, 1e-9) * 60.0
+        ),
         "traces": written,
         "generate_s": gen_s,
     }
@@ -99,12 +108,13 @@ def _save_npz(path: Path, **arrays: npt.ArrayLike) -> None:
 
 def _users(tr: RadioTrace) -> list[dict[str, Any]]:
     rows = []
-    for u in range(tr.cell.size):
+    for u in range(tr.handovers.size):
         up, dn = tr.up, tr.down
         rows.append(
             {
                 "user": u,
-                "cell": int(tr.cell[u]),
+                "cell": int(tr.cell[u, 0]),  # the first; then ``handovers`` changes of cell
+                "handovers": int(tr.handovers[u]),
                 "distance_m": float(tr.distance_m[u].mean()),
                 "los": bool(tr.los[u].mean() >= 0.5),
                 "los_share": float(tr.los[u].mean()),
@@ -127,7 +137,7 @@ def _users(tr: RadioTrace) -> list[dict[str, Any]]:
 def _write_traces(tr: RadioTrace, where: Path) -> list[str]:
     where.mkdir(parents=True, exist_ok=True)
     written = []
-    for u in range(tr.cell.size):
+    for u in range(tr.handovers.size):
         for name, series in (("up", tr.up), ("down", tr.down)):
             path = where / f"user-{u}.{name}"
             try:
@@ -144,7 +154,7 @@ def _plots(tr: RadioTrace, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = range(min(PLOTTED_USERS, tr.cell.size))
+    shown = range(min(PLOTTED_USERS, tr.handovers.size))
     fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
     for u in shown:
         axes[0].plot(tr.t_s, tr.sinr_down_db[u], label=f"user {u}")

@@ -272,6 +272,7 @@ def simulate(
             seed=sc.sim.seed,
             results=dict(results),
             wall_s=time.perf_counter() - t_wall,
+            handovers=None if radio is None else tuple(int(h) for h in radio.handovers),
         )
 
     try:

@@ -70,7 +70,7 @@ def test_far_users_lose_packets_and_shannon_mode_has_no_block_errors() -> None:
 def test_neighbour_cells_interfere_on_the_downlink() -> None:
     one = generate(RadioConfig(cell_radius_m=150.0), 30, 1.0, np.random.default_rng(4))
     seven = generate(
-        RadioConfig(cell_radius_m=150.0, cells=7, isd_m=200.0), 30, 1.0, np.random.default_rng(4)
+        RadioConfig(cell_radius_m=150.0, sites=7, isd_m=200.0), 30, 1.0, np.random.default_rng(4)
     )
     assert seven.sinr_down_db.mean() < one.sinr_down_db.mean() - 10
     assert set(np.unique(seven.cell)) <= set(range(7)) and np.unique(seven.cell).size > 1
@@ -127,7 +127,7 @@ def test_the_schedulers_average_is_the_first_order_filter_it_replaces(beta: floa
 
 def test_one_cells_margin_is_no_setting_where_the_layout_computes_the_interference() -> None:
     with pytest.raises(ConfigError, match=r"radio\.ul_iot_db is computed with several cells"):
-        RadioConfig(cells=7, ul_iot_db=3.0)
+        RadioConfig(sites=7, ul_iot_db=3.0)
 
 
 def test_power_control_holds_near_users_below_their_maximum() -> None:

@@ -31,39 +31,46 @@ def test_headroom_is_the_whole_carriers_open_loop_against_p_cmax() -> None:
 
 
 def test_each_cell_hears_the_other_cells_users_at_their_own_powers() -> None:
-    """Two cells, a user each on 10 PRB, mu 0, P0 -80 dBm, alpha 0.8, 8 dB of antenna gains,
-    a PRB's noise -116.45 dBm (-174 + 10 log10(180 kHz) + 5 dB).
-    User 0 (cell 0, PL 90 dB; 120 dB to cell 1): -80 + 10 + 72 = 2 dBm, -8 dBm a PRB, heard
-    at cell 1 at -8 + 8 - 120 = -120 dBm: IoT = 10 log10(1 + 10^(-3.55/10)) = 1.59 dB.
-    User 1 (cell 1, PL 100 dB; 110 dB to cell 0): 10 dBm, 0 dBm a PRB, heard at cell 0 at
-    -102 dBm: IoT = 10 log10(1 + 10^(14.45/10)) = 14.60 dB."""
+    """Two cells, a user each on 10 PRB, mu 0, P0 -80 dBm, alpha 0.8, coupling losses (path
+    loss less 8 dB of antenna gains: what a user's power control estimates, TS 38.213 7.1.1's
+    reference power less RSRP), a PRB's noise -116.45 dBm (-174 + 10 log10(180 kHz) + 5 dB).
+    User 0 (cell 0, loss 82 dB; 112 dB to cell 1): -80 + 10 + 65.6 = -4.4 dBm, -14.4 dBm a
+    PRB, heard at cell 1 at -126.4 dBm: IoT = 10 log10(1 + 10^(-9.95/10)) = 0.42 dB.
+    User 1 (cell 1, loss 92 dB; 102 dB to cell 0): 3.6 dBm, -6.4 dBm a PRB, heard at cell 0
+    at -108.4 dBm: IoT = 10 log10(1 + 10^(8.05/10)) = 8.68 dB."""
     noise = -174.0 + 10 * math.log10(180e3) + 5.0
-    pl = np.array([[[90.0], [120.0]], [[110.0], [100.0]]])  # [users, cells, ticks]
+    loss = np.array([[[82.0], [112.0]], [[102.0], [92.0]]])  # [users, cells, ticks]
     pc = PowerControl(p0_dbm=-80.0, alpha=0.8, numerology=0, p_max_dbm=23.0)
-    own = pl[[0, 1], [0, 1]]  # each user's path loss to its own cell
+    serving = np.array([[0], [1]])
+    own = np.array([[82.0], [92.0]])  # each user's loss to its own cell
     iot = interference_over_thermal_db(
-        pl, np.array([0, 1]), np.array([10.0, 10.0]), pc, own_pl_db=own, gains_db=8.0,
-        noise_prb_dbm=noise,
-    )  # fmt: skip
+        loss, serving, np.full((2, 1), 10.0), pc, own_loss_db=own, noise_prb_dbm=noise
+    )
 
     def over_thermal(heard_dbm: float) -> float:
         return 10 * math.log10(1 + 10 ** ((heard_dbm - noise) / 10))
 
-    assert iot[:, 0] == pytest.approx([over_thermal(-102.0), over_thermal(-120.0)])
-    assert iot[:, 0] == pytest.approx([14.60, 1.59], abs=0.01)
+    assert iot[:, 0] == pytest.approx([over_thermal(-108.4), over_thermal(-126.4)])
+    assert iot[:, 0] == pytest.approx([8.68, 0.42], abs=0.01)
 
 
 def test_a_cells_users_interfere_each_on_its_share_of_the_time() -> None:
     """Cell 1 serves two users on 10 PRB each, so each holds a given PRB half the time. At
-    cell 0 the PRB hears each at its own power: user 1 (PL 100 dB to cell 1, 110 dB to cell 0)
-    at -102 dBm as above, user 2 (PL 90 dB, 115 dB to cell 0) at -80 + 10 + 72 - 10 = -8 dBm a
-    PRB, heard at -8 + 8 - 115 = -115 dBm; the mean is (10^-10.2 + 10^-11.5) / 2 mW."""
+    cell 0 the PRB hears each at its own power: user 1 (loss 92 dB to cell 1, 102 dB to cell
+    0) at -108.4 dBm as above, user 2 (loss 82 dB, 107 dB to cell 0) at -80 + 10 + 65.6 - 10 =
+    -14.4 dBm a PRB, heard at -121.4 dBm; the mean is (10^-10.84 + 10^-12.14) / 2 mW. When
+    user 2 hands over to cell 0 (the second tick) cell 1 has one user, and cell 0 hears only
+    user 1, all the time."""
     noise = -174.0 + 10 * math.log10(180e3) + 5.0
-    pl = np.array([[[90.0], [120.0]], [[110.0], [100.0]], [[115.0], [90.0]]])
-    serving = np.array([0, 1, 1])
+    loss = np.array(
+        [[[82.0] * 2, [112.0] * 2], [[102.0] * 2, [92.0] * 2], [[107.0] * 2, [82.0] * 2]]
+    )
+    serving = np.array([[0, 0], [1, 1], [1, 0]])
     pc = PowerControl(p0_dbm=-80.0, alpha=0.8, numerology=0, p_max_dbm=23.0)
-    own = pl[[0, 1, 2], serving]
-    iot = interference_over_thermal_db(pl, serving, np.full(3, 10.0), pc, own_pl_db=own,
-                                       gains_db=8.0, noise_prb_dbm=noise)  # fmt: skip
-    heard_mw = (10 ** (-102.0 / 10) + 10 ** (-115.0 / 10)) / 2
+    own = loss[np.arange(3)[:, None], serving, np.arange(2)[None, :]]
+    iot = interference_over_thermal_db(loss, serving, np.full((3, 2), 10.0), pc,
+                                       own_loss_db=own, noise_prb_dbm=noise)  # fmt: skip
+    heard_mw = (10 ** (-108.4 / 10) + 10 ** (-121.4 / 10)) / 2
     assert float(iot[0, 0]) == pytest.approx(10 * math.log10(1 + heard_mw / 10 ** (noise / 10)))
+    alone_mw = 10 ** (-108.4 / 10)
+    assert float(iot[0, 1]) == pytest.approx(10 * math.log10(1 + alone_mw / 10 ** (noise / 10)))
