@@ -18,9 +18,11 @@ Modelling choices, each a simplification a user should know:
 - Each site's shadowing and LOS state are their own processes (sectors of a site share them).
 - Uplink and downlink see the same fading (TDD reciprocity). The downlink's interference is
   every other cell's base station at full power (full load); the uplink's, with several
-  cells, the other cells' users at their own powers, each on its share of its cell's PRBs
-  (``channel_models.uplink``; a mean over the schedulers' choices in each tick), and with one
-  cell the margin ``ul_iot_db`` (interference from outside the layout).
+  cells, the users the other cells schedule in the same slot, at their own powers, each on
+  its share of its cell's PRBs (``channel_models.uplink``; a PRB's chance of carrying a user
+  is that user's share), and with one cell the margin ``ul_iot_db`` (interference from
+  outside the layout). The scheduler plans the uplink with the interference it expects (the
+  mean over the other cells' choices in the tick); the transport blocks meet the slot's own.
 - A user's uplink power follows open-loop fractional power control (TS 38.213 7.1.1:
   ``ul_p0_dbm``, ``ul_alpha``, capped at ``ue_power_dbm``; the loss it estimates is its
   coupling loss) on its share of the PRBs, so a smaller share has a higher SINR while the open
@@ -205,6 +207,26 @@ def _at_serving(x: FloatArray, serving: npt.NDArray[np.int64]) -> FloatArray:
     return np.asarray(x[rows, serving, np.arange(x.shape[2])[None, :]])
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Interference:
+    """The uplink's interference over thermal [dB] at each user's cell: ``expected`` per tick
+    (what the scheduler and link adaptation plan with) and ``realised`` per slot, from the
+    users the other cells schedule in that slot (with one cell: the fixed margin)."""
+
+    expected: FloatArray | float
+    loss_db: FloatArray | None = None  # [users, cells, ticks']
+    serving: npt.NDArray[np.int64] | None = None  # [users, ticks']
+    per_prb_dbm: FloatArray | None = None  # [users, ticks']
+    noise_prb_dbm: float = 0.0
+
+    def realised(self, occupancy: FloatArray) -> FloatArray:
+        """Per slot [users, slots] given each user's share of its cell's PRBs [users, slots]."""
+        if self.loss_db is None or self.serving is None or self.per_prb_dbm is None:
+            return np.asarray(self.expected, dtype=np.float64)
+        heard = ul.interference_per_slot(self.loss_db, self.serving, occupancy, self.per_prb_dbm)
+        return _db(1.0 + heard / 10.0 ** (self.noise_prb_dbm / 10.0))
+
+
 def _members(serving: npt.NDArray[np.int64], cells: int) -> FloatArray:
     """How many users each user's cell serves, per tick [users, ticks']."""
     ticks = serving.shape[1]
@@ -274,37 +296,50 @@ def generate(
     members = _members(cell, lay.cells)
     groups = _rbg_count(n_prb)
     per_slot = np.minimum(groups, members) if cfg.scheduler == "pf" else members
-    iot: FloatArray | float = cfg.ul_iot_db
+    intf = _Interference(expected=cfg.ul_iot_db)
     if lay.cells > 1:  # the other cells' scheduled users, at their own powers
         prb_hz = 12 * 15e3 * 2**cfg.numerology
+        noise_prb = nr.thermal_noise_dbm(prb_hz, cfg.bs_noise_figure_db)
+        prbs = n_prb / per_slot
         per_cell = ul.interference_over_thermal_db(
-            -big.coupling_db, cell, n_prb / per_slot, pc, own_loss_db=-gain_db,
-            noise_prb_dbm=nr.thermal_noise_dbm(prb_hz, cfg.bs_noise_figure_db),
-        )  # [cells, ticks']  # fmt: skip
-        iot = per_cell[cell, np.arange(cell.shape[1])[None, :]]
-    ul_large = cfg.ue_power_dbm + gain_db - noise_ul - iot
-    sinr_ul_full = (ul_large[:, :, None] + fade_db).reshape(users, slots)
+            -big.coupling_db, cell, prbs, pc, own_loss_db=-gain_db, noise_prb_dbm=noise_prb
+        )  # [cells, ticks']
+        intf = _Interference(
+            expected=per_cell[cell, np.arange(cell.shape[1])[None, :]],
+            loss_db=-big.coupling_db,
+            serving=cell,
+            per_prb_dbm=ul.pusch_dbm(-gain_db, prbs, pc) - _db(prbs),
+            noise_prb_dbm=noise_prb,
+        )
+    thermal = cfg.ue_power_dbm + gain_db - noise_ul  # [users, ticks']
+    ul_thermal_full = (thermal[:, :, None] + fade_db).reshape(users, slots)
+    sinr_ul_full = ((thermal - intf.expected)[:, :, None] + fade_db).reshape(users, slots)
     del gain, fade_db, heard
 
     lag = max(0, round(cfg.cqi_delay_ms * 1e-3 / slot_s))
     pf: tuple[_Scheduled, _Scheduled] | None = None
     if cfg.scheduler == "pf":
-        # Both directions in one pass of the scheduler (its loop over slots is the cost).
-        sinr_ul_full = _impaired(cfg, _concentrated(sinr_ul_full, _db(per_slot), headroom))
-        sent = (
-            _bits(cfg, sinr_ul_full, n_prb, slot_s, lag),
-            _bits(cfg, sinr_dl, n_prb, slot_s, lag),
-        )
-        both = np.vstack([sent[0][0], sent[1][0]])
+        # Both directions in one pass of the scheduler (its loop over slots is the cost), on
+        # the uplink's expected interference; then the uplink as the other cells' choices of
+        # the same slots make it.
+        expected = _impaired(cfg, _concentrated(sinr_ul_full, _db(per_slot), headroom))
+        sent_dl = _bits(cfg, sinr_dl, n_prb, slot_s, lag)
+        both = np.vstack([_bits(cfg, expected, n_prb, slot_s, lag)[0], sent_dl[0]])
+        del expected
         tc = cfg.pf_tc_ms * 1e-3 / slot_s
-        share = shares("pf", both, np.vstack([cell, cell + lay.cells]), tc_slots=tc, groups=groups)
+        held = shares("pf", both, np.vstack([cell, cell + lay.cells]), tc_slots=tc, groups=groups)
+        sinr_ul_full = _concentrated(ul_thermal_full, _db(per_slot), headroom)
+        sinr_ul_full -= intf.realised(held[:users])
+        sinr_ul_full = _impaired(cfg, sinr_ul_full)
         # A user's share over PF's own window: the rate it gets when it has data, not all or
         # nothing within a tick (a window shorter than a slot: the slot's own share).
-        share = _ewma(share, min(1.0, 1.0 / tc))
-        pf = ((share[:users], sent[0]), (share[users:], sent[1]))
+        share = _ewma(held, min(1.0, 1.0 / tc))
+        sent_ul = _bits(cfg, sinr_ul_full, n_prb, slot_s, lag)
+        pf = ((share[:users], sent_ul), (share[users:], sent_dl))
     up = _direction(
         cfg, sinr_ul_full, cell, n_prb, slot_s=slot_s, lag=lag, uplink=True, members=members,
-        scheduled=pf and pf[0], headroom=headroom, cut=served.interrupted,
+        scheduled=pf and pf[0], cut=served.interrupted,
+        uplink_power=(headroom, ul_thermal_full, intf),
     )  # fmt: skip
     down = _direction(
         cfg, sinr_dl, cell, n_prb, slot_s=slot_s, lag=lag, uplink=False, members=members,
@@ -444,13 +479,14 @@ def _direction(
     members: FloatArray,
     cut: npt.NDArray[np.bool_],
     scheduled: _Scheduled | None = None,
-    headroom: FloatArray | None = None,
+    uplink_power: tuple[FloatArray, FloatArray, _Interference] | None = None,
 ) -> _Slots:
     """One direction's goodput and HARQ figures per slot; ``cell`` and ``members`` [users,
     ticks']: each user's cell and how many users it serves; ``cut`` [users, ticks']: no link
     (a handover's interruption); ``scheduled``: the PF scheduler's shares, and the bits and MCS
-    it decided on; ``headroom``: the uplink's power control [users, ticks']
-    (``uplink.headroom_db``)."""
+    it decided on; ``uplink_power``: the uplink's power control headroom [users, ticks']
+    (``uplink.headroom_db``), its SINR over the whole carrier with thermal noise alone [users,
+    slots], and the other cells' interference."""
     users, slots = sinr_full_db.shape
     payload = 8.0 * (cfg.payload_up_bytes if uplink else cfg.payload_down_bytes)
     if scheduled is not None:
@@ -462,15 +498,20 @@ def _direction(
         sinr = sinr_full_db
     else:
         # Power concentrates on a share of the carrier (as far as power control asks): first
-        # rates at equal shares, then the scheduler's shares, then the SINR those shares give.
-        assert headroom is not None
+        # rates at equal shares, then the scheduler's shares, then the SINR those shares give
+        # with the interference of the other cells' shares in the same slots.
+        assert uplink_power is not None
+        headroom, thermal, intf = uplink_power
         equal = _concentrated(sinr_full_db, _db(members), headroom)
         bits_eq, _ = _bits(cfg, equal, n_prb, slot_s, lag)
         per = slots // members.shape[1]
         each = (bits_eq.reshape(users, -1, per) / members[:, :, None]).reshape(users, slots)
         share = shares(cfg.scheduler, each, cell, payload_bits=np.full(users, payload))
-        concentrated = _concentrated(sinr_full_db, -_db(np.maximum(share, 1e-6)), headroom)
-        sinr = _impaired(cfg, equal if cfg.scheduler == "rr" else concentrated)
+        del equal, bits_eq, each
+        gain = _db(members) if cfg.scheduler == "rr" else -_db(np.maximum(share, 1e-6))
+        sinr = _concentrated(thermal, gain, headroom)
+        sinr -= intf.realised(share)
+        sinr = _impaired(cfg, sinr)
         sent = _bits(cfg, sinr, n_prb, slot_s, lag)
     bits, residual, mean_tx, var_tx = _link(cfg, sinr, sent)
     good = share * bits * (1.0 - residual) / mean_tx

@@ -13,9 +13,11 @@ the open loop alone. ``PL`` is the downlink loss the user estimates: the referen
 power less its filtered RSRP, so the coupling loss to its cell (path loss, shadowing and both
 antennas' gains; no fast fading). ``alpha`` takes the values TS 38.331 allows.
 
-Interference (full load, a mean over the scheduler's choices): every PRB of every other cell
-carries one of its users at a time, each in proportion to its share of the cell's PRBs; the
-power it puts on that PRB reaches this cell's receiver through its own path loss to it.
+Interference (full load): every PRB of every other cell carries one of its users at a time,
+each with the chance of its share of the cell's PRBs; the power it puts on that PRB reaches
+this cell's receiver through its own coupling loss to it. ``interference_over_thermal_db`` is
+the mean over the schedulers' choices (what a scheduler expects); ``interference_per_slot``
+what the other cells' choices of one slot give.
 """
 
 from __future__ import annotations

@@ -7,10 +7,13 @@ import math
 import numpy as np
 import pytest
 
+from channel_models.cell import generate
+from channel_models.config import RadioConfig
 from channel_models.uplink import (
     PowerControl,
     headroom_db,
     interference_over_thermal_db,
+    interference_per_slot,
     pusch_dbm,
 )
 
@@ -74,3 +77,28 @@ def test_a_cells_users_interfere_each_on_its_share_of_the_time() -> None:
     assert float(iot[0, 0]) == pytest.approx(10 * math.log10(1 + heard_mw / 10 ** (noise / 10)))
     alone_mw = 10 ** (-108.4 / 10)
     assert float(iot[0, 1]) == pytest.approx(10 * math.log10(1 + alone_mw / 10 ** (noise / 10)))
+
+
+def test_each_slot_hears_the_users_the_other_cells_schedule_in_it() -> None:
+    """The users of the test above, cell 1 giving slot 0 to user 1 and slot 1 to user 2: cell
+    0's PRB hears user 1 (-108.4 dBm) in slot 0 and user 2 (-121.4 dBm) in slot 1, not their
+    mean in both; cell 1's users hear user 0 (-126.4 dBm) in both."""
+    loss = np.array([[[82.0], [112.0]], [[102.0], [92.0]], [[107.0], [82.0]]])
+    serving = np.array([[0], [1], [1]])
+    held = np.array([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]])  # [users, slots]
+    per_prb = np.array([[-14.4], [-6.4], [-14.4]])  # dBm: the powers above, per PRB
+    heard = interference_per_slot(loss, serving, held, per_prb)
+    assert 10 * np.log10(heard) == pytest.approx(
+        np.array([[-108.4, -121.4], [-126.4, -126.4], [-126.4, -126.4]])
+    )
+
+
+def test_the_uplinks_interference_follows_the_other_cells_scheduling_slot_by_slot() -> None:
+    """Still users, no fading: the downlink (every cell at full power) is the same in every
+    tick, the uplink is not, because who the other cells schedule changes from slot to slot
+    (20 users a cell for 13 resource-block groups: PF picks 13 of them each slot; ticks of a
+    slot each, so that a tick's mean does not average it away)."""
+    cfg = RadioConfig(sites=7, fading="none", tick_ms=1.0, numerology=0)
+    tr = generate(cfg, 140, 1.0, np.random.default_rng(2))
+    assert tr.sinr_down_db.std(axis=1).max() < 1e-9
+    assert tr.sinr_up_db.std(axis=1).mean() > 0.3
