@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from channel_models.calibration import PERCENTILES, REFERENCE
+
 ROOT = Path(__file__).parents[1]
 CASES = [
     ("1 ms slots (mu 0), PF, NR", {"numerology": 0}),
@@ -51,34 +53,6 @@ CASES = [
     ),
 ]
 
-# TR 38.901 Table 7.8-1, large-scale calibration at 6 GHz: 19 sites x 3 sectors, wrap-around,
-# 20 MHz, a 10-element column 0.5 wavelengths apart tilted to zenith 102 degrees, UE noise
-# figure 9 dB, 80% of users indoors (half behind high-loss walls), no fast fading.
-CALIBRATION = {
-    "uma": {"isd_m": 500.0, "h_bs_m": 25.0, "bs_power_dbm": 49.0, "min_distance_m": 35.0},
-    "umi": {"isd_m": 200.0, "h_bs_m": 10.0, "bs_power_dbm": 44.0, "min_distance_m": 10.0},
-}
-CALIBRATION_COMMON = {
-    "sites": 19, "sectors": 3, "carrier_hz": 6e9, "bandwidth_hz": 20e6, "antenna_rows": 10,
-    "antenna_spacing_wl": 0.5, "downtilt_deg": 12.0, "ue_noise_figure_db": 9.0,
-    "indoor_ratio": 0.8, "o2i_high_loss_ratio": 0.5, "fading": "none", "ue_gain_dbi": 0.0,
-}  # fmt: skip
-PERCENTILES = (5, 10, 50, 90, 95)
-# The mean over the companies' curves in 3GPP R1-165974 (TR 38.900 v14.0.0 calibration), at
-# the percentiles above, as compiled in QuaDRiGa (tutorials/calib_3GPP_ref_data.m) and in
-# NVIDIA Aerial (testBenches/chanModels/util/3gpp_calibration_phase1.json): coupling gain
-# (negative coupling loss) and geometry SINR with noise, in dB. The companies spread about
-# +-2 to 3 dB around the coupling-loss mean.
-REFERENCE = {
-    "uma": {
-        "coupling": (-150.3, -144.7, -120.3, -93.7, -86.1),
-        "geometry": (-9.4, -4.6, 5.8, 21.7, 24.7),
-    },
-    "umi": {
-        "coupling": (-142.3, -136.4, -112.3, -82.1, -74.8),
-        "geometry": (-7.0, -3.2, 5.5, 20.7, 23.9),
-    },
-}
 SPEEDS_MPS = (1.0, 3.0, 8.3, 16.7, 33.3)  # 3.6, 11, 30, 60 and 120 km/h
 
 CALIBRATE = """
@@ -86,8 +60,9 @@ import json, sys
 import numpy as np
 from channel_models.cell import generate
 from channel_models.config import RadioConfig
-scenario, kw, pct = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-tr = generate(RadioConfig(scenario=scenario, **kw), 57 * 60, 0.01, np.random.default_rng(0))
+from channel_models.calibration import calibration_config
+scenario, pct = sys.argv[1], json.loads(sys.argv[2])
+tr = generate(calibration_config(scenario), 57 * 60, 0.01, np.random.default_rng(0))
 print(json.dumps({"coupling": np.percentile(-tr.coupling_loss_db[:, 0], pct).tolist(),
     "geometry": np.percentile(tr.geometry_db[:, 0], pct).tolist()}))
 """
@@ -140,10 +115,8 @@ def calibration() -> None:
     print("(3420 users, 60 a sector; draftnet minus the reference at each percentile, dB)")
     print("| scenario | quantity | " + " | ".join(f"{p}%" for p in PERCENTILES) + " |")
     print("|---|---|" + "---|" * len(PERCENTILES))
-    for scenario, own in CALIBRATION.items():
-        got = _python(
-            CALIBRATE, scenario, json.dumps({**CALIBRATION_COMMON, **own}), json.dumps(PERCENTILES)
-        )
+    for scenario in REFERENCE:
+        got = _python(CALIBRATE, scenario, json.dumps(PERCENTILES))
         for quantity in ("coupling", "geometry"):
             cells = [
                 f"{g:.1f} ({g - r:+.1f})"

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from channel_models.calibration import PERCENTILES, REFERENCE, calibration_config
 from channel_models.cell import generate
 from channel_models.config import RadioConfig
 from channel_models.layout import Antenna, build, drop, element_pattern_db
@@ -121,3 +122,15 @@ def test_edge_cells_see_the_interference_of_inner_ones_only_with_wrap_around() -
 def test_a_layout_outside_the_rules_is_one_line(settings: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         RadioConfig(**settings)
+
+
+@pytest.mark.parametrize("scenario", ["uma", "umi"])
+def test_coupling_loss_and_geometry_match_3gpps_calibration(scenario: str) -> None:
+    """TR 38.901 Table 7.8-1 at 6 GHz against the companies' mean CDFs (R1-165974): within
+    their spread, 3 dB for the coupling loss and 1.5 dB for the geometry, at 5% to 95%."""
+    tr = generate(calibration_config(scenario), 57 * 30, 0.01, np.random.default_rng(7))
+    ref = REFERENCE[scenario]
+    coupling = np.percentile(-tr.coupling_loss_db[:, 0], PERCENTILES)
+    geometry = np.percentile(tr.geometry_db[:, 0], PERCENTILES)
+    assert np.abs(coupling - ref["coupling"]).max() < 3.0
+    assert np.abs(geometry - ref["geometry"]).max() < 1.5

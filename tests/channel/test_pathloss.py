@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from channel_models.pathloss import SCENARIOS, los_probability, path_loss_db, shadowing_std_db
+from channel_models.pathloss import (
+    SCENARIOS,
+    indoor_heights,
+    los_probability,
+    o2i_loss_db,
+    path_loss_db,
+    shadowing_std_db,
+)
 from channel_models.shadowing import per_state
 from emu.errors import ConfigError
 
@@ -133,3 +140,24 @@ def test_shadowing_decorrelates_over_the_distance_of_the_users_state(
     z = per_state(pos, state, SCENARIOS["rma"].sf_corr_m, np.random.default_rng(7))
     rho = np.mean([np.corrcoef(z[:, t], z[:, t + lag])[0, 1] for t in range(ticks - lag)])
     assert rho == pytest.approx(np.exp(-lag / corr_m), abs=0.1)
+
+
+def test_building_penetration_is_tables_7_4_3_1_and_2() -> None:
+    """At 6 GHz: L_glass = 2 + 0.2 f = 3.2 dB, L_IRRglass = 23 + 0.3 f = 24.8 dB, L_concrete
+    = 5 + 4 f = 29 dB. Low loss: 5 - 10 log10(0.3 10^(-3.2/10) + 0.7 10^(-29/10)) = 13.40 dB,
+    sigma_P 4.4 dB; high loss: 5 - 10 log10(0.7 10^(-24.8/10) + 0.3 10^(-29/10)) = 30.69 dB,
+    sigma_P 6.5 dB; PL_in = 0.5 d_2D-in (10 m in: 5 dB)."""
+    mean, std = o2i_loss_db(6e9, np.array([False, True, False]), np.array([0.0, 0.0, 10.0]))
+    assert mean == pytest.approx([13.40, 30.69, 18.40], abs=0.01)
+    assert std.tolist() == [4.4, 6.5, 4.4]
+
+
+def test_indoor_users_stand_on_a_floor_of_a_four_to_eight_storey_building() -> None:
+    """TR 38.901 Table 7.4.1-1's note: h_UT = 3 (n_fl - 1) + 1.5 with n_fl uniform in 1..N_fl
+    and N_fl uniform in 4..8: floors 1 to 8, the ground floor most often."""
+    h = indoor_heights(20000, 1.5, np.random.default_rng(0))
+    floors = np.round((h - 1.5) / 3.0) + 1
+    assert np.allclose((h - 1.5) / 3.0, floors - 1) and floors.min() == 1 and floors.max() == 8
+    # P(n_fl = 1) = mean over N_fl of 1/N_fl = (1/4 + ... + 1/8) / 5 = 0.1769
+    assert (floors == 1).mean() == pytest.approx(0.1769, abs=0.01)
+    assert (floors == 8).mean() == pytest.approx(1 / 8 / 5, abs=0.005)
