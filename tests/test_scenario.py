@@ -71,6 +71,7 @@ def test_example_scenarios_load() -> None:
     ("text", "message"),
     [
         ("[users]\nalhpa = 0.5\n", r"unknown field users\.alhpa"),
+        ("[radio]\ncells = 7\n", r"radio\.cells is now radio\.sites .*got radio\.cells = 7"),
         ("[users]\ncount = 'six'\n", r"users\.count must be of type int, got 'six'"),
         ("[users]\ncount = true\n", r"users\.count must be of type int, got True"),
         ("[users]\nalpha = 1.5\n", r"users\[0\]\.alpha must be in \(0, 1\), got 1\.5"),

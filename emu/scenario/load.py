@@ -88,12 +88,20 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     raise ConfigError(f"{where} must be of type {tp.__name__}, got {value!r}")
 
 
+# Fields that were renamed: the old name, and what to write instead.
+_RENAMED = {
+    "radio.cells": "radio.sites (a layout's sites; radio.sectors = 3 for three cells a site)",
+}
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     for key in data:
         if key not in known:
             where = f"{prefix}.{key}" if prefix else key
+            if where in _RENAMED:
+                raise ConfigError(f"{where} is now {_RENAMED[where]}, got {where} = {data[key]!r}")
             raise ConfigError(f"unknown field {where} (known: {', '.join(sorted(known))})")
     kwargs = {}
     for f in fields(cls):
