@@ -22,7 +22,9 @@ Modelling choices, each a simplification a user should know:
   its share of its cell's PRBs (``channel_models.uplink``; a PRB's chance of carrying a user
   is that user's share), and with one cell the margin ``ul_iot_db`` (interference from
   outside the layout). The scheduler plans the uplink with the interference it expects (the
-  mean over the other cells' choices in the tick); the transport blocks meet the slot's own.
+  mean over the other cells' choices in the tick); the transport blocks meet the slot's own,
+  and link adaptation picks the MCS from it as reported ``cqi_delay_ms`` earlier. A user in a
+  handover's interruption has no rate for the scheduler and sends nothing.
 - A user's uplink power follows open-loop fractional power control (TS 38.213 7.1.1:
   ``ul_p0_dbm``, ``ul_alpha``, capped at ``ue_power_dbm``; the loss it estimates is its
   coupling loss) on its share of the PRBs, so a smaller share has a higher SINR while the open
@@ -179,9 +181,7 @@ def _large_scale(
     pl_kw: dict[str, Any] = {"freq_hz": cfg.carrier_hz, "h_bs_m": h_bs, "h_ut_m": h_ut}
     depth = INDOOR_DEPTH_M.get(cfg.scenario, 0.0)
     d_in = np.where(indoor, rng.uniform(0.0, depth, (2, users)).min(axis=0), 0.0)
-    o2i_mean, o2i_std = o2i_loss_db(
-        cfg.carrier_hz, rng.random(users) < cfg.o2i_high_loss_ratio, d_in
-    )
+    o2i_mean, o2i_std = o2i_loss_db(cfg.carrier_hz, rng.random(users) < cfg.high_loss_share, d_in)
     o2i = np.where(indoor, o2i_mean + o2i_std * rng.standard_normal(users), 0.0)[:, None, None]
     d_out = np.maximum(d - d_in[:, None, None], 0.0)
     p_los = los_probability(cfg.scenario, d_out, h_ut_m=h_ut)
@@ -319,17 +319,20 @@ def generate(
     lag = max(0, round(cfg.cqi_delay_ms * 1e-3 / slot_s))
     pf: tuple[_Scheduled, _Scheduled] | None = None
     if cfg.scheduler == "pf":
-        # Both directions in one pass of the scheduler (its loop over slots is the cost), on
-        # the uplink's expected interference; then the uplink as the other cells' choices of
-        # the same slots make it.
+        # Both directions in one pass of the scheduler (its loop over slots is the cost), the
+        # uplink's on the interference it expects; then the uplink as the other cells'
+        # choices of the same slots make it (link adaptation then picks the MCS from that
+        # SINR, reported ``cqi_delay_ms`` late).
         expected = _impaired(cfg, _concentrated(sinr_ul_full, _db(per_slot), headroom))
         sent_dl = _bits(cfg, sinr_dl, n_prb, slot_s, lag)
         both = np.vstack([_bits(cfg, expected, n_prb, slot_s, lag)[0], sent_dl[0]])
         del expected
+        _silenced(both[:users], served.interrupted)  # no rate while a handover interrupts
+        _silenced(both[users:], served.interrupted)
         tc = cfg.pf_tc_ms * 1e-3 / slot_s
         held = shares("pf", both, np.vstack([cell, cell + lay.cells]), tc_slots=tc, groups=groups)
         sinr_ul_full = _concentrated(ul_thermal_full, _db(per_slot), headroom)
-        sinr_ul_full -= intf.realised(held[:users])
+        sinr_ul_full -= intf.realised(_silenced(held[:users].copy(), served.interrupted))
         sinr_ul_full = _impaired(cfg, sinr_ul_full)
         # A user's share over PF's own window: the rate it gets when it has data, not all or
         # nothing within a tick (a window shorter than a slot: the slot's own share).
@@ -400,6 +403,14 @@ def _concentrated(
     gain = gain.reshape(users, -1, per) if gain.shape != headroom.shape else gain[:, :, None]
     capped = np.minimum(gain, headroom[:, :, None])
     return np.asarray((sinr_full_db.reshape(users, -1, per) + capped).reshape(users, slots))
+
+
+def _silenced(x: FloatArray, cut: npt.NDArray[np.bool_]) -> FloatArray:
+    """``x`` [users, slots] with the slots of the ticks in ``cut`` [users, ticks'] set to 0,
+    in place (a user without a link: a handover's interruption)."""
+    if cut.any():
+        x.reshape(x.shape[0], cut.shape[1], -1)[cut] = 0.0
+    return x
 
 
 def _rbg_count(n_prb: int) -> int:
@@ -494,7 +505,8 @@ def _direction(
         sinr = sinr_full_db
     elif not uplink:
         sent = _bits(cfg, sinr_full_db, n_prb, slot_s, lag)
-        share = shares(cfg.scheduler, sent[0], cell, payload_bits=np.full(users, payload))
+        rate = _silenced(sent[0].copy(), cut)
+        share = shares(cfg.scheduler, rate, cell, payload_bits=np.full(users, payload))
         sinr = sinr_full_db
     else:
         # Power concentrates on a share of the carrier (as far as power control asks): first
@@ -506,18 +518,17 @@ def _direction(
         bits_eq, _ = _bits(cfg, equal, n_prb, slot_s, lag)
         per = slots // members.shape[1]
         each = (bits_eq.reshape(users, -1, per) / members[:, :, None]).reshape(users, slots)
+        _silenced(each, cut)
         share = shares(cfg.scheduler, each, cell, payload_bits=np.full(users, payload))
         del equal, bits_eq, each
         gain = _db(members) if cfg.scheduler == "rr" else -_db(np.maximum(share, 1e-6))
         sinr = _concentrated(thermal, gain, headroom)
-        sinr -= intf.realised(share)
+        sinr -= intf.realised(_silenced(share.copy(), cut))
         sinr = _impaired(cfg, sinr)
         sent = _bits(cfg, sinr, n_prb, slot_s, lag)
     bits, residual, mean_tx, var_tx = _link(cfg, sinr, sent)
     good = share * bits * (1.0 - residual) / mean_tx
-    if cut.any():  # no link while a handover interrupts it
-        per = slots // cut.shape[1]
-        good.reshape(users, -1, per)[cut] = 0.0
+    _silenced(good, cut)  # no link while a handover interrupts it
     return _Slots(good, residual, mean_tx, var_tx, share, sinr)
 
 

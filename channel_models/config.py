@@ -32,7 +32,8 @@ LINKS = ("nr", "shannon")
 
 
 def _range(name: str, value: float, lo: float, hi: float, rule: str) -> None:
-    if not (isinstance(value, int | float) and math.isfinite(value) and lo <= value <= hi):
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and lo <= value <= hi):
         raise ConfigError(f"radio.{name} must be {rule}, got {value!r}")
 
 
@@ -58,10 +59,12 @@ class RadioConfig:
     h_bs_m: float = 0.0  # 0: the scenario's standard height
     h_ut_m: float = 1.5
     indoor_ratio: float = 0.0  # users inside buildings (TR 38.901 7.4.3: O2I penetration)
-    o2i_high_loss_ratio: float = 0.5  # ... of them behind the high-loss model's walls
+    o2i_high_loss_ratio: float | None = None  # ... of them behind the high-loss model's
+    # walls; None: the standard's (half in UMa and UMi; none in RMa)
     bs_power_dbm: float = 44.0
     ue_power_dbm: float = 23.0
-    bs_gain_dbi: float = 8.0  # an omnidirectional cell's gain; a sector's peak (G_E,max)
+    bs_gain_dbi: float = 8.0  # an omnidirectional cell's gain; a sector's element's peak
+    # (G_E,max; the column adds 10 log10(antenna_rows) on its beam)
     antenna_rows: int = 10  # sectors: elements in the panel's column, fed as one port
     antenna_spacing_wl: float = 0.5  # ... their spacing in wavelengths
     downtilt_deg: float = 12.0  # sectors: the beam's tilt below the horizon (zenith 102 deg)
@@ -105,6 +108,13 @@ class RadioConfig:
     def cells(self) -> int:
         return self.sites * self.sectors
 
+    @property
+    def high_loss_share(self) -> float:
+        """Indoor users behind high-loss walls: ``o2i_high_loss_ratio``, or the standard's."""
+        if self.o2i_high_loss_ratio is not None:
+            return float(self.o2i_high_loss_ratio)
+        return 0.0 if self.scenario == "rma" else 0.5
+
     def __post_init__(self) -> None:
         _choice("scenario", self.scenario, tuple(SCENARIOS))
         _choice("link", self.link, LINKS)
@@ -114,22 +124,31 @@ class RadioConfig:
         _range("carrier_hz", self.carrier_hz, 1e6, 1e12, "> 0 Hz")
         _range("bandwidth_hz", self.bandwidth_hz, 1e3, 1e10, "> 0 Hz")
         _range("numerology", self.numerology, 0, 2, "0, 1 or 2")
-        if self.sites not in SITE_COUNTS or isinstance(self.sites, bool):
+        if type(self.sites) is not int or self.sites not in SITE_COUNTS:
             raise ConfigError(
                 f"radio.sites must be one of {', '.join(map(str, SITE_COUNTS))}, got {self.sites!r}"
             )
-        if self.sectors not in (1, 3) or isinstance(self.sectors, bool):
+        if type(self.sectors) is not int or self.sectors not in (1, 3):
             raise ConfigError(f"radio.sectors must be 1 or 3, got {self.sectors!r}")
         if not isinstance(self.wrap_around, bool):
             raise ConfigError(f"radio.wrap_around must be true or false, got {self.wrap_around!r}")
-        if self.sectors == 3 and self.min_distance_m >= self.isd_m / 2:
-            raise ConfigError(
-                f"radio.min_distance_m must be below half of radio.isd_m ({self.isd_m / 2:g} m, "
-                f"the edge of a site's hexagon) for users to fit in a sector, "
-                f"got {self.min_distance_m!r}"
-            )
         _range("indoor_ratio", self.indoor_ratio, 0, 1, "in [0, 1]")
-        _range("o2i_high_loss_ratio", self.o2i_high_loss_ratio, 0, 1, "in [0, 1]")
+        if self.o2i_high_loss_ratio is not None:
+            _range("o2i_high_loss_ratio", self.o2i_high_loss_ratio, 0, 1, "in [0, 1]")
+            if self.scenario == "rma" and self.o2i_high_loss_ratio > 0:
+                raise ConfigError(
+                    f"radio.o2i_high_loss_ratio must be 0 (or unset) for radio.scenario = 'rma' "
+                    f"(TR 38.901 7.4.3.1: rural buildings have the low-loss model only), "
+                    f"got {self.o2i_high_loss_ratio!r}"
+                )
+        top = SCENARIOS[self.scenario].h_ut_m[1]
+        indoors_high = self.indoor_ratio and self.scenario in ("uma", "umi")
+        if indoors_high and isinstance(self.h_ut_m, int | float) and self.h_ut_m + 21 > top:
+            raise ConfigError(
+                f"radio.h_ut_m must be at most {top - 21:g} m with indoor users in "
+                f"{self.scenario} (they stand on floors up to 21 m above it, and TR 38.901 "
+                f"ends at {top:g} m), got {self.h_ut_m!r}"
+            )
         if self.indoor_ratio and self.scenario not in INDOOR_DEPTH_M:
             raise ConfigError(
                 f"radio.indoor_ratio must be 0 for radio.scenario = {self.scenario!r} (every "
@@ -151,17 +170,18 @@ class RadioConfig:
             ("ho_hysteresis_db", HYSTERESIS_RANGE_DB),
         ):
             v = getattr(self, name)
-            if not (isinstance(v, int | float) and lo <= v <= hi and float(2 * v).is_integer()):
+            number = isinstance(v, int | float) and not isinstance(v, bool)
+            if not (number and lo <= v <= hi and float(2 * v).is_integer()):
                 raise ConfigError(
                     f"radio.{name} must be in [{lo:g}, {hi:g}] dB in 0.5 dB steps (TS 38.331), "
                     f"got {v!r}"
                 )
-        if self.ho_ttt_ms not in TIME_TO_TRIGGER_MS:
+        if isinstance(self.ho_ttt_ms, bool) or self.ho_ttt_ms not in TIME_TO_TRIGGER_MS:
             raise ConfigError(
                 f"radio.ho_ttt_ms must be one of TS 38.331's TimeToTrigger values "
                 f"({', '.join(map(str, TIME_TO_TRIGGER_MS))} ms), got {self.ho_ttt_ms!r}"
             )
-        if self.ho_filter_k not in FILTER_COEFFICIENTS or isinstance(self.ho_filter_k, bool):
+        if type(self.ho_filter_k) is not int or self.ho_filter_k not in FILTER_COEFFICIENTS:
             raise ConfigError(
                 f"radio.ho_filter_k must be one of TS 38.331's FilterCoefficient values "
                 f"({', '.join(map(str, FILTER_COEFFICIENTS))}), got {self.ho_filter_k!r}"
@@ -169,9 +189,19 @@ class RadioConfig:
         _range("ho_interruption_ms", self.ho_interruption_ms, 0, 1000, "in [0, 1000] ms")
         _range("isd_m", self.isd_m, 1, 1e5, "in [1, 1e5] m")
         _range("cell_radius_m", self.cell_radius_m, 1, 1e5, "in [1, 1e5] m")
-        _range(
-            "min_distance_m", self.min_distance_m, 0, self.cell_radius_m, "in [0, cell_radius_m]"
-        )
+        if self.sectors == 1:  # users within cell_radius_m of their site
+            _range(
+                "min_distance_m", self.min_distance_m, 0, self.cell_radius_m,
+                "in [0, cell_radius_m]",
+            )  # fmt: skip
+        else:  # users within their sector of the site's hexagon
+            _range("min_distance_m", self.min_distance_m, 0, 1e5, "in [0, 1e5] m")
+        if self.sectors == 3 and self.min_distance_m >= self.isd_m / 2:
+            raise ConfigError(
+                f"radio.min_distance_m must be below half of radio.isd_m ({self.isd_m / 2:g} m, "
+                f"the edge of a site's hexagon) for users to fit in a sector, "
+                f"got {self.min_distance_m!r}"
+            )
         _range("h_bs_m", self.h_bs_m, 0, 1000, "in [0, 1000] m (0: the standard's)")
         _range("h_ut_m", self.h_ut_m, 0.1, 1000, "in (0, 1000] m")
         for name in ("bs_power_dbm", "ue_power_dbm"):

@@ -10,8 +10,9 @@ Layer: pure (numpy; no I/O; a generator passed in).
 - Sector antennas (TR 38.901 7.3, Table 7.3-1): the element pattern
   A'' = -min(-(A_V + A_H), 30 dB), A_V = -min(12 ((theta - 90) / 65)^2, 30),
   A_H = -min(12 (phi / 65)^2, 30), and G_E,max (the table's 8 dBi); ``rows`` elements in a column
-  (spacing ``spacing_wl`` wavelengths) fed as one port with the electrical tilt's phases; the
-  whole panel tilted mechanically by ``downtilt_deg`` (TR 38.901 7.1.3, beta; gamma = 0).
+  (spacing ``spacing_wl`` wavelengths) fed as one port, its beam tilted ``downtilt_deg`` below
+  the horizon by the column's phases (electrically); a single element is tilted mechanically
+  instead (TR 38.901 7.1.3, beta; gamma = 0).
 - Wrap-around (7 and 19 sites): the layout repeats over the plane, shifted by i a1 + j a2 with
   (i, j) = (2, 1) for 7 sites and (3, 2) for 19 (a1, a2 the grid's vectors), and each user sees
   each site at its nearest copy: a user at the layout's edge has neighbours on every side, as

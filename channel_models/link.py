@@ -12,7 +12,8 @@ from dataclasses import dataclass
 __all__ = ["LinkState", "serialised_until"]
 
 STEP_S = 0.001  # the resolution at which a link's rate is followed through a transmission
-MAX_STEPS = 1_000_000  # ... up to 1000 s of it
+STEP_GROWTH = 0.02  # ... coarser as it goes: at most this share of the time already spent
+MAX_S = 1000.0  # ... for at most this long
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,15 +41,18 @@ class LinkState:
 
 def serialised_until(state_at: Callable[[float], LinkState], start: float, bits: float) -> float:
     """When the last of ``bits`` leaves a link, starting at ``start``, at the rate in force each
-    moment (in steps of ``STEP_S``): a fade or an outage slows a transmission, it does not
-    freeze the rate at its start (``rate_bps = 0``: unlimited)."""
+    moment: a fade or an outage slows a transmission, it does not freeze the rate at its start
+    (``rate_bps = 0``: unlimited). The rate is looked at every ``STEP_S``, then, once a
+    transmission has taken a while (an outage), every ``STEP_GROWTH`` of the time it has taken:
+    a few hundred looks at most, so that a link in a long outage costs little to follow."""
     t = start
-    for _ in range(MAX_STEPS):
+    while t - start < MAX_S:
         rate = state_at(t).rate_bps
         if rate <= 0:
             return t
-        if rate * STEP_S >= bits:
+        step = max(STEP_S, STEP_GROWTH * (t - start))
+        if rate * step >= bits:
             return t + bits / rate
-        bits -= rate * STEP_S
-        t += STEP_S
+        bits -= rate * step
+        t += step
     return t

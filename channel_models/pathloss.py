@@ -258,7 +258,7 @@ def los_probability(scenario: str, d2d_m: npt.ArrayLike, *, h_ut_m: Height = 1.5
 
 
 def indoor_heights(users: int, h_ut_m: float, rng: np.random.Generator) -> npt.NDArray[np.float64]:
-    """Indoor users' heights in UMa and UMi (TR 38.901 Table 7.4.1-1, note on h_UT):
+    """Indoor users' heights in UMa and UMi (TR 38.901 Table 7.2-1, h_UT):
     3 (n_fl - 1) + ``h_ut_m`` with the floor n_fl uniform in 1..N_fl, N_fl uniform in 4..8."""
     floors = rng.integers(4, 9, size=users)
     n_fl = np.floor(rng.random(users) * floors) + 1.0

@@ -54,7 +54,8 @@ def cell_totals(x: FloatArray, cell: IntArray) -> FloatArray:
     c = _per_tick(cell, slots)
     ticks = c.shape[1]
     per = slots // ticks
-    key = (c * ticks + np.arange(ticks)).ravel()  # one key per (cell, tick)
+    # one key per (cell, tick) that has users: at most users x ticks of them
+    _, key = np.unique((c * ticks + np.arange(ticks)).ravel(), return_inverse=True)
     xs = x.reshape(users * ticks, per)
     n = int(key.max()) + 1
     acc = np.empty((n, per))

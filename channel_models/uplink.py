@@ -10,8 +10,9 @@ TS 38.213 7.1.1, the PUSCH power of a transmission on ``M`` resource blocks at n
 
 with ``Delta_TF = 0`` (no MCS-dependent offset) and ``f = 0`` (no closed-loop corrections):
 the open loop alone. ``PL`` is the downlink loss the user estimates: the reference signal's
-power less its filtered RSRP, so the coupling loss to its cell (path loss, shadowing and both
-antennas' gains; no fast fading). ``alpha`` takes the values TS 38.331 allows.
+power less its filtered RSRP, taken here as its large-scale value, the coupling loss to its
+cell in the tick (path loss, shadowing and both antennas' gains; no fast fading). ``alpha``
+takes the values TS 38.331 allows.
 
 Interference (full load): every PRB of every other cell carries one of its users at a time,
 each with the chance of its share of the cell's PRBs; the power it puts on that PRB reaches
@@ -39,6 +40,7 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 ALPHAS = (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # TS 38.331 Alpha: alpha0 ... alpha1
 P0_RANGE_DBM = (-202.0, 24.0)  # TS 38.331 p0-NominalWithGrant
+_BLOCK = 1 << 20  # values of cells x slots heard at once
 
 
 def _db(x: npt.ArrayLike) -> FloatArray:
@@ -88,8 +90,8 @@ def interference_over_thermal_db(
     both antennas' gains), ``serving`` [users, ticks] each user's cell, ``prbs`` [users, ticks]
     the resource blocks each uses when scheduled (its share of its cell's PRBs is 1 / the users
     the cell serves), ``own_loss_db`` [users, ticks] the loss each user's power control
-    estimates (TS 38.213: the reference signal's power less the filtered RSRP, so the
-    coupling loss to its own cell). ``noise_prb_dbm``: the receiver's noise in one PRB."""
+    estimates (TS 38.213: the reference signal's power less the filtered RSRP; here the
+    large-scale coupling loss to its own cell). ``noise_prb_dbm``: a PRB's receiver noise."""
     cells, ticks = loss_db.shape[1], loss_db.shape[2]
     serving = np.broadcast_to(serving, (serving.shape[0], ticks))
     power = pusch_dbm(own_loss_db, prbs, pc)
@@ -121,7 +123,19 @@ def interference_per_slot(
     foreign = serving[:, None, :] != np.arange(cells)[None, :, None]
     gain = 10.0 ** (-loss_db / 10.0) * foreign  # [users, cells, ticks']
     sent = occupancy.reshape(users, ticks, per) * 10.0 ** (per_prb_dbm / 10.0)[:, :, None]
-    # heard[t, c, s] = sum over users of gain[u, c, t] sent[u, t, s]
-    heard = np.matmul(gain.transpose(2, 1, 0), sent.transpose(1, 0, 2))  # [ticks', cells, per]
-    at = heard[np.arange(ticks)[None, :], serving]  # [users, ticks', per]
-    return np.asarray(at.reshape(users, slots), dtype=np.float64)
+    out = np.empty((users, ticks, per))
+    # heard[c, s] = sum over users of gain[u, c] sent[u, s], a block of the time axis at a
+    # time (every cell's every slot at once would be a large array for long runs)
+    if ticks == 1:
+        g, width = gain[:, :, 0].T, max(1, _BLOCK // cells)  # [cells, users]
+        for s0 in range(0, per, width):
+            out[:, 0, s0 : s0 + width] = (g @ sent[:, 0, s0 : s0 + width])[serving[:, 0]]
+    else:
+        width = max(1, _BLOCK // (cells * per))
+        for t0 in range(0, ticks, width):
+            t1 = min(ticks, t0 + width)
+            heard = np.matmul(  # [ticks in the block, cells, per]
+                gain[:, :, t0:t1].transpose(2, 1, 0), sent[:, t0:t1].transpose(1, 0, 2)
+            )
+            out[:, t0:t1] = heard[np.arange(t1 - t0)[None, :], serving[:, t0:t1]]
+    return out.reshape(users, slots)

@@ -97,11 +97,11 @@ _RENAMED = {
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
-    for key in data:
+    for key, value in data.items():
         if key not in known:
             where = f"{prefix}.{key}" if prefix else key
             if where in _RENAMED:
-                raise ConfigError(f"{where} is now {_RENAMED[where]}, got {where} = {data[key]!r}")
+                raise ConfigError(f"{where} is now {_RENAMED[where]}, got {where} = {value!r}")
             raise ConfigError(f"unknown field {where} (known: {', '.join(sorted(known))})")
     kwargs = {}
     for f in fields(cls):

@@ -86,6 +86,8 @@ def test_moving_users_hand_over_and_the_interruption_is_an_outage() -> None:
     ("settings", "needle"),
     [
         ({"ho_ttt_ms": 50.0}, r"radio\.ho_ttt_ms must be one of TS 38\.331's TimeToTrigger"),
+        ({"ho_ttt_ms": False}, r"radio\.ho_ttt_ms must be one of .*, got False"),
+        ({"ho_offset_db": True}, r"radio\.ho_offset_db must be in"),
         ({"ho_hysteresis_db": 0.3}, r"radio\.ho_hysteresis_db must be in \[0, 15\] dB in 0\.5"),
         ({"ho_offset_db": 16.0}, r"radio\.ho_offset_db must be in \[-15, 15\] dB"),
         ({"ho_filter_k": 10}, r"radio\.ho_filter_k must be one of TS 38\.331's FilterCoeff"),

@@ -105,6 +105,12 @@ def test_edge_cells_see_the_interference_of_inner_ones_only_with_wrap_around() -
     ("settings", "needle"),
     [
         ({"sites": 8}, r"radio\.sites must be one of 1, 2, 3, 4, 5, 6, 7, 19, got 8"),
+        ({"sites": 7.0}, r"radio\.sites must be one of .*, got 7\.0"),
+        ({"sectors": True}, r"radio\.sectors must be 1 or 3, got True"),
+        (
+            {"scenario": "rma", "o2i_high_loss_ratio": 0.5},
+            r"radio\.o2i_high_loss_ratio must be 0 \(or unset\) for radio\.scenario = 'rma'",
+        ),
         ({"sectors": 2}, r"radio\.sectors must be 1 or 3, got 2"),
         ({"downtilt_deg": 95.0}, r"radio\.downtilt_deg must be in \[-90, 90\] degrees"),
         ({"antenna_rows": 0}, r"radio\.antenna_rows must be an integer in \[1, 64\]"),
@@ -114,6 +120,10 @@ def test_edge_cells_see_the_interference_of_inner_ones_only_with_wrap_around() -
         ),
         ({"indoor_ratio": 1.5}, r"radio\.indoor_ratio must be in \[0, 1\], got 1\.5"),
         (
+            {"scenario": "uma", "indoor_ratio": 0.5, "h_ut_m": 2.0},
+            r"radio\.h_ut_m must be at most 1\.5 m with indoor users in uma",
+        ),
+        (
             {"scenario": "inh", "indoor_ratio": 0.5},
             r"radio\.indoor_ratio must be 0 for radio\.scenario = 'inh'",
         ),
@@ -122,6 +132,12 @@ def test_edge_cells_see_the_interference_of_inner_ones_only_with_wrap_around() -
 def test_a_layout_outside_the_rules_is_one_line(settings: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         RadioConfig(**settings)
+
+
+def test_a_sectorised_layout_bounds_users_by_its_hexagons_not_the_cell_radius() -> None:
+    """cell_radius_m is the omnidirectional drop's disc: sectors drop in the site's hexagon."""
+    cfg = RadioConfig(scenario="rma", sites=7, sectors=3, isd_m=1732.0, min_distance_m=200.0)
+    assert cfg.min_distance_m > cfg.cell_radius_m and cfg.high_loss_share == 0.0
 
 
 @pytest.mark.parametrize("scenario", ["uma", "umi"])

@@ -153,7 +153,7 @@ def test_building_penetration_is_tables_7_4_3_1_and_2() -> None:
 
 
 def test_indoor_users_stand_on_a_floor_of_a_four_to_eight_storey_building() -> None:
-    """TR 38.901 Table 7.4.1-1's note: h_UT = 3 (n_fl - 1) + 1.5 with n_fl uniform in 1..N_fl
+    """TR 38.901 Table 7.2-1: h_UT = 3 (n_fl - 1) + 1.5 with n_fl uniform in 1..N_fl
     and N_fl uniform in 4..8: floors 1 to 8, the ground floor most often."""
     h = indoor_heights(20000, 1.5, np.random.default_rng(0))
     floors = np.round((h - 1.5) / 3.0) + 1

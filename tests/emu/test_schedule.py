@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from channel_models.link import LinkState
+from channel_models.link import LinkState, serialised_until
 from emu.shaping.schedule import GilbertElliott, LinkSchedule
 
 
@@ -168,3 +168,17 @@ def test_an_unknown_topology_is_one_clear_error() -> None:
 
     with pytest.raises(ConfigError, match="topology must be one of star, got 'ring'"):
         topology("ring", users=2)
+
+
+def test_a_long_outage_costs_few_looks_at_the_link() -> None:
+    """A packet that starts in a 10 s outage leaves within 2% of its end (the rate is looked at
+    every 1 ms, then every 2% of the time spent), after a few hundred looks, not ten
+    thousand: the shaper's loop must not stall on a dead link."""
+    looks = []
+
+    def state_at(t: float) -> LinkState:
+        looks.append(t)
+        return LinkState(rate_bps=1.0 if t < 10.0 else 8e6)
+
+    leave = serialised_until(state_at, 0.0, 8000.0)
+    assert 10.0 <= leave <= 10.2 and len(looks) < 500
