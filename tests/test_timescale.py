@@ -85,18 +85,22 @@ class _SlowDrafter:
         pass
 
 
-def _calibrated(factor: float) -> tuple[float, _SlowVerifier]:
+def _calibrated(
+    factor: float, verify_ms: float = 4.0, token_ms: float = 0.5
+) -> tuple[float, _SlowVerifier]:
+    """Calibrate on backends ``factor`` times as slow as a profile of ``verify_ms`` a verify
+    step and ``token_ms`` a drafted token."""
     problem = load_scenario(preset="dipsd-paper", overrides={"users.count": 4}).problem()
     plans = [plan_for(p, problem, None) for p in ("dipsd", "ad-batch")]
-    verifier = _SlowVerifier(factor, 4.0)
+    verifier = _SlowVerifier(factor, verify_ms)
     chosen = calibrate(
         problem,
         plans,
         prompt=[1] * 64,
         verifier=verifier,  # type: ignore[arg-type]
-        drafter=_SlowDrafter(factor, 0.5),  # type: ignore[arg-type]
-        verify_profile=lambda b, L, I: 4.0,
-        draft_profile=lambda n, prefix: 0.5 * n,
+        drafter=_SlowDrafter(factor, token_ms),  # type: ignore[arg-type]
+        verify_profile=lambda b, L, I: verify_ms,
+        draft_profile=lambda n, prefix: token_ms * n,
         verify_threads=1,
         draft_threads=1,
         cores=64,  # the step bound alone, whatever this machine has
@@ -113,7 +117,11 @@ def test_a_host_twice_as_slow_as_the_profile_gets_a_scale_of_at_least_two() -> N
 
 
 def test_a_host_much_faster_than_the_profile_runs_at_scale_one() -> None:
-    scale, _ = _calibrated(0.05)
+    """A profile in hundreds of ms, so that a busy host's scheduling delays (a few ms on top
+    of each step's sleep) stay small beside it: at a 0.5 ms profile a few ms late reads as a
+    host several times too slow (this test failed so with both cores busy); at 200 ms the
+    10 ms step and its delay still read as a host many times faster."""
+    scale, _ = _calibrated(0.05, verify_ms=200.0, token_ms=20.0)
     assert scale == 1.0
 
 
