@@ -173,6 +173,14 @@ def _parser() -> argparse.ArgumentParser:
     _set_arg(chan)
     chan.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     chan.add_argument("--out", type=Path, help="run directory (default: runs/channel-<time>)")
+    sweep = sub.add_parser(
+        "sweep", help="run a study file: its cases (axes x seeds), resumable, into a table"
+    )
+    sweep.add_argument("study_file", type=Path, help="the study (TOML; see emu/sweep/spec.py)")
+    sweep.add_argument(
+        "--out", type=Path, help="output dir (default: runs/sweep-<name>); resumes what is there"
+    )
+    sweep.add_argument("--json", action="store_true", help="print the summary as JSON")
     study = sub.add_parser("study", help="run a reproduction study (CSV and plots)")
     study.add_argument("name", choices=["dipsd-paper"], help="which study")
     study.add_argument("--out", type=Path, default=Path("study/dipsd-paper"), help="output dir")
@@ -222,38 +230,10 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def cmd_solve(args: argparse.Namespace) -> dict[str, Any]:
-    from emu.planner import baselines_of, evaluate, plan_for
     from emu.results.report import print_solve
+    from emu.runners.solve import solve
 
-    scenario = _load(args)
-    problem = scenario.problem()
-    policy = scenario.planner.policy
-    t0 = time.perf_counter()
-    plan = plan_for(policy, problem)
-    solve_ms = 1000 * (time.perf_counter() - t0)
-    ev = evaluate(problem, plan)
-    baselines = {
-        key: evaluate(problem, plan_for(name, problem)).throughput_tok_s
-        for key, name in baselines_of(scenario.deployment.system).items()
-    }
-    out = {
-        "scenario": scenario.name,
-        "policy": policy,
-        "users": problem.size,
-        "throughput_tok_s": ev.throughput_tok_s,
-        "cycle_ms": ev.cycle_ms,
-        "tokens_per_cycle": ev.tokens_per_cycle,
-        "plan": {
-            "batches": [list(b) for b in plan.batches],
-            "draft_len": list(plan.draft_len),
-            "verify_ms": list(ev.verify_ms),
-            "ready_ms": list(ev.ready_ms),
-            "memory_bytes": list(ev.memory_bytes),
-        },
-        "baselines": baselines,
-        "speedup": {k: ev.throughput_tok_s / v for k, v in baselines.items()},
-        "solve_ms": solve_ms,
-    }
+    out = solve(_load(args))
     if not args.json:
         print_solve(out)
     return out
@@ -334,6 +314,31 @@ def _log_traceback(args: argparse.Namespace) -> Path | None:
     except OSError:
         return None
     return path
+
+
+def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    from rich.console import Console
+
+    from emu.sweep.runner import run_study
+    from emu.sweep.spec import expand, load_study
+
+    study = load_study(args.study_file)
+    cases = expand(study)  # every case validated before the first runs
+    args.out = args.out or Path("runs") / f"sweep-{study.name}"
+    out_dir = _out_dir(args, "sweep")
+    console = Console(stderr=True, quiet=args.json)
+    console.print(f"sweep [bold]{study.name}[/]: {len(cases)} cases at level {study.level}")
+
+    def said(case: Any, status: str) -> None:
+        point = ", ".join(f"{k}={v}" for k, v in case.point.items())
+        console.print(f"case {case.index} ({point or 'base'}, seed {case.seed}): {status}")
+
+    out = run_study(study, out_dir, on_case=said, cases=cases)
+    console.print(
+        f"{out['ran']} ran ({out['failed']} failed), {out['skipped']} already done; "
+        f"results in {out['results']}"
+    )
+    return out
 
 
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
@@ -498,6 +503,7 @@ COMMANDS = {
     "run": cmd_run,
     "channel": cmd_channel,
     "study": cmd_study,
+    "sweep": cmd_sweep,
     "profile": cmd_profile,
     "models": cmd_models,
     "clean": cmd_clean,
