@@ -1,1 +1,2 @@
-"""Studies over the planner and the runners (``study``)."""
+"""Sweeps and studies: study files expanded into cases and run resumably (``spec``,
+``runner``), and the DiP-SD reproduction study (``study``)."""
