@@ -158,3 +158,37 @@ def test_draftnet_sweep_runs_a_study_file_at_the_solve_level(tmp_path: Path) -> 
     assert json.loads(r.stdout)["cases"] == 4
     rows = _table(tmp_path / "o")
     assert len(rows) == 8 and all(float(r["speedup.ad_batch"]) > 0 for r in rows)
+
+
+def test_the_summary_is_the_mean_and_a_95_percent_interval_over_seeds() -> None:
+    """Three seeds at 10, 12 and 14 tok/s: mean 12, s = 2, half width t(0.975, 2) 2 / sqrt(3)
+    = 4.303 x 1.1547 = 4.968; one seed: no interval; a failed seed is counted, not averaged."""
+    from emu.sweep.summary import summarise
+
+    rows = [
+        {"users.count": 2, "policy": "p", "seed": s, "status": "ok", "throughput_tok_s": v}
+        for s, v in ((1, 10.0), (2, 12.0), (3, 14.0))
+    ]
+    rows += [
+        {"users.count": 3, "policy": "p", "seed": 1, "status": "ok", "throughput_tok_s": 9.0},
+        {"users.count": 3, "policy": "p", "seed": 2, "status": "failed", "error": "x"},
+    ]
+    got = {r["users.count"]: r for r in summarise(rows, ["users.count"])}
+    assert got[2]["throughput_tok_s.mean"] == pytest.approx(12.0)
+    assert got[2]["throughput_tok_s.ci95"] == pytest.approx(4.303 * 2 / 3**0.5, rel=1e-3)
+    assert (got[3]["n"], got[3]["failed"], got[3]["throughput_tok_s.mean"]) == (1, 1, 9.0)
+    assert got[3]["throughput_tok_s.ci95"] != got[3]["throughput_tok_s.ci95"]  # NaN: one seed
+
+
+def test_a_sweep_ends_with_its_summary_plots_and_report(tmp_path: Path) -> None:
+    study = _study(tmp_path, STUDY + '[[plots]]\nx = "users.count"\ny = "throughput_tok_s"\n')
+    run_study(study, tmp_path / "o")
+    with (tmp_path / "o" / "summary.csv").open() as f:
+        summary = list(csv.DictReader(f))
+    assert len(summary) == 4  # 2 user counts x 2 policies, each over 2 seeds
+    assert all(r["n"] == "2" and float(r["throughput_tok_s.ci95"]) >= 0 for r in summary)
+    assert (tmp_path / "o" / "throughput_tok_s-vs-users.count.png").stat().st_size > 0
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "| users.count | policy | n | failed | throughput_tok_s.mean |" in report
+    with pytest.raises(ConfigError, match=r"plots\[0\] must be \{x = <an axis field>"):
+        _study(tmp_path, STUDY + '[[plots]]\nx = "users.alpha"\ny = "throughput_tok_s"\n')

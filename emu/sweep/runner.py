@@ -10,6 +10,8 @@ Layer: emu (orchestration); writes the output directory.
 - ``results.csv``: the same rows as a table (the columns of every row), rewritten after each
   case: ``pandas.read_csv`` loads it.
 - ``cases/<case_id>/``: each case's scenario and, for ``sim``, its summary and events.
+- at the end, ``summary.csv`` (mean and 95% confidence interval over seeds of every metric
+  at every axis point and policy), the study's plots and ``report.md`` (``summary``).
 
 Started again on the same directory, a sweep runs only the cases without an ``ok`` row (a
 killed sweep resumes; a failed case is tried again). Cases run one after the other here; the
@@ -30,6 +32,7 @@ from typing import Any
 from emu.files import write_atomic
 from emu.scenario import scenario_toml
 from emu.sweep.spec import Case, Study, expand
+from emu.sweep.summary import write_summary
 
 __all__ = ["case_rows", "flatten", "run_study"]
 
@@ -151,6 +154,7 @@ def run_study(
             if on_case is not None:
                 on_case(case, rows[0]["status"])
     _write_csv(jsonl, table)
+    write_summary(list(_rows(jsonl)), study.fields, out_dir, plots=study.plots, title=study.name)
     return {
         "study": study.name,
         "level": study.level,

@@ -15,8 +15,11 @@ Layer: emu (orchestration); pure apart from reading the study file and the base 
     "users.count" = { range = [4, 16, 4] }         # 4, 8, 12, 16 (the stop included)
     "network.rate_bps" = { log = [1e6, 1e8, 3] }   # 1e6, 1e7, 1e8
     [[zip]]                            # fields that move together: one axis of their tuples
-    "network.delay_ms" = [5.0, 10.0]
+    "users.comm_ms" = [5.0, 10.0]
     "network.rate_bps" = [1e7, 1e6]
+    [[plots]]                          # a metric against an axis, a line per policy
+    x = "network.jitter_ms"
+    y = "throughput_tok_s"
 
 A case is one point of the axes and one seed: its scenario is the base, then ``base.set``,
 then the point, then ``sim.seed``. Every case's scenario is built (and so validated) before
@@ -42,7 +45,7 @@ from nodes.core.systems import get_system
 __all__ = ["LEVELS", "Case", "Study", "expand", "load_study"]
 
 LEVELS = ("solve", "sim")
-_KEYS = {"name", "level", "policies", "seeds", "base", "axes", "zip"}
+_KEYS = {"name", "level", "policies", "seeds", "base", "axes", "zip", "plots"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,12 @@ class Study:
     base_set: dict[str, Any] = field(default_factory=dict)
     # each axis: the fields it moves (one, or a zipped group) and its values (tuples)
     axes: tuple[tuple[tuple[str, ...], tuple[tuple[Any, ...], ...]], ...] = ()
+    plots: tuple[tuple[str, str], ...] = ()  # (axis field, metric): a metric against an axis
+
+    @property
+    def fields(self) -> list[str]:
+        """Every field the axes move, in order."""
+        return [f for names, _ in self.axes for f in names]
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +147,13 @@ def load_study(path: str | Path) -> Study:
     twice = sorted({f for f in fields if fields.count(f) > 1})
     if twice:
         raise ConfigError(f"axis field {twice[0]} is swept twice (axes and zip)")
+    plots = []
+    for k, plot in enumerate(data.get("plots") or []):
+        if not (isinstance(plot, dict) and set(plot) == {"x", "y"} and plot["x"] in fields):
+            raise ConfigError(
+                f"plots[{k}] must be {{x = <an axis field>, y = <a metric>}}, got {plot!r}"
+            )
+        plots.append((str(plot["x"]), str(plot["y"])))
     return Study(
         name=str(data.get("name", p.stem)),
         level=level,
@@ -147,6 +163,7 @@ def load_study(path: str | Path) -> Study:
         scenario=scenario,
         base_set=dict(base.get("set") or {}),
         axes=tuple(axes),
+        plots=tuple(plots),
     )
 
 
