@@ -14,9 +14,10 @@ run: bootstrap
 test: bootstrap
 	$(BIN)/python -m pytest
 
-# Re-resolve requirements/ on purpose (an upgrade: rerun the benchmarks it touches).
+# Re-resolve requirements/ on purpose, keeping the pins that still fit; UPGRADE=1 resolves
+# every package afresh (an upgrade: rerun the benchmarks it touches).
 lock: bootstrap
-	$(BIN)/python scripts/lock.py
+	$(BIN)/python scripts/lock.py $(if $(UPGRADE),--upgrade)
 
 # The gross-regression gate: the embedded pair's step times against this machine's calibration.
 gate: bootstrap

@@ -16,7 +16,8 @@ version. Each lock's header records a digest of what it was resolved from (the d
 tables of pyproject.toml and the pins below): a change to either without ``make lock`` fails
 ``--check``, and so does a lock whose pin no longer satisfies a bound in pyproject.toml.
 
-    .venv/bin/python scripts/lock.py            # re-resolve (needs the registry)
+    .venv/bin/python scripts/lock.py            # re-resolve, keeping the pins that still fit
+    .venv/bin/python scripts/lock.py --upgrade  # re-resolve every package afresh
     .venv/bin/python scripts/lock.py --check    # exit 1 and say why if out of step
 """
 
@@ -95,13 +96,19 @@ def pins(text: str) -> dict[str, Version]:
     return {canonicalize_name(n): Version(v) for n, v in PIN.findall(text)}
 
 
-def _compile(out: Path, extra_args: list[str], inputs: list[Path]) -> None:
-    """uv's resolution of ``inputs`` (files beside ``out``) into ``out``."""
+def _compile(out: Path, extra_args: list[str], inputs: list[Path], *, upgrade: bool) -> None:
+    """uv's resolution of ``inputs`` (files beside ``out``) into ``out``. Where the lock of the
+    same name exists, it is ``out``'s starting point, and uv keeps its pins wherever they still
+    satisfy the inputs: a new dependency brings its own packages without upgrading the others
+    (``upgrade``: every package afresh, ``make lock UPGRADE=1``)."""
+    current = LOCKS / out.name
+    if current.is_file() and not upgrade:
+        out.write_text(current.read_text())
     cmd = [
         sys.executable, "-m", "uv", "pip", "compile", *(p.name for p in inputs),
         "--generate-hashes", "--no-header", "--quiet",
         "--python-version", PYTHON, "--python-platform", PLATFORM,
-        "--no-config", *extra_args,
+        "--no-config", *(["--upgrade"] if upgrade else []), *extra_args,
         "--output-file", str(out),
     ]  # fmt: skip
     subprocess.run(cmd, cwd=out.parent, check=True)
@@ -115,7 +122,7 @@ def _header(what: str) -> str:
     )
 
 
-def lock() -> None:
+def lock(*, upgrade: bool = False) -> None:
     LOCKS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
@@ -130,11 +137,15 @@ def lock() -> None:
             t / "cpu.txt",
             ["--all-extras", "--override", str(t / "no-torch.txt")],
             [pyproject, t / "torch-cpu-requires.in"],
+            upgrade=upgrade,
         )
         _compile(
-            t / "cuda.txt", ["--all-extras", "--constraint", str(t / "torch.txt")], [pyproject]
+            t / "cuda.txt",
+            ["--all-extras", "--constraint", str(t / "torch.txt")],
+            [pyproject],
+            upgrade=upgrade,
         )
-        _compile(t / "model-files.txt", ["--no-deps"], [t / "model-files.in"])
+        _compile(t / "model-files.txt", ["--no-deps"], [t / "model-files.in"], upgrade=upgrade)
         cpu = _header("Machines without an NVIDIA GPU: everything but torch (torch-cpu.txt).")
         (LOCKS / "cpu.txt").write_text(cpu + (t / "cpu.txt").read_text())
         cuda = _header("Machines with an NVIDIA GPU: everything, torch's CUDA build from PyPI.")
@@ -186,9 +197,12 @@ def check() -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="only check; exit 1 if out of step")
+    ap.add_argument(
+        "--upgrade", action="store_true", help="resolve every package afresh, not from the locks"
+    )
     args = ap.parse_args()
     if not args.check:
-        lock()
+        lock(upgrade=args.upgrade)
     problems = check()
     for p in problems:
         print(p, file=sys.stderr)
