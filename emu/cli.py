@@ -180,6 +180,17 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--out", type=Path, help="output dir (default: runs/sweep-<name>); resumes what is there"
     )
+    sweep.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes of the local Dask cluster (default: one per core; 1: one case "
+        "after another in this process)",
+    )
+    sweep.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786; README)",
+    )
     sweep.add_argument("--json", action="store_true", help="print the summary as JSON")
     study = sub.add_parser("study", help="run a reproduction study (CSV and plots)")
     study.add_argument("name", choices=["dipsd-paper"], help="which study")
@@ -318,22 +329,52 @@ def _log_traceback(args: argparse.Namespace) -> Path | None:
 
 def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    from emu.sweep.runner import run_study
+    from emu.sweep.engine import engine_for
+    from emu.sweep.runner import finished, run_study
     from emu.sweep.spec import expand, load_study
 
     study = load_study(args.study_file)
     cases = expand(study)  # every case validated before the first runs
+    engine = engine_for(study.level, workers=args.workers, cluster=args.cluster)
     args.out = args.out or Path("runs") / f"sweep-{study.name}"
     out_dir = _out_dir(args, "sweep")
     console = Console(stderr=True, quiet=args.json)
-    console.print(f"sweep [bold]{study.name}[/]: {len(cases)} cases at level {study.level}")
+    with (
+        engine,
+        Progress(
+            TextColumn(f"sweep {study.name}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=args.json or not console.is_terminal,
+        ) as bar,
+    ):
+        console.print(
+            f"sweep [bold]{study.name}[/]: {len(cases)} cases at level {study.level}, "
+            f"{engine.describe()}"
+        )
+        done = finished(out_dir)
+        task = bar.add_task("", total=len(cases), completed=sum(c.case_id in done for c in cases))
 
-    def said(case: Any, status: str) -> None:
-        point = ", ".join(f"{k}={v}" for k, v in case.point.items())
-        console.print(f"case {case.index} ({point or 'base'}, seed {case.seed}): {status}")
+        def said(case: Any, status: str) -> None:
+            point = ", ".join(f"{k}={v}" for k, v in case.point.items())
+            bar.console.print(f"case {case.index} ({point or 'base'}, seed {case.seed}): {status}")
+            bar.advance(task)
 
-    out = run_study(study, out_dir, on_case=said, cases=cases)
+        out = run_study(study, out_dir, on_case=said, cases=cases, engine=engine)
     console.print(
         f"{out['ran']} ran ({out['failed']} failed), {out['skipped']} already done; "
         f"results in {out['results']}"

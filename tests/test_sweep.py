@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from emu.errors import ConfigError
+from emu.sweep.engine import DaskEngine, engine_for
 from emu.sweep.runner import case_rows, run_study
 from emu.sweep.spec import Case, Study, expand, load_study
-from tests.test_cli import draftnet
+from tests.test_cli import ROOT, draftnet
 
 STUDY = """
 name = "tiny"
@@ -80,7 +89,7 @@ def test_a_bad_axis_value_is_one_line_naming_the_case_and_field(
 
 
 def test_bad_study_files_are_one_line(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"level must be one of solve, sim, got 'emulate'"):
+    with pytest.raises(ConfigError, match=r"level must be one of solve, sim, run, got 'emulate'"):
         _study(tmp_path, STUDY.replace('level = "sim"', 'level = "emulate"'))
     policies = r"case 0 \(users\.count=2, seed 1\): policies must be one of dipsd's policies"
     with pytest.raises(ConfigError, match=policies):
@@ -95,7 +104,8 @@ def _table(out: Path) -> list[dict[str, str]]:
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     for row in rows:
-        for k in [k for k in row if k.endswith("wall_s") or k == "attempt_t"]:
+        timings = ("started_t", "ended_t", "solve_ms")  # when, and how long the host took
+        for k in [k for k in row if k.endswith("wall_s") or k in timings]:
             del row[k]
     return sorted(rows, key=lambda r: (r["case_id"], r["policy"]))
 
@@ -152,12 +162,24 @@ def test_a_failing_case_is_recorded_and_the_others_finish(tmp_path: Path) -> Non
 
 
 def test_draftnet_sweep_runs_a_study_file_at_the_solve_level(tmp_path: Path) -> None:
+    """On the default engine, a local Dask cluster (a worker per core): the same table as
+    one case after another in this process."""
     (tmp_path / "s.toml").write_text(STUDY.replace('level = "sim"', 'level = "solve"'))
     r = draftnet("sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "o"), "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["cases"] == 4
+    out = json.loads(r.stdout)
+    assert out["cases"] == 4 and "local Dask cluster" in out["engine"]
     rows = _table(tmp_path / "o")
     assert len(rows) == 8 and all(float(r["speedup.ad_batch"]) > 0 for r in rows)
+    run_study(load_study(tmp_path / "s.toml"), tmp_path / "serial")
+    assert _table(tmp_path / "serial") == rows
+    for flags, needle in (
+        (["--workers", "0"], "--workers must be >= 1, got 0"),
+        (["--cluster", "tcp://127.0.0.1:9", "--workers", "2"], "--workers 2 is for the local"),
+    ):
+        bad = draftnet("sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "b"), *flags)
+        assert bad.returncode == 2 and needle in bad.stderr, bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 
 
 def test_the_summary_is_the_mean_and_a_95_percent_interval_over_seeds() -> None:
@@ -192,3 +214,161 @@ def test_a_sweep_ends_with_its_summary_plots_and_report(tmp_path: Path) -> None:
     assert "| users.count | policy | n | failed | throughput_tok_s.mean |" in report
     with pytest.raises(ConfigError, match=r"plots\[0\] must be \{x = <an axis field>"):
         _study(tmp_path, STUDY + '[[plots]]\nx = "users.alpha"\ny = "throughput_tok_s"\n')
+
+
+# Cases for the engine's workers (which import them from this module, as a lab's hosts import
+# draftnet): a case that sleeps, one that kills its worker.
+
+
+def _sleeps(study: Study, case: Case, where: Path) -> list[dict[str, Any]]:
+    time.sleep(0.5)
+    (where / "note.txt").write_text(f"case {case.index}")
+    return [{"policy": p, "pid": os.getpid(), "tokens": case.index} for p in study.policies]
+
+
+def _kills_its_worker(study: Study, case: Case, where: Path) -> list[dict[str, Any]]:
+    if case.index == 1:
+        os._exit(3)  # the worker process dies, as on a crash or an OOM kill
+    return _sleeps(study, case, where)
+
+
+def _overlapping(rows: list[dict[str, str]]) -> bool:
+    spans = sorted({(float(r["started_t"]), float(r["ended_t"])) for r in rows})
+    return any(b[0] < a[1] for a, b in itertools.pairwise(spans))
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with (out / "results.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def two_workers() -> Iterator[DaskEngine]:
+    with DaskEngine(workers=2) as engine:
+        yield engine
+
+
+def test_cases_run_in_parallel_on_a_local_dask_cluster(
+    tmp_path: Path, two_workers: DaskEngine
+) -> None:
+    """Two worker processes: cases overlap in time, run in two processes, and their files
+    come back into the output directory."""
+    study = _study(tmp_path)
+    out = run_study(study, tmp_path / "o", run_case=_sleeps, engine=two_workers)
+    assert (out["ran"], out["failed"]) == (4, 0)
+    rows = _rows(tmp_path / "o")
+    assert len(rows) == 8 and len({r["pid"] for r in rows}) == 2
+    assert _overlapping(rows)
+    for case in expand(study):
+        assert (tmp_path / "o" / "cases" / case.case_id / "note.txt").read_text() == (
+            f"case {case.index}"
+        )
+
+
+def test_a_worker_that_dies_fails_its_case_and_the_others_finish(
+    tmp_path: Path, two_workers: DaskEngine
+) -> None:
+    """The case that kills its worker is given to another worker once (which it kills too),
+    then recorded as failed; the cluster replaces its workers and the other cases finish."""
+    out = run_study(
+        _study(tmp_path), tmp_path / "o", run_case=_kills_its_worker, engine=two_workers
+    )
+    assert (out["ran"], out["failed"]) == (4, 1)
+    rows = _rows(tmp_path / "o")
+    failed = {r["case"] for r in rows if r["status"] == "failed"}
+    assert failed == {"1"}
+    assert all("KilledWorker" in r["error"] for r in rows if r["status"] == "failed")
+
+
+def test_emulation_cases_need_a_worker_with_the_emulation_resource(
+    tmp_path: Path, two_workers: DaskEngine
+) -> None:
+    study = _study(tmp_path, STUDY.replace('level = "sim"', 'level = "run"'))
+    with pytest.raises(ConfigError, match=r"level run needs a worker with the emulation resource"):
+        run_study(study, tmp_path / "o", run_case=_sleeps, engine=two_workers)
+
+
+@pytest.fixture(scope="module")
+def lab_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A cluster started as the README starts one on a lab's hosts: a scheduler, a worker for
+    simulations and one worker with the emulation resource (here all on this machine)."""
+    where = tmp_path_factory.mktemp("cluster")
+    file = where / "scheduler.json"
+    dask = [sys.executable, "-m", "dask"]
+    common = ["--scheduler-file", str(file), "--no-dashboard"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the workers import this test module
+    procs = [subprocess.Popen([*dask, "scheduler", *common, "--port", "0"], cwd=where, env=env)]
+    try:
+        for _ in range(300):
+            if file.exists() and file.stat().st_size:
+                break
+            time.sleep(0.1)
+        address = json.loads(file.read_text())["address"]
+        worker = [*dask, "worker", *common, "--nworkers", "1", "--nthreads", "1"]
+        procs.append(subprocess.Popen(worker, cwd=where, env=env))
+        procs.append(subprocess.Popen([*worker, "--resources", "emulation=1"], cwd=where, env=env))
+        from distributed import Client
+
+        with Client(address) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for proc in procs[::-1]:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def test_emulation_cases_run_one_at_a_time_on_the_worker_that_has_the_resource(
+    tmp_path: Path, lab_cluster: str
+) -> None:
+    study = _study(tmp_path, STUDY.replace('level = "sim"', 'level = "run"'))
+    with engine_for("run", cluster=lab_cluster) as engine:
+        out = run_study(study, tmp_path / "o", run_case=_sleeps, engine=engine)
+    assert (out["ran"], out["failed"]) == (4, 0) and "2 workers" in out["engine"]
+    rows = _rows(tmp_path / "o")
+    assert len({r["pid"] for r in rows}) == 1  # the emulation worker's
+    assert not _overlapping(rows)
+    # simulation cases take any worker: both of them, at once
+    with engine_for("sim", cluster=lab_cluster) as engine:
+        run_study(_study(tmp_path), tmp_path / "sim", run_case=_sleeps, engine=engine)
+    rows = _rows(tmp_path / "sim")
+    assert len({r["pid"] for r in rows}) == 2 and _overlapping(rows)
+
+
+def test_a_cluster_that_does_not_answer_is_one_line() -> None:
+    with (
+        pytest.raises(ConfigError, match=r"--cluster tcp://127.0.0.1:9: no Dask scheduler"),
+        DaskEngine(address="tcp://127.0.0.1:9", connect_timeout_s=1.0),
+    ):
+        pass
+
+
+def test_an_interrupted_parallel_sweep_keeps_what_finished_and_leaves_no_process(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C during a sweep on the local cluster: status 130, the finished cases' rows kept,
+    every process it started gone; started again it runs only the rest."""
+    longer = STUDY.replace('"sim.duration_s" = 2.0', '"sim.duration_s" = 20.0')
+    (tmp_path / "s.toml").write_text(longer.replace("seeds = [1, 2]", "seeds = [1, 2, 3, 4]"))
+    cmd = [sys.executable, "-m", "emu.cli", "sweep", str(tmp_path / "s.toml")]
+    cmd += ["--out", str(tmp_path / "o"), "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    said = []
+    for line in proc.stderr:
+        said.append(line)
+        if ": ok" in line:
+            break
+    started = psutil.Process(proc.pid).children(recursive=True)
+    assert len(started) >= 2  # the cluster's processes
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, "".join(said) + rest
+    assert "interrupted" in rest
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert alive == []
+    kept = {r["case_id"] for r in _rows(tmp_path / "o") if r["status"] == "ok"}
+    assert 1 <= len(kept) < 8
+    again = draftnet("sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "o"), "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["skipped"] == len(kept)

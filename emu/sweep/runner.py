@@ -14,8 +14,9 @@ Layer: emu (orchestration); writes the output directory.
   at every axis point and policy), the study's plots and ``report.md`` (``summary``).
 
 Started again on the same directory, a sweep runs only the cases without an ``ok`` row (a
-killed sweep resumes; a failed case is tried again). Cases run one after the other here; the
-distributed engine that runs them in parallel is the next step of this work.
+killed sweep resumes; a failed case is tried again). The cases run on an engine
+(``emu.sweep.engine``: this process, or Dask distributed); this process alone writes the
+output directory, as each case's result comes back.
 """
 
 from __future__ import annotations
@@ -23,20 +24,20 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from emu.files import write_atomic
 from emu.scenario import scenario_toml
+from emu.sweep.engine import CaseResult, Engine, InProcess, RunCase
 from emu.sweep.spec import Case, Study, expand
 from emu.sweep.summary import write_summary
 
-__all__ = ["case_rows", "flatten", "run_study"]
-
-RunCase = Callable[[Study, Case, Path], list[dict[str, Any]]]
+__all__ = ["case_rows", "finished", "flatten", "run_study"]
 
 
 def flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -58,14 +59,40 @@ def case_rows(study: Study, case: Case, where: Path) -> list[dict[str, Any]]:
         from emu.runners.solve import solve
 
         return [flatten(solve(case.scenario, policy)) for policy in study.policies]
-    from emu.runners.sim import simulate
+    if study.level == "sim":
+        from emu.runners.sim import simulate
 
-    out = simulate(case.scenario, list(study.policies), out_dir=where)
+        out = simulate(case.scenario, list(study.policies), out_dir=where)
+    else:
+        out = _emulate(study, case, where)
     return [{"policy": p, **flatten(r)} for p, r in out["results"].items()]
 
 
-def _done(path: Path) -> set[str]:
-    """The ids of the cases with an ``ok`` row in ``results.jsonl``."""
+def _emulate(study: Study, case: Case, where: Path) -> dict[str, Any]:
+    """An emulation case: ``draftnet run`` in a process of its own (it builds a Mininet
+    network and handles signals as a command does); its ``--json`` object."""
+    scenario = where / "scenario.toml"
+    scenario.write_text(scenario_toml(case.scenario))
+    cmd = [sys.executable, "-m", "emu.cli", "run", str(scenario), "--json", "--out"]
+    cmd += [str(where / "run"), *(a for p in study.policies for a in ("--policy", p))]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    (where / "run.stderr").write_text(done.stderr)
+    try:
+        out: dict[str, Any] = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        said = [line for line in done.stderr.splitlines() if line.strip()]
+        raise RuntimeError(
+            f"draftnet run exited {done.returncode}: {said[-1] if said else 'no output'}"
+        ) from None
+    bad = [f"{p}: {r['invalid_reason']}" for p, r in out["results"].items() if not r["valid"]]
+    if bad:
+        raise RuntimeError(f"invalid run: {'; '.join(bad)}")
+    return out
+
+
+def finished(out_dir: Path) -> set[str]:
+    """The ids of the cases with an ``ok`` row in ``out_dir``'s ``results.jsonl``."""
+    path = out_dir / "results.jsonl"
     if not path.exists():
         return set()
     ok = set()
@@ -87,9 +114,9 @@ def _rows(path: Path) -> Iterator[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        attempt = (row["case_id"], row.get("attempt_t"))
+        attempt = (row["case_id"], row.get("started_t"))
         rows = latest.setdefault(row["case_id"], [])
-        if rows and (rows[0]["case_id"], rows[0].get("attempt_t")) != attempt:
+        if rows and (rows[0]["case_id"], rows[0].get("started_t")) != attempt:
             rows.clear()
         rows.append(row)
     for rows in sorted(latest.values(), key=lambda r: r[0]["case"]):
@@ -116,35 +143,27 @@ def run_study(
     run_case: RunCase = case_rows,
     on_case: Callable[[Case, str], None] | None = None,
     cases: Sequence[Case] | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
-    """Run every case of ``study`` not yet done in ``out_dir``; the sweep's summary."""
+    """Run every case of ``study`` not yet done in ``out_dir`` on ``engine`` (default: one
+    after another in this process); the sweep's summary. ``run_case`` must be importable by
+    the engine's workers (a module's function)."""
     cases = expand(study) if cases is None else cases  # every case validated first
+    engine = engine if engine is not None else InProcess()
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl, table = out_dir / "results.jsonl", out_dir / "results.csv"
-    done = _done(jsonl)
+    done = finished(out_dir)
+    todo = [case for case in cases if case.case_id not in done]
+    for case in todo:
+        where = out_dir / "cases" / case.case_id
+        where.mkdir(parents=True, exist_ok=True)
+        write_atomic(where / "scenario.toml", scenario_toml(case.scenario))
     ran = failed = 0
     t0 = time.perf_counter()
     with jsonl.open("a") as log:
-        for case in cases:
-            if case.case_id in done:
-                continue
-            where = out_dir / "cases" / case.case_id
-            where.mkdir(parents=True, exist_ok=True)
-            write_atomic(where / "scenario.toml", scenario_toml(case.scenario))
-            head = {"case_id": case.case_id, "case": case.index, **case.point}
-            head |= {"seed": case.seed, "attempt_t": time.time()}
-            try:
-                rows = [
-                    {**head, "status": "ok", "error": "", **r} for r in run_case(study, case, where)
-                ]
-            except Exception as exc:  # the case's fault, recorded; the others go on
-                (where / "error.txt").write_text(traceback.format_exc())
-                error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                rows = [
-                    {**head, "policy": p, "status": "failed", "error": error}
-                    for p in study.policies
-                ]
-                failed += 1
+        for case, result in engine.results(run_case, study, todo):
+            rows = _keep(out_dir / "cases" / case.case_id, study, case, result)
+            failed += bool(result.error)
             for row in rows:
                 log.write(json.dumps(row, default=float) + "\n")
             log.flush()
@@ -158,6 +177,7 @@ def run_study(
     return {
         "study": study.name,
         "level": study.level,
+        "engine": engine.describe(),
         "cases": len(cases),
         "ran": ran,
         "skipped": len(cases) - ran,
@@ -165,3 +185,19 @@ def run_study(
         "results": str(table),
         "wall_s": time.perf_counter() - t0,
     }
+
+
+def _keep(where: Path, study: Study, case: Case, result: CaseResult) -> list[dict[str, Any]]:
+    """A finished case's files written under ``where``; its rows for the results table."""
+    for name, data in result.files.items():
+        path = where / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    head = {"case_id": case.case_id, "case": case.index, **case.point, "seed": case.seed}
+    head |= {"started_t": result.started_t, "ended_t": result.ended_t, "host": result.host}
+    if result.error:
+        (where / "error.txt").write_text(result.trace or result.error)
+        return [
+            {**head, "policy": p, "status": "failed", "error": result.error} for p in study.policies
+        ]
+    return [{**head, "status": "ok", "error": "", **r} for r in result.rows]

@@ -3,7 +3,7 @@
 Layer: emu (orchestration); pure apart from reading the study file and the base scenario.
 
     name = "jitter"
-    level = "sim"                      # solve | sim (run: a later step)
+    level = "sim"                      # solve | sim | run (emulation, as root)
     policies = ["dipsd", "ad-batch"]
     seeds = [1, 2]
     [base]
@@ -44,7 +44,7 @@ from nodes.core.systems import get_system
 
 __all__ = ["LEVELS", "Case", "Study", "expand", "load_study"]
 
-LEVELS = ("solve", "sim")
+LEVELS = ("solve", "sim", "run")
 _KEYS = {"name", "level", "policies", "seeds", "base", "axes", "zip", "plots"}
 
 

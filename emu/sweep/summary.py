@@ -19,7 +19,7 @@ from scipy.stats import t as student_t
 
 __all__ = ["summarise", "write_summary"]
 
-_NOT_METRICS = {"case_id", "case", "seed", "policy", "status", "error", "attempt_t"}
+_NOT_METRICS = {"case_id", "case", "seed", "policy", "status", "error", "started_t", "ended_t"}
 
 
 def _number(v: Any) -> float | None:

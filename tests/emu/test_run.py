@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -315,3 +316,27 @@ def test_a_killed_and_a_stalled_node_are_recorded_and_the_others_go_on(tmp_path:
     assert set(os.listdir("/sys/class/net")) == before
     left = subprocess.run(["pgrep", "-f", r"emu\.runners\.node "], capture_output=True, check=False)
     assert left.returncode != 0, left.stdout  # no node process left, the stopped one included
+
+
+def test_a_sweep_emulates_its_cases_one_after_another(tmp_path: Path) -> None:
+    """``draftnet sweep`` at level ``run``: each case a real emulation (``draftnet run`` in a
+    process of its own), one at a time on this host, its run directory under the case's."""
+    (tmp_path / "study.toml").write_text(
+        'name = "emulated"\nlevel = "run"\npolicies = ["dipsd"]\nseeds = [1]\n'
+        '[base]\npreset = "default"\n[base.set]\n"models.kind" = "synthetic"\n'
+        '"users.count" = 2\n"sim.duration_s" = 3.0\n"network.model" = "fixed"\n'
+        '[axes]\n"users.comm_ms" = [0.0, 10.0]\n'
+    )
+    r = draftnet("sweep", str(tmp_path / "study.toml"), "--out", str(tmp_path / "o"), "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert (out["ran"], out["failed"]) == (2, 0) and out["engine"].startswith("one at a time")
+    with (tmp_path / "o" / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert all(int(r["tokens"]) > 10 and r["valid"] == "True" for r in rows)
+    spans = sorted((float(r["started_t"]), float(r["ended_t"])) for r in rows)
+    assert spans[0][1] <= spans[1][0]  # one emulation at a time on this host
+    for row in rows:
+        run = tmp_path / "o" / "cases" / row["case_id"] / "run"
+        assert json.loads((run / "summary.json").read_text())["results"]["dipsd"]["valid"]
