@@ -354,6 +354,7 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
             TextColumn(f"sweep {study.name}"),
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn("done, {task.fields[failed]} failed, {task.fields[running]} running"),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
@@ -367,12 +368,21 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
             f"{engine.describe()}"
         )
         done = finished(out_dir)
-        task = bar.add_task("", total=len(cases), completed=sum(c.case_id in done for c in cases))
+        already = sum(c.case_id in done for c in cases)
+        slots = engine.slots(study.level)
+        left = len(cases) - already
+        task = bar.add_task(
+            "", total=len(cases), completed=already, failed=0, running=min(slots, left)
+        )
+        failed = 0
 
         def said(case: Any, status: str) -> None:
+            nonlocal failed, left
+            failed += status != "ok"
+            left -= 1
             point = ", ".join(f"{k}={v}" for k, v in case.point.items())
             bar.console.print(f"case {case.index} ({point or 'base'}, seed {case.seed}): {status}")
-            bar.advance(task)
+            bar.update(task, advance=1, failed=failed, running=min(slots, left))
 
         out = run_study(study, out_dir, on_case=said, cases=cases, engine=engine)
     console.print(

@@ -18,9 +18,9 @@ import psutil
 import pytest
 
 from emu.errors import ConfigError
-from emu.sweep.engine import DaskEngine, engine_for
-from emu.sweep.runner import case_rows, run_study
-from emu.sweep.spec import Case, Study, expand, load_study
+from emu.sweep import DaskEngine, engine_for, expand, load_study, read_results, run_study
+from emu.sweep.runner import case_rows
+from emu.sweep.spec import Case, Study
 from tests.test_cli import ROOT, draftnet
 
 STUDY = """
@@ -367,7 +367,7 @@ def test_an_interrupted_parallel_sweep_keeps_what_finished_and_leaves_no_process
     assert "interrupted" in rest
     _, alive = psutil.wait_procs(started, timeout=30)
     assert alive == []
-    kept = {r["case_id"] for r in _rows(tmp_path / "o") if r["status"] == "ok"}
+    kept = {r["case_id"] for r in read_results(tmp_path / "o") if r["status"] == "ok"}
     assert 1 <= len(kept) < 8
     again = draftnet("sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "o"), "--json")
     assert again.returncode == 0, again.stderr

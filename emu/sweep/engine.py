@@ -94,6 +94,10 @@ class Engine(Protocol):
 
     def describe(self) -> str: ...
 
+    def slots(self, level: str) -> int:
+        """How many cases of ``level`` it runs at once."""
+        ...
+
     def results(
         self, run_case: RunCase, study: Study, cases: Sequence[Case]
     ) -> Iterator[tuple[Case, CaseResult]]: ...
@@ -111,6 +115,9 @@ class InProcess:
 
     def describe(self) -> str:
         return "one at a time in this process"
+
+    def slots(self, level: str) -> int:
+        return 1
 
     def results(
         self, run_case: RunCase, study: Study, cases: Sequence[Case]
@@ -185,6 +192,12 @@ class DaskEngine:
             n = len(self._client.scheduler_info()["workers"]) if self._client else 0
             return f"on the Dask cluster at {self.address} ({n} workers)"
         return f"on a local Dask cluster of {self.workers} workers"
+
+    def slots(self, level: str) -> int:
+        workers = self._client.scheduler_info()["workers"].values()
+        if level == "run":
+            return sum(1 for w in workers if w.get("resources", {}).get(EMULATION))
+        return sum(int(w.get("nthreads", 1)) for w in workers)
 
     def _check_emulation(self) -> None:
         workers = self._client.scheduler_info()["workers"].values()

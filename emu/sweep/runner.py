@@ -27,7 +27,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from emu.sweep.engine import CaseResult, Engine, InProcess, RunCase
 from emu.sweep.spec import Case, Study, expand
 from emu.sweep.summary import write_summary
 
-__all__ = ["case_rows", "finished", "flatten", "run_study"]
+__all__ = ["case_rows", "finished", "flatten", "read_results", "run_study"]
 
 
 def flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -106,8 +106,10 @@ def finished(out_dir: Path) -> set[str]:
     return ok
 
 
-def _rows(path: Path) -> Iterator[dict[str, Any]]:
-    """The last rows of each case in ``results.jsonl`` (a case tried again replaces its own)."""
+def read_results(out_dir: Path) -> list[dict[str, Any]]:
+    """The rows of ``out_dir``'s ``results.jsonl``, in case order: each case's latest attempt
+    (a case tried again replaces its own rows)."""
+    path = out_dir / "results.jsonl"
     latest: dict[str, list[dict[str, Any]]] = {}
     for line in path.read_text().splitlines() if path.exists() else ():
         try:
@@ -119,21 +121,46 @@ def _rows(path: Path) -> Iterator[dict[str, Any]]:
         if rows and (rows[0]["case_id"], rows[0].get("started_t")) != attempt:
             rows.clear()
         rows.append(row)
-    for rows in sorted(latest.values(), key=lambda r: r[0]["case"]):
-        yield from rows
+    return [row for rows in sorted(latest.values(), key=lambda r: r[0]["case"]) for row in rows]
 
 
-def _write_csv(jsonl: Path, out: Path) -> None:
-    rows = list(_rows(jsonl))
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    tmp = out.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, out)
+class _Table:
+    """``results.csv`` kept in step with ``results.jsonl``: a finished case's rows appended,
+    the whole table rewritten (in case order) only when a row brings a new column or replaces
+    a case's earlier rows, and at the end."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / "results.csv"
+        self.by_case: dict[str, list[dict[str, Any]]] = {}
+        for row in read_results(out_dir):
+            self.by_case.setdefault(row["case_id"], []).append(row)
+        self.columns: list[str] = []
+        if self.by_case:
+            self.rewrite()
+
+    def _grow(self, rows: list[dict[str, Any]]) -> bool:
+        new = [k for row in rows for k in row if k not in self.columns]
+        self.columns += list(dict.fromkeys(new))
+        return bool(new)
+
+    def rewrite(self) -> None:
+        rows = sorted((r for rows in self.by_case.values() for r in rows), key=lambda r: r["case"])
+        self._grow(rows)
+        tmp = self.path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.columns)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, self.path)
+
+    def add(self, case_id: str, rows: list[dict[str, Any]]) -> None:
+        replaced = case_id in self.by_case
+        self.by_case[case_id] = rows
+        if self._grow(rows) or replaced or not self.path.exists():
+            self.rewrite()
+            return
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.columns).writerows(rows)
 
 
 def run_study(
@@ -151,7 +178,7 @@ def run_study(
     cases = expand(study) if cases is None else cases  # every case validated first
     engine = engine if engine is not None else InProcess()
     out_dir.mkdir(parents=True, exist_ok=True)
-    jsonl, table = out_dir / "results.jsonl", out_dir / "results.csv"
+    jsonl, table = out_dir / "results.jsonl", _Table(out_dir)
     done = finished(out_dir)
     todo = [case for case in cases if case.case_id not in done]
     for case in todo:
@@ -168,12 +195,12 @@ def run_study(
                 log.write(json.dumps(row, default=float) + "\n")
             log.flush()
             os.fsync(log.fileno())
-            _write_csv(jsonl, table)
+            table.add(case.case_id, rows)
             ran += 1
             if on_case is not None:
                 on_case(case, rows[0]["status"])
-    _write_csv(jsonl, table)
-    write_summary(list(_rows(jsonl)), study.fields, out_dir, plots=study.plots, title=study.name)
+    table.rewrite()
+    write_summary(read_results(out_dir), study.fields, out_dir, plots=study.plots, title=study.name)
     return {
         "study": study.name,
         "level": study.level,
@@ -182,7 +209,7 @@ def run_study(
         "ran": ran,
         "skipped": len(cases) - ran,
         "failed": failed,
-        "results": str(table),
+        "results": str(table.path),
         "wall_s": time.perf_counter() - t0,
     }
 

@@ -96,7 +96,7 @@ def _plot(summary: list[dict[str, Any]], axes: list[str], x: str, y: str, path: 
 
 
 def write_summary(
-    rows: list[Mapping[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
     axes: list[str],
     out_dir: Path,
     *,
