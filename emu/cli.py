@@ -176,26 +176,22 @@ def _parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser(
         "sweep", help="run a study file: its cases (axes x seeds), resumable, into a table"
     )
-    sweep.add_argument("study_file", type=Path, help="the study (TOML; see emu/sweep/spec.py)")
+    sweep.add_argument(
+        "study_file",
+        type=Path,
+        help="the study (TOML; see emu/sweep/spec.py), or a built-in one: network-sensitivity, "
+        "network-sensitivity-emu",
+    )
     sweep.add_argument(
         "--out", type=Path, help="output dir (default: runs/sweep-<name>); resumes what is there"
     )
-    sweep.add_argument(
-        "--workers",
-        type=int,
-        help="worker processes of the local Dask cluster (default: one per core; 1: one case "
-        "after another in this process)",
-    )
-    sweep.add_argument(
-        "--cluster",
-        metavar="ADDRESS",
-        help="run on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786; README)",
-    )
+    _engine_args(sweep)
     sweep.add_argument("--json", action="store_true", help="print the summary as JSON")
     study = sub.add_parser("study", help="run a reproduction study (CSV and plots)")
     study.add_argument("name", choices=["dipsd-paper"], help="which study")
     study.add_argument("--out", type=Path, default=Path("study/dipsd-paper"), help="output dir")
     study.add_argument("--max-users", type=int, default=32, help="largest M in the sweep")
+    _engine_args(study)
     study.add_argument("--json", action="store_true", help="print the headline as JSON")
     prof = sub.add_parser("profile", help="measure a model here and fit the cost model's latency")
     which = prof.add_mutually_exclusive_group(required=True)
@@ -327,6 +323,20 @@ def _log_traceback(args: argparse.Namespace) -> Path | None:
     return path
 
 
+def _engine_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes of the local Dask cluster (default: one per core; 1: one case "
+        "after another in this process)",
+    )
+    parser.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786; README)",
+    )
+
+
 def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import (
@@ -454,11 +464,13 @@ def _spinner(text: str, *, quiet: bool) -> Any:
 
 
 def cmd_study(args: argparse.Namespace) -> dict[str, Any]:
+    from emu.sweep.engine import engine_for
     from emu.sweep.study import run_dipsd_paper
 
     if args.max_users < 1:
         raise ConfigError(f"--max-users must be >= 1, got {args.max_users}")
-    return run_dipsd_paper(args.out, max_users=args.max_users, quiet=args.json)
+    with engine_for("solve", workers=args.workers, cluster=args.cluster) as engine:
+        return run_dipsd_paper(args.out, max_users=args.max_users, quiet=args.json, engine=engine)
 
 
 def cmd_profile(args: argparse.Namespace) -> dict[str, Any]:

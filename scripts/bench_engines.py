@@ -137,6 +137,9 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=14)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--engine", choices=("dask", "ray"), action="append")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="measure the engines this many times, alternating"
+    )
     args = ap.parse_args()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}"
@@ -157,7 +160,8 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|")
     wanted = args.engine or ["dask", "ray"]
-    for engine in [e() for e in (Dask, Ray) if e.__name__.lower() in wanted]:
+    engines = [e for e in (Dask, Ray) if e.__name__.lower() in wanted]
+    for engine in [e() for _ in range(args.repeat) for e in engines]:
         t0 = time.perf_counter()
         engine.start(args.workers)
         engine.map(nothing, [0])

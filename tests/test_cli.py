@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from emu.planner import evaluate, plan_for
+from emu.scenario import load_scenario
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -120,6 +123,22 @@ def test_study_writes_csv_and_plots(tmp_path: Path) -> None:
     rows = list(csv.DictReader((tmp_path / "throughput_vs_users.csv").open()))
     assert [int(r["users"]) for r in rows] == list(range(1, 7))
     assert all(float(r["dipsd"]) >= float(r["fixed"]) * (1 - 1e-9) for r in rows)
+    # the sweeps' values are the planner's own for the preset
+    p = load_scenario(preset="dipsd-paper", overrides={"users.count": 3}).problem()
+    assert float(rows[2]["dipsd"]) == evaluate(p, plan_for("dipsd", p)).throughput_tok_s
+    fixed = list(csv.DictReader((tmp_path / "optimised_vs_fixed.csv").open()))
+    p = load_scenario(
+        preset="dipsd-paper", overrides={"users.count": 6, "planner.fixed_draft_len": 4}
+    ).problem()
+    assert float(fixed[3]["fixed"]) == evaluate(p, plan_for("fixed", p)).throughput_tok_s
+    # its sweeps ran on the engine and are kept: started again, nothing is solved twice
+    before = {f.name: f.read_text() for f in tmp_path.glob("*.csv")}
+    log = {f: f.read_text() for f in tmp_path.glob("sweeps/*/results.jsonl")}
+    again = draftnet("study", "dipsd-paper", "--out", str(tmp_path), "--max-users", "6", "--json")
+    assert again.returncode == 0, again.stderr
+    assert {f.name: f.read_text() for f in tmp_path.glob("*.csv")} == before
+    assert {f: f.read_text() for f in tmp_path.glob("sweeps/*/results.jsonl")} == log
+    assert sorted(f.parent.name for f in log) == ["alpha", "fixed", "users"]
 
 
 def test_sim_json_has_the_documented_fields(tmp_path: Path) -> None:

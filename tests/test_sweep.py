@@ -20,7 +20,8 @@ import pytest
 from emu.errors import ConfigError
 from emu.sweep import DaskEngine, engine_for, expand, load_study, read_results, run_study
 from emu.sweep.runner import case_rows
-from emu.sweep.spec import Case, Study
+from emu.sweep.spec import Case, Study, builtin_studies
+from emu.sweep.summary import plot_lines
 from tests.test_cli import ROOT, draftnet
 
 STUDY = """
@@ -372,3 +373,77 @@ def test_an_interrupted_parallel_sweep_keeps_what_finished_and_leaves_no_process
     again = draftnet("sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "o"), "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["skipped"] == len(kept)
+
+
+def test_one_at_a_time_varies_each_axis_alone_around_the_base(tmp_path: Path) -> None:
+    """The base point (4 users in the preset, no jitter), then each axis's values with the
+    others at the base's; a value equal to the base's is the base point, run once."""
+    study = _study(
+        tmp_path,
+        STUDY.replace('level = "sim"', 'level = "sim"\ndesign = "one-at-a-time"')
+        .replace('"users.count" = { range = [2, 3, 1] }', '"users.count" = [2, 3]')
+        .replace("[base.set]\n", '[base.set]\n"users.count" = 4\n')
+        + '"network.jitter_ms" = [0.0, 5.0]\n',
+    )
+    got = [(c.point["users.count"], c.point["network.jitter_ms"]) for c in expand(study)[::2]]
+    assert got == [(4, 0.0), (2, 0.0), (3, 0.0), (4, 5.0)]
+    summary = [
+        {"users.count": u, "network.jitter_ms": j, "policy": "p", "y.mean": u + j, "y.ci95": 0.1}
+        for u, j in got
+    ]
+    at = {"users.count": 4, "network.jitter_ms": 0.0}
+    axes = ["users.count", "network.jitter_ms"]
+    # each axis's plot keeps the points where the other axis is at the base
+    assert plot_lines(summary, axes, "users.count", "y", at=at) == {
+        "p": [(2.0, 2.0, 0.1), (3.0, 3.0, 0.1), (4.0, 4.0, 0.1)]
+    }
+    assert plot_lines(summary, axes, "network.jitter_ms", "y", at=at) == {
+        "p": [(0.0, 4.0, 0.1), (5.0, 9.0, 0.1)]
+    }
+    with pytest.raises(ConfigError, match=r"design must be one of grid, one-at-a-time"):
+        _study(tmp_path, STUDY.replace('level = "sim"', 'level = "sim"\ndesign = "random"'))
+
+
+def test_recorded_traces_as_an_axis_are_found_beside_the_study(tmp_path: Path) -> None:
+    """Two Mahimahi traces zipped as the users' up and down links, named relative to the
+    study file: each case replays its own (the slow one, an opportunity every 40 ms, costs
+    throughput), and the table names the trace."""
+    (tmp_path / "traces").mkdir()
+    (tmp_path / "traces" / "fast").write_text("".join(f"{ms}\n" for ms in range(1, 201)))
+    (tmp_path / "traces" / "slow").write_text("".join(f"{ms}\n" for ms in range(40, 201, 40)))
+    study = _study(
+        tmp_path,
+        STUDY.replace('"network.model" = "fixed"', '"network.model" = "trace"')
+        .replace("seeds = [1, 2]", "seeds = [1]")
+        .replace('"users.count" = { range = [2, 3, 1] }', "")
+        + '[[zip]]\n"network.trace_up" = ["traces/fast", "traces/slow"]\n'
+        + '"network.trace_down" = ["traces/fast", "traces/slow"]\n',
+    )
+    run_study(study, tmp_path / "o")
+    rows = {
+        Path(r["network.trace_up"]).name: float(r["throughput_tok_s"])
+        for r in _rows(tmp_path / "o")
+        if r["policy"] == "dipsd"
+    }
+    assert rows["slow"] < 0.8 * rows["fast"]
+    assert all(Path(r["network.trace_up"]).is_absolute() for r in _rows(tmp_path / "o"))
+
+
+def test_the_builtin_studies_are_valid_and_named_by_their_name(tmp_path: Path) -> None:
+    assert builtin_studies() == ["network-sensitivity", "network-sensitivity-emu"]
+    sensitivity = load_study("network-sensitivity")
+    assert sensitivity.design == "one-at-a-time" and sensitivity.level == "sim"
+    cases = expand(sensitivity)  # every case of it validates
+    assert {"users.comm_ms", "network.jitter_ms", "network.loss", "network.rate_bps"} <= set(
+        cases[0].point
+    )
+    assert {"users.count", "radio.speed_mps"} <= set(cases[0].point)
+    assert [
+        c.point["network.jitter_ms"] for c in expand(load_study("network-sensitivity-emu"))
+    ] == [
+        0.0,
+        5.0,
+        20.0,
+    ]
+    r = draftnet("sweep", "no-such-study", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "built-in studies: network-sensitivity," in r.stderr, r.stderr

@@ -9,7 +9,8 @@ Layer: emu (orchestration); writes the output directory.
   with its error, and the others go on.
 - ``results.csv``: the same rows as a table (the columns of every row), rewritten after each
   case: ``pandas.read_csv`` loads it.
-- ``cases/<case_id>/``: each case's scenario and, for ``sim``, its summary and events.
+- ``cases/<case_id>/``: each case's scenario and, for ``sim``, its summary (and its events
+  where the study says ``events = true``); for ``run``, its run directory.
 - at the end, ``summary.csv`` (mean and 95% confidence interval over seeds of every metric
   at every axis point and policy), the study's plots and ``report.md`` (``summary``).
 
@@ -34,7 +35,7 @@ from typing import Any
 from emu.files import write_atomic
 from emu.scenario import scenario_toml
 from emu.sweep.engine import CaseResult, Engine, InProcess, RunCase
-from emu.sweep.spec import Case, Study, expand
+from emu.sweep.spec import Case, Study, base_point, expand
 from emu.sweep.summary import write_summary
 
 __all__ = ["case_rows", "finished", "flatten", "read_results", "run_study"]
@@ -62,7 +63,9 @@ def case_rows(study: Study, case: Case, where: Path) -> list[dict[str, Any]]:
     if study.level == "sim":
         from emu.runners.sim import simulate
 
-        out = simulate(case.scenario, list(study.policies), out_dir=where)
+        out = simulate(case.scenario, list(study.policies), out_dir=where if study.events else None)
+        if not study.events:
+            write_atomic(where / "summary.json", json.dumps(out, indent=2, default=float))
     else:
         out = _emulate(study, case, where)
     return [{"policy": p, **flatten(r)} for p, r in out["results"].items()]
@@ -200,7 +203,15 @@ def run_study(
             if on_case is not None:
                 on_case(case, rows[0]["status"])
     table.rewrite()
-    write_summary(read_results(out_dir), study.fields, out_dir, plots=study.plots, title=study.name)
+    write_summary(
+        read_results(out_dir),
+        study.fields,
+        out_dir,
+        plots=study.plots,
+        title=study.name,
+        groups=[names for names, _ in study.axes],
+        at=base_point(study) if study.design == "one-at-a-time" else None,
+    )
     return {
         "study": study.name,
         "level": study.level,

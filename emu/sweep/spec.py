@@ -21,6 +21,14 @@ Layer: emu (orchestration); pure apart from reading the study file and the base 
     x = "network.jitter_ms"
     y = "throughput_tok_s"
 
+Each case keeps its scenario and summary; ``events = true`` keeps a simulation's
+``events.jsonl`` too (megabytes a case). ``design = "one-at-a-time"`` (a sensitivity study)
+varies each axis (or zipped group) alone, the others at the base scenario's values, instead
+of the cross product (``"grid"``, the default). Fields that name files (``network.trace_up``,
+``network.trace_down``) are paths relative to the study file's folder, as is
+``base.scenario``: recorded traces as an axis are a ``[[zip]]`` of the two with
+``"network.model" = "trace"`` in ``[base.set]``.
+
 A case is one point of the axes and one seed: its scenario is the base, then ``base.set``,
 then the point, then ``sim.seed``. Every case's scenario is built (and so validated) before
 the first one runs; a bad value is one line naming the case and the field. A case's id is a
@@ -35,6 +43,7 @@ import itertools
 import math
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +51,22 @@ from emu.errors import ConfigError
 from emu.scenario import Scenario, load_scenario, scenario_toml
 from nodes.core.systems import get_system
 
-__all__ = ["LEVELS", "Case", "Study", "expand", "load_study"]
+__all__ = [
+    "DESIGNS",
+    "LEVELS",
+    "Case",
+    "Study",
+    "base_point",
+    "builtin_studies",
+    "expand",
+    "load_study",
+    "points",
+]
 
 LEVELS = ("solve", "sim", "run")
-_KEYS = {"name", "level", "policies", "seeds", "base", "axes", "zip", "plots"}
+_KEYS = {"name", "level", "design", "events", "policies", "seeds", "base", "axes", "zip", "plots"}
+DESIGNS = ("grid", "one-at-a-time")
+PATH_FIELDS = ("network.trace_up", "network.trace_down")  # relative to the study's folder
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +81,8 @@ class Study:
     # each axis: the fields it moves (one, or a zipped group) and its values (tuples)
     axes: tuple[tuple[tuple[str, ...], tuple[tuple[Any, ...], ...]], ...] = ()
     plots: tuple[tuple[str, str], ...] = ()  # (axis field, metric): a metric against an axis
+    design: str = "grid"  # or "one-at-a-time"
+    events: bool = False  # sim: keep each case's events.jsonl too (megabytes a case)
 
     @property
     def fields(self) -> list[str]:
@@ -105,13 +128,27 @@ def _values(where: str, spec: Any) -> list[Any]:
     )
 
 
+def builtin_studies() -> list[str]:
+    """The names of the studies draftnet ships (``emu/studies/<name>.toml``)."""
+    folder = resources.files("emu").joinpath("studies")
+    return sorted(
+        f.name.removesuffix(".toml") for f in folder.iterdir() if f.name.endswith(".toml")
+    )
+
+
 def load_study(path: str | Path) -> Study:
-    """Read a study file; ConfigError (one line naming the key) for what it cannot be."""
+    """Read a study file, or a built-in study by name; ConfigError (one line naming the key)
+    for what it cannot be."""
     p = Path(path)
+    if not p.exists() and str(path) in builtin_studies():
+        p = Path(str(resources.files("emu").joinpath(f"studies/{path}.toml")))
     try:
         data = tomllib.loads(p.read_text())
     except OSError as exc:
-        raise ConfigError(f"study file {p}: {exc.strerror or exc}") from None
+        raise ConfigError(
+            f"study file {p}: {exc.strerror or exc} (built-in studies: "
+            f"{', '.join(builtin_studies())})"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"study file {p} is not TOML: {exc}") from None
     unknown = sorted(set(data) - _KEYS)
@@ -120,6 +157,12 @@ def load_study(path: str | Path) -> Study:
     level = data.get("level", "sim")
     if level not in LEVELS:
         raise ConfigError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+    events = data.get("events", False)
+    if not isinstance(events, bool):
+        raise ConfigError(f"events must be true or false, got {events!r}")
+    design = data.get("design", "grid")
+    if design not in DESIGNS:
+        raise ConfigError(f"design must be one of {', '.join(DESIGNS)}, got {design!r}")
     policies = data.get("policies", [])
     if not (isinstance(policies, list) and policies and all(isinstance(x, str) for x in policies)):
         raise ConfigError(f"policies must be a non-empty list of names, got {policies!r}")
@@ -134,11 +177,15 @@ def load_study(path: str | Path) -> Study:
         scenario = (p.parent / str(base["scenario"])).resolve()
     axes: list[tuple[tuple[str, ...], tuple[tuple[Any, ...], ...]]] = []
     for name, spec in (data.get("axes") or {}).items():
-        axes.append(((name,), tuple((v,) for v in _values(f"axes.{name!r}", spec))))
+        values = _paths(name, _values(f"axes.{name!r}", spec), p.parent)
+        axes.append(((name,), tuple((v,) for v in values)))
     for k, group in enumerate(data.get("zip") or []):
         if not isinstance(group, dict) or len(group) < 2:
             raise ConfigError(f"zip[{k}] must be a table of two or more fields, got {group!r}")
-        columns = [_values(f"zip[{k}].{name!r}", spec) for name, spec in group.items()]
+        columns = [
+            _paths(name, _values(f"zip[{k}].{name!r}", spec), p.parent)
+            for name, spec in group.items()
+        ]
         if len({len(c) for c in columns}) != 1:
             sizes = ", ".join(f"{n} {len(c)}" for n, c in zip(group, columns, strict=True))
             raise ConfigError(f"zip[{k}]'s fields must have as many values each, got {sizes}")
@@ -161,10 +208,22 @@ def load_study(path: str | Path) -> Study:
         seeds=tuple(seeds),
         preset=base.get("preset"),
         scenario=scenario,
-        base_set=dict(base.get("set") or {}),
+        base_set={
+            name: _paths(name, [value], p.parent)[0]
+            for name, value in dict(base.get("set") or {}).items()
+        },
         axes=tuple(axes),
         plots=tuple(plots),
+        design=design,
+        events=events,
     )
+
+
+def _paths(name: str, values: list[Any], folder: Path) -> list[Any]:
+    """A file-naming field's values as paths from ``folder`` (absolute ones and "" kept)."""
+    if name not in PATH_FIELDS:
+        return values
+    return [str(folder / v) if isinstance(v, str) and v else v for v in values]
 
 
 def _case_id(study: Study, sc: Scenario) -> str:
@@ -172,15 +231,48 @@ def _case_id(study: Study, sc: Scenario) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def _field(sc: Any, dotted: str) -> Any:
+    for name in dotted.split("."):
+        sc = getattr(sc, name, None)
+    return sc
+
+
+def base_point(study: Study) -> dict[str, Any]:
+    """Every axis field's value in the base scenario (with ``base.set``)."""
+    try:
+        sc = load_scenario(study.scenario, preset=study.preset, overrides=study.base_set)
+    except ConfigError as exc:
+        raise ConfigError(f"the base scenario: {exc}") from None
+    return {f: _field(sc, f) for f in study.fields}
+
+
+def points(study: Study) -> list[dict[str, Any]]:
+    """The study's points (every axis field's value at each): the cross product of the axes,
+    or for ``one-at-a-time`` the base point, then each axis's values with the others at
+    the base's (each point once)."""
+    if study.design == "grid":
+        return [
+            {
+                name: value
+                for (names, _), values in zip(study.axes, combo, strict=True)
+                for name, value in zip(names, values, strict=True)
+            }
+            for combo in itertools.product(*(values for _, values in study.axes))
+        ]
+    base = base_point(study)
+    out = [base]
+    for names, values in study.axes:
+        for combo in values:
+            point = {**base, **dict(zip(names, combo, strict=True))}
+            if point not in out:
+                out.append(point)
+    return out
+
+
 def expand(study: Study) -> list[Case]:
     """Every case of the study, each scenario built (validated) before any runs."""
     cases: list[Case] = []
-    for combo in itertools.product(*(values for _, values in study.axes)):
-        point = {
-            name: value
-            for (names, _), values in zip(study.axes, combo, strict=True)
-            for name, value in zip(names, values, strict=True)
-        }
+    for point in points(study):
         for seed in study.seeds:
             index = len(cases)
             shown = ", ".join(f"{k}={v!r}" for k, v in point.items()) or "the base"

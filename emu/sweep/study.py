@@ -2,21 +2,25 @@
 
 Layer: emu (orchestration); writes CSV and PNG files into an output directory, each as soon as
 its sweep finishes.
+
+Its three sweeps are studies at the ``solve`` level, run on a sweep engine (``emu.sweep``):
+each keeps its cases' results under ``sweeps/<sweep>/`` (resumable: an interrupted study
+started again solves only what is missing), and the figures' tables are made from them.
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from emu.planner import evaluate, get_policy, plan_for, policy_names
-from emu.planner.baselines import fixed
-from emu.planner.model import Problem
+from emu.planner import get_policy, policy_names
 from emu.scenario import load_scenario
+from emu.sweep.engine import Engine, InProcess
+from emu.sweep.runner import read_results, run_study
+from emu.sweep.spec import Study
 
 __all__ = ["PAPER", "run_dipsd_paper"]
 
@@ -29,12 +33,6 @@ ALPHA_USERS = (4, 8, 16, 32)
 FIXED_USERS = (6, 16)
 
 
-def _problem(users: int, alpha: float) -> Problem:
-    return load_scenario(
-        preset="dipsd-paper", overrides={"users.count": users, "users.alpha": alpha}
-    ).problem()
-
-
 def _write(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -42,7 +40,38 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> None:
         w.writerows(rows)
 
 
-def run_dipsd_paper(out: Path, *, max_users: int = 32, quiet: bool = False) -> dict[str, Any]:
+def _solved(
+    name: str, out: Path, engine: Engine, *, policies: tuple[str, ...], **axes: list[Any]
+) -> dict[tuple[Any, ...], dict[str, dict[str, Any]]]:
+    """The preset solved at every point of ``axes`` (fields: values, in a cross product; at
+    a = 0.78 unless an axis sets it) for every policy: point values -> policy -> its row."""
+    study = Study(
+        name=f"dipsd-paper-{name}",
+        level="solve",
+        policies=policies,
+        seeds=(1,),
+        preset="dipsd-paper",
+        scenario=None,
+        base_set={"users.alpha": 0.78},
+        axes=tuple(
+            ((f.replace("__", "."),), tuple((v,) for v in vals)) for f, vals in axes.items()
+        ),
+    )
+    where = out / "sweeps" / name
+    result = run_study(study, where, engine=engine)
+    if result["failed"]:
+        raise RuntimeError(f"{result['failed']} cases of the {name} sweep failed: see {where}")
+    table: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
+    for row in read_results(where):
+        table.setdefault(tuple(row[f] for f in study.fields), {})[row["policy"]] = row
+    return table
+
+
+def run_dipsd_paper(
+    out: Path, *, max_users: int = 32, quiet: bool = False, engine: Engine | None = None
+) -> dict[str, Any]:
+    """The study's CSV files, plots and headline, its sweeps run on ``engine`` (default: in
+    this process)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,14 +81,16 @@ def run_dipsd_paper(out: Path, *, max_users: int = 32, quiet: bool = False) -> d
     out.mkdir(parents=True, exist_ok=True)
 
     # 1. Throughput of every policy against M at a = 0.78.
+    engine = engine if engine is not None else InProcess()
     users_rows: list[dict[str, Any]] = []
     with console.status("throughput against users"):
-        for M in range(1, max_users + 1):
-            p = _problem(M, 0.78)
-            row: dict[str, Any] = {"users": M}
-            for pol in POLICIES:
-                row[pol] = evaluate(p, plan_for(pol, p)).throughput_tok_s
-            users_rows.append(row)
+        by_users = _solved(
+            "users", out, engine, policies=POLICIES, users__count=list(range(1, max_users + 1))
+        )
+        for (M,), solved in by_users.items():
+            users_rows.append(
+                {"users": M, **{pol: solved[pol]["throughput_tok_s"] for pol in POLICIES}}
+            )
     _write(out / "throughput_vs_users.csv", users_rows)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for pol in POLICIES:
@@ -74,21 +105,25 @@ def run_dipsd_paper(out: Path, *, max_users: int = 32, quiet: bool = False) -> d
     # 2. dipsd's gain against a, at a few M.
     alpha_rows: list[dict[str, Any]] = []
     with console.status("gain against acceptance rate"):
-        for M in (m for m in ALPHA_USERS if m <= max_users):
-            for a in ALPHAS:
-                p = _problem(M, a)
-                thr: dict[str, float] = {
-                    pol: evaluate(p, plan_for(pol, p)).throughput_tok_s for pol in POLICIES
+        by_alpha = _solved(
+            "alpha",
+            out,
+            engine,
+            policies=POLICIES,
+            users__count=[m for m in ALPHA_USERS if m <= max_users],
+            users__alpha=list(ALPHAS),
+        )
+        for (M, a), solved in by_alpha.items():
+            thr = {pol: float(solved[pol]["throughput_tok_s"]) for pol in POLICIES}
+            alpha_rows.append(
+                {
+                    "users": M,
+                    "alpha": a,
+                    **thr,
+                    "speedup_vs_ad": thr["dipsd"] / thr["ad"],
+                    "speedup_vs_ad_batch": thr["dipsd"] / thr["ad-batch"],
                 }
-                alpha_rows.append(
-                    {
-                        "users": M,
-                        "alpha": a,
-                        **thr,
-                        "speedup_vs_ad": thr["dipsd"] / thr["ad"],
-                        "speedup_vs_ad_batch": thr["dipsd"] / thr["ad-batch"],
-                    }
-                )
+            )
     _write(out / "gain_vs_alpha.csv", alpha_rows)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for M in sorted({r["users"] for r in alpha_rows}):
@@ -107,13 +142,25 @@ def run_dipsd_paper(out: Path, *, max_users: int = 32, quiet: bool = False) -> d
     # 3. Optimised lengths against every fixed length.
     fixed_rows: list[dict[str, Any]] = []
     with console.status("optimised against fixed draft lengths"):
-        for M in (m for m in FIXED_USERS if m <= max_users):
-            p = _problem(M, 0.78)
-            best = evaluate(p, plan_for("dipsd", p)).throughput_tok_s
-            for ln in range(1, p.max_draft_len + 1):
-                q = replace(p, fixed_draft_len=ln, initial_draft_len=ln)
-                thr_fixed = evaluate(q, fixed(q)).throughput_tok_s
-                fixed_rows.append({"users": M, "draft_len": ln, "fixed": thr_fixed, "dipsd": best})
+        longest = load_scenario(preset="dipsd-paper").planner.max_draft_len
+        by_length = _solved(
+            "fixed",
+            out,
+            engine,
+            policies=("dipsd",),
+            users__count=[m for m in FIXED_USERS if m <= max_users],
+            planner__fixed_draft_len=list(range(1, longest + 1)),
+        )
+        for (M, ln), solved in by_length.items():
+            row = solved["dipsd"]
+            fixed_rows.append(
+                {
+                    "users": M,
+                    "draft_len": ln,
+                    "fixed": row["baselines.fixed"],
+                    "dipsd": row["throughput_tok_s"],
+                }
+            )
     if fixed_rows:
         _write(out / "optimised_vs_fixed.csv", fixed_rows)
         fig, ax = plt.subplots(figsize=(6.4, 4.2))

@@ -17,7 +17,7 @@ from typing import Any
 
 from scipy.stats import t as student_t
 
-__all__ = ["summarise", "write_summary"]
+__all__ = ["plot_lines", "summarise", "write_summary"]
 
 _NOT_METRICS = {"case_id", "case", "seed", "policy", "status", "error", "started_t", "ended_t"}
 
@@ -61,28 +61,53 @@ def summarise(rows: Iterable[Mapping[str, Any]], axes: list[str]) -> list[dict[s
     return out
 
 
-def _plot(summary: list[dict[str, Any]], axes: list[str], x: str, y: str, path: Path) -> None:
+def plot_lines(
+    summary: Sequence[Mapping[str, Any]],
+    axes: Sequence[str],
+    x: str,
+    y: str,
+    *,
+    groups: Sequence[Sequence[str]] = (),
+    at: Mapping[str, Any] | None = None,
+) -> dict[str, list[tuple[float, float, float]]]:
+    """The lines of ``y`` against ``x`` (label: its (x, mean, ci95 half width) points, in x
+    order): one per policy and combination of the other axes' values (the fields zipped with
+    ``x``, its group in ``groups``, move with it), or where ``at`` gives the other axes' values
+    (a one-at-a-time study's base), one per policy through the points at those values."""
+    mine = next((g for g in groups if x in g), (x,))
+    others = [a for a in axes if a not in mine]
+    keyed = others if at is None else []
+    lines: dict[str, list[tuple[float, float, float]]] = {}
+    for row in summary:
+        mean, xv = _number(row.get(f"{y}.mean")), _number(row.get(x))
+        if mean is None or xv is None:
+            continue
+        if at is not None and any(row.get(a) != at.get(a) for a in others):
+            continue
+        half = _number(row.get(f"{y}.ci95")) or 0.0
+        label = ", ".join([str(row["policy"]), *(f"{a}={row.get(a)}" for a in keyed)])
+        lines.setdefault(label, []).append((xv, mean, 0.0 if math.isnan(half) else half))
+    return {label: sorted(points) for label, points in sorted(lines.items())}
+
+
+def _plot(
+    summary: list[dict[str, Any]],
+    axes: list[str],
+    x: str,
+    y: str,
+    path: Path,
+    *,
+    groups: Sequence[Sequence[str]] = (),
+    at: Mapping[str, Any] | None = None,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    others = [a for a in axes if a != x]
-    lines: dict[tuple[Any, ...], list[tuple[float, float, float]]] = {}
-    for row in summary:
-        mean, xv = _number(row.get(f"{y}.mean")), _number(row.get(x))
-        if mean is None or xv is None:
-            continue
-        half = _number(row.get(f"{y}.ci95")) or 0.0
-        key = (row["policy"], *(row.get(a) for a in others))
-        lines.setdefault(key, []).append((xv, mean, 0.0 if math.isnan(half) else half))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, points in sorted(lines.items(), key=lambda kv: str(kv[0])):
-        points.sort()
+    for label, points in plot_lines(summary, axes, x, y, groups=groups, at=at).items():
         xs, ms, hs = zip(*points, strict=True)
-        label = ", ".join(
-            [str(key[0]), *(f"{a}={v}" for a, v in zip(others, key[1:], strict=True))]
-        )
         ax.plot(xs, ms, marker="o", label=label)
         ax.fill_between(xs, [m - h for m, h in zip(ms, hs, strict=True)],
                         [m + h for m, h in zip(ms, hs, strict=True)], alpha=0.2)  # fmt: skip
@@ -102,8 +127,12 @@ def write_summary(
     *,
     plots: Sequence[tuple[str, str]] = (),
     title: str = "",
+    groups: Sequence[Sequence[str]] = (),
+    at: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """``summary.csv``, the plots (``x``, ``y`` pairs: ``<y>-vs-<x>.png``) and ``report.md``."""
+    """``summary.csv``, the plots (``x``, ``y`` pairs: ``<y>-vs-<x>.png``; ``groups``: the
+    axes' fields that move together; ``at``: the other axes' values each plot keeps, for a
+    one-at-a-time study) and ``report.md``."""
     summary = summarise(rows, axes)
     columns: list[str] = []
     for row in summary:
@@ -115,7 +144,7 @@ def write_summary(
     made = []
     for x, y in plots:
         name = f"{y}-vs-{x}.png".replace("/", "_")
-        _plot(summary, axes, x, y, out_dir / name)
+        _plot(summary, axes, x, y, out_dir / name, groups=groups, at=at)
         made.append(name)
     shown = ["throughput_tok_s", "tpot_ms.p95", "cycle_ms"]
     cols = [*axes, "policy", "n", "failed"]
