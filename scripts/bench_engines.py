@@ -10,11 +10,14 @@ For each engine, a local cluster of ``--workers`` single-threaded worker process
 - memory: the resident memory of the cluster's processes (scheduler, workers, raylets...)
   once started.
 
-Prints figures for BENCHMARKS.md; asserts nothing. Neither engine is a dependency of
-draftnet's lock until one is chosen: run it from an environment that has both, with the
-repository on PYTHONPATH, e.g.
+Prints figures for BENCHMARKS.md; asserts nothing. Dask distributed is draftnet's engine
+(in the lock) and Ray is not: run it from an environment that has both, with the repository
+on PYTHONPATH, e.g.
 
-    PYTHONPATH=. /tmp/engvenv/bin/python scripts/bench_engines.py
+    .venv/bin/uv venv /tmp/engvenv && VIRTUAL_ENV=/tmp/engvenv .venv/bin/uv pip install \
+        numpy scipy msgpack "trio<0.40" rich matplotlib tomli-w psutil "dask[distributed]" ray
+    PYTHONPATH=. /tmp/engvenv/bin/python scripts/bench_engines.py --cases 1000 --users 4 \
+        --duration 10 --repeat 2
 """
 
 from __future__ import annotations

@@ -400,6 +400,16 @@ def test_one_at_a_time_varies_each_axis_alone_around_the_base(tmp_path: Path) ->
     assert plot_lines(summary, axes, "network.jitter_ms", "y", at=at) == {
         "p": [(0.0, 4.0, 0.1), (5.0, 9.0, 0.1)]
     }
+    # a zipped group's line holds its own combinations, not the base's
+    zipped = [
+        {"net": net, "speed": v, "policy": "p", "y.mean": v, "y.ci95": 0.0}
+        for net, v in (("fixed", 1.0), ("radio", 0.0), ("radio", 3.0))
+    ]
+    group = (("net", "speed"), (("radio", 0.0), ("radio", 3.0)))
+    lines = plot_lines(
+        zipped, ["net", "speed"], "speed", "y", groups=[group], at={"net": "fixed", "speed": 1.0}
+    )
+    assert lines == {"p": [(0.0, 0.0, 0.0), (3.0, 3.0, 0.0)]}
     with pytest.raises(ConfigError, match=r"design must be one of grid, one-at-a-time"):
         _study(tmp_path, STUDY.replace('level = "sim"', 'level = "sim"\ndesign = "random"'))
 

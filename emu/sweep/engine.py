@@ -169,6 +169,12 @@ class DaskEngine:
         settings = {
             "distributed.scheduler.allowed-failures": 1,
             "distributed.scheduler.worker-saturation": 1.0,
+            # Each worker's event loop shares the GIL with the case it runs: no statistical
+            # profiler sampling the case's stack every 10 ms, and the loop's watchdog and
+            # system monitor woken each second, not every 20 and 500 ms.
+            "distributed.worker.profile.enabled": False,
+            "distributed.admin.tick.interval": "1s",
+            "distributed.admin.system-monitor.interval": "1s",
         }
         with dask.config.set(settings):
             self._cluster = LocalCluster(  # type: ignore[no-untyped-call]

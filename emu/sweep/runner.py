@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -39,6 +40,8 @@ from emu.sweep.spec import Case, Study, base_point, expand
 from emu.sweep.summary import write_summary
 
 __all__ = ["case_rows", "finished", "flatten", "read_results", "run_study"]
+
+TEARDOWN_S = 120.0  # how long a stopped emulation case may take to tear its network down
 
 
 def flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -78,14 +81,26 @@ def _emulate(study: Study, case: Case, where: Path) -> dict[str, Any]:
     scenario.write_text(scenario_toml(case.scenario))
     cmd = [sys.executable, "-m", "emu.cli", "run", str(scenario), "--json", "--out"]
     cmd += [str(where / "run"), *(a for p in study.policies for a in ("--policy", p))]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    (where / "run.stderr").write_text(done.stderr)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        out: dict[str, Any] = json.loads(done.stdout)
+        stdout, stderr = proc.communicate()
+    except KeyboardInterrupt:
+        # Stopped: the run tears its network down first (a terminal's Ctrl-C reached it too;
+        # it ignores a second signal), so that no namespace or interface is left behind.
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=TEARDOWN_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise
+    (where / "run.stderr").write_text(stderr)
+    try:
+        out: dict[str, Any] = json.loads(stdout)
     except json.JSONDecodeError:
-        said = [line for line in done.stderr.splitlines() if line.strip()]
+        said = [line for line in stderr.splitlines() if line.strip()]
         raise RuntimeError(
-            f"draftnet run exited {done.returncode}: {said[-1] if said else 'no output'}"
+            f"draftnet run exited {proc.returncode}: {said[-1] if said else 'no output'}"
         ) from None
     bad = [f"{p}: {r['invalid_reason']}" for p, r in out["results"].items() if not r["valid"]]
     if bad:
@@ -209,7 +224,7 @@ def run_study(
         out_dir,
         plots=study.plots,
         title=study.name,
-        groups=[names for names, _ in study.axes],
+        groups=study.axes,
         at=base_point(study) if study.design == "one-at-a-time" else None,
     )
     return {

@@ -19,6 +19,9 @@ from scipy.stats import t as student_t
 
 __all__ = ["plot_lines", "summarise", "write_summary"]
 
+# An axis: the fields it moves together and their values (tuples), as ``Study.axes`` has them.
+Group = tuple[Sequence[str], Sequence[tuple[Any, ...]]]
+
 _NOT_METRICS = {"case_id", "case", "seed", "policy", "status", "error", "started_t", "ended_t"}
 
 
@@ -67,14 +70,15 @@ def plot_lines(
     x: str,
     y: str,
     *,
-    groups: Sequence[Sequence[str]] = (),
+    groups: Sequence[Group] = (),
     at: Mapping[str, Any] | None = None,
 ) -> dict[str, list[tuple[float, float, float]]]:
     """The lines of ``y`` against ``x`` (label: its (x, mean, ci95 half width) points, in x
     order): one per policy and combination of the other axes' values (the fields zipped with
     ``x``, its group in ``groups``, move with it), or where ``at`` gives the other axes' values
-    (a one-at-a-time study's base), one per policy through the points at those values."""
-    mine = next((g for g in groups if x in g), (x,))
+    (a one-at-a-time study's base), one per policy through the points at those values (and
+    for a zipped group, only its own combinations, not the base's)."""
+    mine, values = next(((g, v) for g, v in groups if x in g), ((x,), None))
     others = [a for a in axes if a not in mine]
     keyed = others if at is None else []
     lines: dict[str, list[tuple[float, float, float]]] = {}
@@ -84,6 +88,12 @@ def plot_lines(
             continue
         if at is not None and any(row.get(a) != at.get(a) for a in others):
             continue
+        if (
+            at is not None
+            and len(mine) > 1
+            and tuple(row.get(f) for f in mine) not in (values or ())
+        ):
+            continue  # a zipped group's line: its own points, not the base's combination
         half = _number(row.get(f"{y}.ci95")) or 0.0
         label = ", ".join([str(row["policy"]), *(f"{a}={row.get(a)}" for a in keyed)])
         lines.setdefault(label, []).append((xv, mean, 0.0 if math.isnan(half) else half))
@@ -97,7 +107,7 @@ def _plot(
     y: str,
     path: Path,
     *,
-    groups: Sequence[Sequence[str]] = (),
+    groups: Sequence[Group] = (),
     at: Mapping[str, Any] | None = None,
 ) -> None:
     import matplotlib
@@ -127,11 +137,11 @@ def write_summary(
     *,
     plots: Sequence[tuple[str, str]] = (),
     title: str = "",
-    groups: Sequence[Sequence[str]] = (),
+    groups: Sequence[Group] = (),
     at: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """``summary.csv``, the plots (``x``, ``y`` pairs: ``<y>-vs-<x>.png``; ``groups``: the
-    axes' fields that move together; ``at``: the other axes' values each plot keeps, for a
+    axes, each its fields and their values; ``at``: the other axes' values each plot keeps, for a
     one-at-a-time study) and ``report.md``."""
     summary = summarise(rows, axes)
     columns: list[str] = []

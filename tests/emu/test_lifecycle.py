@@ -235,3 +235,45 @@ def test_a_runner_killed_leaves_nothing_and_clean_touches_only_what_runs_recorde
             p.kill()
             p.wait()
         subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)
+
+
+def test_an_emulation_sweep_stopped_by_ctrl_c_tears_its_case_down(tmp_path: Path) -> None:
+    """Ctrl-C at a terminal (SIGINT to the foreground group: ``draftnet sweep`` and the
+    ``draftnet run`` of its case) while a case emulates: the case's network comes down before
+    the sweep exits with 130, and nothing of it is left."""
+    before = _world()
+    (tmp_path / "study.toml").write_text(
+        'level = "run"\npolicies = ["dipsd"]\nseeds = [1, 2]\n[base]\npreset = "default"\n'
+        '[base.set]\n"models.kind" = "synthetic"\n"network.model" = "fixed"\n'
+        '"users.count" = 2\n"sim.duration_s" = 30.0\n"emu.time_scale" = 1.0\n'
+    )
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    cmd = [sys.executable, "-m", "emu.cli", "sweep", str(tmp_path / "study.toml")]
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(tmp_path / "o")],
+        cwd=ROOT,
+        env={**_env(tmp_path), "TMPDIR": str(scratch)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (runs := list(scratch.glob("draftnet-case-*/run"))):
+            assert time.monotonic() < deadline and proc.poll() is None, "no case started"
+            time.sleep(0.1)
+        _drafting(proc, runs[0])
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    deadline = time.monotonic() + 10  # a process closing interfaces waits for the kernel
+    while (after := _world()) and any(not after[k] <= was for k, was in before.items()):
+        assert time.monotonic() < deadline, {k: after[k] - was for k, was in before.items()}
+        time.sleep(0.1)
+    assert list(scratch.iterdir()) == []  # the case's scratch directory went with it
