@@ -16,10 +16,17 @@ the one worker per host started with ``--resources emulation=1`` offers, so the 
 one of them at a time on each such host. A worker that dies takes its case with it: the
 scheduler gives the case to another worker (once, on the local cluster), then it is recorded
 as failed. Interrupted, the sweep cancels what has not finished and closes what it started.
+
+Before its first case, a process that runs cases freezes what it holds out of the garbage
+collector's sight (``gc.freeze``): a Dask worker holds many objects, and every collection a
+simulation's allocations triggered scanned them all, which made a case 5% slower in a worker
+than alone (BENCHMARKS.md, "Sweeps at scale").
 """
 
 from __future__ import annotations
 
+import functools
+import gc
 import logging
 import os
 import socket
@@ -64,9 +71,22 @@ def _one_line(exc: BaseException) -> str:
     return (f"{type(exc).__name__}: {exc}".splitlines() or [type(exc).__name__])[0]
 
 
+@functools.cache
+def _settle() -> None:
+    """Once a process: what the process holds before its first case (the engine's worker,
+    draftnet's modules) moved out of the garbage collector's sight, so that the collections a
+    case's allocations trigger do not scan it all again (5% of a simulation's time in a Dask
+    worker)."""
+    import emu.runners.sim  # noqa: F401  (its imports, before the freeze)
+
+    gc.collect()
+    gc.freeze()
+
+
 def execute(run_case: RunCase, study: Study, case: Case) -> CaseResult:
     """Run one case in a scratch directory (on whichever host runs it) and bring back its
     rows and files; the case's own fault is its result, not an exception."""
+    _settle()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="draftnet-case-") as tmp:
         where = Path(tmp)
@@ -169,12 +189,8 @@ class DaskEngine:
         settings = {
             "distributed.scheduler.allowed-failures": 1,
             "distributed.scheduler.worker-saturation": 1.0,
-            # Each worker's event loop shares the GIL with the case it runs: no statistical
-            # profiler sampling the case's stack every 10 ms, and the loop's watchdog and
-            # system monitor woken each second, not every 20 and 500 ms.
+            # no statistical profiler sampling the running case's stack every 10 ms
             "distributed.worker.profile.enabled": False,
-            "distributed.admin.tick.interval": "1s",
-            "distributed.admin.system-monitor.interval": "1s",
         }
         with dask.config.set(settings):
             self._cluster = LocalCluster(  # type: ignore[no-untyped-call]
