@@ -1,0 +1,144 @@
+"""Splitting the uplink band among tasks (hetnet.md section 3.4): the closed forms the
+planner uses under linear rates, and the exact min-max under Shannon rates as a reference.
+
+Layer: pure (emu.planner).
+
+Task k uploads D_k = I_k b_tok bits. Its planner rate on b hertz is b eta_k, with eta_k =
+log2(1 + p_k g_k / (N0 B_ref)) and the path loss 128.1 + 37.6 log10(d_km) dB; its exact rate
+is b log2(1 + p_k g_k / (b N0)). With x_k = D_k / eta_k:
+
+- min-max in a group G: b_k = B x_k / sum_G x (every upload ends at sum_G x / B);
+- min-sum in G: b_k = B sqrt(x_k) / sum_G sqrt(x) (the sum of times (sum_G sqrt x)^2 / B);
+- batch-ordered: the whole band to batch 1 under min-max, then to batch 2, ...: batch m is
+  released at U_m = sum_{i <= m} sum_{S_i} x / B, each U_m as early as it can be;
+- uniform (a baseline): b_k = B / K.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from emu.planner.hetnet.model import HetnetProblem
+from emu.planner.model import FloatArray
+
+__all__ = [
+    "batch_ordered_release_ms",
+    "exact_min_max",
+    "exact_upload_ms",
+    "min_max",
+    "min_sum",
+    "path_loss_db",
+    "spectral_efficiency",
+    "uniform_release_ms",
+    "upload_bits",
+]
+
+
+def path_loss_db(distance_m: float | Sequence[float] | FloatArray) -> FloatArray:
+    """128.1 + 37.6 log10(d_km) [dB] (the small cell's macro-style model, hetnet.md 3.4)."""
+    return np.asarray(128.1 + 37.6 * np.log10(np.asarray(distance_m, dtype=np.float64) / 1000.0))
+
+
+def _snr_num(problem: HetnetProblem) -> FloatArray:
+    """p_k g_k / N0 [Hz]: a task's received power over the noise density."""
+    p_w = np.array([t.power_w for t in problem.tasks])
+    gain = 10.0 ** (-path_loss_db([t.distance_m for t in problem.tasks]) / 10.0)
+    n0_w = 10.0 ** ((problem.noise_dbm_per_hz - 30.0) / 10.0)
+    return np.asarray(p_w * gain / n0_w)
+
+
+def spectral_efficiency(problem: HetnetProblem) -> FloatArray:
+    """eta_k = log2(1 + p_k g_k / (N0 B_ref)) [bit/s/Hz]: the planner's rate per hertz."""
+    return np.asarray(np.log2(1.0 + _snr_num(problem) / problem.b_ref_hz))
+
+
+def upload_bits(problem: HetnetProblem) -> FloatArray:
+    return np.array([t.input_len * problem.bits_per_token for t in problem.tasks], dtype=float)
+
+
+def _x(problem: HetnetProblem) -> FloatArray:
+    return np.asarray(upload_bits(problem) / spectral_efficiency(problem))
+
+
+def min_max(problem: HetnetProblem, group: Sequence[int]) -> FloatArray:
+    """The band split over ``group`` so that every upload ends together (linear rates) [Hz]."""
+    x = _x(problem)[list(group)]
+    return np.asarray(problem.bandwidth_hz * x / x.sum())
+
+
+def min_sum(problem: HetnetProblem, group: Sequence[int]) -> FloatArray:
+    """The band split over ``group`` that minimises the sum of upload times [Hz]."""
+    r = np.sqrt(_x(problem)[list(group)])
+    return np.asarray(problem.bandwidth_hz * r / r.sum())
+
+
+def batch_ordered_release_ms(
+    problem: HetnetProblem, batches: Sequence[Sequence[int]]
+) -> list[float]:
+    """U_m: when batch m's last upload ends, the band given whole to each batch in turn."""
+    x = _x(problem)
+    out, t = [], 0.0
+    for batch in batches:
+        t += float(x[list(batch)].sum()) / problem.bandwidth_hz * 1000.0
+        out.append(t)
+    return out
+
+
+def uniform_release_ms(problem: HetnetProblem, batches: Sequence[Sequence[int]]) -> list[float]:
+    """U_m under B / K each, all uploading at once: the batch's slowest task [ms]."""
+    share = problem.bandwidth_hz / problem.size
+    times = upload_bits(problem) / (share * spectral_efficiency(problem)) * 1000.0
+    return [float(times[list(b)].max()) for b in batches]
+
+
+def exact_upload_ms(problem: HetnetProblem, k: int, hz: float) -> float:
+    """Task k's upload on ``hz`` hertz at the exact rate b log2(1 + p g / (b N0)) [ms]."""
+    rate = hz * math.log2(1.0 + float(_snr_num(problem)[k]) / hz)
+    return float(upload_bits(problem)[k]) / rate * 1000.0
+
+
+def exact_min_max(
+    problem: HetnetProblem, group: Sequence[int], *, rel_tol: float = 1e-9
+) -> tuple[FloatArray, float]:
+    """The min-max split of the band over ``group`` under exact (concave) rates, by bisection
+    on the common finish time T: each task's band for T is found by bisection too (its rate is
+    increasing in b), and T is the smallest whose bands fit in B. The split [Hz] and T [ms]."""
+    members = list(group)
+    snr = _snr_num(problem)[members]
+    bits = upload_bits(problem)[members]
+    band = problem.bandwidth_hz
+
+    def band_for(k: int, t_s: float) -> float:
+        need = bits[k] / t_s  # bit/s
+        lo, hi = 0.0, band
+        if hi * math.log2(1.0 + snr[k] / hi) < need:
+            return math.inf
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            if mid > 0 and mid * math.log2(1.0 + snr[k] / mid) >= need:
+                hi = mid
+            else:
+                lo = mid
+            if hi - lo <= rel_tol * hi:
+                break
+        return hi
+
+    def total(t_s: float) -> float:
+        return sum(band_for(k, t_s) for k in range(len(members)))
+
+    lo_t, hi_t = 0.0, 1.0
+    while total(hi_t) > band:
+        hi_t *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo_t + hi_t)
+        if mid > 0 and total(mid) <= band:
+            hi_t = mid
+        else:
+            lo_t = mid
+        if hi_t - lo_t <= rel_tol * hi_t:
+            break
+    split = np.array([band_for(k, hi_t) for k in range(len(members))])
+    return split, hi_t * 1000.0

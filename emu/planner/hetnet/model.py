@@ -1,0 +1,215 @@
+"""The heterogeneous-edge system's problem: tasks uploaded over a shared band to a small cell
+that drafts for batches of them, verified at a macro cell over a fronthaul
+(``../shared/systems/hetnet.md``, arXiv 2510.11331 as draftnet reconstructs it).
+
+Layer: pure (emu.planner). Units are in the names: ``*_ms`` milliseconds, ``*_hz`` hertz,
+``*_bps`` bits per second, ``*_bits``; FLOPs are plain floats.
+
+The FLOPs templates are the paper's (draft prefill F1, draft decode F2) and DiP-SD's verify
+term with L = l + 1 (``draft_flops`` and ``verify_flops``, shared). Their FFN term counts two
+matrices where LLaMA's SwiGLU has three: the paper's form, kept.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from emu.errors import ConfigError
+from emu.planner.model import FloatArray, LatencyModel, ModelArch, draft_flops, verify_flops
+
+__all__ = [
+    "TIME_MODES",
+    "HetnetProblem",
+    "Roofline",
+    "Task",
+    "expected_tokens_per_round",
+    "prefill_flops",
+]
+
+TIME_MODES = ("affine", "roofline")
+OBJECTIVES = ("sum", "makespan")
+
+
+def _positive(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Task:
+    """One user's request: its prompt (``input_len``) and expected output (``output_len``)
+    tokens, its uplink (distance to the small cell, transmit power) and its acceptance."""
+
+    input_len: int
+    output_len: int
+    distance_m: float = 100.0
+    power_w: float = 0.2
+    alpha: float = 0.75
+
+    def check(self, k: int) -> None:
+        for name in ("input_len", "output_len"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                raise ConfigError(f"tasks[{k}].{name} must be an integer >= 1, got {v!r}")
+        _positive(f"tasks[{k}].distance_m", self.distance_m)
+        _positive(f"tasks[{k}].power_w", self.power_w)
+        if not 0.0 < self.alpha < 1.0:
+            raise ConfigError(f"tasks[{k}].alpha must be in (0, 1), got {self.alpha!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Roofline:
+    """A pass's time bound by compute or by memory traffic: max(n F / (eta_c C), (W + n KV(c))
+    / (eta_m BW)) + launch [ms], for n tasks of F FLOPs each at KV length c."""
+
+    peak_flops: float  # C_peak [FLOP/s]
+    memory_bw_bps: float  # BW_mem [bytes/s]
+    compute_efficiency: float = 0.5  # eta_c
+    memory_efficiency: float = 0.8  # eta_m
+    launch_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive("roofline.peak_flops", self.peak_flops)
+        _positive("roofline.memory_bw_bps", self.memory_bw_bps)
+        for name in ("compute_efficiency", "memory_efficiency"):
+            v = getattr(self, name)
+            if not 0.0 < v <= 1.0:
+                raise ConfigError(f"roofline.{name} must be in (0, 1], got {v!r}")
+        if self.launch_ms < 0:
+            raise ConfigError(f"roofline.launch_ms must be >= 0, got {self.launch_ms!r}")
+
+    def time_ms(self, arch: ModelArch, n: float, flops: float, kv_len: float) -> float:
+        compute_s = n * flops / (self.compute_efficiency * self.peak_flops)
+        traffic = arch.weight_bytes + n * float(arch.kv_bytes(kv_len))
+        memory_s = traffic / (self.memory_efficiency * self.memory_bw_bps)
+        return 1000.0 * max(compute_s, memory_s) + self.launch_ms
+
+
+def prefill_flops(arch: ModelArch, prompt: float | FloatArray) -> FloatArray:
+    """F1 = 4 J h I (2 h + I + f): FLOPs to prefill a prompt of I tokens."""
+    h, f = arch.hidden, arch.ffn
+    i = np.asarray(prompt, dtype=np.float64)
+    return np.asarray(4.0 * arch.layers * h * i * (2.0 * h + i + f))
+
+
+def expected_tokens_per_round(alpha: float, draft_len: int) -> float:
+    """L(l, a) = (1 - a^(l+1)) / (1 - a): tokens a verification commits, its bonus included."""
+    return (1.0 - alpha ** (draft_len + 1)) / (1.0 - alpha)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HetnetProblem:
+    """Everything the planner and the evaluator need (hetnet.md section 6 for the values)."""
+
+    tasks: tuple[Task, ...]
+    draft: ModelArch
+    target: ModelArch
+    draft_latency: LatencyModel  # affine: G(n, F) = c n F + beta at the small cell
+    verify_latency: LatencyModel  # ... and at the macro cell
+    time_mode: str = "affine"  # or "roofline" (the two below)
+    draft_roofline: Roofline | None = None
+    verify_roofline: Roofline | None = None
+    bandwidth_hz: float = 10e6  # B: the uplink band the tasks share (FDMA)
+    noise_dbm_per_hz: float = -174.0  # N0
+    bits_per_token: int = 16  # b_tok
+    fronthaul_bps: float = 10e9  # R_F
+    fronthaul_latency_ms: float = 0.1  # tau_F, one way
+    prob_bits: int = 16  # b_prob: one probability of a draft distribution
+    vocab: int = 32000  # V: the entries of a full distribution
+    overhead_bits: int = 0  # h_ovh: a message's header
+    max_draft_len: int = 8  # l_max
+    max_batch: int = 0  # b_max; 0: every task
+    objective: str = "sum"  # or "makespan"
+    reference_bandwidth_hz: float = field(default=0.0)  # B_ref; 0: B / K
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ConfigError("hetnet.tasks must hold at least one task")
+        for k, task in enumerate(self.tasks):
+            task.check(k)
+        _positive("hetnet.bandwidth_hz", self.bandwidth_hz)
+        _positive("hetnet.fronthaul_bps", self.fronthaul_bps)
+        tau = self.fronthaul_latency_ms
+        if not (math.isfinite(tau) and tau >= 0):
+            raise ConfigError(f"hetnet.fronthaul_latency_ms must be >= 0, got {tau!r}")
+        if self.time_mode not in TIME_MODES:
+            raise ConfigError(
+                f"hetnet.time_mode must be one of {', '.join(TIME_MODES)}, got {self.time_mode!r}"
+            )
+        if self.time_mode == "roofline" and (
+            self.draft_roofline is None or self.verify_roofline is None
+        ):
+            raise ConfigError("hetnet.time_mode = roofline needs both servers' rooflines")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(
+                f"hetnet.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"
+            )
+        if not (isinstance(self.max_draft_len, int) and self.max_draft_len >= 1):
+            raise ConfigError(f"hetnet.max_draft_len must be >= 1, got {self.max_draft_len!r}")
+        if not (isinstance(self.max_batch, int) and self.max_batch >= 0):
+            raise ConfigError(
+                f"hetnet.max_batch must be >= 1 (or 0: every task), got {self.max_batch!r}"
+            )
+
+    @property
+    def size(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def batch_cap(self) -> int:
+        return self.max_batch or self.size
+
+    @property
+    def b_ref_hz(self) -> float:
+        return self.reference_bandwidth_hz or self.bandwidth_hz / self.size
+
+    # Pass times [ms] of a batch of n tasks.
+    def _time(self, where: str, arch: ModelArch, n: int, flops: float, kv_len: float) -> float:
+        if self.time_mode == "roofline":
+            roof = self.draft_roofline if where == "draft" else self.verify_roofline
+            assert roof is not None
+            return roof.time_ms(arch, n, flops, kv_len)
+        lat = self.draft_latency if where == "draft" else self.verify_latency
+        return lat(n, flops)
+
+    def draft_prefill_ms(self, n: int, prompt: int) -> float:
+        return self._time("draft", self.draft, n, float(prefill_flops(self.draft, prompt)), prompt)
+
+    def draft_ms(self, n: int, context: int, draft_len: int) -> float:
+        """``draft_len`` decode steps from KV length ``context`` (F2 at c, c + 1, ...)."""
+        return sum(
+            self._time(
+                "draft", self.draft, n, float(draft_flops(self.draft, context + i)), context + i
+            )
+            for i in range(draft_len)
+        )
+
+    def verify_ms(self, n: int, context: int, draft_len: int, *, prefill: int = 0) -> float:
+        """One verification of ``draft_len`` drafts and the bonus at KV length ``context``,
+        with the target's prefill of a ``prefill``-token prompt added (the first round)."""
+        flops = float(verify_flops(self.target, draft_len + 1, context))
+        if prefill:
+            flops += float(prefill_flops(self.target, prefill))
+        return self._time("verify", self.target, n, flops, context)
+
+    def verify_prefill_ms(self, n: int, prompt: int) -> float:
+        """The target's prefill of a ``prompt``-token prompt alone (autoregressive decoding)."""
+        return self._time(
+            "verify", self.target, n, float(prefill_flops(self.target, prompt)), prompt
+        )
+
+    # Fronthaul messages [bits] of a batch of n tasks.
+    def fronthaul_up_bits(self, n: int, draft_len: int, *, prompt: int = 0) -> float:
+        per_task = draft_len * (self.bits_per_token + self.vocab * self.prob_bits)
+        return n * (per_task + self.overhead_bits + prompt * self.bits_per_token)
+
+    def fronthaul_down_bits(self, n: int) -> float:
+        verdict = math.log2(self.max_draft_len + 1) + self.bits_per_token + self.overhead_bits
+        return n * verdict
+
+    def fronthaul_transfer_ms(self, bits: float) -> float:
+        """How long ``bits`` hold the fronthaul (its latency comes on top, not holding it)."""
+        return 1000.0 * bits / self.fronthaul_bps

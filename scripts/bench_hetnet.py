@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""The heterogeneous-edge planner measured: the DP's solve time at 100 and 1000 tasks, and
+its gap to the exact plan over contiguous batches of the sorted order (random small
+instances, the evaluator's score). Prints figures for BENCHMARKS.md; asserts nothing.
+
+    .venv/bin/python scripts/bench_hetnet.py [--instances 200] [--tasks 5] [--lengths 2,4,6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from emu.planner.hetnet.baselines import exact_contiguous
+from emu.planner.hetnet.dp import dp_plan
+from emu.planner.hetnet.evaluate import evaluate
+from emu.planner.hetnet.workload import random_problem, random_tasks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--instances", type=int, default=200)
+    ap.add_argument("--tasks", type=int, default=5)
+    ap.add_argument("--lengths", default="2,4,6", help="the lengths both may choose")
+    args = ap.parse_args()
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}"
+    )
+    rng = random.Random(1)
+    for k in (100, 1000):
+        p = random_problem(rng, k)
+        t0 = time.perf_counter()
+        plan = dp_plan(p)
+        solve = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ev = evaluate(p, plan)
+        score = time.perf_counter() - t0
+        print(
+            f"{k} tasks: DP {solve:.3f} s, {len(plan.batches)} batches, evaluated in "
+            f"{score:.3f} s; mean latency {ev.total_ms / k / 1000:.2f} s"
+        )
+    lengths = tuple(int(x) for x in args.lengths.split(","))
+    gaps = []
+    t0 = time.perf_counter()
+    for _ in range(args.instances):
+        tasks = random_tasks(rng, args.tasks, output_len=(16, 64))  # short: quick to enumerate
+        p = random_problem(
+            rng, args.tasks, tasks=tasks, bandwidth_hz=rng.choice([0.2e6, 1e6, 10e6])
+        )
+        best = evaluate(p, exact_contiguous(p, lengths=lengths)).total_ms
+        got = evaluate(p, dp_plan(p, lengths=lengths)).total_ms
+        gaps.append((got - best) / best)
+    gaps.sort()
+    print(
+        f"DP against exact over contiguous batches ({args.instances} instances of "
+        f"{args.tasks} tasks, lengths {lengths}; {time.perf_counter() - t0:.0f} s): "
+        f"mean gap {100 * sum(gaps) / len(gaps):.3f}%, median {100 * gaps[len(gaps) // 2]:.3f}%, "
+        f"worst {100 * gaps[-1]:.3f}%, never better: {min(gaps) >= -1e-12}"
+    )
+
+
+if __name__ == "__main__":
+    main()
