@@ -6,7 +6,7 @@ Layer: pure (emu.planner).
 
 from __future__ import annotations
 
-import random
+import numpy as np
 
 from emu.planner.hetnet.model import HetnetProblem, Task
 from emu.planner.model import LatencyModel, ModelArch
@@ -19,7 +19,7 @@ TARGET = ModelArch(layers=32, hidden=4096, ffn=11008, name="LLaMA-7B")
 
 
 def random_tasks(
-    rng: random.Random,
+    rng: np.random.Generator,
     count: int,
     *,
     input_len: tuple[int, int] = (32, 512),
@@ -30,16 +30,16 @@ def random_tasks(
     """``count`` tasks, each length, distance and acceptance uniform in its range."""
     return tuple(
         Task(
-            input_len=rng.randint(*input_len),
-            output_len=rng.randint(*output_len),
-            distance_m=rng.uniform(*distance_m),
-            alpha=rng.uniform(*alpha),
+            input_len=int(rng.integers(input_len[0], input_len[1], endpoint=True)),
+            output_len=int(rng.integers(output_len[0], output_len[1], endpoint=True)),
+            distance_m=float(rng.uniform(*distance_m)),
+            alpha=float(rng.uniform(*alpha)),
         )
         for _ in range(count)
     )
 
 
-def random_problem(rng: random.Random, count: int, **fields: object) -> HetnetProblem:
+def random_problem(rng: np.random.Generator, count: int, **fields: object) -> HetnetProblem:
     """``count`` random tasks on the paper-like pair with affine pass times (a 1.1B draft at
     2e-11 ms/FLOP + 4 ms, a 7B verify at 5e-12 ms/FLOP + 20 ms), the other fields as given."""
     args: dict[str, object] = {
