@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emu.planner.hetnet.baselines import exact_contiguous
+from emu.planner.hetnet.baselines import exact_any, exact_contiguous
 from emu.planner.hetnet.dp import dp_plan
 from emu.planner.hetnet.evaluate import evaluate
 from emu.planner.hetnet.refine import refined_plan
@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=200)
     ap.add_argument("--tasks", type=int, default=5)
     ap.add_argument("--lengths", default="2,4,6", help="the lengths both may choose")
+    ap.add_argument("--any-instances", type=int, default=100)
+    ap.add_argument("--any-tasks", type=int, default=4, help="tasks against every batching")
     args = ap.parse_args()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}"
@@ -75,6 +77,22 @@ def main() -> None:
         f"median {100 * refined[len(refined) // 2]:.3f}%, "
         f"worst {100 * refined[-1]:.3f}%, at the optimum in "
         f"{sum(g < 1e-9 for g in refined)} of {len(refined)}"
+    )
+    any_gaps = []
+    t0 = time.perf_counter()
+    for _ in range(args.any_instances):
+        tasks = random_tasks(rng, args.any_tasks, output_len=(16, 64))
+        band = float(rng.choice([0.2e6, 1e6, 10e6]))
+        p = random_problem(rng, args.any_tasks, tasks=tasks, bandwidth_hz=band)
+        best = evaluate(p, exact_any(p, lengths=lengths)).total_ms
+        got = evaluate(p, refined_plan(p, lengths=lengths)).total_ms
+        any_gaps.append((got - best) / best)
+    any_gaps.sort()
+    print(
+        f"refined against exact over every batching ({args.any_instances} instances of "
+        f"{args.any_tasks} tasks; {time.perf_counter() - t0:.0f} s): mean gap "
+        f"{100 * sum(any_gaps) / len(any_gaps):.3f}%, worst {100 * any_gaps[-1]:.3f}%, at the "
+        f"optimum in {sum(g < 1e-9 for g in any_gaps)} of {len(any_gaps)}"
     )
     p = random_problem(rng, 1000)
     t0 = time.perf_counter()

@@ -9,9 +9,11 @@ import pytest
 from emu.errors import ConfigError
 from emu.planner.hetnet.baselines import (
     ad,
+    exact_any,
     exact_contiguous,
     fixed_length,
     max_batching,
+    ordered_partitions,
     uniform,
 )
 from emu.planner.hetnet.dp import dp_plan, sorted_order
@@ -70,6 +72,21 @@ def test_speculation_and_the_split_beat_their_baselines_where_they_should() -> N
     assert total < evaluate(p, uniform(p)).total_ms
     assert total <= evaluate(p, max_batching(p)).total_ms
     assert set(fixed_length(p).spec_len) == {4}
+
+
+def test_exact_over_every_batching_is_never_worse_than_over_contiguous_ones() -> None:
+    """Every grouping of the tasks in every order of batches (the ordered set partitions:
+    13 of 3 tasks, 75 of 4, the Fubini numbers) includes the contiguous batches of the sorted
+    order, so its best is never worse."""
+    assert len(list(ordered_partitions([0, 1, 2]))) == 13
+    assert len(list(ordered_partitions([0, 1, 2, 3]))) == 75
+    rng = np.random.default_rng(8)
+    for _ in range(6):
+        tasks = random_tasks(rng, 3, output_len=(16, 64))
+        p = random_problem(rng, 3, tasks=tasks, bandwidth_hz=float(rng.choice([0.2e6, 10e6])))
+        anything = evaluate(p, exact_any(p, lengths=LENGTHS)).total_ms
+        contiguous = evaluate(p, exact_contiguous(p, lengths=LENGTHS)).total_ms
+        assert anything <= contiguous * (1 + 1e-12)
 
 
 def test_exact_refuses_what_it_cannot_enumerate() -> None:
