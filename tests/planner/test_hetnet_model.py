@@ -24,6 +24,7 @@ from emu.planner.hetnet.bandwidth import (
 from emu.planner.hetnet.evaluate import RESOURCES, HetnetPlan, evaluate
 from emu.planner.hetnet.model import (
     HetnetProblem,
+    Roofline,
     Task,
     expected_tokens_per_round,
     prefill_flops,
@@ -212,3 +213,15 @@ def test_bad_problems_and_plans_are_one_line(three_users: HetnetProblem) -> None
         evaluate(three_users, HetnetPlan(batches=((0, 1),), spec_len=(2,)))
     with pytest.raises(ConfigError, match=r"plan.spec_len\[0\] must be in \[0, 8\]"):
         evaluate(three_users, HetnetPlan(batches=((0, 1, 2),), spec_len=(9,)))
+
+
+def test_roofline_pass_times_are_the_slower_of_compute_and_memory() -> None:
+    """hetnet.md 3.3: max(n F / (eta_c C), (W + n KV(c)) / (eta_m BW)) + launch, the same
+    for numbers (the evaluator) and arrays (the DP)."""
+    roof = Roofline(peak_flops=59.5e12, memory_bw_bps=760e9, launch_ms=0.1)
+    w = LLAMA_68M.weight_bytes
+    memory_ms = 1000 * (w + 1 * 4 * 2 * 768 * 128) / (0.8 * 760e9)
+    assert float(roof.time_ms(LLAMA_68M, 1, 1e6, 128)) == pytest.approx(memory_ms + 0.1)
+    compute_ms = 1000 * 64 * 1e12 / (0.5 * 59.5e12)
+    got = roof.time_ms(LLAMA_68M, np.array([1.0, 64.0]), np.array([1e6, 1e12]), 128)
+    assert got == pytest.approx([memory_ms + 0.1, compute_ms + 0.1])

@@ -21,7 +21,6 @@ Vectorised over i and l: O(K^2 l_max) numbers, under a second at K = 1000.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,22 +41,6 @@ def sorted_order(problem: HetnetProblem) -> list[int]:
         range(problem.size),
         key=lambda k: (problem.tasks[k].output_len, problem.tasks[k].input_len, k),
     )
-
-
-def _pass_ms(
-    problem: HetnetProblem, where: str, n: FloatArray, flops: FloatArray, kv: FloatArray
-) -> FloatArray:
-    """A pass's time for batches of n tasks of ``flops`` each at KV length ``kv`` (arrays)."""
-    if problem.time_mode == "roofline":
-        roof = problem.draft_roofline if where == "draft" else problem.verify_roofline
-        arch = problem.draft if where == "draft" else problem.target
-        assert roof is not None
-        compute_s = n * flops / (roof.compute_efficiency * roof.peak_flops)
-        traffic = arch.weight_bytes + n * 4.0 * arch.layers * arch.hidden * kv
-        memory_s = traffic / (roof.memory_efficiency * roof.memory_bw_bps)
-        return np.asarray(1000.0 * np.maximum(compute_s, memory_s) + roof.launch_ms)
-    lat = problem.draft_latency if where == "draft" else problem.verify_latency
-    return np.asarray(lat.c_ms_per_flop * n * flops + lat.beta_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,21 +68,14 @@ def _durations(
     draft = np.zeros_like(context * lengths)
     for step in range(max(allowed)):  # the l decode steps of a round
         on = lengths > step
-        ms = _pass_ms(problem, "draft", n, draft_flops(d, context + step), context + step)
+        ms = problem.pass_ms("draft", n, draft_flops(d, context + step), context + step)
         draft += np.where(on, ms, 0.0)
-    up_bits = n * (
-        lengths * (problem.bits_per_token + problem.vocab * problem.prob_bits)
-        + problem.overhead_bits
-    )
-    down_bits = n * (
-        math.log2(problem.max_draft_len + 1) + problem.bits_per_token + problem.overhead_bits
-    )
-    tau = problem.fronthaul_latency_ms
-    a = draft + 1000.0 * up_bits / problem.fronthaul_bps + tau
-    v = _pass_ms(problem, "verify", n, verify_flops(t, lengths + 1.0, context), context)
-    v = v + 1000.0 * down_bits / problem.fronthaul_bps + tau
-    pre_draft = _pass_ms(problem, "draft", b.n, prefill_flops(d, b.prompt), b.prompt)
-    pre_target = _pass_ms(problem, "verify", b.n, prefill_flops(t, b.prompt), b.prompt)
+    tau, hold = problem.fronthaul_latency_ms, problem.fronthaul_transfer_ms
+    a = draft + hold(problem.fronthaul_up_bits(n, lengths)) + tau
+    v = problem.pass_ms("verify", n, verify_flops(t, lengths + 1.0, context), context)
+    v = v + hold(problem.fronthaul_down_bits(n)) + tau
+    pre_draft = problem.pass_ms("draft", b.n, prefill_flops(d, b.prompt), b.prompt)
+    pre_target = problem.pass_ms("verify", b.n, prefill_flops(t, b.prompt), b.prompt)
     if problem.time_mode == "affine":  # the target's prefill rides on round 1's pass
         pre_target = pre_target - problem.verify_latency.beta_ms
     t_pre = (pre_draft + pre_target)[:, None]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 TIME_MODES = ("affine", "roofline")
+Num = float | FloatArray  # a number, or an array of them elementwise
 OBJECTIVES = ("sum", "makespan")
 
 
@@ -81,11 +83,12 @@ class Roofline:
         if self.launch_ms < 0:
             raise ConfigError(f"roofline.launch_ms must be >= 0, got {self.launch_ms!r}")
 
-    def time_ms(self, arch: ModelArch, n: float, flops: float, kv_len: float) -> float:
-        compute_s = n * flops / (self.compute_efficiency * self.peak_flops)
-        traffic = arch.weight_bytes + n * float(arch.kv_bytes(kv_len))
+    def time_ms(self, arch: ModelArch, n: Num, flops: Num, kv_len: Num) -> FloatArray:
+        """Elementwise over arrays of batch sizes, FLOPs and KV lengths."""
+        compute_s = np.asarray(n) * flops / (self.compute_efficiency * self.peak_flops)
+        traffic = arch.weight_bytes + np.asarray(n) * arch.kv_bytes(kv_len)
         memory_s = traffic / (self.memory_efficiency * self.memory_bw_bps)
-        return 1000.0 * max(compute_s, memory_s) + self.launch_ms
+        return np.asarray(1000.0 * np.maximum(compute_s, memory_s) + self.launch_ms)
 
 
 def prefill_flops(arch: ModelArch, prompt: float | FloatArray) -> FloatArray:
@@ -166,24 +169,27 @@ class HetnetProblem:
     def b_ref_hz(self) -> float:
         return self.reference_bandwidth_hz or self.bandwidth_hz / self.size
 
-    # Pass times [ms] of a batch of n tasks.
-    def _time(self, where: str, arch: ModelArch, n: int, flops: float, kv_len: float) -> float:
+    def pass_ms(self, where: str, n: Num, flops: Num, kv_len: Num) -> FloatArray:
+        """A pass's time [ms] for n tasks of ``flops`` each at KV length ``kv_len``, at the
+        small cell (``where = "draft"``) or the macro cell (``"verify"``); elementwise over
+        arrays (the DP's surrogate) as over numbers (the evaluator)."""
         if self.time_mode == "roofline":
             roof = self.draft_roofline if where == "draft" else self.verify_roofline
             assert roof is not None
-            return roof.time_ms(arch, n, flops, kv_len)
+            return roof.time_ms(self.draft if where == "draft" else self.target, n, flops, kv_len)
         lat = self.draft_latency if where == "draft" else self.verify_latency
-        return lat(n, flops)
+        return np.asarray(lat.c_ms_per_flop * np.asarray(n) * flops + lat.beta_ms)
+
+    def _time(self, where: str, n: int, flops: float, kv_len: float) -> float:
+        return float(self.pass_ms(where, n, flops, kv_len))
 
     def draft_prefill_ms(self, n: int, prompt: int) -> float:
-        return self._time("draft", self.draft, n, float(prefill_flops(self.draft, prompt)), prompt)
+        return self._time("draft", n, float(prefill_flops(self.draft, prompt)), prompt)
 
     def draft_ms(self, n: int, context: int, draft_len: int) -> float:
         """``draft_len`` decode steps from KV length ``context`` (F2 at c, c + 1, ...)."""
         return sum(
-            self._time(
-                "draft", self.draft, n, float(draft_flops(self.draft, context + i)), context + i
-            )
+            self._time("draft", n, float(draft_flops(self.draft, context + i)), context + i)
             for i in range(draft_len)
         )
 
@@ -193,23 +199,21 @@ class HetnetProblem:
         flops = float(verify_flops(self.target, draft_len + 1, context))
         if prefill:
             flops += float(prefill_flops(self.target, prefill))
-        return self._time("verify", self.target, n, flops, context)
+        return self._time("verify", n, flops, context)
 
     def verify_prefill_ms(self, n: int, prompt: int) -> float:
         """The target's prefill of a ``prompt``-token prompt alone (autoregressive decoding)."""
-        return self._time(
-            "verify", self.target, n, float(prefill_flops(self.target, prompt)), prompt
-        )
+        return self._time("verify", n, float(prefill_flops(self.target, prompt)), prompt)
 
-    # Fronthaul messages [bits] of a batch of n tasks.
-    def fronthaul_up_bits(self, n: int, draft_len: int, *, prompt: int = 0) -> float:
+    # Fronthaul messages [bits] of a batch of n tasks (elementwise over arrays too).
+    def fronthaul_up_bits(self, n: Num, draft_len: Num, *, prompt: int = 0) -> Any:
         per_task = draft_len * (self.bits_per_token + self.vocab * self.prob_bits)
         return n * (per_task + self.overhead_bits + prompt * self.bits_per_token)
 
-    def fronthaul_down_bits(self, n: int) -> float:
+    def fronthaul_down_bits(self, n: Num) -> Any:
         verdict = math.log2(self.max_draft_len + 1) + self.bits_per_token + self.overhead_bits
         return n * verdict
 
-    def fronthaul_transfer_ms(self, bits: float) -> float:
+    def fronthaul_transfer_ms(self, bits: Any) -> Any:
         """How long ``bits`` hold the fronthaul (its latency comes on top, not holding it)."""
         return 1000.0 * bits / self.fronthaul_bps
