@@ -104,6 +104,11 @@ def execute(run_case: RunCase, study: Study, case: Case) -> CaseResult:
     )
 
 
+def _check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+
+
 class Engine(Protocol):
     """Runs cases; yields each with its result as it finishes (in any order). A context
     manager: what it starts lives as long as the block."""
@@ -163,8 +168,7 @@ class DaskEngine:
                 f"--workers {workers} is for the local cluster; the cluster at {address} has "
                 "the workers its hosts started"
             )
-        if workers is not None and workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {workers}")
+        _check_workers(workers)
         self.address = address
         self.connect_timeout_s = connect_timeout_s
         self.workers = workers or os.cpu_count() or 1
@@ -222,8 +226,7 @@ class DaskEngine:
         return sum(int(w.get("nthreads", 1)) for w in workers)
 
     def _check_emulation(self) -> None:
-        workers = self._client.scheduler_info()["workers"].values()
-        if not any(w.get("resources", {}).get(EMULATION) for w in workers):
+        if not self.slots("run"):
             raise ConfigError(
                 f"level run needs a worker with the {EMULATION} resource, and the cluster at "
                 f"{self.address} has none: start one per host as root with "
@@ -265,8 +268,7 @@ def engine_for(level: str, *, workers: int | None = None, cluster: str | None = 
     Dask cluster of ``workers`` (default: one per core) for the rest."""
     if cluster is not None:
         return DaskEngine(address=cluster, workers=workers)
-    if workers is not None and workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    _check_workers(workers)
     if level == "run" or workers == 1 or (workers is None and (os.cpu_count() or 1) == 1):
         return InProcess()
     return DaskEngine(workers=workers)

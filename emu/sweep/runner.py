@@ -161,8 +161,16 @@ class _Table:
         self.columns += list(dict.fromkeys(new))
         return bool(new)
 
+    def rows(self) -> list[dict[str, Any]]:
+        """Every case's latest rows, in case order (what ``read_results`` reads back)."""
+        return sorted((r for rows in self.by_case.values() for r in rows), key=lambda r: r["case"])
+
+    def finished(self) -> set[str]:
+        """The cases whose latest attempt finished (what ``finished`` reads back)."""
+        return {c for c, rows in self.by_case.items() if rows[0]["status"] == "ok"}
+
     def rewrite(self) -> None:
-        rows = sorted((r for rows in self.by_case.values() for r in rows), key=lambda r: r["case"])
+        rows = self.rows()
         self._grow(rows)
         tmp = self.path.with_suffix(".csv.tmp")
         with tmp.open("w", newline="") as f:
@@ -197,7 +205,7 @@ def run_study(
     engine = engine if engine is not None else InProcess()
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl, table = out_dir / "results.jsonl", _Table(out_dir)
-    done = finished(out_dir)
+    done = table.finished()
     todo = [case for case in cases if case.case_id not in done]
     for case in todo:
         where = out_dir / "cases" / case.case_id
@@ -219,7 +227,7 @@ def run_study(
                 on_case(case, rows[0]["status"])
     table.rewrite()
     write_summary(
-        read_results(out_dir),
+        table.rows(),
         study.fields,
         out_dir,
         plots=study.plots,

@@ -41,9 +41,9 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _solved(
-    name: str, out: Path, engine: Engine, *, policies: tuple[str, ...], **axes: list[Any]
+    name: str, out: Path, engine: Engine, policies: tuple[str, ...], axes: dict[str, list[Any]]
 ) -> dict[tuple[Any, ...], dict[str, dict[str, Any]]]:
-    """The preset solved at every point of ``axes`` (fields: values, in a cross product; at
+    """The preset solved at every point of ``axes`` (field: values, in a cross product; at
     a = 0.78 unless an axis sets it) for every policy: point values -> policy -> its row."""
     study = Study(
         name=f"dipsd-paper-{name}",
@@ -53,9 +53,7 @@ def _solved(
         preset="dipsd-paper",
         scenario=None,
         base_set={"users.alpha": 0.78},
-        axes=tuple(
-            ((f.replace("__", "."),), tuple((v,) for v in vals)) for f, vals in axes.items()
-        ),
+        axes=tuple(((f,), tuple((v,) for v in vals)) for f, vals in axes.items()),
     )
     where = out / "sweeps" / name
     result = run_study(study, where, engine=engine)
@@ -85,7 +83,7 @@ def run_dipsd_paper(
     users_rows: list[dict[str, Any]] = []
     with console.status("throughput against users"):
         by_users = _solved(
-            "users", out, engine, policies=POLICIES, users__count=list(range(1, max_users + 1))
+            "users", out, engine, POLICIES, {"users.count": list(range(1, max_users + 1))}
         )
         for (M,), solved in by_users.items():
             users_rows.append(
@@ -109,9 +107,11 @@ def run_dipsd_paper(
             "alpha",
             out,
             engine,
-            policies=POLICIES,
-            users__count=[m for m in ALPHA_USERS if m <= max_users],
-            users__alpha=list(ALPHAS),
+            POLICIES,
+            {
+                "users.count": [m for m in ALPHA_USERS if m <= max_users],
+                "users.alpha": list(ALPHAS),
+            },
         )
         for (M, a), solved in by_alpha.items():
             thr = {pol: float(solved[pol]["throughput_tok_s"]) for pol in POLICIES}
@@ -147,9 +147,11 @@ def run_dipsd_paper(
             "fixed",
             out,
             engine,
-            policies=("dipsd",),
-            users__count=[m for m in FIXED_USERS if m <= max_users],
-            planner__fixed_draft_len=list(range(1, longest + 1)),
+            ("dipsd",),
+            {
+                "users.count": [m for m in FIXED_USERS if m <= max_users],
+                "planner.fixed_draft_len": list(range(1, longest + 1)),
+            },
         )
         for (M, ln), solved in by_length.items():
             row = solved["dipsd"]
