@@ -17,6 +17,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from emu.errors import ConfigError
 from emu.planner import Plan, evaluate
 from emu.planner.model import Edge, Problem, User
 from emu.scenario import Scenario
@@ -72,10 +73,12 @@ class Deployment:
 
     def scheduler(self) -> BatchScheduler:
         """A verifier's batch scheduler, as the system makes it from the scenario's runtime."""
+        assert self.system.scheduler is not None  # assemble() deploys runnable systems only
         return self.system.scheduler(self.scenario.runtime)
 
     def lengths(self) -> LengthController:
         """A verifier's length controller, as the system makes it."""
+        assert self.system.lengths is not None
         return self.system.lengths(self.scenario.runtime)
 
     def node(self, name: str) -> Node:
@@ -136,6 +139,12 @@ class Deployment:
 def assemble(sc: Scenario) -> Deployment:
     """The deployment ``sc`` describes (its rules were checked when it was loaded)."""
     d = sc.deployment
+    system = get_system(d.system)
+    if not system.runs:
+        raise ConfigError(
+            f"deployment.system = {d.system!r} is planned by `draftnet solve` only so far: its "
+            "nodes, and so its simulation and emulation, are not built yet"
+        )
     problem = sc.problem()
     users = tuple(
         Node(name=f"u{i}", role="user", site="device", address="", user=i)
@@ -154,7 +163,7 @@ def assemble(sc: Scenario) -> Deployment:
         groups = {v: (tuple(range(problem.size)) if v == entry else ()) for v in d.verifiers}
         policy = "round-robin"
     return Deployment(
-        system=get_system(d.system),
+        system=system,
         scenario=sc,
         problem=problem,
         nodes=(*users, *servers),

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from emu.errors import ConfigError
 from emu.planner import baselines
 from emu.planner.cost import Plan
 from emu.planner.dipsd import dipsd
 from emu.planner.exact import MAX_EXACT_USERS, exact
+from emu.planner.hetnet.policies import HETNET_POLICIES
 from emu.planner.model import Problem
 
 __all__ = [
@@ -53,24 +54,25 @@ class Policy(Protocol):
         """The largest instance it plans (None: any)."""
         ...
 
-    def plan(self, problem: Problem, previous: Plan | None = None) -> Plan:
-        """Plan ``problem``; ``previous``, the plan in force for the same users, lets a policy
+    def plan(self, problem: Any, previous: Any = None) -> Any:
+        """Plan ``problem`` (its system's problem type: DiP-SD's ``Problem``, hetnet's
+        ``HetnetProblem``); ``previous``, the plan in force for the same users, lets a policy
         re-plan warm (the others plan from scratch)."""
         ...
 
 
 @dataclass(frozen=True, slots=True)
 class SolverPolicy:
-    """A policy made of one solver function ``(problem, previous) -> Plan``."""
+    """A policy made of one solver function ``(problem, previous) -> plan``."""
 
     name: str
     about: str
-    solve: Callable[[Problem, Plan | None], Plan]
+    solve: Callable[[Any, Any], Any]
     system: str = "dipsd"
     baseline: str = ""
     max_users: int | None = None
 
-    def plan(self, problem: Problem, previous: Plan | None = None) -> Plan:
+    def plan(self, problem: Any, previous: Any = None) -> Any:
         return self.solve(problem, previous)
 
 
@@ -104,8 +106,9 @@ def baselines_of(system: str) -> dict[str, str]:
 
 
 def plan_for(name: str, problem: Problem, previous: Plan | None = None) -> Plan:
-    """Plan ``problem`` with the named policy; ConfigError for an unknown name."""
-    return get_policy(name).plan(problem, previous)
+    """Plan DiP-SD's ``problem`` with the named policy; ConfigError for an unknown name."""
+    plan: Plan = get_policy(name).plan(problem, previous)
+    return plan
 
 
 for _policy in (
@@ -149,5 +152,6 @@ for _policy in (
         lambda problem, previous: baselines.fixed(problem),
         baseline="fixed",
     ),
+    *HETNET_POLICIES,
 ):
     register(_policy)

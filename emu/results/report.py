@@ -25,6 +25,9 @@ def _stderr() -> Console:
 
 def print_solve(out: dict[str, Any], console: Console | None = None) -> None:
     console = console or _stderr()
+    if out.get("system") == "hetnet":
+        _print_solve_hetnet(out, console)
+        return
     plan = out["plan"]
     head = (
         f"[bold]{out['policy']}[/] on scenario [bold]{out['scenario']}[/]: {out['users']} users, "
@@ -51,6 +54,47 @@ def print_solve(out: dict[str, Any], console: Console | None = None) -> None:
     b.add_column(f"{out['policy']} speedup", justify="right")
     for key, thr in out["baselines"].items():
         b.add_row(key.replace("_", "-"), f"{thr:.2f}", f"{out['speedup'][key]:.2f}x")
+    console.print(b)
+
+
+def _print_solve_hetnet(out: dict[str, Any], console: Console) -> None:
+    lat, plan = out["latency_ms"], out["plan"]
+    console.print(
+        f"[bold]{out['policy']}[/] on scenario [bold]{out['scenario']}[/]: {out['tasks']} tasks, "
+        f"mean latency [bold green]{lat['mean'] / 1000:.2f} s[/] (p95 {lat['p95'] / 1000:.2f} s, "
+        f"makespan {lat['makespan'] / 1000:.2f} s), solved in {out['solve_ms']:.0f} ms"
+    )
+    t = Table(title="plan (batches in the order they run)", title_justify="left")
+    for col in ("batch", "tasks", "spec len", "rounds", "uploaded by ms"):
+        t.add_column(col, justify="right")
+    for m, batch in enumerate(plan["batches"]):
+        t.add_row(
+            str(m),
+            str(len(batch)),
+            str(plan["spec_len"][m]),
+            str(plan["rounds"][m]),
+            f"{plan['release_ms'][m]:.2f}",
+        )
+    console.print(t)
+    parts = ", ".join(
+        f"{k.replace('_', ' ')} {v / 1000:.2f} s" for k, v in out["breakdown_ms"].items()
+    )
+    console.print(f"a task's mean latency: {parts}")
+    b = Table(title="against the reconstructed DP and the baselines", title_justify="left")
+    b.add_column("plan")
+    b.add_column("mean latency s", justify="right")
+    b.add_column("p95 s", justify="right")
+    b.add_column(f"{out['policy']} lower by", justify="right")
+    rows = [("dp (reconstructed)", out["dp"]), *out["baselines"].items()]
+    for name, other in rows:
+        o = other["latency_ms"]
+        gain = 100.0 * (1.0 - lat["total"] / o["total"])
+        b.add_row(
+            name.replace("_", " "),
+            f"{o['mean'] / 1000:.2f}",
+            f"{o['p95'] / 1000:.2f}",
+            f"{gain:.1f}%",
+        )
     console.print(b)
 
 

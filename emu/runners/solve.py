@@ -1,25 +1,36 @@
-"""``draftnet solve``: plan one scenario with the analytic cost model, against its system's
+"""``draftnet solve``: plan one scenario with its system's cost model, against the system's
 baselines.
 
-Layer: emu (orchestration); no I/O.
+Layer: emu (orchestration); no I/O. Each system has its solve: DiP-SD's reports throughput
+(tokens per second, the analytic cycle), the heterogeneous-edge system's reports latency
+(the event-driven evaluator's, per task).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
-from emu.planner import baselines_of, evaluate, plan_for
+from emu.planner import baselines_of, evaluate, get_policy, plan_for
+from emu.planner.hetnet.bandwidth import allocation_hz
+from emu.planner.hetnet.evaluate import evaluate as evaluate_hetnet
 from emu.scenario import Scenario
 
 __all__ = ["solve"]
 
 
 def solve(scenario: Scenario, policy: str | None = None) -> dict[str, Any]:
-    """The ``solve --json`` object: ``policy`` (the scenario's ``planner.policy`` if None)'s
-    plan, its predicted throughput and cycle, and the baselines' throughputs and speed-ups."""
-    problem = scenario.problem()
+    """The ``solve --json`` object of ``policy`` (the scenario's ``planner.policy`` if None)."""
     policy = policy or scenario.planner.policy
+    system = scenario.deployment.system
+    return _SOLVES[system](scenario, policy)
+
+
+def _solve_dipsd(scenario: Scenario, policy: str) -> dict[str, Any]:
+    """DiP-SD: the plan, its predicted throughput and cycle, and the baselines' throughputs
+    and speed-ups."""
+    problem = scenario.problem()
     t0 = time.perf_counter()
     plan = plan_for(policy, problem)
     solve_ms = 1000 * (time.perf_counter() - t0)
@@ -30,6 +41,7 @@ def solve(scenario: Scenario, policy: str | None = None) -> dict[str, Any]:
     }
     return {
         "scenario": scenario.name,
+        "system": "dipsd",
         "policy": policy,
         "users": problem.size,
         "throughput_tok_s": ev.throughput_tok_s,
@@ -46,3 +58,60 @@ def solve(scenario: Scenario, policy: str | None = None) -> dict[str, Any]:
         "speedup": {k: ev.throughput_tok_s / v for k, v in baselines.items()},
         "solve_ms": solve_ms,
     }
+
+
+def _solve_hetnet(scenario: Scenario, policy: str) -> dict[str, Any]:
+    """The heterogeneous edge: the plan (batches in order, their speculation lengths, each
+    task's band), its latencies as the evaluator scores them with their breakdown, the
+    reconstructed DP's beside it, and each baseline's latencies and the plan's gain on it
+    (how much lower its total latency is, in percent)."""
+    from emu.errors import ConfigError
+
+    problem = scenario.hetnet_problem()
+    chosen = get_policy(policy, where="planner.policy")
+    if chosen.max_users is not None and problem.size > chosen.max_users:
+        raise ConfigError(
+            f"planner.policy {policy!r} plans at most {chosen.max_users} tasks (users.count), "
+            f"got {problem.size}"
+        )
+    t0 = time.perf_counter()
+    plan = chosen.plan(problem)
+    solve_ms = 1000 * (time.perf_counter() - t0)
+    ev = evaluate_hetnet(problem, plan)
+
+    def scored(name: str) -> dict[str, Any]:
+        other = evaluate_hetnet(problem, get_policy(name).plan(problem))
+        return {"latency_ms": other.summary_ms()}
+
+    baselines = {key: scored(name) for key, name in baselines_of("hetnet").items()}
+    total = ev.total_ms
+    return {
+        "scenario": scenario.name,
+        "system": "hetnet",
+        "policy": policy,
+        "tasks": problem.size,
+        "latency_ms": ev.summary_ms(),
+        "breakdown_ms": ev.breakdown_ms(plan),
+        "plan": {
+            "batches": [list(b) for b in plan.batches],
+            "spec_len": list(plan.spec_len),
+            "bandwidth": plan.bandwidth,
+            "bandwidth_hz": [
+                float(b) for b in allocation_hz(problem, plan.batches, plan.bandwidth)
+            ],
+            "release_ms": list(ev.release_ms),
+            "rounds": list(ev.rounds),
+        },
+        "dp": scored("hetnet-dp"),
+        "baselines": baselines,
+        "gain_pct": {
+            key: 100.0 * (1.0 - total / b["latency_ms"]["total"]) for key, b in baselines.items()
+        },
+        "solve_ms": solve_ms,
+    }
+
+
+_SOLVES: dict[str, Callable[[Scenario, str], dict[str, Any]]] = {
+    "dipsd": _solve_dipsd,
+    "hetnet": _solve_hetnet,
+}

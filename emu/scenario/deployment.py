@@ -113,12 +113,7 @@ class DeploymentConfig:
                         "too: two nodes cannot listen on one address"
                     )
                 at[n.address] = i
-            if n.role == "router":
-                if n.policy not in ROUTER_POLICIES:
-                    raise ConfigError(
-                        f"{where}.policy must be one of {', '.join(ROUTER_POLICIES)}, "
-                        f"got {n.policy!r}"
-                    )
+            if n.role != "verifier":
                 compute = {
                     "memory_bytes": n.memory_bytes,
                     "latency": None if n.latency is None else n.latency.given(),
@@ -127,8 +122,14 @@ class DeploymentConfig:
                     if set_to is not None:
                         raise ConfigError(
                             f"{where}.{field_name} is a verifier's field, and {n.name} is a "
-                            f"router, got {set_to!r}"
+                            f"{n.role}, got {set_to!r}"
                         )
+            if n.role == "router":
+                if n.policy not in ROUTER_POLICIES:
+                    raise ConfigError(
+                        f"{where}.policy must be one of {', '.join(ROUTER_POLICIES)}, "
+                        f"got {n.policy!r}"
+                    )
             else:
                 for name, value, default in (
                     ("verifiers", n.verifiers, ()),
@@ -145,11 +146,12 @@ class DeploymentConfig:
             raise ConfigError(
                 "deployment.nodes must include a verifier: the users' drafts would reach none"
             )
-        if len(routers) > 1:
-            names = ", ".join(r.name for r in routers)
-            raise ConfigError(
-                f"deployment.nodes has {len(routers)} routers ({names}); at most one is supported"
-            )
+        for role, many in (("router", routers), ("drafter", self.drafters)):
+            if len(many) > 1:
+                names = ", ".join(r if isinstance(r, str) else r.name for r in many)
+                raise ConfigError(
+                    f"deployment.nodes has {len(many)} {role}s ({names}); at most one is supported"
+                )
         for router in routers:
             i = seen[router.name]
             if len(set(router.verifiers)) != len(router.verifiers):
@@ -181,14 +183,23 @@ class DeploymentConfig:
                     f"deployment.nodes[{seen[r.name]}] ({r.name}): no user dials this router "
                     f"(deployment.attach is {entry!r}); leave attach empty to dial it"
                 )
-        reached = set(self.routed) if entry in self.routers else {entry}
+        if entry in self.routers:
+            reached = set(self.routed)
+        elif entry in self.drafters:
+            reached = {v for v in verifiers if self.link(entry, v) is not None}
+        else:
+            reached = {entry}
         for v in verifiers:
             if v not in reached:
-                how = " and it does not route to it" if entry in self.routers else ""
+                how, fix = "", "set deployment.attach to a router that routes to every verifier"
+                if entry in self.routers:
+                    how = " and it does not route to it"
+                elif entry in self.drafters:
+                    how = " and it has no link to it"
+                    fix = f"link {entry} to it in deployment.links (the fronthaul)"
                 raise ConfigError(
                     f"deployment.nodes[{seen[v]}] ({v}): no user reaches this verifier (users "
-                    f"dial {entry}{how}); set deployment.attach to a router that routes to "
-                    "every verifier"
+                    f"dial {entry}{how}); {fix}"
                 )
 
     def _check_links(self, seen: dict[str, int]) -> None:
@@ -224,12 +235,26 @@ class DeploymentConfig:
         return tuple(n.name for n in self.nodes if n.role == "router")
 
     @property
+    def drafters(self) -> tuple[str, ...]:
+        """Server nodes that draft for the users (a small cell's; hetnet)."""
+        return tuple(n.name for n in self.nodes if n.role == "drafter")
+
+    def link(self, src: str, dst: str) -> tuple[int, LinkConfig] | None:
+        """The link (its index and entry) carrying traffic from ``src`` to ``dst``, if any."""
+        for j, link in enumerate(self.links):
+            if (src, dst) in link.directions:
+                return j, link
+        return None
+
+    @property
     def entry(self) -> str:
         """The node every user dials first."""
         if self.attach:
             return self.attach
         if self.routers:
             return self.routers[0]
+        if self.drafters:
+            return self.drafters[0]
         if len(self.verifiers) > 1:
             raise ConfigError(
                 f"deployment.nodes has {len(self.verifiers)} verifiers "

@@ -16,9 +16,11 @@ from pathlib import Path
 from channel_models.config import RadioConfig
 from channel_models.trace import IntArray, from_mahimahi
 from emu.errors import ConfigError, check_in
+from emu.planner.hetnet.model import HetnetProblem
 from emu.planner.model import Edge, LatencyModel, ModelArch, Problem, User
 from emu.scenario.compute import ArchConfig, LatencyConfig
 from emu.scenario.deployment import DeploymentConfig
+from emu.scenario.hetnet import HetnetConfig, hetnet_problem
 from nodes.core.guard import Limits
 from nodes.core.runtime import RuntimeConfig
 from nodes.core.systems import get_system
@@ -26,7 +28,7 @@ from nodes.protocol.events import MAX_TOP_K
 
 __all__ = ["MAX_TIME_SCALE", "MODEL_KINDS", "PRESETS", "SHAPING", "TIMING", "Scenario"]
 
-PRESETS = ("default", "dipsd-paper")
+PRESETS = ("default", "dipsd-paper", "hetnet")
 NETWORK_MODELS = ("fixed", "radio", "trace")
 _TOP_ENTRY_BYTES = 14  # one top-k entry of a draft on the wire: an id (<= 5) and a float64 (9)
 
@@ -240,9 +242,12 @@ class Scenario:
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     radio: RadioConfig = field(default_factory=RadioConfig)
+    hetnet: HetnetConfig = field(default_factory=HetnetConfig)
 
     def __post_init__(self) -> None:
         get_system(self.deployment.system).check_policy(self.planner.policy, where="planner.policy")
+        if self.deployment.system == "hetnet":
+            self.hetnet_problem()  # its tasks, fronthaul and compute checked before any run
         for v in self.deployment.verifiers:
             self.verifier_edge(v)  # a verifier's own compute, checked as [edge]'s is
         # A sampled draft carries each token's top-k ids and probabilities: the largest one a
@@ -326,4 +331,38 @@ class Scenario:
             max_draft_len=p.max_draft_len,
             initial_draft_len=p.initial_draft_len,
             fixed_draft_len=p.fixed_draft_len,
+        )
+
+    def hetnet_problem(self) -> HetnetProblem:
+        """The heterogeneous-edge system's planning instance: ``users.count`` tasks of
+        ``[hetnet]``, acceptance ``users.alpha``, drawn with ``sim.seed``, and the fronthaul,
+        the deployment's link from its drafter to its verifier."""
+        d = self.deployment
+        if not d.drafters:
+            raise ConfigError(
+                'deployment.nodes must include a drafter (role = "drafter", the small cell) '
+                "for deployment.system = hetnet"
+            )
+        drafter, verifier = d.drafters[0], d.verifiers[0]
+        found = d.link(drafter, verifier)
+        if found is None:
+            raise ConfigError(
+                f"deployment.links must link the drafter {drafter} to the verifier {verifier}: "
+                "that link is hetnet's fronthaul"
+            )
+        j, fronthaul = found
+        if fronthaul.rate_bps <= 0:
+            raise ConfigError(
+                f"deployment.links[{j}].rate_bps is hetnet's fronthaul rate and must be > 0, "
+                f"got {fronthaul.rate_bps!r}"
+            )
+        if self.users.count < 1:
+            raise ConfigError(f"users.count (the tasks) must be >= 1, got {self.users.count}")
+        return hetnet_problem(
+            self.hetnet,
+            count=self.users.count,
+            alpha=self.users.alpha,
+            seed=self.sim.seed,
+            fronthaul_bps=fronthaul.rate_bps,
+            fronthaul_latency_ms=fronthaul.delay_ms,
         )

@@ -5,7 +5,8 @@ verifier's batch scheduler and its length controller (each made from the scenari
 ``[runtime]``), and its planning policies (those of the planner's registry that say they are
 its own; ``emu.planner.policies``). A deployment (``emu.deploy.deployment``) takes all of it
 from its system, and no runner or node treats a system by its name. The heterogeneous-edge
-system and DSD register theirs beside DiP-SD's (issues 17 and 18).
+system is registered with its roles and policies while its nodes are still to come (issue
+17); DSD will register beside them (issue 18).
 """
 
 from __future__ import annotations
@@ -26,8 +27,15 @@ class System:
     name: str
     about: str
     roles: tuple[str, ...]  # the server nodes' roles a deployment of it may have
-    scheduler: Callable[[RuntimeConfig], BatchScheduler]
-    lengths: Callable[[RuntimeConfig], LengthController]
+    # Its verifier's batch scheduler and length controller; None while its nodes are not
+    # built (it is planned by ``draftnet solve`` alone).
+    scheduler: Callable[[RuntimeConfig], BatchScheduler] | None = None
+    lengths: Callable[[RuntimeConfig], LengthController] | None = None
+
+    @property
+    def runs(self) -> bool:
+        """Whether its nodes exist, so ``draftnet sim`` and ``run`` can deploy it."""
+        return self.scheduler is not None and self.lengths is not None
 
     @property
     def policies(self) -> tuple[str, ...]:
@@ -81,5 +89,14 @@ register_system(
         roles=("verifier", "router"),
         scheduler=_staged_pipeline,
         lengths=_plan_lengths,
+    )
+)
+
+register_system(
+    System(
+        name="hetnet",
+        about="heterogeneous edge: users upload prompts over a shared band to a small cell "
+        "that drafts for batches of them; a macro cell verifies over the fronthaul",
+        roles=("drafter", "verifier"),
     )
 )

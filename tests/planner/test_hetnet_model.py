@@ -149,7 +149,7 @@ def test_the_evaluators_invariants_hold_on_random_plans() -> None:
             )
             assert all(b[0] >= a[1] - 1e-9 for a, b in itertools.pairwise(spans)), resource
         for m, release in enumerate(ev.release_ms):
-            mine = [t for t in ev.timeline if t.stage.batch == m]
+            mine = [t for t in ev.timeline if t.batch == m]
             assert mine[0].start_ms >= release - 1e-9
             for a, b in itertools.pairwise(mine):
                 assert b.ready_ms == pytest.approx(a.end_ms + a.stage.after_ms)

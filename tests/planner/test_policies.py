@@ -20,7 +20,7 @@ from emu.planner.dipsd import min_feasible_batches
 from emu.planner.exact import exact
 from tests.planner.conftest import paper_problem, random_problem
 
-FAST_POLICIES = [p for p in policy_names() if get_policy(p).max_users is None]
+FAST_POLICIES = [p for p in policy_names("dipsd") if get_policy(p).max_users is None]
 
 
 def _thr(policy: str, p: Problem) -> float:

@@ -39,7 +39,7 @@ def _assert_feasible(p: Problem, plan: Plan, policy: str) -> None:
     assert np.isfinite(ev.throughput_tok_s) and ev.throughput_tok_s > 0, (policy, plan)
 
 
-@pytest.mark.parametrize("policy", list(policy_names()))
+@pytest.mark.parametrize("policy", list(policy_names("dipsd")))
 def test_paper_preset_with_memory_for_two_users(policy: str) -> None:
     # The smallest reported case: 4 users, memory for 2 per batch (polish asserted).
     sc = load_scenario(
@@ -75,7 +75,7 @@ def _feasible_or_infeasible(p: Problem, policy: str) -> None:
 
 
 # exact's MILPs cost seconds at 8 users and long drafts: it has its own, smaller instances.
-FAST_POLICIES = [p for p in policy_names() if get_policy(p).max_users is None]
+FAST_POLICIES = [p for p in policy_names("dipsd") if get_policy(p).max_users is None]
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -25,6 +25,7 @@ from emu.planner.hetnet.model import HetnetProblem
 from emu.planner.model import FloatArray
 
 __all__ = [
+    "allocation_hz",
     "batch_ordered_release_ms",
     "exact_min_max",
     "exact_upload_ms",
@@ -92,6 +93,19 @@ def uniform_release_ms(problem: HetnetProblem, batches: Sequence[Sequence[int]])
     share = problem.bandwidth_hz / problem.size
     times = upload_bits(problem) / (share * spectral_efficiency(problem)) * 1000.0
     return [float(times[list(b)].max()) for b in batches]
+
+
+def allocation_hz(
+    problem: HetnetProblem, batches: Sequence[Sequence[int]], mode: str
+) -> FloatArray:
+    """Each task's band [Hz] while it uploads: its batch's min-max share of the whole band
+    (``batch-ordered``, the batches in turn), or B / K (``uniform``)."""
+    if mode == "uniform":
+        return np.full(problem.size, problem.bandwidth_hz / problem.size)
+    out = np.zeros(problem.size)
+    for batch in batches:
+        out[list(batch)] = min_max(problem, batch)
+    return out
 
 
 def exact_upload_ms(problem: HetnetProblem, k: int, hz: float) -> float:

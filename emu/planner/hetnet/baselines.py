@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from emu.errors import ConfigError
 from emu.planner.hetnet.dp import dp_plan, sorted_order
-from emu.planner.hetnet.evaluate import HetnetPlan, evaluate
+from emu.planner.hetnet.evaluate import Chains, HetnetPlan, evaluate
 from emu.planner.hetnet.model import HetnetProblem
 
 __all__ = [
@@ -31,8 +31,8 @@ EXACT_PLANS_MAX = 2_000_000  # plans the enumeration may score
 FIXED_LENGTH = 4
 
 
-def _score(problem: HetnetProblem, plan: HetnetPlan) -> float:
-    return evaluate(problem, plan).objective(problem)
+def _score(problem: HetnetProblem, plan: HetnetPlan, cache: Chains | None = None) -> float:
+    return evaluate(problem, plan, cache=cache).objective(problem)
 
 
 def exact_contiguous(
@@ -50,6 +50,7 @@ def exact_contiguous(
             f"{EXACT_PLANS_MAX}: restrict the lengths or the tasks"
         )
     order = sorted_order(problem)
+    cache: Chains = {}
     best: tuple[float, HetnetPlan] | None = None
     for cuts in itertools.product((False, True), repeat=K - 1):
         bounds = [0, *(k + 1 for k, cut in enumerate(cuts) if cut), K]
@@ -58,7 +59,7 @@ def exact_contiguous(
             continue
         for spec in itertools.product(allowed, repeat=len(batches)):
             plan = HetnetPlan(batches=batches, spec_len=spec)
-            score = _score(problem, plan)
+            score = _score(problem, plan, cache)
             if best is None or score < best[0]:
                 best = (score, plan)
     assert best is not None
@@ -94,13 +95,14 @@ def exact_any(problem: HetnetProblem, *, lengths: tuple[int, ...] | None = None)
             f"exact: {count} plans for {problem.size} tasks and {len(allowed)} lengths over "
             f"every batching, over {EXACT_PLANS_MAX}: restrict the lengths or the tasks"
         )
+    cache: Chains = {}
     best: tuple[float, HetnetPlan] | None = None
     for batches in ordered_partitions(list(range(problem.size))):
         if any(len(b) > problem.batch_cap for b in batches):
             continue
         for spec in itertools.product(allowed, repeat=len(batches)):
             plan = HetnetPlan(batches=tuple(batches), spec_len=spec)
-            score = _score(problem, plan)
+            score = _score(problem, plan, cache)
             if best is None or score < best[0]:
                 best = (score, plan)
     assert best is not None

@@ -21,11 +21,22 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from emu.errors import ConfigError
 from emu.planner.hetnet.bandwidth import batch_ordered_release_ms, uniform_release_ms
-from emu.planner.hetnet.model import HetnetProblem, expected_tokens_per_round
+from emu.planner.hetnet.model import HetnetProblem, expected_tokens_per_round, prefill_flops
+from emu.planner.model import draft_flops, verify_flops
 
-__all__ = ["RESOURCES", "HetnetEvaluation", "HetnetPlan", "Stage", "evaluate", "stages_of"]
+__all__ = [
+    "RESOURCES",
+    "Chains",
+    "HetnetEvaluation",
+    "HetnetPlan",
+    "Stage",
+    "evaluate",
+    "stages_of",
+]
 
 RESOURCES = ("sbs", "fh_up", "mbs", "fh_down")
 BANDWIDTH_MODES = ("batch-ordered", "uniform")
@@ -71,7 +82,6 @@ class Stage:
     """One step of a batch: it holds ``resource`` for ``hold_ms``, and the next step may start
     ``after_ms`` after it ends (a fronthaul's latency)."""
 
-    batch: int
     round: int  # 0: the prefill; 1..R: the rounds
     what: str  # prefill | draft | up | verify | down
     resource: str
@@ -81,6 +91,7 @@ class Stage:
 
 @dataclass(frozen=True, slots=True)
 class Timed:
+    batch: int
     stage: Stage
     ready_ms: float
     start_ms: float
@@ -107,6 +118,42 @@ class HetnetEvaluation:
     def objective(self, problem: HetnetProblem) -> float:
         return self.total_ms if problem.objective == "sum" else self.makespan_ms
 
+    def summary_ms(self) -> dict[str, float]:
+        """``latency_ms`` of the solve, sim and run JSON: the total (the sum over tasks),
+        the mean, the percentiles and the makespan."""
+        lat = np.array(self.latency_ms)
+        p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+        return {
+            "total": self.total_ms,
+            "mean": float(lat.mean()),
+            "p50": float(p50),
+            "p95": float(p95),
+            "p99": float(p99),
+            "makespan": self.makespan_ms,
+        }
+
+    def breakdown_ms(self, plan: HetnetPlan) -> dict[str, float]:
+        """Where a task's latency goes, the mean over tasks: waiting for its batch's uploads,
+        drafting (and the drafts' prefill), the fronthaul (holding it, and its latency),
+        verifying, and queueing for a busy server or link (the rest)."""
+        spent = {
+            m: dict.fromkeys(("draft", "fronthaul", "verify"), 0.0)
+            for m in range(len(plan.batches))
+        }
+        for t in self.timeline:
+            kind = {"sbs": "draft", "mbs": "verify"}.get(t.stage.resource, "fronthaul")
+            spent[t.batch][kind] += t.end_ms - t.start_ms + t.stage.after_ms
+        out = dict.fromkeys(("upload_wait", "draft", "fronthaul", "verify", "queue"), 0.0)
+        size = len(self.latency_ms)
+        for m, batch in enumerate(plan.batches):
+            share = len(batch) / size
+            busy = self.release_ms[m] + sum(spent[m].values())
+            out["upload_wait"] += share * self.release_ms[m]
+            for kind, ms in spent[m].items():
+                out[kind] += share * ms
+            out["queue"] += share * (self.latency_ms[batch[0]] - busy)
+        return out
+
 
 def _batch_shape(problem: HetnetProblem, batch: Sequence[int]) -> tuple[int, int, float]:
     """I_m, O_m (padding to the longest) and the mean acceptance."""
@@ -123,43 +170,60 @@ def rounds_of(problem: HetnetProblem, batch: Sequence[int], spec_len: int) -> in
     return math.ceil(out / expected_tokens_per_round(alpha, spec_len) - 1e-12)
 
 
-def stages_of(problem: HetnetProblem, m: int, batch: Sequence[int], spec_len: int) -> list[Stage]:
-    """Batch m's stages in their order."""
+def stages_of(problem: HetnetProblem, batch: Sequence[int], spec_len: int) -> list[Stage]:
+    """A batch's stages in their order (each kind's pass times computed over its rounds at
+    once)."""
     n = len(batch)
     prompt, _, alpha = _batch_shape(problem, batch)
     tau = problem.fronthaul_latency_ms
-    up_ms = problem.fronthaul_transfer_ms
+    hold = problem.fronthaul_transfer_ms
+    down_ms = float(hold(problem.fronthaul_down_bits(n)))
+    rounds = rounds_of(problem, batch, spec_len)
     if spec_len == 0:  # AD: the prompt to the MBS, then a target pass a token
-        out = rounds_of(problem, batch, 0)
+        kv = prompt + np.arange(rounds, dtype=np.float64)
+        passes = problem.pass_ms("verify", n, verify_flops(problem.target, 1.0, kv), kv)
+        up = float(hold(problem.fronthaul_up_bits(n, 0, prompt=prompt)))
         stages = [
-            Stage(m, 0, "up", "fh_up", up_ms(problem.fronthaul_up_bits(n, 0, prompt=prompt)), tau),
-            Stage(m, 0, "prefill", "mbs", problem.verify_prefill_ms(n, prompt)),
+            Stage(0, "up", "fh_up", up, tau),
+            Stage(0, "prefill", "mbs", problem.verify_prefill_ms(n, prompt)),
         ]
-        stages += [
-            Stage(m, r, "verify", "mbs", problem.verify_ms(n, prompt + r - 1, 0))
-            for r in range(1, out + 1)
-        ]
-        stages.append(Stage(m, out, "down", "fh_down", up_ms(problem.fronthaul_down_bits(n)), tau))
+        stages += [Stage(r + 1, "verify", "mbs", float(t)) for r, t in enumerate(passes)]
+        stages.append(Stage(rounds, "down", "fh_down", down_ms, tau))
         return stages
     per_round = expected_tokens_per_round(alpha, spec_len)
-    stages = [Stage(m, 0, "prefill", "sbs", problem.draft_prefill_ms(n, prompt))]
-    for r in range(1, rounds_of(problem, batch, spec_len) + 1):
-        context = round(prompt + (r - 1) * per_round)
-        first = prompt if r == 1 else 0
+    # Round r's KV length, as the evaluator always had it: round(prompt + (r - 1) L).
+    context = np.array([round(prompt + r * per_round) for r in range(rounds)], dtype=np.float64)
+    steps = context[:, None] + np.arange(spec_len)[None, :]  # the l decode steps of each round
+    drafts = problem.pass_ms("draft", n, draft_flops(problem.draft, steps), steps).sum(axis=1)
+    verify_f = verify_flops(problem.target, spec_len + 1.0, context)
+    verify_f[0] += float(prefill_flops(problem.target, prompt))  # the target's prefill, round 1
+    verifies = problem.pass_ms("verify", n, verify_f, context)
+    up_first = float(hold(problem.fronthaul_up_bits(n, spec_len, prompt=prompt)))
+    up_next = float(hold(problem.fronthaul_up_bits(n, spec_len)))
+    stages = [Stage(0, "prefill", "sbs", problem.draft_prefill_ms(n, prompt))]
+    for r in range(1, rounds + 1):
         stages += [
-            Stage(m, r, "draft", "sbs", problem.draft_ms(n, context, spec_len)),
-            Stage(
-                m,
-                r,
-                "up",
-                "fh_up",
-                up_ms(problem.fronthaul_up_bits(n, spec_len, prompt=first)),
-                tau,
-            ),
-            Stage(m, r, "verify", "mbs", problem.verify_ms(n, context, spec_len, prefill=first)),
-            Stage(m, r, "down", "fh_down", up_ms(problem.fronthaul_down_bits(n)), tau),
+            Stage(r, "draft", "sbs", float(drafts[r - 1])),
+            Stage(r, "up", "fh_up", up_first if r == 1 else up_next, tau),
+            Stage(r, "verify", "mbs", float(verifies[r - 1])),
+            Stage(r, "down", "fh_down", down_ms, tau),
         ]
     return stages
+
+
+Chains = dict[tuple[tuple[int, ...], int], list[Stage]]  # (batch, spec_len) -> its stages
+
+
+def _chain(
+    problem: HetnetProblem, batch: tuple[int, ...], spec_len: int, cache: Chains | None
+) -> list[Stage]:
+    """A batch's stages, from ``cache`` where it holds them."""
+    if cache is None:
+        return stages_of(problem, batch, spec_len)
+    key = (batch, spec_len)
+    if key not in cache:
+        cache[key] = stages_of(problem, batch, spec_len)
+    return cache[key]
 
 
 def release_ms(problem: HetnetProblem, plan: HetnetPlan) -> list[float]:
@@ -168,13 +232,15 @@ def release_ms(problem: HetnetProblem, plan: HetnetPlan) -> list[float]:
     return batch_ordered_release_ms(problem, plan.batches)
 
 
-def evaluate(problem: HetnetProblem, plan: HetnetPlan) -> HetnetEvaluation:
-    """Run the plan's stages on the four resources (discrete events, exact)."""
+def evaluate(
+    problem: HetnetProblem, plan: HetnetPlan, *, cache: Chains | None = None
+) -> HetnetEvaluation:
+    """Run the plan's stages on the four resources (discrete events, exact). ``cache`` keeps
+    each batch's stages between the evaluations of one problem's plans (a search's)."""
     plan.check(problem)
     released = release_ms(problem, plan)
     chains = [
-        stages_of(problem, m, b, ln)
-        for m, (b, ln) in enumerate(zip(plan.batches, plan.spec_len, strict=True))
+        _chain(problem, b, ln, cache) for b, ln in zip(plan.batches, plan.spec_len, strict=True)
     ]
     nxt = [0] * len(chains)  # each batch's next stage
     events: list[tuple[float, int, int]] = [(u, 1, m) for m, u in enumerate(released)]
@@ -194,7 +260,7 @@ def evaluate(problem: HetnetProblem, plan: HetnetPlan) -> HetnetEvaluation:
             stage = chains[m][nxt[m]]
             busy[stage.resource] = None
             ready, start = started.pop(m)
-            timeline.append(Timed(stage, ready, start, now))
+            timeline.append(Timed(m, stage, ready, start, now))
             nxt[m] += 1
             if nxt[m] < len(chains[m]):
                 heapq.heappush(events, (now + stage.after_ms, 1, m))

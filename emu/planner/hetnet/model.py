@@ -22,6 +22,7 @@ from emu.errors import ConfigError
 from emu.planner.model import FloatArray, LatencyModel, ModelArch, draft_flops, verify_flops
 
 __all__ = [
+    "OBJECTIVES",
     "TIME_MODES",
     "HetnetProblem",
     "Roofline",
@@ -51,15 +52,16 @@ class Task:
     power_w: float = 0.2
     alpha: float = 0.75
 
-    def check(self, k: int) -> None:
+    def check(self, k: int, *, where: str = "hetnet.tasks") -> None:
+        """ConfigError naming ``where[k]``'s field unless every field is in its range."""
         for name in ("input_len", "output_len"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
-                raise ConfigError(f"tasks[{k}].{name} must be an integer >= 1, got {v!r}")
-        _positive(f"tasks[{k}].distance_m", self.distance_m)
-        _positive(f"tasks[{k}].power_w", self.power_w)
+                raise ConfigError(f"{where}[{k}].{name} must be an integer >= 1, got {v!r}")
+        _positive(f"{where}[{k}].distance_m", self.distance_m)
+        _positive(f"{where}[{k}].power_w", self.power_w)
         if not 0.0 < self.alpha < 1.0:
-            raise ConfigError(f"tasks[{k}].alpha must be in (0, 1), got {self.alpha!r}")
+            raise ConfigError(f"{where}[{k}].alpha must be in (0, 1), got {self.alpha!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

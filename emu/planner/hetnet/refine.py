@@ -15,7 +15,7 @@ import itertools
 from collections.abc import Iterator
 
 from emu.planner.hetnet.dp import dp_plan, sorted_order
-from emu.planner.hetnet.evaluate import HetnetPlan, evaluate
+from emu.planner.hetnet.evaluate import Chains, HetnetPlan, evaluate
 from emu.planner.hetnet.model import HetnetProblem
 
 __all__ = ["refined_plan"]
@@ -75,8 +75,9 @@ def refined_plan(
         bounds = [0, *layout[0], problem.size]
         if any(b - a > cap for a, b in itertools.pairwise(bounds)):
             return float("inf")
-        return evaluate(problem, make(layout)).objective(problem)
+        return evaluate(problem, make(layout), cache=cache).objective(problem)
 
+    cache: Chains = {}
     best: Layout = (cuts, spec)
     best_score = score(best)
     evals = 1
