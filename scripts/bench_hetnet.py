@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""The heterogeneous-edge planner measured: the DP's solve time at 100 and 1000 tasks, and
-its gap to the exact plan over contiguous batches of the sorted order (random small
-instances, the evaluator's score). Prints figures for BENCHMARKS.md; asserts nothing.
+"""The heterogeneous-edge planner measured: the DP's solve time at 100 and 1000 tasks, its gap
+to the exact plan over contiguous batches of the sorted order, the planner's gap to the exact
+plan over every batching (three lengths, by enumeration; every length, by branch and bound),
+and the planner under each discipline at 100 tasks (random instances, the evaluator's score).
+Prints figures for BENCHMARKS.md; asserts nothing.
 
     .venv/bin/python scripts/bench_hetnet.py [--instances 200] [--tasks 5] [--lengths 2,4,6]
 """
@@ -22,8 +24,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from emu.planner.hetnet.baselines import exact_any, exact_contiguous
 from emu.planner.hetnet.dp import dp_plan
 from emu.planner.hetnet.evaluate import evaluate
-from emu.planner.hetnet.refine import refined_plan
+from emu.planner.hetnet.exact import exact_plan
+from emu.planner.hetnet.refine import planned, refined_plan
 from emu.planner.hetnet.workload import random_problem, random_tasks
+
+
+def _gaps(what: str, gaps: list[float]) -> None:
+    g = sorted(gaps)
+    print(
+        f"{what}: mean gap {100 * sum(g) / len(g):.3f}%, median {100 * g[len(g) // 2]:.3f}%, "
+        f"worst {100 * g[-1]:.3f}%, at the optimum in {sum(x < 1e-9 for x in g)} of {len(g)}"
+    )
 
 
 def main() -> None:
@@ -31,7 +42,8 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=200)
     ap.add_argument("--tasks", type=int, default=5)
     ap.add_argument("--lengths", default="2,4,6", help="the lengths both may choose")
-    ap.add_argument("--any-instances", type=int, default=100)
+    ap.add_argument("--any-instances", type=int, default=200)
+    ap.add_argument("--full-instances", type=int, default=10, help="against every length")
     ap.add_argument("--any-tasks", type=int, default=4, help="tasks against every batching")
     args = ap.parse_args()
     print(
@@ -85,20 +97,45 @@ def main() -> None:
         band = float(rng.choice([0.2e6, 1e6, 10e6]))
         p = random_problem(rng, args.any_tasks, tasks=tasks, bandwidth_hz=band)
         best = evaluate(p, exact_any(p, lengths=lengths)).total_ms
-        got = evaluate(p, refined_plan(p, lengths=lengths)).total_ms
+        got = evaluate(p, planned(p, lengths=lengths)).total_ms
         any_gaps.append((got - best) / best)
-    any_gaps.sort()
-    print(
-        f"refined against exact over every batching ({args.any_instances} instances of "
-        f"{args.any_tasks} tasks; {time.perf_counter() - t0:.0f} s): mean gap "
-        f"{100 * sum(any_gaps) / len(any_gaps):.3f}%, worst {100 * any_gaps[-1]:.3f}%, at the "
-        f"optimum in {sum(g < 1e-9 for g in any_gaps)} of {len(any_gaps)}"
+    _gaps(
+        f"planner against exact over every batching ({args.any_instances} instances of "
+        f"{args.any_tasks} tasks, lengths {lengths}; {time.perf_counter() - t0:.0f} s)",
+        any_gaps,
     )
+    full_gaps, spent = [], []
+    for _ in range(args.full_instances):
+        tasks = random_tasks(rng, 4, output_len=(16, 64))
+        band = float(rng.choice([0.2e6, 1e6, 10e6]))
+        p = random_problem(rng, 4, tasks=tasks, bandwidth_hz=band)
+        mine = planned(p)
+        t0 = time.perf_counter()
+        best = evaluate(p, exact_plan(p, incumbent=mine)).total_ms
+        spent.append(time.perf_counter() - t0)
+        full_gaps.append((evaluate(p, mine).total_ms - best) / best)
+    _gaps(
+        f"planner against exact over every batching and every length 1..8 (branch and bound; "
+        f"{args.full_instances} instances of 4 tasks, {min(spent):.0f}-{max(spent):.0f} s each)",
+        full_gaps,
+    )
+    for discipline in ("fifo", "priority"):
+        p = random_problem(np.random.default_rng(2), 100, discipline=discipline)
+        t0 = time.perf_counter()
+        plan = planned(p)
+        spent_s = time.perf_counter() - t0
+        dp = evaluate(p, dp_plan(p)).total_ms
+        got = evaluate(p, plan).total_ms
+        print(
+            f"100 tasks, {discipline}: planner {spent_s:.1f} s, mean latency "
+            f"{got / 100 / 1000:.2f} s; the DP's {dp / 100 / 1000:.2f} s "
+            f"({100 * (dp / got - 1):.1f}% above)"
+        )
     p = random_problem(rng, 1000)
     t0 = time.perf_counter()
-    plan = refined_plan(p)
+    plan = planned(p)
     print(
-        f"1000 tasks refined: {time.perf_counter() - t0:.1f} s, total latency "
+        f"1000 tasks planned: {time.perf_counter() - t0:.1f} s, total latency "
         f"{evaluate(p, plan).total_ms / evaluate(p, dp_plan(p)).total_ms:.4f} of the DP's"
     )
 

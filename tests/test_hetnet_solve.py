@@ -140,5 +140,8 @@ def test_a_drafter_is_not_a_dipsd_role_and_sim_refuses_hetnet_for_now() -> None:
 
 def test_the_exact_policy_refuses_large_instances() -> None:
     sc = load_scenario(None, preset="hetnet", overrides={"users.count": 9})
-    with pytest.raises(ConfigError, match=r"plans at most 4 tasks \(users.count\), got 9"):
+    with pytest.raises(ConfigError, match=r"plans at most 8 tasks \(users.count\), got 9"):
+        solve(sc, "hetnet-exact")
+    sc = load_scenario(None, preset="hetnet", overrides={"users.count": 5})
+    with pytest.raises(ConfigError, match=r"exact: 4993928 plans for 5 tasks and 8 lengths"):
         solve(sc, "hetnet-exact")

@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from emu.errors import ConfigError, check_in
-from emu.planner.hetnet.model import OBJECTIVES, TIME_MODES, HetnetProblem, Roofline, Task
+from emu.planner.hetnet.model import (
+    DISCIPLINES,
+    OBJECTIVES,
+    TIME_MODES,
+    HetnetProblem,
+    Roofline,
+    Task,
+)
 from emu.planner.model import LatencyModel, ModelArch
 from emu.scenario.compute import ArchConfig, LatencyConfig
 
@@ -76,6 +83,7 @@ class HetnetConfig:
     max_draft_len: int = 8  # l_max
     max_batch: int = 128  # b_max: tasks a batch
     objective: str = "sum"  # sum of the tasks' latencies | makespan
+    discipline: str = "priority"  # a server serves the plan's earliest batch first | fifo
     time_mode: str = "affine"  # affine (the latency models) | roofline (the GPUs)
     draft: ArchConfig = field(default_factory=ArchConfig)  # the small cell's model
     target: ArchConfig = field(default_factory=ArchConfig)  # the macro cell's
@@ -101,6 +109,7 @@ class HetnetConfig:
         check_in("hetnet.max_batch", self.max_batch, 1, 10**6, "an integer >= 1")
         for name, value, allowed in (
             ("objective", self.objective, OBJECTIVES),
+            ("discipline", self.discipline, DISCIPLINES),
             ("time_mode", self.time_mode, TIME_MODES),
         ):
             if value not in allowed:
@@ -224,4 +233,5 @@ def hetnet_problem(
         max_draft_len=h.max_draft_len,
         max_batch=h.max_batch,
         objective=h.objective,
+        discipline=h.discipline,
     )

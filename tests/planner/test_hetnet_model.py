@@ -162,27 +162,40 @@ def test_the_evaluators_invariants_hold_on_random_plans() -> None:
         assert ev.total_ms == pytest.approx(math.fsum(ev.latency_ms))
 
 
-def test_total_latency_never_rises_with_more_bandwidth_or_fronthaul() -> None:
-    """Exactly so for a batch alone. With several batches the resources serve first come,
-    first served, as real servers do, and such list schedules are not monotone (Graham's
-    anomalies): a later batch released earlier may take the small cell just before an earlier
-    batch's next round is ready. hetnet.md section 8.5 asks for monotonicity; on random plans
-    (400 of 2-7 tasks, 1200 steps of B and R_F) 15% of steps rose, by at most 0.33%: bounded
-    here at 1%, and a deviation from the note that the next step of issue 17 addresses."""
+@pytest.mark.parametrize(("discipline", "rises_at_most", "by_at_most"), [
+    ("fifo", 0.20, 0.01),
+    ("priority", 0.02, 0.25),
+])  # fmt: skip
+def test_total_latency_never_rises_with_more_bandwidth_or_fronthaul(
+    discipline: str, rises_at_most: float, by_at_most: float
+) -> None:
+    """Exactly so for a batch alone. With several batches the servers' list schedules are
+    not monotone (Graham's anomalies): a later batch released earlier may take the small cell
+    just before an earlier batch's next round is ready, and the stages after it shift. On
+    random plans (400 of 2-7 tasks, 1200 steps of B and R_F), first come first served rose in
+    14% of steps, by at most 0.5%; priority in 0.75%, but by up to 16% (a lower batch's long
+    stage blocks the first batch, and the interleaving after it changes). hetnet.md section
+    8.5 asks for monotonicity: a deviation, bounded here and measured in BENCHMARKS.md."""
     rng = random.Random(5)
+    steps = rises = 0
     for alone in (True, False):
-        for _ in range(30):
+        for _ in range(60):
             base = _random_problem(rng, rng.randint(2, 6), bandwidth_hz=2e5, fronthaul_bps=5e7)
             plan = _random_plan(rng, base)
             if alone:
                 plan = HetnetPlan(batches=(sum(plan.batches, ()),), spec_len=plan.spec_len[:1])
             totals = []
             for b_hz, r_f in ((2e5, 5e7), (1e6, 5e7), (1e6, 1e9), (2e7, 1e10)):
-                p = HetnetProblem(**{**_fields(base), "bandwidth_hz": b_hz, "fronthaul_bps": r_f})
+                changed = {"bandwidth_hz": b_hz, "fronthaul_bps": r_f, "discipline": discipline}
+                p = HetnetProblem(**{**_fields(base), **changed})
                 totals.append(evaluate(p, plan).total_ms)
-            slack = 1e-9 if alone else 0.01
+            slack = 1e-9 if alone else by_at_most
             assert all(b <= a * (1 + slack) for a, b in itertools.pairwise(totals)), totals
             assert totals[-1] < totals[0]  # a band 100 and a fronthaul 200 times wider help
+            if not alone:
+                steps += 3
+                rises += sum(b > a * (1 + 1e-12) for a, b in itertools.pairwise(totals))
+    assert rises <= rises_at_most * steps
 
 
 def _fields(p: HetnetProblem) -> dict[str, object]:

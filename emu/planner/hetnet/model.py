@@ -22,6 +22,7 @@ from emu.errors import ConfigError
 from emu.planner.model import FloatArray, LatencyModel, ModelArch, draft_flops, verify_flops
 
 __all__ = [
+    "DISCIPLINES",
     "OBJECTIVES",
     "TIME_MODES",
     "HetnetProblem",
@@ -34,6 +35,7 @@ __all__ = [
 TIME_MODES = ("affine", "roofline")
 Num = float | FloatArray  # a number, or an array of them elementwise
 OBJECTIVES = ("sum", "makespan")
+DISCIPLINES = ("priority", "fifo")  # how a server picks among ready stages (evaluate.py)
 
 
 def _positive(name: str, value: float) -> None:
@@ -128,6 +130,7 @@ class HetnetProblem:
     max_draft_len: int = 8  # l_max
     max_batch: int = 0  # b_max; 0: every task
     objective: str = "sum"  # or "makespan"
+    discipline: str = "priority"  # or "fifo" (hetnet.md 3.5's)
     reference_bandwidth_hz: float = field(default=0.0)  # B_ref; 0: B / K
 
     def __post_init__(self) -> None:
@@ -151,6 +154,11 @@ class HetnetProblem:
         if self.objective not in OBJECTIVES:
             raise ConfigError(
                 f"hetnet.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"
+            )
+        if self.discipline not in DISCIPLINES:
+            raise ConfigError(
+                f"hetnet.discipline must be one of {', '.join(DISCIPLINES)}, "
+                f"got {self.discipline!r}"
             )
         if not (isinstance(self.max_draft_len, int) and self.max_draft_len >= 1):
             raise ConfigError(f"hetnet.max_draft_len must be >= 1, got {self.max_draft_len!r}")

@@ -4,8 +4,8 @@ paper's baselines (hetnet.md sections 4 and 5).
 
 Layer: pure (emu.planner).
 
-``hetnet`` (the default) is the reconstructed DP improved by a local search on the evaluator
-(``refine``); ``hetnet-dp`` is the DP alone, reported beside it. Each baseline is given the
+``hetnet`` (the default) is the reconstructed DP improved by local search on the evaluator
+(``refine.planned``); ``hetnet-dp`` is the DP alone, reported beside it. Each baseline is given the
 same search within its own rule, so a gain over it is the rule's, not a weaker search's:
 uniform bandwidth and fixed length refine their DP's plan under their rule, AD (``spec_len``
 0: the target alone, a pass a token) refines the partition of its own plans.
@@ -17,15 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from emu.planner.hetnet import baselines
-from emu.planner.hetnet.baselines import FIXED_LENGTH, exact_any
+from emu.planner.hetnet.baselines import FIXED_LENGTH
 from emu.planner.hetnet.dp import dp_plan
 from emu.planner.hetnet.evaluate import HetnetPlan
+from emu.planner.hetnet.exact import EXACT_MAX_TASKS, exact_plan
 from emu.planner.hetnet.model import HetnetProblem
-from emu.planner.hetnet.refine import refined_plan
+from emu.planner.hetnet.refine import planned, refined_plan
 
-__all__ = ["EXACT_MAX_TASKS", "HETNET_POLICIES", "HetnetPolicy"]
-
-EXACT_MAX_TASKS = 4  # every batching and every length 1..8 of 4 tasks: 368,000 plans
+__all__ = ["HETNET_POLICIES", "HetnetPolicy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +60,8 @@ HETNET_POLICIES = (
     HetnetPolicy(
         "hetnet",
         "the heterogeneous-edge planner: the DP over sorted tasks (batches, speculation "
-        "lengths, the batch-ordered band split), improved by a local search on the evaluator",
-        refined_plan,
+        "lengths, the batch-ordered band split), improved by local search on the evaluator",
+        planned,
     ),
     HetnetPolicy(
         "hetnet-dp",
@@ -71,8 +70,8 @@ HETNET_POLICIES = (
     ),
     HetnetPolicy(
         "hetnet-exact",
-        "the best plan over every batching and length, by enumeration (small instances)",
-        exact_any,
+        "the best plan over every batching and length, by branch and bound (small instances)",
+        exact_plan,
         max_users=EXACT_MAX_TASKS,
     ),
     HetnetPolicy(
