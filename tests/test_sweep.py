@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import itertools
 import json
 import os
@@ -312,6 +313,10 @@ def lab_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
         with Client(address) as client:
             client.wait_for_workers(2, timeout=60)
+            # Each worker imports this module (and draftnet) now, not on its first case: a
+            # worker's first case would start a second late, and the cases that should
+            # overlap in time would not.
+            client.run(importlib.import_module, __name__)
         yield address
     finally:
         for proc in procs[::-1]:

@@ -12,31 +12,45 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from emu.planner import baselines_of, evaluate, get_policy, plan_for
+from emu.planner import baselines_of, evaluate, get_policy
 from emu.planner.hetnet.bandwidth import allocation_hz
 from emu.planner.hetnet.evaluate import evaluate as evaluate_hetnet
 from emu.scenario import Scenario
 
-__all__ = ["solve"]
+__all__ = ["solve", "solve_each"]
 
 
 def solve(scenario: Scenario, policy: str | None = None) -> dict[str, Any]:
     """The ``solve --json`` object of ``policy`` (the scenario's ``planner.policy`` if None)."""
-    policy = policy or scenario.planner.policy
-    system = scenario.deployment.system
-    return _SOLVES[system](scenario, policy)
+    return solve_each(scenario, [policy or scenario.planner.policy])[0]
 
 
-def _solve_dipsd(scenario: Scenario, policy: str) -> dict[str, Any]:
+def solve_each(scenario: Scenario, policies: list[str]) -> list[dict[str, Any]]:
+    """The ``solve --json`` object of each policy of ``policies`` on one scenario, each plan
+    (the baselines' too) made once (a study's case)."""
+    solves = _SOLVES[scenario.deployment.system]
+    plans: dict[str, Any] = {}  # a policy's name -> its plan and solve time [ms]
+
+    def plan_of(name: str, problem: Any) -> tuple[Any, float]:
+        if name not in plans:
+            t0 = time.perf_counter()
+            plans[name] = (get_policy(name).plan(problem), 1000 * (time.perf_counter() - t0))
+        return plans[name]  # type: ignore[no-any-return]
+
+    return [solves(scenario, policy, plan_of) for policy in policies]
+
+
+PlanOf = Callable[[str, Any], tuple[Any, float]]
+
+
+def _solve_dipsd(scenario: Scenario, policy: str, plan_of: PlanOf) -> dict[str, Any]:
     """DiP-SD: the plan, its predicted throughput and cycle, and the baselines' throughputs
     and speed-ups."""
     problem = scenario.problem()
-    t0 = time.perf_counter()
-    plan = plan_for(policy, problem)
-    solve_ms = 1000 * (time.perf_counter() - t0)
+    plan, solve_ms = plan_of(policy, problem)
     ev = evaluate(problem, plan)
     baselines = {
-        key: evaluate(problem, plan_for(name, problem)).throughput_tok_s
+        key: evaluate(problem, plan_of(name, problem)[0]).throughput_tok_s
         for key, name in baselines_of(scenario.deployment.system).items()
     }
     return {
@@ -60,7 +74,7 @@ def _solve_dipsd(scenario: Scenario, policy: str) -> dict[str, Any]:
     }
 
 
-def _solve_hetnet(scenario: Scenario, policy: str) -> dict[str, Any]:
+def _solve_hetnet(scenario: Scenario, policy: str, plan_of: PlanOf) -> dict[str, Any]:
     """The heterogeneous edge: the plan (batches in order, their speculation lengths, each
     task's band), its latencies as the evaluator scores them with their breakdown, the
     reconstructed DP's beside it, and each baseline's latencies and the plan's gain on it
@@ -74,14 +88,11 @@ def _solve_hetnet(scenario: Scenario, policy: str) -> dict[str, Any]:
             f"planner.policy {policy!r} plans at most {chosen.max_users} tasks (users.count), "
             f"got {problem.size}"
         )
-    t0 = time.perf_counter()
-    plan = chosen.plan(problem)
-    solve_ms = 1000 * (time.perf_counter() - t0)
+    plan, solve_ms = plan_of(policy, problem)
     ev = evaluate_hetnet(problem, plan)
 
     def scored(name: str) -> dict[str, Any]:
-        other = evaluate_hetnet(problem, get_policy(name).plan(problem))
-        return {"latency_ms": other.summary_ms()}
+        return {"latency_ms": evaluate_hetnet(problem, plan_of(name, problem)[0]).summary_ms()}
 
     baselines = {key: scored(name) for key, name in baselines_of("hetnet").items()}
     total = ev.total_ms
@@ -111,7 +122,7 @@ def _solve_hetnet(scenario: Scenario, policy: str) -> dict[str, Any]:
     }
 
 
-_SOLVES: dict[str, Callable[[Scenario, str], dict[str, Any]]] = {
+_SOLVES: dict[str, Callable[[Scenario, str, PlanOf], dict[str, Any]]] = {
     "dipsd": _solve_dipsd,
     "hetnet": _solve_hetnet,
 }

@@ -60,9 +60,9 @@ def flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def case_rows(study: Study, case: Case, where: Path) -> list[dict[str, Any]]:
     """Run one case at the study's level: one row of metrics per policy."""
     if study.level == "solve":
-        from emu.runners.solve import solve
+        from emu.runners.solve import solve_each
 
-        return [flatten(solve(case.scenario, policy)) for policy in study.policies]
+        return [flatten(out) for out in solve_each(case.scenario, list(study.policies))]
     if study.level == "sim":
         from emu.runners.sim import simulate
 

@@ -200,6 +200,12 @@ def load_study(path: str | Path) -> Study:
             raise ConfigError(
                 f"plots[{k}] must be {{x = <an axis field>, y = <a metric>}}, got {plot!r}"
             )
+        at = next((names.index(plot["x"]), v) for names, v in axes if plot["x"] in names)
+        if any(not isinstance(combo[at[0]], int | float) for combo in at[1]):
+            raise ConfigError(
+                f"plots[{k}].x {plot['x']!r} takes values that are not numbers: no line can "
+                "be drawn against it (its cases are in summary.csv and report.md)"
+            )
         plots.append((str(plot["x"]), str(plot["y"])))
     return Study(
         name=str(data.get("name", p.stem)),
@@ -243,7 +249,12 @@ def base_point(study: Study) -> dict[str, Any]:
         sc = load_scenario(study.scenario, preset=study.preset, overrides=study.base_set)
     except ConfigError as exc:
         raise ConfigError(f"the base scenario: {exc}") from None
-    return {f: _field(sc, f) for f in study.fields}
+    return {f: _as_toml(_field(sc, f)) for f in study.fields}
+
+
+def _as_toml(value: Any) -> Any:
+    """A resolved field as a file would give it (a tuple of values as a list)."""
+    return [_as_toml(v) for v in value] if isinstance(value, tuple) else value
 
 
 def points(study: Study) -> list[dict[str, Any]]:

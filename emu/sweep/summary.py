@@ -36,12 +36,17 @@ def _number(v: Any) -> float | None:
         return None
 
 
+def _hashable(value: Any) -> Any:
+    """An axis value as a key (a list-valued field's values as a tuple)."""
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+
+
 def summarise(rows: Iterable[Mapping[str, Any]], axes: list[str]) -> list[dict[str, Any]]:
     """One row per axis point and policy: ``n`` (seeds that finished), ``failed``, and for
     every numeric metric its ``.mean``, ``.ci95`` (the interval's half width) and ``.n``."""
     groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
     for row in rows:
-        key = (*(row.get(a) for a in axes), row.get("policy"))
+        key = (*(_hashable(row.get(a)) for a in axes), row.get("policy"))
         groups.setdefault(key, []).append(row)
     out = []
     for key, members in groups.items():
@@ -86,7 +91,7 @@ def plot_lines(
         mean, xv = _number(row.get(f"{y}.mean")), _number(row.get(x))
         if mean is None or xv is None:
             continue
-        if at is not None and any(row.get(a) != at.get(a) for a in others):
+        if at is not None and any(_hashable(row.get(a)) != _hashable(at.get(a)) for a in others):
             continue
         if (
             at is not None

@@ -32,7 +32,7 @@ FIXED_LENGTH = 4
 
 
 def _score(problem: HetnetProblem, plan: HetnetPlan, cache: Chains | None = None) -> float:
-    return evaluate(problem, plan, cache=cache).objective(problem)
+    return evaluate(problem, plan, cache=cache, record=False).objective(problem)
 
 
 def exact_contiguous(

@@ -237,10 +237,15 @@ def release_ms(problem: HetnetProblem, plan: HetnetPlan) -> list[float]:
 
 
 def evaluate(
-    problem: HetnetProblem, plan: HetnetPlan, *, cache: Chains | None = None
+    problem: HetnetProblem,
+    plan: HetnetPlan,
+    *,
+    cache: Chains | None = None,
+    record: bool = True,
 ) -> HetnetEvaluation:
     """Run the plan's stages on the four resources (discrete events, exact). ``cache`` keeps
-    each batch's stages between the evaluations of one problem's plans (a search's)."""
+    each batch's stages between the evaluations of one problem's plans, and ``record =
+    False`` leaves the timeline empty (a search, which needs only the latencies)."""
     plan.check(problem)
     priority = problem.discipline == "priority"
     released = release_ms(problem, plan)
@@ -266,12 +271,16 @@ def evaluate(
             stage = chains[m][nxt[m]]
             busy[stage.resource] = None
             ready, start = started.pop(m)
-            timeline.append(Timed(m, stage, ready, start, now))
+            if record:
+                timeline.append(Timed(m, stage, ready, start, now))
             nxt[m] += 1
-            if nxt[m] < len(chains[m]):
-                heapq.heappush(events, (now + stage.after_ms, 1, m))
-            else:
+            if nxt[m] == len(chains[m]):
                 done_ms[m] = now + stage.after_ms
+            elif stage.after_ms:
+                heapq.heappush(events, (now + stage.after_ms, 1, m))
+            else:  # ready at once: queued as its ready event would be, in this instant
+                first = float(m) if priority else now
+                heapq.heappush(queues[chains[m][nxt[m]].resource], (first, now, m))
         for resource in RESOURCES:
             if busy[resource] is None and queues[resource]:
                 _, ready, m = heapq.heappop(queues[resource])

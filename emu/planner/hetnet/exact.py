@@ -134,13 +134,13 @@ def exact_plan(
 
     def score(batches: list[int], spec: list[int]) -> tuple[float, HetnetPlan]:
         plan = HetnetPlan(batches=tuple(members[s] for s in batches), spec_len=tuple(spec))
-        return evaluate(problem, plan, cache=cache).total_ms, plan
+        return evaluate(problem, plan, cache=cache, record=False).total_ms, plan
 
     if incumbent is None:
         from emu.planner.hetnet.refine import planned
 
         incumbent = planned(problem, lengths=allowed)
-    best_ms = evaluate(problem, incumbent, cache=cache).total_ms
+    best_ms = evaluate(problem, incumbent, cache=cache, record=False).total_ms
     best = incumbent
     nodes = 0
 

@@ -40,8 +40,9 @@ def _moves(
         if b - a >= 2:
             mid = (a + b) // 2
             yield tuple(sorted((*cuts, mid))), (*spec[:m], spec[m], spec[m], *spec[m + 1 :])
-    for m, length in enumerate(spec):  # a batch's length changed
-        for other in allowed:
+    for m, length in enumerate(spec):  # a batch's length a step or two shorter or longer
+        at = allowed.index(length)
+        for other in allowed[max(0, at - 2) : at + 3]:
             if other != length:
                 yield cuts, (*spec[:m], other, *spec[m + 1 :])
 
@@ -75,7 +76,7 @@ def refined_plan(
         bounds = [0, *layout[0], problem.size]
         if any(b - a > cap for a, b in itertools.pairwise(bounds)):
             return float("inf")
-        return evaluate(problem, make(layout), cache=cache).objective(problem)
+        return evaluate(problem, make(layout), cache=cache, record=False).objective(problem)
 
     cache: Chains = {}
     best: Layout = (cuts, spec)
@@ -102,6 +103,7 @@ Move = tuple[General, tuple[int, ...]]  # a plan and the batches the move change
 
 SMALL = 12  # tasks: up to this many, every pair's swap is a move, and each move refits lengths
 REGROUP_EVALS = 600  # the search over every batching: evaluations from each start
+REFINED_STARTS = 2  # of the DP's plans (over every length, over each alone), the best refined
 SPLIT_ALL_UP_TO = 8  # tasks a batch: every split of a batch this small in two is a move
 
 
@@ -194,7 +196,7 @@ def regrouped_plan(
     def score(g: General) -> float:
         nonlocal evals
         evals += 1
-        return evaluate(problem, make(g), cache=cache).objective(problem)
+        return evaluate(problem, make(g), cache=cache, record=False).objective(problem)
 
     def refit(g: General, s: float, touched: tuple[int, ...]) -> tuple[float, General]:
         for _ in range(2):
@@ -226,24 +228,36 @@ def regrouped_plan(
 
 
 def planned(problem: HetnetProblem, *, lengths: tuple[int, ...] | None = None) -> HetnetPlan:
-    """The ``hetnet`` policy's plan: the DP's, improved over contiguous batchings; then, on
+    """The ``hetnet`` policy's plan: the DP's (over every length, and over each length
+    alone: the best two of these starts), improved over contiguous batchings; then, on
     small instances (``SMALL`` tasks), over every batching from it and from one batch of every
     task at its best length (``REGROUP_EVALS`` evaluations each), the better of the two.
     (Above ``SMALL`` the general moves found nothing at 30 and 100 tasks, a pass of them
     costing seconds.)"""
     allowed = lengths or tuple(range(1, problem.max_draft_len + 1))
     cache: Chains = {}
-    plan = refined_plan(problem, lengths=allowed)
+
+    def score(p: HetnetPlan) -> float:
+        return evaluate(problem, p, cache=cache, record=False).objective(problem)
+
+    # The DP over every length, and over each length alone (its surrogate misjudges some
+    # lengths, and a local search stays near where it starts): the best two, refined.
+    starts = [dp_plan(problem, lengths=allowed)]
+    starts += [dp_plan(problem, lengths=(ln,)) for ln in allowed if len(allowed) > 1]
+    plan = min(
+        (
+            refined_plan(problem, lengths=allowed, start=s)
+            for s in sorted(starts, key=score)[:REFINED_STARTS]
+        ),
+        key=score,
+    )
     if problem.size > SMALL:
         return plan
     one = tuple(range(problem.size))
-    starts = [plan]
+    general = [plan]
     if len(one) <= problem.batch_cap:
-        starts.append(
-            min(
-                (HetnetPlan(batches=(one,), spec_len=(ln,)) for ln in allowed),
-                key=lambda p: evaluate(problem, p, cache=cache).objective(problem),
-            )
+        general.append(
+            min((HetnetPlan(batches=(one,), spec_len=(ln,)) for ln in allowed), key=score)
         )
-    found = [regrouped_plan(problem, s, lengths=allowed, cache=cache) for s in starts]
-    return min(found, key=lambda p: evaluate(problem, p, cache=cache).objective(problem))
+    found = [regrouped_plan(problem, s, lengths=allowed, cache=cache) for s in general]
+    return min(found, key=score)
