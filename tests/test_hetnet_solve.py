@@ -152,12 +152,12 @@ def test_the_exact_policy_refuses_large_instances() -> None:
 
 
 def test_the_reproduction_study_expands_and_a_list_valued_axis_runs(tmp_path: Path) -> None:
-    """The built-in study: 19 points around the preset, 3 seeds each, every one validated;
+    """The built-in study: 22 points around the preset, 3 seeds each, every one validated;
     a study over a field that takes a [low, high] pair (output heterogeneity) runs at the
     solve level, each plan made once per case, and summarises by that pair; a plot against
     such a field is refused in one line."""
     study = load_study("hetnet")
-    assert len(expand(study)) == 57 and study.level == "solve"
+    assert len(expand(study)) == 66 and study.level == "solve"
     (tmp_path / "s.toml").write_text(
         """
 level = "solve"
