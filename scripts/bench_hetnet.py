@@ -115,7 +115,7 @@ def main() -> None:
         spent.append(time.perf_counter() - t0)
         full_gaps.append((evaluate(p, mine).total_ms - best) / best)
     _gaps(
-        f"planner against exact over every batching and every length 1..8 (branch and bound; "
+        f"planner against exact over every batching and every length 0..8 (branch and bound; "
         f"{args.full_instances} instances of 4 tasks, {min(spent):.0f}-{max(spent):.0f} s each)",
         full_gaps,
     )

@@ -147,7 +147,7 @@ def test_the_exact_policy_refuses_large_instances() -> None:
     with pytest.raises(ConfigError, match=r"plans at most 8 tasks \(users.count\), got 9"):
         solve(sc, "hetnet-exact")
     sc = load_scenario(None, preset="hetnet", overrides={"users.count": 5})
-    with pytest.raises(ConfigError, match=r"exact: 4993928 plans for 5 tasks and 8 lengths"):
+    with pytest.raises(ConfigError, match=r"exact: 8772309 plans for 5 tasks and 9 lengths"):
         solve(sc, "hetnet-exact")
 
 
@@ -184,3 +184,13 @@ preset = "hetnet"
         f.write('[[plots]]\nx = "hetnet.output_len"\ny = "latency_ms.mean"\n')
     with pytest.raises(ConfigError, match=r"plots\[0\].x 'hetnet.output_len' takes values"):
         load_study(tmp_path / "s.toml")
+
+
+def test_the_planner_falls_back_to_the_target_alone_where_drafting_does_not_pay() -> None:
+    """At acceptance 0.5 drafting costs more than it saves for some batches: the planner may
+    give a batch length 0 (the target alone), so it never does worse than AD there."""
+    out = solve(
+        load_scenario(None, preset="hetnet", overrides={"users.count": 50, "users.alpha": 0.5})
+    )
+    assert out["gain_pct"]["ad"] >= 0
+    assert 0 in out["plan"]["spec_len"]

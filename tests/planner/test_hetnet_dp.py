@@ -92,7 +92,7 @@ def test_exact_over_every_batching_is_never_worse_than_over_contiguous_ones() ->
 
 def test_exact_refuses_what_it_cannot_enumerate() -> None:
     p = random_problem(np.random.default_rng(1), 14)
-    with pytest.raises(ConfigError, match=r"exact: .* plans for 14 tasks and 8 lengths"):
+    with pytest.raises(ConfigError, match=r"exact: .* plans for 14 tasks and 9 lengths"):
         exact_contiguous(p)
 
 

@@ -39,9 +39,9 @@ def exact_contiguous(
     problem: HetnetProblem, *, lengths: tuple[int, ...] | None = None
 ) -> HetnetPlan:
     """The best plan of contiguous batches of the sorted order, each with a length of
-    ``lengths`` (default 1..l_max), every one scored by the evaluator: 2^(K-1) compositions
+    ``lengths`` (default 0..l_max), every one scored by the evaluator: 2^(K-1) compositions
     times |lengths|^batches plans; ConfigError past ``EXACT_PLANS_MAX``."""
-    allowed = lengths or tuple(range(1, problem.max_draft_len + 1))
+    allowed = lengths or problem.lengths
     K = problem.size
     count = len(allowed) * (len(allowed) + 1) ** (K - 1)
     if count > EXACT_PLANS_MAX:
@@ -88,7 +88,7 @@ def exact_any(problem: HetnetProblem, *, lengths: tuple[int, ...] | None = None)
     """The best plan over every batching of the tasks (any grouping, any order of the
     batches) and every length of ``lengths`` per batch, each scored by the evaluator: the
     reference for small instances (about 50,000 plans at 5 tasks and 3 lengths)."""
-    allowed = lengths or tuple(range(1, problem.max_draft_len + 1))
+    allowed = lengths or problem.lengths
     count = sum(len(allowed) ** len(p) for p in ordered_partitions(list(range(problem.size))))
     if count > EXACT_PLANS_MAX:
         raise ConfigError(

@@ -92,8 +92,8 @@ def dp_plan(
     bandwidth: str = "batch-ordered",
 ) -> HetnetPlan:
     """The DP's plan: contiguous batches of the sorted tasks and their lengths (of
-    ``lengths``: default 1..l_max), the uploads split as ``bandwidth`` says."""
-    allowed = lengths or tuple(range(1, problem.max_draft_len + 1))
+    ``lengths``: default 0..l_max, 0 the target alone), the uploads split as ``bandwidth`` says."""
+    allowed = lengths or problem.lengths
     order = sorted_order(problem)
     tasks = [problem.tasks[k] for k in order]
     K, cap = problem.size, problem.batch_cap

@@ -97,18 +97,18 @@ def exact_plan(
     max_nodes: int = 2_000_000,
 ) -> HetnetPlan:
     """The plan of least total latency over every batching, every order of the batches and
-    every length of ``lengths`` (default 1..l_max) per batch, by branch and bound (the
-    batch-ordered band split; the sum objective)."""
+    every length of ``lengths`` (default 0..l_max, 0 the target alone) per batch, by branch
+    and bound (the batch-ordered band split; the sum objective)."""
     K = problem.size
     if K > EXACT_MAX_TASKS:
         raise ConfigError(f"exact plans at most {EXACT_MAX_TASKS} tasks, got {K}")
     if problem.objective != "sum":
         raise ConfigError("exact bounds the sum of latencies: set hetnet.objective = sum")
-    allowed = lengths or tuple(range(1, problem.max_draft_len + 1))
+    allowed = lengths or problem.lengths
     count = plans_over_every_batching(K, len(allowed))
     if count > EXACT_PLANS_MAX:
         raise ConfigError(
-            f"exact: {count} plans for {K} tasks and {len(allowed)} lengths (1..hetnet."
+            f"exact: {count} plans for {K} tasks and {len(allowed)} lengths (0..hetnet."
             f"max_draft_len), over {EXACT_PLANS_MAX}: fewer tasks or a smaller max_draft_len"
         )
     full = (1 << K) - 1

@@ -176,6 +176,12 @@ class HetnetProblem:
         return self.max_batch or self.size
 
     @property
+    def lengths(self) -> tuple[int, ...]:
+        """The speculation lengths a batch may have: 0 (the target alone, decoding a token a
+        pass, where drafting does not pay) to l_max."""
+        return tuple(range(self.max_draft_len + 1))
+
+    @property
     def b_ref_hz(self) -> float:
         return self.reference_bandwidth_hz or self.bandwidth_hz / self.size
 

@@ -56,7 +56,7 @@ def refined_plan(
 ) -> HetnetPlan:
     """The DP's plan (or ``start``, contiguous in the sorted order) improved by best-move
     local search on the evaluator's objective."""
-    allowed = lengths or tuple(range(1, problem.max_draft_len + 1))
+    allowed = lengths or problem.lengths
     order = sorted_order(problem)
     plan = start or dp_plan(problem, lengths=allowed)
     sizes = [len(b) for b in plan.batches]
@@ -191,7 +191,7 @@ def regrouped_plan(
     tasks) a move that regroups tasks also refits the lengths of the batches it changed (each
     in turn to its best, twice), so that a batch split off can take the length that suits it.
     It stops after ``max_stages`` stages simulated."""
-    allowed = lengths or tuple(range(1, problem.max_draft_len + 1))
+    allowed = lengths or problem.lengths
     cache = {} if cache is None else cache
     small = problem.size <= SMALL
     stages = 0
@@ -241,7 +241,7 @@ def planned(problem: HetnetProblem, *, lengths: tuple[int, ...] | None = None) -
     task at its best length (``REGROUP_STAGES`` each), the better of the two.
     (Above ``SMALL`` the general moves found nothing at 30 and 100 tasks, a pass of them
     costing seconds.)"""
-    allowed = lengths or tuple(range(1, problem.max_draft_len + 1))
+    allowed = lengths or problem.lengths
     cache: Chains = {}
 
     def score(p: HetnetPlan) -> float:
