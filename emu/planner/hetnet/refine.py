@@ -12,7 +12,8 @@ other allowed one; it takes the best improving move, and stops when none improve
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from emu.planner.hetnet.dp import dp_plan, sorted_order
 from emu.planner.hetnet.evaluate import Chains, HetnetPlan, evaluate
@@ -21,6 +22,7 @@ from emu.planner.hetnet.model import HetnetProblem
 __all__ = ["refined_plan"]
 
 Layout = tuple[tuple[int, ...], tuple[int, ...]]  # (cuts in the sorted order, lengths)
+P = TypeVar("P")  # a plan as a search represents it
 
 
 def _moves(
@@ -47,12 +49,35 @@ def _moves(
                 yield cuts, (*spec[:m], other, *spec[m + 1 :])
 
 
+def _descend(
+    start: P,
+    score: Callable[[P], float],
+    neighbours: Callable[[P], Iterator[tuple[float, P]]],
+    spent: Callable[[], bool],
+) -> P:
+    """Best-move local search: from ``start``, move to the best-scoring neighbour while one
+    improves, until none does or the budget is ``spent`` (checked after each neighbour)."""
+    best, best_score = start, score(start)
+    while not spent():
+        found: tuple[float, P] | None = None
+        for s, candidate in neighbours(best):
+            if s < best_score * (1 - 1e-12) and (found is None or s < found[0]):
+                found = (s, candidate)
+            if spent():
+                break
+        if found is None:
+            break
+        best_score, best = found
+    return best
+
+
 def refined_plan(
     problem: HetnetProblem,
     *,
     lengths: tuple[int, ...] | None = None,
     start: HetnetPlan | None = None,
     max_evals: int = 2000,
+    cache: Chains | None = None,
 ) -> HetnetPlan:
     """The DP's plan (or ``start``, contiguous in the sorted order) improved by best-move
     local search on the evaluator's objective."""
@@ -78,22 +103,19 @@ def refined_plan(
             return float("inf")
         return evaluate(problem, make(layout), cache=cache, record=False).objective(problem)
 
-    cache: Chains = {}
-    best: Layout = (cuts, spec)
-    best_score = score(best)
-    evals = 1
-    while evals < max_evals:
-        found: tuple[float, Layout] | None = None
-        for layout in _moves(best[0], best[1], problem.size, allowed):
-            s = score(layout)
-            evals += 1
-            if s < best_score * (1 - 1e-12) and (found is None or s < found[0]):
-                found = (s, layout)
-            if evals >= max_evals:
-                break
-        if found is None:
-            break
-        best_score, best = found
+    cache = {} if cache is None else cache
+    evals = 0
+
+    def counted(layout: Layout) -> float:
+        nonlocal evals
+        evals += 1
+        return score(layout)
+
+    def neighbours(at: Layout) -> Iterator[tuple[float, Layout]]:
+        for layout in _moves(at[0], at[1], problem.size, allowed):
+            yield counted(layout), layout
+
+    best = _descend((cuts, spec), counted, neighbours, lambda: evals >= max_evals)
     return make(best)
 
 
@@ -216,22 +238,15 @@ def regrouped_plan(
                             s, g = t, trial
         return s, g
 
-    best: General = (tuple(tuple(sorted(b)) for b in start.batches), start.spec_len)
-    best_score = score(best)
-    while stages < max_stages:
-        found: tuple[float, General] | None = None
-        for moved, touched in _general_moves(*best, allowed, problem.batch_cap, small):
+    def neighbours(at: General) -> Iterator[tuple[float, General]]:
+        for moved, touched in _general_moves(*at, allowed, problem.batch_cap, small):
             s, g = score(moved), moved
             if small and touched:
                 s, g = refit(g, s, touched)
-            if s < best_score * (1 - 1e-12) and (found is None or s < found[0]):
-                found = (s, g)
-            if stages >= max_stages:
-                break
-        if found is None:
-            break
-        best_score, best = found
-    return make(best)
+            yield s, g
+
+    first: General = (tuple(tuple(sorted(b)) for b in start.batches), start.spec_len)
+    return make(_descend(first, score, neighbours, lambda: stages >= max_stages))
 
 
 def planned(problem: HetnetProblem, *, lengths: tuple[int, ...] | None = None) -> HetnetPlan:
@@ -253,7 +268,7 @@ def planned(problem: HetnetProblem, *, lengths: tuple[int, ...] | None = None) -
     starts += [dp_plan(problem, lengths=(ln,)) for ln in allowed if len(allowed) > 1]
     plan = min(
         (
-            refined_plan(problem, lengths=allowed, start=s)
+            refined_plan(problem, lengths=allowed, start=s, cache=cache)
             for s in sorted(starts, key=score)[:REFINED_STARTS]
         ),
         key=score,
