@@ -142,8 +142,8 @@ def assemble(sc: Scenario) -> Deployment:
     system = get_system(d.system)
     if not system.runs:
         raise ConfigError(
-            f"deployment.system = {d.system!r} is planned by `draftnet solve` only so far: its "
-            "nodes, and so its simulation and emulation, are not built yet"
+            f"deployment.system = {d.system!r} is planned by `draftnet solve` and simulated by "
+            "`draftnet sim` only so far: its emulation is not built yet"
         )
     problem = sc.problem()
     users = tuple(

@@ -98,6 +98,40 @@ def _print_solve_hetnet(out: dict[str, Any], console: Console) -> None:
     console.print(b)
 
 
+def _print_sim_hetnet(out: dict[str, Any], console: Console) -> None:
+    console.print(
+        f"[bold]sim[/] of scenario [bold]{out['scenario']}[/]: {out['tasks']} tasks, seed "
+        f"{out['seed']}, acceptance {out['models']['acceptance']} (synthetic models), "
+        f"{out['wall_s']:.1f} s wall"
+    )
+    t = Table()
+    cols = ["policy", "done", "mean s", "predicted", "error", "p95 s", "makespan s"]
+    cols += ["accept", "rounds (predicted)", "TTFT p50 ms"]
+    for col in cols:
+        t.add_column(col, justify="left" if col == "policy" else "right")
+    for pol, r in out["results"].items():
+        lat, pred = r["latency_ms"] or {}, r["predicted_latency_ms"]
+        t.add_row(
+            pol,
+            f"{r['finished']}/{r['tasks']}",
+            _f(lat.get("mean", 0) / 1000, ".2f") if lat else "-",
+            f"{pred['mean'] / 1000:.2f}",
+            _f(r["error_pct"], "+.1f") + ("%" if r["error_pct"] is not None else ""),
+            _f(lat.get("p95", 0) / 1000, ".2f") if lat else "-",
+            _f(lat.get("makespan", 0) / 1000, ".2f") if lat else "-",
+            _f(r["acceptance_rate"], ".3f"),
+            f"{r['rounds']} ({r['predicted_rounds']})",
+            _f((r["ttft_ms"] or {}).get("p50"), ".0f"),
+        )
+    console.print(t)
+    for pol, r in out["results"].items():
+        parts = ", ".join(
+            f"{k.replace('_', ' ')} {v / 1000:.2f} s ({r['predicted_breakdown_ms'][k] / 1000:.2f})"
+            for k, v in r["breakdown_ms"].items()
+        )
+        console.print(f"{pol}: a task's mean latency, measured (predicted): {parts}")
+
+
 def _f(x: float | None, fmt: str = ".1f") -> str:
     return "-" if x is None else format(x, fmt)
 
@@ -115,6 +149,9 @@ def _servers(out: dict[str, Any]) -> str:
 def print_sim(out: dict[str, Any], console: Console | None = None) -> None:
     """The sim summary: one row per policy, measured against predicted."""
     console = console or _stderr()
+    if out.get("system") == "hetnet":
+        _print_sim_hetnet(out, console)
+        return
     console.print(
         f"[bold]sim[/] of scenario [bold]{out['scenario']}[/]: {out['users']} users"
         f"{_servers(out)}, "

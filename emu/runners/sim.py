@@ -231,7 +231,12 @@ def simulate(
     out_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run each policy for ``sc.sim.duration_s`` virtual seconds; the ``sim --json`` object."""
+    """Run each policy for ``sc.sim.duration_s`` virtual seconds; the ``sim --json`` object.
+    A system with a simulation of its own (the heterogeneous edge's offline workload) runs
+    there."""
+    own = _OWN_SIMULATIONS.get(sc.deployment.system)
+    if own is not None:
+        return own(sc, policies, out_dir=out_dir, progress=progress)
     dep = assemble(sc)
     for p in policies:
         dep.system.check_policy(p, where="--policy")
@@ -311,6 +316,17 @@ def simulate(
     finally:
         rec.close()
     return summary().to_json()
+
+
+def _simulate_hetnet(
+    sc: Scenario, policies: list[str], *, out_dir: Path | None, progress: Progress | None
+) -> dict[str, Any]:
+    from emu.runners.sim_hetnet import simulate_hetnet
+
+    return simulate_hetnet(sc, policies, out_dir=out_dir, progress=progress)
+
+
+_OWN_SIMULATIONS: dict[str, Callable[..., dict[str, Any]]] = {"hetnet": _simulate_hetnet}
 
 
 def _real_models(sc: Scenario, users: int) -> RealModels:

@@ -29,6 +29,7 @@ from emu.planner.hetnet.model import (
 )
 from emu.planner.model import LatencyModel, ModelArch
 from emu.scenario.compute import ArchConfig, LatencyConfig
+from nodes.batched import ACCEPTANCE_MODES
 
 __all__ = ["GpuConfig", "HetnetConfig", "TaskConfig", "hetnet_problem"]
 
@@ -85,6 +86,7 @@ class HetnetConfig:
     objective: str = "sum"  # sum of the tasks' latencies | makespan
     discipline: str = "priority"  # a server serves the plan's earliest batch first | fifo
     time_mode: str = "affine"  # affine (the latency models) | roofline (the GPUs)
+    acceptance: str = "sampled"  # the synthetic verifier's (sim): sampled | expected
     draft: ArchConfig = field(default_factory=ArchConfig)  # the small cell's model
     target: ArchConfig = field(default_factory=ArchConfig)  # the macro cell's
     draft_context: int = 2048  # the draft model's context [tokens]
@@ -111,6 +113,7 @@ class HetnetConfig:
             ("objective", self.objective, OBJECTIVES),
             ("discipline", self.discipline, DISCIPLINES),
             ("time_mode", self.time_mode, TIME_MODES),
+            ("acceptance", self.acceptance, ACCEPTANCE_MODES),
         ):
             if value not in allowed:
                 raise ConfigError(

@@ -5,8 +5,10 @@ verifier's batch scheduler and its length controller (each made from the scenari
 ``[runtime]``), and its planning policies (those of the planner's registry that say they are
 its own; ``emu.planner.policies``). A deployment (``emu.deploy.deployment``) takes all of it
 from its system, and no runner or node treats a system by its name. The heterogeneous-edge
-system is registered with its roles and policies while its nodes are still to come (issue
-17); DSD will register beside them (issue 18).
+system's nodes (``nodes.hetnet``) run an offline workload of their own, simulated by
+``emu.runners.sim_hetnet``; they do not deploy through a Deployment yet, so it has no
+scheduler here and ``draftnet run`` refuses it (issue 17). DSD will register beside them
+(issue 18).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ class System:
 
     @property
     def runs(self) -> bool:
-        """Whether its nodes exist, so ``draftnet sim`` and ``run`` can deploy it."""
+        """Whether its nodes deploy through a Deployment, so ``draftnet sim`` and ``run`` can
+        deploy it that way."""
         return self.scheduler is not None and self.lengths is not None
 
     @property
