@@ -66,8 +66,11 @@ class BatchVerifier(Protocol):
         and the time [ms]."""
         ...
 
-    def prefill(self, tasks: Sequence[int], contexts: Contexts) -> float:
-        """The target alone: prefill the prompts [ms]."""
+    def prefill(
+        self, tasks: Sequence[int], contexts: Contexts
+    ) -> tuple[list[tuple[int, ...]], float]:
+        """The target alone: prefill the prompts; the token each prefill yields (none where
+        the model counts the prefill apart from the passes that decode), and the time [ms]."""
         ...
 
     def decode(self, tasks: Sequence[int], contexts: Contexts) -> tuple[list[int], float]:
@@ -146,8 +149,11 @@ class SyntheticBatchVerifier:
         tokens: list[tuple[int, ...]] = [(int(self.rng.integers(0, self.vocab)),) for _ in tasks]
         return accepted, tokens, ms
 
-    def prefill(self, tasks: Sequence[int], contexts: Contexts) -> float:
-        return self.problem.verify_prefill_ms(len(tasks), _kv(contexts))
+    def prefill(
+        self, tasks: Sequence[int], contexts: Contexts
+    ) -> tuple[list[tuple[int, ...]], float]:
+        """No token: the evaluator's target alone decodes O_m passes after its prefill."""
+        return [() for _ in tasks], self.problem.verify_prefill_ms(len(tasks), _kv(contexts))
 
     def decode(self, tasks: Sequence[int], contexts: Contexts) -> tuple[list[int], float]:
         ms = self.problem.verify_ms(len(tasks), _kv(contexts), 0)

@@ -280,7 +280,7 @@ class MacroCellNode:
                     job.batch, d.round, b.tasks, b.contexts, d.drafts, prompt_len=prompt_len
                 )
             elif job.kind == "prefill":
-                ms = self.verifier.prefill(b.tasks, b.contexts)
+                tokens, ms = self.verifier.prefill(b.tasks, b.contexts)
             else:
                 ids, ms = self.verifier.decode(b.tasks, b.contexts)
                 tokens = [(t,) for t in ids]

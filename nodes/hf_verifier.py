@@ -30,7 +30,7 @@ import numpy as np
 from emu.errors import ConfigError
 from nodes.backends import VerifyItem, VerifyOut
 
-__all__ = ["HFVerifier", "cache_kwarg", "pick_device"]
+__all__ = ["HFBatchVerifier", "HFVerifier", "cache_kwarg", "pick_device"]
 
 
 def pick_device(device: str = "auto") -> tuple[str, Any]:
@@ -146,6 +146,15 @@ class HFVerifier:
 
     def drop(self, user: int) -> None:
         self.sessions.pop(user, None)
+
+    def open(self, user: int, prompt: Sequence[int]) -> None:
+        """A session whose prompt the next pass prefills together with its first draft."""
+        if not 0 < len(prompt) < self.max_positions:
+            raise ConfigError(
+                f"prompt of user {user} has {len(prompt)} tokens; it must have 1 to "
+                f"{self.max_positions - 1} (the target's context)"
+            )
+        self.sessions[user] = _Session(ids=[int(t) for t in prompt])
 
     # --- internals ----------------------------------------------------------------------------
     def _verify(self, batch: Sequence[VerifyItem]) -> tuple[list[VerifyOut], float]:
@@ -278,3 +287,69 @@ def _padded_causal_mask(past: list[int], new: list[list[int]], P: int, L: int, d
     allowed |= (~real_query)[:, :, None] & (key[None, None, :] == P + query[None, :, None])
     mask = torch.zeros((len(past), 1, L, P + L), dtype=dtype)
     return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+
+
+class HFBatchVerifier:
+    """``BatchVerifier`` (``nodes.batched``, the heterogeneous edge's macro cell) on an
+    ``HFVerifier``: a task is a user; round 1 prefills each prompt in the same pass as its
+    first draft; the target alone prefills (its first token) then decodes a token a pass.
+    ``verify_time(n, kv_len, length, prefill)`` and ``prefill_time(n, prompt)`` [ms], if
+    given, are the times a pass stands for (the macro cell's compute model); otherwise the
+    measured wall time is reported."""
+
+    def __init__(
+        self,
+        verifier: HFVerifier,
+        *,
+        verify_time: Callable[[int, int, int, int], float] | None = None,
+        prefill_time: Callable[[int, int], float] | None = None,
+    ) -> None:
+        self.v = verifier
+        self.verify_time = verify_time
+        self.prefill_time = prefill_time
+
+    def verify(
+        self,
+        batch: int,
+        round: int,
+        tasks: Sequence[int],
+        contexts: Sequence[Sequence[int]],
+        drafts: Sequence[Sequence[int]],
+        *,
+        prompt_len: int,
+    ) -> tuple[list[int], list[tuple[int, ...]], float]:
+        if round == 1:
+            for k, ctx in zip(tasks, contexts, strict=True):
+                self.v.open(k, ctx)
+        items = [
+            VerifyItem(user=k, base_len=len(ctx), tokens=tuple(d))
+            for k, ctx, d in zip(tasks, contexts, drafts, strict=True)
+        ]
+        outs, wall = self.v._verify(items)
+        ms = wall
+        if self.verify_time is not None:
+            kv = max(len(c) for c in contexts)
+            ms = self.verify_time(len(tasks), kv, len(drafts[0]), prompt_len)
+        return [o.accepted for o in outs], [(o.token,) for o in outs], ms
+
+    def prefill(
+        self, tasks: Sequence[int], contexts: Sequence[Sequence[int]]
+    ) -> tuple[list[tuple[int, ...]], float]:
+        first, wall = self.v.prefill(dict(zip(tasks, contexts, strict=True)))
+        ms = wall
+        if self.prefill_time is not None:
+            ms = self.prefill_time(len(tasks), max(len(c) for c in contexts))
+        return [(first[k],) for k in tasks], ms
+
+    def decode(
+        self, tasks: Sequence[int], contexts: Sequence[Sequence[int]]
+    ) -> tuple[list[int], float]:
+        items = [
+            VerifyItem(user=k, base_len=len(c), tokens=())
+            for k, c in zip(tasks, contexts, strict=True)
+        ]
+        outs, wall = self.v._verify(items)
+        ms = wall
+        if self.verify_time is not None:
+            ms = self.verify_time(len(tasks), max(len(c) for c in contexts), 0, 0)
+        return [o.token for o in outs], ms

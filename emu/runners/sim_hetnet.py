@@ -14,6 +14,7 @@ task is done (or, should one never be, at ``sim.duration_s`` past the prediction
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -36,7 +37,12 @@ from emu.results.metrics import Recorder
 from emu.runners.simlink import link_pair
 from emu.scenario import Scenario, scenario_toml
 from emu.scenario.streams import Streams
-from nodes.batched import SyntheticBatchDrafter, SyntheticBatchVerifier
+from nodes.batched import (
+    BatchDrafter,
+    BatchVerifier,
+    SyntheticBatchDrafter,
+    SyntheticBatchVerifier,
+)
 from nodes.core.hetnet import BatchStats, MacroCellCore, SmallCellCore
 from nodes.core.systems import get_system
 from nodes.hetnet import MacroCellNode, SmallCellNode, TaskUser
@@ -48,9 +54,115 @@ __all__ = ["simulate_hetnet"]
 Progress = Callable[[str, float], None]
 
 
-def _prompts(problem: HetnetProblem, rng: np.random.Generator, width: int) -> list[tuple[int, ...]]:
-    top = min(problem.vocab, 1 << (8 * width))
-    return [tuple(int(t) for t in rng.integers(0, top, size=t.input_len)) for t in problem.tasks]
+class _Synthetic:
+    """Random prompts and tokens, the compute model's times (``nodes.batched``)."""
+
+    kind = "synthetic"
+
+    def __init__(self, sc: Scenario, problem: HetnetProblem) -> None:
+        self.acceptance = sc.hetnet.acceptance
+        width = token_width(problem.bits_per_token)
+        top = min(problem.vocab, 1 << (8 * width))
+        rng = Streams(sc.sim.seed).prompts(0)
+        self.prompts = [
+            tuple(int(t) for t in rng.integers(0, top, size=t.input_len)) for t in problem.tasks
+        ]
+
+    def backends(
+        self, problem: HetnetProblem, streams: Streams
+    ) -> tuple[BatchDrafter, BatchVerifier]:
+        return (
+            SyntheticBatchDrafter(problem, streams.drafter(0), vocab=problem.vocab),
+            SyntheticBatchVerifier(
+                problem, streams.acceptance(0), acceptance=self.acceptance, vocab=problem.vocab
+            ),
+        )
+
+    def check(self, users: list[TaskUser]) -> dict[str, Any]:
+        return {"lossless": None}  # synthetic tokens: nothing to compare
+
+
+class _Real:
+    """The embedded pair (or the scenario's model files): the small cell drafts with llama.cpp
+    for a batch in one batched step, the macro cell verifies with transformers; the built-in
+    prompts, in turn; each step's time the compute model's (virtual time: the simulation's
+    clock does not move while a model computes). Loaded once for every policy."""
+
+    kind = "real"
+
+    def __init__(self, sc: Scenario, problem: HetnetProblem) -> None:
+        from emu.deploy.runtime import model_setup
+        from emu.models.build import GreedyReference
+        from nodes.hf_verifier import HFVerifier
+        from nodes.llama_batch_drafter import LlamaBatchDrafter
+
+        setup = model_setup(sc)
+        if setup.target_info.vocab > 1 << problem.bits_per_token:
+            raise ConfigError(
+                f"hetnet.bits_per_token must carry the target's {setup.target_info.vocab} token "
+                f"ids, got {problem.bits_per_token}"
+            )
+        self.setup = setup
+        self.prompts = [tuple(setup.prompts[k % len(setup.prompts)]) for k in range(problem.size)]
+        n_ctx = max(
+            len(p) + t.output_len + problem.max_draft_len + 2
+            for p, t in zip(self.prompts, problem.tasks, strict=True)
+        )
+        for name, info in (("draft", setup.draft_info), ("target", setup.target_info)):
+            if n_ctx > info.context:
+                raise ConfigError(
+                    f"hetnet.output_len: a task's prompt, output and draft need {n_ctx} tokens, "
+                    f"over the {name}'s context of {info.context}"
+                )
+        m = sc.models
+        self.drafter = LlamaBatchDrafter(
+            setup.draft, max_tasks=problem.size, n_ctx=n_ctx, threads=m.draft_threads
+        )
+        self.hf = HFVerifier(
+            setup.target, device=setup.device, dtype=m.dtype or None,
+            threads=m.verify_threads or None,
+        )  # fmt: skip
+        self.reference = GreedyReference(self.hf.model, self.hf.device)
+
+    def problem(self, problem: HetnetProblem) -> HetnetProblem:
+        """The tasks with the real prompts' lengths and the pair's measured acceptance."""
+        alpha = self.setup.acceptance
+        tasks = tuple(
+            dataclasses.replace(t, input_len=len(p), alpha=alpha or t.alpha)
+            for t, p in zip(problem.tasks, self.prompts, strict=True)
+        )
+        return dataclasses.replace(problem, tasks=tasks)
+
+    def backends(
+        self, problem: HetnetProblem, streams: Streams
+    ) -> tuple[BatchDrafter, BatchVerifier]:
+        from nodes.hf_verifier import HFBatchVerifier
+
+        self.drafter.reset()
+        for k in list(self.hf.sessions):
+            self.hf.drop(k)
+        self.drafter.latency = problem.draft_ms
+        self.drafter.prefill_latency = problem.draft_prefill_ms
+        verifier = HFBatchVerifier(
+            self.hf,
+            verify_time=lambda n, kv, ln, pre: problem.verify_ms(n, kv, ln, prefill=pre),
+            prefill_time=problem.verify_prefill_ms,
+        )
+        return self.drafter, verifier
+
+    def check(self, users: list[TaskUser]) -> dict[str, Any]:
+        """``lossless``: each finished task's tokens are the target's own greedy decoding."""
+        bad = checked = 0
+        for u in users:
+            if u.latency_ms is None:
+                continue
+            checked += len(u.tokens)
+            bad += u.tokens != self.reference(u.prompt, len(u.tokens))
+        return {
+            "lossless": bad == 0 if checked else None,
+            "lossless_checked": {"tasks": sum(u.latency_ms is not None for u in users),
+                                 "tokens": checked, "mismatches": bad},
+        }  # fmt: skip
 
 
 async def _run_policy(
@@ -59,10 +171,13 @@ async def _run_policy(
     plan: HetnetPlan,
     horizon_s: float,
     rec: Recorder,
+    *,
+    models: _Synthetic | _Real,
 ) -> tuple[list[TaskUser], SmallCellNode, float]:
     """The nodes running ``plan`` until every task is done or ``horizon_s`` has passed; the
     users, the small cell, and when it ended."""
     streams = Streams(sc.sim.seed)
+    drafter, verifier = models.backends(problem, streams)
     width = token_width(problem.bits_per_token)
     band = allocation_hz(problem, plan.batches, plan.bandwidth)
     eta = spectral_efficiency(problem)
@@ -76,15 +191,13 @@ async def _run_policy(
             width=width,
             prob_bytes_per_token=problem.vocab * problem.prob_bits // 8,
         ),
-        SyntheticBatchDrafter(problem, streams.drafter(0), vocab=problem.vocab),
+        drafter,
         pacer=Pacer("virtual"),
         sink=rec.for_node("sbs"),
     )
     mbs = MacroCellNode(
         MacroCellCore(discipline=problem.discipline),
-        SyntheticBatchVerifier(
-            problem, streams.acceptance(0), acceptance=sc.hetnet.acceptance, vocab=problem.vocab
-        ),
+        verifier,
         pacer=Pacer("virtual"),
         sink=rec.for_node("mbs"),
     )
@@ -97,7 +210,7 @@ async def _run_policy(
         jitter_ms=link.jitter_ms,
         loss=link.loss,
     )
-    prompts = _prompts(problem, streams.prompts(0), width)
+    prompts = models.prompts
     t0 = trio.current_time()
     users = [
         TaskUser(k, prompts[k], t.output_len, width=width, sink=rec, t0=t0)
@@ -215,9 +328,20 @@ def _result(
             "spec_len": list(plan.spec_len),
             "bandwidth": plan.bandwidth,
         },
-        "lossless": None,  # synthetic tokens: nothing to compare
         "user_faults": sbs.faults,
         "duration_s": t_end,
+    }
+
+
+def _models_note(sc: Scenario, models: _Synthetic | _Real) -> dict[str, Any]:
+    if isinstance(models, _Synthetic):
+        return {"kind": "synthetic", "acceptance": models.acceptance}
+    return {
+        "kind": sc.models.kind,
+        "draft": str(models.setup.draft),
+        "target": str(models.setup.target),
+        "device": models.setup.device,
+        "acceptance": "real (greedy)",
     }
 
 
@@ -240,6 +364,12 @@ def simulate_hetnet(
                 f"got {problem.size}"
             )
     t_wall = time.perf_counter()
+    models: _Synthetic | _Real
+    if sc.models.kind == "synthetic":
+        models = _Synthetic(sc, problem)
+    else:
+        models = _Real(sc, problem)
+        problem = models.problem(problem)
     rec = Recorder(out_dir / "events.jsonl" if out_dir else None)
     if out_dir is not None:
         (out_dir / "scenario.toml").write_text(scenario_toml(sc))
@@ -250,7 +380,7 @@ def simulate_hetnet(
             "mode": "sim",
             "system": "hetnet",
             "scenario": sc.name,
-            "models": {"kind": "synthetic", "acceptance": sc.hetnet.acceptance},
+            "models": _models_note(sc, models),
             "tasks": problem.size,
             "seed": sc.sim.seed,
             "results": dict(results),
@@ -265,11 +395,12 @@ def simulate_hetnet(
             ev = evaluate(problem, plan)
             horizon_s = 2.0 * ev.makespan_ms / 1e3 + sc.sim.duration_s
             users, sbs, t_end = trio.run(
-                functools.partial(_run_policy, sc, problem, plan, horizon_s, rec),
+                functools.partial(_run_policy, sc, problem, plan, horizon_s, rec, models=models),
                 clock=trio.testing.MockClock(autojump_threshold=0),
             )
             measured = _result(problem, plan=plan, ev=ev, users=users, sbs=sbs, t_end=t_end)
-            results[policy] = measured | {"wall_s": time.perf_counter() - t_policy}
+            checked = models.check(users)
+            results[policy] = measured | checked | {"wall_s": time.perf_counter() - t_policy}
             if progress is not None:
                 progress(policy, sc.sim.duration_s)
             if out_dir is not None:  # as each policy ends: nothing measured is lost

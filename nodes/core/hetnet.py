@@ -370,8 +370,10 @@ class MacroCellCore:
                 queued_ms=queued_ms,
                 verify_ms=compute_ms,
             )
-        if job.kind == "prefill":
-            b.alone = [[] for _ in b.tasks]
+        if job.kind == "prefill":  # its first tokens, where the backend's prefill yields them
+            b.alone = [list(t) for t in tokens] if tokens else [[] for _ in b.tasks]
+            for ctx, first in zip(b.contexts, b.alone, strict=True):
+                ctx.extend(first)
         else:
             for i, ctx in enumerate(b.contexts):
                 ctx.extend(tokens[i])
