@@ -18,7 +18,7 @@ import trio
 
 from emu.errors import RemoteProtocolError
 from nodes.batched import BatchDrafter, BatchVerifier
-from nodes.core.hetnet import Job, MacroCellCore, SmallCellCore, ToMacro, ToUser
+from nodes.core.hetnet import Job, MacroCellCore, SmallCellCore, TaskOutcome, ToMacro, ToUser
 from nodes.pacing import Pacer
 from nodes.protocol.hetnet import (
     Attach,
@@ -102,6 +102,9 @@ class TaskUser:
         self.tokens: list[int] = []
         self.latency_ms: float | None = None
         self.ttft_ms: float | None = None
+
+    def outcome(self) -> TaskOutcome:
+        return TaskOutcome(self.task, self.latency_ms, self.ttft_ms, tuple(self.tokens))
 
     async def run(self, stream: trio.abc.Stream) -> None:
         frames = Frames()

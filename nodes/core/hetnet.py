@@ -38,7 +38,15 @@ from nodes.protocol.hetnet import (
     unpack_ids,
 )
 
-__all__ = ["BatchStats", "Job", "MacroCellCore", "SmallCellCore", "ToMacro", "ToUser"]
+__all__ = [
+    "BatchStats",
+    "Job",
+    "MacroCellCore",
+    "SmallCellCore",
+    "TaskOutcome",
+    "ToMacro",
+    "ToUser",
+]
 
 GRANTS = ("batch-ordered", "uniform")
 
@@ -66,6 +74,16 @@ class Job:
     kind: str
     round: int
     ready_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutcome:
+    """What a task's user saw [ms from the start, when every task was there]."""
+
+    task: int
+    latency_ms: float | None  # its last tokens' arrival (None: never done)
+    ttft_ms: float | None
+    tokens: tuple[int, ...]
 
 
 @dataclass(slots=True)
