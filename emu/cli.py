@@ -407,7 +407,10 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     from emu.runners.emulate import emulate
 
     scenario = _load(args)
-    policies = args.policies or ["dipsd", "ad", "ad-batch"]
+    dipsd = scenario.deployment.system == "dipsd"
+    policies = args.policies or (
+        ["dipsd", "ad", "ad-batch"] if dipsd else [scenario.planner.policy]
+    )
     out_dir = _out_dir(args, "run")
     total = scenario.sim.duration_s * len(policies)
     with _progress("run", "s", total, quiet=args.json) as progress:

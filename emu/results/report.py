@@ -98,15 +98,18 @@ def _print_solve_hetnet(out: dict[str, Any], console: Console) -> None:
     console.print(b)
 
 
-def _print_sim_hetnet(out: dict[str, Any], console: Console) -> None:
+def _print_hetnet(out: dict[str, Any], console: Console) -> None:
+    """The heterogeneous edge's sim or run: each policy's latency against the evaluator's."""
+    m = out["models"]
+    where = "Mininet hosts" if out["mode"] == "emu" else "a virtual clock"
     console.print(
-        f"[bold]sim[/] of scenario [bold]{out['scenario']}[/]: {out['tasks']} tasks, seed "
-        f"{out['seed']}, acceptance {out['models']['acceptance']} (synthetic models), "
-        f"{out['wall_s']:.1f} s wall"
+        f"[bold]{'run' if out['mode'] == 'emu' else 'sim'}[/] of scenario "
+        f"[bold]{out['scenario']}[/]: {out['tasks']} tasks on {where}, {m['kind']} models "
+        f"(acceptance {m['acceptance']}), seed {out['seed']}, {out['wall_s']:.1f} s wall"
     )
     t = Table()
     cols = ["policy", "done", "mean s", "predicted", "error", "p95 s", "makespan s"]
-    cols += ["accept", "rounds (predicted)", "TTFT p50 ms"]
+    cols += ["accept", "rounds (predicted)", "TTFT p50 ms", "lossless"]
     for col in cols:
         t.add_column(col, justify="left" if col == "policy" else "right")
     for pol, r in out["results"].items():
@@ -122,6 +125,7 @@ def _print_sim_hetnet(out: dict[str, Any], console: Console) -> None:
             _f(r["acceptance_rate"], ".3f"),
             f"{r['rounds']} ({r['predicted_rounds']})",
             _f((r["ttft_ms"] or {}).get("p50"), ".0f"),
+            {None: "-", True: "yes", False: "NO"}[r.get("lossless")],
         )
     console.print(t)
     for pol, r in out["results"].items():
@@ -150,7 +154,7 @@ def print_sim(out: dict[str, Any], console: Console | None = None) -> None:
     """The sim summary: one row per policy, measured against predicted."""
     console = console or _stderr()
     if out.get("system") == "hetnet":
-        _print_sim_hetnet(out, console)
+        _print_hetnet(out, console)
         return
     console.print(
         f"[bold]sim[/] of scenario [bold]{out['scenario']}[/]: {out['users']} users"
@@ -252,6 +256,12 @@ def print_channel(out: dict[str, Any], console: Console | None = None) -> None:
 def print_run(out: dict[str, Any], console: Console | None = None) -> None:
     """The main job's summary: the policies, then every link's fidelity."""
     console = console or _stderr()
+    if out.get("system") == "hetnet":
+        _print_hetnet(out, console)
+        for f in out["fidelity"]:
+            mark = "ok" if f["ok"] else "OUTSIDE TOLERANCE"
+            console.print(f"link {f['link']}: {mark}")
+        return
     console.print(
         f"[bold]run[/] of scenario [bold]{out['scenario']}[/]: {out['users']} users"
         f"{_servers(out)} on Mininet hosts, {out['models']} models, {out['timing']} timing, "

@@ -537,6 +537,10 @@ def emulate(
     ``run --json`` object. ``emu.time_scale`` runs every modelled time that many times slower
     on the wall (compute, link delays, the duration; rates slower by as much) and reports in
     modelled time; 0 chooses it from a calibration of this host (``emu.runners.timescale``)."""
+    if sc.deployment.system == "hetnet":  # its own offline workload (emu.runners.emulate_hetnet)
+        from emu.runners.emulate_hetnet import emulate_hetnet
+
+        return emulate_hetnet(sc, policies, out_dir, progress=progress)
     timing = sc.emu.timing
     dep = assemble(sc)
     for p in policies:

@@ -1,0 +1,287 @@
+"""``draftnet run`` of the heterogeneous-edge system: Mininet hosts for the users, the small cell
+(``sbs``) and the macro cell (``mbs``), each node its own process, the radio uplink and the
+fronthaul shaped.
+
+Layer: emu (orchestration; Mininet through ``emu.runners.network``). For each policy: its plan,
+each user's uplink shaped to its planner rate b_k eta_k (the small cell's grant says when it may
+send; the downlink is left unshaped, hetnet.md 3.4), the fronthaul both ways at the deployment's
+rate, delay, jitter and loss; the macro cell, the small cell and the users started
+(``emu.runners.hetnet_node``), every task present at one start time, and the run over when
+every user has its tokens (or at a horizon past the prediction). Before the first policy each
+link is probed and configured is compared with measured (``fidelity``). Real models are paced
+to the scenario's compute model (``emu.timing = "profile"``) on a clock ``emu.time_scale``
+times slower than the wall; 0 takes 1 with synthetic models and 10 with real ones (not
+calibrated for this system yet). With greedy real models each task's tokens are checked
+against the target's own decoding (``lossless``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from channel_models.link import LinkState
+from emu.errors import ConfigError, ShapingError
+from emu.files import write_atomic
+from emu.models.hetnet import HetnetModels, hetnet_models
+from emu.planner import get_policy
+from emu.planner.hetnet.bandwidth import allocation_hz, spectral_efficiency
+from emu.planner.hetnet.evaluate import HetnetPlan, evaluate
+from emu.planner.hetnet.model import HetnetProblem
+from emu.results.hetnet import hetnet_result
+from emu.runners.emulate import _fidelity, _stop_on_signals
+from emu.runners.hetnet_node import START_FILE, write_plan
+from emu.runners.manifest import run_manifest
+from emu.runners.network import Network, await_ready, preflight, star_network
+from emu.runners.shapers import choose_shaper
+from emu.scenario import Scenario, scenario_toml
+from emu.shaping.spec import LinkPair, LinkSpec, ServerLink
+from nodes.core.hetnet import BatchStats, TaskOutcome
+from nodes.core.systems import get_system
+from topologies.registry import check as check_topology
+
+__all__ = ["emulate_hetnet"]
+
+READY_TIMEOUT_S = 180.0  # a node's start: imports, and a real model's loading
+SERVERS = ("sbs", "mbs")  # users are probed to the first: their uplink ends at the small cell
+Progress = Callable[[str, float], None]
+
+
+def _user_links(problem: HetnetProblem, plan: HetnetPlan, scale: float) -> list[LinkPair]:
+    band = allocation_hz(problem, plan.batches, plan.bandwidth)
+    eta = spectral_efficiency(problem)
+    return [
+        LinkPair(
+            LinkSpec(state=LinkState(rate_bps=float(band[k] * eta[k]))), LinkSpec.fixed()
+        ).scaled(scale)
+        for k in range(problem.size)
+    ]
+
+
+def _fronthaul(sc: Scenario, scale: float) -> tuple[ServerLink, ...]:
+    d = sc.deployment
+    found = d.link(d.drafters[0], d.verifiers[0])
+    assert found is not None  # hetnet_problem() checked it
+    link = found[1]
+    state = LinkState(
+        rate_bps=link.rate_bps, delay_ms=link.delay_ms, jitter_ms=link.jitter_ms, loss=link.loss
+    )
+    spec = LinkSpec(state=state).scaled(scale)
+    return (ServerLink("sbs", "mbs", spec), ServerLink("mbs", "sbs", spec))
+
+
+def _configured(links: list[LinkPair]) -> list[dict[str, float]]:
+    out = []
+    for pair in links:
+        assert pair.up.state is not None
+        out.append(
+            {"rtt_ms": 0.0, "up_rate_bps": pair.up.state.rate_bps / pair.up.time_scale,
+             "up_loss": 0.0}
+        )  # fmt: skip
+    return out
+
+
+def _run_policy(
+    sc: Scenario,
+    nw: Network,
+    models: HetnetModels,
+    plan: HetnetPlan,
+    pdir: Path,
+    *,
+    scale: float,
+    horizon_s: float,
+) -> dict[str, int | None]:
+    """The nodes running ``plan`` until every user is done, or ``horizon_s`` (modelled) has
+    passed; each node's exit status (None: it was stopped)."""
+    problem = models.problem
+    pdir.mkdir(parents=True, exist_ok=True)
+    mine = replace(sc, emu=replace(sc.emu, time_scale=scale), profiles=())
+    (pdir / "scenario.toml").write_text(scenario_toml(mine))
+    write_plan(pdir, plan)
+    tasks = [
+        {"prompt": list(p), "max_new_tokens": t.output_len}
+        for p, t in zip(models.prompts, problem.tasks, strict=True)
+    ]
+    (pdir / "tasks.json").write_text(json.dumps(tasks))
+    node = [sys.executable, "-m", "emu.runners.hetnet_node", str(pdir / "scenario.toml")]
+    port = str(sc.deployment.port)
+    at = nw.addresses()
+    procs: dict[str, Any] = {}
+
+    def start(name: str, host: Any, *extra: str) -> Any:
+        log = pdir / f"{name}.log"
+        p = host.popen([*node, *extra], stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+        procs[name] = p
+        if nw.manifest is not None:
+            nw.manifest.process(p.pid, what=f"node {name}", match=str(pdir / "scenario.toml"))
+        return p
+
+    try:
+        p = start("mbs", nw.server("mbs"), "mbs", "--port", port)
+        await_ready("node mbs", p, pdir / "mbs.log", READY_TIMEOUT_S)
+        p = start("sbs", nw.server("sbs"), "sbs", "--port", port, "--macro", f"{at['mbs']}:{port}")
+        await_ready("node sbs", p, pdir / "sbs.log", READY_TIMEOUT_S)
+        users = [
+            start(f"u{k}", nw.user(k), "user", str(k), "--sbs", f"{at['sbs']}:{port}")
+            for k in range(problem.size)
+        ]
+        for k, p in enumerate(users):
+            await_ready(f"node u{k}", p, pdir / f"u{k}.log", READY_TIMEOUT_S)
+        start_at = time.monotonic() / scale + 0.2  # every task there at once, on the nodes' clock
+        write_atomic(pdir / START_FILE, repr(start_at))
+        deadline = time.monotonic() + 0.2 * scale + horizon_s * scale
+        while time.monotonic() < deadline and any(p.poll() is None for p in users):
+            time.sleep(0.05)
+        sbs_end = time.monotonic() + 5.0  # its stats, written as it leaves
+        while procs["sbs"].poll() is None and time.monotonic() < sbs_end:
+            time.sleep(0.05)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    return {name: p.returncode for name, p in procs.items()}
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text())
+        return doc
+    except (OSError, ValueError):
+        return None
+
+
+def _measured(
+    problem: HetnetProblem,
+    plan: HetnetPlan,
+    models: HetnetModels,
+    pdir: Path,
+    exits: dict[str, int | None],
+) -> dict[str, Any]:
+    outcomes = []
+    for k in range(problem.size):
+        doc = _read(pdir / f"node-u{k}.json")
+        if doc is None:
+            outcomes.append(TaskOutcome(k, None, None, ()))
+        else:
+            outcomes.append(TaskOutcome(k, doc["latency_ms"], doc["ttft_ms"], tuple(doc["tokens"])))
+    sbs = _read(pdir / "node-sbs.json") or {}
+    stats = [BatchStats(**{**s, "tasks": tuple(s["tasks"])}) for s in sbs.get("stats", ())]
+    done = [o.latency_ms for o in outcomes if o.latency_ms is not None]
+    out = hetnet_result(
+        problem,
+        plan=plan,
+        ev=evaluate(problem, plan),
+        outcomes=outcomes,
+        stats=stats,
+        t0=sbs.get("t0", 0.0),
+        t_end=max(done, default=0.0) / 1000.0,
+        user_faults=sbs.get("faults", 0),
+    )
+    overruns = {
+        name: (_read(pdir / f"node-{name}.json") or {}).get("overruns", 0) for name in SERVERS
+    }
+    finished = out["finished"] == problem.size and bool(stats)
+    why = None if finished else f"{out['finished']} of {problem.size} tasks done; exits {exits}"
+    return (
+        out
+        | models.check(outcomes)
+        | {
+            "overruns": overruns,
+            "exits": exits,
+            "valid": finished,
+            "invalid_reason": why,
+        }
+    )
+
+
+def emulate_hetnet(
+    sc: Scenario, policies: list[str], out_dir: Path, *, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Run every policy's plan on the emulated network; the ``run --json`` object."""
+    system = get_system(sc.deployment.system)
+    problem = sc.hetnet_problem()
+    for p in policies:
+        system.check_policy(p, where="--policy")
+        chosen = get_policy(p)
+        if chosen.max_users is not None and problem.size > chosen.max_users:
+            raise ConfigError(
+                f"--policy {p!r} plans at most {chosen.max_users} tasks (users.count), "
+                f"got {problem.size}"
+            )
+    check_topology("star", users=problem.size, servers=len(SERVERS))
+    preflight()
+    models = hetnet_models(sc, problem)
+    problem = models.problem
+    synthetic = sc.models.kind == "synthetic"
+    scale = sc.emu.time_scale or (1.0 if synthetic else 10.0)
+    why_scale = "given (emu.time_scale)" if sc.emu.time_scale else "the default for these models"
+    plans = {p: get_policy(p).plan(problem) for p in policies}
+    between = _fronthaul(sc, scale)
+    first = _user_links(problem, plans[policies[0]], scale)
+    shaper, why = choose_shaper(sc.emu.shaping, first, between)
+    (out_dir / "scenario.toml").write_text(scenario_toml(sc))
+    t_wall = time.perf_counter()
+    doc: dict[str, Any] = {
+        "mode": "emu",
+        "system": "hetnet",
+        "scenario": sc.name,
+        "models": models.note(),
+        "tasks": problem.size,
+        "seed": sc.sim.seed,
+        "shaping": shaper.name,
+        "shaping_why": why,
+        "timing": sc.emu.timing,
+        "time_scale": scale,
+        "time_scale_why": why_scale,
+        "fidelity": [],
+        "results": {},
+    }
+
+    def write() -> None:
+        doc["wall_s"] = time.perf_counter() - t_wall
+        doc["valid"] = all(r["valid"] for r in doc["results"].values())
+        write_atomic(out_dir / "summary.json", json.dumps(doc, indent=2, default=float))
+
+    with (
+        _stop_on_signals(),
+        run_manifest(out_dir) as manifest,
+        star_network(problem.size, manifest, SERVERS) as nw,
+    ):
+        with shaper.running(nw, first, out_dir, seed=sc.sim.seed, between=between):
+            checks = _fidelity(nw, _configured(first), between)
+        doc["fidelity"] = [
+            {"link": c.link, "configured": dict(c.configured), "measured": dict(c.measured),
+             "ok": c.ok}
+            for c in checks
+        ]  # fmt: skip
+        bad = [c.link for c in checks if not c.ok]
+        if bad and sc.emu.strict:
+            raise ShapingError(f"links outside tolerance (emu.strict): {', '.join(bad)}")
+        write()
+        for policy in policies:
+            plan = plans[policy]
+            pdir = out_dir / policy
+            horizon_s = 2.0 * evaluate(problem, plan).makespan_ms / 1e3 + sc.sim.duration_s
+            links = _user_links(problem, plan, scale)
+            t_policy = time.perf_counter()
+            pdir.mkdir(parents=True, exist_ok=True)
+            with shaper.running(nw, links, pdir, seed=sc.sim.seed, between=between):
+                exits = _run_policy(sc, nw, models, plan, pdir, scale=scale, horizon_s=horizon_s)
+            result = _measured(problem, plan, models, pdir, exits)
+            doc["results"][policy] = result | {"wall_s": time.perf_counter() - t_policy}
+            if progress is not None:
+                progress(policy, sc.sim.duration_s)
+            write()
+    return doc
