@@ -77,6 +77,10 @@ class BatchVerifier(Protocol):
         """The target alone: one token a task, and the pass's time [ms]."""
         ...
 
+    def forget(self, tasks: Sequence[int]) -> None:
+        """The tasks are done: drop what the model holds of them (their KV caches)."""
+        ...
+
 
 def _kv(contexts: Contexts) -> int:
     """The batch's KV length: padded to its longest context."""
@@ -154,6 +158,9 @@ class SyntheticBatchVerifier:
     ) -> tuple[list[tuple[int, ...]], float]:
         """No token: the evaluator's target alone decodes O_m passes after its prefill."""
         return [() for _ in tasks], self.problem.verify_prefill_ms(len(tasks), _kv(contexts))
+
+    def forget(self, tasks: Sequence[int]) -> None:
+        pass  # nothing held
 
     def decode(self, tasks: Sequence[int], contexts: Contexts) -> tuple[list[int], float]:
         ms = self.problem.verify_ms(len(tasks), _kv(contexts), 0)

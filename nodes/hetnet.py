@@ -293,3 +293,5 @@ class MacroCellNode:
             )
             if verdict is not None:
                 box.post(verdict)
+                if self.core.ended(job.batch):  # the tasks' state in the model can go
+                    self.verifier.forget(self.core.close(job.batch))

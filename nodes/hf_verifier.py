@@ -341,6 +341,10 @@ class HFBatchVerifier:
             ms = self.prefill_time(len(tasks), max(len(c) for c in contexts))
         return [(first[k],) for k in tasks], ms
 
+    def forget(self, tasks: Sequence[int]) -> None:
+        for k in tasks:
+            self.v.drop(k)
+
     def decode(
         self, tasks: Sequence[int], contexts: Sequence[Sequence[int]]
     ) -> tuple[list[int], float]:

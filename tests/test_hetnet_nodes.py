@@ -206,6 +206,7 @@ def test_the_target_alone_decodes_to_the_end_then_answers_once() -> None:
     v = core.job_done(job, 1.0, 0.3, started_s=0.25, tokens=((9,), (10,)))
     assert v is not None and v.tokens == ((7, 9), (8, 10)) and v.accepted == (0, 0)
     assert v.verify_ms == pytest.approx(7.0) and v.queued_ms == pytest.approx(50.0)
+    assert core.ended(0) and core.close(0) == (4, 5) and core.batches == {}
 
 
 # --- the simulation against the evaluator ---------------------------------------------------

@@ -142,8 +142,8 @@ def assemble(sc: Scenario) -> Deployment:
     system = get_system(d.system)
     if not system.runs:
         raise ConfigError(
-            f"deployment.system = {d.system!r} is planned by `draftnet solve` and simulated by "
-            "`draftnet sim` only so far: its emulation is not built yet"
+            f"deployment.system = {d.system!r} runs nodes of its own in `draftnet sim` and "
+            "`draftnet run`, not a deployment of verifiers and routers"
         )
     problem = sc.problem()
     users = tuple(

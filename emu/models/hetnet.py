@@ -82,9 +82,16 @@ class _Real:
     prompts are the real ones, and their acceptance the pair's measured one."""
 
     def __init__(self, sc: Scenario, problem: HetnetProblem) -> None:
-        from emu.deploy.runtime import model_setup
+        from emu.models.embedded import resolve_models
 
-        setup = model_setup(sc)
+        m = sc.models
+        setup = resolve_models(
+            m.kind,
+            draft=m.draft,
+            target=m.target,
+            device=m.device,
+            max_draft_len=problem.max_draft_len,
+        )
         if setup.target_info.vocab > 1 << problem.bits_per_token:
             raise ConfigError(
                 f"hetnet.bits_per_token must carry the target's {setup.target_info.vocab} token "

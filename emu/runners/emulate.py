@@ -537,10 +537,9 @@ def emulate(
     ``run --json`` object. ``emu.time_scale`` runs every modelled time that many times slower
     on the wall (compute, link delays, the duration; rates slower by as much) and reports in
     modelled time; 0 chooses it from a calibration of this host (``emu.runners.timescale``)."""
-    if sc.deployment.system == "hetnet":  # its own offline workload (emu.runners.emulate_hetnet)
-        from emu.runners.emulate_hetnet import emulate_hetnet
-
-        return emulate_hetnet(sc, policies, out_dir, progress=progress)
+    own = _OWN_EMULATIONS.get(sc.deployment.system)
+    if own is not None:  # a system with nodes of its own (the heterogeneous edge's)
+        return own(sc, policies, out_dir, progress=progress)
     timing = sc.emu.timing
     dep = assemble(sc)
     for p in policies:
@@ -638,6 +637,17 @@ def emulate(
         doc = _write(out_dir, run, t_wall)
         write_run_report(out_dir, doc)
     return doc
+
+
+def _emulate_hetnet(
+    sc: Scenario, policies: list[str], out_dir: Path, *, progress: Progress | None
+) -> dict[str, Any]:
+    from emu.runners.emulate_hetnet import emulate_hetnet
+
+    return emulate_hetnet(sc, policies, out_dir, progress=progress)
+
+
+_OWN_EMULATIONS: dict[str, Callable[..., dict[str, Any]]] = {"hetnet": _emulate_hetnet}
 
 
 def _stopped(

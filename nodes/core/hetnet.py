@@ -318,6 +318,7 @@ class _MacroBatch:
     tasks: tuple[int, ...]
     contexts: list[list[int]]  # each task's prompt and every token committed, as verified here
     wanted: tuple[int, ...]
+    prompt_lens: tuple[int, ...] = ()
     round: int = 0
     alone: list[list[int]] = field(default_factory=list)  # length 0: the tokens decoded so far
     draft: BatchDraft | None = None  # the round waiting to be verified
@@ -341,8 +342,9 @@ class MacroCellCore:
         if d.round == 1:
             if d.batch in self.batches:
                 raise ValueError(f"batch {d.batch} opened twice")
+            prompts = [list(unpack_ids(p, d.width)) for p in d.prompts]
             self.batches[d.batch] = _MacroBatch(
-                d.tasks, [list(unpack_ids(p, d.width)) for p in d.prompts], d.wanted
+                d.tasks, prompts, d.wanted, tuple(len(p) for p in prompts)
             )
         b = self.batches.get(d.batch)
         if b is None or d.round != b.round + 1 or b.draft is not None or b.alone:
@@ -358,6 +360,18 @@ class MacroCellCore:
 
     def batch_of(self, m: int) -> _MacroBatch:
         return self.batches[m]
+
+    def ended(self, m: int) -> bool:
+        """Whether every task of batch m has its tokens (the small cell ends it on the same
+        count): its state here can go."""
+        b = self.batches[m]
+        return b.draft is None and all(
+            len(c) - p >= w for c, p, w in zip(b.contexts, b.prompt_lens, b.wanted, strict=True)
+        )
+
+    def close(self, m: int) -> tuple[int, ...]:
+        """Forget an ended batch; its tasks."""
+        return self.batches.pop(m).tasks
 
     def job_done(
         self,
