@@ -26,7 +26,7 @@ from nodes.batched import (
 from nodes.core.hetnet import TaskOutcome
 from nodes.protocol.hetnet import token_width
 
-__all__ = ["HetnetModels", "hetnet_models"]
+__all__ = ["HetnetModels", "hetnet_models", "predicting"]
 
 
 class HetnetModels(Protocol):
@@ -37,6 +37,15 @@ class HetnetModels(Protocol):
     def verifier(self, problem: HetnetProblem, streams: Streams) -> BatchVerifier: ...
     def check(self, outcomes: Sequence[TaskOutcome]) -> dict[str, Any]: ...
     def note(self) -> dict[str, Any]: ...
+
+
+def predicting(problem: HetnetProblem, models: HetnetModels) -> HetnetProblem:
+    """The problem the evaluator predicts these models' run with: a batch's rounds are
+    ceil(O / L) where every round commits L tokens (synthetic ``expected`` acceptance), and
+    its slowest task's expected rounds where acceptance is sampled (synthetic ``sampled``,
+    and real models)."""
+    expected = models.note().get("acceptance") == "expected"
+    return dataclasses.replace(problem, rounds="expected" if expected else "sampled")
 
 
 def hetnet_models(sc: Scenario, problem: HetnetProblem) -> HetnetModels:

@@ -29,7 +29,7 @@ from typing import Any
 from channel_models.link import LinkState
 from emu.errors import ConfigError, ShapingError
 from emu.files import write_atomic
-from emu.models.hetnet import HetnetModels, hetnet_models
+from emu.models.hetnet import HetnetModels, hetnet_models, predicting
 from emu.planner import get_policy
 from emu.planner.hetnet.bandwidth import allocation_hz, spectral_efficiency
 from emu.planner.hetnet.evaluate import HetnetPlan, evaluate
@@ -182,7 +182,7 @@ def _measured(
     out = hetnet_result(
         problem,
         plan=plan,
-        ev=evaluate(problem, plan),
+        ev=evaluate(predicting(problem, models), plan),
         outcomes=outcomes,
         stats=stats,
         t0=sbs.get("t0", 0.0),
@@ -273,7 +273,8 @@ def emulate_hetnet(
         for policy in policies:
             plan = plans[policy]
             pdir = out_dir / policy
-            horizon_s = 2.0 * evaluate(problem, plan).makespan_ms / 1e3 + sc.sim.duration_s
+            predicted = evaluate(predicting(problem, models), plan)
+            horizon_s = 2.0 * predicted.makespan_ms / 1e3 + sc.sim.duration_s
             links = _user_links(problem, plan, scale)
             t_policy = time.perf_counter()
             pdir.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ import trio.testing
 from channel_models.link import LinkState
 from emu.errors import ConfigError
 from emu.files import write_atomic
-from emu.models.hetnet import HetnetModels, hetnet_models
+from emu.models.hetnet import HetnetModels, hetnet_models, predicting
 from emu.planner import get_policy
 from emu.planner.hetnet.bandwidth import allocation_hz, spectral_efficiency
 from emu.planner.hetnet.evaluate import HetnetPlan, evaluate
@@ -176,7 +176,7 @@ def simulate_hetnet(
             rec.policy = policy
             t_policy = time.perf_counter()
             plan = get_policy(policy).plan(problem)
-            ev = evaluate(problem, plan)
+            ev = evaluate(predicting(problem, models), plan)
             horizon_s = 2.0 * ev.makespan_ms / 1e3 + sc.sim.duration_s
             users, sbs, t0, t_end = trio.run(
                 functools.partial(_run_policy, sc, problem, plan, horizon_s, rec, models=models),

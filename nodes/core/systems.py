@@ -6,9 +6,8 @@ verifier's batch scheduler and its length controller (each made from the scenari
 its own; ``emu.planner.policies``). A deployment (``emu.deploy.deployment``) takes all of it
 from its system, and no runner or node treats a system by its name. The heterogeneous-edge
 system's nodes (``nodes.hetnet``) run an offline workload of their own, simulated by
-``emu.runners.sim_hetnet``; they do not deploy through a Deployment yet, so it has no
-scheduler here and ``draftnet run`` refuses it (issue 17). DSD will register beside them
-(issue 18).
+``emu.runners.sim_hetnet`` and emulated by ``emu.runners.emulate_hetnet``; they do not deploy
+through a Deployment, so it has no scheduler here. DSD will register beside them (issue 18).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from emu.planner.hetnet.model import (
     HetnetProblem,
     Roofline,
     Task,
+    expected_max_rounds,
     expected_tokens_per_round,
     prefill_flops,
 )
@@ -70,6 +71,34 @@ def test_expected_tokens_per_round_and_a_bernoulli_monte_carlo() -> None:
         first_reject = np.where(accepted.all(axis=1), length, np.argmin(accepted, axis=1))
         mc = float(np.mean(first_reject + 1))
         assert mc == pytest.approx(expected_tokens_per_round(alpha, length), rel=0.01)
+
+
+def test_a_batchs_expected_rounds_under_sampled_acceptance_match_a_monte_carlo() -> None:
+    """E[max_k N_k]: the rounds a batch runs until its slowest task has its tokens, each round
+    committing the accepted drafts and the bonus; within 1% of a Monte Carlo, and above
+    ceil(O_m / L_m) for a batch of several tasks (a batch waits for its unluckiest)."""
+    rng = np.random.default_rng(3)
+    members, length = [(100, 0.75), (80, 0.75), (120, 0.6)], 4
+
+    def rounds(out: int, alpha: float, n: int) -> np.ndarray:
+        tokens = np.zeros(n)
+        count = np.zeros(n)
+        while (tokens < out).any():
+            going = tokens < out
+            accepted = rng.random((n, length)) < alpha
+            first = np.where(accepted.all(axis=1), length, np.argmin(accepted, axis=1))
+            tokens += going * (first + 1)
+            count += going
+        return count
+
+    mc = np.max([rounds(o, a, 20_000) for o, a in members], axis=0).mean()
+    assert expected_max_rounds(members, length) == pytest.approx(mc, rel=0.01)
+    alone = expected_max_rounds([(100, 0.75)], length)
+    assert alone == pytest.approx(rounds(100, 0.75, 20_000).mean(), rel=0.01)
+    mean_alpha = sum(a for _, a in members) / len(members)  # the evaluator's ceil(O_m / L_m)
+    assert expected_max_rounds(members, length) > math.ceil(
+        120 / expected_tokens_per_round(mean_alpha, length)
+    )
 
 
 @pytest.fixture

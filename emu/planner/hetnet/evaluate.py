@@ -29,7 +29,12 @@ import numpy as np
 
 from emu.errors import ConfigError
 from emu.planner.hetnet.bandwidth import batch_ordered_release_ms, uniform_release_ms
-from emu.planner.hetnet.model import HetnetProblem, expected_tokens_per_round, prefill_flops
+from emu.planner.hetnet.model import (
+    HetnetProblem,
+    expected_max_rounds,
+    expected_tokens_per_round,
+    prefill_flops,
+)
 from emu.planner.model import draft_flops, verify_flops
 
 __all__ = [
@@ -167,10 +172,15 @@ def _batch_shape(problem: HetnetProblem, batch: Sequence[int]) -> tuple[int, int
 
 
 def rounds_of(problem: HetnetProblem, batch: Sequence[int], spec_len: int) -> int:
-    """R_m = ceil(O_m / L_m); with no speculation, one round (a pass) a token."""
+    """R_m = ceil(O_m / L_m), or (``problem.rounds = "sampled"``) the nearest whole number to
+    the expected rounds of the batch's slowest task under sampled acceptance; with no
+    speculation, one round (a pass) a token."""
     _, out, alpha = _batch_shape(problem, batch)
     if spec_len == 0:
         return out
+    if problem.rounds == "sampled":
+        members = [(problem.tasks[k].output_len, problem.tasks[k].alpha) for k in batch]
+        return max(1, round(expected_max_rounds(members, spec_len)))
     return math.ceil(out / expected_tokens_per_round(alpha, spec_len) - 1e-12)
 
 

@@ -12,7 +12,9 @@ matrices where LLaMA's SwiGLU has three: the paper's form, kept.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +26,12 @@ from emu.planner.model import FloatArray, LatencyModel, ModelArch, draft_flops, 
 __all__ = [
     "DISCIPLINES",
     "OBJECTIVES",
+    "ROUNDS",
     "TIME_MODES",
     "HetnetProblem",
     "Roofline",
     "Task",
+    "expected_max_rounds",
     "expected_tokens_per_round",
     "prefill_flops",
 ]
@@ -36,6 +40,9 @@ TIME_MODES = ("affine", "roofline")
 Num = float | FloatArray  # a number, or an array of them elementwise
 OBJECTIVES = ("sum", "makespan")
 DISCIPLINES = ("priority", "fifo")  # how a server picks among ready stages (evaluate.py)
+# A batch's rounds: ceil(O_m / L_m) (the paper's fixed output, every round committing L tokens)
+# or the expected rounds of its slowest task when each round's acceptance is sampled.
+ROUNDS = ("expected", "sampled")
 
 
 def _positive(name: str, value: float) -> None:
@@ -107,6 +114,36 @@ def expected_tokens_per_round(alpha: float, draft_len: int) -> float:
     return (1.0 - alpha ** (draft_len + 1)) / (1.0 - alpha)
 
 
+@functools.lru_cache(maxsize=4096)
+def _rounds_cdf(output: int, alpha: float, draft_len: int) -> tuple[float, ...]:
+    """P(N <= r), r = 0, 1, ...: N the rounds a task needs for ``output`` tokens when a round
+    commits j tokens with probability a^(j-1) (1 - a) (j <= l) or a^l (j = l + 1): each draft
+    token accepted with probability a until the first rejection, and the bonus."""
+    pmf = np.array([0.0, *(alpha ** (j - 1) * (1 - alpha) for j in range(1, draft_len + 1)),
+                    alpha**draft_len])  # fmt: skip
+    dist = np.zeros(output + 1)  # tokens so far, the last entry "output or more"
+    dist[0] = 1.0
+    cdf = [0.0]
+    while cdf[-1] < 1.0 - 1e-12 and len(cdf) <= output:
+        step = np.convolve(dist, pmf)
+        step[output] += step[output + 1 :].sum()
+        dist = step[: output + 1]
+        cdf.append(float(dist[output]))
+    cdf[-1] = 1.0  # after ``output`` rounds every task is done (a round commits >= 1 token)
+    return tuple(cdf)
+
+
+def expected_max_rounds(members: Sequence[tuple[int, float]], draft_len: int) -> float:
+    """E[max_k N_k] over a batch's tasks (output, alpha): the rounds the batch runs when each
+    round's acceptance is sampled and the batch waits for its slowest task."""
+    cdfs = [_rounds_cdf(out, round(a, 12), draft_len) for out, a in members]
+    horizon = max(len(c) for c in cdfs)
+    all_done = np.ones(horizon)
+    for c in cdfs:
+        all_done *= np.concatenate([c, np.ones(horizon - len(c))])
+    return float(np.sum(1.0 - all_done))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HetnetProblem:
     """Everything the planner and the evaluator need (hetnet.md section 6 for the values)."""
@@ -131,6 +168,7 @@ class HetnetProblem:
     max_batch: int = 0  # b_max; 0: every task
     objective: str = "sum"  # or "makespan"
     discipline: str = "priority"  # or "fifo" (hetnet.md 3.5's)
+    rounds: str = "expected"  # or "sampled" (ROUNDS; expected_max_rounds)
     reference_bandwidth_hz: float = field(default=0.0)  # B_ref; 0: B / K
 
     def __post_init__(self) -> None:
@@ -160,6 +198,8 @@ class HetnetProblem:
                 f"hetnet.discipline must be one of {', '.join(DISCIPLINES)}, "
                 f"got {self.discipline!r}"
             )
+        if self.rounds not in ROUNDS:
+            raise ConfigError(f"rounds must be one of {', '.join(ROUNDS)}, got {self.rounds!r}")
         if not (isinstance(self.max_draft_len, int) and self.max_draft_len >= 1):
             raise ConfigError(f"hetnet.max_draft_len must be >= 1, got {self.max_draft_len!r}")
         if not (isinstance(self.max_batch, int) and self.max_batch >= 0):
