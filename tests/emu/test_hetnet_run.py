@@ -37,6 +37,7 @@ def test_synthetic_nodes_run_the_evaluators_rounds_on_shaped_links(tmp_path: Pat
     assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads(r.stdout)
     assert (doc["mode"], doc["system"], doc["tasks"]) == ("emu", "hetnet", 4)
+    assert doc["time_scale"] == 3.0  # synthetic models' default
     links = [f["link"] for f in doc["fidelity"]]
     assert links == ["u0<->sbs", "u1<->sbs", "u2<->sbs", "u3<->sbs", "sbs->mbs", "mbs->sbs"]
     assert all(f["ok"] for f in doc["fidelity"]), doc["fidelity"]
