@@ -12,8 +12,8 @@ link is probed and configured is compared with measured (``fidelity``). Real mod
 to the scenario's compute model (``emu.timing = "profile"``) on a clock ``emu.time_scale``
 times slower than the wall; 0 takes 3 with synthetic models (the hosts' own overheads, a
 few milliseconds a round, then cost under 2% on a 2-core machine, against 14% at 1) and 10
-with real ones (not calibrated for this system yet). With greedy real models each task's tokens are checked
-against the target's own decoding (``lossless``).
+with real ones (not calibrated for this system yet). With greedy real models each task's
+tokens are checked against the target's own decoding (``lossless``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from channel_models.link import LinkState
-from emu.errors import ConfigError, ShapingError
+from emu.errors import ShapingError
 from emu.files import write_atomic
 from emu.models.hetnet import HetnetModels, hetnet_models, predicting
 from emu.planner import get_policy
@@ -41,10 +41,10 @@ from emu.runners.hetnet_node import START_FILE, write_plan
 from emu.runners.manifest import run_manifest
 from emu.runners.network import Network, await_ready, preflight, star_network
 from emu.runners.shapers import choose_shaper
+from emu.runners.sim_hetnet import checked_problem
 from emu.scenario import Scenario, scenario_toml
 from emu.shaping.spec import LinkPair, LinkSpec, ServerLink
 from nodes.core.hetnet import BatchStats, TaskOutcome
-from nodes.core.systems import get_system
 from topologies.registry import check as check_topology
 
 __all__ = ["emulate_hetnet"]
@@ -211,16 +211,7 @@ def emulate_hetnet(
     sc: Scenario, policies: list[str], out_dir: Path, *, progress: Progress | None = None
 ) -> dict[str, Any]:
     """Run every policy's plan on the emulated network; the ``run --json`` object."""
-    system = get_system(sc.deployment.system)
-    problem = sc.hetnet_problem()
-    for p in policies:
-        system.check_policy(p, where="--policy")
-        chosen = get_policy(p)
-        if chosen.max_users is not None and problem.size > chosen.max_users:
-            raise ConfigError(
-                f"--policy {p!r} plans at most {chosen.max_users} tasks (users.count), "
-                f"got {problem.size}"
-            )
+    problem = checked_problem(sc, policies)
     check_topology("star", users=problem.size, servers=len(SERVERS))
     preflight()
     models = hetnet_models(sc, problem)

@@ -43,7 +43,7 @@ from nodes.hetnet import MacroCellNode, SmallCellNode, TaskUser
 from nodes.pacing import Pacer
 from nodes.protocol.hetnet import token_width
 
-__all__ = ["simulate_hetnet"]
+__all__ = ["checked_problem", "simulate_hetnet"]
 
 Progress = Callable[[str, float], None]
 
@@ -133,14 +133,9 @@ async def _serve_task(user: TaskUser, stream: trio.abc.Stream) -> None:
         user.sink({"ev": "gave_up", "t": trio.current_time(), "user": user.task, "why": str(exc)})
 
 
-def simulate_hetnet(
-    sc: Scenario,
-    policies: list[str],
-    *,
-    out_dir: Path | None = None,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Run each policy's plan on the nodes; the ``sim --json`` object."""
+def checked_problem(sc: Scenario, policies: list[str]) -> HetnetProblem:
+    """The scenario's tasks, once every policy is one of the system's and plans that many
+    (ConfigError in one line otherwise)."""
     system = get_system(sc.deployment.system)
     problem = sc.hetnet_problem()
     for p in policies:
@@ -151,6 +146,18 @@ def simulate_hetnet(
                 f"--policy {p!r} plans at most {chosen.max_users} tasks (users.count), "
                 f"got {problem.size}"
             )
+    return problem
+
+
+def simulate_hetnet(
+    sc: Scenario,
+    policies: list[str],
+    *,
+    out_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run each policy's plan on the nodes; the ``sim --json`` object."""
+    problem = checked_problem(sc, policies)
     t_wall = time.perf_counter()
     models = hetnet_models(sc, problem)
     problem = models.problem

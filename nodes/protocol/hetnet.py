@@ -19,8 +19,8 @@ buffering it, and every message validates itself on construction.
 from __future__ import annotations
 
 import struct
-from dataclasses import astuple, dataclass, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import msgpack
 
@@ -29,6 +29,7 @@ from nodes.protocol.events import (
     MAX_DRAFT_TOKENS,
     MAX_PROMPT_TOKENS,
     ErrorCode,
+    Event,
     _fail,
     _float,
     _ids,
@@ -77,24 +78,7 @@ def unpack_ids(data: bytes, width: int) -> tuple[int, ...]:
     return struct.unpack(f">{len(data) // width}{'H' if width == 2 else 'I'}", data)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HetnetEvent:
-    code: ClassVar[int] = 0
-
-    def validate(self) -> None:
-        """Raise ValueError naming the field, the value and the rule."""
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def to_wire(self) -> list[Any]:
-        return [self.code, *(_plain(x) for x in astuple(self))]
-
-
-def _plain(x: object) -> object:
-    if isinstance(x, tuple):
-        return [_plain(y) for y in x]
-    return x
+HetnetEvent = Event  # the user-edge protocol's base: validated on construction, to_wire
 
 
 def _tasks(name: str, v: object) -> None:
