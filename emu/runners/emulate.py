@@ -67,6 +67,7 @@ from emu.runners.network import (
     await_ready,
     preflight,
     star_network,
+    stop_processes,
     tail,
 )
 from emu.runners.shapers import Shaper, choose_shaper
@@ -437,16 +438,8 @@ def _run_policy(
             where.phase = "stopping the nodes"
         finally:
             servers = {s.name for s in dep.servers}
-            for name in sorted(procs, key=lambda n: n in servers):  # users first, then servers
-                if procs[name].poll() is None:
-                    procs[name].send_signal(signal.SIGCONT)  # a stopped node could not stop
-                    procs[name].terminate()
-            for p in procs.values():
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            users_first = sorted(procs, key=lambda n: n in servers)
+            stop_processes([procs[name] for name in users_first])
     return t0, t_end
 
 

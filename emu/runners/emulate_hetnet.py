@@ -32,16 +32,16 @@ from emu.errors import ShapingError
 from emu.files import write_atomic
 from emu.models.hetnet import HetnetModels, hetnet_models, predicting
 from emu.planner import get_policy
-from emu.planner.hetnet.bandwidth import allocation_hz, spectral_efficiency
+from emu.planner.hetnet.bandwidth import uplink_bps
 from emu.planner.hetnet.evaluate import HetnetPlan, evaluate
 from emu.planner.hetnet.model import HetnetProblem
 from emu.results.hetnet import hetnet_result
 from emu.runners.emulate import _fidelity, _stop_on_signals
 from emu.runners.hetnet_node import START_FILE, write_plan
 from emu.runners.manifest import run_manifest
-from emu.runners.network import Network, await_ready, preflight, star_network
+from emu.runners.network import Network, await_ready, preflight, star_network, stop_processes
 from emu.runners.shapers import choose_shaper
-from emu.runners.sim_hetnet import checked_problem
+from emu.runners.sim_hetnet import checked_problem, fronthaul_state
 from emu.scenario import Scenario, scenario_toml
 from emu.shaping.spec import LinkPair, LinkSpec, ServerLink
 from nodes.core.hetnet import BatchStats, TaskOutcome
@@ -55,25 +55,14 @@ Progress = Callable[[str, float], None]
 
 
 def _user_links(problem: HetnetProblem, plan: HetnetPlan, scale: float) -> list[LinkPair]:
-    band = allocation_hz(problem, plan.batches, plan.bandwidth)
-    eta = spectral_efficiency(problem)
     return [
-        LinkPair(
-            LinkSpec(state=LinkState(rate_bps=float(band[k] * eta[k]))), LinkSpec.fixed()
-        ).scaled(scale)
-        for k in range(problem.size)
+        LinkPair(LinkSpec(state=LinkState(rate_bps=float(bps))), LinkSpec.fixed()).scaled(scale)
+        for bps in uplink_bps(problem, plan.batches, plan.bandwidth)
     ]
 
 
 def _fronthaul(sc: Scenario, scale: float) -> tuple[ServerLink, ...]:
-    d = sc.deployment
-    found = d.link(d.drafters[0], d.verifiers[0])
-    assert found is not None  # hetnet_problem() checked it
-    link = found[1]
-    state = LinkState(
-        rate_bps=link.rate_bps, delay_ms=link.delay_ms, jitter_ms=link.jitter_ms, loss=link.loss
-    )
-    spec = LinkSpec(state=state).scaled(scale)
+    spec = LinkSpec(state=fronthaul_state(sc)).scaled(scale)
     return (ServerLink("sbs", "mbs", spec), ServerLink("mbs", "sbs", spec))
 
 
@@ -143,15 +132,7 @@ def _run_policy(
         while procs["sbs"].poll() is None and time.monotonic() < sbs_end:
             time.sleep(0.05)
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(list(procs.values()))
     return {name: p.returncode for name, p in procs.items()}
 
 

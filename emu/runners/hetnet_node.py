@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,13 @@ import trio
 
 from emu.errors import ConfigError, PeerGone
 from emu.models.hetnet import hetnet_models
-from emu.planner.hetnet.bandwidth import allocation_hz
 from emu.planner.hetnet.evaluate import HetnetPlan
 from emu.results.metrics import Recorder
-from emu.runners.node import SharedClock
+from emu.runners.node import SharedClock, address, until_signalled
+from emu.runners.sim_hetnet import small_cell_core
 from emu.scenario import Scenario, load_scenario
 from emu.scenario.streams import Streams
-from nodes.core.hetnet import MacroCellCore, SmallCellCore
+from nodes.core.hetnet import MacroCellCore
 from nodes.hetnet import MacroCellNode, SmallCellNode, TaskUser
 from nodes.pacing import REAL_CLOCK_LEAD_S, Pacer
 from nodes.protocol.hetnet import token_width
@@ -74,13 +73,6 @@ async def _connect(host: str, port: int) -> trio.SocketStream:
     raise PeerGone(f"no answer from {host}:{port}")
 
 
-async def _until_signalled(cancel: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for _ in signals:
-            cancel.cancel()
-            return
-
-
 def _pacer(sc: Scenario) -> Pacer:
     return Pacer(sc.emu.timing, sc.emu.time_scale or 1.0, lead_s=REAL_CLOCK_LEAD_S)
 
@@ -96,7 +88,7 @@ async def _macro(sc: Scenario, port: int, rec: Recorder) -> dict[str, Any]:
         sink=rec.for_node("mbs"),
     )
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_until_signalled, nursery.cancel_scope)
+        nursery.start_soon(until_signalled, nursery.cancel_scope)
         await nursery.start(trio.serve_tcp, mbs.serve_stream, port)
         print("ready", flush=True)
     return {"overruns": pacer.overruns}
@@ -108,22 +100,14 @@ async def _small(
     models = hetnet_models(sc, sc.hetnet_problem())
     problem = models.problem
     plan = read_plan(run_dir)
-    core = SmallCellCore(
-        plan.batches,
-        plan.spec_len,
-        [float(b) for b in allocation_hz(problem, plan.batches, plan.bandwidth)],
-        grant=plan.bandwidth,
-        discipline=problem.discipline,
-        width=token_width(problem.bits_per_token),
-        prob_bytes_per_token=problem.vocab * problem.prob_bits // 8,
-    )
+    core = small_cell_core(problem, plan)
     pacer = _pacer(sc)
     sbs = SmallCellNode(
         core, models.drafter(problem, Streams(sc.sim.seed)), pacer=pacer, sink=rec.for_node("sbs")
     )
     fronthaul = await _connect(*macro)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_until_signalled, nursery.cancel_scope)
+        nursery.start_soon(until_signalled, nursery.cancel_scope)
         await nursery.start(trio.serve_tcp, sbs.serve_user, port)
         print("ready", flush=True)
         t0 = await _start_at(run_dir)
@@ -159,13 +143,6 @@ async def _user(
     return dataclasses.asdict(user.outcome())
 
 
-def _address(text: str) -> tuple[str, int]:
-    host, colon, port = text.rpartition(":")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"must be HOST:PORT, got {text!r}")
-    return host, int(port)
-
-
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m emu.runners.hetnet_node")
     ap.add_argument("scenario", type=Path, help="the runner's resolved scenario (TOML)")
@@ -174,10 +151,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     mbs.add_argument("--port", type=int, required=True)
     sbs = roles.add_parser("sbs", help="the small cell: serve the users, draft for batches")
     sbs.add_argument("--port", type=int, required=True)
-    sbs.add_argument("--macro", type=_address, required=True, metavar="HOST:PORT")
+    sbs.add_argument("--macro", type=address, required=True, metavar="HOST:PORT")
     user = roles.add_parser("user", help="task K's user")
     user.add_argument("index", type=int)
-    user.add_argument("--sbs", type=_address, required=True, metavar="HOST:PORT")
+    user.add_argument("--sbs", type=address, required=True, metavar="HOST:PORT")
     return ap.parse_args(argv)
 
 

@@ -372,6 +372,22 @@ def _unroute(network: Network, tables: Sequence[int]) -> None:
         pass
 
 
+def stop_processes(procs: Sequence[Any], timeout_s: float = 15.0) -> None:
+    """Stop node processes in the order given: each still running is continued (a stopped
+    process could not stop) and terminated; then each is waited for, and killed after
+    ``timeout_s``."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def tail(path: Path, lines: int = 5) -> list[str]:
     """The last lines a process wrote to its log (none if it wrote nothing)."""
     try:

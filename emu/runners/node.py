@@ -66,7 +66,7 @@ from nodes.protocol import Redirect
 from nodes.router import via_router
 from nodes.user import EdgeRefused, UserNode
 
-__all__ = ["SharedClock", "main"]
+__all__ = ["SharedClock", "address", "main", "until_signalled"]
 
 CONNECT_TRIES = 100
 
@@ -134,7 +134,7 @@ class SharedClock(trio.abc.Clock):
         return max(0.0, deadline * self.scale - time.monotonic())
 
 
-async def _until_signalled(cancel: trio.CancelScope) -> None:
+async def until_signalled(cancel: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for _ in signals:
             cancel.cancel()
@@ -163,7 +163,7 @@ async def _edge(
         lengths=dep.lengths(),
     )
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_until_signalled, nursery.cancel_scope)
+        nursery.start_soon(until_signalled, nursery.cancel_scope)
         nursery.start_soon(edge.run)
         await nursery.start(trio.serve_tcp, edge.serve_stream, port)
         print("ready", flush=True)
@@ -182,7 +182,7 @@ async def _router(port: int, sc: Scenario, rec: Recorder, *, name: str) -> dict[
     where = {v: (dep.node(v).address, sc.deployment.port) for v in dep.verifiers}
     router = router_node(dep, where, rec.for_node(name))
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_until_signalled, nursery.cancel_scope)
+        nursery.start_soon(until_signalled, nursery.cancel_scope)
         await nursery.start(trio.serve_tcp, router.serve_stream, port)
         print("ready", flush=True)
     return {"routed": router.routed, "refused": router.refused}
@@ -246,7 +246,7 @@ async def _user(
             raise ConnectionError(f"user {i}: the {kind} at {first[0]}:{first[1]} never answered")
         print("ready", flush=True)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_until_signalled, nursery.cancel_scope)
+            nursery.start_soon(until_signalled, nursery.cancel_scope)
             await node.serve(
                 dial,
                 first=stream,
@@ -283,7 +283,7 @@ class _WarningsToRecords(logging.Handler):
         sys.stderr.write(self.format(record) + "\n")
 
 
-def _address(text: str) -> tuple[str, int]:
+def address(text: str) -> tuple[str, int]:
     host, colon, port = text.rpartition(":")
     if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"must be HOST:PORT, got {text!r}")
@@ -303,8 +303,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     user = roles.add_parser("user", help="user I: dial its edge, or the router")
     user.add_argument("index", type=int)
     to = user.add_mutually_exclusive_group(required=True)
-    to.add_argument("--edge", type=_address, metavar="HOST:PORT")
-    to.add_argument("--router", type=_address, metavar="HOST:PORT")
+    to.add_argument("--edge", type=address, metavar="HOST:PORT")
+    to.add_argument("--router", type=address, metavar="HOST:PORT")
     return ap.parse_args(argv)
 
 

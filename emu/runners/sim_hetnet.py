@@ -29,7 +29,7 @@ from emu.errors import ConfigError
 from emu.files import write_atomic
 from emu.models.hetnet import HetnetModels, hetnet_models, predicting
 from emu.planner import get_policy
-from emu.planner.hetnet.bandwidth import allocation_hz, spectral_efficiency
+from emu.planner.hetnet.bandwidth import allocation_hz, uplink_bps
 from emu.planner.hetnet.evaluate import HetnetPlan, evaluate
 from emu.planner.hetnet.model import HetnetProblem
 from emu.results.hetnet import hetnet_result
@@ -43,9 +43,34 @@ from nodes.hetnet import MacroCellNode, SmallCellNode, TaskUser
 from nodes.pacing import Pacer
 from nodes.protocol.hetnet import token_width
 
-__all__ = ["checked_problem", "simulate_hetnet"]
+__all__ = ["checked_problem", "fronthaul_state", "simulate_hetnet", "small_cell_core"]
 
 Progress = Callable[[str, float], None]
+
+
+def small_cell_core(problem: HetnetProblem, plan: HetnetPlan) -> SmallCellCore:
+    """The small cell's core running ``plan``: each task's band, the grants, the discipline,
+    the uplink's token width and the fronthaul's distributions."""
+    return SmallCellCore(
+        plan.batches,
+        plan.spec_len,
+        [float(b) for b in allocation_hz(problem, plan.batches, plan.bandwidth)],
+        grant=plan.bandwidth,
+        discipline=problem.discipline,
+        width=token_width(problem.bits_per_token),
+        prob_bytes_per_token=problem.vocab * problem.prob_bits // 8,
+    )
+
+
+def fronthaul_state(sc: Scenario) -> LinkState:
+    """The deployment's link from the small cell to the macro cell, each way."""
+    d = sc.deployment
+    found = d.link(d.drafters[0], d.verifiers[0])
+    assert found is not None  # hetnet_problem() checked it
+    link = found[1]
+    return LinkState(
+        rate_bps=link.rate_bps, delay_ms=link.delay_ms, jitter_ms=link.jitter_ms, loss=link.loss
+    )
 
 
 async def _run_policy(
@@ -62,18 +87,9 @@ async def _run_policy(
     streams = Streams(sc.sim.seed)
     drafter, verifier = models.drafter(problem, streams), models.verifier(problem, streams)
     width = token_width(problem.bits_per_token)
-    band = allocation_hz(problem, plan.batches, plan.bandwidth)
-    eta = spectral_efficiency(problem)
+    rates = uplink_bps(problem, plan.batches, plan.bandwidth)
     sbs = SmallCellNode(
-        SmallCellCore(
-            plan.batches,
-            plan.spec_len,
-            [float(b) for b in band],
-            grant=plan.bandwidth,
-            discipline=problem.discipline,
-            width=width,
-            prob_bytes_per_token=problem.vocab * problem.prob_bits // 8,
-        ),
+        small_cell_core(problem, plan),
         drafter,
         pacer=Pacer("virtual"),
         sink=rec.for_node("sbs"),
@@ -84,15 +100,7 @@ async def _run_policy(
         pacer=Pacer("virtual"),
         sink=rec.for_node("mbs"),
     )
-    d = sc.deployment
-    _, link = d.link(d.drafters[0], d.verifiers[0]) or (0, None)
-    assert link is not None
-    fronthaul = LinkState(
-        rate_bps=problem.fronthaul_bps,
-        delay_ms=problem.fronthaul_latency_ms,
-        jitter_ms=link.jitter_ms,
-        loss=link.loss,
-    )
+    fronthaul = fronthaul_state(sc)
     prompts = models.prompts
     t0 = trio.current_time()
     users = [
@@ -106,7 +114,7 @@ async def _run_policy(
         nursery.start_soon(mbs.serve_stream, at_mbs)
         nursery.start_soon(sbs.run, to_mbs)
         for k, user in enumerate(users):
-            up = LinkState(rate_bps=float(band[k] * eta[k]))  # its planner rate, b_k eta_k
+            up = LinkState(rate_bps=float(rates[k]))  # its planner rate, b_k eta_k
             ideal = LinkState()  # the downlink: hetnet.md 3.4 leaves it out
             mine, theirs = link_pair(_steady(up), _steady(ideal), streams.link(k))
             nursery.start_soon(sbs.serve_user, theirs)

@@ -34,6 +34,7 @@ __all__ = [
     "path_loss_db",
     "spectral_efficiency",
     "uniform_release_ms",
+    "uplink_bps",
     "upload_bits",
 ]
 
@@ -106,6 +107,11 @@ def allocation_hz(
     for batch in batches:
         out[list(batch)] = min_max(problem, batch)
     return out
+
+
+def uplink_bps(problem: HetnetProblem, batches: Sequence[Sequence[int]], mode: str) -> FloatArray:
+    """Each task's planner rate while it uploads: its band (``allocation_hz``) times eta_k."""
+    return np.asarray(allocation_hz(problem, batches, mode) * spectral_efficiency(problem))
 
 
 def exact_upload_ms(problem: HetnetProblem, k: int, hz: float) -> float:
