@@ -143,6 +143,7 @@ class LinkCheck:
     configured: Mapping[str, float]  # rtt_ms, up_rate_bps, up_loss
     measured: Mapping[str, float | None]  # rtt_ms, up_ms, down_ms, up_rate_bps
     ok: bool  # within the tolerance (emu.strict fails the run otherwise)
+    tries: int = 1  # probes made: one out of tolerance is repeated (a busy host's hiccup)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -272,12 +272,36 @@ def _burst_packets(rate_bps: float) -> int:
     return int(np.clip(rate_bps * 0.2 / ((1200 + IP_UDP_HEADERS) * 8), 100, 600))
 
 
+PROBE_TRIES = 3  # a probe out of tolerance is made again, up to this many times in all
+
+
+def _probe(near: Any, address: str, conf: Mapping[str, float]) -> tuple[dict[str, Any], bool]:
+    """One probe of a link from ``near`` to ``address``: what it measured, and whether that is
+    within the tolerance (``_fidelity``)."""
+    burst = _burst_packets(conf["up_rate_bps"])
+    line = f"{sys.executable} -m emu.shaping.probe measure {address} {PROBE_PORT} "
+    line += f"--echoes 10 --burst {burst} --burst-bps {2 * conf['up_rate_bps']} --packets 0"
+    text = near.cmd(line).strip().splitlines()
+    try:
+        meas = json.loads(text[-1])
+    except (IndexError, ValueError):
+        meas = {"rtt_ms": None, "up_rate_bps": None}
+    rtt = meas.get("rtt_ms")
+    ok = rtt is not None and abs(rtt - conf["rtt_ms"]) <= max(2.0, 0.1 * conf["rtt_ms"])
+    if burst and meas.get("up_rate_bps"):
+        ok = ok and abs(meas["up_rate_bps"] / conf["up_rate_bps"] - 1.0) <= 0.1
+    return {k: meas.get(k) for k in MEASURED}, bool(ok)
+
+
 def _fidelity(
     nw: Network, configured: Configured, between: Sequence[ServerLink] = ()
 ) -> tuple[LinkCheck, ...]:
     """Probe every user's link (to the first server) and every link between servers (from its
     source); ok when the RTT is within 2 ms (or 10%) of what the link is configured to give
-    (delays and the jitters' means, both ways), and the rate within 10%."""
+    (delays and the jitters' means, both ways), and the rate within 10%. A probe out of
+    tolerance is made again (up to ``PROBE_TRIES`` in all): a shaper in user space on a busy
+    host can miss one probe's timing without the link being wrong; one that fails every time
+    is reported as it measured (``tries`` says how many were made)."""
     probes = [
         (f"u{i}<->{nw.servers[0]}", nw.user(i), nw.servers[0], conf)
         for i, conf in enumerate(configured)
@@ -297,21 +321,14 @@ def _fidelity(
     out = []
     try:
         for label, near, far, conf in probes:
-            burst = _burst_packets(conf["up_rate_bps"])
-            line = f"{sys.executable} -m emu.shaping.probe measure {at[far]} {PROBE_PORT} "
-            line += f"--echoes 10 --burst {burst} --burst-bps {2 * conf['up_rate_bps']} --packets 0"
-            text = near.cmd(line).strip().splitlines()
-            try:
-                meas = json.loads(text[-1])
-            except (IndexError, ValueError):
-                meas = {"rtt_ms": None, "up_rate_bps": None}
-            ok = meas.get("rtt_ms") is not None and abs(meas["rtt_ms"] - conf["rtt_ms"]) <= max(
-                2.0, 0.1 * conf["rtt_ms"]
+            tries = 0
+            ok = False
+            while not ok and tries < PROBE_TRIES:
+                measured, ok = _probe(near, at[far], conf)
+                tries += 1
+            out.append(
+                LinkCheck(link=label, configured=conf, measured=measured, ok=ok, tries=tries)
             )
-            if burst and meas.get("up_rate_bps"):
-                ok = ok and abs(meas["up_rate_bps"] / conf["up_rate_bps"] - 1.0) <= 0.1
-            measured = {k: meas.get(k) for k in MEASURED}
-            out.append(LinkCheck(link=label, configured=conf, measured=measured, ok=bool(ok)))
     finally:
         for server in servers:
             server.terminate()
