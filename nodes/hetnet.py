@@ -236,7 +236,8 @@ class SmallCellNode:
 
 
 class MacroCellNode:
-    """The macro cell: verifies what the small cell sends, one job at a time."""
+    """The macro cell: verifies what the small cells send, one job at a time (``work``), each
+    verdict back over the connection its batch came in on (``serve_stream``)."""
 
     def __init__(
         self, core: MacroCellCore, verifier: BatchVerifier, *, pacer: Pacer, sink: Sink
@@ -246,24 +247,30 @@ class MacroCellNode:
         self.pacer = pacer
         self.sink = sink
         self._wake = trio.Event()
+        self._boxes: dict[int, _Outbox] = {}  # each open batch's small cell
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
-        """The small cell's fronthaul connection, until it ends."""
+        """A small cell's fronthaul connection, until it ends."""
         frames = Frames(max_frame=FRONTHAUL_MAX_FRAME)
         box = _Outbox(stream, frames)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(box.run)
-            nursery.start_soon(self._work, box)
             try:
                 async for ev in _events(stream, frames):
                     if not isinstance(ev, BatchDraft):
-                        raise RemoteProtocolError(f"{type(ev).__name__} from the small cell")
+                        raise RemoteProtocolError(f"{type(ev).__name__} from a small cell")
+                    if ev.round == 1:
+                        self._boxes[ev.batch] = box
+                    elif self._boxes.get(ev.batch) is not box:
+                        raise RemoteProtocolError(f"batch {ev.batch} from another small cell")
                     self.core.draft(ev, trio.current_time())
                     self._wake.set()
             finally:
+                box.close()
                 nursery.cancel_scope.cancel()
 
-    async def _work(self, box: _Outbox) -> None:
+    async def work(self) -> None:
+        """The macro cell's server: the core's next job, until cancelled."""
         while True:
             job = self.core.next_job()
             if job is None:
@@ -292,6 +299,7 @@ class MacroCellNode:
                 job, ms, trio.current_time(), started_s=started, accepted=accepted, tokens=tokens
             )
             if verdict is not None:
-                box.post(verdict)
+                self._boxes[job.batch].post(verdict)
                 if self.core.ended(job.batch):  # the tasks' state in the model can go
                     self.verifier.forget(self.core.close(job.batch))
+                    del self._boxes[job.batch]

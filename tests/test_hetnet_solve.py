@@ -191,3 +191,44 @@ def test_the_planner_falls_back_to_the_target_alone_where_drafting_does_not_pay(
     )
     assert out["gain_pct"]["ad"] >= 0
     assert 0 in out["plan"]["spec_len"]
+
+
+def test_two_tiers_place_the_tasks_in_their_small_cells() -> None:
+    radio = {"small_cells": 3, "spacing_m": 150.0, "shadowing_db": 8.0, "reuse": "shared"}
+    over: dict[str, object] = {"users.count": 18, "hetnet.radio": radio}
+    sc = load_scenario(None, preset="hetnet", overrides=over)
+    problem = sc.hetnet_problem()
+    assert problem.cells == 3
+    assert all(t.gain_db is not None for t in problem.tasks)
+    assert len(problem.interference_dbm_per_hz) == 3
+    # The radio does not move the tasks' lengths: the same draw as without it.
+    plain = load_scenario(None, preset="hetnet", overrides={"users.count": 18}).hetnet_problem()
+    assert [t.input_len for t in problem.tasks] == [t.input_len for t in plain.tasks]
+    out = solve(sc)
+    assert out["small_cells"] == 3
+    cells = out["plan"]["cell"]
+    for batch, cell in zip(out["plan"]["batches"], cells, strict=True):
+        assert {problem.tasks[k].cell for k in batch} == {cell}
+    # Each cell's batches have its whole band in their turn.
+    for batch in out["plan"]["batches"]:
+        assert sum(out["plan"]["bandwidth_hz"][k] for k in batch) == pytest.approx(10e6)
+    bad = over | {"hetnet.radio": radio | {"path_loss": "cost231"}}
+    with pytest.raises(ConfigError, match=r"hetnet\.radio\.path_loss must be one of paper, umi"):
+        load_scenario(None, preset="hetnet", overrides=bad)
+
+
+@pytest.mark.parametrize(
+    ("radio", "message"),
+    [
+        ("small_cells = 3\nspacing_m = 150.0", "draftnet run emulates one small cell"),
+        ('fading = "block"', "hetnet.radio.fading = 'block': draftnet run shapes each uplink"),
+    ],
+)
+def test_run_refuses_in_one_line_what_it_does_not_emulate_yet(
+    tmp_path: Path, radio: str, message: str
+) -> None:
+    f = tmp_path / "two-tier.toml"
+    f.write_text(f'preset = "hetnet"\n[users]\ncount = 12\n[hetnet.radio]\n{radio}\n')
+    r = draftnet("run", str(f), "--out", str(tmp_path / "out"))
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from channel_models.link import LinkState
-from emu.errors import ShapingError
+from emu.errors import ConfigError, ShapingError
 from emu.files import write_atomic
 from emu.models.hetnet import HetnetModels, hetnet_models, predicting
 from emu.planner import get_policy
@@ -61,8 +61,8 @@ def _user_links(problem: HetnetProblem, plan: HetnetPlan, scale: float) -> list[
     ]
 
 
-def _fronthaul(sc: Scenario, scale: float) -> tuple[ServerLink, ...]:
-    spec = LinkSpec(state=fronthaul_state(sc)).scaled(scale)
+def _fronthaul(problem: HetnetProblem, sc: Scenario, scale: float) -> tuple[ServerLink, ...]:
+    spec = LinkSpec(state=fronthaul_state(problem, sc)).scaled(scale)
     return (ServerLink("sbs", "mbs", spec), ServerLink("mbs", "sbs", spec))
 
 
@@ -193,6 +193,17 @@ def emulate_hetnet(
 ) -> dict[str, Any]:
     """Run every policy's plan on the emulated network; the ``run --json`` object."""
     problem = checked_problem(sc, policies)
+    if problem.cells > 1:
+        raise ConfigError(
+            f"draftnet run emulates one small cell; hetnet.radio put the tasks in "
+            f"{problem.cells}: draftnet sim runs several"
+        )
+    radio = sc.hetnet.radio
+    if radio is not None and radio.fading != "none":
+        raise ConfigError(
+            f"hetnet.radio.fading = {radio.fading!r}: draftnet run shapes each uplink at its "
+            "planner rate; the faded uplink is draftnet sim's so far (or set fading = none)"
+        )
     check_topology("star", users=problem.size, servers=len(SERVERS))
     preflight()
     models = hetnet_models(sc, problem)
@@ -201,7 +212,7 @@ def emulate_hetnet(
     scale = sc.emu.time_scale or (3.0 if synthetic else 10.0)
     why_scale = "given (emu.time_scale)" if sc.emu.time_scale else "the default for these models"
     plans = {p: get_policy(p).plan(problem) for p in policies}
-    between = _fronthaul(sc, scale)
+    between = _fronthaul(problem, sc, scale)
     first = _user_links(problem, plans[policies[0]], scale)
     shaper, why = choose_shaper(sc.emu.shaping, first, between)
     (out_dir / "scenario.toml").write_text(scenario_toml(sc))

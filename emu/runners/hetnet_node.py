@@ -89,6 +89,7 @@ async def _macro(sc: Scenario, port: int, rec: Recorder) -> dict[str, Any]:
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(until_signalled, nursery.cancel_scope)
+        nursery.start_soon(mbs.work)
         await nursery.start(trio.serve_tcp, mbs.serve_stream, port)
         print("ready", flush=True)
     return {"overruns": pacer.overruns}

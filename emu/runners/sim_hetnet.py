@@ -21,15 +21,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import trio
 import trio.testing
 
+from channel_models.cell import LinkSeries
 from channel_models.link import LinkState
+from channel_models.two_tier import gain_series
 from emu.errors import ConfigError
 from emu.files import write_atomic
 from emu.models.hetnet import HetnetModels, hetnet_models, predicting
 from emu.planner import get_policy
-from emu.planner.hetnet.bandwidth import allocation_hz, uplink_bps
+from emu.planner.hetnet.bandwidth import allocation_hz, gain_db, spectral_efficiency
 from emu.planner.hetnet.evaluate import HetnetPlan, evaluate
 from emu.planner.hetnet.model import HetnetProblem
 from emu.results.hetnet import hetnet_result
@@ -48,29 +51,56 @@ __all__ = ["checked_problem", "fronthaul_state", "simulate_hetnet", "small_cell_
 Progress = Callable[[str, float], None]
 
 
-def small_cell_core(problem: HetnetProblem, plan: HetnetPlan) -> SmallCellCore:
-    """The small cell's core running ``plan``: each task's band, the grants, the discipline,
-    the uplink's token width and the fronthaul's distributions."""
+def small_cell_core(problem: HetnetProblem, plan: HetnetPlan, cell: int = 0) -> SmallCellCore:
+    """Small cell ``cell``'s core running its batches of ``plan`` (numbered as the plan does):
+    each task's band, the grants, the discipline, the uplink's token width and the
+    fronthaul's distributions."""
+    mine = [m for m, b in enumerate(plan.batches) if problem.tasks[b[0]].cell == cell]
     return SmallCellCore(
-        plan.batches,
-        plan.spec_len,
+        [plan.batches[m] for m in mine],
+        [plan.spec_len[m] for m in mine],
         [float(b) for b in allocation_hz(problem, plan.batches, plan.bandwidth)],
         grant=plan.bandwidth,
         discipline=problem.discipline,
         width=token_width(problem.bits_per_token),
         prob_bytes_per_token=problem.vocab * problem.prob_bits // 8,
+        ids=mine,
     )
 
 
-def fronthaul_state(sc: Scenario) -> LinkState:
-    """The deployment's link from the small cell to the macro cell, each way."""
+def fronthaul_state(problem: HetnetProblem, sc: Scenario, cell: int = 0) -> LinkState:
+    """A small cell's fronthaul to the macro cell, each way: its rate and delay, and the
+    deployment link's jitter and loss."""
     d = sc.deployment
     found = d.link(d.drafters[0], d.verifiers[0])
     assert found is not None  # hetnet_problem() checked it
     link = found[1]
-    return LinkState(
-        rate_bps=link.rate_bps, delay_ms=link.delay_ms, jitter_ms=link.jitter_ms, loss=link.loss
+    rate_bps, delay_ms = problem.fronthaul(cell)
+    return LinkState(rate_bps=rate_bps, delay_ms=delay_ms, jitter_ms=link.jitter_ms, loss=link.loss)
+
+
+UPLINK_TICK_MS = 1.0  # a faded uplink's rate is held this long
+
+
+def uplink_links(
+    sc: Scenario, problem: HetnetProblem, plan: HetnetPlan, horizon_s: float
+) -> list[Callable[[float], LinkState]]:
+    """Each user's uplink over time: its share of the band at its planner rate b_k eta_k, or,
+    with ``hetnet.radio.fading``, at b_k eta_k(t) from its faded gain every ``UPLINK_TICK_MS``
+    (the planner plans with the mean gain, so the fading's cost shows as error)."""
+    band = allocation_hz(problem, plan.batches, plan.bandwidth)
+    radio = sc.hetnet.radio
+    if radio is None or radio.fading == "none":
+        rates = band * spectral_efficiency(problem)
+        return [_steady(LinkState(rate_bps=float(r))) for r in rates]
+    rng = Streams(sc.sim.seed).radio()
+    gains = gain_series(radio, gain_db(problem), horizon_s, UPLINK_TICK_MS, rng)
+    rate = band[:, None] * spectral_efficiency(problem, gains)
+    zeros = np.zeros_like(rate)
+    series = LinkSeries(
+        tick_s=UPLINK_TICK_MS / 1e3, rate_bps=rate, delay_ms=zeros, jitter_ms=zeros, loss=zeros
     )
+    return [series.timeline(k) for k in range(problem.size)]
 
 
 async def _run_policy(
@@ -81,26 +111,29 @@ async def _run_policy(
     rec: Recorder,
     *,
     models: HetnetModels,
-) -> tuple[list[TaskUser], SmallCellNode, float, float]:
+    uplinks: list[Callable[[float], LinkState]],
+) -> tuple[list[TaskUser], list[SmallCellNode], float, float]:
     """The nodes running ``plan`` until every task is done or ``horizon_s`` has passed; the
-    users, the small cell, when it started on the clock, and how long it took."""
+    users, the small cells, when they started on the clock, and how long it took."""
     streams = Streams(sc.sim.seed)
     drafter, verifier = models.drafter(problem, streams), models.verifier(problem, streams)
     width = token_width(problem.bits_per_token)
-    rates = uplink_bps(problem, plan.batches, plan.bandwidth)
-    sbs = SmallCellNode(
-        small_cell_core(problem, plan),
-        drafter,
-        pacer=Pacer("virtual"),
-        sink=rec.for_node("sbs"),
-    )
+    one = problem.cells == 1
+    cells = [
+        SmallCellNode(
+            small_cell_core(problem, plan, c),
+            drafter,
+            pacer=Pacer("virtual"),
+            sink=rec.for_node("sbs" if one else f"sbs{c}"),
+        )
+        for c in range(problem.cells)
+    ]
     mbs = MacroCellNode(
         MacroCellCore(discipline=problem.discipline),
         verifier,
         pacer=Pacer("virtual"),
         sink=rec.for_node("mbs"),
     )
-    fronthaul = fronthaul_state(sc)
     prompts = models.prompts
     t0 = trio.current_time()
     users = [
@@ -108,25 +141,26 @@ async def _run_policy(
         for k, t in enumerate(problem.tasks)
     ]
     async with trio.open_nursery() as nursery:
-        to_mbs, at_mbs = link_pair(
-            _steady(fronthaul), _steady(fronthaul), streams.link(problem.size)
-        )
-        nursery.start_soon(mbs.serve_stream, at_mbs)
-        nursery.start_soon(sbs.run, to_mbs)
+        nursery.start_soon(mbs.work)
+        for c, sbs in enumerate(cells):
+            fronthaul = _steady(fronthaul_state(problem, sc, c))
+            to_mbs, at_mbs = link_pair(fronthaul, fronthaul, streams.link(problem.size + c))
+            nursery.start_soon(mbs.serve_stream, at_mbs)
+            nursery.start_soon(sbs.run, to_mbs)
         for k, user in enumerate(users):
-            up = LinkState(rate_bps=float(rates[k]))  # its planner rate, b_k eta_k
             ideal = LinkState()  # the downlink: hetnet.md 3.4 leaves it out
-            mine, theirs = link_pair(_steady(up), _steady(ideal), streams.link(k))
-            nursery.start_soon(sbs.serve_user, theirs)
+            mine, theirs = link_pair(uplinks[k], _steady(ideal), streams.link(k))
+            nursery.start_soon(cells[problem.tasks[k].cell].serve_user, theirs)
             nursery.start_soon(_serve_task, user, mine)
         with trio.move_on_after(horizon_s):
-            await sbs.done.wait()
+            for sbs in cells:
+                await sbs.done.wait()
             for user in users:  # the last verdicts on their way down
                 while user.latency_ms is None:
                     await trio.sleep(0.001)
         t_end = trio.current_time() - t0
         nursery.cancel_scope.cancel()
-    return users, sbs, t0, t_end
+    return users, cells, t0, t_end
 
 
 def _steady(state: LinkState) -> Callable[[float], LinkState]:
@@ -193,8 +227,13 @@ def simulate_hetnet(
             plan = get_policy(policy).plan(problem)
             ev = evaluate(predicting(problem, models), plan)
             horizon_s = 2.0 * ev.makespan_ms / 1e3 + sc.sim.duration_s
-            users, sbs, t0, t_end = trio.run(
-                functools.partial(_run_policy, sc, problem, plan, horizon_s, rec, models=models),
+            # The uploads' fading, long enough for the last upload however slow it gets.
+            uplinks = uplink_links(sc, problem, plan, 4.0 * max(ev.release_ms) / 1e3 + 1.0)
+            run = functools.partial(
+                _run_policy, sc, problem, plan, horizon_s, rec, models=models, uplinks=uplinks
+            )
+            users, cells, t0, t_end = trio.run(
+                run,
                 clock=trio.testing.MockClock(autojump_threshold=0),
             )
             measured = hetnet_result(
@@ -202,10 +241,10 @@ def simulate_hetnet(
                 plan=plan,
                 ev=ev,
                 outcomes=[u.outcome() for u in users],
-                stats=sbs.core.stats,
+                stats=[st for sbs in cells for st in sbs.core.stats],
                 t0=t0,
                 t_end=t_end,
-                user_faults=sbs.faults,
+                user_faults=sum(sbs.faults for sbs in cells),
             )
             checked = models.check([u.outcome() for u in users])
             results[policy] = measured | checked | {"wall_s": time.perf_counter() - t_policy}

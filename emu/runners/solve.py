@@ -101,10 +101,12 @@ def _solve_hetnet(scenario: Scenario, policy: str, plan_of: PlanOf) -> dict[str,
         "system": "hetnet",
         "policy": policy,
         "tasks": problem.size,
+        "small_cells": problem.cells,
         "latency_ms": ev.summary_ms(),
         "breakdown_ms": ev.breakdown_ms(plan),
         "plan": {
             "batches": [list(b) for b in plan.batches],
+            "cell": [problem.tasks[b[0]].cell for b in plan.batches],
             "spec_len": list(plan.spec_len),
             "bandwidth": plan.bandwidth,
             "bandwidth_hz": [

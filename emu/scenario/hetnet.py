@@ -13,11 +13,13 @@ compute are the affine models here, or their GPUs' rooflines with ``time_mode = 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from channel_models.two_tier import TwoTierConfig, drop
 from emu.errors import ConfigError, check_in
 from emu.planner.hetnet.model import (
     DISCIPLINES,
@@ -95,6 +97,7 @@ class HetnetConfig:
     verify_latency: LatencyConfig = field(default_factory=LatencyConfig)
     draft_gpu: GpuConfig = field(default_factory=GpuConfig)
     verify_gpu: GpuConfig = field(default_factory=GpuConfig)
+    radio: TwoTierConfig | None = None  # [hetnet.radio]: the two tiers place the tasks
 
     def __post_init__(self) -> None:
         _range("hetnet.input_len", self.input_len, 1)
@@ -179,6 +182,32 @@ class HetnetConfig:
                     )
         return tasks
 
+    def placed(
+        self, tasks: tuple[Task, ...], seed: int
+    ) -> tuple[tuple[Task, ...], tuple[float, ...]]:
+        """The tasks where the two tiers drop them (``[hetnet.radio]``), each in the small cell it
+        hears best, with its distance and path gain; and each small cell's interference [dBm/Hz]
+        (empty: none). Small cells no task attached to are left out, the rest numbered 0.. in
+        order."""
+        if self.radio is None:
+            return tasks, ()
+        rng = np.random.default_rng([seed, 2])  # its own stream: the tasks' lengths stay put
+        power = [t.power_w for t in tasks]
+        at = drop(self.radio, len(tasks), rng, power_w=power, bandwidth_hz=self.bandwidth_hz)
+        used = [int(c) for c in np.unique(at.cell)]
+        number = {c: i for i, c in enumerate(used)}
+        placed = tuple(
+            dataclasses.replace(
+                t,
+                cell=number[int(at.cell[k])],
+                distance_m=float(at.distance_m[k]),
+                gain_db=float(at.gain_db[k]),
+            )
+            for k, t in enumerate(tasks)
+        )
+        shared = self.radio.reuse == "shared"
+        return placed, tuple(float(at.interference_dbm_per_hz[c]) for c in used) if shared else ()
+
 
 def _arch(where: str, a: ArchConfig) -> ModelArch:
     return ModelArch(layers=a.layers, hidden=a.hidden, ffn=a.ffn, name=where)
@@ -200,16 +229,23 @@ def hetnet_problem(
     count: int,
     alpha: float,
     seed: int,
-    fronthaul_bps: float,
-    fronthaul_latency_ms: float,
+    fronthauls: list[tuple[float, float]],
 ) -> HetnetProblem:
     """The planning instance ``[hetnet]`` describes, with K = ``count`` tasks and the
-    deployment's fronthaul."""
+    deployment's fronthauls [(bit/s, one-way ms)]: one for every small cell, or one a cell."""
     if not 0.0 < alpha < 1.0:
         raise ConfigError(f"users.alpha (the pair's acceptance) must be in (0, 1), got {alpha!r}")
     roof = h.time_mode == "roofline"
+    tasks, interference = h.placed(h.task_list(count, alpha, seed), seed)
+    cells = 1 + max(t.cell for t in tasks)
+    if len(fronthauls) not in (1, cells):
+        raise ConfigError(
+            f"deployment: {len(fronthauls)} small-cell drafters for {cells} small cells with "
+            "tasks (hetnet.radio): give one drafter (every cell's fronthaul its link's) or one "
+            "a cell"
+        )
     return HetnetProblem(
-        tasks=h.task_list(count, alpha, seed),
+        tasks=tasks,
         draft=_arch("hetnet.draft", h.draft),
         target=_arch("hetnet.target", h.target),
         draft_latency=LatencyModel(
@@ -228,8 +264,10 @@ def hetnet_problem(
         bandwidth_hz=h.bandwidth_hz,
         noise_dbm_per_hz=h.noise_dbm_per_hz,
         bits_per_token=h.bits_per_token,
-        fronthaul_bps=fronthaul_bps,
-        fronthaul_latency_ms=fronthaul_latency_ms,
+        fronthaul_bps=fronthauls[0][0],
+        fronthaul_latency_ms=fronthauls[0][1],
+        fronthauls=tuple(fronthauls) if len(fronthauls) > 1 else (),
+        interference_dbm_per_hz=interference,
         prob_bits=h.prob_bits,
         vocab=h.vocab,
         overhead_bits=h.overhead_bits,

@@ -343,19 +343,22 @@ class Scenario:
                 'deployment.nodes must include a drafter (role = "drafter", the small cell) '
                 "for deployment.system = hetnet"
             )
-        drafter, verifier = d.drafters[0], d.verifiers[0]
-        found = d.link(drafter, verifier)
-        if found is None:
-            raise ConfigError(
-                f"deployment.links must link the drafter {drafter} to the verifier {verifier}: "
-                "that link is hetnet's fronthaul"
-            )
-        j, fronthaul = found
-        if fronthaul.rate_bps <= 0:
-            raise ConfigError(
-                f"deployment.links[{j}].rate_bps is hetnet's fronthaul rate and must be > 0, "
-                f"got {fronthaul.rate_bps!r}"
-            )
+        verifier = d.verifiers[0]
+        fronthauls = []
+        for drafter in d.drafters:  # a small cell each; its link to the verifier its fronthaul
+            found = d.link(drafter, verifier)
+            if found is None:
+                raise ConfigError(
+                    f"deployment.links must link the drafter {drafter} to the verifier "
+                    f"{verifier}: that link is hetnet's fronthaul"
+                )
+            j, fronthaul = found
+            if fronthaul.rate_bps <= 0:
+                raise ConfigError(
+                    f"deployment.links[{j}].rate_bps is hetnet's fronthaul rate and must be > 0, "
+                    f"got {fronthaul.rate_bps!r}"
+                )
+            fronthauls.append((fronthaul.rate_bps, fronthaul.delay_ms))
         if self.users.count < 1:
             raise ConfigError(f"users.count (the tasks) must be >= 1, got {self.users.count}")
         return hetnet_problem(
@@ -363,6 +366,5 @@ class Scenario:
             count=self.users.count,
             alpha=self.users.alpha,
             seed=self.sim.seed,
-            fronthaul_bps=fronthaul.rate_bps,
-            fronthaul_latency_ms=fronthaul.delay_ms,
+            fronthauls=fronthauls,
         )

@@ -132,7 +132,9 @@ class _Task:
 class SmallCellCore:
     """The small cell running one plan: ``batches`` of task ids in order, each batch's
     speculation length, each task's band [Hz], how the band is granted, the servers'
-    discipline, and the fronthaul's payload per draft token of the drafts' distributions."""
+    discipline, and the fronthaul's payload per draft token of the drafts' distributions.
+    With several small cells, ``ids`` numbers its batches as the whole plan does (on the wire
+    and at the macro cell, which serves every cell's); by default 0, 1, ..."""
 
     def __init__(
         self,
@@ -144,10 +146,13 @@ class SmallCellCore:
         discipline: str = "priority",
         width: int = 2,
         prob_bytes_per_token: int = 0,
+        ids: Sequence[int] = (),
     ) -> None:
         if grant not in GRANTS:
             raise ValueError(f"grant must be one of {', '.join(GRANTS)}, got {grant!r}")
         self.batches = [tuple(b) for b in batches]
+        self.ids = list(ids) or list(range(len(self.batches)))
+        self._local = {g: m for m, g in enumerate(self.ids)}
         self.spec_len = list(spec_len)
         self.bandwidth_hz = list(bandwidth_hz)
         self.grant = grant
@@ -251,7 +256,7 @@ class SmallCellCore:
         self.stats[m].draft_tokens += length * len(tasks)
         return ToMacro(
             BatchDraft(
-                batch=m,
+                batch=self.ids[m],
                 round=r,
                 tasks=tasks,
                 drafts=drafts,
@@ -268,9 +273,9 @@ class SmallCellCore:
     def verdict(self, v: BatchVerdict, now: float) -> list[Send]:
         """The macro cell's verdict on a batch's round: each task's new tokens to its user;
         the next round's drafts, or the batch's end."""
-        m = v.batch
-        if not 0 <= m < len(self.batches) or m not in self._sent_s:
-            raise ValueError(f"a verdict for batch {m}, which has no round in flight")
+        m = self._local.get(v.batch, -1)
+        if m not in self._sent_s:
+            raise ValueError(f"a verdict for batch {v.batch}, which has no round in flight")
         tasks, drafts = self.batches[m], self._drafts.pop(m)
         if len(v.accepted) != len(tasks):
             raise ValueError(f"a verdict on {len(v.accepted)} tasks for batch {m}'s {len(tasks)}")

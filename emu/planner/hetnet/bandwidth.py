@@ -12,6 +12,9 @@ is b log2(1 + p_k g_k / (b N0)). With x_k = D_k / eta_k:
 - batch-ordered: the whole band to batch 1 under min-max, then to batch 2, ...: batch m is
   released at U_m = sum_{i <= m} sum_{S_i} x / B, each U_m as early as it can be;
 - uniform (a baseline): b_k = B / K.
+
+With several small cells (``HetnetProblem.cells``) each splits a band B of its own among its
+tasks, and K, B_ref and N0 are its own (N0 with the interference it hears).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from channel_models.two_tier import paper_path_loss_db
 from emu.planner.hetnet.model import HetnetProblem
 from emu.planner.model import FloatArray
 
@@ -39,22 +43,33 @@ __all__ = [
 ]
 
 
-def path_loss_db(distance_m: float | Sequence[float] | FloatArray) -> FloatArray:
-    """128.1 + 37.6 log10(d_km) [dB] (the small cell's macro-style model, hetnet.md 3.4)."""
-    return np.asarray(128.1 + 37.6 * np.log10(np.asarray(distance_m, dtype=np.float64) / 1000.0))
+path_loss_db = paper_path_loss_db  # 128.1 + 37.6 log10(d_km) [dB] (hetnet.md 3.4)
 
 
-def _snr_num(problem: HetnetProblem) -> FloatArray:
-    """p_k g_k / N0 [Hz]: a task's received power over the noise density."""
+def gain_db(problem: HetnetProblem) -> FloatArray:
+    """Each task's path gain to its small cell [dB]: its own, or the paper's law at its
+    distance."""
+    own = np.array([np.nan if t.gain_db is None else t.gain_db for t in problem.tasks])
+    law = -path_loss_db([t.distance_m for t in problem.tasks])
+    return np.asarray(np.where(np.isnan(own), law, own))
+
+
+def _snr_num(problem: HetnetProblem, gains_db: FloatArray | None = None) -> FloatArray:
+    """p_k g_k / N0 [Hz]: a task's received power over the noise density (and interference);
+    ``gains_db`` [K] or [K, T] in place of the tasks' own gains."""
     p_w = np.array([t.power_w for t in problem.tasks])
-    gain = 10.0 ** (-path_loss_db([t.distance_m for t in problem.tasks]) / 10.0)
-    n0_w = 10.0 ** ((problem.noise_dbm_per_hz - 30.0) / 10.0)
-    return np.asarray(p_w * gain / n0_w)
+    gains = gain_db(problem) if gains_db is None else np.asarray(gains_db)
+    per_task = (p_w / problem.noise_w_per_hz()).reshape((-1,) + (1,) * (gains.ndim - 1))
+    return np.asarray(per_task * 10.0 ** (gains / 10.0))
 
 
-def spectral_efficiency(problem: HetnetProblem) -> FloatArray:
-    """eta_k = log2(1 + p_k g_k / (N0 B_ref)) [bit/s/Hz]: the planner's rate per hertz."""
-    return np.asarray(np.log2(1.0 + _snr_num(problem) / problem.b_ref_hz))
+def spectral_efficiency(problem: HetnetProblem, gains_db: FloatArray | None = None) -> FloatArray:
+    """eta_k = log2(1 + p_k g_k / (N0 B_ref)) [bit/s/Hz]: the planner's rate per hertz; with
+    ``gains_db`` [K, T] (a faded gain over time, ``channel_models.two_tier.gain_series``),
+    each task's at every tick."""
+    snr = _snr_num(problem, gains_db)
+    b_ref = problem.reference_band_hz().reshape((-1,) + (1,) * (snr.ndim - 1))
+    return np.asarray(np.log2(1.0 + snr / b_ref))
 
 
 def upload_bits(problem: HetnetProblem) -> FloatArray:
@@ -80,19 +95,26 @@ def min_sum(problem: HetnetProblem, group: Sequence[int]) -> FloatArray:
 def batch_ordered_release_ms(
     problem: HetnetProblem, batches: Sequence[Sequence[int]]
 ) -> list[float]:
-    """U_m: when batch m's last upload ends, the band given whole to each batch in turn."""
+    """U_m: when batch m's last upload ends, its small cell's band given whole to each of its
+    batches in turn."""
     x = _x(problem)
-    out, t = [], 0.0
+    out, t = [], [0.0] * problem.cells
     for batch in batches:
-        t += float(x[list(batch)].sum()) / problem.bandwidth_hz * 1000.0
-        out.append(t)
+        c = problem.tasks[batch[0]].cell
+        t[c] += float(x[list(batch)].sum()) / problem.bandwidth_hz * 1000.0
+        out.append(t[c])
     return out
+
+
+def _uniform_hz(problem: HetnetProblem) -> FloatArray:
+    """B / K of each task's small cell."""
+    per_cell = np.bincount([t.cell for t in problem.tasks])
+    return np.array([problem.bandwidth_hz / per_cell[t.cell] for t in problem.tasks])
 
 
 def uniform_release_ms(problem: HetnetProblem, batches: Sequence[Sequence[int]]) -> list[float]:
     """U_m under B / K each, all uploading at once: the batch's slowest task [ms]."""
-    share = problem.bandwidth_hz / problem.size
-    times = upload_bits(problem) / (share * spectral_efficiency(problem)) * 1000.0
+    times = upload_bits(problem) / (_uniform_hz(problem) * spectral_efficiency(problem)) * 1000.0
     return [float(times[list(b)].max()) for b in batches]
 
 
@@ -102,7 +124,7 @@ def allocation_hz(
     """Each task's band [Hz] while it uploads: its batch's min-max share of the whole band
     (``batch-ordered``, the batches in turn), or B / K (``uniform``)."""
     if mode == "uniform":
-        return np.full(problem.size, problem.bandwidth_hz / problem.size)
+        return _uniform_hz(problem)
     out = np.zeros(problem.size)
     for batch in batches:
         out[list(batch)] = min_max(problem, batch)

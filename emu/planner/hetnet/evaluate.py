@@ -5,7 +5,8 @@ checked.
 Layer: pure (emu.planner).
 
 Four resources, each serving one stage at a time without preemption: the small cell's server
-(SBS), the macro cell's (MBS), and the fronthaul each way. Batch m is released when its
+(SBS), the macro cell's (MBS), and the fronthaul each way. With several small cells each has
+its own server and fronthaul, and they share the macro cell's server. Batch m is released when its
 uploads end (U_m), prefills its drafts at the SBS, then runs R_m = ceil(O_m / L_m) rounds:
 draft l_m tokens at the SBS, send them (and their distributions; the prompt in round 1) up the
 fronthaul, verify at the MBS (with the target's prefill in round 1), send the verdicts down.
@@ -20,6 +21,7 @@ T_k is its batch's last verdict's arrival.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 from collections.abc import Sequence
@@ -74,6 +76,8 @@ class HetnetPlan:
                     f"plan.spec_len[{m}] must be in [0, {problem.max_draft_len}], got {ln}"
                 )
         for m, b in enumerate(self.batches):
+            if len({problem.tasks[k].cell for k in b}) > 1:
+                raise ConfigError(f"plan.batches[{m}] mixes tasks of different small cells")
             if len(b) > problem.batch_cap:
                 raise ConfigError(
                     f"plan.batches[{m}] holds {len(b)} tasks, over hetnet.max_batch "
@@ -150,7 +154,11 @@ class HetnetEvaluation:
             for m in range(len(plan.batches))
         }
         for t in self.timeline:
-            kind = {"sbs": "draft", "mbs": "verify"}.get(t.stage.resource, "fronthaul")
+            kind = {
+                "prefill": "draft" if t.stage.resource != "mbs" else "verify",
+                "draft": "draft",
+                "verify": "verify",
+            }.get(t.stage.what, "fronthaul")
             spent[t.batch][kind] += t.end_ms - t.start_ms + t.stage.after_ms
         out = dict.fromkeys(("upload_wait", "draft", "fronthaul", "verify", "queue"), 0.0)
         size = len(self.latency_ms)
@@ -184,13 +192,21 @@ def rounds_of(problem: HetnetProblem, batch: Sequence[int], spec_len: int) -> in
     return math.ceil(out / expected_tokens_per_round(alpha, spec_len) - 1e-12)
 
 
+def _suffix(problem: HetnetProblem, cell: int) -> str:
+    """A small cell's resources are named with its number where there are several: sbs1,
+    fh_up1, fh_down1; the macro cell's server ("mbs") is the one they share."""
+    return str(cell) if problem.cells > 1 else ""
+
+
 def stages_of(problem: HetnetProblem, batch: Sequence[int], spec_len: int) -> list[Stage]:
     """A batch's stages in their order (each kind's pass times computed over its rounds at
     once)."""
     n = len(batch)
     prompt, _, alpha = _batch_shape(problem, batch)
-    tau = problem.fronthaul_latency_ms
-    hold = problem.fronthaul_transfer_ms
+    cell = problem.tasks[batch[0]].cell
+    tau = problem.fronthaul(cell)[1]
+    hold = functools.partial(problem.fronthaul_transfer_ms, cell=cell)
+    on_sbs, on_up, on_down = (r + _suffix(problem, cell) for r in ("sbs", "fh_up", "fh_down"))
     down_ms = float(hold(problem.fronthaul_down_bits(n)))
     rounds = rounds_of(problem, batch, spec_len)
     if spec_len == 0:  # AD: the prompt to the MBS, then a target pass a token
@@ -198,11 +214,11 @@ def stages_of(problem: HetnetProblem, batch: Sequence[int], spec_len: int) -> li
         passes = problem.pass_ms("verify", n, verify_flops(problem.target, 1.0, kv), kv)
         up = float(hold(problem.fronthaul_up_bits(n, 0, prompt=prompt)))
         stages = [
-            Stage(0, "up", "fh_up", up, tau),
+            Stage(0, "up", on_up, up, tau),
             Stage(0, "prefill", "mbs", problem.verify_prefill_ms(n, prompt)),
         ]
         stages += [Stage(r + 1, "verify", "mbs", float(t)) for r, t in enumerate(passes)]
-        stages.append(Stage(rounds, "down", "fh_down", down_ms, tau))
+        stages.append(Stage(rounds, "down", on_down, down_ms, tau))
         return stages
     per_round = expected_tokens_per_round(alpha, spec_len)
     # Round r's KV length, as the evaluator always had it: round(prompt + (r - 1) L).
@@ -214,13 +230,13 @@ def stages_of(problem: HetnetProblem, batch: Sequence[int], spec_len: int) -> li
     verifies = problem.pass_ms("verify", n, verify_f, context)
     up_first = float(hold(problem.fronthaul_up_bits(n, spec_len, prompt=prompt)))
     up_next = float(hold(problem.fronthaul_up_bits(n, spec_len)))
-    stages = [Stage(0, "prefill", "sbs", problem.draft_prefill_ms(n, prompt))]
+    stages = [Stage(0, "prefill", on_sbs, problem.draft_prefill_ms(n, prompt))]
     for r in range(1, rounds + 1):
         stages += [
-            Stage(r, "draft", "sbs", float(drafts[r - 1])),
-            Stage(r, "up", "fh_up", up_first if r == 1 else up_next, tau),
+            Stage(r, "draft", on_sbs, float(drafts[r - 1])),
+            Stage(r, "up", on_up, up_first if r == 1 else up_next, tau),
             Stage(r, "verify", "mbs", float(verifies[r - 1])),
-            Stage(r, "down", "fh_down", down_ms, tau),
+            Stage(r, "down", on_down, down_ms, tau),
         ]
     return stages
 
@@ -265,8 +281,14 @@ def evaluate(
     nxt = [0] * len(chains)  # each batch's next stage
     events: list[tuple[float, int, int]] = [(u, 1, m) for m, u in enumerate(released)]
     heapq.heapify(events)  # (time, 0: a resource frees | 1: a stage is ready, batch)
-    queues: dict[str, list[tuple[float, float, int]]] = {r: [] for r in RESOURCES}
-    busy: dict[str, int | None] = dict.fromkeys(RESOURCES)
+    resources = [
+        r if r == "mbs" else r + _suffix(problem, c)
+        for c in range(problem.cells)
+        for r in RESOURCES
+    ]
+    resources = list(dict.fromkeys(resources))
+    queues: dict[str, list[tuple[float, float, int]]] = {r: [] for r in resources}
+    busy: dict[str, int | None] = dict.fromkeys(resources)
     started: dict[int, tuple[float, float]] = {}
     timeline: list[Timed] = []
     done_ms = [0.0] * len(chains)
@@ -291,7 +313,7 @@ def evaluate(
             else:  # ready at once: queued as its ready event would be, in this instant
                 first = float(m) if priority else now
                 heapq.heappush(queues[chains[m][nxt[m]].resource], (first, now, m))
-        for resource in RESOURCES:
+        for resource in resources:
             if busy[resource] is None and queues[resource]:
                 _, ready, m = heapq.heappop(queues[resource])
                 stage = chains[m][nxt[m]]

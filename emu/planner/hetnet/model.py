@@ -53,13 +53,17 @@ def _positive(name: str, value: float) -> None:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Task:
     """One user's request: its prompt (``input_len``) and expected output (``output_len``)
-    tokens, its uplink (distance to the small cell, transmit power) and its acceptance."""
+    tokens, its uplink (its small cell, the distance to it, its path gain, transmit power) and
+    its acceptance. ``gain_db`` None is the paper's law at ``distance_m`` (hetnet.md 3.4); the
+    two-tier radio (``channel_models.two_tier``) gives it with shadowing and its own law."""
 
     input_len: int
     output_len: int
     distance_m: float = 100.0
     power_w: float = 0.2
     alpha: float = 0.75
+    cell: int = 0
+    gain_db: float | None = None
 
     def check(self, k: int, *, where: str = "hetnet.tasks") -> None:
         """ConfigError naming ``where[k]``'s field unless every field is in its range."""
@@ -71,6 +75,12 @@ class Task:
         _positive(f"{where}[{k}].power_w", self.power_w)
         if not 0.0 < self.alpha < 1.0:
             raise ConfigError(f"{where}[{k}].alpha must be in (0, 1), got {self.alpha!r}")
+        if not (isinstance(self.cell, int) and self.cell >= 0):
+            raise ConfigError(f"{where}[{k}].cell must be an integer >= 0, got {self.cell!r}")
+        if self.gain_db is not None and not (math.isfinite(self.gain_db) and self.gain_db < 0):
+            raise ConfigError(
+                f"{where}[{k}].gain_db must be a finite number < 0, got {self.gain_db!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,7 +156,13 @@ def expected_max_rounds(members: Sequence[tuple[int, float]], draft_len: int) ->
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HetnetProblem:
-    """Everything the planner and the evaluator need (hetnet.md section 6 for the values)."""
+    """Everything the planner and the evaluator need (hetnet.md section 6 for the values).
+
+    Tasks may be in several small cells (``Task.cell``, 0..cells - 1, each with a task). Each
+    small cell has a server, a band of ``bandwidth_hz`` and a fronthaul of its own (``fronthauls``
+    [(bit/s, one-way ms)] a cell; empty: every one ``fronthaul_bps``, ``fronthaul_latency_ms``),
+    and hears ``interference_dbm_per_hz`` over the noise (one a cell; empty: none). The macro
+    cell's server is the one they share."""
 
     tasks: tuple[Task, ...]
     draft: ModelArch
@@ -169,7 +185,9 @@ class HetnetProblem:
     objective: str = "sum"  # or "makespan"
     discipline: str = "priority"  # or "fifo" (hetnet.md 3.5's)
     rounds: str = "expected"  # or "sampled" (ROUNDS; expected_max_rounds)
-    reference_bandwidth_hz: float = field(default=0.0)  # B_ref; 0: B / K
+    reference_bandwidth_hz: float = field(default=0.0)  # B_ref; 0: B / K of the task's cell
+    fronthauls: tuple[tuple[float, float], ...] = ()  # (R_F, tau_F) a small cell
+    interference_dbm_per_hz: tuple[float, ...] = ()  # a small cell's (-inf: none)
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -206,6 +224,22 @@ class HetnetProblem:
             raise ConfigError(
                 f"hetnet.max_batch must be >= 1 (or 0: every task), got {self.max_batch!r}"
             )
+        used = {t.cell for t in self.tasks}
+        if used != set(range(len(used))):
+            raise ConfigError(
+                f"hetnet.tasks' cells must be 0..{len(used) - 1}, each with a task, got "
+                f"{sorted(used)}"
+            )
+        for name in ("fronthauls", "interference_dbm_per_hz"):
+            given = len(getattr(self, name))
+            if given not in (0, self.cells):
+                raise ConfigError(
+                    f"hetnet.{name} must give one a small cell ({self.cells}), got {given}"
+                )
+        for c, (bps, tau_ms) in enumerate(self.fronthauls):
+            _positive(f"hetnet.fronthauls[{c}] rate", bps)
+            if not (math.isfinite(tau_ms) and tau_ms >= 0):
+                raise ConfigError(f"hetnet.fronthauls[{c}] latency must be >= 0, got {tau_ms!r}")
 
     @property
     def size(self) -> int:
@@ -222,8 +256,32 @@ class HetnetProblem:
         return tuple(range(self.max_draft_len + 1))
 
     @property
-    def b_ref_hz(self) -> float:
-        return self.reference_bandwidth_hz or self.bandwidth_hz / self.size
+    def cells(self) -> int:
+        """The small cells."""
+        return 1 + max(t.cell for t in self.tasks)
+
+    def members(self, cell: int) -> tuple[int, ...]:
+        """The tasks of a small cell."""
+        return tuple(k for k, t in enumerate(self.tasks) if t.cell == cell)
+
+    def fronthaul(self, cell: int) -> tuple[float, float]:
+        """A small cell's fronthaul: its rate [bit/s] and one-way latency [ms]."""
+        if self.fronthauls:
+            return self.fronthauls[cell]
+        return self.fronthaul_bps, self.fronthaul_latency_ms
+
+    def reference_band_hz(self) -> FloatArray:
+        """B_ref of each task: ``reference_bandwidth_hz``, or B over its small cell's tasks."""
+        if self.reference_bandwidth_hz:
+            return np.full(self.size, self.reference_bandwidth_hz)
+        per_cell = np.bincount([t.cell for t in self.tasks])
+        return np.array([self.bandwidth_hz / per_cell[t.cell] for t in self.tasks])
+
+    def noise_w_per_hz(self) -> FloatArray:
+        """Each task's noise at its small cell [W/Hz]: N0 and the cell's interference."""
+        n0_w = 10.0 ** ((self.noise_dbm_per_hz - 30.0) / 10.0)
+        rise = [10.0 ** ((i - 30.0) / 10.0) for i in self.interference_dbm_per_hz]
+        return np.array([n0_w + (rise[t.cell] if rise else 0.0) for t in self.tasks])
 
     def pass_ms(self, where: str, n: Num, flops: Num, kv_len: Num) -> FloatArray:
         """A pass's time [ms] for n tasks of ``flops`` each at KV length ``kv_len``, at the
@@ -270,6 +328,7 @@ class HetnetProblem:
         verdict = math.log2(self.max_draft_len + 1) + self.bits_per_token + self.overhead_bits
         return n * verdict
 
-    def fronthaul_transfer_ms(self, bits: Any) -> Any:
-        """How long ``bits`` hold the fronthaul (its latency comes on top, not holding it)."""
-        return 1000.0 * bits / self.fronthaul_bps
+    def fronthaul_transfer_ms(self, bits: Any, cell: int = 0) -> Any:
+        """How long ``bits`` hold a small cell's fronthaul (its latency comes on top, not
+        holding it)."""
+        return 1000.0 * bits / self.fronthaul(cell)[0]

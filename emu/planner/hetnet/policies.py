@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from emu.planner.hetnet import baselines
 from emu.planner.hetnet.baselines import FIXED_LENGTH
+from emu.planner.hetnet.cells import planned_by_cell
 from emu.planner.hetnet.dp import dp_plan
 from emu.planner.hetnet.evaluate import HetnetPlan
 from emu.planner.hetnet.exact import EXACT_MAX_TASKS, exact_plan
@@ -39,7 +40,12 @@ class HetnetPolicy:
     system: str = "hetnet"
 
     def plan(self, problem: HetnetProblem, previous: HetnetPlan | None = None) -> HetnetPlan:
-        return self.solve(problem)
+        """The policy's plan; with several small cells, each cell's, merged (``cells``)."""
+        if self.name == "hetnet-exact":  # exact over the whole network, or refused
+            return self.solve(problem)
+        if self.name == "hetnet":  # never worse than the DP's cell plans merged alike
+            return planned_by_cell(self.solve, problem, dp_plan, lengths=True)
+        return planned_by_cell(self.solve, problem)
 
 
 def _ad(problem: HetnetProblem) -> HetnetPlan:
