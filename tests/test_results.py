@@ -152,7 +152,7 @@ def test_a_run_summary_has_every_documented_field_and_is_valid_while_every_resul
     doc = run.with_result("ad", void).to_json()
     assert doc["valid"] is False and list(doc["results"]) == ["dipsd", "ad"]
     assert doc["fidelity"] == [{"link": "u0<->edge", "configured": {"rtt_ms": 3.0},
-                                "measured": {"rtt_ms": 3.2}, "ok": True}]  # fmt: skip
+                                "measured": {"rtt_ms": 3.2}, "ok": True, "tries": 1}]  # fmt: skip
 
 
 def test_the_run_json_documents_fidelity() -> None:
