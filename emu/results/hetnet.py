@@ -98,6 +98,7 @@ def hetnet_result(
         "throughput_tok_s": tokens / t_end if t_end > 0 else 0.0,
         "plan": {
             "batches": [list(b) for b in plan.batches],
+            "cell": [problem.tasks[b[0]].cell for b in plan.batches],
             "spec_len": list(plan.spec_len),
             "bandwidth": plan.bandwidth,
         },

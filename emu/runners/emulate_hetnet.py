@@ -1,6 +1,6 @@
 """``draftnet run`` of the heterogeneous-edge system: Mininet hosts for the users, the small cell
-(``sbs``) and the macro cell (``mbs``), each node its own process, the radio uplink and the
-fronthaul shaped.
+(``sbs``; with several, ``sbs0``, ``sbs1``, ...) and the macro cell (``mbs``), each node its own
+process, the radio uplink and each fronthaul shaped.
 
 Layer: emu (orchestration; Mininet through ``emu.runners.network``). For each policy: its plan,
 each user's uplink shaped to its planner rate b_k eta_k (the small cell's grant says when it may
@@ -50,7 +50,19 @@ from topologies.registry import check as check_topology
 __all__ = ["emulate_hetnet"]
 
 READY_TIMEOUT_S = 180.0  # a node's start: imports, and a real model's loading
-SERVERS = ("sbs", "mbs")  # users are probed to the first: their uplink ends at the small cell
+
+
+def small_cells(problem: HetnetProblem) -> list[str]:
+    """The small cells' hosts (and nodes): ``sbs``, or ``sbs0``, ``sbs1``, ... with several."""
+    return ["sbs"] if problem.cells == 1 else [f"sbs{c}" for c in range(problem.cells)]
+
+
+def servers(problem: HetnetProblem) -> tuple[str, ...]:
+    """Every server's host: the small cells', then the macro cell's (users are probed to the
+    first: a user's uplink is its access link, whichever small cell it ends at)."""
+    return (*small_cells(problem), "mbs")
+
+
 Progress = Callable[[str, float], None]
 
 
@@ -62,8 +74,12 @@ def _user_links(problem: HetnetProblem, plan: HetnetPlan, scale: float) -> list[
 
 
 def _fronthaul(problem: HetnetProblem, sc: Scenario, scale: float) -> tuple[ServerLink, ...]:
-    spec = LinkSpec(state=fronthaul_state(problem, sc)).scaled(scale)
-    return (ServerLink("sbs", "mbs", spec), ServerLink("mbs", "sbs", spec))
+    """Each small cell's fronthaul, both ways."""
+    out: list[ServerLink] = []
+    for c, sbs in enumerate(small_cells(problem)):
+        spec = LinkSpec(state=fronthaul_state(problem, sc, c)).scaled(scale)
+        out += [ServerLink(sbs, "mbs", spec), ServerLink("mbs", sbs, spec)]
+    return tuple(out)
 
 
 def _configured(links: list[LinkPair]) -> list[dict[str, float]]:
@@ -115,11 +131,16 @@ def _run_policy(
     try:
         p = start("mbs", nw.server("mbs"), "mbs", "--port", port)
         await_ready("node mbs", p, pdir / "mbs.log", READY_TIMEOUT_S)
-        p = start("sbs", nw.server("sbs"), "sbs", "--port", port, "--macro", f"{at['mbs']}:{port}")
-        await_ready("node sbs", p, pdir / "sbs.log", READY_TIMEOUT_S)
+        cells = small_cells(problem)
+        for c, sbs in enumerate(cells):
+            macro = f"{at['mbs']}:{port}"
+            p = start(
+                sbs, nw.server(sbs), "sbs", "--port", port, "--macro", macro, "--cell", str(c)
+            )
+            await_ready(f"node {sbs}", p, pdir / f"{sbs}.log", READY_TIMEOUT_S)
         users = [
-            start(f"u{k}", nw.user(k), "user", str(k), "--sbs", f"{at['sbs']}:{port}")
-            for k in range(problem.size)
+            start(f"u{k}", nw.user(k), "user", str(k), "--sbs", f"{at[cells[t.cell]]}:{port}")
+            for k, t in enumerate(problem.tasks)
         ]
         for k, p in enumerate(users):
             await_ready(f"node u{k}", p, pdir / f"u{k}.log", READY_TIMEOUT_S)
@@ -128,8 +149,8 @@ def _run_policy(
         deadline = time.monotonic() + 0.2 * scale + horizon_s * scale
         while time.monotonic() < deadline and any(p.poll() is None for p in users):
             time.sleep(0.05)
-        sbs_end = time.monotonic() + 5.0  # its stats, written as it leaves
-        while procs["sbs"].poll() is None and time.monotonic() < sbs_end:
+        sbs_end = time.monotonic() + 5.0  # their stats, written as they leave
+        while any(procs[c].poll() is None for c in cells) and time.monotonic() < sbs_end:
             time.sleep(0.05)
     finally:
         stop_processes(list(procs.values()))
@@ -158,8 +179,10 @@ def _measured(
             outcomes.append(TaskOutcome(k, None, None, ()))
         else:
             outcomes.append(TaskOutcome(k, doc["latency_ms"], doc["ttft_ms"], tuple(doc["tokens"])))
-    sbs = _read(pdir / "node-sbs.json") or {}
-    stats = [BatchStats(**{**s, "tasks": tuple(s["tasks"])}) for s in sbs.get("stats", ())]
+    cells = [_read(pdir / f"node-{c}.json") or {} for c in small_cells(problem)]
+    stats = [
+        BatchStats(**{**s, "tasks": tuple(s["tasks"])}) for d in cells for s in d.get("stats", ())
+    ]
     done = [o.latency_ms for o in outcomes if o.latency_ms is not None]
     out = hetnet_result(
         problem,
@@ -167,14 +190,15 @@ def _measured(
         ev=evaluate(predicting(problem, models), plan),
         outcomes=outcomes,
         stats=stats,
-        t0=sbs.get("t0", 0.0),
+        t0=cells[0].get("t0", 0.0),  # every node's start is the one start_at
         t_end=max(done, default=0.0) / 1000.0,
-        user_faults=sbs.get("faults", 0),
+        user_faults=sum(d.get("faults", 0) for d in cells),
     )
     overruns = {
-        name: (_read(pdir / f"node-{name}.json") or {}).get("overruns", 0) for name in SERVERS
+        name: (_read(pdir / f"node-{name}.json") or {}).get("overruns", 0)
+        for name in servers(problem)
     }
-    finished = out["finished"] == problem.size and bool(stats)
+    finished = out["finished"] == problem.size and all(cells)
     why = None if finished else f"{out['finished']} of {problem.size} tasks done; exits {exits}"
     return (
         out
@@ -193,18 +217,13 @@ def emulate_hetnet(
 ) -> dict[str, Any]:
     """Run every policy's plan on the emulated network; the ``run --json`` object."""
     problem = checked_problem(sc, policies)
-    if problem.cells > 1:
-        raise ConfigError(
-            f"draftnet run emulates one small cell; hetnet.radio put the tasks in "
-            f"{problem.cells}: draftnet sim runs several"
-        )
     radio = sc.hetnet.radio
     if radio is not None and radio.fading != "none":
         raise ConfigError(
             f"hetnet.radio.fading = {radio.fading!r}: draftnet run shapes each uplink at its "
             "planner rate; the faded uplink is draftnet sim's so far (or set fading = none)"
         )
-    check_topology("star", users=problem.size, servers=len(SERVERS))
+    check_topology("star", users=problem.size, servers=len(servers(problem)))
     preflight()
     models = hetnet_models(sc, problem)
     problem = models.problem
@@ -241,7 +260,7 @@ def emulate_hetnet(
     with (
         _stop_on_signals(),
         run_manifest(out_dir) as manifest,
-        star_network(problem.size, manifest, SERVERS) as nw,
+        star_network(problem.size, manifest, servers(problem)) as nw,
     ):
         with shaper.running(nw, first, out_dir, seed=sc.sim.seed, between=between):
             checks = _fidelity(nw, _configured(first), between)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 from pathlib import Path
@@ -96,15 +97,16 @@ async def _macro(sc: Scenario, port: int, rec: Recorder) -> dict[str, Any]:
 
 
 async def _small(
-    sc: Scenario, port: int, macro: tuple[str, int], run_dir: Path, rec: Recorder
+    sc: Scenario, port: int, macro: tuple[str, int], run_dir: Path, rec: Recorder, *, cell: int
 ) -> dict[str, Any]:
     models = hetnet_models(sc, sc.hetnet_problem())
     problem = models.problem
     plan = read_plan(run_dir)
-    core = small_cell_core(problem, plan)
+    core = small_cell_core(problem, plan, cell)
     pacer = _pacer(sc)
+    name = "sbs" if problem.cells == 1 else f"sbs{cell}"
     sbs = SmallCellNode(
-        core, models.drafter(problem, Streams(sc.sim.seed)), pacer=pacer, sink=rec.for_node("sbs")
+        core, models.drafter(problem, Streams(sc.sim.seed)), pacer=pacer, sink=rec.for_node(name)
     )
     fronthaul = await _connect(*macro)
     async with trio.open_nursery() as nursery:
@@ -153,6 +155,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     sbs = roles.add_parser("sbs", help="the small cell: serve the users, draft for batches")
     sbs.add_argument("--port", type=int, required=True)
     sbs.add_argument("--macro", type=address, required=True, metavar="HOST:PORT")
+    sbs.add_argument("--cell", type=int, default=0, help="which small cell (0..)")
     user = roles.add_parser("user", help="task K's user")
     user.add_argument("index", type=int)
     user.add_argument("--sbs", type=address, required=True, metavar="HOST:PORT")
@@ -168,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_dir = args.scenario.parent
     name = f"u{args.index}" if args.role == "user" else args.role
+    if args.role == "sbs" and sc.hetnet_problem().cells > 1:
+        name = f"sbs{args.cell}"
     rec = Recorder(run_dir / f"events-{name}.jsonl")
     rec.policy = sc.planner.policy
     clock = SharedClock(sc.emu.time_scale or 1.0)
@@ -175,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.role == "mbs":
             out = trio.run(_macro, sc, args.port, rec, clock=clock)
         elif args.role == "sbs":
-            out = trio.run(_small, sc, args.port, args.macro, run_dir, rec, clock=clock)
+            small = functools.partial(_small, cell=args.cell)
+            out = trio.run(small, sc, args.port, args.macro, run_dir, rec, clock=clock)
         else:
             out = trio.run(_user, sc, args.index, args.sbs, run_dir, rec, clock=clock)
     finally:

@@ -59,6 +59,31 @@ def test_synthetic_nodes_run_the_evaluators_rounds_on_shaped_links(tmp_path: Pat
     assert set(os.listdir("/sys/class/net")) == before
 
 
+def test_two_small_cells_share_the_macro_cell_on_shaped_links(tmp_path: Path) -> None:
+    """Two small cells (``hetnet.radio``): a host, a node and a fronthaul each, their users
+    attached to them, one macro cell verifying for both; every task ends with the evaluator's
+    rounds."""
+    out = tmp_path / "run"
+    radio = ["hetnet.radio.small_cells=2", "hetnet.radio.spacing_m=300", "hetnet.radio.far_m=100"]
+    sets = [x for s in ["models.kind=synthetic", "hetnet.acceptance=expected", *radio]
+            for x in ("--set", s)]  # fmt: skip
+    r = draftnet(
+        "run", SMALL, *sets, "--policy", "hetnet", "--json", "--out", str(out), timeout_s=600
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    links = [f["link"] for f in doc["fidelity"]]
+    assert links[-4:] == ["sbs0->mbs", "mbs->sbs0", "sbs1->mbs", "mbs->sbs1"], links
+    assert all(f["ok"] for f in doc["fidelity"]), doc["fidelity"]
+    res = doc["results"]["hetnet"]
+    assert res["valid"] and res["finished"] == 4, res["invalid_reason"]
+    assert res["rounds"] == res["predicted_rounds"]
+    assert abs(res["error_pct"]) < 10.0, res["error_pct"]
+    assert {c for c in res["plan"]["cell"]} == {0, 1}
+    for node in ("sbs0", "sbs1", "mbs"):
+        assert (out / "hetnet" / f"events-{node}.jsonl").exists()
+
+
 @pytest.mark.models
 def test_real_models_over_the_emulated_network_are_lossless(tmp_path: Path) -> None:
     """The small cell drafts with llama.cpp for each batch, the macro cell verifies with
