@@ -54,7 +54,7 @@ READY_TIMEOUT_S = 180.0  # a node's start: imports, and a real model's loading
 
 def small_cells(problem: HetnetProblem) -> list[str]:
     """The small cells' hosts (and nodes): ``sbs``, or ``sbs0``, ``sbs1``, ... with several."""
-    return ["sbs"] if problem.cells == 1 else [f"sbs{c}" for c in range(problem.cells)]
+    return ["sbs" + problem.cell_suffix(c) for c in range(problem.cells)]
 
 
 def servers(problem: HetnetProblem) -> tuple[str, ...]:

@@ -104,7 +104,7 @@ async def _small(
     plan = read_plan(run_dir)
     core = small_cell_core(problem, plan, cell)
     pacer = _pacer(sc)
-    name = "sbs" if problem.cells == 1 else f"sbs{cell}"
+    name = "sbs" + problem.cell_suffix(cell)
     sbs = SmallCellNode(
         core, models.drafter(problem, Streams(sc.sim.seed)), pacer=pacer, sink=rec.for_node(name)
     )
@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_dir = args.scenario.parent
     name = f"u{args.index}" if args.role == "user" else args.role
-    if args.role == "sbs" and sc.hetnet_problem().cells > 1:
-        name = f"sbs{args.cell}"
+    if args.role == "sbs":
+        name += sc.hetnet_problem().cell_suffix(args.cell)
     rec = Recorder(run_dir / f"events-{name}.jsonl")
     rec.policy = sc.planner.policy
     clock = SharedClock(sc.emu.time_scale or 1.0)

@@ -118,13 +118,12 @@ async def _run_policy(
     streams = Streams(sc.sim.seed)
     drafter, verifier = models.drafter(problem, streams), models.verifier(problem, streams)
     width = token_width(problem.bits_per_token)
-    one = problem.cells == 1
     cells = [
         SmallCellNode(
             small_cell_core(problem, plan, c),
             drafter,
             pacer=Pacer("virtual"),
-            sink=rec.for_node("sbs" if one else f"sbs{c}"),
+            sink=rec.for_node("sbs" + problem.cell_suffix(c)),
         )
         for c in range(problem.cells)
     ]

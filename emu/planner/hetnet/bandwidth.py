@@ -106,15 +106,9 @@ def batch_ordered_release_ms(
     return out
 
 
-def _uniform_hz(problem: HetnetProblem) -> FloatArray:
-    """B / K of each task's small cell."""
-    per_cell = np.bincount([t.cell for t in problem.tasks])
-    return np.array([problem.bandwidth_hz / per_cell[t.cell] for t in problem.tasks])
-
-
 def uniform_release_ms(problem: HetnetProblem, batches: Sequence[Sequence[int]]) -> list[float]:
     """U_m under B / K each, all uploading at once: the batch's slowest task [ms]."""
-    times = upload_bits(problem) / (_uniform_hz(problem) * spectral_efficiency(problem)) * 1000.0
+    times = upload_bits(problem) / (problem.even_share_hz() * spectral_efficiency(problem)) * 1000.0
     return [float(times[list(b)].max()) for b in batches]
 
 
@@ -124,7 +118,7 @@ def allocation_hz(
     """Each task's band [Hz] while it uploads: its batch's min-max share of the whole band
     (``batch-ordered``, the batches in turn), or B / K (``uniform``)."""
     if mode == "uniform":
-        return _uniform_hz(problem)
+        return problem.even_share_hz()
     out = np.zeros(problem.size)
     for batch in batches:
         out[list(batch)] = min_max(problem, batch)

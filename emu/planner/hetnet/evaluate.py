@@ -154,11 +154,8 @@ class HetnetEvaluation:
             for m in range(len(plan.batches))
         }
         for t in self.timeline:
-            kind = {
-                "prefill": "draft" if t.stage.resource != "mbs" else "verify",
-                "draft": "draft",
-                "verify": "verify",
-            }.get(t.stage.what, "fronthaul")
+            r = t.stage.resource
+            kind = "verify" if r == "mbs" else "draft" if r.startswith("sbs") else "fronthaul"
             spent[t.batch][kind] += t.end_ms - t.start_ms + t.stage.after_ms
         out = dict.fromkeys(("upload_wait", "draft", "fronthaul", "verify", "queue"), 0.0)
         size = len(self.latency_ms)
@@ -192,12 +189,6 @@ def rounds_of(problem: HetnetProblem, batch: Sequence[int], spec_len: int) -> in
     return math.ceil(out / expected_tokens_per_round(alpha, spec_len) - 1e-12)
 
 
-def _suffix(problem: HetnetProblem, cell: int) -> str:
-    """A small cell's resources are named with its number where there are several: sbs1,
-    fh_up1, fh_down1; the macro cell's server ("mbs") is the one they share."""
-    return str(cell) if problem.cells > 1 else ""
-
-
 def stages_of(problem: HetnetProblem, batch: Sequence[int], spec_len: int) -> list[Stage]:
     """A batch's stages in their order (each kind's pass times computed over its rounds at
     once)."""
@@ -206,7 +197,7 @@ def stages_of(problem: HetnetProblem, batch: Sequence[int], spec_len: int) -> li
     cell = problem.tasks[batch[0]].cell
     tau = problem.fronthaul(cell)[1]
     hold = functools.partial(problem.fronthaul_transfer_ms, cell=cell)
-    on_sbs, on_up, on_down = (r + _suffix(problem, cell) for r in ("sbs", "fh_up", "fh_down"))
+    on_sbs, on_up, on_down = (r + problem.cell_suffix(cell) for r in ("sbs", "fh_up", "fh_down"))
     down_ms = float(hold(problem.fronthaul_down_bits(n)))
     rounds = rounds_of(problem, batch, spec_len)
     if spec_len == 0:  # AD: the prompt to the MBS, then a target pass a token
@@ -282,7 +273,7 @@ def evaluate(
     events: list[tuple[float, int, int]] = [(u, 1, m) for m, u in enumerate(released)]
     heapq.heapify(events)  # (time, 0: a resource frees | 1: a stage is ready, batch)
     resources = [
-        r if r == "mbs" else r + _suffix(problem, c)
+        r if r == "mbs" else r + problem.cell_suffix(c)
         for c in range(problem.cells)
         for r in RESOURCES
     ]

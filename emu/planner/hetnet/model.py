@@ -270,12 +270,21 @@ class HetnetProblem:
             return self.fronthauls[cell]
         return self.fronthaul_bps, self.fronthaul_latency_ms
 
+    def cell_suffix(self, cell: int) -> str:
+        """What names a small cell's resources and node: its number where there are several
+        (``sbs1``, ``fh_up1``), nothing where there is one (``sbs``)."""
+        return str(cell) if self.cells > 1 else ""
+
+    def even_share_hz(self) -> FloatArray:
+        """B / K of each task's small cell: its band split evenly among its tasks."""
+        per_cell = np.bincount([t.cell for t in self.tasks])
+        return np.array([self.bandwidth_hz / per_cell[t.cell] for t in self.tasks])
+
     def reference_band_hz(self) -> FloatArray:
         """B_ref of each task: ``reference_bandwidth_hz``, or B over its small cell's tasks."""
         if self.reference_bandwidth_hz:
             return np.full(self.size, self.reference_bandwidth_hz)
-        per_cell = np.bincount([t.cell for t in self.tasks])
-        return np.array([self.bandwidth_hz / per_cell[t.cell] for t in self.tasks])
+        return self.even_share_hz()
 
     def noise_w_per_hz(self) -> FloatArray:
         """Each task's noise at its small cell [W/Hz]: N0 and the cell's interference."""
