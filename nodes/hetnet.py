@@ -208,9 +208,12 @@ class SmallCellNode:
             nursery.start_soon(self._macro.run)
             nursery.start_soon(self._verdicts, macro, frames)
             while not self.core.finished:
+                if grants := self.core.open(trio.current_time()):  # windows that opened
+                    self._apply(grants)
                 job = self.core.next_job()
                 if job is None:
-                    await self._wake.wait()
+                    with trio.move_on_at(self.core.next_open_s(trio.current_time())):
+                        await self._wake.wait()
                     self._wake = trio.Event()
                     continue
                 await self._run(job)

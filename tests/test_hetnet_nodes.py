@@ -221,9 +221,14 @@ POLICIES = ["hetnet", "hetnet-ad", "hetnet-uniform", "hetnet-max-batching"]
         {"users.count": 16, "hetnet.discipline": "fifo"},
         {"users.count": 16, "hetnet.bandwidth_hz": 20e3},  # a starved uplink
         # Three small cells, each with its band, server and fronthaul; one macro cell.
-        {"users.count": 16, "hetnet.radio": {"small_cells": 3, "spacing_m": 150.0}},
+        {"users.count": 9, "hetnet.radio": {"small_cells": 3, "spacing_m": 150.0}},
+        # Users arriving over time, planned every 2 s: each granted once its window opens.
+        {
+            "users.count": 12,
+            "hetnet.arrivals": {"process": "poisson", "rate_per_s": 1.0, "window_s": 2.0},
+        },
     ],
-    ids=["priority", "fifo", "starved", "three-cells"],
+    ids=["priority", "fifo", "starved", "three-cells", "arrivals"],
 )
 def test_the_nodes_run_the_evaluators_plan_in_its_time(overrides: dict[str, object]) -> None:
     """With the evaluator's rounds (expected acceptance), every task of every policy ends when
@@ -234,7 +239,7 @@ def test_the_nodes_run_the_evaluators_plan_in_its_time(overrides: dict[str, obje
     )
     out = simulate_hetnet(sc, POLICIES)
     for policy, r in out["results"].items():
-        assert r["finished"] == 16, policy
+        assert r["finished"] == r["tasks"] == sc.users.count, policy
         assert abs(r["error_pct"]) < 1.0, (policy, r["error_pct"])
         assert r["latency_ms"]["makespan"] == pytest.approx(
             r["predicted_latency_ms"]["makespan"], rel=0.01
@@ -358,3 +363,40 @@ def test_a_faded_uplink_takes_longer_than_the_planners_mean_rate() -> None:
     wait = faded_r["breakdown_ms"]["upload_wait"]
     assert wait > 1.02 * steady_r["breakdown_ms"]["upload_wait"]
     assert faded_r["latency_ms"]["mean"] > steady_r["latency_ms"]["mean"]
+
+
+def test_a_window_is_granted_when_it_opens_and_the_band_is_free() -> None:
+    # Batch 0 opens at 1 s, batch 1 (a later window) at 2 s.
+    core = SmallCellCore([(0,), (1, 2)], [2, 2], [1.0] * 3, opens_s=[1.0, 2.0])
+    assert [core.attach(k) for k in range(3)] == [[], [], []]
+    assert core.next_open_s(0.0) == 1.0
+    assert core.open(0.5) == []
+    assert core.open(1.0) == [ToUser(0, Grant(task=0, bandwidth_hz=1.0))]
+    assert core.next_open_s(1.0) == 2.0
+    # Window 2 opens while batch 0 still uploads: it waits for the band.
+    assert core.open(2.0) == [] and core.next_open_s(2.0) == float("inf")
+    sent = core.upload(_upload(0), 2.5)
+    assert [s for s in sent if isinstance(s, ToUser)] == [
+        ToUser(1, Grant(task=1, bandwidth_hz=1.0)),
+        ToUser(2, Grant(task=2, bandwidth_hz=1.0)),
+    ]
+    # Uniform: a window's batches at once, once its window opens and the earlier are in.
+    uniform = SmallCellCore(
+        [(0,), (1,), (2,)], [2, 2, 2], [1.0] * 3, grant="uniform", opens_s=[0.0, 1.0, 1.0]
+    )
+    for k in range(3):
+        uniform.attach(k)
+    assert len(uniform.open(0.0)) == 1 and uniform.open(1.0) == []
+    assert len([s for s in uniform.upload(_upload(0), 1.2) if isinstance(s, ToUser)]) == 2
+
+
+def test_run_refuses_arrivals_over_time_in_one_line(tmp_path: object) -> None:
+    from pathlib import Path
+
+    out = Path(str(tmp_path))
+    f = out / "arrivals.toml"
+    f.write_text('preset = "hetnet"\n[users]\ncount = 4\n[hetnet.arrivals]\nprocess = "poisson"\n')
+    r = draftnet("run", str(f), "--out", str(out / "out"))
+    assert r.returncode == 2, r.stderr
+    assert "hetnet.arrivals.process = 'poisson': draftnet run starts" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -195,14 +195,14 @@ def test_the_planner_falls_back_to_the_target_alone_where_drafting_does_not_pay(
 
 def test_two_tiers_place_the_tasks_in_their_small_cells() -> None:
     radio = {"small_cells": 3, "spacing_m": 150.0, "shadowing_db": 8.0, "reuse": "shared"}
-    over: dict[str, object] = {"users.count": 18, "hetnet.radio": radio}
+    over: dict[str, object] = {"users.count": 9, "hetnet.radio": radio}
     sc = load_scenario(None, preset="hetnet", overrides=over)
     problem = sc.hetnet_problem()
     assert problem.cells == 3
     assert all(t.gain_db is not None for t in problem.tasks)
     assert len(problem.interference_dbm_per_hz) == 3
     # The radio does not move the tasks' lengths: the same draw as without it.
-    plain = load_scenario(None, preset="hetnet", overrides={"users.count": 18}).hetnet_problem()
+    plain = load_scenario(None, preset="hetnet", overrides={"users.count": 9}).hetnet_problem()
     assert [t.input_len for t in problem.tasks] == [t.input_len for t in plain.tasks]
     out = solve(sc)
     assert out["small_cells"] == 3

@@ -18,7 +18,9 @@ from nodes.core.hetnet import BatchStats, TaskOutcome
 __all__ = ["TaskOutcome", "hetnet_result"]
 
 
-def _summary_ms(latency: Sequence[float]) -> dict[str, float]:
+def _summary_ms(latency: Sequence[float], ends: Sequence[float]) -> dict[str, float]:
+    """The tasks' latencies (each from its arrival) summarised; the makespan is when the
+    last one ``ends``."""
     lat = np.array(latency)
     p50, p95, p99 = np.percentile(lat, [50, 95, 99])
     return {
@@ -27,16 +29,17 @@ def _summary_ms(latency: Sequence[float]) -> dict[str, float]:
         "p50": float(p50),
         "p95": float(p95),
         "p99": float(p99),
-        "makespan": float(lat.max()),
+        "makespan": float(max(ends)),
     }
 
 
 def _breakdown_ms(
-    stats: Sequence[BatchStats], done: dict[int, float], t0: float
+    problem: HetnetProblem, stats: Sequence[BatchStats], done: dict[int, float], t0: float
 ) -> dict[str, float]:
     """Where a finished task's latency went, the mean over them, as the small cell measured
-    it: waiting for its batch's uploads, the small cell's steps, the fronthaul both ways, the
-    macro cell's verifications, and queueing (the rest: waiting for a busy server)."""
+    it: waiting for its batch's uploads (from its arrival), the small cell's steps, the
+    fronthaul both ways, the macro cell's verifications, and queueing (the rest: waiting for a
+    busy server)."""
     out = dict.fromkeys(("upload_wait", "draft", "fronthaul", "verify", "queue"), 0.0)
     for st in stats:
         for k in st.tasks:
@@ -44,7 +47,7 @@ def _breakdown_ms(
                 continue
             share = 1.0 / len(done)
             parts = {
-                "upload_wait": (st.released_s - t0) * 1e3,
+                "upload_wait": (st.released_s - t0) * 1e3 - problem.tasks[k].arrival_ms,
                 "draft": st.draft_ms,
                 "fronthaul": st.fronthaul_ms,
                 "verify": st.verify_ms,
@@ -76,7 +79,8 @@ def hetnet_result(
     tokens = sum(len(o.tokens) for o in outcomes)
     ttft = [o.ttft_ms for o in outcomes if o.ttft_ms is not None]
     predicted = ev.summary_ms()
-    measured = _summary_ms(list(done.values())) if done else None
+    ends = [problem.tasks[k].arrival_ms + ms for k, ms in done.items()]
+    measured = _summary_ms(list(done.values()), ends) if done else None
     return {
         "tasks": problem.size,
         "finished": len(done),
@@ -85,7 +89,7 @@ def hetnet_result(
         "error_pct": None
         if measured is None
         else 100.0 * (measured["mean"] / predicted["mean"] - 1.0),
-        "breakdown_ms": _breakdown_ms(stats, done, t0),
+        "breakdown_ms": _breakdown_ms(problem, stats, done, t0),
         "predicted_breakdown_ms": ev.breakdown_ms(plan),
         "ttft_ms": None
         if not ttft
@@ -101,6 +105,7 @@ def hetnet_result(
             "cell": [problem.tasks[b[0]].cell for b in plan.batches],
             "spec_len": list(plan.spec_len),
             "bandwidth": plan.bandwidth,
+            "opens_ms": list(plan.opens_ms),
         },
         "user_faults": user_faults,
         "duration_s": t_end,

@@ -65,7 +65,9 @@ def _print_solve_hetnet(out: dict[str, Any], console: Console) -> None:
         f"makespan {lat['makespan'] / 1000:.2f} s), solved in {out['solve_ms']:.0f} ms"
     )
     t = Table(title="plan (batches in the order they run)", title_justify="left")
-    for col in ("batch", "tasks", "spec len", "rounds", "uploaded by ms"):
+    opens = plan.get("opens_ms") or []
+    cols = ["batch", "tasks", "spec len", "rounds"] + (["window opens ms"] if opens else [])
+    for col in (*cols, "uploaded by ms"):
         t.add_column(col, justify="right")
     for m, batch in enumerate(plan["batches"]):
         t.add_row(
@@ -73,6 +75,7 @@ def _print_solve_hetnet(out: dict[str, Any], console: Console) -> None:
             str(len(batch)),
             str(plan["spec_len"][m]),
             str(plan["rounds"][m]),
+            *([f"{opens[m]:.0f}"] if opens else []),
             f"{plan['release_ms'][m]:.2f}",
         )
     console.print(t)

@@ -69,7 +69,7 @@ Progress = Callable[[str, float], None]
 def _user_links(problem: HetnetProblem, plan: HetnetPlan, scale: float) -> list[LinkPair]:
     return [
         LinkPair(LinkSpec(state=LinkState(rate_bps=float(bps))), LinkSpec.fixed()).scaled(scale)
-        for bps in uplink_bps(problem, plan.batches, plan.bandwidth)
+        for bps in uplink_bps(problem, plan.batches, plan.bandwidth, plan.opens_ms)
     ]
 
 
@@ -222,6 +222,12 @@ def emulate_hetnet(
         raise ConfigError(
             f"hetnet.radio.fading = {radio.fading!r}: draftnet run shapes each uplink at its "
             "planner rate; the faded uplink is draftnet sim's so far (or set fading = none)"
+        )
+    if sc.hetnet.arrivals.process != "batch":
+        raise ConfigError(
+            f"hetnet.arrivals.process = {sc.hetnet.arrivals.process!r}: draftnet run starts "
+            "every user at once; arrivals over time are draftnet sim's so far (or set "
+            "process = batch)"
         )
     check_topology("star", users=problem.size, servers=len(servers(problem)))
     preflight()

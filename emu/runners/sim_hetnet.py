@@ -8,8 +8,10 @@ fronthaul has the deployment's rate, delay, jitter and loss both ways; the downl
 (hetnet.md 3.4: off). Backends are synthetic (``nodes.batched``): the compute model's times,
 random tokens, and ``hetnet.acceptance`` sampled or expected.
 
-The workload is offline: every task is there at t = 0, and a policy's run ends when every
-task is done (or, should one never be, at ``sim.duration_s`` past the prediction's makespan).
+Every task is there at t = 0 (the paper's offline batch), or its user arrives at its
+``arrival_ms`` (``[hetnet.arrivals]``) and the small cell grants it when its window opens. A
+policy's run ends when every task is done (or, should one never be, at ``sim.duration_s`` past
+twice the prediction's makespan).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from emu.errors import ConfigError
 from emu.files import write_atomic
 from emu.models.hetnet import HetnetModels, hetnet_models, predicting
 from emu.planner import get_policy
-from emu.planner.hetnet.bandwidth import allocation_hz, gain_db, spectral_efficiency
+from emu.planner.hetnet.bandwidth import allocation_hz, gain_db, uplink_bps
 from emu.planner.hetnet.evaluate import HetnetPlan, evaluate
 from emu.planner.hetnet.model import HetnetProblem
 from emu.results.hetnet import hetnet_result
@@ -51,20 +53,25 @@ __all__ = ["checked_problem", "fronthaul_state", "simulate_hetnet", "small_cell_
 Progress = Callable[[str, float], None]
 
 
-def small_cell_core(problem: HetnetProblem, plan: HetnetPlan, cell: int = 0) -> SmallCellCore:
+def small_cell_core(
+    problem: HetnetProblem, plan: HetnetPlan, cell: int = 0, *, t0: float = 0.0
+) -> SmallCellCore:
     """Small cell ``cell``'s core running its batches of ``plan`` (numbered as the plan does):
-    each task's band, the grants, the discipline, the uplink's token width and the
-    fronthaul's distributions."""
+    each task's band, the grants, the discipline, the uplink's token width, the fronthaul's
+    distributions, and when each batch's window opens (the plan's, from ``t0`` on the caller's
+    clock)."""
     mine = [m for m, b in enumerate(plan.batches) if problem.tasks[b[0]].cell == cell]
+    band = allocation_hz(problem, plan.batches, plan.bandwidth, plan.opens_ms)
     return SmallCellCore(
         [plan.batches[m] for m in mine],
         [plan.spec_len[m] for m in mine],
-        [float(b) for b in allocation_hz(problem, plan.batches, plan.bandwidth)],
+        [float(b) for b in band],
         grant=plan.bandwidth,
         discipline=problem.discipline,
         width=token_width(problem.bits_per_token),
         prob_bytes_per_token=problem.vocab * problem.prob_bits // 8,
         ids=mine,
+        opens_s=[t0 + plan.opens_ms[m] / 1e3 for m in mine] if plan.opens_ms else (),
     )
 
 
@@ -88,14 +95,13 @@ def uplink_links(
     """Each user's uplink over time: its share of the band at its planner rate b_k eta_k, or,
     with ``hetnet.radio.fading``, at b_k eta_k(t) from its faded gain every ``UPLINK_TICK_MS``
     (the planner plans with the mean gain, so the fading's cost shows as error)."""
-    band = allocation_hz(problem, plan.batches, plan.bandwidth)
+    planned = functools.partial(uplink_bps, problem, plan.batches, plan.bandwidth, plan.opens_ms)
     radio = sc.hetnet.radio
     if radio is None or radio.fading == "none":
-        rates = band * spectral_efficiency(problem)
-        return [_steady(LinkState(rate_bps=float(r))) for r in rates]
+        return [_steady(LinkState(rate_bps=float(r))) for r in planned()]
     rng = Streams(sc.sim.seed).radio()
     gains = gain_series(radio, gain_db(problem), horizon_s, UPLINK_TICK_MS, rng)
-    rate = band[:, None] * spectral_efficiency(problem, gains)
+    rate = planned(gains_db=gains)
     zeros = np.zeros_like(rate)
     series = LinkSeries(
         tick_s=UPLINK_TICK_MS / 1e3, rate_bps=rate, delay_ms=zeros, jitter_ms=zeros, loss=zeros
@@ -118,9 +124,10 @@ async def _run_policy(
     streams = Streams(sc.sim.seed)
     drafter, verifier = models.drafter(problem, streams), models.verifier(problem, streams)
     width = token_width(problem.bits_per_token)
+    t0 = trio.current_time()
     cells = [
         SmallCellNode(
-            small_cell_core(problem, plan, c),
+            small_cell_core(problem, plan, c, t0=t0),
             drafter,
             pacer=Pacer("virtual"),
             sink=rec.for_node("sbs" + problem.cell_suffix(c)),
@@ -134,9 +141,8 @@ async def _run_policy(
         sink=rec.for_node("mbs"),
     )
     prompts = models.prompts
-    t0 = trio.current_time()
-    users = [
-        TaskUser(k, prompts[k], t.output_len, width=width, sink=rec, t0=t0)
+    users = [  # each one's latency from its arrival
+        TaskUser(k, prompts[k], t.output_len, width=width, sink=rec, t0=t0 + t.arrival_ms / 1e3)
         for k, t in enumerate(problem.tasks)
     ]
     async with trio.open_nursery() as nursery:
@@ -169,6 +175,7 @@ def _steady(state: LinkState) -> Callable[[float], LinkState]:
 async def _serve_task(user: TaskUser, stream: trio.abc.Stream) -> None:
     """A user until its task is done; one that fails is recorded and stops alone."""
     try:
+        await trio.sleep_until(user.t0)  # it arrives
         await user.run(stream)
     except Exception as exc:  # its fault is its own: the other users and the servers go on
         user.sink({"ev": "gave_up", "t": trio.current_time(), "user": user.task, "why": str(exc)})

@@ -110,8 +110,10 @@ def _solve_hetnet(scenario: Scenario, policy: str, plan_of: PlanOf) -> dict[str,
             "spec_len": list(plan.spec_len),
             "bandwidth": plan.bandwidth,
             "bandwidth_hz": [
-                float(b) for b in allocation_hz(problem, plan.batches, plan.bandwidth)
+                float(b)
+                for b in allocation_hz(problem, plan.batches, plan.bandwidth, plan.opens_ms)
             ],
+            "opens_ms": list(plan.opens_ms),
             "release_ms": list(ev.release_ms),
             "rounds": list(ev.rounds),
         },

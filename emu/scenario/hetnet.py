@@ -33,7 +33,10 @@ from emu.planner.model import LatencyModel, ModelArch
 from emu.scenario.compute import ArchConfig, LatencyConfig
 from nodes.batched import ACCEPTANCE_MODES
 
-__all__ = ["GpuConfig", "HetnetConfig", "TaskConfig", "hetnet_problem"]
+__all__ = ["ARRIVAL_PROCESSES", "ArrivalsConfig", "GpuConfig", "HetnetConfig", "TaskConfig",
+           "hetnet_problem"]  # fmt: skip
+
+ARRIVAL_PROCESSES = ("batch", "poisson", "trace")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,6 +59,52 @@ class GpuConfig:
     compute_efficiency: float = 0.5
     memory_efficiency: float = 0.8
     launch_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArrivalsConfig:
+    """``[hetnet.arrivals]``: when the tasks arrive, and how often the small cells plan.
+    ``batch`` (the paper's): every task at the start, planned at once; ``poisson``: at
+    ``rate_per_s`` (the first after one gap), drawn with ``sim.seed``; ``trace``: at
+    ``times_s``, one a task. Arrived tasks are planned every ``window_s`` (0: at each
+    arrival)."""
+
+    process: str = "batch"
+    rate_per_s: float = 1.0
+    times_s: tuple[float, ...] = ()
+    window_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.process not in ARRIVAL_PROCESSES:
+            raise ConfigError(
+                f"hetnet.arrivals.process must be one of {', '.join(ARRIVAL_PROCESSES)}, "
+                f"got {self.process!r}"
+            )
+        _positive("hetnet.arrivals.rate_per_s", self.rate_per_s)
+        check_in(
+            "hetnet.arrivals.window_s", self.window_s, 0, 1e6, "in [0, 1e6] (0: at each arrival)"
+        )
+        for i, t in enumerate(self.times_s):
+            if not (isinstance(t, int | float) and math.isfinite(t) and t >= 0):
+                raise ConfigError(
+                    f"hetnet.arrivals.times_s[{i}] must be a time >= 0 [s], got {t!r}"
+                )
+        if self.process == "trace" and not self.times_s:
+            raise ConfigError("hetnet.arrivals.times_s must list a time a task for process = trace")
+
+    def times_ms(self, count: int, seed: int) -> list[float]:
+        """Each of ``count`` tasks' arrival [ms]."""
+        if self.process == "batch":
+            return [0.0] * count
+        if self.process == "trace":
+            if len(self.times_s) != count:
+                raise ConfigError(
+                    f"hetnet.arrivals.times_s lists {len(self.times_s)} times and users.count "
+                    f"is {count}: one a task"
+                )
+            return [1e3 * float(t) for t in self.times_s]
+        gaps = np.random.default_rng([seed, 3]).exponential(1.0 / self.rate_per_s, count)
+        return [float(t) for t in 1e3 * np.cumsum(gaps)]
 
 
 def _range(where: str, pair: tuple[float, ...], lo: float) -> None:
@@ -98,6 +147,7 @@ class HetnetConfig:
     draft_gpu: GpuConfig = field(default_factory=GpuConfig)
     verify_gpu: GpuConfig = field(default_factory=GpuConfig)
     radio: TwoTierConfig | None = None  # [hetnet.radio]: the two tiers place the tasks
+    arrivals: ArrivalsConfig = field(default_factory=ArrivalsConfig)  # [hetnet.arrivals]
 
     def __post_init__(self) -> None:
         _range("hetnet.input_len", self.input_len, 1)
@@ -237,6 +287,10 @@ def hetnet_problem(
         raise ConfigError(f"users.alpha (the pair's acceptance) must be in (0, 1), got {alpha!r}")
     roof = h.time_mode == "roofline"
     tasks, interference = h.placed(h.task_list(count, alpha, seed), seed)
+    arrivals = h.arrivals.times_ms(count, seed)
+    tasks = tuple(
+        dataclasses.replace(t, arrival_ms=a) for t, a in zip(tasks, arrivals, strict=True)
+    )
     cells = 1 + max(t.cell for t in tasks)
     if len(fronthauls) not in (1, cells):
         raise ConfigError(
@@ -275,4 +329,5 @@ def hetnet_problem(
         max_batch=h.max_batch,
         objective=h.objective,
         discipline=h.discipline,
+        window_ms=1e3 * h.arrivals.window_s,
     )

@@ -10,7 +10,9 @@ The cores run a plan the way the evaluator scores it (``emu.planner.hetnet.evalu
 
 - **Uplink.** The small cell grants batch 1's users first, each its share of the band; batch
   m + 1's once batch m's prompts are all in (``batch-ordered``), or everyone at once on B / K
-  (``uniform``). A batch is released when its last prompt arrives.
+  (``uniform``). A batch is released when its last prompt arrives. Under arrivals each batch
+  has its window's opening (``opens_s``): it is granted no earlier, and a window's batches
+  only once the earlier windows' prompts are all in (``uniform``: a window at once).
 - **Small cell.** One server: a batch's draft prefill, then each round's drafts (every task of
   the batch in one batched step), one job at a time, the ready job first by the plan's
   ``discipline`` (``priority``: the plan's earliest batch; ``fifo``: the earliest ready).
@@ -24,6 +26,7 @@ The cores run a plan the way the evaluator scores it (``emu.planner.hetnet.evalu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -134,7 +137,9 @@ class SmallCellCore:
     speculation length, each task's band [Hz], how the band is granted, the servers'
     discipline, and the fronthaul's payload per draft token of the drafts' distributions.
     With several small cells, ``ids`` numbers its batches as the whole plan does (on the wire
-    and at the macro cell, which serves every cell's); by default 0, 1, ..."""
+    and at the macro cell, which serves every cell's); by default 0, 1, .... ``opens_s`` gives
+    when each batch's window opens on the caller's clock (empty: all at once); the shell
+    calls ``open`` then (``next_open_s``)."""
 
     def __init__(
         self,
@@ -147,6 +152,7 @@ class SmallCellCore:
         width: int = 2,
         prob_bytes_per_token: int = 0,
         ids: Sequence[int] = (),
+        opens_s: Sequence[float] = (),
     ) -> None:
         if grant not in GRANTS:
             raise ValueError(f"grant must be one of {', '.join(GRANTS)}, got {grant!r}")
@@ -161,7 +167,9 @@ class SmallCellCore:
         self.prob_bytes_per_token = prob_bytes_per_token
         self.tasks = {k: _Task(m) for m, b in enumerate(self.batches) for k in b}
         self.stats = [BatchStats(b, ln) for b, ln in zip(self.batches, spec_len, strict=True)]
-        self._granted = len(self.batches) if grant == "uniform" else 1  # batches granted
+        self.opens_s = list(opens_s) or [-math.inf] * len(self.batches)
+        self._granted = 0  # batches granted: 0.._granted - 1
+        self._advance(-math.inf)
         self._jobs: list[Job] = []
         self._sent_s: dict[int, float] = {}  # each batch's round in flight: when it left
         self._drafts: dict[int, tuple[tuple[int, ...], ...]] = {}  # ... and its drafts
@@ -196,18 +204,51 @@ class SmallCellCore:
         del self.tasks[task]
         return self._release_if_ready(m, now)
 
+    def open(self, now: float) -> list[Send]:
+        """The clock reached a window's opening (``next_open_s``): its grants, if the
+        earlier batches' uploads are done."""
+        return self._advance(now)
+
+    def next_open_s(self, now: float) -> float:
+        """When, after ``now``, the next batch not yet granted opens (inf: none waits for its
+        window; one whose window is open waits for the uploads before it)."""
+        m = self._granted
+        at = self.opens_s[m] if m < len(self.batches) else math.inf
+        return at if at > now else math.inf
+
+    def _grantable(self, m: int, now: float) -> bool:
+        """Batch m's window has opened, and the band is free for it: the batch before it
+        released (``batch-ordered``), or every batch of the earlier windows (``uniform``)."""
+        if self.opens_s[m] > now:
+            return False
+        if self.grant == "batch-ordered":
+            return m == 0 or self.stats[m - 1].released_s is not None
+        return all(
+            st.released_s is not None
+            for st, at in zip(self.stats[:m], self.opens_s, strict=False)
+            if at < self.opens_s[m]
+        )
+
+    def _advance(self, now: float) -> list[Send]:
+        """Grant every batch whose turn has come, in order."""
+        out: list[Send] = []
+        while self._granted < len(self.batches) and self._grantable(self._granted, now):
+            m = self._granted
+            self._granted += 1
+            out += [self._grant(k) for k in self.batches[m] if self.tasks[k].attached]
+            out += self._release_if_ready(m, now)  # every user of it gone already
+        return out
+
     def _release_if_ready(self, m: int, now: float) -> list[Send]:
-        """Release batch m if every prompt of it is in; the next batch's grants with it."""
+        """Release batch m if it is granted and every prompt of it is in; the next batches'
+        grants with it."""
         st = self.stats[m]
-        if st.released_s is not None or not all(self.tasks[k].prompt for k in self.batches[m]):
+        if st.released_s is not None or m >= self._granted:
+            return []
+        if not all(self.tasks[k].prompt for k in self.batches[m]):
             return []
         st.released_s = now
-        out: list[Send] = []
-        if self.grant == "batch-ordered" and m + 1 == self._granted < len(self.batches):
-            self._granted += 1
-            nxt = self.batches[m + 1]
-            out += [self._grant(k) for k in nxt if self.tasks[k].attached]
-            out += self._release_if_ready(m + 1, now)  # every user of it gone already
+        out: list[Send] = self._advance(now)
         if not self.batches[m]:  # every user of it left before uploading
             st.ended_s = now
         elif self.spec_len[m] == 0:  # the target alone: the prompts straight to the macro cell

@@ -74,7 +74,7 @@ def test_a_cells_own_fronthaul_and_interference_are_its_own() -> None:
 
 
 def test_every_policy_plans_each_cell_apart_and_the_macro_cell_for_all() -> None:
-    p = _two_cells(np.random.default_rng(3), per_cell=5)
+    p = _two_cells(np.random.default_rng(3), per_cell=3)
     for name in ("hetnet", "hetnet-dp", "hetnet-ad", "hetnet-uniform", "hetnet-max-batching"):
         plan = get_policy(name).plan(p)
         plan.check(p)  # every batch within one cell, every task once

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -36,10 +37,12 @@ __all__ = [
     "min_max",
     "min_sum",
     "path_loss_db",
+    "release_times_ms",
     "spectral_efficiency",
     "uniform_release_ms",
     "uplink_bps",
     "upload_bits",
+    "windows",
 ]
 
 
@@ -112,22 +115,96 @@ def uniform_release_ms(problem: HetnetProblem, batches: Sequence[Sequence[int]])
     return [float(times[list(b)].max()) for b in batches]
 
 
-def allocation_hz(
-    problem: HetnetProblem, batches: Sequence[Sequence[int]], mode: str
-) -> FloatArray:
-    """Each task's band [Hz] while it uploads: its batch's min-max share of the whole band
-    (``batch-ordered``, the batches in turn), or B / K (``uniform``)."""
-    if mode == "uniform":
-        return problem.even_share_hz()
-    out = np.zeros(problem.size)
-    for batch in batches:
-        out[list(batch)] = min_max(problem, batch)
+class Window(NamedTuple):
+    """Batches planned together: when they could start, which they are (the plan's numbers),
+    their tasks, those tasks' problem alone, and the batches in its numbers."""
+
+    open_ms: float
+    batches: list[int]
+    tasks: list[int]
+    problem: HetnetProblem
+    local: list[list[int]]
+
+
+def windows(
+    problem: HetnetProblem, batches: Sequence[Sequence[int]], opens_ms: Sequence[float] = ()
+) -> list[Window]:
+    """A plan's windows: its runs of batches with the same ``opens_ms``; without them, one
+    window of the whole problem, opening at 0."""
+    if not opens_ms:
+        return [Window(0.0, list(range(len(batches))), list(range(problem.size)), problem,
+                       [list(b) for b in batches])]  # fmt: skip
+    out = []
+    start = 0
+    for end in range(1, len(batches) + 1):
+        if end < len(batches) and opens_ms[end] == opens_ms[start]:
+            continue
+        idx = list(range(start, end))
+        tasks = [k for m in idx for k in batches[m]]
+        number = {k: i for i, k in enumerate(tasks)}
+        local = [[number[k] for k in batches[m]] for m in idx]
+        out.append(Window(opens_ms[start], idx, tasks, problem.subset(tasks), local))
+        start = end
     return out
 
 
-def uplink_bps(problem: HetnetProblem, batches: Sequence[Sequence[int]], mode: str) -> FloatArray:
-    """Each task's planner rate while it uploads: its band (``allocation_hz``) times eta_k."""
-    return np.asarray(allocation_hz(problem, batches, mode) * spectral_efficiency(problem))
+def release_times_ms(
+    problem: HetnetProblem,
+    batches: Sequence[Sequence[int]],
+    mode: str,
+    opens_ms: Sequence[float] = (),
+) -> list[float]:
+    """U_m: when batch m's last upload ends. A window's tasks share their small cell's band
+    from when it opens, or when the cell's uploads of earlier windows end if later."""
+    out = [0.0] * len(batches)
+    free = [0.0] * problem.cells  # when each cell's band is next free
+    for w in windows(problem, batches, opens_ms):
+        ordered = mode != "uniform"
+        rel = (batch_ordered_release_ms if ordered else uniform_release_ms)(w.problem, w.local)
+        cells = [problem.tasks[batches[m][0]].cell for m in w.batches]
+        start = {c: max(w.open_ms, free[c]) for c in cells}
+        for m, c, r in zip(w.batches, cells, rel, strict=True):
+            out[m] = start[c] + r
+            free[c] = max(free[c], out[m])
+    return out
+
+
+def allocation_hz(
+    problem: HetnetProblem,
+    batches: Sequence[Sequence[int]],
+    mode: str,
+    opens_ms: Sequence[float] = (),
+) -> FloatArray:
+    """Each task's band [Hz] while it uploads: its batch's min-max share of the whole band
+    (``batch-ordered``, the batches in turn), or B / K (``uniform``); K a window's tasks of the
+    cell where the plan has windows."""
+    out = np.zeros(problem.size)
+    for w in windows(problem, batches, opens_ms):
+        if mode == "uniform":
+            out[w.tasks] = w.problem.even_share_hz()
+            continue
+        for batch in w.local:
+            out[[w.tasks[i] for i in batch]] = min_max(w.problem, batch)
+    return out
+
+
+def uplink_bps(
+    problem: HetnetProblem,
+    batches: Sequence[Sequence[int]],
+    mode: str,
+    opens_ms: Sequence[float] = (),
+    gains_db: FloatArray | None = None,
+) -> FloatArray:
+    """Each task's planner rate while it uploads: its band (``allocation_hz``) times eta_k
+    (B_ref its window's); with ``gains_db`` [K, T], at every tick of its faded gain."""
+    band = allocation_hz(problem, batches, mode, opens_ms)
+    shape = (problem.size,) if gains_db is None else np.shape(gains_db)
+    out = np.zeros(shape)
+    for w in windows(problem, batches, opens_ms):
+        gains = None if gains_db is None else np.asarray(gains_db)[w.tasks]
+        eta = spectral_efficiency(w.problem, gains)
+        out[w.tasks] = band[w.tasks].reshape((-1,) + (1,) * (eta.ndim - 1)) * eta
+    return out
 
 
 def exact_upload_ms(problem: HetnetProblem, k: int, hz: float) -> float:

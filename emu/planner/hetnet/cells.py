@@ -32,17 +32,7 @@ def cell_problem(problem: HetnetProblem, cell: int) -> tuple[HetnetProblem, tupl
     """A small cell alone: its tasks (numbered 0.. in its own problem) with its fronthaul and
     interference; and which task of ``problem`` each one is."""
     members = problem.members(cell)
-    bps, tau_ms = problem.fronthaul(cell)
-    rise = problem.interference_dbm_per_hz
-    alone = dataclasses.replace(
-        problem,
-        tasks=tuple(dataclasses.replace(problem.tasks[k], cell=0) for k in members),
-        fronthaul_bps=bps,
-        fronthaul_latency_ms=tau_ms,
-        fronthauls=(),
-        interference_dbm_per_hz=rise[cell : cell + 1] if rise else (),
-    )
-    return alone, members
+    return problem.subset(members), members
 
 
 def planned_by_cell(

@@ -30,9 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from emu.errors import ConfigError
-from emu.planner.hetnet.bandwidth import batch_ordered_release_ms, uniform_release_ms
+from emu.planner.hetnet.bandwidth import release_times_ms
 from emu.planner.hetnet.model import (
     HetnetProblem,
+    Stage,
     expected_max_rounds,
     expected_tokens_per_round,
     prefill_flops,
@@ -56,11 +57,14 @@ BANDWIDTH_MODES = ("batch-ordered", "uniform")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HetnetPlan:
     """Batches of task indices in the order they run, each batch's speculation length (0:
-    autoregressive decoding at the MBS, the AD baseline), and how the band is split."""
+    autoregressive decoding at the MBS, the AD baseline), and how the band is split. Under
+    arrivals, ``opens_ms`` gives each batch's window: when it was planned, the earliest its
+    users may upload (``emu.planner.hetnet.online``; empty: every batch at 0)."""
 
     batches: tuple[tuple[int, ...], ...]
     spec_len: tuple[int, ...]
     bandwidth: str = "batch-ordered"  # or "uniform"
+    opens_ms: tuple[float, ...] = ()
 
     def check(self, problem: HetnetProblem) -> None:
         seen = sorted(k for b in self.batches for k in b)
@@ -83,23 +87,25 @@ class HetnetPlan:
                     f"plan.batches[{m}] holds {len(b)} tasks, over hetnet.max_batch "
                     f"{problem.batch_cap}"
                 )
+        if self.opens_ms:
+            if len(self.opens_ms) != len(self.batches):
+                raise ConfigError("plan.opens_ms must give one time a batch")
+            if any(b < a for a, b in zip(self.opens_ms, self.opens_ms[1:], strict=False)):
+                raise ConfigError("plan.opens_ms must not decrease: windows run in turn")
+            for m, b in enumerate(self.batches):
+                late = max(problem.tasks[k].arrival_ms for k in b)
+                if late > self.opens_ms[m]:
+                    raise ConfigError(
+                        f"plan.batches[{m}] opens at {self.opens_ms[m]:g} ms, before its task "
+                        f"arrives at {late:g} ms"
+                    )
+        elif problem.online:
+            raise ConfigError("plan.opens_ms must give each batch's window: tasks arrive over time")
         if self.bandwidth not in BANDWIDTH_MODES:
             raise ConfigError(
                 f"plan.bandwidth must be one of {', '.join(BANDWIDTH_MODES)}, "
                 f"got {self.bandwidth!r}"
             )
-
-
-@dataclass(frozen=True, slots=True)
-class Stage:
-    """One step of a batch: it holds ``resource`` for ``hold_ms``, and the next step may start
-    ``after_ms`` after it ends (a fronthaul's latency)."""
-
-    round: int  # 0: the prefill; 1..R: the rounds
-    what: str  # prefill | draft | up | verify | down
-    resource: str
-    hold_ms: float
-    after_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +121,8 @@ class Timed:
 class HetnetEvaluation:
     """The evaluator's account of a plan [ms]."""
 
-    latency_ms: tuple[float, ...]  # T_k per task
+    latency_ms: tuple[float, ...]  # T_k per task, from its arrival
+    arrival_ms: tuple[float, ...]  # a_k per task
     release_ms: tuple[float, ...]  # U_m per batch
     rounds: tuple[int, ...]  # R_m per batch
     timeline: tuple[Timed, ...]  # every stage as it ran
@@ -126,7 +133,8 @@ class HetnetEvaluation:
 
     @property
     def makespan_ms(self) -> float:
-        return max(self.latency_ms)
+        """When the last task ends (from the start, its arrival and latency)."""
+        return max(a + t for a, t in zip(self.arrival_ms, self.latency_ms, strict=True))
 
     def objective(self, problem: HetnetProblem) -> float:
         return self.total_ms if problem.objective == "sum" else self.makespan_ms
@@ -146,9 +154,10 @@ class HetnetEvaluation:
         }
 
     def breakdown_ms(self, plan: HetnetPlan) -> dict[str, float]:
-        """Where a task's latency goes, the mean over tasks: waiting for its batch's uploads,
-        drafting (and the drafts' prefill), the fronthaul (holding it, and its latency),
-        verifying, and queueing for a busy server or link (the rest)."""
+        """Where a task's latency goes, the mean over tasks: waiting for its batch's uploads
+        (from its arrival: its window's close too), drafting (and the drafts' prefill), the
+        fronthaul (holding it, and its latency), verifying, and queueing for a busy server or
+        link (the rest)."""
         spent = {
             m: dict.fromkeys(("draft", "fronthaul", "verify"), 0.0)
             for m in range(len(plan.batches))
@@ -161,11 +170,13 @@ class HetnetEvaluation:
         size = len(self.latency_ms)
         for m, batch in enumerate(plan.batches):
             share = len(batch) / size
-            busy = self.release_ms[m] + sum(spent[m].values())
-            out["upload_wait"] += share * self.release_ms[m]
+            work = sum(spent[m].values())
             for kind, ms in spent[m].items():
                 out[kind] += share * ms
-            out["queue"] += share * (self.latency_ms[batch[0]] - busy)
+            for k in batch:
+                wait = self.release_ms[m] - self.arrival_ms[k]
+                out["upload_wait"] += wait / size
+                out["queue"] += (self.latency_ms[k] - wait - work) / size
         return out
 
 
@@ -247,12 +258,6 @@ def _chain(
     return cache[key]
 
 
-def release_ms(problem: HetnetProblem, plan: HetnetPlan) -> list[float]:
-    if plan.bandwidth == "uniform":
-        return uniform_release_ms(problem, plan.batches)
-    return batch_ordered_release_ms(problem, plan.batches)
-
-
 def evaluate(
     problem: HetnetProblem,
     plan: HetnetPlan,
@@ -265,21 +270,30 @@ def evaluate(
     False`` leaves the timeline empty (a search, which needs only the latencies)."""
     plan.check(problem)
     priority = problem.discipline == "priority"
-    released = release_ms(problem, plan)
-    chains = [
+    released = release_times_ms(problem, plan.batches, plan.bandwidth, plan.opens_ms)
+    # The earlier windows' batches still running (``problem.carried``) come first: 0..C - 1.
+    carried = len(problem.carried)
+    chains = [list(c) for _, c in problem.carried] + [
         _chain(problem, b, ln, cache) for b, ln in zip(plan.batches, plan.spec_len, strict=True)
     ]
     nxt = [0] * len(chains)  # each batch's next stage
-    events: list[tuple[float, int, int]] = [(u, 1, m) for m, u in enumerate(released)]
-    heapq.heapify(events)  # (time, 0: a resource frees | 1: a stage is ready, batch)
+    readies = [ready for ready, _ in problem.carried] + released
+    events: list[tuple[float, int, int]] = [(u, 1, m) for m, u in enumerate(readies)]
+    heapq.heapify(events)  # (time, 0: a stage ends | 1: a stage is ready, batch | 2: ...)
     resources = [
         r if r == "mbs" else r + problem.cell_suffix(c)
         for c in range(problem.cells)
         for r in RESOURCES
     ]
+    resources += [stage.resource for _, c in problem.carried for stage in c]
     resources = list(dict.fromkeys(resources))
     queues: dict[str, list[tuple[float, float, int]]] = {r: [] for r in resources}
     busy: dict[str, int | None] = dict.fromkeys(resources)
+    for i, r in enumerate(resources):  # held by earlier work until then (-1: no batch)
+        held = dict(problem.free_at_ms).get(r, 0.0)
+        if held > 0:
+            busy[r] = -1
+            heapq.heappush(events, (held, 2, i))
     started: dict[int, tuple[float, float]] = {}
     timeline: list[Timed] = []
     done_ms = [0.0] * len(chains)
@@ -287,6 +301,9 @@ def evaluate(
         now = events[0][0]
         while events and events[0][0] == now:  # every event of this instant, then dispatch
             _, kind, m = heapq.heappop(events)
+            if kind == 2:  # a resource's earlier work ends (m is its index)
+                busy[resources[m]] = None
+                continue
             if kind == 1:
                 first = float(m) if priority else now  # served in this order
                 heapq.heappush(queues[chains[m][nxt[m]].resource], (first, now, m))
@@ -294,8 +311,8 @@ def evaluate(
             stage = chains[m][nxt[m]]
             busy[stage.resource] = None
             ready, start = started.pop(m)
-            if record:
-                timeline.append(Timed(m, stage, ready, start, now))
+            if record and m >= carried:
+                timeline.append(Timed(m - carried, stage, ready, start, now))
             nxt[m] += 1
             if nxt[m] == len(chains[m]):
                 done_ms[m] = now + stage.after_ms
@@ -311,12 +328,14 @@ def evaluate(
                 busy[resource] = m
                 started[m] = (ready, now)
                 heapq.heappush(events, (now + stage.hold_ms, 0, m))
+    arrival = [t.arrival_ms for t in problem.tasks]
     latency = [0.0] * problem.size
     for m, batch in enumerate(plan.batches):
         for k in batch:
-            latency[k] = done_ms[m]
+            latency[k] = done_ms[carried + m] - arrival[k]
     return HetnetEvaluation(
         latency_ms=tuple(latency),
+        arrival_ms=tuple(arrival),
         release_ms=tuple(released),
         rounds=tuple(
             rounds_of(problem, b, ln) for b, ln in zip(plan.batches, plan.spec_len, strict=True)

@@ -12,6 +12,7 @@ matrices where LLaMA's SwiGLU has three: the paper's form, kept.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ __all__ = [
     "TIME_MODES",
     "HetnetProblem",
     "Roofline",
+    "Stage",
     "Task",
     "expected_max_rounds",
     "expected_tokens_per_round",
@@ -55,7 +57,9 @@ class Task:
     """One user's request: its prompt (``input_len``) and expected output (``output_len``)
     tokens, its uplink (its small cell, the distance to it, its path gain, transmit power) and
     its acceptance. ``gain_db`` None is the paper's law at ``distance_m`` (hetnet.md 3.4); the
-    two-tier radio (``channel_models.two_tier``) gives it with shadowing and its own law."""
+    two-tier radio (``channel_models.two_tier``) gives it with shadowing and its own law.
+    ``arrival_ms`` is when the user asks (0: at the start, the paper's offline batch); its
+    latency counts from then."""
 
     input_len: int
     output_len: int
@@ -64,6 +68,7 @@ class Task:
     alpha: float = 0.75
     cell: int = 0
     gain_db: float | None = None
+    arrival_ms: float = 0.0
 
     def check(self, k: int, *, where: str = "hetnet.tasks") -> None:
         """ConfigError naming ``where[k]``'s field unless every field is in its range."""
@@ -81,6 +86,22 @@ class Task:
             raise ConfigError(
                 f"{where}[{k}].gain_db must be a finite number < 0, got {self.gain_db!r}"
             )
+        if not (math.isfinite(self.arrival_ms) and self.arrival_ms >= 0):
+            raise ConfigError(
+                f"{where}[{k}].arrival_ms must be a finite number >= 0, got {self.arrival_ms!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One step of a batch (``evaluate.stages_of``): it holds ``resource`` for ``hold_ms``,
+    and the next step may start ``after_ms`` after it ends (a fronthaul's latency)."""
+
+    round: int  # 0: the prefill; 1..R: the rounds
+    what: str  # prefill | draft | up | verify | down
+    resource: str
+    hold_ms: float
+    after_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,7 +183,11 @@ class HetnetProblem:
     small cell has a server, a band of ``bandwidth_hz`` and a fronthaul of its own (``fronthauls``
     [(bit/s, one-way ms)] a cell; empty: every one ``fronthaul_bps``, ``fronthaul_latency_ms``),
     and hears ``interference_dbm_per_hz`` over the noise (one a cell; empty: none). The macro
-    cell's server is the one they share."""
+    cell's server is the one they share.
+
+    Tasks that arrive over time (``Task.arrival_ms``) are planned a window at a time: every
+    ``window_ms`` the tasks that arrived since the last window closed are planned as a problem
+    of their own (``emu.planner.hetnet.online``); 0 plans each arrival as it comes."""
 
     tasks: tuple[Task, ...]
     draft: ModelArch
@@ -188,6 +213,13 @@ class HetnetProblem:
     reference_bandwidth_hz: float = field(default=0.0)  # B_ref; 0: B / K of the task's cell
     fronthauls: tuple[tuple[float, float], ...] = ()  # (R_F, tau_F) a small cell
     interference_dbm_per_hz: tuple[float, ...] = ()  # a small cell's (-inf: none)
+    window_ms: float = 0.0  # re-planning period under arrivals (0: at each arrival)
+    # When a server or link is first free [ms] by its name (sbs, mbs, fh_up1, ...): the work
+    # the earlier windows left on it, for planning a window (online.py); absent: at 0.
+    free_at_ms: tuple[tuple[str, float], ...] = ()
+    # ... and the earlier windows' batches still running then: each one's next stage's ready
+    # time [ms] and its stages left, served before the plan's batches (``priority``).
+    carried: tuple[tuple[float, tuple[Stage, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -236,6 +268,10 @@ class HetnetProblem:
                 raise ConfigError(
                     f"hetnet.{name} must give one a small cell ({self.cells}), got {given}"
                 )
+        if not (math.isfinite(self.window_ms) and self.window_ms >= 0):
+            raise ConfigError(
+                f"hetnet.arrivals.window_s must be >= 0, got {self.window_ms / 1e3!r}"
+            )
         for c, (bps, tau_ms) in enumerate(self.fronthauls):
             _positive(f"hetnet.fronthauls[{c}] rate", bps)
             if not (math.isfinite(tau_ms) and tau_ms >= 0):
@@ -263,6 +299,26 @@ class HetnetProblem:
     def members(self, cell: int) -> tuple[int, ...]:
         """The tasks of a small cell."""
         return tuple(k for k, t in enumerate(self.tasks) if t.cell == cell)
+
+    @property
+    def online(self) -> bool:
+        """Whether any task arrives after the start (planned a window at a time)."""
+        return any(t.arrival_ms > 0 for t in self.tasks)
+
+    def subset(self, tasks: Sequence[int]) -> HetnetProblem:
+        """The problem of ``tasks`` alone (numbered 0.. in that order): their small cells
+        numbered 0.. in order, each with its fronthaul and interference."""
+        used = sorted({self.tasks[k].cell for k in tasks})
+        number = {c: i for i, c in enumerate(used)}
+        rise = self.interference_dbm_per_hz
+        return dataclasses.replace(
+            self,
+            tasks=tuple(
+                dataclasses.replace(self.tasks[k], cell=number[self.tasks[k].cell]) for k in tasks
+            ),
+            fronthauls=tuple(self.fronthaul(c) for c in used) if self.fronthauls else (),
+            interference_dbm_per_hz=tuple(rise[c] for c in used) if rise else (),
+        )
 
     def fronthaul(self, cell: int) -> tuple[float, float]:
         """A small cell's fronthaul: its rate [bit/s] and one-way latency [ms]."""

@@ -23,6 +23,7 @@ from emu.planner.hetnet.dp import dp_plan
 from emu.planner.hetnet.evaluate import HetnetPlan
 from emu.planner.hetnet.exact import EXACT_MAX_TASKS, exact_plan
 from emu.planner.hetnet.model import HetnetProblem
+from emu.planner.hetnet.online import planned_online
 from emu.planner.hetnet.refine import planned, refined_plan
 
 __all__ = ["HETNET_POLICIES", "HetnetPolicy"]
@@ -40,7 +41,13 @@ class HetnetPolicy:
     system: str = "hetnet"
 
     def plan(self, problem: HetnetProblem, previous: HetnetPlan | None = None) -> HetnetPlan:
-        """The policy's plan; with several small cells, each cell's, merged (``cells``)."""
+        """The policy's plan; with several small cells, each cell's, merged (``cells``); with
+        arrivals, a window at a time (``online``)."""
+        if self.name == "hetnet":  # each window's plan no worse than the DP's after the others
+            return planned_online(self._offline, problem, lambda w: planned_by_cell(dp_plan, w))
+        return planned_online(self._offline, problem)
+
+    def _offline(self, problem: HetnetProblem) -> HetnetPlan:
         if self.name == "hetnet-exact":  # exact over the whole network, or refused
             return self.solve(problem)
         if self.name == "hetnet":  # never worse than the DP's cell plans merged alike

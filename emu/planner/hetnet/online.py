@@ -1,0 +1,142 @@
+"""Planning tasks that arrive over time (deliverable 4 of the heterogeneous-edge system; the
+paper plans one batch of tasks all there at the start): a window at a time.
+
+Layer: pure (emu.planner).
+
+Every ``window_ms`` (``HetnetProblem.window_ms``; 0: at every arrival) the small cells' tasks
+that arrived since the last window closed are planned as a problem of their own, by whichever
+policy runs, as if they had all arrived when the window closed. The window's batches follow the
+earlier windows' in the plan's order (the macro cell serves them after: ``priority``), and its
+users upload once the window has closed and the earlier windows' uploads of their cell have
+ended (``bandwidth.release_times_ms``).
+
+A window's plan uses only what the small cells know when it closes: its own tasks, and the
+earlier windows' plan as the evaluator runs it, cut at the window's close: the stage each
+server or link is in the middle of (``HetnetProblem.free_at_ms``) and the stages each
+unfinished batch has left (``HetnetProblem.carried``), served before the window's batches as
+``priority`` serves them. Several planners' window plans may be candidates; the one kept scores
+best on the whole plan so far (the ``hetnet`` policy's and the DP's).
+
+What this misses (BENCHMARKS.md, online arrivals): a window's plan is chosen for its own tasks,
+not for the later windows' tasks that will queue behind its work. A window alone prefers
+shorter drafts (its rounds draft and verify in series); under load the batches overlap and the
+macro cell is the bottleneck, where longer drafts (fewer verifications) serve later tasks
+sooner. Weighing that wait (the later arrivals' rate times the square of the work's span, over
+two) moved the planner by 1-3% either way, so it is not in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+from emu.planner.hetnet.evaluate import HetnetPlan, Timed, evaluate
+from emu.planner.hetnet.model import HetnetProblem, Stage
+
+__all__ = ["opening_ms", "planned_online"]
+
+
+def opening_ms(problem: HetnetProblem, k: int) -> float:
+    """When task k is planned: the close of the window it arrives in (at its arrival for
+    ``window_ms`` 0, and at 0 for a task there at the start)."""
+    a, w = problem.tasks[k].arrival_ms, problem.window_ms
+    return a if w == 0 else math.ceil(a / w - 1e-9) * w
+
+
+def planned_online(
+    solve: Callable[[HetnetProblem], HetnetPlan],
+    problem: HetnetProblem,
+    *others: Callable[[HetnetProblem], HetnetPlan],
+) -> HetnetPlan:
+    """``solve``'s plan of each window's tasks, in turn; ``solve`` itself when every task is
+    there at the start. ``others``' plans of a window are candidates too: the one kept is the
+    one the evaluator scores best after the earlier windows' plan (every task so far)."""
+    if not problem.online:
+        return solve(problem)
+    by_window: dict[float, list[int]] = {}
+    for k in range(problem.size):
+        by_window.setdefault(opening_ms(problem, k), []).append(k)
+    plan = HetnetPlan(batches=(), spec_len=(), opens_ms=())
+    so_far: list[int] = []
+    for at, tasks in sorted(by_window.items()):
+        window = _window_problem(problem, plan, at, tasks)
+        so_far += tasks
+        candidates = [_then(plan, s(window), tasks, at) for s in (solve, *others)]
+        if len(candidates) == 1:
+            plan = candidates[0]
+            continue
+        seen = problem.subset(sorted(so_far))
+        plan = min(candidates, key=lambda c: _score_so_far(seen, sorted(so_far), c))
+    return plan
+
+
+def _then(before: HetnetPlan, mine: HetnetPlan, tasks: list[int], at: float) -> HetnetPlan:
+    """``before`` and then a window's plan ``mine`` (of ``tasks``, opening at ``at``)."""
+    return HetnetPlan(
+        batches=(*before.batches, *(tuple(tasks[i] for i in b) for b in mine.batches)),
+        spec_len=(*before.spec_len, *mine.spec_len),
+        bandwidth=mine.bandwidth,  # a policy splits every window's band by its one rule
+        opens_ms=(*before.opens_ms, *([at] * len(mine.batches))),
+    )
+
+
+def _score_so_far(seen: HetnetProblem, tasks: list[int], plan: HetnetPlan) -> float:
+    """The evaluator's objective of ``plan`` over the tasks so far (``seen``, of ``tasks``)."""
+    index = {k: i for i, k in enumerate(tasks)}
+    local = dataclasses.replace(
+        plan, batches=tuple(tuple(index[k] for k in b) for b in plan.batches)
+    )
+    return evaluate(seen, local, record=False).objective(seen)
+
+
+def _window_problem(
+    problem: HetnetProblem, before: HetnetPlan, at: float, tasks: list[int]
+) -> HetnetProblem:
+    """The tasks of the window closing at ``at`` as a problem of their own, all there at its
+    start, with the earlier windows' work as the evaluator has it then: the stage each server
+    or link is in the middle of (``free_at_ms``) and the stages each unfinished batch has left
+    (``carried``, ahead of the window's batches)."""
+    window = problem.subset(tasks)
+    number = {problem.tasks[k].cell: window.tasks[i].cell for i, k in enumerate(tasks)}
+    free_at: dict[str, float] = {}
+    carried: list[tuple[float, tuple[Stage, ...]]] = []
+    if before.batches:
+        earlier = sorted(k for b in before.batches for k in b)
+        index = {k: i for i, k in enumerate(earlier)}
+        plan = HetnetPlan(
+            batches=tuple(tuple(index[k] for k in b) for b in before.batches),
+            spec_len=before.spec_len,
+            bandwidth=before.bandwidth,
+            opens_ms=before.opens_ms,
+        )
+        timed: dict[int, list[Timed]] = {}
+        for t in evaluate(problem.subset(earlier), plan).timeline:
+            timed.setdefault(t.batch, []).append(t)
+        for m in range(len(before.batches)):
+            cell = problem.tasks[before.batches[m][0]].cell
+
+            def renamed(stage: Stage, cell: int = cell) -> Stage:
+                kind = stage.resource.rstrip("0123456789")
+                if kind == "mbs":
+                    return stage
+                suffix = window.cell_suffix(number[cell]) if cell in number else f"@{cell}"
+                return dataclasses.replace(stage, resource=kind + suffix)
+
+            stages = sorted(timed[m], key=lambda t: t.start_ms)
+            left = [t for t in stages if t.end_ms > at]
+            if left and left[0].start_ms < at:  # in the middle of it: its resource held
+                name = renamed(left[0].stage).resource
+                free_at[name] = max(free_at.get(name, 0.0), left[0].end_ms - at)
+                ready = left[0].end_ms + left[0].stage.after_ms - at
+                left = left[1:]
+            elif left:
+                ready = max(0.0, left[0].ready_ms - at)
+            if left:
+                carried.append((ready, tuple(renamed(t.stage) for t in left)))
+    return dataclasses.replace(
+        window,
+        tasks=tuple(dataclasses.replace(t, arrival_ms=0.0) for t in window.tasks),
+        free_at_ms=tuple(sorted(free_at.items())),
+        carried=tuple(carried),
+    )
