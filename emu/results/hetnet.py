@@ -96,6 +96,7 @@ def hetnet_result(
         else dict(zip(("p50", "p95"), map(float, np.percentile(ttft, [50, 95])), strict=True)),
         "acceptance_rate": accepted / drafted if drafted else None,
         "mean_accepted_len": (accepted + task_rounds) / task_rounds if task_rounds else None,
+        "mean_draft_len": drafted / task_rounds if task_rounds else None,
         "tokens": tokens,
         "rounds": sum(s.rounds for s in stats),
         "predicted_rounds": sum(ev.rounds),

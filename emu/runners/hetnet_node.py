@@ -102,7 +102,7 @@ async def _small(
     models = hetnet_models(sc, sc.hetnet_problem())
     problem = models.problem
     plan = read_plan(run_dir)
-    core = small_cell_core(problem, plan, cell)
+    core = small_cell_core(problem, plan, cell, learn=sc.hetnet.learn_alpha)
     pacer = _pacer(sc)
     name = "sbs" + problem.cell_suffix(cell)
     sbs = SmallCellNode(

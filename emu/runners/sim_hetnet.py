@@ -34,6 +34,7 @@ from emu.errors import ConfigError
 from emu.files import write_atomic
 from emu.models.hetnet import HetnetModels, hetnet_models, predicting
 from emu.planner import get_policy
+from emu.planner.hetnet.adapt import next_length
 from emu.planner.hetnet.bandwidth import allocation_hz, gain_db, uplink_bps
 from emu.planner.hetnet.evaluate import HetnetPlan, evaluate
 from emu.planner.hetnet.model import HetnetProblem
@@ -54,12 +55,18 @@ Progress = Callable[[str, float], None]
 
 
 def small_cell_core(
-    problem: HetnetProblem, plan: HetnetPlan, cell: int = 0, *, t0: float = 0.0
+    problem: HetnetProblem,
+    plan: HetnetPlan,
+    cell: int = 0,
+    *,
+    t0: float = 0.0,
+    learn: bool = False,
 ) -> SmallCellCore:
     """Small cell ``cell``'s core running its batches of ``plan`` (numbered as the plan does):
     each task's band, the grants, the discipline, the uplink's token width, the fronthaul's
-    distributions, and when each batch's window opens (the plan's, from ``t0`` on the caller's
-    clock)."""
+    distributions, when each batch's window opens (the plan's, from ``t0`` on the caller's
+    clock), the acceptance the planner was told and, with ``learn``, each round's length
+    from the acceptance learned (``hetnet.learn_alpha``)."""
     mine = [m for m, b in enumerate(plan.batches) if problem.tasks[b[0]].cell == cell]
     band = allocation_hz(problem, plan.batches, plan.bandwidth, plan.opens_ms)
     return SmallCellCore(
@@ -72,6 +79,8 @@ def small_cell_core(
         prob_bytes_per_token=problem.vocab * problem.prob_bits // 8,
         ids=mine,
         opens_s=[t0 + plan.opens_ms[m] / 1e3 for m in mine] if plan.opens_ms else (),
+        priors=[t.alpha for t in problem.believed().tasks],
+        adapt=functools.partial(next_length, problem, cell) if learn else None,
     )
 
 
@@ -127,7 +136,7 @@ async def _run_policy(
     t0 = trio.current_time()
     cells = [
         SmallCellNode(
-            small_cell_core(problem, plan, c, t0=t0),
+            small_cell_core(problem, plan, c, t0=t0, learn=sc.hetnet.learn_alpha),
             drafter,
             pacer=Pacer("virtual"),
             sink=rec.for_node("sbs" + problem.cell_suffix(c)),

@@ -148,6 +148,12 @@ class HetnetConfig:
     verify_gpu: GpuConfig = field(default_factory=GpuConfig)
     radio: TwoTierConfig | None = None  # [hetnet.radio]: the two tiers place the tasks
     arrivals: ArrivalsConfig = field(default_factory=ArrivalsConfig)  # [hetnet.arrivals]
+    # Each task's own acceptance: users.alpha (or its listed one) + U(-spread, spread); the
+    # planner is told it (alpha_known) or only users.alpha; learn_alpha: the small cell learns
+    # it from the verdicts and chooses each round's length with it (sim).
+    alpha_spread: float = 0.0
+    alpha_known: bool = True
+    learn_alpha: bool = False
 
     def __post_init__(self) -> None:
         _range("hetnet.input_len", self.input_len, 1)
@@ -171,6 +177,12 @@ class HetnetConfig:
             if value not in allowed:
                 raise ConfigError(
                     f"hetnet.{name} must be one of {', '.join(allowed)}, got {value!r}"
+                )
+        check_in("hetnet.alpha_spread", self.alpha_spread, 0, 0.45, "in [0, 0.45]")
+        for name in ("alpha_known", "learn_alpha"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"hetnet.{name} must be true or false, got {getattr(self, name)!r}"
                 )
         for name in ("draft_context", "target_context"):
             check_in(f"hetnet.{name}", getattr(self, name), 1, 10**8, "an integer >= 1")
@@ -291,6 +303,16 @@ def hetnet_problem(
     tasks = tuple(
         dataclasses.replace(t, arrival_ms=a) for t, a in zip(tasks, arrivals, strict=True)
     )
+    if h.alpha_spread > 0:  # its own stream: the lengths, places and arrivals stay put
+        shift = np.random.default_rng([seed, 4]).uniform(-h.alpha_spread, h.alpha_spread, count)
+        tasks = tuple(
+            dataclasses.replace(
+                t,
+                alpha=float(np.clip(t.alpha + d, 0.02, 0.98)),
+                prior_alpha=None if h.alpha_known else t.alpha,
+            )
+            for t, d in zip(tasks, shift, strict=True)
+        )
     cells = 1 + max(t.cell for t in tasks)
     if len(fronthauls) not in (1, cells):
         raise ConfigError(

@@ -19,6 +19,10 @@ The cores run a plan the way the evaluator scores it (``emu.planner.hetnet.evalu
 - **Macro cell.** One server: each round's verification (with the target's prefill in round 1),
   by the same discipline. A batch at length 0 is decoded by the target alone: its prefill, then a
   pass a token until every task has its tokens, then one verdict.
+- **Learned acceptance.** Each task's acceptance is learned from its verdicts (a Beta
+  posterior from the planner's ``priors``, ``PRIOR_TOKENS`` strong); with ``adapt``, a
+  speculative batch's length is chosen again before each round from it
+  (``emu.planner.hetnet.adapt``).
 - **Static batching.** A batch runs until each of its tasks has the tokens it asked for, its
   finished tasks still in its passes (padding); each task's tokens go to its user as they are
   verified, and every task of a batch is done when the batch ends (the evaluator's T_k).
@@ -29,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from nodes.protocol.hetnet import (
     BatchDraft,
@@ -52,6 +57,16 @@ __all__ = [
 ]
 
 GRANTS = ("batch-ordered", "uniform")
+PRIOR_TOKENS = 8.0  # the planner's acceptance counts as this many draft tokens seen
+
+
+class Adapt(Protocol):
+    """A rule for a batch's next length: from its tasks, its KV length, each unfinished task's
+    (tokens wanted, acceptance learned), and whether other batches are running."""
+
+    def __call__(
+        self, n: int, context: int, members: Sequence[tuple[int, float]], *, pipelined: bool
+    ) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +145,8 @@ class _Task:
     wanted: int = 0
     generated: list[int] = field(default_factory=list)  # every token its passes made
     delivered: int = 0  # of them, sent to its user (at most ``wanted``)
+    accepted: int = 0  # draft tokens accepted, and rejections seen (a round's first rejected)
+    rejected: int = 0
 
 
 class SmallCellCore:
@@ -139,7 +156,9 @@ class SmallCellCore:
     With several small cells, ``ids`` numbers its batches as the whole plan does (on the wire
     and at the macro cell, which serves every cell's); by default 0, 1, .... ``opens_s`` gives
     when each batch's window opens on the caller's clock (empty: all at once); the shell
-    calls ``open`` then (``next_open_s``)."""
+    calls ``open`` then (``next_open_s``). ``priors`` gives each task's acceptance as the
+    planner was told it (by task id; empty: 0.5), ``adapt`` the rule for each round's length
+    (None: the plan's)."""
 
     def __init__(
         self,
@@ -153,6 +172,8 @@ class SmallCellCore:
         prob_bytes_per_token: int = 0,
         ids: Sequence[int] = (),
         opens_s: Sequence[float] = (),
+        priors: Sequence[float] = (),
+        adapt: Adapt | None = None,
     ) -> None:
         if grant not in GRANTS:
             raise ValueError(f"grant must be one of {', '.join(GRANTS)}, got {grant!r}")
@@ -168,6 +189,8 @@ class SmallCellCore:
         self.tasks = {k: _Task(m) for m, b in enumerate(self.batches) for k in b}
         self.stats = [BatchStats(b, ln) for b, ln in zip(self.batches, spec_len, strict=True)]
         self.opens_s = list(opens_s) or [-math.inf] * len(self.batches)
+        self.priors = list(priors)
+        self.adapt = adapt
         self._granted = 0  # batches granted: 0.._granted - 1
         self._advance(-math.inf)
         self._jobs: list[Job] = []
@@ -334,10 +357,14 @@ class SmallCellCore:
             st.accepted_tokens += v.accepted[i]
             t = self.tasks[k]
             t.generated += (*drafted[: v.accepted[i]], *v.tokens[i])
+            t.accepted += v.accepted[i]
+            t.rejected += v.accepted[i] < len(drafted)
         done = all(len(self.tasks[k].generated) >= self.tasks[k].wanted for k in tasks)
         if done or self.spec_len[m] == 0:
             st.ended_s = now
         else:
+            if self.adapt is not None:
+                self.spec_len[m] = self._adapted(m)
             self._jobs.append(Job(m, "draft", v.round + 1, now))
         for k in tasks:
             t = self.tasks[k]
@@ -347,6 +374,26 @@ class SmallCellCore:
                 done = st.ended_s is not None
                 out.append(ToUser(k, Tokens(task=k, tokens=tuple(new), done=done)))
         return out
+
+    def learned_alpha(self, task: int) -> float:
+        """Task ``task``'s acceptance as learned so far: the posterior mean of a draft token's
+        acceptance (accepted over accepted and rejected), from its prior."""
+        t = self._task(task)
+        prior = self.priors[task] if self.priors else 0.5
+        seen = t.accepted + t.rejected
+        return (t.accepted + prior * PRIOR_TOKENS) / (seen + PRIOR_TOKENS)
+
+    def _adapted(self, m: int) -> int:
+        assert self.adapt is not None
+        tasks = self.batches[m]
+        members = [
+            (t.wanted - len(t.generated), self.learned_alpha(k))
+            for k in tasks
+            if len((t := self.tasks[k]).generated) < t.wanted
+        ]
+        context = max(len(self.tasks[k].prompt) + len(self.tasks[k].generated) for k in tasks)
+        running = sum(st.released_s is not None and st.ended_s is None for st in self.stats)
+        return self.adapt(len(tasks), context, members, pipelined=running > 1)
 
     @property
     def finished(self) -> bool:

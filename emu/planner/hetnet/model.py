@@ -59,7 +59,8 @@ class Task:
     its acceptance. ``gain_db`` None is the paper's law at ``distance_m`` (hetnet.md 3.4); the
     two-tier radio (``channel_models.two_tier``) gives it with shadowing and its own law.
     ``arrival_ms`` is when the user asks (0: at the start, the paper's offline batch); its
-    latency counts from then."""
+    latency counts from then. ``prior_alpha`` is the acceptance the planner is told where it
+    is not the task's own (``HetnetProblem.believed``); None: the planner knows ``alpha``."""
 
     input_len: int
     output_len: int
@@ -69,6 +70,7 @@ class Task:
     cell: int = 0
     gain_db: float | None = None
     arrival_ms: float = 0.0
+    prior_alpha: float | None = None
 
     def check(self, k: int, *, where: str = "hetnet.tasks") -> None:
         """ConfigError naming ``where[k]``'s field unless every field is in its range."""
@@ -85,6 +87,10 @@ class Task:
         if self.gain_db is not None and not (math.isfinite(self.gain_db) and self.gain_db < 0):
             raise ConfigError(
                 f"{where}[{k}].gain_db must be a finite number < 0, got {self.gain_db!r}"
+            )
+        if self.prior_alpha is not None and not 0.0 < self.prior_alpha < 1.0:
+            raise ConfigError(
+                f"{where}[{k}].prior_alpha must be in (0, 1), got {self.prior_alpha!r}"
             )
         if not (math.isfinite(self.arrival_ms) and self.arrival_ms >= 0):
             raise ConfigError(
@@ -299,6 +305,18 @@ class HetnetProblem:
     def members(self, cell: int) -> tuple[int, ...]:
         """The tasks of a small cell."""
         return tuple(k for k, t in enumerate(self.tasks) if t.cell == cell)
+
+    def believed(self) -> HetnetProblem:
+        """The problem as the planner is told it: each task's acceptance its ``prior_alpha``
+        where it has one (the evaluator of the problem itself is the truth)."""
+        if all(t.prior_alpha is None for t in self.tasks):
+            return self
+        told = tuple(
+            t if t.prior_alpha is None else dataclasses.replace(t, alpha=t.prior_alpha,
+                                                                 prior_alpha=None)
+            for t in self.tasks
+        )  # fmt: skip
+        return dataclasses.replace(self, tasks=told)
 
     @property
     def online(self) -> bool:

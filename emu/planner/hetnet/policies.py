@@ -42,7 +42,9 @@ class HetnetPolicy:
 
     def plan(self, problem: HetnetProblem, previous: HetnetPlan | None = None) -> HetnetPlan:
         """The policy's plan; with several small cells, each cell's, merged (``cells``); with
-        arrivals, a window at a time (``online``)."""
+        arrivals, a window at a time (``online``); with the acceptance the planner is told
+        (``HetnetProblem.believed``)."""
+        problem = problem.believed()
         if self.name == "hetnet":  # each window's plan no worse than the DP's after the others
             return planned_online(self._offline, problem, lambda w: planned_by_cell(dp_plan, w))
         return planned_online(self._offline, problem)
