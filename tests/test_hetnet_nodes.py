@@ -390,13 +390,13 @@ def test_a_window_is_granted_when_it_opens_and_the_band_is_free() -> None:
     assert len([s for s in uniform.upload(_upload(0), 1.2) if isinstance(s, ToUser)]) == 2
 
 
-def test_run_refuses_arrivals_over_time_in_one_line(tmp_path: object) -> None:
+def test_the_node_processes_read_the_plan_the_runner_wrote(tmp_path: object) -> None:
     from pathlib import Path
 
-    out = Path(str(tmp_path))
-    f = out / "arrivals.toml"
-    f.write_text('preset = "hetnet"\n[users]\ncount = 4\n[hetnet.arrivals]\nprocess = "poisson"\n')
-    r = draftnet("run", str(f), "--out", str(out / "out"))
-    assert r.returncode == 2, r.stderr
-    assert "hetnet.arrivals.process = 'poisson': draftnet run starts" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    from emu.runners.hetnet_node import read_plan, write_plan
+
+    plan = HetnetPlan(
+        batches=((0, 2), (1,)), spec_len=(3, 0), bandwidth="uniform", opens_ms=(0.0, 400.0)
+    )
+    write_plan(Path(str(tmp_path)), plan)
+    assert read_plan(Path(str(tmp_path))) == plan

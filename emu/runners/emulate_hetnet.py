@@ -223,12 +223,6 @@ def emulate_hetnet(
             f"hetnet.radio.fading = {radio.fading!r}: draftnet run shapes each uplink at its "
             "planner rate; the faded uplink is draftnet sim's so far (or set fading = none)"
         )
-    if sc.hetnet.arrivals.process != "batch":
-        raise ConfigError(
-            f"hetnet.arrivals.process = {sc.hetnet.arrivals.process!r}: draftnet run starts "
-            "every user at once; arrivals over time are draftnet sim's so far (or set "
-            "process = batch)"
-        )
     check_topology("star", users=problem.size, servers=len(servers(problem)))
     preflight()
     models = hetnet_models(sc, problem)

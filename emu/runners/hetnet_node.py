@@ -44,8 +44,7 @@ START_FILE = "start_at"
 
 
 def write_plan(run_dir: Path, plan: HetnetPlan) -> None:
-    doc = {"batches": plan.batches, "spec_len": plan.spec_len, "bandwidth": plan.bandwidth}
-    (run_dir / "plan.json").write_text(json.dumps(doc))
+    (run_dir / "plan.json").write_text(json.dumps(dataclasses.asdict(plan)))
 
 
 def read_plan(run_dir: Path) -> HetnetPlan:
@@ -54,6 +53,7 @@ def read_plan(run_dir: Path) -> HetnetPlan:
         batches=tuple(tuple(b) for b in doc["batches"]),
         spec_len=tuple(doc["spec_len"]),
         bandwidth=doc["bandwidth"],
+        opens_ms=tuple(doc["opens_ms"]),
     )
 
 
@@ -114,6 +114,7 @@ async def _small(
         await nursery.start(trio.serve_tcp, sbs.serve_user, port)
         print("ready", flush=True)
         t0 = await _start_at(run_dir)
+        core.start(t0)
         await sbs.run(fronthaul)
         await trio.sleep(0.5)  # the last tokens on their way to their users
         nursery.cancel_scope.cancel()
@@ -131,15 +132,15 @@ async def _user(
     task = json.loads((run_dir / "tasks.json").read_text())[k]
     stream = await _connect(*sbs)
     print("ready", flush=True)
-    t0 = await _start_at(run_dir)
-    await trio.sleep_until(t0)
-    user = TaskUser(
+    arrives = await _start_at(run_dir) + sc.hetnet_problem().tasks[k].arrival_ms / 1e3
+    await trio.sleep_until(arrives)
+    user = TaskUser(  # its latency from its arrival
         k,
         tuple(task["prompt"]),
         task["max_new_tokens"],
         width=token_width(sc.hetnet.bits_per_token),
         sink=rec,
-        t0=t0,
+        t0=arrives,
     )
     with trio.move_on_after(sc.sim.duration_s + 3600):
         await user.run(stream)

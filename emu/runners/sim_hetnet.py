@@ -59,14 +59,13 @@ def small_cell_core(
     plan: HetnetPlan,
     cell: int = 0,
     *,
-    t0: float = 0.0,
     learn: bool = False,
 ) -> SmallCellCore:
     """Small cell ``cell``'s core running its batches of ``plan`` (numbered as the plan does):
     each task's band, the grants, the discipline, the uplink's token width, the fronthaul's
-    distributions, when each batch's window opens (the plan's, from ``t0`` on the caller's
-    clock), the acceptance the planner was told and, with ``learn``, each round's length
-    from the acceptance learned (``hetnet.learn_alpha``)."""
+    distributions, when each batch's window opens (from the start: ``SmallCellCore.start``),
+    the acceptance the planner was told and, with ``learn``, each round's length from the
+    acceptance learned (``hetnet.learn_alpha``)."""
     mine = [m for m, b in enumerate(plan.batches) if problem.tasks[b[0]].cell == cell]
     band = allocation_hz(problem, plan.batches, plan.bandwidth, plan.opens_ms)
     return SmallCellCore(
@@ -78,7 +77,7 @@ def small_cell_core(
         width=token_width(problem.bits_per_token),
         prob_bytes_per_token=problem.vocab * problem.prob_bits // 8,
         ids=mine,
-        opens_s=[t0 + plan.opens_ms[m] / 1e3 for m in mine] if plan.opens_ms else (),
+        opens_s=[plan.opens_ms[m] / 1e3 for m in mine] if plan.opens_ms else (),
         priors=[t.alpha for t in problem.believed().tasks],
         adapt=functools.partial(next_length, problem, cell) if learn else None,
     )
@@ -136,13 +135,15 @@ async def _run_policy(
     t0 = trio.current_time()
     cells = [
         SmallCellNode(
-            small_cell_core(problem, plan, c, t0=t0, learn=sc.hetnet.learn_alpha),
+            small_cell_core(problem, plan, c, learn=sc.hetnet.learn_alpha),
             drafter,
             pacer=Pacer("virtual"),
             sink=rec.for_node("sbs" + problem.cell_suffix(c)),
         )
         for c in range(problem.cells)
     ]
+    for sbs in cells:
+        sbs.core.start(t0)
     mbs = MacroCellNode(
         MacroCellCore(discipline=problem.discipline),
         verifier,

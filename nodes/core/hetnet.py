@@ -155,10 +155,10 @@ class SmallCellCore:
     discipline, and the fronthaul's payload per draft token of the drafts' distributions.
     With several small cells, ``ids`` numbers its batches as the whole plan does (on the wire
     and at the macro cell, which serves every cell's); by default 0, 1, .... ``opens_s`` gives
-    when each batch's window opens on the caller's clock (empty: all at once); the shell
-    calls ``open`` then (``next_open_s``). ``priors`` gives each task's acceptance as the
-    planner was told it (by task id; empty: 0.5), ``adapt`` the rule for each round's length
-    (None: the plan's)."""
+    when each batch's window opens [s from the start] (empty: all at once); the shell says
+    when the run starts (``start``) and calls ``open`` as each opens (``next_open_s``).
+    ``priors`` gives each task's acceptance as the planner was told it (by task id; empty:
+    0.5), ``adapt`` the rule for each round's length (None: the plan's)."""
 
     def __init__(
         self,
@@ -226,6 +226,11 @@ class SmallCellCore:
         self.stats[m].tasks = self.batches[m]
         del self.tasks[task]
         return self._release_if_ready(m, now)
+
+    def start(self, t0: float) -> None:
+        """The run starts at ``t0`` on the caller's clock: each window opens that long after
+        it (``opens_s`` are from the start until then)."""
+        self.opens_s = [t0 + at for at in self.opens_s]
 
     def open(self, now: float) -> list[Send]:
         """The clock reached a window's opening (``next_open_s``): its grants, if the

@@ -61,11 +61,14 @@ def test_synthetic_nodes_run_the_evaluators_rounds_on_shaped_links(tmp_path: Pat
 
 def test_two_small_cells_share_the_macro_cell_on_shaped_links(tmp_path: Path) -> None:
     """Two small cells (``hetnet.radio``): a host, a node and a fronthaul each, their users
-    attached to them, one macro cell verifying for both; every task ends with the evaluator's
-    rounds."""
+    attached to them, one macro cell verifying for both; the users arrive over time, each
+    window planned as it closes; every task ends with the evaluator's rounds, its latency from
+    its arrival."""
     out = tmp_path / "run"
     radio = ["hetnet.radio.small_cells=2", "hetnet.radio.spacing_m=300", "hetnet.radio.far_m=100"]
-    sets = [x for s in ["models.kind=synthetic", "hetnet.acceptance=expected", *radio]
+    arrivals = ['hetnet.arrivals.process="trace"', "hetnet.arrivals.times_s=[0, 0.2, 0.5, 0.9]",
+                "hetnet.arrivals.window_s=0.4"]  # fmt: skip
+    sets = [x for s in ["models.kind=synthetic", "hetnet.acceptance=expected", *radio, *arrivals]
             for x in ("--set", s)]  # fmt: skip
     r = draftnet(
         "run", SMALL, *sets, "--policy", "hetnet", "--json", "--out", str(out), timeout_s=600
@@ -80,6 +83,8 @@ def test_two_small_cells_share_the_macro_cell_on_shaped_links(tmp_path: Path) ->
     assert res["rounds"] == res["predicted_rounds"]
     assert abs(res["error_pct"]) < 10.0, res["error_pct"]
     assert {c for c in res["plan"]["cell"]} == {0, 1}
+    assert res["plan"]["opens_ms"] == [0.0, 400.0, 800.0, 1200.0]
+    assert res["latency_ms"]["makespan"] > 1200.0  # the last user arrived at 0.9 s
     for node in ("sbs0", "sbs1", "mbs"):
         assert (out / "hetnet" / f"events-{node}.jsonl").exists()
 
