@@ -215,12 +215,3 @@ def test_two_tiers_place_the_tasks_in_their_small_cells() -> None:
     bad = over | {"hetnet.radio": radio | {"path_loss": "cost231"}}
     with pytest.raises(ConfigError, match=r"hetnet\.radio\.path_loss must be one of paper, umi"):
         load_scenario(None, preset="hetnet", overrides=bad)
-
-
-def test_run_refuses_a_faded_uplink_in_one_line(tmp_path: Path) -> None:
-    f = tmp_path / "faded.toml"
-    f.write_text('preset = "hetnet"\n[users]\ncount = 12\n[hetnet.radio]\nfading = "block"\n')
-    r = draftnet("run", str(f), "--out", str(tmp_path / "out"))
-    assert r.returncode == 2, r.stderr
-    message = "hetnet.radio.fading = 'block': draftnet run shapes each uplink"
-    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -27,8 +27,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from channel_models.link import LinkState
-from emu.errors import ConfigError, ShapingError
+from emu.errors import ShapingError
 from emu.files import write_atomic
 from emu.models.hetnet import HetnetModels, hetnet_models, predicting
 from emu.planner import get_policy
@@ -41,9 +43,9 @@ from emu.runners.hetnet_node import START_FILE, write_plan
 from emu.runners.manifest import run_manifest
 from emu.runners.network import Network, await_ready, preflight, star_network, stop_processes
 from emu.runners.shapers import choose_shaper
-from emu.runners.sim_hetnet import checked_problem, fronthaul_state
+from emu.runners.sim_hetnet import checked_problem, fronthaul_state, uplink_series
 from emu.scenario import Scenario, scenario_toml
-from emu.shaping.spec import LinkPair, LinkSpec, ServerLink
+from emu.shaping.spec import LinkPair, LinkSpec, SeriesRef, ServerLink
 from nodes.core.hetnet import BatchStats, TaskOutcome
 from topologies.registry import check as check_topology
 
@@ -66,7 +68,41 @@ def servers(problem: HetnetProblem) -> tuple[str, ...]:
 Progress = Callable[[str, float], None]
 
 
-def _user_links(problem: HetnetProblem, plan: HetnetPlan, scale: float) -> list[LinkPair]:
+FADING_SLACK_S = 60.0  # modelled seconds of fading past the uploads: the nodes' start-up
+
+
+def _user_links(
+    problem: HetnetProblem,
+    plan: HetnetPlan,
+    scale: float,
+    *,
+    faded: tuple[Scenario, Path] | None = None,
+) -> list[LinkPair]:
+    """Each user's uplink at its planner rate; with ``faded`` (the scenario with
+    ``hetnet.radio.fading`` and the policy's directory), at its faded rate from the series
+    written there (``uplinks.npz``), played from when the shaper starts. The downlink is
+    ideal (hetnet.md 3.4)."""
+    if faded is not None:
+        sc, pdir = faded
+        horizon_s = 4.0 * max(evaluate(problem, plan).release_ms) / 1e3 + FADING_SLACK_S
+        series = uplink_series(sc, problem, plan, horizon_s)
+        if series is not None:
+            npz = pdir / "uplinks.npz"  # the form emu.shaping.sources reads
+            zeros = np.zeros_like(series.rate_bps)
+            ticks = series.tick_s * np.arange(series.rate_bps.shape[1])
+            np.savez(
+                npz,
+                t_s=ticks,
+                up_rate_bps=series.rate_bps,
+                up_delay_ms=zeros,
+                up_jitter_ms=zeros,
+                up_loss=zeros,
+            )
+            return [
+                LinkPair(LinkSpec(series=SeriesRef(str(npz), "up", k)), LinkSpec.fixed())
+                .scaled(scale)
+                for k in range(problem.size)
+            ]  # fmt: skip
     return [
         LinkPair(LinkSpec(state=LinkState(rate_bps=float(bps))), LinkSpec.fixed()).scaled(scale)
         for bps in uplink_bps(problem, plan.batches, plan.bandwidth, plan.opens_ms)
@@ -217,12 +253,6 @@ def emulate_hetnet(
 ) -> dict[str, Any]:
     """Run every policy's plan on the emulated network; the ``run --json`` object."""
     problem = checked_problem(sc, policies)
-    radio = sc.hetnet.radio
-    if radio is not None and radio.fading != "none":
-        raise ConfigError(
-            f"hetnet.radio.fading = {radio.fading!r}: draftnet run shapes each uplink at its "
-            "planner rate; the faded uplink is draftnet sim's so far (or set fading = none)"
-        )
     check_topology("star", users=problem.size, servers=len(servers(problem)))
     preflight()
     models = hetnet_models(sc, problem)
@@ -278,9 +308,9 @@ def emulate_hetnet(
             pdir = out_dir / policy
             predicted = evaluate(predicting(problem, models), plan)
             horizon_s = 2.0 * predicted.makespan_ms / 1e3 + sc.sim.duration_s
-            links = _user_links(problem, plan, scale)
-            t_policy = time.perf_counter()
             pdir.mkdir(parents=True, exist_ok=True)
+            links = _user_links(problem, plan, scale, faded=(sc, pdir))
+            t_policy = time.perf_counter()
             with shaper.running(nw, links, pdir, seed=sc.sim.seed, between=between):
                 exits = _run_policy(sc, nw, models, plan, pdir, scale=scale, horizon_s=horizon_s)
             result = _measured(problem, plan, models, pdir, exits)

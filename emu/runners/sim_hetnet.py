@@ -49,7 +49,13 @@ from nodes.hetnet import MacroCellNode, SmallCellNode, TaskUser
 from nodes.pacing import Pacer
 from nodes.protocol.hetnet import token_width
 
-__all__ = ["checked_problem", "fronthaul_state", "simulate_hetnet", "small_cell_core"]
+__all__ = [
+    "checked_problem",
+    "fronthaul_state",
+    "simulate_hetnet",
+    "small_cell_core",
+    "uplink_series",
+]
 
 Progress = Callable[[str, float], None]
 
@@ -97,23 +103,33 @@ def fronthaul_state(problem: HetnetProblem, sc: Scenario, cell: int = 0) -> Link
 UPLINK_TICK_MS = 1.0  # a faded uplink's rate is held this long
 
 
+def uplink_series(
+    sc: Scenario, problem: HetnetProblem, plan: HetnetPlan, horizon_s: float
+) -> LinkSeries | None:
+    """With ``hetnet.radio.fading``, each user's uplink rate b_k eta_k(t) from its faded gain
+    every ``UPLINK_TICK_MS`` for ``horizon_s`` (the last tick holds after); None without."""
+    radio = sc.hetnet.radio
+    if radio is None or radio.fading == "none":
+        return None
+    rng = Streams(sc.sim.seed).radio()
+    gains = gain_series(radio, gain_db(problem), horizon_s, UPLINK_TICK_MS, rng)
+    rate = uplink_bps(problem, plan.batches, plan.bandwidth, plan.opens_ms, gains_db=gains)
+    zeros = np.zeros_like(rate)
+    return LinkSeries(
+        tick_s=UPLINK_TICK_MS / 1e3, rate_bps=rate, delay_ms=zeros, jitter_ms=zeros, loss=zeros
+    )
+
+
 def uplink_links(
     sc: Scenario, problem: HetnetProblem, plan: HetnetPlan, horizon_s: float
 ) -> list[Callable[[float], LinkState]]:
     """Each user's uplink over time: its share of the band at its planner rate b_k eta_k, or,
-    with ``hetnet.radio.fading``, at b_k eta_k(t) from its faded gain every ``UPLINK_TICK_MS``
-    (the planner plans with the mean gain, so the fading's cost shows as error)."""
-    planned = functools.partial(uplink_bps, problem, plan.batches, plan.bandwidth, plan.opens_ms)
-    radio = sc.hetnet.radio
-    if radio is None or radio.fading == "none":
-        return [_steady(LinkState(rate_bps=float(r))) for r in planned()]
-    rng = Streams(sc.sim.seed).radio()
-    gains = gain_series(radio, gain_db(problem), horizon_s, UPLINK_TICK_MS, rng)
-    rate = planned(gains_db=gains)
-    zeros = np.zeros_like(rate)
-    series = LinkSeries(
-        tick_s=UPLINK_TICK_MS / 1e3, rate_bps=rate, delay_ms=zeros, jitter_ms=zeros, loss=zeros
-    )
+    with ``hetnet.radio.fading``, its faded rate (``uplink_series``; the planner plans with the
+    mean gain, so the fading's cost shows as error)."""
+    series = uplink_series(sc, problem, plan, horizon_s)
+    if series is None:
+        rates = uplink_bps(problem, plan.batches, plan.bandwidth, plan.opens_ms)
+        return [_steady(LinkState(rate_bps=float(r))) for r in rates]
     return [series.timeline(k) for k in range(problem.size)]
 
 

@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from emu.scenario import load_scenario
@@ -62,10 +63,11 @@ def test_synthetic_nodes_run_the_evaluators_rounds_on_shaped_links(tmp_path: Pat
 def test_two_small_cells_share_the_macro_cell_on_shaped_links(tmp_path: Path) -> None:
     """Two small cells (``hetnet.radio``): a host, a node and a fronthaul each, their users
     attached to them, one macro cell verifying for both; the users arrive over time, each
-    window planned as it closes; every task ends with the evaluator's rounds, its latency from
-    its arrival."""
+    window planned as it closes, and upload over Rayleigh-faded links; every task ends with the
+    evaluator's rounds, its latency from its arrival."""
     out = tmp_path / "run"
-    radio = ["hetnet.radio.small_cells=2", "hetnet.radio.spacing_m=300", "hetnet.radio.far_m=100"]
+    radio = ["hetnet.radio.small_cells=2", "hetnet.radio.spacing_m=300", "hetnet.radio.far_m=100",
+             'hetnet.radio.fading="rayleigh"']  # fmt: skip
     arrivals = ['hetnet.arrivals.process="trace"', "hetnet.arrivals.times_s=[0, 0.2, 0.5, 0.9]",
                 "hetnet.arrivals.window_s=0.4"]  # fmt: skip
     sets = [x for s in ["models.kind=synthetic", "hetnet.acceptance=expected", *radio, *arrivals]
@@ -87,6 +89,11 @@ def test_two_small_cells_share_the_macro_cell_on_shaped_links(tmp_path: Path) ->
     assert res["latency_ms"]["makespan"] > 1200.0  # the last user arrived at 0.9 s
     for node in ("sbs0", "sbs1", "mbs"):
         assert (out / "hetnet" / f"events-{node}.jsonl").exists()
+    # Each uplink followed its faded series (its rate varies), the downlinks fixed.
+    shaped = json.loads((out / "hetnet" / "shaper.json").read_text())
+    assert sum("series" in link for link in shaped["links"]) == 4, shaped
+    rates = np.load(out / "hetnet" / "uplinks.npz")["up_rate_bps"]
+    assert rates.shape[0] == 4 and (rates.std(axis=1) > 0.02 * rates.mean(axis=1)).all()
 
 
 @pytest.mark.models
