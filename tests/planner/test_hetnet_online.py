@@ -162,3 +162,17 @@ def test_poisson_arrivals_come_at_their_rate_from_the_seed() -> None:
     # The tasks' lengths are the same draw as without arrivals.
     plain = load_scenario(None, preset="hetnet", overrides={"users.count": 400}).hetnet_problem()
     assert [t.input_len for t in p.tasks] == [t.input_len for t in plain.tasks]
+
+
+def test_the_planner_online_looks_a_window_ahead() -> None:
+    """Under load a window's own best plan (short drafts) slows the windows behind it: the
+    planner keeps the candidate that is best one window ahead, and so is not beaten by the DP
+    it takes as a candidate (at 0.5 tasks/s the DP was 7-9% better without the look ahead)."""
+    arrivals = {"process": "poisson", "rate_per_s": 0.5, "window_s": 2.0}
+    over = {"users.count": 12, "sim.seed": 2, "hetnet.arrivals": arrivals}
+    p = load_scenario(None, preset="hetnet", overrides=over).hetnet_problem()
+    mean = {
+        name: evaluate(p, get_policy(name).plan(p)).summary_ms()["mean"]
+        for name in ("hetnet", "hetnet-dp")
+    }
+    assert mean["hetnet"] <= mean["hetnet-dp"] + 1e-6, mean

@@ -14,15 +14,16 @@ A window's plan uses only what the small cells know when it closes: its own task
 earlier windows' plan as the evaluator runs it, cut at the window's close: the stage each
 server or link is in the middle of (``HetnetProblem.free_at_ms``) and the stages each
 unfinished batch has left (``HetnetProblem.carried``), served before the window's batches as
-``priority`` serves them. Several planners' window plans may be candidates; the one kept scores
-best on the whole plan so far (the ``hetnet`` policy's and the DP's).
+``priority`` serves them.
 
-What this misses (BENCHMARKS.md, online arrivals): a window's plan is chosen for its own tasks,
-not for the later windows' tasks that will queue behind its work. A window alone prefers
-shorter drafts (its rounds draft and verify in series); under load the batches overlap and the
-macro cell is the bottleneck, where longer drafts (fewer verifications) serve later tasks
-sooner. Weighing that wait (the later arrivals' rate times the square of the work's span, over
-two) moved the planner by 1-3% either way, so it is not in.
+A window's plan is made for its own tasks, and alone a batch drafts and verifies in series, so
+short drafts suit it (a batch of 12 at acceptance 0.75: 2 tokens); under load the batches
+overlap and the macro cell sets the pace, where longer drafts (fewer verifications) serve the
+tasks that queue behind sooner. So several planners' window plans are candidates (the
+``hetnet`` policy's: its own, the DP's and max batching's), and the one kept is the best one
+window ahead: scored by the evaluator over every task so far and a window like this one (its
+tasks again, planned alike) arriving a window later (``_score_ahead``). Without the look
+ahead, the DP was 7-9% better than the planner at 0.5 tasks/s (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def planned_online(
 ) -> HetnetPlan:
     """``solve``'s plan of each window's tasks, in turn; ``solve`` itself when every task is
     there at the start. ``others``' plans of a window are candidates too: the one kept is the
-    one the evaluator scores best after the earlier windows' plan (every task so far)."""
+    one the evaluator scores best one window ahead (``_score_ahead``)."""
     if not problem.online:
         return solve(problem)
     by_window: dict[float, list[int]] = {}
@@ -62,13 +63,36 @@ def planned_online(
     for at, tasks in sorted(by_window.items()):
         window = _window_problem(problem, plan, at, tasks)
         so_far += tasks
-        candidates = [_then(plan, s(window), tasks, at) for s in (solve, *others)]
-        if len(candidates) == 1:
-            plan = candidates[0]
+        mine = [s(window) for s in (solve, *others)]
+        if len(mine) == 1:
+            plan = _then(plan, mine[0], tasks, at)
             continue
-        seen = problem.subset(sorted(so_far))
-        plan = min(candidates, key=lambda c: _score_so_far(seen, sorted(so_far), c))
+        gap = max(problem.window_ms, at / len(so_far))
+        plan = min(
+            (_then(plan, m, tasks, at) for m in mine),
+            key=lambda c: _score_ahead(problem, so_far, c, tasks, at + gap),
+        )
     return plan
+
+
+def _score_ahead(
+    problem: HetnetProblem, so_far: list[int], plan: HetnetPlan, tasks: list[int], next_ms: float
+) -> float:
+    """The evaluator's objective over the tasks so far under ``plan`` and a window like the
+    last one (its ``tasks`` again, planned as it was) arriving at ``next_ms``: what the plan
+    costs the tasks that will queue behind it, one window ahead."""
+    ghosts = tuple(dataclasses.replace(problem.tasks[k], arrival_ms=next_ms) for k in tasks)
+    wider = dataclasses.replace(problem, tasks=problem.tasks + ghosts)
+    ghost_of = {k: problem.size + i for i, k in enumerate(tasks)}
+    last = [m for m, at in enumerate(plan.opens_ms) if at == plan.opens_ms[-1]]
+    ahead = HetnetPlan(
+        batches=(*plan.batches, *(tuple(ghost_of[k] for k in plan.batches[m]) for m in last)),
+        spec_len=(*plan.spec_len, *(plan.spec_len[m] for m in last)),
+        bandwidth=plan.bandwidth,
+        opens_ms=(*plan.opens_ms, *([next_ms] * len(last))),
+    )
+    members = sorted(so_far) + [problem.size + i for i in range(len(tasks))]
+    return _score_so_far(wider.subset(members), members, ahead)
 
 
 def _then(before: HetnetPlan, mine: HetnetPlan, tasks: list[int], at: float) -> HetnetPlan:

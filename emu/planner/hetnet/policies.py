@@ -45,8 +45,13 @@ class HetnetPolicy:
         arrivals, a window at a time (``online``); with the acceptance the planner is told
         (``HetnetProblem.believed``)."""
         problem = problem.believed()
-        if self.name == "hetnet":  # each window's plan no worse than the DP's after the others
-            return planned_online(self._offline, problem, lambda w: planned_by_cell(dp_plan, w))
+        if self.name == "hetnet":  # its window plan, the DP's or max batching's, looking ahead
+            return planned_online(
+                self._offline,
+                problem,
+                lambda w: planned_by_cell(dp_plan, w),
+                lambda w: planned_by_cell(baselines.max_batching, w),
+            )
         return planned_online(self._offline, problem)
 
     def _offline(self, problem: HetnetProblem) -> HetnetPlan:
