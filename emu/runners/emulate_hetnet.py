@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from channel_models.cell import LinkSeries
 from channel_models.link import LinkState
 from emu.errors import ShapingError
 from emu.files import write_atomic
@@ -71,41 +72,31 @@ Progress = Callable[[str, float], None]
 FADING_SLACK_S = 60.0  # modelled seconds of fading past the uploads: the nodes' start-up
 
 
-def _user_links(
-    problem: HetnetProblem,
-    plan: HetnetPlan,
-    scale: float,
-    *,
-    faded: tuple[Scenario, Path] | None = None,
-) -> list[LinkPair]:
-    """Each user's uplink at its planner rate; with ``faded`` (the scenario with
-    ``hetnet.radio.fading`` and the policy's directory), at its faded rate from the series
-    written there (``uplinks.npz``), played from when the shaper starts. The downlink is
-    ideal (hetnet.md 3.4)."""
-    if faded is not None:
-        sc, pdir = faded
-        horizon_s = 4.0 * max(evaluate(problem, plan).release_ms) / 1e3 + FADING_SLACK_S
-        series = uplink_series(sc, problem, plan, horizon_s)
-        if series is not None:
-            npz = pdir / "uplinks.npz"  # the form emu.shaping.sources reads
-            zeros = np.zeros_like(series.rate_bps)
-            ticks = series.tick_s * np.arange(series.rate_bps.shape[1])
-            np.savez(
-                npz,
-                t_s=ticks,
-                up_rate_bps=series.rate_bps,
-                up_delay_ms=zeros,
-                up_jitter_ms=zeros,
-                up_loss=zeros,
-            )
-            return [
-                LinkPair(LinkSpec(series=SeriesRef(str(npz), "up", k)), LinkSpec.fixed())
-                .scaled(scale)
-                for k in range(problem.size)
-            ]  # fmt: skip
+def _user_links(problem: HetnetProblem, plan: HetnetPlan, scale: float) -> list[LinkPair]:
+    """Each user's uplink at its planner rate; the downlink ideal (hetnet.md 3.4)."""
     return [
         LinkPair(LinkSpec(state=LinkState(rate_bps=float(bps))), LinkSpec.fixed()).scaled(scale)
         for bps in uplink_bps(problem, plan.batches, plan.bandwidth, plan.opens_ms)
+    ]
+
+
+def _faded_links(series: LinkSeries, pdir: Path, scale: float) -> list[LinkPair]:
+    """Each user's uplink at its faded rate (``hetnet.radio.fading``), from the series written
+    to the policy's directory (``uplinks.npz``, the form ``emu.shaping.sources`` reads) and
+    played from when the shaper starts; the downlink ideal."""
+    npz = pdir / "uplinks.npz"
+    zeros = np.zeros_like(series.rate_bps)
+    np.savez(
+        npz,
+        t_s=series.tick_s * np.arange(series.rate_bps.shape[1]),
+        up_rate_bps=series.rate_bps,
+        up_delay_ms=zeros,
+        up_jitter_ms=zeros,
+        up_loss=zeros,
+    )
+    return [
+        LinkPair(LinkSpec(series=SeriesRef(str(npz), "up", k)), LinkSpec.fixed()).scaled(scale)
+        for k in range(series.rate_bps.shape[0])
     ]
 
 
@@ -309,7 +300,12 @@ def emulate_hetnet(
             predicted = evaluate(predicting(problem, models), plan)
             horizon_s = 2.0 * predicted.makespan_ms / 1e3 + sc.sim.duration_s
             pdir.mkdir(parents=True, exist_ok=True)
-            links = _user_links(problem, plan, scale, faded=(sc, pdir))
+            fading_s = 4.0 * max(predicted.release_ms) / 1e3 + FADING_SLACK_S
+            series = uplink_series(sc, problem, plan, fading_s)
+            if series is None:
+                links = _user_links(problem, plan, scale)
+            else:
+                links = _faded_links(series, pdir, scale)
             t_policy = time.perf_counter()
             with shaper.running(nw, links, pdir, seed=sc.sim.seed, between=between):
                 exits = _run_policy(sc, nw, models, plan, pdir, scale=scale, horizon_s=horizon_s)

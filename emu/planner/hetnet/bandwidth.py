@@ -158,9 +158,9 @@ def release_times_ms(
     from when it opens, or when the cell's uploads of earlier windows end if later."""
     out = [0.0] * len(batches)
     free = [0.0] * problem.cells  # when each cell's band is next free
+    within = uniform_release_ms if mode == "uniform" else batch_ordered_release_ms
     for w in windows(problem, batches, opens_ms):
-        ordered = mode != "uniform"
-        rel = (batch_ordered_release_ms if ordered else uniform_release_ms)(w.problem, w.local)
+        rel = within(w.problem, w.local)
         cells = [problem.tasks[batches[m][0]].cell for m in w.batches]
         start = {c: max(w.open_ms, free[c]) for c in cells}
         for m, c, r in zip(w.batches, cells, rel, strict=True):

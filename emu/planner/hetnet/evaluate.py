@@ -289,8 +289,9 @@ def evaluate(
     resources = list(dict.fromkeys(resources))
     queues: dict[str, list[tuple[float, float, int]]] = {r: [] for r in resources}
     busy: dict[str, int | None] = dict.fromkeys(resources)
+    free_at = dict(problem.free_at_ms)
     for i, r in enumerate(resources):  # held by earlier work until then (-1: no batch)
-        held = dict(problem.free_at_ms).get(r, 0.0)
+        held = free_at.get(r, 0.0)
         if held > 0:
             busy[r] = -1
             heapq.heappush(events, (held, 2, i))

@@ -59,24 +59,24 @@ def planned_online(
     for k in range(problem.size):
         by_window.setdefault(opening_ms(problem, k), []).append(k)
     plan = HetnetPlan(batches=(), spec_len=(), opens_ms=())
-    so_far: list[int] = []
+    seen = 0  # tasks planned so far
     for at, tasks in sorted(by_window.items()):
         window = _window_problem(problem, plan, at, tasks)
-        so_far += tasks
+        seen += len(tasks)
         mine = [s(window) for s in (solve, *others)]
         if len(mine) == 1:
             plan = _then(plan, mine[0], tasks, at)
             continue
-        gap = max(problem.window_ms, at / len(so_far))
+        gap = max(problem.window_ms, at / seen)
         plan = min(
             (_then(plan, m, tasks, at) for m in mine),
-            key=lambda c: _score_ahead(problem, so_far, c, tasks, at + gap),
+            key=lambda c: _score_ahead(problem, c, tasks, at + gap),
         )
     return plan
 
 
 def _score_ahead(
-    problem: HetnetProblem, so_far: list[int], plan: HetnetPlan, tasks: list[int], next_ms: float
+    problem: HetnetProblem, plan: HetnetPlan, tasks: list[int], next_ms: float
 ) -> float:
     """The evaluator's objective over the tasks so far under ``plan`` and a window like the
     last one (its ``tasks`` again, planned as it was) arriving at ``next_ms``: what the plan
@@ -91,8 +91,7 @@ def _score_ahead(
         bandwidth=plan.bandwidth,
         opens_ms=(*plan.opens_ms, *([next_ms] * len(last))),
     )
-    members = sorted(so_far) + [problem.size + i for i in range(len(tasks))]
-    return _score_so_far(wider.subset(members), members, ahead)
+    return _score(wider, ahead)
 
 
 def _then(before: HetnetPlan, mine: HetnetPlan, tasks: list[int], at: float) -> HetnetPlan:
@@ -105,13 +104,28 @@ def _then(before: HetnetPlan, mine: HetnetPlan, tasks: list[int], at: float) -> 
     )
 
 
-def _score_so_far(seen: HetnetProblem, tasks: list[int], plan: HetnetPlan) -> float:
-    """The evaluator's objective of ``plan`` over the tasks so far (``seen``, of ``tasks``)."""
+def _on_its_tasks(problem: HetnetProblem, plan: HetnetPlan) -> tuple[HetnetProblem, HetnetPlan]:
+    """``plan``, which holds some of ``problem``'s tasks, as a plan of those tasks alone (in
+    the order of their numbers) and their problem."""
+    tasks = sorted(k for b in plan.batches for k in b)
     index = {k: i for i, k in enumerate(tasks)}
     local = dataclasses.replace(
         plan, batches=tuple(tuple(index[k] for k in b) for b in plan.batches)
     )
-    return evaluate(seen, local, record=False).objective(seen)
+    return problem.subset(tasks), local
+
+
+def _score(problem: HetnetProblem, plan: HetnetPlan) -> float:
+    """The evaluator's objective of ``plan`` over the tasks it holds."""
+    alone, local = _on_its_tasks(problem, plan)
+    return evaluate(alone, local, record=False).objective(alone)
+
+
+def _renamed(stage: Stage, suffix: str) -> Stage:
+    """``stage`` on its small cell's resource as another problem names that cell (``suffix``);
+    the macro cell's server is the same in every problem."""
+    kind = stage.resource.rstrip("0123456789")
+    return stage if kind == "mbs" else dataclasses.replace(stage, resource=kind + suffix)
 
 
 def _window_problem(
@@ -126,38 +140,24 @@ def _window_problem(
     free_at: dict[str, float] = {}
     carried: list[tuple[float, tuple[Stage, ...]]] = []
     if before.batches:
-        earlier = sorted(k for b in before.batches for k in b)
-        index = {k: i for i, k in enumerate(earlier)}
-        plan = HetnetPlan(
-            batches=tuple(tuple(index[k] for k in b) for b in before.batches),
-            spec_len=before.spec_len,
-            bandwidth=before.bandwidth,
-            opens_ms=before.opens_ms,
-        )
         timed: dict[int, list[Timed]] = {}
-        for t in evaluate(problem.subset(earlier), plan).timeline:
+        for t in evaluate(*_on_its_tasks(problem, before)).timeline:
             timed.setdefault(t.batch, []).append(t)
         for m in range(len(before.batches)):
             cell = problem.tasks[before.batches[m][0]].cell
-
-            def renamed(stage: Stage, cell: int = cell) -> Stage:
-                kind = stage.resource.rstrip("0123456789")
-                if kind == "mbs":
-                    return stage
-                suffix = window.cell_suffix(number[cell]) if cell in number else f"@{cell}"
-                return dataclasses.replace(stage, resource=kind + suffix)
-
+            # A cell with no task in this window keeps a name of its own.
+            suffix = window.cell_suffix(number[cell]) if cell in number else f"@{cell}"
             stages = sorted(timed[m], key=lambda t: t.start_ms)
             left = [t for t in stages if t.end_ms > at]
             if left and left[0].start_ms < at:  # in the middle of it: its resource held
-                name = renamed(left[0].stage).resource
+                name = _renamed(left[0].stage, suffix).resource
                 free_at[name] = max(free_at.get(name, 0.0), left[0].end_ms - at)
                 ready = left[0].end_ms + left[0].stage.after_ms - at
                 left = left[1:]
             elif left:
                 ready = max(0.0, left[0].ready_ms - at)
             if left:
-                carried.append((ready, tuple(renamed(t.stage) for t in left)))
+                carried.append((ready, tuple(_renamed(t.stage, suffix) for t in left)))
     return dataclasses.replace(
         window,
         tasks=tuple(dataclasses.replace(t, arrival_ms=0.0) for t in window.tasks),
