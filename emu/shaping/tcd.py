@@ -19,8 +19,9 @@ leaves before the one ahead of it.
 CONFIG: ``{"stats": path, "tick_s": float, "links": [{"name": str, "dev": interface,
 "minor": int, "match": "src"|"dst", "subnet": "a.b.c.d/nn", "state" | "series": ...}]}``
 (link specs as ``emu.shaping.sources`` reads them). It prints ``ready`` once every class is
-in place, writes per-link counters to ``stats`` every second and at exit, stops on SIGTERM or
-SIGINT, and removes its qdiscs as it goes.
+in place, writes per-link counters to ``stats`` every second and at exit (with ``origin_s``:
+when the links' time 0 was, on the machine's monotonic clock), stops on SIGTERM or SIGINT, and
+removes its qdiscs as it goes.
 """
 
 from __future__ import annotations
@@ -158,8 +159,9 @@ def _stats(ip: Any, links: list[_Link]) -> dict[str, Any]:
     }
 
 
-def _write_stats(ip: Any, links: list[_Link], path: Path) -> None:
-    write_atomic(path, json.dumps({"t": time.time(), "links": _stats(ip, links)}))
+def _write_stats(ip: Any, links: list[_Link], path: Path, origin: float) -> None:
+    doc = {"t": time.time(), "origin_s": origin, "links": _stats(ip, links)}
+    write_atomic(path, json.dumps(doc))
 
 
 def run(config: dict[str, Any]) -> None:
@@ -187,11 +189,11 @@ def run(config: dict[str, Any]) -> None:
                 t = time.monotonic() - t0
                 _tick(ip, links, t)
                 if stats_path is not None and t >= next_stats:
-                    _write_stats(ip, links, stats_path)
+                    _write_stats(ip, links, stats_path, t0)
                     next_stats += 1.0
         finally:
             if stats_path is not None:
-                _write_stats(ip, links, stats_path)
+                _write_stats(ip, links, stats_path, t0)
             for idx in {lk.index for lk in links}:
                 _remove_root(ip, idx)
 

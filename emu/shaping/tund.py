@@ -11,7 +11,9 @@ CONFIG: ``{"seed": int, "queue_bytes": int, "stats": path, "links": [{"tun": nam
 "state": {LinkState fields} | "series": {"npz": path, "prefix": "up"|"down", "user": i},
 "trace": path (Mahimahi, optional), "gilbert_elliott": {p, r, loss_bad, loss_good}}]}``.
 It prints ``ready`` on stdout once every device is up, writes per-link counters to ``stats``
-every second and at exit, and stops on SIGTERM or SIGINT; its TUN devices vanish with it.
+every second and at exit (with ``origin_s``: when the links' time 0 was, on the machine's
+monotonic clock, the clock the nodes' records share), and stops on SIGTERM or SIGINT; its TUN
+devices vanish with it.
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ async def _run(config: dict[str, Any]) -> None:
         links.append(_Link(spec["tun"], open_tun(spec["tun"]), schedule))
     _bring_up([lk.name for lk in links])
     stats_path = Path(config["stats"]) if config.get("stats") else None
-    t0 = trio.current_time()
+    t0, origin = trio.current_time(), time.monotonic()
     print("ready", flush=True)
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -142,25 +144,26 @@ async def _run(config: dict[str, Any]) -> None:
                     nursery.start_soon(_reader, lk, t0)
                     nursery.start_soon(_writer, lk)
                 if stats_path is not None:
-                    nursery.start_soon(_stats_loop, links, stats_path)
+                    nursery.start_soon(_stats_loop, links, stats_path, origin)
                 async for _ in signals:
                     nursery.cancel_scope.cancel()
                     break
     finally:
         if stats_path is not None:
-            _write_stats(links, stats_path)
+            _write_stats(links, stats_path, origin)
         for lk in links:
             os.close(lk.fd)
 
 
-async def _stats_loop(links: list[_Link], path: Path) -> None:
+async def _stats_loop(links: list[_Link], path: Path, origin: float) -> None:
     while True:
         await trio.sleep(1.0)
-        _write_stats(links, path)
+        _write_stats(links, path, origin)
 
 
-def _write_stats(links: list[_Link], path: Path) -> None:
-    write_atomic(path, json.dumps({"t": time.time(), "links": _stats(links)}))
+def _write_stats(links: list[_Link], path: Path, origin: float) -> None:
+    doc = {"t": time.time(), "origin_s": origin, "links": _stats(links)}
+    write_atomic(path, json.dumps(doc))
 
 
 def _bring_up(names: list[str]) -> None:
