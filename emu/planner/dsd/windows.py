@@ -1,0 +1,116 @@
+"""DSD's window policies (dsd.md section 4.3): how many tokens a drafter drafts next, behind
+one protocol, each registered by name.
+
+Layer: pure (emu.planner).
+
+- ``static``: always ``default`` (4).
+- ``backoff`` (the authors' "Simple"): from the drafter's last acceptance ratio r, 2 if
+  r <= 0.25, 8 if r >= 0.6, else 4 (4 while r is unknown). With expected ratios it oscillates
+  4, 8, 4, 8 on the authors' curve.
+- ``specpp`` (Spec++): the first depth k >= 2 whose cumulative rejection ``1 - p_1 ... p_k``
+  exceeds ``stop`` gives max(2, k - 1); 8 when none does.
+- ``awc``: the adaptive window control (``emu.planner.dsd.awc``).
+
+The authors choose a window once per conversation; draftnet's default is every round (the
+caller decides when to ask).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from emu.planner.dsd.awc import Awc, AwcNetwork, Situation
+
+__all__ = [
+    "WINDOW_POLICIES",
+    "Backoff",
+    "Choice",
+    "SpecPP",
+    "Static",
+    "WindowPolicy",
+    "window_policy",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Choice:
+    """What a window policy reads: the pair it drafts for, the verifier's acceptance per
+    position at this context (``positions``), the drafter's last acceptance ratio, and what
+    AWC reads (``situation``)."""
+
+    pair: str
+    positions: npt.NDArray[np.float64]
+    last_ratio: float | None
+    situation: Situation
+
+
+class WindowPolicy(Protocol):
+    def window(self, c: Choice) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Static:
+    default: int = 4
+
+    def window(self, c: Choice) -> int:
+        return self.default
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    low: float = 0.25
+    high: float = 0.6
+    short: int = 2
+    default: int = 4
+    long: int = 8
+
+    def window(self, c: Choice) -> int:
+        r = c.last_ratio
+        if r is None:
+            return self.default
+        if r <= self.low:
+            return self.short
+        return self.long if r >= self.high else self.default
+
+
+@dataclass(frozen=True, slots=True)
+class SpecPP:
+    least: int = 2
+    most: int = 8
+    stop: float = 0.7
+
+    def window(self, c: Choice) -> int:
+        p = c.positions
+        depth = np.minimum(np.arange(self.most), p.size - 1)  # deeper positions repeat the last
+        cumulative = np.cumprod(p[depth])
+        for k in range(2, self.most + 1):  # depth k: positions 1..k
+            if 1.0 - cumulative[k - 1] > self.stop:
+                return max(self.least, k - 1)
+        return self.most
+
+
+@dataclass(slots=True)
+class AwcPolicy:
+    awc: Awc
+
+    def window(self, c: Choice) -> int:
+        return self.awc.window(c.pair, c.situation)
+
+
+WINDOW_POLICIES: dict[str, Callable[[AwcNetwork | None], WindowPolicy]] = {
+    "static": lambda _net: Static(),
+    "backoff": lambda _net: Backoff(),
+    "specpp": lambda _net: SpecPP(),
+    "awc": lambda net: AwcPolicy(Awc(network=net if net is not None else AwcNetwork.hand_set())),
+}
+
+
+def window_policy(name: str, network: AwcNetwork | None = None) -> WindowPolicy:
+    """A fresh policy by name (its own state: one per drafter); AWC runs ``network`` (the
+    authors' hand-set head when None)."""
+    return WINDOW_POLICIES[name](network)
