@@ -1,0 +1,114 @@
+"""DSD's verifier batching, sans I/O: how a cloud verifier makes its next batch from the jobs
+routed to it (dsd.md section 4.2, the second level; the global phase lanes in front of it are
+the first).
+
+Layer: pure (nodes.core): no sockets, no clock (``now`` in seconds, passed in).
+
+A verifier runs one batch at a time. When it is free and has a job, it takes the first job
+(the batch opens), then collects until it has ``batch_size`` jobs or ``window_s`` has passed
+since it opened, whichever is first. Which jobs a batch takes, by ``order``:
+
+- ``fifo``: the oldest first.
+- ``priority``: by (class, sequence): a job's class is its caller's (prefill before decode, by
+  default), its sequence when it was enqueued.
+- ``lab`` (length-aware batching, draftnet's choice): jobs go into context buckets [0, 256),
+  [256, 512), [512, 1024), ...; a batch fills from the oldest job's bucket, then from the
+  nearest buckets either side (the lower first), so a batch's contexts are alike and its
+  padding small; a job that has waited more than ``AGE_WINDOWS`` windows goes first, so a
+  lonely bucket is not starved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["BATCH_ORDERS", "DsdJob", "TargetQueue", "context_bucket"]
+
+BATCH_ORDERS = ("fifo", "priority", "lab")
+LAB_BASE_TOKENS = 256
+AGE_WINDOWS = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DsdJob:
+    """A prefill or a round's drafts to verify, for one conversation."""
+
+    conversation: str
+    phase: str  # "prefill" or "decode"
+    tokens: int  # the prompt's (prefill), or the drafts' (decode)
+    context: int  # the conversation's KV length before this job
+    enqueued_s: float
+    seq: int = 0
+    klass: int = 0  # priority: the lower first
+
+
+def context_bucket(context: int) -> int:
+    """0 for [0, 256), then one bucket per doubling: 1 for [256, 512), 2 for [512, 1024)..."""
+    return (context // LAB_BASE_TOKENS).bit_length()
+
+
+@dataclass(slots=True, kw_only=True)
+class TargetQueue:
+    """One verifier's queue and its rule for the next batch."""
+
+    batch_size: int
+    window_s: float
+    order: str = "fifo"
+    jobs: list[DsdJob] = field(default_factory=list)
+    busy: bool = False
+    _opened_s: float | None = None  # when the batch being collected took its first job
+    _idle_since_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.order not in BATCH_ORDERS:
+            raise ValueError(f"order must be one of {', '.join(BATCH_ORDERS)}, got {self.order!r}")
+
+    @property
+    def queue_len(self) -> int:
+        """What JSQ reads: the jobs waiting, plus 1 while a batch runs."""
+        return len(self.jobs) + int(self.busy)
+
+    def put(self, job: DsdJob) -> None:
+        self.jobs.append(job)
+
+    def take(self, now: float) -> list[DsdJob] | None:
+        """The batch to run now, or None (then ask again at ``wake_s``, or when a job comes)."""
+        if self.busy or not self.jobs:
+            return None
+        if self._opened_s is None:  # the first job is taken: the batch opens
+            self._opened_s = max(self._idle_since_s, min(j.enqueued_s for j in self.jobs))
+        if len(self.jobs) < self.batch_size and now < self._opened_s + self.window_s:
+            return None
+        batch = self._choose(now)
+        chosen = {id(j) for j in batch}
+        self.jobs = [j for j in self.jobs if id(j) not in chosen]
+        self.busy, self._opened_s = True, None
+        return batch
+
+    def wake_s(self) -> float | None:
+        """When a batch being collected closes by its window (None: none is collected)."""
+        if self.busy or not self.jobs or self._opened_s is None:
+            return None
+        return self._opened_s + self.window_s
+
+    def finished(self, now: float) -> None:
+        """The running batch ended."""
+        self.busy, self._idle_since_s = False, now
+
+    def _choose(self, now: float) -> list[DsdJob]:
+        n = self.batch_size
+        if self.order == "fifo":
+            return sorted(self.jobs, key=lambda j: (j.enqueued_s, j.seq))[:n]
+        if self.order == "priority":
+            return sorted(self.jobs, key=lambda j: (j.klass, j.seq))[:n]
+        by_age = sorted(self.jobs, key=lambda j: (j.enqueued_s, j.seq))
+        aged = [j for j in by_age if now - j.enqueued_s > AGE_WINDOWS * self.window_s]
+        batch = aged[:n]
+        home = context_bucket(by_age[0].context)
+        taken = {id(j) for j in batch}
+        rest = [j for j in by_age if id(j) not in taken]
+        rest.sort(key=lambda j: (abs(context_bucket(j.context) - home),
+                                 context_bucket(j.context) > home))  # fmt: skip
+        return batch + rest[: n - len(batch)]

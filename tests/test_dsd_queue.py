@@ -1,0 +1,88 @@
+"""DSD's verifier queue (nodes.core.dsd) and compute model (emu.planner.dsd.compute): how a
+batch is collected and which jobs it takes, what a batch and a draft cost, and the authors'
+switches."""
+
+from __future__ import annotations
+
+import pytest
+
+from emu.planner.dsd.compute import AffineCompute, Compat, Work
+from nodes.core.dsd import DsdJob, TargetQueue, context_bucket
+
+
+def _job(i: int, at: float, context: int = 100, klass: int = 0) -> DsdJob:
+    return DsdJob(conversation=f"c{i}", phase="decode", tokens=4, context=context,
+                  enqueued_s=at, seq=i, klass=klass)  # fmt: skip
+
+
+def test_a_batch_closes_at_its_window_or_when_full() -> None:
+    q = TargetQueue(batch_size=3, window_s=0.001)
+    q.put(_job(0, 0.0100))
+    assert q.take(0.0100) is None and q.wake_s() == pytest.approx(0.0110)
+    q.put(_job(1, 0.0105))
+    assert q.take(0.0105) is None  # still collecting
+    batch = q.take(0.0110)  # the window closed
+    assert batch is not None and [j.conversation for j in batch] == ["c0", "c1"]
+    assert q.busy and q.queue_len == 1 and q.take(0.02) is None  # one batch at a time
+    for i in range(2, 6):
+        q.put(_job(i, 0.0200))
+    assert q.queue_len == 5
+    q.finished(0.0300)
+    full = q.take(0.0300)  # full at once: no wait for the window
+    assert full is not None and [j.conversation for j in full] == ["c2", "c3", "c4"]
+    q.finished(0.0400)
+    # The next batch opens when the verifier became free, not when its job arrived.
+    assert q.take(0.0400) is None and q.wake_s() == pytest.approx(0.0410)
+
+
+def test_priority_takes_the_lower_class_first() -> None:
+    q = TargetQueue(batch_size=2, window_s=0.0, order="priority")
+    for i, k in enumerate((1, 1, 0)):
+        q.put(_job(i, 0.0, klass=k))
+    batch = q.take(0.0)
+    assert batch is not None and [j.conversation for j in batch] == ["c2", "c0"]
+
+
+def test_length_aware_batching_keeps_contexts_alike_and_ages_out() -> None:
+    assert [context_bucket(c) for c in (0, 255, 256, 511, 512, 4096)] == [0, 0, 1, 1, 2, 5]
+    q = TargetQueue(batch_size=2, window_s=0.001, order="lab")
+    q.put(_job(0, 0.0, context=300))
+    q.put(_job(1, 0.0001, context=3000))
+    q.put(_job(2, 0.0002, context=400))
+    batch = q.take(0.002)
+    assert batch is not None and [j.conversation for j in batch] == ["c0", "c2"]  # same bucket
+    # Jobs that have waited more than 5 windows go first, whatever their bucket.
+    late = TargetQueue(batch_size=2, window_s=0.001, order="lab")
+    for j in (_job(0, 0.0, 300), _job(1, 0.0001, 3000), _job(2, 0.0002, 400)):
+        late.put(j)
+    batch = late.take(0.0062)
+    assert batch is not None and [j.conversation for j in batch] == ["c0", "c1"]
+    fifo = TargetQueue(batch_size=2, window_s=0.001)
+    for j in (_job(0, 0.0, 300), _job(1, 0.0001, 3000), _job(2, 0.0002, 400)):
+        fifo.put(j)
+    got = fifo.take(0.002)
+    assert got is not None and [j.conversation for j in got] == ["c0", "c1"]
+
+
+def test_queue_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        TargetQueue(batch_size=0, window_s=0.001)
+    with pytest.raises(ValueError, match="order must be one of fifo, priority, lab"):
+        TargetQueue(batch_size=4, window_s=0.001, order="sjf")
+
+
+def test_affine_compute_and_the_authors_switches() -> None:
+    gpu = AffineCompute(base_ms=10.0, per_token_ms=1.0, per_context_ms=0.01)
+    mixed = [Work(100, 0, prefill=True), Work(5, 200), Work(5, 300)]
+    prefill, decode = 10.0 + 100.0, 10.0 + 10.0 + 5.0
+    assert gpu.batch_ms(mixed, Compat()) == pytest.approx(prefill + decode)
+    assert gpu.batch_ms(mixed, Compat.authors()) == pytest.approx(prefill)
+    # Four drafts: four passes (each a token longer), or the authors' one.
+    assert gpu.draft_ms(4, 100, Compat()) == pytest.approx(
+        4 * 11.0 + 0.01 * (100 + 101 + 102 + 103)
+    )
+    assert gpu.draft_ms(4, 100, Compat.authors()) == pytest.approx(10.0 + 4.0 + 1.0)
+    assert gpu.draft_ms(0, 100, Compat()) == 0.0 and gpu.pass_ms([]) == 0.0
+    assert Compat().round_accounting == "emitted" and Compat.authors().round_accounting == "fixed"
+    with pytest.raises(ValueError, match="per_token_ms must be at least 0"):
+        AffineCompute(base_ms=1.0, per_token_ms=-1.0)
