@@ -1,6 +1,6 @@
-"""DSD's verifier batching, sans I/O: how a cloud verifier makes its next batch from the jobs
-routed to it (dsd.md section 4.2, the second level; the global phase lanes in front of it are
-the first).
+"""DSD's role cores, sans I/O: how a cloud verifier makes its next batch from the jobs routed
+to it (dsd.md section 4.2, the second level; the global phase lanes in front of it are the
+first), and how a drafter counts a conversation's tokens and times (``Conversation``).
 
 Layer: pure (nodes.core): no sockets, no clock (``now`` in seconds, passed in).
 
@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["BATCH_ORDERS", "DsdJob", "TargetQueue", "context_bucket"]
+__all__ = ["ACCOUNTINGS", "BATCH_ORDERS", "Conversation", "DsdJob", "TargetQueue", "context_bucket"]
 
 BATCH_ORDERS = ("fifo", "priority", "lab")
+ACCOUNTINGS = ("emitted", "fixed")
 LAB_BASE_TOKENS = 256
 AGE_WINDOWS = 5.0
 
@@ -112,3 +113,102 @@ class TargetQueue:
         rest.sort(key=lambda j: (abs(context_bucket(j.context) - home),
                                  context_bucket(j.context) > home))  # fmt: skip
         return batch + rest[: n - len(batch)]
+
+
+@dataclass(slots=True, kw_only=True)
+class Conversation:
+    """One conversation's progress at its drafter, and its times [s], by the round accounting
+    of dsd.md section 8.
+
+    - ``emitted`` (draftnet's): the target's prefill gives the first token; a round drafts at
+      most one token fewer than the answer still needs and emits its accepted drafts plus the
+      target's own token, until the answer is whole. TTFT is the prefill's response; TPOT is
+      (last token - first token) / (tokens - 1); the inter-token latencies are one per token:
+      a verdict's wait since the last one, split evenly among the tokens it brings.
+    - ``fixed`` (the authors'): ceil(A / gamma) rounds of min(gamma, A - generated) drafts,
+      whatever is accepted (rejects are not drafted again, no bonus token). TTFT is the end of
+      the first round that accepted a draft; TPOT adds round / accepted, accepted times, for
+      each round that accepted any (rounds accepting none are skipped).
+    """
+
+    prompt: int
+    answer: int
+    started_s: float
+    accounting: str = "emitted"
+    tokens: int = 0  # emitted (the user has them), or generated (fixed)
+    drafted: int = 0
+    accepted: int = 0
+    rounds: int = 0
+    first_token_s: float | None = None
+    last_token_s: float | None = None
+    itl_s: list[float] = field(default_factory=list)
+    _accepted_tpot: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.accounting not in ACCOUNTINGS:
+            raise ValueError(
+                f"round_accounting must be one of {', '.join(ACCOUNTINGS)}, got {self.accounting!r}"
+            )
+        if self.prompt < 1 or self.answer < 1:
+            raise ValueError(f"a conversation needs a prompt and an answer, got {self.prompt}, "
+                             f"{self.answer}")  # fmt: skip
+
+    @property
+    def done(self) -> bool:
+        return self.tokens >= self.answer
+
+    @property
+    def context(self) -> int:
+        """The KV length the next job reads."""
+        return self.prompt + self.tokens
+
+    def drafts(self, gamma: int) -> int:
+        """How many tokens to draft this round at window ``gamma``."""
+        left = self.answer - self.tokens
+        return max(0, min(gamma, left - 1 if self.accounting == "emitted" else left))
+
+    def prefilled(self, now: float) -> None:
+        """The prefill's response came back (with the first token, in ``emitted``)."""
+        if self.accounting == "emitted":
+            self._deliver(now, 1)
+
+    def verdict(self, now: float, drafted: int, accepted: int, round_s: float) -> int:
+        """A round's verdict: ``accepted`` of ``drafted`` drafts, the round having taken
+        ``round_s``; the tokens it adds."""
+        self.rounds += 1
+        self.drafted += drafted
+        self.accepted += accepted
+        if self.accounting == "fixed":
+            self.tokens += drafted
+            if accepted > 0:
+                if self.first_token_s is None:
+                    self.first_token_s = now
+                self._accepted_tpot += [round_s / accepted] * accepted
+            return drafted
+        n = min(accepted + 1, self.answer - self.tokens)
+        self._deliver(now, n)
+        return n
+
+    def _deliver(self, now: float, n: int) -> None:
+        if self.first_token_s is None:
+            self.first_token_s = now
+        elif n > 0:
+            gap = now - (self.last_token_s if self.last_token_s is not None else now)
+            self.itl_s += [gap / n] * n
+        self.last_token_s = now
+        self.tokens += n
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_s is None else self.first_token_s - self.started_s
+
+    @property
+    def tpot_s(self) -> float | None:
+        """The time per output token by this accounting's definition (None before two)."""
+        if self.accounting == "fixed":
+            return (
+                sum(self._accepted_tpot) / len(self._accepted_tpot) if self._accepted_tpot else None
+            )
+        if self.first_token_s is None or self.last_token_s is None or self.tokens < 2:
+            return None
+        return (self.last_token_s - self.first_token_s) / (self.tokens - 1)

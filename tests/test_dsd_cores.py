@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from emu.planner.dsd.compute import AffineCompute, Compat, Work
-from nodes.core.dsd import DsdJob, TargetQueue, context_bucket
+from nodes.core.dsd import Conversation, DsdJob, TargetQueue, context_bucket
 
 
 def _job(i: int, at: float, context: int = 100, klass: int = 0) -> DsdJob:
@@ -86,3 +86,35 @@ def test_affine_compute_and_the_authors_switches() -> None:
     assert Compat().round_accounting == "emitted" and Compat.authors().round_accounting == "fixed"
     with pytest.raises(ValueError, match="per_token_ms must be at least 0"):
         AffineCompute(base_ms=1.0, per_token_ms=-1.0)
+
+
+def test_a_conversation_counts_emitted_tokens() -> None:
+    """draftnet's accounting: the prefill gives the first token, each round its accepted
+    drafts plus one, never past the answer; TPOT over the tokens after the first."""
+    c = Conversation(prompt=10, answer=8, started_s=1.0)
+    c.prefilled(1.2)
+    assert (c.tokens, c.ttft_s, c.context) == (1, pytest.approx(0.2), 11)
+    assert c.drafts(4) == 4
+    assert c.verdict(1.3, drafted=4, accepted=2, round_s=0.1) == 3  # 2 + the target's
+    assert c.drafts(4) == 3  # 4 left: at most 3 drafts, the 4th is the target's
+    assert c.verdict(1.5, drafted=3, accepted=3, round_s=0.2) == 4
+    assert c.done and c.tokens == 8 and c.rounds == 2
+    assert c.tpot_s == pytest.approx((1.5 - 1.2) / 7)
+    assert c.itl_s == pytest.approx([0.1 / 3] * 3 + [0.2 / 4] * 4)
+    assert sum(c.itl_s) == pytest.approx(1.5 - 1.2)
+    assert c.drafts(4) == 0
+
+
+def test_a_conversation_under_the_authors_accounting() -> None:
+    """ceil(A / gamma) rounds whatever is accepted; TTFT at the first round that accepted a
+    draft; TPOT per accepted draft, rounds accepting none skipped (biased low)."""
+    c = Conversation(prompt=10, answer=10, started_s=0.0, accounting="fixed")
+    c.prefilled(0.1)
+    assert c.tokens == 0 and c.ttft_s is None
+    got = [c.verdict(t, drafted=c.drafts(4), accepted=a, round_s=0.1)
+           for t, a in ((0.2, 0), (0.3, 2), (0.4, 1))]  # fmt: skip
+    assert got == [4, 4, 2] and c.done and c.rounds == 3  # ceil(10 / 4)
+    assert c.ttft_s == pytest.approx(0.3)
+    assert c.tpot_s == pytest.approx((2 * 0.05 + 1 * 0.1) / 3)
+    with pytest.raises(ValueError, match="round_accounting must be one of emitted, fixed"):
+        Conversation(prompt=1, answer=1, started_s=0.0, accounting="bonus")
