@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from emu.planner.dsd.compute import AffineCompute, Compat, Work
-from nodes.core.dsd import Conversation, DsdJob, TargetQueue, context_bucket
+from nodes.core.dsd import Conversation, DsdJob, Lane, TargetQueue, context_bucket
 
 
 def _job(i: int, at: float, context: int = 100, klass: int = 0) -> DsdJob:
@@ -118,3 +118,21 @@ def test_a_conversation_under_the_authors_accounting() -> None:
     assert c.tpot_s == pytest.approx((2 * 0.05 + 1 * 0.1) / 3)
     with pytest.raises(ValueError, match="round_accounting must be one of emitted, fixed"):
         Conversation(prompt=1, answer=1, started_s=0.0, accounting="bonus")
+
+
+def test_a_lane_waits_for_company_then_for_its_window() -> None:
+    lane = Lane()  # 6 jobs, 0.3 ms alone, 0.8 ms with company
+    lane.put(_job(0, 0.0))
+    assert lane.take(0.0002) == [] and lane.wake_s() == pytest.approx(0.0003)
+    assert [j.conversation for j in lane.take(0.0003)] == ["c0"]  # alone: gone at 0.3 ms
+    lane.put(_job(1, 0.0010))
+    lane.put(_job(2, 0.0012))  # company: the lane waits to 0.8 ms after its first take
+    assert lane.take(0.0013) == [] and lane.wake_s() == pytest.approx(0.0018)
+    assert [j.conversation for j in lane.take(0.0018)] == ["c1", "c2"]
+    for i in range(3, 10):
+        lane.put(_job(i, 0.0020))
+    assert len(lane.take(0.0020)) == 6 and len(lane.jobs) == 1  # full: at once, 6 of 7
+    capped = Lane(max_tokens=10)
+    for i in range(3):
+        capped.put(_job(i, 0.0))  # 4 tokens each
+    assert [j.conversation for j in capped.take(0.0)] == ["c0", "c1"]  # 12 >= 10: 8 fit

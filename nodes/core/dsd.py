@@ -22,7 +22,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["ACCOUNTINGS", "BATCH_ORDERS", "Conversation", "DsdJob", "TargetQueue", "context_bucket"]
+__all__ = [
+    "ACCOUNTINGS",
+    "BATCH_ORDERS",
+    "Conversation",
+    "DsdJob",
+    "Lane",
+    "TargetQueue",
+    "context_bucket",
+]
 
 BATCH_ORDERS = ("fifo", "priority", "lab")
 ACCOUNTINGS = ("emitted", "fixed")
@@ -41,11 +49,65 @@ class DsdJob:
     enqueued_s: float
     seq: int = 0
     klass: int = 0  # priority: the lower first
+    target: str = ""  # the verifier it is routed to
 
 
 def context_bucket(context: int) -> int:
     """0 for [0, 256), then one bucket per doubling: 1 for [256, 512), 2 for [512, 1024)..."""
     return (context // LAB_BASE_TOKENS).bit_length()
+
+
+@dataclass(slots=True, kw_only=True)
+class Lane:
+    """A global phase lane (the first level; one for prefills, one for decodes): it takes the
+    first job, then collects up to ``limit`` jobs (or ``max_tokens`` tokens; 0: no cap),
+    waiting ``alone_s`` for company while its job is alone and until ``window_s`` after the
+    first take once it has company; then it hands the jobs on to their verifiers, in order
+    (``fifo``, or ``priority`` by class and sequence)."""
+
+    limit: int = 6
+    max_tokens: int = 0
+    alone_s: float = 0.0003
+    window_s: float = 0.0008
+    order: str = "fifo"
+    jobs: list[DsdJob] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.order not in ("fifo", "priority"):
+            raise ValueError(f"lane order must be fifo or priority, got {self.order!r}")
+
+    def put(self, job: DsdJob) -> None:
+        self.jobs.append(job)
+
+    def wake_s(self) -> float | None:
+        """When the jobs collected go on whatever else comes (None: nothing is collected)."""
+        if not self.jobs:
+            return None
+        opened = min(j.enqueued_s for j in self.jobs)
+        return opened + (self.alone_s if len(self.jobs) == 1 else self.window_s)
+
+    def take(self, now: float) -> list[DsdJob]:
+        """The jobs to hand on now (none while it collects)."""
+        ordered = sorted(self.jobs, key=lambda j: (j.enqueued_s, j.seq) if self.order == "fifo"
+                         else (j.klass, j.seq))  # fmt: skip
+        full = len(ordered) >= self.limit or (
+            self.max_tokens > 0 and sum(j.tokens for j in ordered) >= self.max_tokens
+        )
+        wake = self.wake_s()
+        if not ordered or not (full or (wake is not None and now >= wake)):
+            return []
+        out: list[DsdJob] = []
+        for j in ordered[: self.limit]:
+            if (
+                out
+                and self.max_tokens > 0
+                and sum(o.tokens for o in out) + j.tokens > self.max_tokens
+            ):
+                break
+            out.append(j)
+        taken = {id(j) for j in out}
+        self.jobs = [j for j in self.jobs if id(j) not in taken]
+        return out
 
 
 @dataclass(slots=True, kw_only=True)
