@@ -15,6 +15,9 @@ are offline.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import functools
+import hashlib
 import importlib.util
 import json
 import os
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from emu.errors import ConfigError
+from emu.files import write_atomic
 from emu.planner.model import ModelArch
 
 __all__ = [
@@ -258,11 +262,40 @@ class ModelInfo:
 
 
 def gguf_info(path: Path) -> ModelInfo:
-    """A GGUF's shape, vocabulary and context, from its metadata (the weights stay on disk)."""
-    import gguf
+    """A GGUF's shape, vocabulary and context, from its metadata (the weights stay on disk).
 
+    Reading the metadata takes seconds (the reader parses the whole vocabulary), so what it
+    found is kept, in the process and under ``$DRAFTNET_HOME/gguf-info``, for the file as it
+    is (its path, size and modification time)."""
     if not path.is_file():
         raise ConfigError(f"draft model {str(path)!r} must be a readable GGUF file")
+    st = path.stat()
+    return _gguf_info(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.cache
+def _gguf_info(path: str, size: int, mtime_ns: int) -> ModelInfo:
+    key = hashlib.sha256(f"{path}\0{size}\0{mtime_ns}".encode()).hexdigest()[:32]
+    kept = draftnet_home() / "gguf-info" / f"{key}.json"
+    try:
+        doc = json.loads(kept.read_text())
+        return ModelInfo(arch=ModelArch(**doc["arch"]), vocab=doc["vocab"], context=doc["context"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not kept yet (or unreadable): read the file
+    info = _read_gguf_info(Path(path))
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(kept, json.dumps(
+            {"arch": dataclasses.asdict(info.arch), "vocab": info.vocab, "context": info.context}
+        ))  # fmt: skip
+    except OSError:
+        pass  # a read-only home: read it again next time
+    return info
+
+
+def _read_gguf_info(path: Path) -> ModelInfo:
+    import gguf
+
     try:
         fields = gguf.GGUFReader(str(path)).fields
         arch = fields["general.architecture"].contents()

@@ -558,11 +558,15 @@ def emulate(
     servers = tuple(s.name for s in dep.servers)
     check_topology("star", users=problem.size, servers=len(servers))  # before anything is built
     preflight()
-    if sc.models.kind != "synthetic":
-        problem = node_problem(sc)  # checks the models (one line each) before any host
     t_wall = time.perf_counter()
     with _stop_on_signals():
         npz, comm = radio_priors(sc, out_dir)
+        # A shaper that cannot give these links what they need refuses them now, before the
+        # models are checked and timed (seconds to minutes); the time scale does not change
+        # what a link needs.
+        choose_shaper(sc.emu.shaping, _links(sc, problem, npz)[0], dep.links)
+        if sc.models.kind != "synthetic":
+            problem = node_problem(sc)  # checks the models (one line each) before any host
         if comm is not None:
             problem = with_comm(problem, comm)  # the simulation's priors (emu.deploy.runtime)
         if sc.emu.time_scale == 0.0:
