@@ -60,7 +60,7 @@ def _scenario(nodes: list[dict[str, Any]], **more: Any) -> Any:
         ([{**V0, "role": "drafter"}], {}, r"nodes\[0\]\.role must be one of verifier, router"),
         ([V0, {**ROUTER, "policy": "jsq"}], {}, r"nodes\[1\]\.policy must be one of"),
         ([{**V0, "verifiers": ["edge0"]}], {}, "is a router's field"),
-        ([V0], {"deployment.system": "dsd"}, "deployment.system must be one of dipsd"),
+        ([V0], {"deployment.system": "lab"}, "deployment.system must be one of dipsd, hetnet, dsd"),
         ([V0, V1, ROUTER], {"deployment.links": [{"ends": ["router", "edge9"]}]},
          r"links\[0\]\.ends names 'edge9', which is not a server node"),
         ([V0], {"deployment.links": [{"ends": ["u0", "edge0"]}]},

@@ -79,7 +79,7 @@ def test_example_scenarios_load() -> None:
         ("[planner]\nmax_draft_len = 0\n", r"planner\.max_draft_len must be an integer >= 1"),
         ("[edge.latency]\nbeta_ms = -1\n", r"edge\.latency\.beta_ms must be"),
         ("[edge]\nmemory_bytes = 1e9\n", r"edge\.memory_bytes must exceed the target"),
-        ('preset = "nope"\n', r"preset must be one of default, dipsd-paper, hetnet, got 'nope'"),
+        ('preset = "nope"\n', r"preset must be one of default, dipsd-paper, hetnet, dsd, dsd-full"),
         ("users = 3\n", r"users must be a table, got 3"),
         ("[users\n", r"is not valid TOML"),
         ('[network]\nmodel = "trace"\n', r'network\.model = "trace" needs network\.trace_up or'),

@@ -19,6 +19,7 @@ from emu.errors import ConfigError
 from emu.planner import baselines
 from emu.planner.cost import Plan
 from emu.planner.dipsd import dipsd
+from emu.planner.dsd.windows import DSD_POLICIES
 from emu.planner.exact import MAX_EXACT_USERS, exact
 from emu.planner.hetnet.policies import HETNET_POLICIES
 from emu.planner.model import Problem
@@ -153,5 +154,6 @@ for _policy in (
         baseline="fixed",
     ),
     *HETNET_POLICIES,
+    *DSD_POLICIES,
 ):
     register(_policy)

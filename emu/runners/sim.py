@@ -326,7 +326,18 @@ def _simulate_hetnet(
     return simulate_hetnet(sc, policies, out_dir=out_dir, progress=progress)
 
 
-_OWN_SIMULATIONS: dict[str, Callable[..., dict[str, Any]]] = {"hetnet": _simulate_hetnet}
+def _simulate_dsd(
+    sc: Scenario, policies: list[str], *, out_dir: Path | None, progress: Progress | None
+) -> dict[str, Any]:
+    from emu.runners.sim_dsd import simulate_dsd
+
+    return simulate_dsd(sc, policies, out_dir=out_dir, progress=progress)
+
+
+_OWN_SIMULATIONS: dict[str, Callable[..., dict[str, Any]]] = {
+    "hetnet": _simulate_hetnet,
+    "dsd": _simulate_dsd,
+}
 
 
 def _real_models(sc: Scenario, users: int) -> RealModels:

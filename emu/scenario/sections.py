@@ -16,10 +16,12 @@ from pathlib import Path
 from channel_models.config import RadioConfig
 from channel_models.trace import IntArray, from_mahimahi
 from emu.errors import ConfigError, check_in
+from emu.planner.dsd.model import DsdProblem
 from emu.planner.hetnet.model import HetnetProblem
 from emu.planner.model import Edge, LatencyModel, ModelArch, Problem, User
 from emu.scenario.compute import ArchConfig, LatencyConfig
 from emu.scenario.deployment import DeploymentConfig
+from emu.scenario.dsd import DsdConfig, dsd_problem
 from emu.scenario.hetnet import HetnetConfig, hetnet_problem
 from nodes.core.guard import Limits
 from nodes.core.runtime import RuntimeConfig
@@ -28,7 +30,7 @@ from nodes.protocol.events import MAX_TOP_K
 
 __all__ = ["MAX_TIME_SCALE", "MODEL_KINDS", "PRESETS", "SHAPING", "TIMING", "Scenario"]
 
-PRESETS = ("default", "dipsd-paper", "hetnet")
+PRESETS = ("default", "dipsd-paper", "hetnet", "dsd", "dsd-full")
 NETWORK_MODELS = ("fixed", "radio", "trace")
 _TOP_ENTRY_BYTES = 14  # one top-k entry of a draft on the wire: an id (<= 5) and a float64 (9)
 
@@ -243,11 +245,14 @@ class Scenario:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     radio: RadioConfig = field(default_factory=RadioConfig)
     hetnet: HetnetConfig = field(default_factory=HetnetConfig)
+    dsd: DsdConfig = field(default_factory=DsdConfig)
 
     def __post_init__(self) -> None:
         get_system(self.deployment.system).check_policy(self.planner.policy, where="planner.policy")
         if self.deployment.system == "hetnet":
             self.hetnet_problem()  # its tasks, fronthaul and compute checked before any run
+        if self.deployment.system == "dsd":
+            self.dsd_problem()  # its trace and AWC weights read and checked before any run
         for v in self.deployment.verifiers:
             self.verifier_edge(v)  # a verifier's own compute, checked as [edge]'s is
         # A sampled draft carries each token's top-k ids and probabilities: the largest one a
@@ -332,6 +337,10 @@ class Scenario:
             initial_draft_len=p.initial_draft_len,
             fixed_draft_len=p.fixed_draft_len,
         )
+
+    def dsd_problem(self) -> DsdProblem:
+        """DSD's deployment: ``[dsd]``, its draws made with ``sim.seed``."""
+        return dsd_problem(self.dsd, seed=self.sim.seed)
 
     def hetnet_problem(self) -> HetnetProblem:
         """The heterogeneous-edge system's planning instance: ``users.count`` tasks of

@@ -102,3 +102,13 @@ register_system(
         roles=("drafter", "verifier"),
     )
 )
+
+register_system(
+    System(
+        name="dsd",
+        about="distributed speculative decoding for edge-cloud serving: many drafters, a "
+        "router, many verifiers that batch their drafts; the window policies choose each "
+        "draft's length",
+        roles=("drafter", "router", "verifier"),
+    )
+)

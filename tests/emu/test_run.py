@@ -37,7 +37,7 @@ def test_two_users_with_the_embedded_models_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "run"
     r = draftnet(
         "run",
-        *["--users", "2", "--models", "embedded", "--duration", "12"],
+        *["--users", "2", "--models", "embedded", "--duration", "8"],
         *["--policy", "dipsd", "--policy", "ad-batch", "--json", "--out", str(out)],
         # The time scale is the calibration's (auto): 2-3 here when quiet, more on a busy host,
         # and the run (two policies, the calibration, the greedy check) takes that much longer.

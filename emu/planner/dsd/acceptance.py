@@ -12,6 +12,7 @@ is sequential Bernoulli draws that stop at the first reject (``sample_accepted``
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,11 +47,17 @@ class PositionCurve:
         return 1.0
 
     def probabilities(self, context: int, length: int | None = None) -> npt.NDArray[np.float64]:
-        """p_0 .. p_{length-1} at ``context`` (``length`` defaults to the curve's depth)."""
-        n = self.depth if length is None else length
-        i = np.minimum(np.arange(n), self.depth - 1)
-        p = self.base * self.decay**i * self.factor(context)
-        return np.clip(p, self.floor, self.ceiling)
+        """p_0 .. p_{length-1} at ``context`` (``length`` defaults to the curve's depth); the
+        array is shared (a simulation asks every round): read it, do not write it."""
+        return _probabilities(self, self.factor(context), self.depth if length is None else length)
+
+
+@functools.cache
+def _probabilities(curve: PositionCurve, factor: float, n: int) -> npt.NDArray[np.float64]:
+    i = np.minimum(np.arange(n), curve.depth - 1)
+    p = np.clip(curve.base * curve.decay**i * factor, curve.floor, curve.ceiling)
+    p.flags.writeable = False
+    return p
 
 
 def expected_accepted(p: npt.NDArray[np.float64]) -> float:

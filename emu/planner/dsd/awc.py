@@ -79,7 +79,8 @@ class Situation:
 
 
 def _mean_last(xs: Sequence[float]) -> float:
-    return float(np.mean(xs[-HISTORY:])) if len(xs) else 0.0
+    last = xs[-HISTORY:]
+    return sum(last) / len(last) if len(last) else 0.0
 
 
 def _delta(xs: Sequence[float]) -> float:
@@ -98,7 +99,7 @@ def awc_features(s: Situation, *, default: int, max_gamma: int) -> npt.NDArray[n
         [
             util,
             util - _mean_last(s.queue_utils) if len(s.queue_utils) else 0.0,
-            float(np.clip(pending, 0.0, 2.0)),
+            min(max(pending, 0.0), 2.0),
             _mean_last(s.round_ms) / RTT_SCALE_MS,
             _delta(s.round_ms) / RTT_SCALE_MS,
             _mean_last(s.tpot_ms) / TPOT_SCALE_MS,

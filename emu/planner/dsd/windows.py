@@ -24,12 +24,15 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from emu.planner.dsd.awc import Awc, AwcNetwork, Situation
+from emu.planner.dsd.awc import Awc, Situation
+from emu.planner.dsd.model import DsdProblem
 
 __all__ = [
-    "WINDOW_POLICIES",
+    "DSD_POLICIES",
+    "AwcPolicy",
     "Backoff",
     "Choice",
+    "DsdWindows",
     "SpecPP",
     "Static",
     "WindowPolicy",
@@ -102,15 +105,48 @@ class AwcPolicy:
         return self.awc.window(c.pair, c.situation)
 
 
-WINDOW_POLICIES: dict[str, Callable[[AwcNetwork | None], WindowPolicy]] = {
-    "static": lambda _net: Static(),
-    "backoff": lambda _net: Backoff(),
-    "specpp": lambda _net: SpecPP(),
-    "awc": lambda net: AwcPolicy(Awc(network=net if net is not None else AwcNetwork.hand_set())),
-}
+@dataclass(frozen=True, slots=True)
+class DsdWindows:
+    """A window policy as the policy registry holds it: planning a DSD deployment gives a
+    maker of the policy, one fresh (with its own state) for each drafter."""
+
+    name: str
+    about: str
+    make: Callable[[DsdProblem], WindowPolicy]
+    system: str = "dsd"
+    baseline: str = ""
+    max_users: int | None = None
+
+    def plan(self, problem: DsdProblem, previous: object = None) -> Callable[[], WindowPolicy]:
+        return lambda: self.make(problem)
 
 
-def window_policy(name: str, network: AwcNetwork | None = None) -> WindowPolicy:
-    """A fresh policy by name (its own state: one per drafter); AWC runs ``network`` (the
-    authors' hand-set head when None)."""
-    return WINDOW_POLICIES[name](network)
+DSD_POLICIES = (
+    DsdWindows(
+        "specpp",
+        "Spec++: the longest window whose drafts are likely enough accepted",
+        lambda p: SpecPP(most=p.max_gamma),
+    ),
+    DsdWindows(
+        "static", "a constant window (dsd.gamma_default)", lambda p: Static(default=p.gamma_default)
+    ),
+    DsdWindows(
+        "backoff",
+        "the window from the drafter's last acceptance ratio: 2, 4 or 8",
+        lambda _p: Backoff(),
+    ),
+    DsdWindows(
+        "awc",
+        "adaptive window control: a small network on 11 features of the round "
+        "(dsd.awc_weights; the authors' hand-set head by default)",
+        lambda p: AwcPolicy(Awc(network=p.awc, default=p.gamma_default)),
+    ),
+)
+
+
+def window_policy(name: str, problem: DsdProblem | None = None) -> WindowPolicy:
+    """A fresh policy by name, for ``problem`` (the defaults' when None)."""
+    policy = next((p for p in DSD_POLICIES if p.name == name), None)
+    if policy is None:
+        raise ValueError(f"window policy must be one of {', '.join(p.name for p in DSD_POLICIES)}")
+    return policy.make(problem if problem is not None else DsdProblem.defaults())

@@ -1,0 +1,381 @@
+"""``draftnet sim`` of DSD: many drafters, a router and many verifiers on a discrete-event
+clock, one window policy at a time.
+
+Layer: emu (orchestration); no I/O. The loop is a heap of timed calls (``scripts/
+bench_dsd_clock.py``: trio's scheduling alone would take most of the minute the baseline
+experiment is allowed); what happens at each event is the sans-I/O cores', the emulation's:
+``nodes.core.dsd`` (the verifier's queue, a conversation's accounting), ``emu.planner.dsd``
+(the window policies, the router, the acceptance curve, the compute model, the links).
+
+A drafter serves one conversation at a time. Its conversations come from the regenerated trace
+(each record to a drafter drawn in proportion to its capability); one starts at its record's
+time, or once the drafter's user has thought after the last. The router picks the verifier
+once a conversation (sticky). The prefill goes to the verifier; then each round the drafter
+chooses a window, drafts (its compute model), sends the drafts, and the verifier batches them
+with others (``nodes.core.dsd.TargetQueue``) and verifies (its compute model); the verdict's
+accepted count is drawn from the position curve at the conversation's context. Links take each
+pair's one-way base times (1 + u), u ~ U(-jitter, jitter) per transfer. The run stops at
+``duration_s``; what a conversation had by then counts, and only finished ones give TTFT and
+TPOT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import json
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emu.files import write_atomic
+from emu.planner import get_policy
+from emu.planner.dsd.acceptance import expected_accepted, sample_accepted
+from emu.planner.dsd.awc import Situation
+from emu.planner.dsd.compute import Work
+from emu.planner.dsd.links import (
+    PairLink,
+    prefill_request_bytes,
+    prefill_response_bytes,
+    round_request_bytes,
+    round_response_bytes,
+)
+from emu.planner.dsd.model import DrafterSpec, DsdProblem, VerifierSpec
+from emu.planner.dsd.routing import DsdRouter, VerifierState
+from emu.planner.dsd.windows import Choice, WindowPolicy
+from emu.planner.dsd.workload import Arrival, regenerate
+from emu.scenario import Scenario, scenario_toml
+from nodes.core.dsd import Conversation, DsdJob, TargetQueue
+from nodes.core.systems import get_system
+
+__all__ = ["DsdRun", "simulate_dsd", "simulate_dsd_policy"]
+
+HISTORY = 4  # a pair's recent rounds AWC reads (its mean takes the last 3)
+BATCH_HISTORY = 20  # a verifier's recent batches the router's work-left estimate averages
+
+
+@dataclass(slots=True)
+class _Drafter:
+    spec: DrafterSpec
+    links: dict[str, PairLink]
+    policy: WindowPolicy
+    rng: np.random.Generator
+    arrivals: deque[Arrival] = field(default_factory=deque)
+    conv: Conversation | None = None
+    conv_id: str = ""
+    verifier: str = ""
+    gamma: int = 0  # the window of the round in flight (or of the conversation)
+    drafts: int = 0
+    round_start_s: float = 0.0
+    count: int = 0
+    last_ratio: float | None = None
+    round_ms: dict[str, deque[float]] = field(default_factory=dict)
+    tpot_ms: dict[str, deque[float]] = field(default_factory=dict)
+    pair_ratio: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Verifier:
+    spec: VerifierSpec
+    queue: TargetQueue
+    busy_until_s: float = 0.0
+    batches: deque[float] = field(default_factory=lambda: deque(maxlen=BATCH_HISTORY))
+    utils: deque[float] = field(default_factory=lambda: deque(maxlen=3))
+    poll_at_s: float = -1.0
+    busy_s: float = 0.0
+    routed: int = 0
+
+
+@dataclass(slots=True)
+class DsdRun:
+    """What one policy's run measured."""
+
+    duration_s: float
+    tokens: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    rounds: int = 0
+    windows: list[int] = field(default_factory=list)
+    finished: list[Conversation] = field(default_factory=list)
+    queue_wait_s: list[float] = field(default_factory=list)
+    routed: dict[str, int] = field(default_factory=dict)
+    utilisation: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        ttft = [c.ttft_s * 1e3 for c in self.finished if c.ttft_s is not None]
+        tpot = [c.tpot_s * 1e3 for c in self.finished if c.tpot_s is not None]
+        return {
+            "throughput_tok_s": self.tokens / self.duration_s,
+            "tokens": self.tokens,
+            "conversations": len(self.finished),
+            "rounds": self.rounds,
+            "acceptance_rate": self.accepted / self.drafted if self.drafted else 0.0,
+            "mean_window": float(np.mean(self.windows)) if self.windows else 0.0,
+            "ttft_ms": _percentiles(ttft),
+            "tpot_ms": _percentiles(tpot),
+            "queue_wait_ms": _percentiles([w * 1e3 for w in self.queue_wait_s]),
+            "routed": dict(self.routed),
+            "verifier_utilisation": dict(self.utilisation),
+        }
+
+
+def _percentiles(xs: list[float]) -> dict[str, float]:
+    """Mean and nearest-rank percentiles at index round(p (n - 1)) (dsd.md section 7)."""
+    if not xs:
+        return {"mean": 0.0, "p50": 0.0, "p95": 0.0, "p99": 0.0}
+    s = sorted(xs)
+    at = {f"p{int(p * 100)}": s[round(p * (len(s) - 1))] for p in (0.5, 0.95, 0.99)}
+    return {"mean": float(np.mean(s)), **at}
+
+
+class _Loop:
+    def __init__(self, problem: DsdProblem, make_policy: Callable[[], WindowPolicy],
+                 duration_s: float, seed: int) -> None:  # fmt: skip
+        self.p = problem
+        self.end_s = duration_s
+        self.heap: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self.order = itertools.count()
+        self.run = DsdRun(duration_s=duration_s)
+        self.router = DsdRouter(problem.router, seed=seed)
+        self.owner: dict[str, _Drafter] = {}  # each conversation in flight: its drafter
+        self.verifiers = {
+            v.name: _Verifier(
+                v,
+                TargetQueue(
+                    batch_size=v.batch_size, window_s=v.window_ms / 1e3, order=problem.batching
+                ),
+            )
+            for v in problem.verifiers
+        }
+        streams = np.random.SeedSequence([seed, 18]).spawn(len(problem.drafters) + 1)
+        self.drafters = {
+            d.name: _Drafter(
+                d,
+                {lk.verifier: lk for lk in problem.reachable(d.name)},
+                make_policy(),
+                np.random.default_rng(s),
+            )
+            for d, s in zip(problem.drafters, streams[1:], strict=True)
+        }
+        self._deal(np.random.default_rng(streams[0]))
+
+    def _deal(self, rng: np.random.Generator) -> None:
+        """The regenerated records, each to a drafter drawn by capability."""
+        caps = np.array([d.capability for d in self.p.drafters], dtype=float)
+        arrivals = regenerate(self.p.trace, list(caps), rng, horizon_s=self.end_s)
+        weights = caps / caps.sum() if caps.sum() > 0 else np.full(caps.size, 1 / caps.size)
+        names = [d.name for d in self.p.drafters]
+        for a, k in zip(
+            arrivals, rng.choice(len(names), size=len(arrivals), p=weights), strict=True
+        ):
+            self.drafters[names[int(k)]].arrivals.append(a)
+        for d in self.drafters.values():
+            if d.arrivals:
+                self.at(d.arrivals[0].at_ms / 1e3, self._next_conversation, d)
+
+    def at(self, t: float, fn: Callable[..., None], *args: Any) -> None:
+        heapq.heappush(self.heap, (t, next(self.order), fn, args))
+
+    def go(self) -> DsdRun:
+        while self.heap:
+            now, _, fn, args = heapq.heappop(self.heap)
+            if now > self.end_s:
+                break
+            fn(now, *args)
+        for name, v in self.verifiers.items():
+            self.run.routed[name] = v.routed
+            self.run.utilisation[name] = min(v.busy_s, self.end_s) / self.end_s
+        return self.run
+
+    # --- the drafter ------------------------------------------------------------------------
+
+    def _next_conversation(self, now: float, d: _Drafter) -> None:
+        if d.conv is not None or not d.arrivals:
+            return
+        if d.arrivals[0].at_ms / 1e3 > now:  # thought, but the next record is not due yet
+            self.at(d.arrivals[0].at_ms / 1e3, self._next_conversation, d)
+            return
+        req = d.arrivals.popleft().request
+        d.count += 1
+        d.conv_id = f"{d.spec.name}/{d.count}"
+        self.owner[d.conv_id] = d
+        d.conv = Conversation(prompt=req.prompt_tokens, answer=req.answer_tokens, started_s=now,
+                              accounting=self.p.compat.round_accounting)  # fmt: skip
+        allowed = [self._state(self.verifiers[v], now) for v in d.links]
+        d.verifier = self.router.route(d.conv_id, d.spec.name, allowed)
+        self.verifiers[d.verifier].routed += 1
+        d.gamma = 0
+        link = d.links[d.verifier]
+        job = DsdJob(conversation=d.conv_id, phase="prefill", tokens=req.prompt_tokens,
+                     context=0, enqueued_s=0.0, target=d.verifier)  # fmt: skip
+        self.at(now + link.forward(prefill_request_bytes(req.prompt_tokens), d.rng) / 1e3,
+                self._arrive, job)  # fmt: skip
+
+    def _round(self, now: float, d: _Drafter) -> None:
+        conv = d.conv
+        assert conv is not None
+        if d.gamma == 0 or self.p.compat.gamma_granularity == "round":
+            d.gamma = d.policy.window(self._choice(d, now))
+        d.drafts = conv.drafts(d.gamma)
+        self.run.windows.append(d.gamma)
+        d.round_start_s = now
+        draft_s = d.spec.compute.draft_ms(d.drafts, conv.context, self.p.compat) / 1e3
+        send_s = d.links[d.verifier].forward(round_request_bytes(d.drafts), d.rng) / 1e3
+        job = DsdJob(conversation=d.conv_id, phase="decode", tokens=d.drafts + 1,
+                     context=conv.context, enqueued_s=0.0, target=d.verifier)  # fmt: skip
+        self.at(now + draft_s + send_s, self._arrive, job)
+
+    def _choice(self, d: _Drafter, now: float) -> Choice:
+        conv = d.conv
+        assert conv is not None
+        v = self.verifiers[d.verifier]
+        positions = self.p.curve.probabilities(conv.context, self.p.max_gamma)
+        estimate = expected_accepted(positions[: self.p.gamma_default]) / self.p.gamma_default
+        situation = Situation(
+            queue_len=v.queue.queue_len, batch_size=v.spec.batch_size, queue_utils=tuple(v.utils),
+            pending_tokens=sum(j.tokens for j in v.queue.jobs),
+            round_ms=tuple(d.round_ms.get(d.verifier, ())),
+            tpot_ms=tuple(d.tpot_ms.get(d.verifier, ())), capability=d.spec.capability,
+            acceptance_recent=d.pair_ratio.get(d.verifier), acceptance_estimate=estimate,
+            last_gamma=d.gamma or None, context=conv.prompt,
+        )  # fmt: skip
+        return Choice(pair=f"{d.spec.name}>{d.verifier}", positions=positions,
+                      last_ratio=d.last_ratio, situation=situation)  # fmt: skip
+
+    def _reply(self, now: float, d: _Drafter, job: DsdJob) -> None:
+        conv = d.conv
+        assert conv is not None
+        if job.phase == "prefill":
+            before = conv.tokens
+            conv.prefilled(now)
+            self.run.tokens += conv.tokens - before
+        else:
+            drafts = d.drafts
+            p = self.p.curve.probabilities(job.context, drafts)
+            accepted = sample_accepted(p, d.rng) if drafts else 0
+            round_s = now - d.round_start_s
+            n = conv.verdict(now, drafts, accepted, round_s)
+            self.run.tokens += n if self.p.compat.round_accounting == "emitted" else accepted
+            self.run.rounds += 1
+            self.run.drafted += drafts
+            self.run.accepted += accepted
+            if drafts:
+                d.last_ratio = d.pair_ratio[d.verifier] = accepted / drafts
+            for hist, value in (
+                (d.round_ms, round_s * 1e3),
+                (d.tpot_ms, round_s * 1e3 / max(n, 1)),
+            ):
+                hist.setdefault(d.verifier, deque(maxlen=HISTORY)).append(value)
+        if conv.done:
+            self.run.finished.append(conv)
+            self.router.forget(d.conv_id)
+            del self.owner[d.conv_id]
+            d.conv = None
+            self.at(now + self.p.think.sample_ms(d.rng) / 1e3, self._next_conversation, d)
+        else:
+            self._round(now, d)
+
+    # --- the verifier -----------------------------------------------------------------------
+
+    def _state(self, v: _Verifier, now: float) -> VerifierState:
+        return VerifierState(
+            name=v.spec.name, enqueued=len(v.queue.jobs), busy=v.queue.busy,
+            busy_left_ms=max(0.0, v.busy_until_s - now) * 1e3, batch_size=v.spec.batch_size,
+            mean_batch_ms=float(np.mean(v.batches)) if v.batches else 37.0,
+            weight=v.spec.weight,
+        )  # fmt: skip
+
+    def _arrive(self, now: float, job: DsdJob) -> None:
+        v = self.verifiers[job.target]
+        v.queue.put(dataclasses.replace(job, enqueued_s=now))
+        self._poll(now, v)
+
+    def _poll(self, now: float, v: _Verifier) -> None:
+        batch = v.queue.take(now)
+        if batch is None:
+            wake = v.queue.wake_s()
+            if wake is not None and wake != v.poll_at_s:
+                v.poll_at_s = wake
+                self.at(wake, self._poll, v)
+            return
+        v.utils.append(len(batch) / v.spec.batch_size)
+        work = [Work(j.tokens, j.context, prefill=j.phase == "prefill") for j in batch]
+        took_s = v.spec.compute.batch_ms(work, self.p.compat) / 1e3
+        v.busy_until_s = now + took_s
+        v.busy_s += took_s
+        v.batches.append(took_s * 1e3)
+        self.run.queue_wait_s += [now - j.enqueued_s for j in batch]
+        self.at(now + took_s, self._done, v, batch)
+
+    def _done(self, now: float, v: _Verifier, batch: list[DsdJob]) -> None:
+        v.queue.finished(now)
+        for job in batch:
+            d = self.owner[job.conversation]
+            size = (prefill_response_bytes(job.tokens) if job.phase == "prefill"
+                    else round_response_bytes(job.tokens))  # fmt: skip
+            self.at(now + d.links[v.spec.name].response(size, d.rng) / 1e3, self._reply, d, job)
+        if not v.queue.jobs:
+            self.router.became_idle(v.spec.name)
+        self._poll(now, v)
+
+
+def simulate_dsd_policy(
+    problem: DsdProblem, make_policy: Callable[[], WindowPolicy], *, duration_s: float, seed: int
+) -> DsdRun:
+    """One window policy's run of ``problem`` for ``duration_s`` simulated seconds."""
+    if not math.isfinite(duration_s) or duration_s <= 0:
+        raise ValueError(f"duration_s must be > 0, got {duration_s}")
+    return _Loop(problem, make_policy, duration_s, seed).go()
+
+
+def simulate_dsd(
+    sc: Scenario,
+    policies: list[str],
+    *,
+    out_dir: Path | None = None,
+    progress: Callable[[str, float], None] | None = None,
+) -> dict[str, Any]:
+    """Run each window policy on the scenario's deployment for ``sim.duration_s``; the ``sim
+    --json`` object (written as each policy ends: nothing measured is lost)."""
+    system = get_system("dsd")
+    for p in policies:
+        system.check_policy(p, where="--policy")
+    problem = sc.dsd_problem()
+    t_wall = time.perf_counter()
+    if out_dir is not None:
+        (out_dir / "scenario.toml").write_text(scenario_toml(sc))
+    results: dict[str, Any] = {}
+
+    def summary() -> dict[str, Any]:
+        return {
+            "mode": "sim",
+            "system": "dsd",
+            "scenario": sc.name,
+            "drafters": len(problem.drafters),
+            "verifiers": len(problem.verifiers),
+            "router": problem.router,
+            "batching": problem.batching,
+            "compat": sc.dsd.compat,
+            "seed": sc.sim.seed,
+            "duration_s": sc.sim.duration_s,
+            "results": dict(results),
+            "wall_s": time.perf_counter() - t_wall,
+        }
+
+    for policy in policies:
+        t_policy = time.perf_counter()
+        make = get_policy(policy).plan(problem)
+        run = simulate_dsd_policy(problem, make, duration_s=sc.sim.duration_s, seed=sc.sim.seed)
+        results[policy] = run.summary() | {"wall_s": time.perf_counter() - t_policy}
+        if progress is not None:
+            progress(policy, sc.sim.duration_s)
+        if out_dir is not None:
+            write_atomic(out_dir / "summary.json", json.dumps(summary(), indent=2, default=float))
+    return summary()

@@ -1,0 +1,130 @@
+"""``draftnet sim`` of DSD: drafters, a router and verifiers on the discrete-event clock, each
+window policy in turn (emu.runners.sim_dsd), and its bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emu.planner import get_policy
+from emu.planner.dsd.awc import AwcNetwork
+from emu.planner.dsd.routing import ROUTERS
+from emu.runners.sim_dsd import simulate_dsd_policy
+from emu.scenario import load_scenario
+from tests.test_cli import draftnet
+
+
+def _problem(**dsd: object):  # type: ignore[no-untyped-def]
+    overrides = {"deployment.system": "dsd", "planner.policy": "specpp"}
+    overrides |= {f"dsd.{k}": v for k, v in dsd.items()}
+    return load_scenario(preset="dsd", overrides=overrides).dsd_problem()
+
+
+def _run(problem, policy: str = "static", seconds: float = 20.0, seed: int = 0):  # type: ignore[no-untyped-def]
+    return simulate_dsd_policy(
+        problem, get_policy(policy).plan(problem), duration_s=seconds, seed=seed
+    )
+
+
+def test_sim_json_gives_each_window_policy_its_figures(tmp_path: Path) -> None:
+    r = draftnet(
+        "sim", "--preset", "dsd", "--duration", "10",
+        *["--policy", "static", "--policy", "backoff", "--policy", "specpp", "--policy", "awc"],
+        "--json", "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    assert doc["system"] == "dsd" and (doc["drafters"], doc["verifiers"]) == (20, 5)
+    assert set(doc["results"]) == {"static", "backoff", "specpp", "awc"}
+    for policy, res in doc["results"].items():
+        assert res["throughput_tok_s"] > 0 and res["conversations"] > 0, policy
+        for key in ("tpot_ms", "ttft_ms"):
+            assert 0 < res[key]["p50"] <= res[key]["p95"], (policy, key)
+        assert 0 < res["acceptance_rate"] < 1
+        assert all(0 < u <= 1 for u in res["verifier_utilisation"].values())
+    means = {p: res["mean_window"] for p, res in doc["results"].items()}
+    assert means["static"] == 4.0 and means["specpp"] == 7.0  # the curve's at short contexts
+    assert 4.0 < means["backoff"] < 8.0  # it swings between 4 and 8
+    assert means["awc"] < 2.0  # the hand-set head collapses to 1 at ordinary round times
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert saved["results"].keys() == doc["results"].keys()
+
+
+def test_a_run_is_its_seed_and_every_router_agrees_with_one_verifier() -> None:
+    problem = _problem(tiers=[{"name": "one", "count": 1}], fanout=1)
+    first = _run(problem).summary()
+    assert _run(problem).summary() == first
+    assert _run(problem, seed=1).summary() != first
+    for router in ROUTERS:
+        res = _run(replace(problem, router=router)).summary()
+        assert res == first, router
+
+
+def test_every_conversation_gets_its_whole_answer() -> None:
+    """draftnet's accounting: each finished conversation has exactly its answer's tokens, in
+    rounds that each emit their accepted drafts plus one; the authors': ceil(A / gamma)
+    rounds whatever is accepted."""
+    problem = _problem()
+    run = _run(problem)
+    assert run.finished and all(c.tokens == c.answer for c in run.finished)
+    assert all(c.rounds <= c.answer - 1 for c in run.finished)
+    assert run.accepted <= run.drafted and run.tokens >= sum(c.tokens for c in run.finished)
+    authors = _problem(compat=True)
+    assert authors.compat.gamma_granularity == "conversation"
+    fixed = _run(authors)
+    assert fixed.finished
+    assert all(c.rounds == math.ceil(c.answer / 4) for c in fixed.finished)
+    # Every draft counts as output, accepted or not: an answer is "whole" with a fifth of it
+    # rejected (the snapshot's defect, kept under compat).
+    assert sum(c.drafted for c in fixed.finished) == sum(c.answer for c in fixed.finished)
+    assert sum(c.accepted for c in fixed.finished) < 0.9 * sum(c.answer for c in fixed.finished)
+
+
+def test_jsq_spreads_the_load_over_unequal_verifiers_better_than_random() -> None:
+    problem = _problem(drafters=24)
+    jsq = _run(replace(problem, router="jsq"), seconds=30.0).summary()
+    rnd = _run(replace(problem, router="random"), seconds=30.0).summary()
+    assert jsq["queue_wait_ms"]["p95"] < rnd["queue_wait_ms"]["p95"]
+    assert jsq["ttft_ms"]["p95"] < rnd["ttft_ms"]["p95"]
+
+
+def test_awc_runs_the_network_it_is_given(tmp_path: Path) -> None:
+    """A head that always says +4 keeps the window at its clamp (dsd.max_gamma is Spec++'s;
+    AWC's is gamma_default unless raised)."""
+    net = AwcNetwork.hand_set()
+    up = {**net.arrays(), "head": np.zeros(11), "bias": 4.0}
+    np.savez(tmp_path / "up.npz", **up)
+    res = _run(_problem(awc_weights=str(tmp_path / "up.npz")), policy="awc").summary()
+    assert res["mean_window"] == pytest.approx(4.0, abs=0.2)  # short ends of answers aside
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--set", "dsd.router=fastest"], "dsd.router must be one of random, round-robin, jsq"),
+        (["--policy", "dipsd"], "--policy must be one of dsd's policies (specpp, static"),
+        (["--set", "dsd.fanout=9"], "dsd.fanout must be at most the 5 verifiers of dsd.tiers"),
+        (["--set", "dsd.batching=sjf"], "dsd.batching must be one of fifo, priority, lab"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(args: list[str], needle: str) -> None:
+    r = draftnet("sim", "--preset", "dsd", "--duration", "1", *args, "--json")
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_bad_files_are_one_line_and_status_2(tmp_path: Path) -> None:
+    np.savez(tmp_path / "w.npz", **{**AwcNetwork.hand_set().arrays(), "w1": np.zeros((11, 3))})
+    (tmp_path / "t.csv").write_text("74,140\n80,x\n")
+    for setting, needle in (
+        (f"dsd.awc_weights={tmp_path / 'w.npz'}", "array 'w1' must have shape (11x11)"),
+        (f"dsd.trace={tmp_path / 't.csv'}", "line 2"),
+    ):
+        r = draftnet("sim", "--preset", "dsd", "--duration", "1", "--set", setting, "--json")
+        assert r.returncode == 2, r.stderr
+        assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
