@@ -128,3 +128,9 @@ def test_bad_files_are_one_line_and_status_2(tmp_path: Path) -> None:
         r = draftnet("sim", "--preset", "dsd", "--duration", "1", "--set", setting, "--json")
         assert r.returncode == 2, r.stderr
         assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_the_phase_lanes_hold_a_job_at_most_their_window() -> None:
+    with_lanes = _run(_problem()).summary()["lane_wait_ms"]
+    assert with_lanes["p50"] > 0.0 and with_lanes["p99"] <= 0.8 + 1e-9  # 0.3 alone, 0.8 else
+    assert _run(_problem(lanes=False)).summary()["lane_wait_ms"]["p99"] == 0.0

@@ -52,7 +52,7 @@ from emu.planner.dsd.routing import DsdRouter, VerifierState
 from emu.planner.dsd.windows import Choice, WindowPolicy
 from emu.planner.dsd.workload import Arrival, regenerate
 from emu.scenario import Scenario, scenario_toml
-from nodes.core.dsd import Conversation, DsdJob, TargetQueue
+from nodes.core.dsd import Conversation, DsdJob, Lane, TargetQueue
 from nodes.core.systems import get_system
 
 __all__ = ["DsdRun", "simulate_dsd", "simulate_dsd_policy"]
@@ -105,6 +105,7 @@ class DsdRun:
     windows: list[int] = field(default_factory=list)
     finished: list[Conversation] = field(default_factory=list)
     queue_wait_s: list[float] = field(default_factory=list)
+    lane_wait_s: list[float] = field(default_factory=list)
     routed: dict[str, int] = field(default_factory=dict)
     utilisation: dict[str, float] = field(default_factory=dict)
 
@@ -121,6 +122,7 @@ class DsdRun:
             "ttft_ms": _percentiles(ttft),
             "tpot_ms": _percentiles(tpot),
             "queue_wait_ms": _percentiles([w * 1e3 for w in self.queue_wait_s]),
+            "lane_wait_ms": _percentiles([w * 1e3 for w in self.lane_wait_s]),
             "routed": dict(self.routed),
             "verifier_utilisation": dict(self.utilisation),
         }
@@ -145,6 +147,9 @@ class _Loop:
         self.run = DsdRun(duration_s=duration_s)
         self.router = DsdRouter(problem.router, seed=seed)
         self.owner: dict[str, _Drafter] = {}  # each conversation in flight: its drafter
+        # The global phase lanes (dsd.md 4.2's first level), one a phase, before the queues.
+        self.lanes = {phase: Lane() for phase in ("prefill", "decode")} if problem.lanes else {}
+        self.lane_wake: dict[int, float] = {}  # each lane's next wake-up already on the heap
         self.verifiers = {
             v.name: _Verifier(
                 v,
@@ -293,8 +298,27 @@ class _Loop:
         )  # fmt: skip
 
     def _arrive(self, now: float, job: DsdJob) -> None:
+        """A job reaches the cloud: its phase's lane, or straight to its verifier's queue."""
+        job = dataclasses.replace(job, enqueued_s=now)
+        lane = self.lanes.get(job.phase)
+        if lane is None:
+            self._enqueue(now, job)
+            return
+        lane.put(job)
+        self._poll_lane(now, lane)
+
+    def _poll_lane(self, now: float, lane: Lane) -> None:
+        for job in lane.take(now):
+            self.run.lane_wait_s.append(now - job.enqueued_s)
+            self._enqueue(now, dataclasses.replace(job, enqueued_s=now))
+        wake = lane.wake_s()
+        if wake is not None and wake > now and self.lane_wake.get(id(lane)) != wake:
+            self.lane_wake[id(lane)] = wake
+            self.at(wake, self._poll_lane, lane)
+
+    def _enqueue(self, now: float, job: DsdJob) -> None:
         v = self.verifiers[job.target]
-        v.queue.put(dataclasses.replace(job, enqueued_s=now))
+        v.queue.put(job)
         self._poll(now, v)
 
     def _poll(self, now: float, v: _Verifier) -> None:

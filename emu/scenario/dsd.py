@@ -74,6 +74,7 @@ class DsdConfig:
     tiers: tuple[DsdTierConfig, ...] = field(default_factory=_tiers)
     router: str = "jsq"
     batching: str = "fifo"  # fifo | priority | lab
+    lanes: bool = True  # the global phase lanes (6 jobs, 0.3 ms alone, 0.8 ms with company)
     fanout: int = 2  # verifiers each drafter reaches (at most all of them; the presets: 4)
     jitter: float = 0.12  # a transfer's base x (1 + U(-jitter, jitter))
     bandwidth_mbps: float = 0.0  # 0: no bytes term
@@ -128,6 +129,8 @@ class DsdConfig:
         check_in("dsd.gamma_default", self.gamma_default, 1, 64, "in [1, 64]")
         check_in("dsd.max_gamma", self.max_gamma, self.gamma_default, 64,
                  f"in [dsd.gamma_default = {self.gamma_default}, 64]")  # fmt: skip
+        if not isinstance(self.lanes, bool):
+            raise ConfigError(f"dsd.lanes must be true or false, got {self.lanes!r}")
         ThinkTime(mean_ms=self.think_mean_ms, cv=self.think_cv, min_ms=self.think_min_ms)
 
     @property
@@ -200,6 +203,7 @@ def dsd_problem(cfg: DsdConfig, *, seed: int) -> DsdProblem:
         curve=PositionCurve(),
         router=cfg.router,
         batching=cfg.batching,
+        lanes=cfg.lanes,
         compat=compat,
         gamma_default=cfg.gamma_default,
         max_gamma=cfg.max_gamma,

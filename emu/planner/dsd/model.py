@@ -45,6 +45,7 @@ class DsdProblem:
     curve: PositionCurve = field(default_factory=PositionCurve)
     router: str = "jsq"
     batching: str = "fifo"
+    lanes: bool = True  # the global phase lanes before the verifiers' queues
     compat: Compat = field(default_factory=Compat)
     gamma_default: int = 4
     max_gamma: int = 8
