@@ -21,7 +21,6 @@ TPOT.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import itertools
 import json
@@ -299,7 +298,7 @@ class _Loop:
 
     def _arrive(self, now: float, job: DsdJob) -> None:
         """A job reaches the cloud: its phase's lane, or straight to its verifier's queue."""
-        job = dataclasses.replace(job, enqueued_s=now)
+        job.enqueued_s = now
         lane = self.lanes.get(job.phase)
         if lane is None:
             self._enqueue(now, job)
@@ -310,7 +309,8 @@ class _Loop:
     def _poll_lane(self, now: float, lane: Lane) -> None:
         for job in lane.take(now):
             self.run.lane_wait_s.append(now - job.enqueued_s)
-            self._enqueue(now, dataclasses.replace(job, enqueued_s=now))
+            job.enqueued_s = now
+            self._enqueue(now, job)
         wake = lane.wake_s()
         if wake is not None and wake > now and self.lane_wake.get(id(lane)) != wake:
             self.lane_wake[id(lane)] = wake

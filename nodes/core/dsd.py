@@ -38,9 +38,10 @@ LAB_BASE_TOKENS = 256
 AGE_WINDOWS = 5.0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class DsdJob:
-    """A prefill or a round's drafts to verify, for one conversation."""
+    """A prefill or a round's drafts to verify, for one conversation (``enqueued_s`` is set
+    again as it moves from a lane to its verifier's queue)."""
 
     conversation: str
     phase: str  # "prefill" or "decode"

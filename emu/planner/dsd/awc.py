@@ -218,7 +218,7 @@ class Awc:
 
     def window(self, pair: str, s: Situation) -> int:
         x = awc_features(s, default=self.default, max_gamma=self.max_gamma)
-        raw = float(np.clip(self.default + self.network.out(x), 1.0, self.max_gamma))
+        raw = min(max(self.default + self.network.out(x), 1.0), float(self.max_gamma))
         prev = self._smoothed.get(pair)
         smooth = raw if prev is None else self.smoothing * raw + (1.0 - self.smoothing) * prev
         self._smoothed[pair] = smooth
