@@ -134,3 +134,21 @@ def test_the_phase_lanes_hold_a_job_at_most_their_window() -> None:
     with_lanes = _run(_problem()).summary()["lane_wait_ms"]
     assert with_lanes["p50"] > 0.0 and with_lanes["p99"] <= 0.8 + 1e-9  # 0.3 alone, 0.8 else
     assert _run(_problem(lanes=False)).summary()["lane_wait_ms"]["p99"] == 0.0
+
+
+def test_fused_execution_pays_no_round_network_and_loses_where_the_network_is_cheap() -> None:
+    """The verifier drafts too, a token a round: far verifiers (50 ms each way) make its tokens
+    come faster (TPOT: the arrivals, not the mode, set the throughput below saturation); near
+    ones with a slow fused drafter make them come slower."""
+    far = {"tiers": [{"name": "far", "count": 2, "one_way_ms": [50.0, 50.0]}], "fanout": 2}
+    near = {"tiers": [{"name": "near", "count": 2, "one_way_ms": [0.5, 0.5],
+                       "fused_draft_base_ms": 40.0}], "fanout": 2}  # fmt: skip
+    for tiers, fused_wins in ((far, True), (near, False)):
+        distributed = _run(_problem(**tiers)).summary()
+        fused = _run(_problem(**tiers, mode="fused")).summary()
+        assert fused["mean_window"] == 1.0 and fused["fused_rounds"] >= fused["rounds"] > 0
+        assert distributed["fused_rounds"] == 0
+        faster = fused["tpot_ms"]["p50"] < distributed["tpot_ms"]["p50"]
+        assert faster == fused_wins, (tiers, fused["tpot_ms"], distributed["tpot_ms"])
+    hybrid = _run(_problem(mode="hybrid"), policy="awc").summary()
+    assert 0 < hybrid["fused_rounds"] < hybrid["rounds"]  # fused only at a window of 1

@@ -101,6 +101,7 @@ class DsdRun:
     drafted: int = 0
     accepted: int = 0
     rounds: int = 0
+    fused_rounds: int = 0
     windows: list[int] = field(default_factory=list)
     finished: list[Conversation] = field(default_factory=list)
     queue_wait_s: list[float] = field(default_factory=list)
@@ -116,6 +117,7 @@ class DsdRun:
             "tokens": self.tokens,
             "conversations": len(self.finished),
             "rounds": self.rounds,
+            "fused_rounds": self.fused_rounds,
             "acceptance_rate": self.accepted / self.drafted if self.drafted else 0.0,
             "mean_window": float(np.mean(self.windows)) if self.windows else 0.0,
             "ttft_ms": _percentiles(ttft),
@@ -223,17 +225,28 @@ class _Loop:
                 self._arrive, job)  # fmt: skip
 
     def _round(self, now: float, d: _Drafter) -> None:
+        """The next round: drafted here and sent (distributed), or drafted and verified at the
+        verifier, one token a round, with no network (fused: always; hybrid: at a window of
+        1)."""
         conv = d.conv
         assert conv is not None
-        if d.gamma == 0 or self.p.compat.gamma_granularity == "round":
+        if self.p.mode == "fused":
+            d.gamma = 1
+        elif d.gamma == 0 or self.p.compat.gamma_granularity == "round":
             d.gamma = d.policy.window(self._choice(d, now))
+        fused = self.p.mode == "fused" or (self.p.mode == "hybrid" and d.gamma <= 1)
         d.drafts = conv.drafts(d.gamma)
         self.run.windows.append(d.gamma)
+        self.run.fused_rounds += fused
         d.round_start_s = now
+        job = DsdJob(conversation=d.conv_id, phase="decode", tokens=d.drafts + 1,
+                     context=conv.context, enqueued_s=now, target=d.verifier,
+                     fused=fused)  # fmt: skip
+        if fused:
+            self._enqueue(now, job)
+            return
         draft_s = d.spec.compute.draft_ms(d.drafts, conv.context, self.p.compat) / 1e3
         send_s = d.links[d.verifier].forward(round_request_bytes(d.drafts), d.rng) / 1e3
-        job = DsdJob(conversation=d.conv_id, phase="decode", tokens=d.drafts + 1,
-                     context=conv.context, enqueued_s=0.0, target=d.verifier)  # fmt: skip
         self.at(now + draft_s + send_s, self._arrive, job)
 
     def _choice(self, d: _Drafter, now: float) -> Choice:
@@ -331,7 +344,11 @@ class _Loop:
             return
         v.utils.append(len(batch) / v.spec.batch_size)
         work = [Work(j.tokens, j.context, prefill=j.phase == "prefill") for j in batch]
-        took_s = v.spec.compute.batch_ms(work, self.p.compat) / 1e3
+        took_ms = v.spec.compute.batch_ms(work, self.p.compat)
+        fused = [Work(1, j.context) for j in batch if j.fused]
+        if fused and v.spec.fused_draft is not None:  # the fused drafts first, on the same GPU
+            took_ms += v.spec.fused_draft.pass_ms(fused)
+        took_s = took_ms / 1e3
         v.busy_until_s = now + took_s
         v.busy_s += took_s
         v.batches.append(took_s * 1e3)
@@ -342,6 +359,9 @@ class _Loop:
         v.queue.finished(now)
         for job in batch:
             d = self.owner[job.conversation]
+            if job.fused:  # no network: the verdict is the drafter's now, after this batch ends
+                self.at(now, self._reply, d, job)
+                continue
             size = (prefill_response_bytes(job.tokens) if job.phase == "prefill"
                     else round_response_bytes(job.tokens))  # fmt: skip
             self.at(now + d.links[v.spec.name].response(size, d.rng) / 1e3, self._reply, d, job)
@@ -386,6 +406,7 @@ def simulate_dsd(
             "verifiers": len(problem.verifiers),
             "router": problem.router,
             "batching": problem.batching,
+            "execution": problem.mode,
             "compat": sc.dsd.compat,
             "seed": sc.sim.seed,
             "duration_s": sc.sim.duration_s,

@@ -23,7 +23,7 @@ from emu.planner.dsd.acceptance import PositionCurve
 from emu.planner.dsd.awc import AwcNetwork
 from emu.planner.dsd.compute import AffineCompute, Compat
 from emu.planner.dsd.links import wire
-from emu.planner.dsd.model import DrafterSpec, DsdProblem, VerifierSpec
+from emu.planner.dsd.model import MODES, DrafterSpec, DsdProblem, VerifierSpec
 from emu.planner.dsd.routing import ROUTERS
 from emu.planner.dsd.workload import Request, ThinkTime, parse_trace, synthetic_trace
 from nodes.core.dsd import BATCH_ORDERS
@@ -46,6 +46,8 @@ class DsdTierConfig:
     base_ms: float = 20.0  # a verification pass: fixed
     per_token_ms: float = 1.0  # ... a token it processes
     per_context_ms: float = 0.0  # ... a context token it reads
+    fused_draft_base_ms: float = 9.0  # fused execution: a drafting pass on its GPU
+    fused_draft_per_token_ms: float = 0.1  # ... a token of it
 
 
 def _tiers() -> tuple[DsdTierConfig, ...]:
@@ -75,6 +77,8 @@ class DsdConfig:
     router: str = "jsq"
     batching: str = "fifo"  # fifo | priority | lab
     lanes: bool = True  # the global phase lanes (6 jobs, 0.3 ms alone, 0.8 ms with company)
+    mode: str = "distributed"  # distributed | fused (the verifiers draft, a token a round) |
+    # hybrid (fused at a window of 1, else distributed)
     fanout: int = 2  # verifiers each drafter reaches (at most all of them; the presets: 4)
     jitter: float = 0.12  # a transfer's base x (1 + U(-jitter, jitter))
     bandwidth_mbps: float = 0.0  # 0: no bytes term
@@ -110,12 +114,14 @@ class DsdConfig:
             if not 0 <= t.one_way_ms[0] <= t.one_way_ms[1]:
                 raise ConfigError(f"{where}.one_way_ms must be [lo, hi] with 0 <= lo <= hi, "
                                   f"got {list(t.one_way_ms)}")  # fmt: skip
-            for name in ("base_ms", "per_token_ms", "per_context_ms"):
+            for name in ("base_ms", "per_token_ms", "per_context_ms", "fused_draft_base_ms",
+                         "fused_draft_per_token_ms"):  # fmt: skip
                 check_in(f"{where}.{name}", getattr(t, name), 0, math.inf, ">= 0")
         for name, value, allowed in (
             ("router", self.router, ROUTERS),
             ("batching", self.batching, BATCH_ORDERS),
             ("gamma_granularity", self.gamma_granularity, GRANULARITIES),
+            ("mode", self.mode, MODES),
         ):
             if value not in allowed:
                 known = ", ".join(a or '""' for a in allowed)
@@ -179,6 +185,9 @@ def dsd_problem(cfg: DsdConfig, *, seed: int) -> DsdProblem:
             compute=AffineCompute(
                 base_ms=t.base_ms, per_token_ms=t.per_token_ms, per_context_ms=t.per_context_ms
             ),
+            fused_draft=AffineCompute(
+                base_ms=t.fused_draft_base_ms, per_token_ms=t.fused_draft_per_token_ms
+            ),
         )
         for k, t in enumerate(t for t in cfg.tiers for _ in range(t.count))
     )
@@ -204,6 +213,7 @@ def dsd_problem(cfg: DsdConfig, *, seed: int) -> DsdProblem:
         router=cfg.router,
         batching=cfg.batching,
         lanes=cfg.lanes,
+        mode=cfg.mode,
         compat=compat,
         gamma_default=cfg.gamma_default,
         max_gamma=cfg.max_gamma,

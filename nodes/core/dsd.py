@@ -51,6 +51,7 @@ class DsdJob:
     seq: int = 0
     klass: int = 0  # priority: the lower first
     target: str = ""  # the verifier it is routed to
+    fused: bool = False  # drafted at the verifier too (fused execution): no round network
 
 
 def context_bucket(context: int) -> int:

@@ -15,7 +15,9 @@ from emu.planner.dsd.compute import AffineCompute, Compat
 from emu.planner.dsd.links import PairLink
 from emu.planner.dsd.workload import Request, ThinkTime
 
-__all__ = ["DrafterSpec", "DsdProblem", "VerifierSpec"]
+__all__ = ["MODES", "DrafterSpec", "DsdProblem", "VerifierSpec"]
+
+MODES = ("distributed", "fused", "hybrid")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,6 +35,7 @@ class VerifierSpec:
     batch_size: int
     window_ms: float
     weight: float = 1.0
+    fused_draft: AffineCompute | None = None  # a draft model on its GPU (fused execution)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,6 +49,7 @@ class DsdProblem:
     router: str = "jsq"
     batching: str = "fifo"
     lanes: bool = True  # the global phase lanes before the verifiers' queues
+    mode: str = "distributed"  # distributed | fused | hybrid (dsd.md 4.4)
     compat: Compat = field(default_factory=Compat)
     gamma_default: int = 4
     max_gamma: int = 8
