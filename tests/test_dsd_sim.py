@@ -152,3 +152,14 @@ def test_fused_execution_pays_no_round_network_and_loses_where_the_network_is_ch
         assert faster == fused_wins, (tiers, fused["tpot_ms"], distributed["tpot_ms"])
     hybrid = _run(_problem(mode="hybrid"), policy="awc").summary()
     assert 0 < hybrid["fused_rounds"] < hybrid["rounds"]  # fused only at a window of 1
+
+
+def test_the_speculative_decoding_counters_add_up() -> None:
+    res = _run(_problem()).summary()
+    per_pos = res["accepted_per_pos"]
+    assert sum(per_pos) == res["spec_decode_num_accepted_tokens"]
+    assert res["spec_decode_num_accepted_tokens"] <= res["spec_decode_num_draft_tokens"]
+    assert per_pos == sorted(per_pos, reverse=True)  # a position needs every earlier one
+    assert per_pos[0] / res["spec_decode_num_drafts"] == pytest.approx(0.93, abs=0.02)  # p_0
+    # One inter-token latency a token after the first: their mean is TPOT's, token-weighted.
+    assert res["itl_ms"]["mean"] == pytest.approx(res["tpot_ms"]["mean"], rel=0.1)

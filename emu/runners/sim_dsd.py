@@ -99,6 +99,8 @@ class DsdRun:
     duration_s: float
     tokens: int = 0
     drafted: int = 0
+    drafts: int = 0  # rounds that carried drafts (vLLM's num_drafts)
+    per_position: list[int] = field(default_factory=list)  # accepted at each draft position
     accepted: int = 0
     rounds: int = 0
     fused_rounds: int = 0
@@ -119,9 +121,15 @@ class DsdRun:
             "rounds": self.rounds,
             "fused_rounds": self.fused_rounds,
             "acceptance_rate": self.accepted / self.drafted if self.drafted else 0.0,
+            # vLLM's speculative-decoding counters, under its names
+            "spec_decode_num_drafts": self.drafts,
+            "spec_decode_num_draft_tokens": self.drafted,
+            "spec_decode_num_accepted_tokens": self.accepted,
+            "accepted_per_pos": list(self.per_position),
             "mean_window": float(np.mean(self.windows)) if self.windows else 0.0,
             "ttft_ms": _percentiles(ttft),
             "tpot_ms": _percentiles(tpot),
+            "itl_ms": _percentiles([g * 1e3 for c in self.finished for g in c.itl_s]),
             "queue_wait_ms": _percentiles([w * 1e3 for w in self.queue_wait_s]),
             "lane_wait_ms": _percentiles([w * 1e3 for w in self.lane_wait_s]),
             "routed": dict(self.routed),
@@ -283,6 +291,11 @@ class _Loop:
             self.run.rounds += 1
             self.run.drafted += drafts
             self.run.accepted += accepted
+            self.run.drafts += drafts > 0
+            if len(self.run.per_position) < accepted:
+                self.run.per_position += [0] * (accepted - len(self.run.per_position))
+            for i in range(accepted):
+                self.run.per_position[i] += 1
             if drafts:
                 d.last_ratio = d.pair_ratio[d.verifier] = accepted / drafts
             for hist, value in (
