@@ -445,7 +445,16 @@ def test_recorded_traces_as_an_axis_are_found_beside_the_study(tmp_path: Path) -
 
 
 def test_the_builtin_studies_are_valid_and_named_by_their_name(tmp_path: Path) -> None:
-    assert builtin_studies() == ["hetnet", "network-sensitivity", "network-sensitivity-emu"]
+    assert builtin_studies() == [
+        "dsd",
+        "dsd-modes",
+        "hetnet",
+        "network-sensitivity",
+        "network-sensitivity-emu",
+    ]
+    # One at a time, 3 seeds: 22 points, the base (scale 1, spread 1, jsq) once, not three times.
+    assert len(expand(load_study("dsd"))) == 3 * (5 + 6 + 4 + 7 - 2)
+    assert len(expand(load_study("dsd-modes"))) == 3 * 3 * 7
     sensitivity = load_study("network-sensitivity")
     assert sensitivity.design == "one-at-a-time" and sensitivity.level == "sim"
     cases = expand(sensitivity)  # every case of it validates
@@ -461,6 +470,4 @@ def test_the_builtin_studies_are_valid_and_named_by_their_name(tmp_path: Path) -
         20.0,
     ]
     r = draftnet("sweep", "no-such-study", "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and "built-in studies: hetnet, network-sensitivity," in r.stderr, (
-        r.stderr
-    )
+    assert r.returncode == 2 and "built-in studies: dsd, dsd-modes, hetnet," in r.stderr, r.stderr

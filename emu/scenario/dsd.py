@@ -81,6 +81,8 @@ class DsdConfig:
     # hybrid (fused at a window of 1, else distributed)
     fanout: int = 2  # verifiers each drafter reaches (at most all of them; the presets: 4)
     jitter: float = 0.12  # a transfer's base x (1 + U(-jitter, jitter))
+    rtt_scale: float = 1.0  # every tier's one-way range, times this (a study's RTT axis)
+    rtt_spread: float = 1.0  # ... its half-width around its middle, times this (0: one value)
     bandwidth_mbps: float = 0.0  # 0: no bytes term
     gamma_default: int = 4
     max_gamma: int = 8
@@ -132,6 +134,8 @@ class DsdConfig:
                 f"got {self.fanout}"
             )
         check_in("dsd.fanout", self.fanout, 1, 100_000, "an integer >= 1")
+        check_in("dsd.rtt_scale", self.rtt_scale, 0, 1e4, "in [0, 1e4]")
+        check_in("dsd.rtt_spread", self.rtt_spread, 0, 1e4, "in [0, 1e4]")
         check_in("dsd.gamma_default", self.gamma_default, 1, 64, "in [1, 64]")
         check_in("dsd.max_gamma", self.max_gamma, self.gamma_default, 64,
                  f"in [dsd.gamma_default = {self.gamma_default}, 64]")  # fmt: skip
@@ -165,6 +169,14 @@ def _trace(path: str, rng: np.random.Generator) -> tuple[Request, ...]:
     return parse_trace(text, where=f"dsd.trace {path!r}")
 
 
+def _scaled(one_way_ms: tuple[float, float], scale: float, spread: float) -> tuple[float, float]:
+    """A tier's one-way range with its middle times ``scale`` and its half-width times
+    ``scale`` x ``spread`` (never below 0)."""
+    lo, hi = one_way_ms
+    mid, half = (lo + hi) / 2 * scale, (hi - lo) / 2 * scale * spread
+    return max(0.0, mid - half), mid + half
+
+
 def dsd_problem(cfg: DsdConfig, *, seed: int) -> DsdProblem:
     """The deployment ``cfg`` describes, its draws made with ``seed``."""
     rng = np.random.default_rng([seed, 18])
@@ -196,7 +208,7 @@ def dsd_problem(cfg: DsdConfig, *, seed: int) -> DsdProblem:
         {v.name: v.tier for v in verifiers},
         rng,
         fanout=cfg.fanout,
-        ranges_ms={t.name: t.one_way_ms for t in cfg.tiers},
+        ranges_ms={t.name: _scaled(t.one_way_ms, cfg.rtt_scale, cfg.rtt_spread) for t in cfg.tiers},
         bandwidth_mbps=cfg.bandwidth_mbps,
         jitter=cfg.jitter,
     )
