@@ -37,7 +37,7 @@ import numpy as np
 from emu.files import write_atomic
 from emu.planner import get_policy
 from emu.planner.dsd.acceptance import expected_accepted, sample_accepted
-from emu.planner.dsd.awc import Situation
+from emu.planner.dsd.awc import HISTORY, Situation
 from emu.planner.dsd.compute import Work
 from emu.planner.dsd.links import (
     PairLink,
@@ -56,7 +56,7 @@ from nodes.core.systems import get_system
 
 __all__ = ["DsdRun", "simulate_dsd", "simulate_dsd_policy"]
 
-HISTORY = 4  # a pair's recent rounds AWC reads (its mean takes the last 3)
+PAIR_HISTORY = HISTORY + 1  # a pair's recent rounds AWC reads: its means, and a delta
 BATCH_HISTORY = 20  # a verifier's recent batches the router's work-left estimate averages
 
 
@@ -86,8 +86,7 @@ class _Verifier:
     queue: TargetQueue
     busy_until_s: float = 0.0
     batches: deque[float] = field(default_factory=lambda: deque(maxlen=BATCH_HISTORY))
-    utils: deque[float] = field(default_factory=lambda: deque(maxlen=3))
-    poll_at_s: float = -1.0
+    utils: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
     busy_s: float = 0.0
     routed: int = 0
 
@@ -158,7 +157,7 @@ class _Loop:
         self.owner: dict[str, _Drafter] = {}  # each conversation in flight: its drafter
         # The global phase lanes (dsd.md 4.2's first level), one a phase, before the queues.
         self.lanes = {phase: Lane() for phase in ("prefill", "decode")} if problem.lanes else {}
-        self.lane_wake: dict[int, float] = {}  # each lane's next wake-up already on the heap
+        self.wakes: dict[object, float] = {}  # each lane's and verifier's wake-up on the heap
         self.verifiers = {
             v.name: _Verifier(
                 v,
@@ -196,6 +195,13 @@ class _Loop:
 
     def at(self, t: float, fn: Callable[..., None], *args: Any) -> None:
         heapq.heappush(self.heap, (t, next(self.order), fn, args))
+
+    def _wake(self, now: float, t: float | None, poll: Callable[..., None], who: Any) -> None:
+        """Poll ``who`` (a lane or a verifier collecting a batch) again at ``t``, unless that
+        wake-up is on the heap already."""
+        if t is not None and t > now and self.wakes.get(id(who)) != t:
+            self.wakes[id(who)] = t
+            self.at(t, poll, who)
 
     def go(self) -> DsdRun:
         while self.heap:
@@ -302,7 +308,7 @@ class _Loop:
                 (d.round_ms, round_s * 1e3),
                 (d.tpot_ms, round_s * 1e3 / max(n, 1)),
             ):
-                hist.setdefault(d.verifier, deque(maxlen=HISTORY)).append(value)
+                hist.setdefault(d.verifier, deque(maxlen=PAIR_HISTORY)).append(value)
         if conv.done:
             self.run.finished.append(conv)
             self.router.forget(d.conv_id)
@@ -337,10 +343,7 @@ class _Loop:
             self.run.lane_wait_s.append(now - job.enqueued_s)
             job.enqueued_s = now
             self._enqueue(now, job)
-        wake = lane.wake_s()
-        if wake is not None and wake > now and self.lane_wake.get(id(lane)) != wake:
-            self.lane_wake[id(lane)] = wake
-            self.at(wake, self._poll_lane, lane)
+        self._wake(now, lane.wake_s(), self._poll_lane, lane)
 
     def _enqueue(self, now: float, job: DsdJob) -> None:
         v = self.verifiers[job.target]
@@ -350,10 +353,7 @@ class _Loop:
     def _poll(self, now: float, v: _Verifier) -> None:
         batch = v.queue.take(now)
         if batch is None:
-            wake = v.queue.wake_s()
-            if wake is not None and wake != v.poll_at_s:
-                v.poll_at_s = wake
-                self.at(wake, self._poll, v)
+            self._wake(now, v.queue.wake_s(), self._poll, v)
             return
         v.utils.append(len(batch) / v.spec.batch_size)
         work = [Work(j.tokens, j.context, prefill=j.phase == "prefill") for j in batch]
