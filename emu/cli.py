@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -206,6 +207,18 @@ def _parser() -> argparse.ArgumentParser:
     prof.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
     prof.add_argument("--out", type=Path, help="profile TOML (default: profiles/<model>.toml)")
     prof.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    train = sub.add_parser(
+        "train-awc",
+        help="train DSD's adaptive window control on oracle runs of the simulation",
+    )
+    _scenario_args(train)
+    train.add_argument("--out", type=Path, required=True, help="the weights (.npz) to write")
+    train.add_argument(
+        "--grid", choices=["full", "quick"], default="full",
+        help="the oracle's scenarios: full (60, minutes) or quick (4, seconds; a smoke test)",
+    )  # fmt: skip
+    train.add_argument("--workers", type=int, default=0, help="processes (default: one a core)")
+    train.add_argument("--seed", type=int, default=0, help="the held-out split's and fit's seed")
     clean = sub.add_parser(
         "clean", help="remove what killed runs left behind, as they recorded it (root)"
     )
@@ -533,6 +546,33 @@ def cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def cmd_train_awc(args: argparse.Namespace) -> dict[str, Any]:
+    from emu.runners.train_awc import GRIDS, train_awc
+
+    scenario = _load(args)
+    if scenario.deployment.system != "dsd":
+        raise ConfigError(
+            f'train-awc needs a dsd deployment (deployment.system = "dsd", e.g. --preset '
+            f"dsd), got deployment.system = {scenario.deployment.system!r}"
+        )
+    if args.workers < 0:
+        raise ConfigError(f"--workers must be >= 1 (or 0: one a core), got {args.workers}")
+    if args.out.suffix != ".npz":
+        raise ConfigError(f"--out must name an .npz file, got {str(args.out)!r}")
+
+    def say(line: str) -> None:
+        if not args.json:
+            print(f"draftnet: {line}", file=sys.stderr)
+
+    out = train_awc(scenario, args.out, grid=GRIDS[args.grid], workers=args.workers,
+                    seed=args.seed, progress=say)  # fmt: skip
+    if not args.json:
+        print(f"AWC weights written to {out['out']}: {out['snapshots']} snapshots from "
+              f"{out['scenarios']} scenarios; label accuracy {out['train_accuracy']:.1%} "
+              f"(training), {out.get('holdout_accuracy', math.nan):.1%} (held out)")  # fmt: skip
+    return out
+
+
 def cmd_clean(args: argparse.Namespace) -> dict[str, Any]:
     from emu.runners.manifest import clean
 
@@ -571,6 +611,7 @@ COMMANDS = {
     "study": cmd_study,
     "sweep": cmd_sweep,
     "profile": cmd_profile,
+    "train-awc": cmd_train_awc,
     "models": cmd_models,
     "clean": cmd_clean,
 }

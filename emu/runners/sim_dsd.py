@@ -54,7 +54,9 @@ from emu.scenario import Scenario, scenario_toml
 from nodes.core.dsd import Conversation, DsdJob, Lane, TargetQueue
 from nodes.core.systems import get_system
 
-__all__ = ["DsdRun", "simulate_dsd", "simulate_dsd_policy"]
+__all__ = ["DsdRun", "Observer", "simulate_dsd", "simulate_dsd_policy"]
+
+Observer = Callable[[float, Choice, int], None]  # (simulated s, what was read, the window)
 
 PAIR_HISTORY = HISTORY + 1  # a pair's recent rounds AWC reads: its means, and a delta
 BATCH_HISTORY = 20  # a verifier's recent batches the router's work-left estimate averages
@@ -147,8 +149,9 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
 
 class _Loop:
     def __init__(self, problem: DsdProblem, make_policy: Callable[[], WindowPolicy],
-                 duration_s: float, seed: int) -> None:  # fmt: skip
+                 duration_s: float, seed: int, observe: Observer | None) -> None:  # fmt: skip
         self.p = problem
+        self.observe = observe
         self.end_s = duration_s
         self.heap: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self.order = itertools.count()
@@ -247,7 +250,10 @@ class _Loop:
         if self.p.mode == "fused":
             d.gamma = 1
         elif d.gamma == 0 or self.p.compat.gamma_granularity == "round":
-            d.gamma = d.policy.window(self._choice(d, now))
+            choice = self._choice(d, now)
+            d.gamma = d.policy.window(choice)
+            if self.observe is not None:
+                self.observe(now, choice, d.gamma)
         fused = self.p.mode == "fused" or (self.p.mode == "hybrid" and d.gamma <= 1)
         d.drafts = conv.drafts(d.gamma)
         self.run.windows.append(d.gamma)
@@ -384,12 +390,19 @@ class _Loop:
 
 
 def simulate_dsd_policy(
-    problem: DsdProblem, make_policy: Callable[[], WindowPolicy], *, duration_s: float, seed: int
+    problem: DsdProblem,
+    make_policy: Callable[[], WindowPolicy],
+    *,
+    duration_s: float,
+    seed: int,
+    observe: Observer | None = None,
 ) -> DsdRun:
-    """One window policy's run of ``problem`` for ``duration_s`` simulated seconds."""
+    """One window policy's run of ``problem`` for ``duration_s`` simulated seconds;
+    ``observe`` (AWC's trainer) is told each window chosen: when, what the policy read, and
+    the window."""
     if not math.isfinite(duration_s) or duration_s <= 0:
         raise ValueError(f"duration_s must be > 0, got {duration_s}")
-    return _Loop(problem, make_policy, duration_s, seed).go()
+    return _Loop(problem, make_policy, duration_s, seed, observe).go()
 
 
 def simulate_dsd(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,8 @@ from nodes.core.dsd import BATCH_ORDERS
 __all__ = ["DsdConfig", "DsdTierConfig", "dsd_problem"]
 
 GRANULARITIES = ("", "round", "conversation")
+HAND_SET = "hand-set"  # dsd.awc_weights: the authors' hand-set head
+TRAINED = "data/awc.npz"  # draftnet's trained AWC weights, in the emu package
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,7 +91,8 @@ class DsdConfig:
     max_gamma: int = 8
     gamma_granularity: str = ""  # round | conversation; "": round (conversation with compat)
     compat: bool = False  # the authors' simulator where it differs (dsd.md section 8)
-    awc_weights: str = ""  # an .npz of AWC's arrays; "": the authors' hand-set head
+    awc_weights: str = ""  # an .npz of AWC's arrays (draftnet train-awc); "hand-set": the
+    # authors' head; "": draftnet's trained weights (emu/data/awc.npz), the hand-set with compat
     trace: str = ""  # a file of "P,A" lines; "": a stand-in of the authors' GSM8K trace
     think_mean_ms: float = 1700.0
     think_cv: float = 0.6
@@ -148,9 +152,20 @@ class DsdConfig:
         return sum(t.count for t in self.tiers)
 
 
-def _awc(path: str) -> AwcNetwork:
-    if not path:
+def _awc(path: str, *, compat: bool) -> AwcNetwork:
+    """The network ``dsd.awc_weights`` names."""
+    if path == HAND_SET or (not path and compat):
         return AwcNetwork.hand_set()
+    if not path:
+        shipped = resources.files("emu").joinpath(TRAINED)
+        if not shipped.is_file():
+            raise ConfigError(
+                f'dsd.awc_weights "": draftnet\'s trained weights (emu/{TRAINED}) are missing '
+                f'from this install; name a file, set "{HAND_SET}", or make them with '
+                f"`draftnet train-awc --preset dsd --set dsd.awc_weights={HAND_SET} --out FILE`"
+            )
+        with shipped.open("rb") as f, np.load(f) as data:
+            return AwcNetwork.from_arrays({k: data[k] for k in data.files}, where=TRAINED)
     try:
         with np.load(Path(path).expanduser(), allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
@@ -229,5 +244,5 @@ def dsd_problem(cfg: DsdConfig, *, seed: int) -> DsdProblem:
         compat=compat,
         gamma_default=cfg.gamma_default,
         max_gamma=cfg.max_gamma,
-        awc=_awc(cfg.awc_weights),
+        awc=_awc(cfg.awc_weights, compat=cfg.compat),
     )

@@ -127,6 +127,7 @@ class AwcNetwork:
     head: npt.NDArray[np.float64]  # (hidden,)
     bias: float = 0.0
     activation: str = "silu"
+    max_gamma: int = 0  # the largest window it was made for (its clamp); 0: the default window
 
     @classmethod
     def hand_set(cls) -> AwcNetwork:
@@ -140,8 +141,8 @@ class AwcNetwork:
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, npt.ArrayLike], *, where: str) -> AwcNetwork:
         """A network from named arrays (``p``, ``w1``, ``w2``, ``head``; optionally ``b1``,
-        ``bias`` and ``activation``); ConfigError naming ``where``, the array and the shape it
-        needs when one is missing or of the wrong shape."""
+        ``bias``, ``activation`` and ``max_gamma``); ConfigError naming ``where``, the array and
+        the shape it needs when one is missing or of the wrong shape."""
         for name in ("p", "w1", "w2", "head"):
             if name not in arrays:
                 raise ConfigError(f"{where} has no array {name!r} (an AWC network needs p, w1, "
@@ -173,15 +174,20 @@ class AwcNetwork:
             raise ConfigError(
                 f"{where}: activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}"
             )
+        max_gamma = np.asarray(arrays.get("max_gamma", 0))
+        if max_gamma.shape != () or not (max_gamma == 0 or 1 <= max_gamma <= 64):
+            raise ConfigError(f"{where}: max_gamma must be one integer in [1, 64] (or 0: the "
+                              f"default window), got {max_gamma.tolist()!r}")  # fmt: skip
         return cls(
             p=got["p"], w1=got["w1"], b1=got["b1"], w2=got["w2"], head=got["head"],
-            bias=float(got["bias"]), activation=activation,
+            bias=float(got["bias"]), activation=activation, max_gamma=int(max_gamma),
         )  # fmt: skip
 
     def arrays(self) -> dict[str, npt.NDArray[np.float64] | str | float]:
         """The named arrays ``from_arrays`` reads back."""
         return {"p": self.p, "w1": self.w1, "b1": self.b1, "w2": self.w2, "head": self.head,
-                "bias": self.bias, "activation": self.activation}  # fmt: skip
+                "bias": self.bias, "activation": self.activation,
+                "max_gamma": self.max_gamma}  # fmt: skip
 
     def out(self, x: npt.NDArray[np.float64]) -> float:
         """The network's output for features ``x`` (the window's move from its default)."""
@@ -201,7 +207,8 @@ class Awc:
     """AWC's window for each round of a (drafter, verifier) ``pair``: ``default`` plus the
     network's output, clamped to [1, ``max_gamma``], smoothed (``smoothing`` of the new value,
     the rest the pair's previous smoothed value, kept unquantised), quantised to ``allowed``;
-    a window of 1 (fused, in hybrid mode) then holds for ``dwell`` more rounds."""
+    a window of 1 (fused, in hybrid mode) then holds for ``dwell`` more rounds. ``max_gamma``
+    0 takes the network's, else the default window (the authors')."""
 
     network: AwcNetwork
     default: int = 4
@@ -214,7 +221,7 @@ class Awc:
 
     def __post_init__(self) -> None:
         if self.max_gamma == 0:
-            self.max_gamma = self.default
+            self.max_gamma = self.network.max_gamma or self.default
 
     def window(self, pair: str, s: Situation) -> int:
         x = awc_features(s, default=self.default, max_gamma=self.max_gamma)
