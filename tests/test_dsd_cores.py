@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from emu.planner.dsd.compute import AffineCompute, Compat, Work
-from nodes.core.dsd import Conversation, DsdJob, Lane, TargetQueue, context_bucket
+from nodes.core.dsd import Conversation, DsdJob, KvLedger, Lane, TargetQueue, context_bucket
 
 
 def _job(i: int, at: float, context: int = 100, klass: int = 0) -> DsdJob:
@@ -136,3 +136,33 @@ def test_a_lane_waits_for_company_then_for_its_window() -> None:
     for i in range(3):
         capped.put(_job(i, 0.0))  # 4 tokens each
     assert [j.conversation for j in capped.take(0.0)] == ["c0", "c1"]  # 12 >= 10: 8 fit
+
+
+def test_a_kv_ledger_holds_a_jobs_tokens_and_retries_then_fails_it() -> None:
+    """dsd.md 4.2: a prefill holds its prompt, a round its drafts and its context, to its
+    batch's end; refused, it is tried again 1 ms x its refusals later, at most 3 times."""
+    kv = KvLedger(capacity=250)
+    prefill = DsdJob(conversation="p", phase="prefill", tokens=120, context=0, enqueued_s=0.0)
+    decode = _job(0, 0.0, context=100)  # 4 drafts + 100 of context: 104
+    assert kv.reserve(prefill) and kv.reserve(decode) and kv.used == 224
+    late = _job(1, 0.0, context=100)
+    waits = []
+    while not kv.reserve(late):
+        wait = kv.retry_in_s(late)
+        if wait is None:
+            break
+        waits.append(wait)
+    assert waits == pytest.approx([0.001, 0.002, 0.003]) and late.attempts == 4
+    kv.free(prefill)
+    assert kv.reserve(_job(2, 0.0, context=100)) and kv.used == 208 and kv.peak == 224
+    kv.free(decode)
+    with pytest.raises(ValueError, match="freed more than it held"):
+        kv.free(prefill)
+
+
+def test_a_lane_too_deep_takes_no_more() -> None:
+    lane = Lane(depth=2)
+    for i in range(3):
+        assert not lane.full
+        lane.put(_job(i, 0.0))
+    assert lane.full  # 3 > 2: the next waits outside

@@ -157,6 +157,43 @@ def test_fused_execution_pays_no_round_network_and_loses_where_the_network_is_ch
     assert 0 < hybrid["fused_rounds"] < hybrid["rounds"]  # fused only at a window of 1
 
 
+def test_a_kv_cache_too_small_for_any_prefill_fails_every_conversation() -> None:
+    """Every prefill (at least 32 tokens) is refused by a 16-token cache, tried again 3 times
+    (dsd.md 4.2), then its conversation fails; its drafter's user thinks and starts another."""
+    tiny = {"tiers": [{"name": "t", "count": 2, "kv_tokens": 16}], "fanout": 2}
+    res = _run(_problem(**tiny), seconds=10.0).summary()
+    assert res["conversations"] == 0 and res["tokens"] == 0 and res["rounds"] == 0
+    assert res["failed_conversations"] > 20  # 20 drafters, each more than once in 10 s
+    assert res["kv_refusals"] == 4 * res["failed_conversations"]
+    assert all(peak == 0 for peak in res["kv_peak_tokens"].values())
+
+
+def test_a_kv_cache_that_fits_a_few_jobs_holds_the_rest_back() -> None:
+    """A cache for a few jobs: dispatches are refused and retried, every finished conversation
+    is still whole, and no verifier ever held more than its cache."""
+    small = {"tiers": [{"name": "t", "count": 2, "kv_tokens": 1200}], "fanout": 2}
+    run = _run(_problem(**small), seconds=20.0)
+    res = run.summary()
+    assert res["kv_refusals"] > 0 and res["conversations"] > 0
+    assert all(c.tokens == c.answer for c in run.finished)
+    assert all(0 < peak <= 1200 for peak in res["kv_peak_tokens"].values())
+    roomy = _run(_problem(tiers=[{"name": "t", "count": 2}], fanout=2), seconds=20.0).summary()
+    assert roomy["kv_refusals"] == 0 and roomy["failed_conversations"] == 0
+    assert res["lane_wait_ms"]["p99"] <= roomy["lane_wait_ms"]["p99"] + 1e-9  # lanes unchanged
+    assert res["throughput_tok_s"] < roomy["throughput_tok_s"]  # the retries' waits, lost work
+
+
+def test_a_lane_too_deep_defers_jobs_and_loses_none() -> None:
+    """A lane of depth 0 (one job at most) with 60 drafters: jobs wait outside it and ask
+    again every poll; the conversations still finish whole."""
+    run = _run(_problem(drafters=60, lane_depth=0, lane_poll_ms=0.5), seconds=10.0)
+    res = run.summary()
+    base = _run(_problem(drafters=60), seconds=10.0).summary()
+    assert res["lane_deferrals"] > 0 and base["lane_deferrals"] == 0
+    assert res["lane_wait_ms"]["p99"] > 0.8  # the lane's window and then some
+    assert run.finished and all(c.tokens == c.answer for c in run.finished)
+
+
 def test_the_speculative_decoding_counters_add_up() -> None:
     res = _run(_problem()).summary()
     per_pos = res["accepted_per_pos"]

@@ -13,7 +13,10 @@ time, or once the drafter's user has thought after the last. The router picks th
 once a conversation (sticky). The prefill goes to the verifier; then each round the drafter
 chooses a window, drafts (its compute model), sends the drafts, and the verifier batches them
 with others (``nodes.core.dsd.TargetQueue``) and verifies (its compute model); the verdict's
-accepted count is drawn from the position curve at the conversation's context. Links take each
+accepted count is drawn from the position curve at the conversation's context. A job leaves
+its lane (or, without lanes, arrives) for its verifier's queue once the verifier's KV cache
+holds its tokens until its batch ends (``nodes.core.dsd.KvLedger``); refused past its retries,
+its conversation fails and the drafter goes on to its next. Links take each
 pair's one-way base times (1 + u), u ~ U(-jitter, jitter) per transfer. The run stops at
 ``duration_s``; what a conversation had by then counts, and only finished ones give TTFT and
 TPOT.
@@ -51,7 +54,7 @@ from emu.planner.dsd.routing import DsdRouter, VerifierState
 from emu.planner.dsd.windows import Choice, WindowPolicy
 from emu.planner.dsd.workload import Arrival, regenerate
 from emu.scenario import Scenario, scenario_toml
-from nodes.core.dsd import Conversation, DsdJob, Lane, TargetQueue
+from nodes.core.dsd import Conversation, DsdJob, KvLedger, Lane, TargetQueue
 from nodes.core.systems import get_system
 
 __all__ = ["DsdRun", "Observer", "simulate_dsd", "simulate_dsd_policy"]
@@ -86,6 +89,7 @@ class _Drafter:
 class _Verifier:
     spec: VerifierSpec
     queue: TargetQueue
+    kv: KvLedger
     busy_until_s: float = 0.0
     batches: deque[float] = field(default_factory=lambda: deque(maxlen=BATCH_HISTORY))
     utils: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
@@ -111,6 +115,10 @@ class DsdRun:
     lane_wait_s: list[float] = field(default_factory=list)
     routed: dict[str, int] = field(default_factory=dict)
     utilisation: dict[str, float] = field(default_factory=dict)
+    kv_peak: dict[str, int] = field(default_factory=dict)
+    kv_refusals: int = 0  # dispatches a verifier's KV cache refused (each retry counts)
+    lane_deferrals: int = 0  # jobs that found their lane too deep and waited outside it
+    failed: int = 0  # conversations whose job the KV cache refused past its retries
 
     def summary(self) -> dict[str, Any]:
         ttft = [c.ttft_s * 1e3 for c in self.finished if c.ttft_s is not None]
@@ -135,6 +143,10 @@ class DsdRun:
             "lane_wait_ms": _percentiles([w * 1e3 for w in self.lane_wait_s]),
             "routed": dict(self.routed),
             "verifier_utilisation": dict(self.utilisation),
+            "kv_peak_tokens": dict(self.kv_peak),
+            "kv_refusals": self.kv_refusals,
+            "lane_deferrals": self.lane_deferrals,
+            "failed_conversations": self.failed,
         }
 
 
@@ -159,13 +171,21 @@ class _Loop:
         self.router = DsdRouter(problem.router, seed=seed)
         self.owner: dict[str, _Drafter] = {}  # each conversation in flight: its drafter
         # The global phase lanes (dsd.md 4.2's first level), one a phase, before the queues.
-        self.lanes = {phase: Lane() for phase in ("prefill", "decode")} if problem.lanes else {}
+        self.lanes = {
+            phase: Lane(depth=problem.lane_depth, poll_s=problem.lane_poll_ms / 1e3)
+            for phase in (("prefill", "decode") if problem.lanes else ())
+        }
         self.wakes: dict[object, float] = {}  # each lane's and verifier's wake-up on the heap
         self.verifiers = {
             v.name: _Verifier(
                 v,
                 TargetQueue(
                     batch_size=v.batch_size, window_s=v.window_ms / 1e3, order=problem.batching
+                ),
+                KvLedger(
+                    capacity=v.kv_tokens,
+                    retries=problem.kv_retries,
+                    retry_s=problem.kv_retry_ms / 1e3,
                 ),
             )
             for v in problem.verifiers
@@ -214,6 +234,7 @@ class _Loop:
             fn(now, *args)
         for name, v in self.verifiers.items():
             self.run.routed[name] = v.routed
+            self.run.kv_peak[name] = v.kv.peak
             self.run.utilisation[name] = min(v.busy_s, self.end_s) / self.end_s
         return self.run
 
@@ -263,7 +284,7 @@ class _Loop:
                      context=conv.context, enqueued_s=now, target=d.verifier,
                      fused=fused)  # fmt: skip
         if fused:
-            self._enqueue(now, job)
+            self._dispatch(now, job)
             return
         draft_s = d.spec.compute.draft_ms(d.drafts, conv.context, self.p.compat) / 1e3
         send_s = d.links[d.verifier].forward(round_request_bytes(d.drafts), d.rng) / 1e3
@@ -317,12 +338,17 @@ class _Loop:
                 hist.setdefault(d.verifier, deque(maxlen=PAIR_HISTORY)).append(value)
         if conv.done:
             self.run.finished.append(conv)
-            self.router.forget(d.conv_id)
-            del self.owner[d.conv_id]
-            d.conv = None
-            self.at(now + self.p.think.sample_ms(d.rng) / 1e3, self._next_conversation, d)
+            self._end_conversation(now, d)
         else:
             self._round(now, d)
+
+    def _end_conversation(self, now: float, d: _Drafter) -> None:
+        """The drafter's conversation is over (whole, or failed); its user thinks, then the
+        next one starts."""
+        self.router.forget(d.conv_id)
+        del self.owner[d.conv_id]
+        d.conv = None
+        self.at(now + self.p.think.sample_ms(d.rng) / 1e3, self._next_conversation, d)
 
     # --- the verifier -----------------------------------------------------------------------
 
@@ -335,11 +361,19 @@ class _Loop:
         )  # fmt: skip
 
     def _arrive(self, now: float, job: DsdJob) -> None:
-        """A job reaches the cloud: its phase's lane, or straight to its verifier's queue."""
+        """A job reaches the cloud: its phase's lane, or straight to its verifier."""
         job.enqueued_s = now
         lane = self.lanes.get(job.phase)
         if lane is None:
-            self._enqueue(now, job)
+            self._dispatch(now, job)
+        else:
+            self._offer(now, lane, job)
+
+    def _offer(self, now: float, lane: Lane, job: DsdJob, deferred: bool = False) -> None:
+        """Into the lane, unless it is too deep: then ask again in the lane's poll."""
+        if lane.full:
+            self.run.lane_deferrals += not deferred
+            self.at(now + lane.poll_s, self._offer, lane, job, True)
             return
         lane.put(job)
         self._poll_lane(now, lane)
@@ -348,8 +382,24 @@ class _Loop:
         for job in lane.take(now):
             self.run.lane_wait_s.append(now - job.enqueued_s)
             job.enqueued_s = now
-            self._enqueue(now, job)
+            self._dispatch(now, job)
         self._wake(now, lane.wake_s(), self._poll_lane, lane)
+
+    def _dispatch(self, now: float, job: DsdJob) -> None:
+        """To its verifier's queue once its KV cache holds the job's tokens; refused, tried
+        again later, or the conversation fails."""
+        kv = self.verifiers[job.target].kv
+        if kv.reserve(job):
+            self._enqueue(now, job)
+            return
+        self.run.kv_refusals += 1
+        wait_s = kv.retry_in_s(job)
+        if wait_s is not None:
+            self.at(now + wait_s, self._dispatch, job)
+            return
+        d = self.owner[job.conversation]
+        self.run.failed += 1
+        self._end_conversation(now, d)
 
     def _enqueue(self, now: float, job: DsdJob) -> None:
         v = self.verifiers[job.target]
@@ -377,6 +427,7 @@ class _Loop:
     def _done(self, now: float, v: _Verifier, batch: list[DsdJob]) -> None:
         v.queue.finished(now)
         for job in batch:
+            v.kv.free(job)
             d = self.owner[job.conversation]
             if job.fused:  # no network: the verdict is the drafter's now, after this batch ends
                 self.at(now, self._reply, d, job)

@@ -51,6 +51,7 @@ class DsdTierConfig:
     per_context_ms: float = 0.0  # ... a context token it reads
     fused_draft_base_ms: float = 9.0  # fused execution: a drafting pass on its GPU
     fused_draft_per_token_ms: float = 0.1  # ... a token of it
+    kv_tokens: int = 1_000_000  # each verifier's KV cache, as the lanes reserve it
 
 
 def _tiers() -> tuple[DsdTierConfig, ...]:
@@ -80,6 +81,10 @@ class DsdConfig:
     router: str = "jsq"
     batching: str = "fifo"  # fifo | priority | lab
     lanes: bool = True  # the global phase lanes (6 jobs, 0.3 ms alone, 0.8 ms with company)
+    lane_depth: int = 24  # a lane holding more defers what comes ...
+    lane_poll_ms: float = 0.08  # ... which asks again this often
+    kv_retries: int = 3  # a dispatch a verifier's KV cache refused is tried again this often
+    kv_retry_ms: float = 1.0  # ... after this x its refusals; then its conversation fails
     mode: str = "distributed"  # distributed | fused (the verifiers draft, a token a round) |
     # hybrid (fused at a window of 1, else distributed)
     fanout: int = 2  # verifiers each drafter reaches (at most all of them; the presets: 4)
@@ -123,6 +128,7 @@ class DsdConfig:
             for name in ("base_ms", "per_token_ms", "per_context_ms", "fused_draft_base_ms",
                          "fused_draft_per_token_ms"):  # fmt: skip
                 check_in(f"{where}.{name}", getattr(t, name), 0, math.inf, ">= 0")
+            check_in(f"{where}.kv_tokens", t.kv_tokens, 1, 10**12, "an integer >= 1")
         for name, value, allowed in (
             ("router", self.router, ROUTERS),
             ("batching", self.batching, BATCH_ORDERS),
@@ -140,6 +146,10 @@ class DsdConfig:
         check_in("dsd.fanout", self.fanout, 1, 100_000, "an integer >= 1")
         check_in("dsd.rtt_scale", self.rtt_scale, 0, 1e4, "in [0, 1e4]")
         check_in("dsd.rtt_spread", self.rtt_spread, 0, 1e4, "in [0, 1e4]")
+        check_in("dsd.lane_depth", self.lane_depth, 0, 100_000, "an integer >= 0")
+        check_in("dsd.lane_poll_ms", self.lane_poll_ms, 1e-6, 1e6, "> 0")
+        check_in("dsd.kv_retries", self.kv_retries, 0, 1000, "an integer in [0, 1000]")
+        check_in("dsd.kv_retry_ms", self.kv_retry_ms, 0, 1e6, ">= 0")
         check_in("dsd.gamma_default", self.gamma_default, 1, 64, "in [1, 64]")
         check_in("dsd.max_gamma", self.max_gamma, self.gamma_default, 64,
                  f"in [dsd.gamma_default = {self.gamma_default}, 64]")  # fmt: skip
@@ -215,6 +225,7 @@ def dsd_problem(cfg: DsdConfig, *, seed: int) -> DsdProblem:
             fused_draft=AffineCompute(
                 base_ms=t.fused_draft_base_ms, per_token_ms=t.fused_draft_per_token_ms
             ),
+            kv_tokens=t.kv_tokens,
         )
         for k, t in enumerate(t for t in cfg.tiers for _ in range(t.count))
     )
@@ -240,6 +251,10 @@ def dsd_problem(cfg: DsdConfig, *, seed: int) -> DsdProblem:
         router=cfg.router,
         batching=cfg.batching,
         lanes=cfg.lanes,
+        lane_depth=cfg.lane_depth,
+        lane_poll_ms=cfg.lane_poll_ms,
+        kv_retries=cfg.kv_retries,
+        kv_retry_ms=cfg.kv_retry_ms,
         mode=cfg.mode,
         compat=compat,
         gamma_default=cfg.gamma_default,

@@ -27,6 +27,7 @@ __all__ = [
     "BATCH_ORDERS",
     "Conversation",
     "DsdJob",
+    "KvLedger",
     "Lane",
     "TargetQueue",
     "context_bucket",
@@ -52,6 +53,43 @@ class DsdJob:
     klass: int = 0  # priority: the lower first
     target: str = ""  # the verifier it is routed to
     fused: bool = False  # drafted at the verifier too (fused execution): no round network
+    attempts: int = 0  # its dispatches its verifier's KV cache refused
+
+
+@dataclass(slots=True, kw_only=True)
+class KvLedger:
+    """A verifier's KV cache as the lanes reserve it (dsd.md section 4.2): a job holds what it
+    needs (a prefill its prompt; a round its drafts and its context) from its dispatch to the
+    end of its batch. A refused dispatch is tried again ``retry_s`` x its attempts later, at
+    most ``retries`` times; then the job fails."""
+
+    capacity: int = 1_000_000
+    retries: int = 3
+    retry_s: float = 0.001
+    used: int = 0
+    peak: int = 0  # the most it held at once
+
+    @staticmethod
+    def need(job: DsdJob) -> int:
+        return job.tokens if job.phase == "prefill" else job.tokens + job.context
+
+    def reserve(self, job: DsdJob) -> bool:
+        """Hold the job's tokens if they fit (True), else count the refusal (False)."""
+        if self.used + self.need(job) <= self.capacity:
+            self.used += self.need(job)
+            self.peak = max(self.peak, self.used)
+            return True
+        job.attempts += 1
+        return False
+
+    def retry_in_s(self, job: DsdJob) -> float | None:
+        """After a refusal: how long until the job is tried again (None: it has failed)."""
+        return self.retry_s * job.attempts if job.attempts <= self.retries else None
+
+    def free(self, job: DsdJob) -> None:
+        self.used -= self.need(job)
+        if self.used < 0:
+            raise ValueError(f"KV ledger freed more than it held ({self.used} tokens)")
 
 
 def context_bucket(context: int) -> int:
@@ -65,14 +103,22 @@ class Lane:
     first job, then collects up to ``limit`` jobs (or ``max_tokens`` tokens; 0: no cap),
     waiting ``alone_s`` for company while its job is alone and until ``window_s`` after the
     first take once it has company; then it hands the jobs on to their verifiers, in order
-    (``fifo``, or ``priority`` by class and sequence)."""
+    (``fifo``, or ``priority`` by class and sequence). A lane holding more than ``depth`` jobs
+    takes no more: a job that comes then asks again every ``poll_s``."""
 
     limit: int = 6
     max_tokens: int = 0
     alone_s: float = 0.0003
     window_s: float = 0.0008
     order: str = "fifo"
+    depth: int = 24
+    poll_s: float = 0.00008
     jobs: list[DsdJob] = field(default_factory=list)
+
+    @property
+    def full(self) -> bool:
+        """Whether a job that comes now must wait outside (and ask again in ``poll_s``)."""
+        return len(self.jobs) > self.depth
 
     def __post_init__(self) -> None:
         if self.order not in ("fifo", "priority"):

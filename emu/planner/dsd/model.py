@@ -36,6 +36,7 @@ class VerifierSpec:
     window_ms: float
     weight: float = 1.0
     fused_draft: AffineCompute | None = None  # a draft model on its GPU (fused execution)
+    kv_tokens: int = 1_000_000  # its KV cache, as the lanes reserve it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +50,10 @@ class DsdProblem:
     router: str = "jsq"
     batching: str = "fifo"
     lanes: bool = True  # the global phase lanes before the verifiers' queues
+    lane_depth: int = 24  # a lane holding more defers what comes ...
+    lane_poll_ms: float = 0.08  # ... which asks again this often
+    kv_retries: int = 3  # a dispatch the KV cache refused is tried again this often ...
+    kv_retry_ms: float = 1.0  # ... after this x its refusals; then the conversation fails
     mode: str = "distributed"  # distributed | fused | hybrid (dsd.md 4.4)
     compat: Compat = field(default_factory=Compat)
     gamma_default: int = 4
