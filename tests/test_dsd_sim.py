@@ -15,8 +15,10 @@ import emu.scenario.dsd as scenario_dsd
 from emu.errors import ConfigError
 from emu.planner import get_policy
 from emu.planner.dsd.awc import ALLOWED_WINDOWS, HAND_SET_HEAD, AwcNetwork
+from emu.planner.dsd.compute import Compat, FlopCompute, Work
 from emu.planner.dsd.routing import ROUTERS
 from emu.planner.dsd.windows import Static
+from emu.planner.model import draft_flops, verify_flops
 from emu.runners.sim_dsd import simulate_dsd_policy
 from emu.scenario import load_scenario
 from tests.test_cli import draftnet
@@ -283,3 +285,49 @@ def test_awc_is_the_trained_head_by_default_and_the_authors_under_compat(
     monkeypatch.setattr(scenario_dsd, "TRAINED", "data/none.npz")
     with pytest.raises(ConfigError, match=r"draftnet's trained weights .* are missing"):
         _problem()
+
+
+def _profile_toml(path: Path, role: str, *, beta_ms: float, c_ms_per_flop: float) -> str:
+    section, shape, latency = ("users", "draft", "device") if role == "draft" else (
+        "edge", "target", "latency")  # fmt: skip
+    path.write_text(
+        f'[{section}.{shape}]\nname = "m"\nlayers = 24\nhidden = 1024\nffn = 2816\n'
+        f"[{section}.{latency}]\nc_ms_per_flop = {c_ms_per_flop}\nbeta_ms = {beta_ms}\n"
+    )
+    return str(path)
+
+
+def test_compute_from_profiles_prices_passes_by_their_flops(tmp_path: Path) -> None:
+    """A tier's target profile and the drafters' draft profile (as `draftnet profile` writes
+    them) replace the affine constants: a pass costs beta + c x its FLOPs, so a longer context
+    costs more, and the run goes on those times."""
+    target = _profile_toml(tmp_path / "t.toml", "target", beta_ms=12.0, c_ms_per_flop=2e-9)
+    draft = _profile_toml(tmp_path / "d.toml", "draft", beta_ms=1.0, c_ms_per_flop=4e-9)
+    problem = _problem(tiers=[{"name": "t", "count": 2, "profile": target}], fanout=2,
+                       draft_profile=draft)  # fmt: skip
+    v, d = problem.verifiers[0].compute, problem.drafters[0].compute
+    assert isinstance(v, FlopCompute) and isinstance(d, FlopCompute) and d.drafter
+    short, long = v.pass_ms([Work(5, 100)] * 4), v.pass_ms([Work(5, 2000)] * 4)
+    flops = 4 * float(verify_flops(v.arch, 5, 100))
+    assert short == pytest.approx(12.0 + 2e-9 * flops) and long > short
+    assert d.draft_ms(4, 100, Compat()) == pytest.approx(
+        sum(1.0 + 4e-9 * float(draft_flops(d.arch, 100 + k)) for k in range(4)))  # fmt: skip
+    res = _run(problem, seconds=5.0).summary()
+    assert res["conversations"] > 0
+    slower = _profile_toml(tmp_path / "s.toml", "target", beta_ms=40.0, c_ms_per_flop=2e-9)
+    slow = _run(_problem(tiers=[{"name": "t", "count": 2, "profile": slower}], fanout=2,
+                         draft_profile=draft), seconds=5.0).summary()  # fmt: skip
+    assert slow["tpot_ms"]["mean"] > res["tpot_ms"]["mean"]
+
+
+def test_a_profile_of_the_wrong_role_is_one_line_and_status_2(tmp_path: Path) -> None:
+    draft = _profile_toml(tmp_path / "d.toml", "draft", beta_ms=1.0, c_ms_per_flop=4e-9)
+    for setting, needle in (
+        (f'dsd.tiers=[{{name = "t", profile = "{draft}"}}]',
+         "must be a target profile (`draftnet profile --target`)"),
+        (f"dsd.draft_profile={tmp_path / 'none.toml'}", "cannot be read as TOML"),
+    ):  # fmt: skip
+        r = draftnet("sim", "--preset", "dsd", "--duration", "1", "--set", "dsd.fanout=1",
+                     "--set", setting, "--json")  # fmt: skip
+        assert r.returncode == 2, r.stderr
+        assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -7,12 +7,14 @@ Layer: emu (orchestration); reads the trace and the AWC weights it names.
 Drafters' capabilities are drawn from ``capability`` with ``sim.seed``; the verifiers are the
 tiers' ``count`` each (``v0``, ``v1``, ... in the tiers' order); each drafter reaches
 ``fanout`` of them, each pair's one-way base times drawn once from its verifier's tier. The
-compute model is affine per pass (``emu.planner.dsd.compute``): the drafters' and each tier's.
+compute model is affine per pass (``emu.planner.dsd.compute``): the drafters' and each tier's,
+or a model ``draftnet profile`` measured (``draft_profile``, a tier's ``profile``).
 """
 
 from __future__ import annotations
 
 import math
+import tomllib
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -22,11 +24,12 @@ import numpy as np
 from emu.errors import ConfigError, check_in
 from emu.planner.dsd.acceptance import PositionCurve
 from emu.planner.dsd.awc import AwcNetwork
-from emu.planner.dsd.compute import AffineCompute, Compat
+from emu.planner.dsd.compute import AffineCompute, Compat, Compute, FlopCompute
 from emu.planner.dsd.links import wire
 from emu.planner.dsd.model import MODES, DrafterSpec, DsdProblem, VerifierSpec
 from emu.planner.dsd.routing import ROUTERS
 from emu.planner.dsd.workload import Request, ThinkTime, parse_trace, synthetic_trace
+from emu.planner.model import ModelArch
 from nodes.core.dsd import BATCH_ORDERS
 
 __all__ = ["DsdConfig", "DsdTierConfig", "dsd_problem"]
@@ -52,6 +55,7 @@ class DsdTierConfig:
     fused_draft_base_ms: float = 9.0  # fused execution: a drafting pass on its GPU
     fused_draft_per_token_ms: float = 0.1  # ... a token of it
     kv_tokens: int = 1_000_000  # each verifier's KV cache, as the lanes reserve it
+    profile: str = ""  # a target profile (draftnet profile --target): its passes instead
 
 
 def _tiers() -> tuple[DsdTierConfig, ...]:
@@ -77,6 +81,7 @@ class DsdConfig:
     draft_base_ms: float = 2.0  # a drafting pass: fixed
     draft_per_token_ms: float = 9.0  # ... a token
     draft_per_context_ms: float = 0.0
+    draft_profile: str = ""  # a draft profile (draftnet profile --draft): its passes instead
     tiers: tuple[DsdTierConfig, ...] = field(default_factory=_tiers)
     router: str = "jsq"
     batching: str = "fifo"  # fifo | priority | lab
@@ -194,6 +199,33 @@ def _trace(path: str, rng: np.random.Generator) -> tuple[Request, ...]:
     return parse_trace(text, where=f"dsd.trace {path!r}")
 
 
+PROFILE_TABLES = {"draft": ("users", "draft", "device"), "target": ("edge", "target", "latency")}
+
+
+def _profile(path: str, where: str, *, role: str) -> FlopCompute:
+    """The passes of the model a ``draftnet profile`` file measured: its shape and its fit."""
+    try:
+        doc = tomllib.loads(Path(path).expanduser().read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{where} {path!r} cannot be read as TOML: {exc}") from None
+    section, shape, latency = PROFILE_TABLES[role]
+    tables = doc.get(section, {})
+    if not (isinstance(tables.get(shape), dict) and isinstance(tables.get(latency), dict)):
+        raise ConfigError(
+            f"{where} {path!r} must be a {role} profile (`draftnet profile --{role}`), with "
+            f"[{section}.{shape}] and [{section}.{latency}]"
+        )
+    try:
+        arch = ModelArch(**{k: tables[shape][k] for k in ("layers", "hidden", "ffn")},
+                         name=str(tables[shape].get("name", "")))  # fmt: skip
+        return FlopCompute(arch=arch, c_ms_per_flop=float(tables[latency]["c_ms_per_flop"]),
+                           beta_ms=float(tables[latency]["beta_ms"]),
+                           drafter=role == "draft")  # fmt: skip
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{where} {path!r}: [{section}] needs layers, hidden, ffn, "
+                          f"c_ms_per_flop and beta_ms ({exc})") from None  # fmt: skip
+
+
 def _scaled(one_way_ms: tuple[float, float], scale: float, spread: float) -> tuple[float, float]:
     """A tier's one-way range with its middle times ``scale`` and its half-width times
     ``scale`` x ``spread`` (never below 0)."""
@@ -206,8 +238,20 @@ def dsd_problem(cfg: DsdConfig, *, seed: int) -> DsdProblem:
     """The deployment ``cfg`` describes, its draws made with ``seed``."""
     rng = np.random.default_rng([seed, 18])
     lo, hi = cfg.capability
-    draft = AffineCompute(base_ms=cfg.draft_base_ms, per_token_ms=cfg.draft_per_token_ms,
-                          per_context_ms=cfg.draft_per_context_ms)  # fmt: skip
+    draft: Compute = (
+        _profile(cfg.draft_profile, "dsd.draft_profile", role="draft")
+        if cfg.draft_profile
+        else AffineCompute(
+            base_ms=cfg.draft_base_ms,
+            per_token_ms=cfg.draft_per_token_ms,
+            per_context_ms=cfg.draft_per_context_ms,
+        )
+    )
+    targets = {
+        t.name: _profile(t.profile, f"dsd.tiers[{i}].profile", role="target")
+        for i, t in enumerate(cfg.tiers)
+        if t.profile
+    }
     drafters = tuple(
         DrafterSpec(name=f"d{i}", capability=float(c), compute=draft)
         for i, c in enumerate(rng.uniform(lo, hi, size=cfg.drafters))
@@ -219,7 +263,8 @@ def dsd_problem(cfg: DsdConfig, *, seed: int) -> DsdProblem:
             batch_size=t.batch_size,
             window_ms=t.window_ms,
             weight=t.weight,
-            compute=AffineCompute(
+            compute=targets.get(t.name)
+            or AffineCompute(
                 base_ms=t.base_ms, per_token_ms=t.per_token_ms, per_context_ms=t.per_context_ms
             ),
             fused_draft=AffineCompute(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from emu.planner.dsd.acceptance import PositionCurve
 from emu.planner.dsd.awc import AwcNetwork
-from emu.planner.dsd.compute import AffineCompute, Compat
+from emu.planner.dsd.compute import Compat, Compute
 from emu.planner.dsd.links import PairLink
 from emu.planner.dsd.workload import Request, ThinkTime
 
@@ -24,18 +24,18 @@ MODES = ("distributed", "fused", "hybrid")
 class DrafterSpec:
     name: str
     capability: float  # its share of the arrivals (and AWC's feature); not its speed
-    compute: AffineCompute  # its draft model on its device
+    compute: Compute  # its draft model on its device
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VerifierSpec:
     name: str
     tier: str
-    compute: AffineCompute  # its target model on its GPU
+    compute: Compute  # its target model on its GPU
     batch_size: int
     window_ms: float
     weight: float = 1.0
-    fused_draft: AffineCompute | None = None  # a draft model on its GPU (fused execution)
+    fused_draft: Compute | None = None  # a draft model on its GPU (fused execution)
     kv_tokens: int = 1_000_000  # its KV cache, as the lanes reserve it
 
 
