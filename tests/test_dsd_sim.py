@@ -331,3 +331,22 @@ def test_a_profile_of_the_wrong_role_is_one_line_and_status_2(tmp_path: Path) ->
                      "--set", setting, "--json")  # fmt: skip
         assert r.returncode == 2, r.stderr
         assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_the_acceptance_curve_is_the_scenarios_or_the_embedded_pairs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A lower curve accepts fewer drafts; ``acceptance_from = "embedded"`` takes the embedded
+    pair's measured greedy rate (what `draftnet models prepare` recorded) at every position."""
+    authors = _run(_problem(), seconds=10.0).summary()
+    lower = _run(_problem(acceptance_base=0.7, acceptance_decay=0.9), seconds=10.0).summary()
+    assert lower["acceptance_rate"] < authors["acceptance_rate"] - 0.2
+    from emu.models import embedded
+
+    pair = embedded.EmbeddedPair(draft=tmp_path / "d.gguf", target=tmp_path / "t",
+                                 draft_type="Q3_K_M", acceptance=0.62)  # fmt: skip
+    monkeypatch.setattr(embedded, "embedded_pair", lambda: pair)
+    curve = _problem(acceptance_from="embedded").curve
+    assert list(curve.probabilities(3000, 6)) == pytest.approx([0.62] * 6)
+    with pytest.raises(ConfigError, match=r"dsd\.acceptance_from must be one of"):
+        _problem(acceptance_from="measured")

@@ -35,6 +35,7 @@ from nodes.core.dsd import BATCH_ORDERS
 __all__ = ["DsdConfig", "DsdTierConfig", "dsd_problem"]
 
 GRANULARITIES = ("", "round", "conversation")
+ACCEPTANCE_FROM = ("", "embedded")
 HAND_SET = "hand-set"  # dsd.awc_weights: the authors' hand-set head
 TRAINED = "data/awc.npz"  # draftnet's trained AWC weights, in the emu package
 
@@ -97,6 +98,9 @@ class DsdConfig:
     rtt_scale: float = 1.0  # every tier's one-way range, times this (a study's RTT axis)
     rtt_spread: float = 1.0  # ... its half-width around its middle, times this (0: one value)
     bandwidth_mbps: float = 0.0  # 0: no bytes term
+    acceptance_base: float = 0.93  # position i of a draft is accepted with base x decay^i ...
+    acceptance_decay: float = 0.97  # (x 0.95 above 1500 tokens of context, 0.92 above 2500)
+    acceptance_from: str = ""  # "embedded": every position at the embedded pair's measured rate
     gamma_default: int = 4
     max_gamma: int = 8
     gamma_granularity: str = ""  # round | conversation; "": round (conversation with compat)
@@ -155,6 +159,12 @@ class DsdConfig:
         check_in("dsd.lane_poll_ms", self.lane_poll_ms, 1e-6, 1e6, "> 0")
         check_in("dsd.kv_retries", self.kv_retries, 0, 1000, "an integer in [0, 1000]")
         check_in("dsd.kv_retry_ms", self.kv_retry_ms, 0, 1e6, ">= 0")
+        check_in("dsd.acceptance_base", self.acceptance_base, 0.01, 0.995, "in [0.01, 0.995]")
+        check_in("dsd.acceptance_decay", self.acceptance_decay, 0.01, 1.0, "in [0.01, 1]")
+        if self.acceptance_from not in ACCEPTANCE_FROM:
+            known = ", ".join(a or '""' for a in ACCEPTANCE_FROM)
+            raise ConfigError(f"dsd.acceptance_from must be one of {known}, got "
+                              f"{self.acceptance_from!r}")  # fmt: skip
         check_in("dsd.gamma_default", self.gamma_default, 1, 64, "in [1, 64]")
         check_in("dsd.max_gamma", self.max_gamma, self.gamma_default, 64,
                  f"in [dsd.gamma_default = {self.gamma_default}, 64]")  # fmt: skip
@@ -226,6 +236,18 @@ def _profile(path: str, where: str, *, role: str) -> FlopCompute:
                           f"c_ms_per_flop and beta_ms ({exc})") from None  # fmt: skip
 
 
+def _curve(cfg: DsdConfig) -> PositionCurve:
+    """Each draft position's acceptance: the authors' curve (its base and decay the
+    scenario's), or the embedded pair's greedy rate, measured by ``draftnet models prepare``,
+    at every position and context."""
+    if cfg.acceptance_from == "embedded":
+        from emu.models.embedded import embedded_pair
+
+        rate = min(max(embedded_pair().acceptance, 0.30), 0.995)
+        return PositionCurve(base=rate, decay=1.0, context_factors=())
+    return PositionCurve(base=cfg.acceptance_base, decay=cfg.acceptance_decay)
+
+
 def _scaled(one_way_ms: tuple[float, float], scale: float, spread: float) -> tuple[float, float]:
     """A tier's one-way range with its middle times ``scale`` and its half-width times
     ``scale`` x ``spread`` (never below 0)."""
@@ -292,7 +314,7 @@ def dsd_problem(cfg: DsdConfig, *, seed: int) -> DsdProblem:
         links=links,
         trace=_trace(cfg.trace, rng),
         think=ThinkTime(mean_ms=cfg.think_mean_ms, cv=cfg.think_cv, min_ms=cfg.think_min_ms),
-        curve=PositionCurve(),
+        curve=_curve(cfg),
         router=cfg.router,
         batching=cfg.batching,
         lanes=cfg.lanes,
