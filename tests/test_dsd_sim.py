@@ -19,7 +19,7 @@ from emu.planner.dsd.compute import Compat, FlopCompute, Work
 from emu.planner.dsd.routing import ROUTERS
 from emu.planner.dsd.windows import Static
 from emu.planner.model import draft_flops, verify_flops
-from emu.runners.sim_dsd import simulate_dsd_policy
+from emu.runners.sim_dsd import dsd_problem_of, simulate_dsd_policy
 from emu.scenario import load_scenario
 from tests.test_cli import draftnet
 
@@ -58,6 +58,18 @@ def test_sim_json_gives_each_window_policy_its_figures(tmp_path: Path) -> None:
     assert means["awc"] < 2.0  # the trained head drafts on the verifier (fused) at this load
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert saved["results"].keys() == doc["results"].keys()
+
+
+def test_sim_without_json_prints_each_policys_row(tmp_path: Path) -> None:
+    """The human summary (a bug: it read the dipsd summary's users and crashed)."""
+    r = draftnet("sim", "--preset", "dsd", "--duration", "2", "--policy", "static",
+                 "--policy", "awc", "--out", str(tmp_path / "out"))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "sim of scenario dsd: 20 drafters, 5 verifiers" in r.stderr
+    rows = [
+        line for line in r.stderr.splitlines() if line.strip("│ ").startswith(("static", "awc"))
+    ]
+    assert len(rows) == 2, r.stderr
 
 
 def test_a_run_is_its_seed_and_every_router_agrees_with_one_verifier() -> None:
@@ -346,7 +358,8 @@ def test_the_acceptance_curve_is_the_scenarios_or_the_embedded_pairs(
     pair = embedded.EmbeddedPair(draft=tmp_path / "d.gguf", target=tmp_path / "t",
                                  draft_type="Q3_K_M", acceptance=0.62)  # fmt: skip
     monkeypatch.setattr(embedded, "embedded_pair", lambda: pair)
-    curve = _problem(acceptance_from="embedded").curve
+    sc = load_scenario(preset="dsd", overrides={"dsd.acceptance_from": "embedded"})
+    curve = dsd_problem_of(sc).curve
     assert list(curve.probabilities(3000, 6)) == pytest.approx([0.62] * 6)
     with pytest.raises(ConfigError, match=r"dsd\.acceptance_from must be one of"):
         _problem(acceptance_from="measured")

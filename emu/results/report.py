@@ -139,6 +139,45 @@ def _print_hetnet(out: dict[str, Any], console: Console) -> None:
         console.print(f"{pol}: a task's mean latency, measured (predicted): {parts}")
 
 
+def _print_dsd(out: dict[str, Any], console: Console) -> None:
+    """DSD's sim or run: each window policy's throughput, windows and latencies."""
+    emu = out["mode"] == "emu"
+    where = "Mininet hosts" if emu else "a virtual clock"
+    scale = f", time scale {out['time_scale']:g}" if emu else ""
+    console.print(
+        f"[bold]{'run' if emu else 'sim'}[/] of scenario [bold]{out['scenario']}[/]: "
+        f"{out['drafters']} drafters, {out['verifiers']} verifiers behind {out['router']} on "
+        f"{where}, {out['execution']} execution, {out['duration_s']:g} s per policy{scale}, "
+        f"seed {out['seed']}, {out.get('wall_s', 0.0):.1f} s wall"
+    )
+    t = Table()
+    cols = ["policy", "tok/s", "conversations", "accept", "mean window", "fused rounds"]
+    cols += ["TTFT p50/p95 ms", "TPOT p50/p95 ms", "failed"]
+    cols += ["overruns", "lossless"] if emu else []
+    for col in cols:
+        t.add_column(col, justify="left" if col == "policy" else "right")
+    for pol, r in out["results"].items():
+        ttft, tpot = r["ttft_ms"], r["tpot_ms"]
+        row = [
+            pol,
+            f"{r['throughput_tok_s']:.0f}",
+            str(r["conversations"]),
+            f"{r['acceptance_rate']:.3f}",
+            f"{r['mean_window']:.2f}",
+            str(r["fused_rounds"]),
+            f"{ttft['p50']:.0f} / {ttft['p95']:.0f}",
+            f"{tpot['p50']:.1f} / {tpot['p95']:.1f}",
+            str(r.get("failed_conversations", 0)),
+        ]
+        if emu:
+            row += [
+                f"{r.get('overrun_pct', 0.0):.2f}%",
+                {None: "-", True: "yes", False: "NO"}[r.get("lossless")],
+            ]
+        t.add_row(*row)
+    console.print(t)
+
+
 def _f(x: float | None, fmt: str = ".1f") -> str:
     return "-" if x is None else format(x, fmt)
 
@@ -156,8 +195,8 @@ def _servers(out: dict[str, Any]) -> str:
 def print_sim(out: dict[str, Any], console: Console | None = None) -> None:
     """The sim summary: one row per policy, measured against predicted."""
     console = console or _stderr()
-    if out.get("system") == "hetnet":
-        _print_hetnet(out, console)
+    if out.get("system") in ("hetnet", "dsd"):
+        (_print_hetnet if out["system"] == "hetnet" else _print_dsd)(out, console)
         return
     console.print(
         f"[bold]sim[/] of scenario [bold]{out['scenario']}[/]: {out['users']} users"
@@ -259,8 +298,8 @@ def print_channel(out: dict[str, Any], console: Console | None = None) -> None:
 def print_run(out: dict[str, Any], console: Console | None = None) -> None:
     """The main job's summary: the policies, then every link's fidelity."""
     console = console or _stderr()
-    if out.get("system") == "hetnet":
-        _print_hetnet(out, console)
+    if out.get("system") in ("hetnet", "dsd"):
+        (_print_hetnet if out["system"] == "hetnet" else _print_dsd)(out, console)
         for f in out["fidelity"]:
             mark = "ok" if f["ok"] else "OUTSIDE TOLERANCE"
             console.print(f"link {f['link']}: {mark}")

@@ -661,7 +661,18 @@ def _emulate_hetnet(
     return emulate_hetnet(sc, policies, out_dir, progress=progress)
 
 
-_OWN_EMULATIONS: dict[str, Callable[..., dict[str, Any]]] = {"hetnet": _emulate_hetnet}
+def _emulate_dsd(
+    sc: Scenario, policies: list[str], out_dir: Path, *, progress: Progress | None
+) -> dict[str, Any]:
+    from emu.runners.emulate_dsd import emulate_dsd
+
+    return emulate_dsd(sc, policies, out_dir, progress=progress)
+
+
+_OWN_EMULATIONS: dict[str, Callable[..., dict[str, Any]]] = {
+    "hetnet": _emulate_hetnet,
+    "dsd": _emulate_dsd,
+}
 
 
 def _stopped(

@@ -31,7 +31,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ import numpy as np
 
 from emu.files import write_atomic
 from emu.planner import get_policy
-from emu.planner.dsd.acceptance import expected_accepted, sample_accepted
+from emu.planner.dsd.acceptance import PositionCurve, expected_accepted, sample_accepted
 from emu.planner.dsd.awc import HISTORY, Situation
 from emu.planner.dsd.compute import Work
 from emu.planner.dsd.links import (
@@ -54,10 +54,19 @@ from emu.planner.dsd.routing import DsdRouter, VerifierState
 from emu.planner.dsd.windows import Choice, WindowPolicy
 from emu.planner.dsd.workload import Arrival, regenerate
 from emu.scenario import Scenario, scenario_toml
+from emu.scenario.dsd import DsdConfig
 from nodes.core.dsd import Conversation, DsdJob, KvLedger, Lane, TargetQueue
 from nodes.core.systems import get_system
 
-__all__ = ["DsdRun", "Observer", "simulate_dsd", "simulate_dsd_policy"]
+__all__ = [
+    "DsdRun",
+    "Observer",
+    "deal",
+    "dsd_problem_of",
+    "simulate_dsd",
+    "simulate_dsd_policy",
+    "with_acceptance",
+]
 
 Observer = Callable[[float, Choice, int], None]  # (simulated s, what was read, the window)
 
@@ -159,6 +168,27 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
     return {"mean": float(np.mean(s)), **at}
 
 
+def deal(
+    problem: DsdProblem, *, duration_s: float, seed: int
+) -> dict[str, tuple[list[Arrival], np.random.Generator]]:
+    """Each drafter's conversations (the regenerated trace's records, each to a drafter drawn
+    in proportion to its capability, from the first of the run's streams) and its own stream
+    (the streams after it): the simulation's and the emulation's drafters alike."""
+    streams = np.random.SeedSequence([seed, 18]).spawn(len(problem.drafters) + 1)
+    rng = np.random.default_rng(streams[0])
+    caps = np.array([d.capability for d in problem.drafters], dtype=float)
+    arrivals = regenerate(problem.trace, list(caps), rng, horizon_s=duration_s)
+    weights = caps / caps.sum() if caps.sum() > 0 else np.full(caps.size, 1 / caps.size)
+    out: dict[str, tuple[list[Arrival], np.random.Generator]] = {
+        d.name: ([], np.random.default_rng(s))
+        for d, s in zip(problem.drafters, streams[1:], strict=True)
+    }
+    names = list(out)
+    for a, k in zip(arrivals, rng.choice(len(names), size=len(arrivals), p=weights), strict=True):
+        out[names[int(k)]][0].append(a)
+    return out
+
+
 class _Loop:
     def __init__(self, problem: DsdProblem, make_policy: Callable[[], WindowPolicy],
                  duration_s: float, seed: int, observe: Observer | None) -> None:  # fmt: skip
@@ -190,28 +220,17 @@ class _Loop:
             )
             for v in problem.verifiers
         }
-        streams = np.random.SeedSequence([seed, 18]).spawn(len(problem.drafters) + 1)
+        dealt = deal(problem, duration_s=duration_s, seed=seed)
         self.drafters = {
             d.name: _Drafter(
                 d,
                 {lk.verifier: lk for lk in problem.reachable(d.name)},
                 make_policy(),
-                np.random.default_rng(s),
+                dealt[d.name][1],
+                deque(dealt[d.name][0]),
             )
-            for d, s in zip(problem.drafters, streams[1:], strict=True)
+            for d in problem.drafters
         }
-        self._deal(np.random.default_rng(streams[0]))
-
-    def _deal(self, rng: np.random.Generator) -> None:
-        """The regenerated records, each to a drafter drawn by capability."""
-        caps = np.array([d.capability for d in self.p.drafters], dtype=float)
-        arrivals = regenerate(self.p.trace, list(caps), rng, horizon_s=self.end_s)
-        weights = caps / caps.sum() if caps.sum() > 0 else np.full(caps.size, 1 / caps.size)
-        names = [d.name for d in self.p.drafters]
-        for a, k in zip(
-            arrivals, rng.choice(len(names), size=len(arrivals), p=weights), strict=True
-        ):
-            self.drafters[names[int(k)]].arrivals.append(a)
         for d in self.drafters.values():
             if d.arrivals:
                 self.at(d.arrivals[0].at_ms / 1e3, self._next_conversation, d)
@@ -440,6 +459,24 @@ class _Loop:
         self._poll(now, v)
 
 
+def with_acceptance(problem: DsdProblem, cfg: DsdConfig) -> DsdProblem:
+    """``problem`` with ``dsd.acceptance_from = "embedded"`` resolved: every draft position
+    accepted at the embedded pair's greedy rate, as ``draftnet models prepare`` measured it
+    (ConfigError, one line, when the pair is not prepared)."""
+    if cfg.acceptance_from != "embedded":
+        return problem
+    from emu.models.embedded import embedded_pair
+
+    authors = PositionCurve()
+    rate = min(max(embedded_pair().acceptance, authors.floor), authors.ceiling)
+    return replace(problem, curve=replace(authors, base=rate, decay=1.0, context_factors=()))
+
+
+def dsd_problem_of(sc: Scenario) -> DsdProblem:
+    """The scenario's deployment as the runners run it (``with_acceptance``)."""
+    return with_acceptance(sc.dsd_problem(), sc.dsd)
+
+
 def simulate_dsd_policy(
     problem: DsdProblem,
     make_policy: Callable[[], WindowPolicy],
@@ -468,7 +505,7 @@ def simulate_dsd(
     system = get_system("dsd")
     for p in policies:
         system.check_policy(p, where="--policy")
-    problem = sc.dsd_problem()
+    problem = dsd_problem_of(sc)
     t_wall = time.perf_counter()
     if out_dir is not None:
         (out_dir / "scenario.toml").write_text(scenario_toml(sc))

@@ -39,7 +39,7 @@ from emu.planner.dsd.fit import SLO, Measured, fit_awc, oracle_window, stakes
 from emu.planner.dsd.model import DsdProblem
 from emu.planner.dsd.windows import AwcPolicy, Choice, Static, WindowPolicy
 from emu.planner.dsd.workload import Request
-from emu.runners.sim_dsd import simulate_dsd_policy
+from emu.runners.sim_dsd import simulate_dsd_policy, with_acceptance
 from emu.scenario import Scenario, scenario_toml
 from emu.scenario.dsd import HAND_SET, dsd_problem
 
@@ -89,7 +89,7 @@ def scenario_problem(sc: Scenario, key: Key, seed: int) -> DsdProblem:
         mode="hybrid",
         awc_weights=HAND_SET,  # not read: the oracle runs constants, the trainer its own AWC
     )
-    problem = dsd_problem(cfg, seed=seed)
+    problem = with_acceptance(dsd_problem(cfg, seed=seed), cfg)
     trace = tuple(
         Request(prompt_tokens=max(1, round(r.prompt_tokens * prompts)),
                 answer_tokens=r.answer_tokens)

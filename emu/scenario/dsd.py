@@ -237,14 +237,9 @@ def _profile(path: str, where: str, *, role: str) -> FlopCompute:
 
 
 def _curve(cfg: DsdConfig) -> PositionCurve:
-    """Each draft position's acceptance: the authors' curve (its base and decay the
-    scenario's), or the embedded pair's greedy rate, measured by ``draftnet models prepare``,
-    at every position and context."""
-    if cfg.acceptance_from == "embedded":
-        from emu.models.embedded import embedded_pair
-
-        rate = min(max(embedded_pair().acceptance, 0.30), 0.995)
-        return PositionCurve(base=rate, decay=1.0, context_factors=())
+    """Each draft position's acceptance: the authors' curve, its base and decay the scenario's
+    (with ``acceptance_from = "embedded"`` the runners put the embedded pair's measured rate
+    in its place: ``emu.runners.sim_dsd.with_acceptance``; this layer cannot read models)."""
     return PositionCurve(base=cfg.acceptance_base, decay=cfg.acceptance_decay)
 
 
