@@ -45,15 +45,22 @@ import numpy as np
 import trio
 
 from emu.errors import RemoteProtocolError
-from emu.planner.dsd.acceptance import PositionCurve, expected_accepted, sample_accepted
-from emu.planner.dsd.awc import HISTORY, Situation
+from emu.planner.dsd.acceptance import PositionCurve, sample_accepted
+from emu.planner.dsd.awc import HISTORY
 from emu.planner.dsd.compute import Compat, Work
 from emu.planner.dsd.model import DsdProblem, VerifierSpec
 from emu.planner.dsd.routing import DsdRouter, VerifierState
-from emu.planner.dsd.windows import Choice, WindowPolicy
+from emu.planner.dsd.windows import WindowPolicy
 from emu.planner.dsd.workload import Arrival
 from nodes.backends import DraftBackend, DraftOut, VerifyBackend, VerifyItem, VerifyOut
-from nodes.core.dsd import Conversation, DsdJob, TargetQueue
+from nodes.core.dsd import (
+    Conversation,
+    DrafterCore,
+    DsdJob,
+    QueueView,
+    RoundTally,
+    TargetQueue,
+)
 from nodes.pacing import Pacer
 from nodes.protocol.dsd import (
     Bye,
@@ -79,7 +86,6 @@ __all__ = [
     "conversation_key",
 ]
 
-PAIR_HISTORY = HISTORY + 1  # a pair's recent rounds AWC reads: its means, and a delta
 BATCH_HISTORY = 20  # a verifier's recent batches the router's work-left estimate averages
 SYNTHETIC_VOCAB = 32000
 _CHUNK = 1 << 16
@@ -514,20 +520,12 @@ class RouterNode:
 # --- the drafter --------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class DrafterRecord:
-    """What a drafter measured (the simulation's ``DsdRun`` counters, for its conversations):
+@dataclass(slots=True, kw_only=True)
+class DrafterRecord(RoundTally):
+    """What a drafter measured: its rounds (the simulation's counters, ``RoundTally``), its
     finished conversations as ``Conversation`` fields, and each conversation's prompt and
     tokens (for the losslessness check)."""
 
-    tokens: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    drafts: int = 0
-    rounds: int = 0
-    fused_rounds: int = 0
-    per_position: list[int] = field(default_factory=list)
-    windows: list[int] = field(default_factory=list)
     finished: list[dict[str, Any]] = field(default_factory=list)
     sessions: list[dict[str, Any]] = field(default_factory=list)
     routed: dict[str, int] = field(default_factory=dict)
@@ -555,16 +553,14 @@ class DrafterNode:
         answer_cap: int = 2**31 - 1,
     ) -> None:
         self.index, self.problem, self.spec = index, problem, problem.drafters[index]
-        self.backend, self.policy, self.rng = backend, policy, rng
+        self.backend, self.rng = backend, rng
         self.arrivals = deque(arrivals)
         self.prompt, self.pacer, self.sink, self.t0 = prompt, pacer, sink, t0
         self.answer_cap = answer_cap
         self.verifiers = [v.name for v in problem.verifiers]
+        self.batch_sizes = {v.name: v.batch_size for v in problem.verifiers}
         self.record = DrafterRecord()
-        self.last_ratio: float | None = None
-        self.pair_ratio: dict[str, float] = {}
-        self.round_ms: dict[str, deque[float]] = {}
-        self.tpot_ms: dict[str, deque[float]] = {}
+        self.core = DrafterCore(self.spec, problem, policy, self.record)
         self.seen: dict[str, tuple[int, int, tuple[float, ...]]] = {}  # the queue last reported
         self._inbox_send, self._inbox = trio.open_memory_channel[DsdEvent](math.inf)
         self._boxes: dict[str, _Outbox] = {}
@@ -636,23 +632,15 @@ class DrafterNode:
         pre: Prefilled = await self._answer(Prefilled, count)
         now = trio.current_time()
         self._saw(verifier, pre)
-        before = conv.tokens
-        conv.prefilled(now)
-        self.record.tokens += conv.tokens - before
+        self.core.prefilled(conv, now)
         self.backend.start(ids)
         self.backend.commit(0, pre.token)
         session["tokens"].append(pre.token)
         gamma = 0
         rounds = 0
         while not conv.done:
-            if p.mode == "fused":
-                gamma = 1
-            elif gamma == 0 or p.compat.gamma_granularity == "round":
-                gamma = self.policy.window(self._choice(conv, verifier, gamma))
-            fused = p.mode == "fused" or (p.mode == "hybrid" and gamma <= 1)
+            gamma, fused, _ = self.core.window(conv, verifier, gamma, self._queue(verifier))
             n = conv.drafts(gamma)
-            self.record.windows.append(gamma)
-            self.record.fused_rounds += fused
             start = trio.current_time()
             drafts: tuple[int, ...] = ()
             if n:
@@ -684,39 +672,15 @@ class DrafterNode:
                  *, round_s: float, now: float) -> None:  # fmt: skip
         if v.accepted > len(drafts):
             raise RemoteProtocolError(f"{v.accepted} accepted of {len(drafts)} drafts")
-        r = self.record
-        n = conv.verdict(now, len(drafts), v.accepted, round_s)
-        r.tokens += n if self.problem.compat.round_accounting == "emitted" else v.accepted
-        r.rounds += 1
-        r.drafted += len(drafts)
-        r.accepted += v.accepted
-        r.drafts += bool(drafts)
-        if len(r.per_position) < v.accepted:
-            r.per_position += [0] * (v.accepted - len(r.per_position))
-        for i in range(v.accepted):
-            r.per_position[i] += 1
-        if drafts:
-            self.last_ratio = self.pair_ratio[verifier] = v.accepted / len(drafts)
+        self.core.verdict(conv, verifier, drafted=len(drafts), accepted=v.accepted, now=now,
+                          round_s=round_s)  # fmt: skip
         self.backend.commit(v.accepted, v.token)
-        for hist, value in ((self.round_ms, round_s * 1e3),
-                            (self.tpot_ms, round_s * 1e3 / max(n, 1))):  # fmt: skip
-            hist.setdefault(verifier, deque(maxlen=PAIR_HISTORY)).append(value)
         self.sink({"ev": "dsd_round", "t": now, "drafter": self.index, "verifier": verifier,
                    "drafted": len(drafts), "accepted": v.accepted, "round_ms": round_s * 1e3,
                    "queued_ms": v.queued_ms, "verify_ms": v.verify_ms})  # fmt: skip
 
-    def _choice(self, conv: Conversation, verifier: str, gamma: int) -> Choice:
-        p = self.problem
-        spec = next(v for v in p.verifiers if v.name == verifier)
-        positions = p.curve.probabilities(conv.context, p.max_gamma)
-        estimate = expected_accepted(positions[: p.gamma_default]) / p.gamma_default
+    def _queue(self, verifier: str) -> QueueView:
+        """What the verifier's last answer said of its queue."""
         queue_len, pending, utils = self.seen.get(verifier, (0, 0, ()))
-        situation = Situation(
-            queue_len=queue_len, batch_size=spec.batch_size, queue_utils=utils,
-            pending_tokens=pending, round_ms=tuple(self.round_ms.get(verifier, ())),
-            tpot_ms=tuple(self.tpot_ms.get(verifier, ())), capability=self.spec.capability,
-            acceptance_recent=self.pair_ratio.get(verifier), acceptance_estimate=estimate,
-            last_gamma=gamma or None, context=conv.prompt,
-        )  # fmt: skip
-        return Choice(pair=f"{self.spec.name}>{verifier}", positions=positions,
-                      last_ratio=self.last_ratio, situation=situation)  # fmt: skip
+        return QueueView(queue_len=queue_len, batch_size=self.batch_sizes[verifier], utils=utils,
+                         pending_tokens=pending)  # fmt: skip

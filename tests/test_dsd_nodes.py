@@ -123,12 +123,13 @@ async def _deploy(
     per_drafter: int = 3,
     answer: int = 30,
     pair: bool = False,
-    seconds: float = 1.5,
+    seconds: float = 30.0,
     hook: Callable[[dict[str, int]], Awaitable[None]] | None = None,
 ) -> tuple[list[DrafterRecord], RouterNode, list[VerifierNode]]:
     """Every node of ``problem`` on localhost, each drafter given ``per_drafter`` records at
-    once; the drafters' records at ``seconds``. ``hook`` is called with every server's port
-    before the drafters start."""
+    once; the drafters' records once they have served them (or at ``seconds``, a bound far
+    above what they take, so that a busy host cuts no conversation short). ``hook`` is called
+    with every server's port before the drafters start."""
     sink = lambda rec: None  # noqa: E731
     router = RouterNode(problem, seed=0, sink=sink)
     verifiers = [
@@ -238,7 +239,7 @@ def test_fused_rounds_go_through_the_router_and_stay_the_targets_decoding(
     # Drafting slow enough that a distributed round is long (AWC's round-time features).
     problem = _problem(router="jsq", mode=mode, draft_per_token_ms=15.0)
     records, router, _verifiers = trio.run(
-        lambda: _deploy(problem, policy=policy, pair=True, answer=40, per_drafter=2, seconds=5.0)
+        lambda: _deploy(problem, policy=policy, pair=True, answer=40, per_drafter=2)
     )
     fused = sum(r.fused_rounds for r in records)
     rounds = sum(r.rounds for r in records)

@@ -39,8 +39,8 @@ import numpy as np
 
 from emu.files import write_atomic
 from emu.planner import get_policy
-from emu.planner.dsd.acceptance import PositionCurve, expected_accepted, sample_accepted
-from emu.planner.dsd.awc import HISTORY, Situation
+from emu.planner.dsd.acceptance import PositionCurve, sample_accepted
+from emu.planner.dsd.awc import HISTORY
 from emu.planner.dsd.compute import Work
 from emu.planner.dsd.links import (
     PairLink,
@@ -55,7 +55,16 @@ from emu.planner.dsd.windows import Choice, WindowPolicy
 from emu.planner.dsd.workload import Arrival, regenerate
 from emu.scenario import Scenario, scenario_toml
 from emu.scenario.dsd import DsdConfig
-from nodes.core.dsd import Conversation, DsdJob, KvLedger, Lane, TargetQueue
+from nodes.core.dsd import (
+    Conversation,
+    DrafterCore,
+    DsdJob,
+    KvLedger,
+    Lane,
+    QueueView,
+    RoundTally,
+    TargetQueue,
+)
 from nodes.core.systems import get_system
 
 __all__ = [
@@ -70,7 +79,6 @@ __all__ = [
 
 Observer = Callable[[float, Choice, int], None]  # (simulated s, what was read, the window)
 
-PAIR_HISTORY = HISTORY + 1  # a pair's recent rounds AWC reads: its means, and a delta
 BATCH_HISTORY = 20  # a verifier's recent batches the router's work-left estimate averages
 
 
@@ -78,7 +86,7 @@ BATCH_HISTORY = 20  # a verifier's recent batches the router's work-left estimat
 class _Drafter:
     spec: DrafterSpec
     links: dict[str, PairLink]
-    policy: WindowPolicy
+    core: DrafterCore
     rng: np.random.Generator
     arrivals: deque[Arrival] = field(default_factory=deque)
     conv: Conversation | None = None
@@ -88,10 +96,6 @@ class _Drafter:
     drafts: int = 0
     round_start_s: float = 0.0
     count: int = 0
-    last_ratio: float | None = None
-    round_ms: dict[str, deque[float]] = field(default_factory=dict)
-    tpot_ms: dict[str, deque[float]] = field(default_factory=dict)
-    pair_ratio: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -106,19 +110,11 @@ class _Verifier:
     routed: int = 0
 
 
-@dataclass(slots=True)
-class DsdRun:
-    """What one policy's run measured."""
+@dataclass(slots=True, kw_only=True)
+class DsdRun(RoundTally):
+    """What one policy's run measured: every drafter's rounds (``RoundTally``), and more."""
 
     duration_s: float
-    tokens: int = 0
-    drafted: int = 0
-    drafts: int = 0  # rounds that carried drafts (vLLM's num_drafts)
-    per_position: list[int] = field(default_factory=list)  # accepted at each draft position
-    accepted: int = 0
-    rounds: int = 0
-    fused_rounds: int = 0
-    windows: list[int] = field(default_factory=list)
     finished: list[Conversation] = field(default_factory=list)
     queue_wait_s: list[float] = field(default_factory=list)
     lane_wait_s: list[float] = field(default_factory=list)
@@ -225,7 +221,7 @@ class _Loop:
             d.name: _Drafter(
                 d,
                 {lk.verifier: lk for lk in problem.reachable(d.name)},
-                make_policy(),
+                DrafterCore(d, problem, make_policy(), self.run),
                 dealt[d.name][1],
                 deque(dealt[d.name][0]),
             )
@@ -287,17 +283,17 @@ class _Loop:
         1)."""
         conv = d.conv
         assert conv is not None
-        if self.p.mode == "fused":
-            d.gamma = 1
-        elif d.gamma == 0 or self.p.compat.gamma_granularity == "round":
-            choice = self._choice(d, now)
-            d.gamma = d.policy.window(choice)
-            if self.observe is not None:
-                self.observe(now, choice, d.gamma)
-        fused = self.p.mode == "fused" or (self.p.mode == "hybrid" and d.gamma <= 1)
+        v = self.verifiers[d.verifier]
+        queue = QueueView(
+            queue_len=v.queue.queue_len,
+            batch_size=v.spec.batch_size,
+            utils=tuple(v.utils),
+            pending_tokens=sum(j.tokens for j in v.queue.jobs),
+        )
+        d.gamma, fused, choice = d.core.window(conv, d.verifier, d.gamma, queue)
+        if choice is not None and self.observe is not None:
+            self.observe(now, choice, d.gamma)
         d.drafts = conv.drafts(d.gamma)
-        self.run.windows.append(d.gamma)
-        self.run.fused_rounds += fused
         d.round_start_s = now
         job = DsdJob(conversation=d.conv_id, phase="decode", tokens=d.drafts + 1,
                      context=conv.context, enqueued_s=now, target=d.verifier,
@@ -309,52 +305,16 @@ class _Loop:
         send_s = d.links[d.verifier].forward(round_request_bytes(d.drafts), d.rng) / 1e3
         self.at(now + draft_s + send_s, self._arrive, job)
 
-    def _choice(self, d: _Drafter, now: float) -> Choice:
-        conv = d.conv
-        assert conv is not None
-        v = self.verifiers[d.verifier]
-        positions = self.p.curve.probabilities(conv.context, self.p.max_gamma)
-        estimate = expected_accepted(positions[: self.p.gamma_default]) / self.p.gamma_default
-        situation = Situation(
-            queue_len=v.queue.queue_len, batch_size=v.spec.batch_size, queue_utils=tuple(v.utils),
-            pending_tokens=sum(j.tokens for j in v.queue.jobs),
-            round_ms=tuple(d.round_ms.get(d.verifier, ())),
-            tpot_ms=tuple(d.tpot_ms.get(d.verifier, ())), capability=d.spec.capability,
-            acceptance_recent=d.pair_ratio.get(d.verifier), acceptance_estimate=estimate,
-            last_gamma=d.gamma or None, context=conv.prompt,
-        )  # fmt: skip
-        return Choice(pair=f"{d.spec.name}>{d.verifier}", positions=positions,
-                      last_ratio=d.last_ratio, situation=situation)  # fmt: skip
-
     def _reply(self, now: float, d: _Drafter, job: DsdJob) -> None:
         conv = d.conv
         assert conv is not None
         if job.phase == "prefill":
-            before = conv.tokens
-            conv.prefilled(now)
-            self.run.tokens += conv.tokens - before
+            d.core.prefilled(conv, now)
         else:
-            drafts = d.drafts
-            p = self.p.curve.probabilities(job.context, drafts)
-            accepted = sample_accepted(p, d.rng) if drafts else 0
-            round_s = now - d.round_start_s
-            n = conv.verdict(now, drafts, accepted, round_s)
-            self.run.tokens += n if self.p.compat.round_accounting == "emitted" else accepted
-            self.run.rounds += 1
-            self.run.drafted += drafts
-            self.run.accepted += accepted
-            self.run.drafts += drafts > 0
-            if len(self.run.per_position) < accepted:
-                self.run.per_position += [0] * (accepted - len(self.run.per_position))
-            for i in range(accepted):
-                self.run.per_position[i] += 1
-            if drafts:
-                d.last_ratio = d.pair_ratio[d.verifier] = accepted / drafts
-            for hist, value in (
-                (d.round_ms, round_s * 1e3),
-                (d.tpot_ms, round_s * 1e3 / max(n, 1)),
-            ):
-                hist.setdefault(d.verifier, deque(maxlen=PAIR_HISTORY)).append(value)
+            p = self.p.curve.probabilities(job.context, d.drafts)
+            accepted = sample_accepted(p, d.rng) if d.drafts else 0
+            d.core.verdict(conv, d.verifier, drafted=d.drafts, accepted=accepted, now=now,
+                           round_s=now - d.round_start_s)  # fmt: skip
         if conv.done:
             self.run.finished.append(conv)
             self._end_conversation(now, d)

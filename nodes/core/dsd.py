@@ -20,21 +20,31 @@ since it opened, whichever is first. Which jobs a batch takes, by ``order``:
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
+
+from emu.planner.dsd.acceptance import expected_accepted
+from emu.planner.dsd.awc import HISTORY, Situation
+from emu.planner.dsd.model import DrafterSpec, DsdProblem
+from emu.planner.dsd.windows import Choice, WindowPolicy
 
 __all__ = [
     "ACCOUNTINGS",
     "BATCH_ORDERS",
     "Conversation",
+    "DrafterCore",
     "DsdJob",
     "KvLedger",
     "Lane",
+    "QueueView",
+    "RoundTally",
     "TargetQueue",
     "context_bucket",
 ]
 
 BATCH_ORDERS = ("fifo", "priority", "lab")
 ACCOUNTINGS = ("emitted", "fixed")
+PAIR_HISTORY = HISTORY + 1  # a pair's recent rounds AWC reads: its means, and a delta
 LAB_BASE_TOKENS = 256
 AGE_WINDOWS = 5.0
 
@@ -322,3 +332,111 @@ class Conversation:
         if self.first_token_s is None or self.last_token_s is None or self.tokens < 2:
             return None
         return (self.last_token_s - self.first_token_s) / (self.tokens - 1)
+
+
+@dataclass(slots=True, kw_only=True)
+class RoundTally:
+    """The counters of rounds (a run's or a drafter's): tokens the users got, and vLLM's
+    speculative-decoding counters (drafts: rounds that carried any; accepted per position)."""
+
+    tokens: int = 0
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    drafts: int = 0
+    fused_rounds: int = 0
+    per_position: list[int] = field(default_factory=list)
+    windows: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueView:
+    """What a drafter knows of its verifier's queue when it chooses a window: the jobs it
+    holds (plus 1 while a batch runs), its batch's size, its recent batches' fill, and the
+    tokens waiting in it."""
+
+    queue_len: int = 0
+    batch_size: int = 1
+    utils: tuple[float, ...] = ()
+    pending_tokens: int = 0
+
+
+@dataclass(slots=True)
+class DrafterCore:
+    """A drafter's choices and memory, shared by the simulation and the emulation's node:
+    each round's window (its policy's; 1 under fused execution; once a conversation under the
+    authors' granularity) and whether it runs fused; and what each verdict teaches it (the
+    pair's recent round times, times per token and acceptance: what AWC reads) and counts
+    (``tally``, which several drafters may share)."""
+
+    spec: DrafterSpec
+    problem: DsdProblem
+    policy: WindowPolicy
+    tally: RoundTally
+    last_ratio: float | None = None
+    round_ms: dict[str, deque[float]] = field(default_factory=dict)
+    tpot_ms: dict[str, deque[float]] = field(default_factory=dict)
+    pair_ratio: dict[str, float] = field(default_factory=dict)
+
+    def window(
+        self, conv: Conversation, verifier: str, gamma: int, queue: QueueView
+    ) -> tuple[int, bool, Choice | None]:
+        """The next round's window (``gamma``: the last, 0 at a conversation's start), whether
+        it is fused, and what the policy read (None when it was not asked); the round counted."""
+        p = self.problem
+        choice = None
+        if p.mode == "fused":
+            gamma = 1
+        elif gamma == 0 or p.compat.gamma_granularity == "round":
+            choice = self.choice(conv, verifier, gamma, queue)
+            gamma = self.policy.window(choice)
+        fused = p.mode == "fused" or (p.mode == "hybrid" and gamma <= 1)
+        self.tally.windows.append(gamma)
+        self.tally.fused_rounds += fused
+        return gamma, fused, choice
+
+    def choice(self, conv: Conversation, verifier: str, gamma: int, queue: QueueView) -> Choice:
+        """What a window policy reads for this round."""
+        p = self.problem
+        positions = p.curve.probabilities(conv.context, p.max_gamma)
+        estimate = expected_accepted(positions[: p.gamma_default]) / p.gamma_default
+        situation = Situation(
+            queue_len=queue.queue_len, batch_size=queue.batch_size, queue_utils=queue.utils,
+            pending_tokens=queue.pending_tokens, round_ms=tuple(self.round_ms.get(verifier, ())),
+            tpot_ms=tuple(self.tpot_ms.get(verifier, ())), capability=self.spec.capability,
+            acceptance_recent=self.pair_ratio.get(verifier), acceptance_estimate=estimate,
+            last_gamma=gamma or None, context=conv.prompt,
+        )  # fmt: skip
+        return Choice(pair=f"{self.spec.name}>{verifier}", positions=positions,
+                      last_ratio=self.last_ratio, situation=situation)  # fmt: skip
+
+    def prefilled(self, conv: Conversation, now: float) -> None:
+        before = conv.tokens
+        conv.prefilled(now)
+        self.tally.tokens += conv.tokens - before
+
+    def verdict(
+        self, conv: Conversation, verifier: str, *, drafted: int, accepted: int, now: float,
+        round_s: float,
+    ) -> int:  # fmt: skip
+        """A round's verdict: the conversation's tokens and times, the counters, the pair's
+        memory; the tokens the round emitted."""
+        n = conv.verdict(now, drafted, accepted, round_s)
+        t = self.tally
+        t.tokens += n if self.problem.compat.round_accounting == "emitted" else accepted
+        t.rounds += 1
+        t.drafted += drafted
+        t.accepted += accepted
+        t.drafts += drafted > 0
+        if len(t.per_position) < accepted:
+            t.per_position += [0] * (accepted - len(t.per_position))
+        for i in range(accepted):
+            t.per_position[i] += 1
+        if drafted:
+            self.last_ratio = self.pair_ratio[verifier] = accepted / drafted
+        for hist, value in (
+            (self.round_ms, round_s * 1e3),
+            (self.tpot_ms, round_s * 1e3 / max(n, 1)),
+        ):
+            hist.setdefault(verifier, deque(maxlen=PAIR_HISTORY)).append(value)
+        return n
