@@ -19,22 +19,19 @@ buffering it, and every message validates itself on construction.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
-import msgpack
-
-from emu.errors import RemoteProtocolError
 from nodes.protocol.events import (
     MAX_DRAFT_TOKENS,
     MAX_PROMPT_TOKENS,
-    ErrorCode,
     Event,
     _fail,
     _float,
     _ids,
     _int,
 )
+from nodes.protocol.frames import TypedFrames
 
 __all__ = [
     "HETNET_TYPES",
@@ -53,7 +50,6 @@ __all__ = [
 
 MAX_BATCH = 4096
 MAX_TASK = 2**31 - 1
-_HEADER = struct.Struct(">I")
 
 
 def token_width(bits_per_token: int) -> int:
@@ -237,66 +233,12 @@ class BatchVerdict(HetnetEvent):
 HETNET_TYPES: dict[int, type[HetnetEvent]] = {
     cls.code: cls for cls in (Attach, Grant, Upload, Tokens, BatchDraft, BatchVerdict)
 }
-_FIELDS = {code: tuple(f.name for f in fields(cls)) for code, cls in HETNET_TYPES.items()}
 
 
-def _tuples(x: object, depth: int = 0) -> object:
-    if isinstance(x, list):
-        if depth >= 2:
-            raise ValueError("a field nests deeper than 2 levels")
-        return tuple(_tuples(y, depth + 1) for y in x)
-    return x
-
-
-class Frames:
-    """Framing, both ways, of one stream: ``pack`` a message, ``feed`` bytes read and take the
-    messages that are complete (``events``). A frame over ``max_frame`` bytes, bytes that are
-    not a message, or a message that breaks a rule raise RemoteProtocolError."""
+class Frames(TypedFrames[HetnetEvent]):
+    """Framing, both ways, of one stream of this protocol's messages (``TypedFrames``): a
+    frame over ``max_frame`` bytes, bytes that are not a message, or a message that breaks a
+    rule raise RemoteProtocolError."""
 
     def __init__(self, *, max_frame: int = 1 << 20) -> None:
-        self.max_frame = max_frame
-        self._buf = bytearray()
-
-    def pack(self, event: HetnetEvent) -> bytes:
-        body: bytes = msgpack.packb(event.to_wire(), use_bin_type=True)
-        return _HEADER.pack(len(body)) + body
-
-    def feed(self, data: bytes | bytearray) -> list[HetnetEvent]:
-        self._buf += data
-        out: list[HetnetEvent] = []
-        while len(self._buf) >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(self._buf)
-            if size > self.max_frame:
-                raise RemoteProtocolError(
-                    f"frame of {size} bytes over the limit of {self.max_frame}",
-                    code=ErrorCode.TOO_LARGE,
-                )
-            if len(self._buf) < _HEADER.size + size:
-                break
-            body = bytes(self._buf[_HEADER.size : _HEADER.size + size])
-            del self._buf[: _HEADER.size + size]
-            out.append(_decode(body))
-        return out
-
-    @property
-    def partial(self) -> bool:
-        """Whether bytes of an unfinished frame are held (a stream that ends here is cut)."""
-        return bool(self._buf)
-
-
-def _decode(body: bytes) -> HetnetEvent:
-    try:
-        obj = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
-        if type(obj) is not list or not obj or type(obj[0]) is not int:
-            raise ValueError("a message must be an array [type, fields...]")
-        cls = HETNET_TYPES.get(obj[0])
-        if cls is None:
-            raise RemoteProtocolError(f"unknown message type {obj[0]}", code=ErrorCode.UNKNOWN)
-        names = _FIELDS[obj[0]]
-        if len(obj) - 1 > len(names):
-            raise ValueError(f"{cls.__name__} has at most {len(names)} fields")
-        return cls(**{n: _tuples(v) for n, v in zip(names, obj[1:], strict=False)})
-    except RemoteProtocolError:
-        raise
-    except Exception as exc:
-        raise RemoteProtocolError(f"malformed message: {exc}", code=ErrorCode.MALFORMED) from exc
+        super().__init__(HETNET_TYPES, depth=2, max_frame=max_frame)
