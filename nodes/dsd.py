@@ -33,11 +33,10 @@ its protocol costs only its own conversations.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -75,7 +74,7 @@ from nodes.protocol.dsd import (
     Routed,
     Verdict,
 )
-from nodes.stream import Sink
+from nodes.stream import Outbox, Sink, frame_events
 
 __all__ = [
     "DrafterNode",
@@ -88,7 +87,6 @@ __all__ = [
 
 BATCH_HISTORY = 20  # a verifier's recent batches the router's work-left estimate averages
 SYNTHETIC_VOCAB = 32000
-_CHUNK = 1 << 16
 
 
 def conversation_key(drafter: int, conversation: int) -> int:
@@ -97,45 +95,6 @@ def conversation_key(drafter: int, conversation: int) -> int:
 
 
 # --- streams ------------------------------------------------------------------------------
-
-
-async def _events(stream: trio.abc.Stream, frames: Frames) -> AsyncIterator[DsdEvent]:
-    """The stream's messages as they complete, until it ends (RemoteProtocolError for a cut
-    frame or a broken rule; trio's errors if the stream breaks)."""
-    while True:
-        data = await stream.receive_some(_CHUNK)
-        if not data:
-            if frames.partial:
-                raise RemoteProtocolError("the stream ended inside a frame")
-            return
-        for ev in frames.feed(data):
-            yield ev
-
-
-class _Outbox:
-    """A stream written by one task: ``post`` never blocks its caller."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream, self.frames = stream, Frames()
-        self._send, self._recv = trio.open_memory_channel[bytes](math.inf)
-
-    def post(self, event: DsdEvent) -> None:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            self._send.send_nowait(self.frames.pack(event))
-
-    def close(self) -> None:
-        self._send.close()
-
-    async def run(self) -> None:
-        try:
-            async with self._recv:
-                async for data in self._recv:
-                    await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                await self.stream.aclose()
 
 
 # --- synthetic backends -------------------------------------------------------------------
@@ -208,7 +167,7 @@ class _Held:
     """A conversation a verifier holds: its drafter's connection and the context both sides
     hold."""
 
-    box: _Outbox
+    box: Outbox[DsdEvent]
     context: int
     answer: int
 
@@ -235,7 +194,7 @@ class VerifierNode:
         )
         self.held: dict[int, _Held] = {}
         # each queued job's message and where its answer goes, by id(job)
-        self.payload: dict[int, tuple[Prefill | Round, _Outbox]] = {}
+        self.payload: dict[int, tuple[Prefill | Round, Outbox[DsdEvent]]] = {}
         self.utils: deque[float] = deque(maxlen=HISTORY)
         self.batches: deque[float] = deque(maxlen=BATCH_HISTORY)
         self.queue_wait_s: list[float] = []
@@ -244,7 +203,7 @@ class VerifierNode:
         self.prefills = 0
         self.batch_count = 0
         self.faults = 0
-        self._router: _Outbox | None = None
+        self._router: Outbox[DsdEvent] | None = None
         self._wake = trio.Event()
         self._seq = 0
 
@@ -265,12 +224,12 @@ class VerifierNode:
     async def report_to(self, router: trio.abc.Stream) -> None:
         """Push the queue to the router as it changes, and take the fused rounds it relays,
         until the stream ends."""
-        box = self._router = _Outbox(router)
+        box = self._router = Outbox(router, Frames())
         self._report(trio.current_time(), idle=True)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(box.run)
             try:
-                async for ev in _events(router, Frames()):
+                async for ev in frame_events(router, Frames()):
                     if not (isinstance(ev, Round) and ev.fused):
                         raise RemoteProtocolError(f"{type(ev).__name__} from the router")
                     self._take(ev, box, set(), trio.current_time())
@@ -284,12 +243,12 @@ class VerifierNode:
         """One drafter's connection until it ends; whatever it does costs only its own
         conversations."""
         frames = Frames()
-        box = _Outbox(stream)
+        box = Outbox(stream, Frames())
         mine: set[int] = set()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(box.run)
             try:
-                async for ev in _events(stream, frames):
+                async for ev in frame_events(stream, frames):
                     self._take(ev, box, mine, trio.current_time())
             except (RemoteProtocolError, trio.BrokenResourceError) as exc:
                 self.faults += 1
@@ -300,7 +259,7 @@ class VerifierNode:
                     self.held.pop(key, None)  # to no one)
                     self.backend.drop(key)
 
-    def _take(self, ev: DsdEvent, box: _Outbox, mine: set[int], now: float) -> None:
+    def _take(self, ev: DsdEvent, box: Outbox[DsdEvent], mine: set[int], now: float) -> None:
         if isinstance(ev, Prefill):
             key = conversation_key(ev.drafter, ev.conversation)
             if key in self.held:
@@ -434,8 +393,9 @@ class RouterNode:
         self.faults = 0
         self.relayed = 0
         self._routes: dict[tuple[int, int], int] = {}  # each routed conversation's verifier
-        self._drafters: dict[int, _Outbox] = {}  # each drafter's connection, and each verifier's
-        self._verifiers: dict[int, _Outbox] = {}
+        # each drafter's connection, and each verifier's
+        self._drafters: dict[int, Outbox[DsdEvent]] = {}
+        self._verifiers: dict[int, Outbox[DsdEvent]] = {}
 
     def state(self, name: str, now: float) -> VerifierState:
         spec = self.specs[name]
@@ -449,7 +409,7 @@ class RouterNode:
             batch_size=spec.batch_size, mean_batch_ms=r.mean_batch_ms, weight=spec.weight,
         )  # fmt: skip
 
-    def _relay(self, ev: DsdEvent, box: _Outbox) -> bool:
+    def _relay(self, ev: DsdEvent, box: Outbox[DsdEvent]) -> bool:
         """Pass a fused round to its verifier, or a verdict to its drafter (True: relayed)."""
         if isinstance(ev, Round) and ev.fused:
             self._drafters[ev.drafter] = box
@@ -496,11 +456,11 @@ class RouterNode:
 
     async def serve(self, stream: trio.abc.Stream) -> None:
         """One connection until it ends; a peer that breaks the protocol loses only it."""
-        box = _Outbox(stream)
+        box = Outbox(stream, Frames())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(box.run)
             try:
-                async for ev in _events(stream, Frames()):
+                async for ev in frame_events(stream, Frames()):
                     if self._relay(ev, box):
                         continue
                     answer = self.take(ev, trio.current_time())  # checks who it is from
@@ -563,7 +523,7 @@ class DrafterNode:
         self.core = DrafterCore(self.spec, problem, policy, self.record)
         self.seen: dict[str, tuple[int, int, tuple[float, ...]]] = {}  # the queue last reported
         self._inbox_send, self._inbox = trio.open_memory_channel[DsdEvent](math.inf)
-        self._boxes: dict[str, _Outbox] = {}
+        self._boxes: dict[str, Outbox[DsdEvent]] = {}
         self.faults = 0
 
     async def run(
@@ -574,7 +534,7 @@ class DrafterNode:
         counts what it had)."""
         async with trio.open_nursery() as nursery:
             for name, stream in (("router", router), *verifiers.items()):
-                box = self._boxes[name] = _Outbox(stream)
+                box = self._boxes[name] = Outbox(stream, Frames())
                 nursery.start_soon(box.run)
                 nursery.start_soon(self._read, stream)
             with trio.move_on_at(end_s):
@@ -588,7 +548,7 @@ class DrafterNode:
         """A peer's messages into the inbox; a peer that goes or breaks the protocol is
         recorded, and a conversation waiting on it waits until the end."""
         try:
-            async for ev in _events(stream, Frames()):
+            async for ev in frame_events(stream, Frames()):
                 self._inbox_send.send_nowait(ev)
         except (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.faults += 1

@@ -10,9 +10,7 @@ blocks a server; a user that breaks its connection, or its protocol, costs only 
 
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import Any
 
 import trio
 
@@ -31,51 +29,12 @@ from nodes.protocol.hetnet import (
     Upload,
     pack_ids,
 )
-from nodes.stream import Sink
+from nodes.stream import Outbox, Sink, frame_events
 
 __all__ = ["FRONTHAUL_MAX_FRAME", "MacroCellNode", "SmallCellNode", "TaskUser"]
 
 FRONTHAUL_MAX_FRAME = 1 << 30  # a round's drafts with their full distributions (hetnet.md 3.4)
 _CHUNK = 1 << 20
-
-
-async def _events(stream: trio.abc.Stream, frames: Frames) -> Any:
-    """The stream's messages as they complete, until it ends (RemoteProtocolError for a cut
-    frame or a broken rule; trio's errors if the stream breaks)."""
-    while True:
-        data = await stream.receive_some(_CHUNK)
-        if not data:
-            if frames.partial:
-                raise RemoteProtocolError("the stream ended inside a frame")
-            return
-        for ev in frames.feed(data):
-            yield ev
-
-
-class _Outbox:
-    """A stream written by one task: ``post`` never blocks its caller."""
-
-    def __init__(self, stream: trio.abc.Stream, frames: Frames) -> None:
-        self.stream, self.frames = stream, frames
-        self._send, self._recv = trio.open_memory_channel[bytes](float("inf"))
-
-    def post(self, event: HetnetEvent) -> None:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            self._send.send_nowait(self.frames.pack(event))
-
-    def close(self) -> None:
-        self._send.close()
-
-    async def run(self) -> None:
-        try:
-            async with self._recv:
-                async for data in self._recv:
-                    await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                await self.stream.aclose()
 
 
 class TaskUser:
@@ -110,7 +69,7 @@ class TaskUser:
         frames = Frames()
         async with stream:
             await stream.send_all(frames.pack(Attach(task=self.task)))
-            async for ev in _events(stream, frames):
+            async for ev in frame_events(stream, frames, chunk=_CHUNK):
                 now = trio.current_time()
                 if isinstance(ev, Grant):
                     self.sink({"ev": "granted", "t": now, "user": self.task,
@@ -155,8 +114,8 @@ class SmallCellNode:
         self.drafter = drafter
         self.pacer = pacer
         self.sink = sink
-        self.users: dict[int, _Outbox] = {}
-        self._macro: _Outbox | None = None
+        self.users: dict[int, Outbox[HetnetEvent]] = {}
+        self._macro: Outbox[HetnetEvent] | None = None
         self._wake = trio.Event()
         self.done = trio.Event()
         self.faults = 0
@@ -173,12 +132,12 @@ class SmallCellNode:
     async def serve_user(self, stream: trio.abc.Stream) -> None:
         """One user's connection until it ends; whatever it does costs only its task."""
         frames = Frames()
-        box = _Outbox(stream, frames)
+        box = Outbox(stream, frames)
         task: int | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(box.run)
             try:
-                async for ev in _events(stream, frames):
+                async for ev in frame_events(stream, frames, chunk=_CHUNK):
                     now = trio.current_time()
                     if isinstance(ev, Attach) and task is None:
                         if ev.task in self.users:
@@ -203,7 +162,7 @@ class SmallCellNode:
     async def run(self, macro: trio.abc.Stream) -> None:
         """Draft until every batch has ended, over the fronthaul ``macro``."""
         frames = Frames(max_frame=FRONTHAUL_MAX_FRAME)
-        self._macro = _Outbox(macro, frames)
+        self._macro = Outbox(macro, frames)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._macro.run)
             nursery.start_soon(self._verdicts, macro, frames)
@@ -232,7 +191,7 @@ class SmallCellNode:
         self._apply(self.core.job_done(job, ms, trio.current_time(), drafts))
 
     async def _verdicts(self, macro: trio.abc.Stream, frames: Frames) -> None:
-        async for ev in _events(macro, frames):
+        async for ev in frame_events(macro, frames, chunk=_CHUNK):
             if not isinstance(ev, BatchVerdict):
                 raise RemoteProtocolError(f"{type(ev).__name__} from the macro cell")
             self._apply(self.core.verdict(ev, trio.current_time()))
@@ -250,16 +209,16 @@ class MacroCellNode:
         self.pacer = pacer
         self.sink = sink
         self._wake = trio.Event()
-        self._boxes: dict[int, _Outbox] = {}  # each open batch's small cell
+        self._boxes: dict[int, Outbox[HetnetEvent]] = {}  # each open batch's small cell
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """A small cell's fronthaul connection, until it ends."""
         frames = Frames(max_frame=FRONTHAUL_MAX_FRAME)
-        box = _Outbox(stream, frames)
+        box = Outbox(stream, frames)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(box.run)
             try:
-                async for ev in _events(stream, frames):
+                async for ev in frame_events(stream, frames, chunk=_CHUNK):
                     if not isinstance(ev, BatchDraft):
                         raise RemoteProtocolError(f"{type(ev).__name__} from a small cell")
                     if ev.round == 1:

@@ -1,20 +1,24 @@
-"""What the node shells share: reading the next protocol event from a stream, records, and
-which refusals are final.
+"""What the node shells share: reading the next protocol event from a stream, a stream's
+framed messages (hetnet's and DSD's), a stream written by one task, records, and which
+refusals are final.
 
 Layer: nodes (trio). Stream failures are mapped here, once, to ``PeerGone``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+import contextlib
+import math
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Generic
 
 import trio
 
-from emu.errors import PeerGone
+from emu.errors import PeerGone, RemoteProtocolError
 from nodes.protocol import NEED_DATA, Connection, ErrorCode, Event
+from nodes.protocol.frames import E, TypedFrames
 
-__all__ = ["FINAL_REFUSALS", "EdgeRefused", "Sink", "receive_event"]
+__all__ = ["FINAL_REFUSALS", "EdgeRefused", "Outbox", "Sink", "frame_events", "receive_event"]
 
 # Where a node sends its records (one dict per round, batch, plan...).
 Sink = Callable[[Mapping[str, Any]], None]
@@ -43,3 +47,45 @@ async def receive_event(conn: Connection, stream: trio.abc.Stream) -> Event:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise PeerGone("the link broke") from exc
         conn.receive_data(data)
+
+
+async def frame_events(
+    stream: trio.abc.Stream, frames: TypedFrames[E], *, chunk: int = _CHUNK
+) -> AsyncIterator[E]:
+    """The stream's messages as they complete, until it ends (RemoteProtocolError for a cut
+    frame or a broken rule; trio's errors if the stream breaks)."""
+    while True:
+        data = await stream.receive_some(chunk)
+        if not data:
+            if frames.partial:
+                raise RemoteProtocolError("the stream ended inside a frame")
+            return
+        for ev in frames.feed(data):
+            yield ev
+
+
+class Outbox(Generic[E]):
+    """A stream written by one task (``run``): ``post`` never blocks its caller, and a
+    stream that breaks or closes loses only what was posted to it."""
+
+    def __init__(self, stream: trio.abc.Stream, frames: TypedFrames[E]) -> None:
+        self.stream, self.frames = stream, frames
+        self._send, self._recv = trio.open_memory_channel[bytes](math.inf)
+
+    def post(self, event: E) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            self._send.send_nowait(self.frames.pack(event))
+
+    def close(self) -> None:
+        self._send.close()
+
+    async def run(self) -> None:
+        try:
+            async with self._recv:
+                async for data in self._recv:
+                    await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                await self.stream.aclose()
