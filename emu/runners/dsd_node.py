@@ -26,11 +26,18 @@ from typing import Any
 import numpy as np
 import trio
 
-from emu.errors import ConfigError, PeerGone
+from emu.errors import ConfigError
 from emu.planner import get_policy
 from emu.planner.dsd.model import DsdProblem
 from emu.results.metrics import Recorder
-from emu.runners.node import SharedClock, address, until_signalled
+from emu.runners.node import (
+    SharedClock,
+    address,
+    connect,
+    paced,
+    start_at,
+    until_signalled,
+)
 from emu.runners.sim_dsd import deal, dsd_problem_of
 from emu.scenario import Scenario, load_scenario
 from emu.scenario.streams import Streams
@@ -42,12 +49,9 @@ from nodes.dsd import (
     SyntheticDsdVerifier,
     VerifierNode,
 )
-from nodes.pacing import REAL_CLOCK_LEAD_S, Pacer
 
-__all__ = ["ADDRESSES_FILE", "START_FILE", "check_emulable", "main", "real_prompts"]
+__all__ = ["ADDRESSES_FILE", "check_emulable", "main", "real_prompts"]
 
-CONNECT_TRIES = 200
-START_FILE = "start_at"
 ADDRESSES_FILE = "addresses.json"
 SYNTHETIC_PROMPT_VOCAB = 32000
 
@@ -73,26 +77,6 @@ def real_prompts(sc: Scenario) -> Any:
         m.kind, draft=m.draft, target=m.target, device=m.device,
         max_new_tokens=sc.sim.max_new_tokens, max_draft_len=problem.max_gamma,
     )  # fmt: skip
-
-
-async def _start_at(run_dir: Path) -> float:
-    path = run_dir / START_FILE
-    while not path.exists():
-        await trio.sleep(0.002)
-    return float(path.read_text())
-
-
-async def _connect(host: str, port: int) -> trio.SocketStream:
-    for _ in range(CONNECT_TRIES):
-        try:
-            return await trio.open_tcp_stream(host, port)
-        except OSError:
-            await trio.sleep(0.05)
-    raise PeerGone(f"no answer from {host}:{port}")
-
-
-def _pacer(sc: Scenario) -> Pacer:
-    return Pacer(sc.emu.timing, sc.emu.time_scale or 1.0, lead_s=REAL_CLOCK_LEAD_S)
 
 
 def _addresses(run_dir: Path) -> dict[str, tuple[str, int]]:
@@ -129,12 +113,12 @@ async def _verifier(
 ) -> dict[str, Any]:
     problem = dsd_problem_of(sc)
     spec = problem.verifiers[k]
-    pacer = _pacer(sc)
+    pacer = paced(sc)
     node = VerifierNode(
         k, spec, _verifier_backend(sc, problem), compat=problem.compat,
         order=problem.batching, pacer=pacer, sink=rec.for_node(spec.name),
     )  # fmt: skip
-    router = await _connect(*_addresses(run_dir)["router"])
+    router = await connect(*_addresses(run_dir)["router"])
     async with trio.open_nursery() as nursery:
         nursery.start_soon(until_signalled, nursery.cancel_scope)
         nursery.start_soon(node.work)
@@ -173,13 +157,13 @@ async def _drafter(sc: Scenario, i: int, run_dir: Path, rec: Recorder) -> dict[s
             return tuple(prompts[(i + count * n) % len(prompts)])
 
     at = _addresses(run_dir)
-    router = await _connect(*at["router"])
+    router = await connect(*at["router"])
     streams = {
-        link.verifier: await _connect(*at[link.verifier]) for link in problem.reachable(spec.name)
+        link.verifier: await connect(*at[link.verifier]) for link in problem.reachable(spec.name)
     }
-    pacer = _pacer(sc)
+    pacer = paced(sc)
     print("ready", flush=True)
-    t0 = await _start_at(run_dir)
+    t0 = await start_at(run_dir)
     node = DrafterNode(
         i, problem, backend, policy=make(), arrivals=arrivals, rng=rng,
         prompt=prompt, pacer=pacer, sink=rec.for_node(spec.name), t0=t0, answer_cap=answer_cap,

@@ -45,10 +45,11 @@ from emu.files import write_atomic
 from emu.models.build import Session, check_sessions
 from emu.planner.dsd.links import PairLink
 from emu.planner.dsd.model import DsdProblem
-from emu.runners.dsd_node import ADDRESSES_FILE, START_FILE, check_emulable, real_prompts
+from emu.runners.dsd_node import ADDRESSES_FILE, check_emulable, real_prompts
 from emu.runners.emulate import _fidelity, _stop_on_signals
 from emu.runners.manifest import run_manifest
 from emu.runners.network import Network, await_ready, preflight, star_network, stop_processes
+from emu.runners.node import START_FILE
 from emu.runners.shapers import choose_shaper
 from emu.runners.sim_dsd import DsdRun, dsd_problem_of
 from emu.scenario import Scenario, scenario_toml

@@ -40,9 +40,10 @@ from emu.planner.hetnet.evaluate import HetnetPlan, evaluate
 from emu.planner.hetnet.model import HetnetProblem
 from emu.results.hetnet import hetnet_result
 from emu.runners.emulate import _fidelity, _stop_on_signals
-from emu.runners.hetnet_node import START_FILE, write_plan
+from emu.runners.hetnet_node import write_plan
 from emu.runners.manifest import run_manifest
 from emu.runners.network import Network, await_ready, preflight, star_network, stop_processes
+from emu.runners.node import START_FILE
 from emu.runners.shapers import choose_shaper
 from emu.runners.sim_hetnet import checked_problem, fronthaul_state, uplink_series
 from emu.scenario import Scenario, scenario_toml

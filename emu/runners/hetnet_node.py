@@ -24,23 +24,26 @@ from typing import Any
 
 import trio
 
-from emu.errors import ConfigError, PeerGone
+from emu.errors import ConfigError
 from emu.models.hetnet import hetnet_models
 from emu.planner.hetnet.evaluate import HetnetPlan
 from emu.results.metrics import Recorder
-from emu.runners.node import SharedClock, address, until_signalled
+from emu.runners.node import (
+    SharedClock,
+    address,
+    connect,
+    paced,
+    start_at,
+    until_signalled,
+)
 from emu.runners.sim_hetnet import small_cell_core
 from emu.scenario import Scenario, load_scenario
 from emu.scenario.streams import Streams
 from nodes.core.hetnet import MacroCellCore
 from nodes.hetnet import MacroCellNode, SmallCellNode, TaskUser
-from nodes.pacing import REAL_CLOCK_LEAD_S, Pacer
 from nodes.protocol.hetnet import token_width
 
 __all__ = ["main", "read_plan", "write_plan"]
-
-CONNECT_TRIES = 200
-START_FILE = "start_at"
 
 
 def write_plan(run_dir: Path, plan: HetnetPlan) -> None:
@@ -57,31 +60,10 @@ def read_plan(run_dir: Path) -> HetnetPlan:
     )
 
 
-async def _start_at(run_dir: Path) -> float:
-    """The runner's start, once it has written it (a time on the shared clock)."""
-    path = run_dir / START_FILE
-    while not path.exists():
-        await trio.sleep(0.002)
-    return float(path.read_text())
-
-
-async def _connect(host: str, port: int) -> trio.SocketStream:
-    for _ in range(CONNECT_TRIES):
-        try:
-            return await trio.open_tcp_stream(host, port)
-        except OSError:
-            await trio.sleep(0.05)
-    raise PeerGone(f"no answer from {host}:{port}")
-
-
-def _pacer(sc: Scenario) -> Pacer:
-    return Pacer(sc.emu.timing, sc.emu.time_scale or 1.0, lead_s=REAL_CLOCK_LEAD_S)
-
-
 async def _macro(sc: Scenario, port: int, rec: Recorder) -> dict[str, Any]:
     models = hetnet_models(sc, sc.hetnet_problem())
     problem = models.problem
-    pacer = _pacer(sc)
+    pacer = paced(sc)
     mbs = MacroCellNode(
         MacroCellCore(discipline=problem.discipline),
         models.verifier(problem, Streams(sc.sim.seed)),
@@ -103,17 +85,17 @@ async def _small(
     problem = models.problem
     plan = read_plan(run_dir)
     core = small_cell_core(problem, plan, cell, learn=sc.hetnet.learn_alpha)
-    pacer = _pacer(sc)
+    pacer = paced(sc)
     name = "sbs" + problem.cell_suffix(cell)
     sbs = SmallCellNode(
         core, models.drafter(problem, Streams(sc.sim.seed)), pacer=pacer, sink=rec.for_node(name)
     )
-    fronthaul = await _connect(*macro)
+    fronthaul = await connect(*macro)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(until_signalled, nursery.cancel_scope)
         await nursery.start(trio.serve_tcp, sbs.serve_user, port)
         print("ready", flush=True)
-        t0 = await _start_at(run_dir)
+        t0 = await start_at(run_dir)
         core.start(t0)
         await sbs.run(fronthaul)
         await trio.sleep(0.5)  # the last tokens on their way to their users
@@ -130,9 +112,9 @@ async def _user(
     sc: Scenario, k: int, sbs: tuple[str, int], run_dir: Path, rec: Recorder
 ) -> dict[str, Any]:
     task = json.loads((run_dir / "tasks.json").read_text())[k]
-    stream = await _connect(*sbs)
+    stream = await connect(*sbs)
     print("ready", flush=True)
-    arrives = await _start_at(run_dir) + sc.hetnet_problem().tasks[k].arrival_ms / 1e3
+    arrives = await start_at(run_dir) + sc.hetnet_problem().tasks[k].arrival_ms / 1e3
     await trio.sleep_until(arrives)
     user = TaskUser(  # its latency from its arrival
         k,

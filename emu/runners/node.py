@@ -66,9 +66,43 @@ from nodes.protocol import Redirect
 from nodes.router import via_router
 from nodes.user import EdgeRefused, UserNode
 
-__all__ = ["SharedClock", "address", "main", "until_signalled"]
+__all__ = [
+    "START_FILE",
+    "SharedClock",
+    "address",
+    "connect",
+    "main",
+    "paced",
+    "start_at",
+    "until_signalled",
+]
 
 CONNECT_TRIES = 100
+START_FILE = "start_at"  # the hetnet and dsd runners write their nodes' common start here
+
+
+async def start_at(run_dir: Path) -> float:
+    """The runner's start, once it has written it (a time on the shared clock)."""
+    path = run_dir / START_FILE
+    while not path.exists():
+        await trio.sleep(0.002)
+    return float(path.read_text())
+
+
+async def connect(host: str, port: int, *, tries: int = 2 * CONNECT_TRIES) -> trio.SocketStream:
+    """A TCP stream to a node that may not listen yet (tried every 50 ms; PeerGone after
+    ``tries``)."""
+    for _ in range(tries):
+        try:
+            return await trio.open_tcp_stream(host, port)
+        except OSError:
+            await trio.sleep(0.05)
+    raise PeerGone(f"no answer from {host}:{port}")
+
+
+def paced(sc: Scenario) -> Pacer:
+    """The pacer of a node of the hetnet and dsd runners: the scenario's timing and scale."""
+    return Pacer(sc.emu.timing, sc.emu.time_scale or 1.0, lead_s=REAL_CLOCK_LEAD_S)
 
 
 def _verifier(sc: Scenario, problem: Problem, profiled: bool) -> VerifyBackend:
