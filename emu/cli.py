@@ -11,18 +11,20 @@ it stopped and where its partial results are.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
 from emu.errors import ConfigError, DraftnetError, Infeasible
+from emu.lab.commands import LAB_COMMANDS, add_lab_parsers
 from emu.planner.policies import policy_names
 from emu.scenario.sections import SHAPING, TIMING
 
@@ -223,6 +225,12 @@ def _parser() -> argparse.ArgumentParser:
         "clean", help="remove what killed runs left behind, as they recorded it (root)"
     )
     clean.add_argument("--json", action="store_true", help="print what it removed as JSON")
+    add_lab_parsers(
+        sub,
+        _scenario_args,
+        f"planning policy (planner.policy): one of {', '.join(policy_names())}",
+        _Parser,
+    )
     models = sub.add_parser("models", help="the embedded model pair")
     models_sub = models.add_subparsers(dest="action", required=True, parser_class=_Parser)
     prep = models_sub.add_parser("prepare", help="make the embedded pair (cached; offline after)")
@@ -603,7 +611,7 @@ def cmd_models(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "solve": cmd_solve,
     "sim": cmd_sim,
     "run": cmd_run,
@@ -614,6 +622,7 @@ COMMANDS = {
     "train-awc": cmd_train_awc,
     "models": cmd_models,
     "clean": cmd_clean,
+    **{name: functools.partial(cmd, load=_load) for name, cmd in LAB_COMMANDS.items()},
 }
 
 

@@ -68,6 +68,7 @@ class EdgeNode:
         solve_in_thread: bool = False,
         scheduler: BatchScheduler | None = None,
         lengths: LengthController | None = None,
+        reports: Sink | None = None,
     ) -> None:
         self.core = VerifierCore(
             edge=edge,
@@ -84,7 +85,9 @@ class EdgeNode:
         self.pacer = pacer or Pacer()
         self.solve_in_thread = solve_in_thread
         self._arrival = trio.Event()
-        self.peers = VerifierPeers(self.core, settings, sink, apply=self._apply, wake=self._wake)
+        self.peers = VerifierPeers(
+            self.core, settings, sink, apply=self._apply, wake=self._wake, reports=reports
+        )
 
     @property
     def members(self) -> dict[int, Member]:
@@ -130,10 +133,10 @@ class EdgeNode:
         self._arrival.set()
         self._arrival = trio.Event()
 
-    async def serve_stream(self, stream: trio.abc.Stream) -> None:
+    async def serve_stream(self, stream: trio.abc.Stream, proved: str | None = None) -> None:
         """Serve one peer's connection until it ends (``nodes.peers``); never raises for
-        anything the peer does."""
-        await self.peers.serve_stream(stream)
+        anything the peer does. ``proved``: the node its certificate names, if any."""
+        await self.peers.serve_stream(stream, proved)
 
     # --- the pipeline ----------------------------------------------------------------------
     async def run(self) -> None:

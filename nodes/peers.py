@@ -12,6 +12,7 @@ on connections; a joined user the edge waits on is dropped after ``idle_timeout_
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,9 +21,11 @@ import trio
 
 from emu.errors import LocalProtocolError, PeerGone, RemoteProtocolError
 from nodes.core.guard import RateLimit
-from nodes.core.verifier import EdgeSettings, Member, Refusal, VerifierCore
+from nodes.core.verifier import EdgeSettings, Member, Refusal, VerifierCore, user_node
 from nodes.protocol import (
     Bye,
+    ClockEcho,
+    ClockProbe,
     Closed,
     Connection,
     Draft,
@@ -31,6 +34,7 @@ from nodes.protocol import (
     Event,
     Heartbeat,
     Hello,
+    Report,
     Role,
     SessionStart,
 )
@@ -49,6 +53,7 @@ class _Peer:
     outbox: trio.MemorySendChannel[bytes]
     rate: RateLimit
     member: Member | None = None
+    proved: str | None = None  # the node its certificate names (mutual TLS)
     opened: float = 0.0
     left_because: str = ""
 
@@ -56,7 +61,8 @@ class _Peer:
 class VerifierPeers:
     """The connections of a verifier whose state is ``core``. After each event it hands the
     core, it calls ``apply`` (the node does the core's actions) and, for a session or a draft,
-    ``wake`` (the pipeline may be waiting on it)."""
+    ``wake`` (the pipeline may be waiting on it). A joined user's Reports go to ``reports``,
+    each record filed under that user (dropped where there is no ``reports``)."""
 
     def __init__(
         self,
@@ -66,9 +72,11 @@ class VerifierPeers:
         *,
         apply: Callable[[], None],
         wake: Callable[[], None],
+        reports: Sink | None = None,
     ) -> None:
         self.core, self.cfg, self.sink = core, settings, sink
         self._apply, self._wake = apply, wake
+        self.reports = reports
         self._outboxes: dict[Connection, trio.MemorySendChannel[bytes]] = {}
         self._open = 0
 
@@ -89,9 +97,18 @@ class VerifierPeers:
                 _post(out, conn, error)
             out.close()
 
-    async def serve_stream(self, stream: trio.abc.Stream) -> None:
+    def farewell(self, reason: str) -> None:
+        """Say Bye on every connection and close each once its writer has sent what is
+        queued: the edge is stopping, and its users should stop rather than redial."""
+        for conn, out in list(self._outboxes.items()):
+            _post(out, conn, Bye(reason=reason))
+            out.close()
+
+    async def serve_stream(self, stream: trio.abc.Stream, proved: str | None = None) -> None:
         """Serve one peer's connection until it ends. Never raises for anything the peer
-        does: the worst outcome is this connection closed with an Error."""
+        does: the worst outcome is this connection closed with an Error. ``proved``: the node
+        the transport proved the peer to be (its certificate's name), which its Hello must
+        match."""
         lim = self.cfg.limits
         conn = Connection(
             Role.EDGE,
@@ -100,7 +117,7 @@ class VerifierPeers:
             max_draft_len=self.cfg.max_draft_len,
         )
         send, recv = trio.open_memory_channel[bytes](_OUTBOX)
-        peer = _Peer(conn=conn, outbox=send, rate=RateLimit(lim.messages_per_s))
+        peer = _Peer(conn=conn, outbox=send, rate=RateLimit(lim.messages_per_s), proved=proved)
         self._outboxes[conn] = send
         pinger = trio.CancelScope()
         stopping = False
@@ -226,7 +243,7 @@ class VerifierPeers:
             if member is not None:
                 member.heard = now
             if isinstance(ev, Hello):
-                peer.member = self.core.join(ev, peer.conn, now)
+                peer.member = self.core.join(ev, peer.conn, now, peer.proved)
             elif member is None or isinstance(ev, Heartbeat):
                 continue  # only Heartbeat can come before Hello; the table enforces the rest
             elif isinstance(ev, SessionStart):
@@ -235,7 +252,34 @@ class VerifierPeers:
             elif isinstance(ev, Draft):
                 self.core.drafted(member, ev, now)
                 self._wake()
+            elif isinstance(ev, ClockProbe):
+                at = now * 1e3
+                sent = max(at, trio.current_time() * 1e3)
+                _post(peer.outbox, peer.conn, ClockEcho(probe_ms=ev.sent_ms, received_ms=at,
+                                                        sent_ms=sent))  # fmt: skip
+            elif isinstance(ev, Report):
+                self._file_report(member, ev)
             self._apply()
+
+    def _file_report(self, member: Member, report: Report) -> None:
+        """A user's records, each filed under that user whatever it says it is."""
+        if self.reports is None:
+            return
+        for line in report.lines.splitlines():
+            try:
+                rec = json.loads(line) if line.strip() else None
+            except ValueError as exc:
+                raise RemoteProtocolError(
+                    f"a Report line is not JSON: {exc}", code=ErrorCode.MALFORMED
+                ) from exc
+            if rec is None:
+                continue
+            if not isinstance(rec, dict) or not isinstance(rec.get("ev"), str):
+                raise RemoteProtocolError(
+                    "a Report line must be a JSON object with a string ev",
+                    code=ErrorCode.MALFORMED,
+                )
+            self.reports({**rec, "user": member.uid, "node": user_node(member.uid)})
 
 
 async def _writer(stream: trio.abc.Stream, recv: trio.MemoryReceiveChannel[bytes]) -> None:

@@ -45,7 +45,8 @@ async def receive_event(conn: Connection, stream: trio.abc.Stream) -> Event:
         try:
             data = await stream.receive_some(_CHUNK)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise PeerGone("the link broke") from exc
+            cause = exc.__cause__  # a TLS alert says why: the peer refused our certificate
+            raise PeerGone(f"the link broke ({cause})" if cause else "the link broke") from exc
         conn.receive_data(data)
 
 

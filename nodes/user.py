@@ -15,15 +15,24 @@ else eight heartbeats) as a broken link. The user sends no heartbeats: the edge 
 for a draft or a session, and those are its signs of life. ``serve`` redials a broken
 link with exponential backoff and resumes the session in flight as the same user: its prompt is
 the old prompt plus every token committed so far.
+
+Lab mode (``emu.lab``): the Hello carries the user's token (``auth``) where the lab uses tokens;
+after each Welcome the user measures its clock's offset to the edge's (``clock_probes``
+NTP-style exchanges, ``nodes.core.clock``), and from then on its records carry times on the
+edge's clock; with ``report`` it also streams them to the edge (Report, at most every
+``REPORT_EVERY_S``, whenever it has some and is not drafting, and before it says Bye), keeping what
+a broken link did not carry for the next connection.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import trio
@@ -31,10 +40,13 @@ import trio
 from emu.errors import LocalProtocolError, PeerGone, RemoteProtocolError
 from nodes.backends import DraftBackend
 from nodes.core.client import ClientCore, UserStats
+from nodes.core.clock import ClockOffset
 from nodes.pacing import Pacer
 from nodes.protocol import (
     PROTOCOL_VERSION,
     Bye,
+    ClockEcho,
+    ClockProbe,
     Closed,
     Connection,
     Draft,
@@ -42,10 +54,13 @@ from nodes.protocol import (
     Event,
     Hello,
     PlanUpdate,
+    Report,
     Role,
+    State,
     Verdict,
     Welcome,
 )
+from nodes.protocol.events import MAX_REPORT
 from nodes.stream import FINAL_REFUSALS, EdgeRefused, Sink, receive_event
 
 __all__ = ["FINAL_REFUSALS", "Dial", "EdgeRefused", "Sink", "UserNode", "UserStats"]
@@ -53,6 +68,8 @@ __all__ = ["FINAL_REFUSALS", "Dial", "EdgeRefused", "Sink", "UserNode", "UserSta
 Dial = Callable[[], Awaitable[trio.abc.Stream]]
 BACKOFF_S = (0.1, 1.0)  # the first redial's wait, and the longest
 SILENT_BEATS = 8  # heartbeats an edge may miss before its link is taken for broken
+REPORT_EVERY_S = 0.25  # how often a reporting user sends its records to the edge
+PROBE_GAP_S = 0.01  # between two clock probes
 
 
 class UserNode:
@@ -69,6 +86,9 @@ class UserNode:
         max_new_tokens: int = 0,
         device: Mapping[str, float] | None = None,
         silence_s: float = 0.0,
+        auth: str = "",
+        clock_probes: int = 0,
+        report: bool = False,
     ) -> None:
         self.core = ClientCore(
             user_id, functools.partial(next, prompts), max_new_tokens=max_new_tokens
@@ -78,6 +98,12 @@ class UserNode:
         self.pacer = pacer or Pacer()
         self.device = dict(device or {})
         self.silence_s = silence_s  # 0: SILENT_BEATS of the edge's heartbeats
+        self.auth = auth
+        self.clock_probes = clock_probes
+        self.clock: ClockOffset | None = None  # the last connection's estimate
+        self.report = report
+        self._unsent: list[str] = []  # records not yet reported, as JSON lines
+        self._reported_at = -math.inf
         self.conn = Connection(Role.USER)
         self._beat_s = 0.0
 
@@ -125,8 +151,8 @@ class UserNode:
                 except EdgeRefused:
                     raise
                 except PeerGone as exc:
-                    self.sink({"ev": "link_lost", "t": trio.current_time(),
-                               "user": self.user_id, "why": str(exc)})  # fmt: skip
+                    self._emit({"ev": "link_lost", "t": trio.current_time(),
+                                "user": self.user_id, "why": str(exc)})  # fmt: skip
                 stream = None
                 if self.stats.committed_tokens > committed:  # that link worked
                     backoff, down_since = BACKOFF_S[0], None
@@ -145,14 +171,21 @@ class UserNode:
         self._beat_s = 0.0
         try:
             await self._send(
-                Hello(version=PROTOCOL_VERSION, user_id=self.user_id, device=self.device)
+                Hello(
+                    version=PROTOCOL_VERSION,
+                    user_id=self.user_id,
+                    device=self.device,
+                    auth=self.auth,
+                )
             )
             welcome = await self._next()
             if not isinstance(welcome, Welcome):
                 raise RemoteProtocolError(f"expected Welcome, got {type(welcome).__name__}")
             self._beat_s = welcome.heartbeat_ms / 1e3
+            if self.clock_probes:
+                await self._measure_clock()
             self.core.welcomed(trio.current_time())
-            self._flush()
+            await self._flush()
             while True:
                 await self._session()
         except _EdgeClosed:
@@ -163,8 +196,54 @@ class UserNode:
             raise
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
+                with contextlib.suppress(PeerGone, LocalProtocolError):
+                    await self._send_report(force=True)
                 await self._send_quietly(Bye(reason="user stopping"))
                 await stream.aclose()
+
+    async def _measure_clock(self) -> None:
+        """``clock_probes`` exchanges with the edge; the least-delay one sets the offset."""
+        clock = ClockOffset()
+        for i in range(self.clock_probes):
+            if i:
+                await trio.sleep(PROBE_GAP_S)
+            t1 = trio.current_time()
+            await self._send(ClockProbe(sent_ms=t1 * 1e3))
+            while not isinstance(echo := await self._next(), ClockEcho) or (
+                echo.probe_ms != t1 * 1e3
+            ):
+                pass  # an older probe's echo
+            clock.add(t1, echo.received_ms / 1e3, echo.sent_ms / 1e3, trio.current_time())
+        self.clock = clock
+        self._emit({"ev": "clock", "t": trio.current_time(), "user": self.user_id,
+                    **clock.record()})  # fmt: skip
+
+    def _emit(self, rec: Mapping[str, Any]) -> None:
+        """One record to the sink (and to the next Report), its time on the edge's clock."""
+        if self.clock is not None and isinstance(t := rec.get("t"), float | int):
+            rec = {**rec, "t": self.clock.to_edge(float(t))}
+        self.sink(rec)
+        if self.report:
+            self._unsent.append(json.dumps(rec, default=float))
+
+    async def _send_report(self, *, force: bool = False) -> None:
+        """The records not yet reported, in Reports of at most MAX_REPORT characters; only
+        every REPORT_EVERY_S unless ``force``. What a broken link did not carry stays."""
+        now = trio.current_time()
+        if not self._unsent or (not force and now - self._reported_at < REPORT_EVERY_S):
+            return
+        if self.conn.state in (State.START, State.GREETED, State.CLOSED):
+            return
+        while self._unsent:
+            n, size = 0, 0
+            while n < len(self._unsent) and size + len(self._unsent[n]) + 1 <= MAX_REPORT:
+                size += len(self._unsent[n]) + 1
+                n += 1
+            n = max(n, 1)
+            lines = "\n".join(self._unsent[:n])[:MAX_REPORT]  # a record over the limit is cut
+            await self._send(Report(lines=lines))
+            del self._unsent[:n]
+        self._reported_at = now
 
     async def _session(self) -> None:
         """One session, or the rest of the one a broken link interrupted."""
@@ -175,7 +254,7 @@ class UserNode:
         v = await self._verdict()
         self.drafter.commit(0, v.token)
         core.first_token(v, trio.current_time())
-        self._flush()
+        await self._flush()
         while not v.done:
             drafted: tuple[int, ...] = ()
             draft_ms = 0.0
@@ -197,11 +276,13 @@ class UserNode:
             v = await self._verdict()
             self.drafter.commit(v.accepted, v.token)
             core.verdict(v, drafted, draft_ms, trio.current_time())
-            self._flush()
+            await self._flush()
+        await self._send_report(force=True)
 
-    def _flush(self) -> None:
+    async def _flush(self) -> None:
         for rec in self.core.records():
-            self.sink(rec)
+            self._emit(rec)
+        await self._send_report()
 
     async def _verdict(self) -> Verdict:
         while True:
@@ -222,7 +303,7 @@ class UserNode:
                 if ev.error in FINAL_REFUSALS:
                     raise EdgeRefused(said)
                 raise PeerGone(said)
-            if isinstance(ev, Welcome | Verdict):
+            if isinstance(ev, Welcome | Verdict | ClockEcho):
                 return ev
             if isinstance(ev, PlanUpdate):  # the plan this user's rounds now run under
                 self.core.plan = ev
@@ -230,11 +311,21 @@ class UserNode:
 
     async def _receive(self) -> Event:
         """The edge's next event; an edge silent past ``silence_s`` (it heartbeats a user it
-        has sent nothing for ``heartbeat_ms``) is a broken link (PeerGone)."""
+        has sent nothing for ``heartbeat_ms``) is a broken link (PeerGone). A reporting user
+        sends what it has not reported while it waits, every REPORT_EVERY_S (a read cut short
+        loses nothing: the Connection keeps what arrived, and TLS allows it after the
+        handshake)."""
         silence = self.silence_s or SILENT_BEATS * self._beat_s
-        with trio.move_on_after(silence if silence > 0 else math.inf):
-            return await receive_event(self.conn, self._stream)
-        raise PeerGone(f"the edge was silent for {silence:g} s")
+        deadline = trio.current_time() + silence if silence > 0 else math.inf
+        while True:
+            wake = deadline
+            if self.report and self._unsent:
+                wake = min(wake, max(trio.current_time(), self._reported_at + REPORT_EVERY_S))
+            with trio.move_on_at(wake):
+                return await receive_event(self.conn, self._stream)
+            if trio.current_time() >= deadline:
+                raise PeerGone(f"the edge was silent for {silence:g} s")
+            await self._send_report(force=True)
 
     async def _send(self, event: Event) -> None:
         try:

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("emu.models", "emu.results"),  # models, profiles and timing; records and reports
     ("emu.deploy", "emu.shaping"),  # what a scenario deploys; link shaping
     ("emu.runners",),  # sim, emulation, channel
-    ("emu.sweep",),  # studies over the runners
+    ("emu.sweep", "emu.lab"),  # studies over the runners; lab mode's roles over the nodes
     ("emu.cli", "scripts"),  # entry points
 ]
 

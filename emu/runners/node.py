@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -31,7 +32,7 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ from nodes.edge import EdgeNode
 from nodes.pacing import REAL_CLOCK_LEAD_S, Pacer
 from nodes.protocol import Redirect
 from nodes.router import via_router
+from nodes.stream import Sink
 from nodes.user import EdgeRefused, UserNode
 
 __all__ = [
@@ -71,10 +73,13 @@ __all__ = [
     "SharedClock",
     "address",
     "connect",
+    "drafter_for",
+    "edge_node",
     "main",
     "paced",
     "start_at",
     "until_signalled",
+    "verifier_for",
 ]
 
 CONNECT_TRIES = 100
@@ -105,7 +110,7 @@ def paced(sc: Scenario) -> Pacer:
     return Pacer(sc.emu.timing, sc.emu.time_scale or 1.0, lead_s=REAL_CLOCK_LEAD_S)
 
 
-def _verifier(sc: Scenario, problem: Problem, profiled: bool) -> VerifyBackend:
+def verifier_for(sc: Scenario, problem: Problem, profiled: bool) -> VerifyBackend:
     if sc.models.kind == "synthetic":
         return synthetic_verifier(problem, Streams(sc.sim.seed), warm_start=sc.sim.warm_start)
     from nodes.hf_verifier import HFVerifier
@@ -123,7 +128,7 @@ def _verifier(sc: Scenario, problem: Problem, profiled: bool) -> VerifyBackend:
     )
 
 
-def _drafter(
+def drafter_for(
     sc: Scenario, problem: Problem, i: int, profiled: bool
 ) -> tuple[DraftBackend, Iterator[Sequence[int]], int]:
     """The user's drafter, its prompts, and the tokens a session decodes."""
@@ -153,19 +158,22 @@ class SharedClock(trio.abc.Clock):
     from different node processes line up (trio's own clock starts at a random offset).
 
     With a time scale ``s`` it reads ``monotonic() / s``: modelled seconds, each ``s`` wall
-    seconds long (``nodes.pacing``); every process divides the same clock by the same ``s``."""
+    seconds long (``nodes.pacing``); every process divides the same clock by the same ``s``.
+    ``skew_s`` (wall seconds) is added to the reading: a lab node's clock, as if its machine's
+    were that far off (the lab tests inject it; the nodes measure it, ``nodes.core.clock``)."""
 
-    def __init__(self, scale: float = 1.0) -> None:
+    def __init__(self, scale: float = 1.0, skew_s: float = 0.0) -> None:
         self.scale = scale
+        self.skew_s = skew_s
 
     def start_clock(self) -> None:
         pass
 
     def current_time(self) -> float:
-        return time.monotonic() / self.scale
+        return (time.monotonic() + self.skew_s) / self.scale
 
     def deadline_to_sleep_time(self, deadline: float) -> float:
-        return max(0.0, deadline * self.scale - time.monotonic())
+        return max(0.0, deadline * self.scale - self.skew_s - time.monotonic())
 
 
 async def until_signalled(cancel: trio.CancelScope) -> None:
@@ -175,27 +183,45 @@ async def until_signalled(cancel: trio.CancelScope) -> None:
             return
 
 
-async def _edge(
-    port: int, sc: Scenario, rec: Recorder, pacer: Pacer, *, name: str
-) -> dict[str, Any]:
+def edge_node(
+    sc: Scenario,
+    name: str,
+    sink: Sink,
+    pacer: Pacer,
+    *,
+    tokens: Mapping[str, str] | None = None,
+    reports: Sink | None = None,
+) -> EdgeNode:
+    """Verifier ``name`` of the scenario's deployment, on a real clock: its planner solves in
+    a thread. ``tokens``: each user's pre-shared token (lab mode); ``reports``: where the
+    users' Reports go."""
     # The planner's thread and the event loop share the GIL: hand it over every 0.5 ms, not
     # Python's default 5, so a message that arrives during a solve waits no longer than that.
     sys.setswitchinterval(0.0005)
     dep = assemble(sc).with_problem(node_problem(sc))
     settings = edge_settings(sc, len(dep.groups[name]))
+    if tokens:
+        settings = dataclasses.replace(settings, tokens=dict(tokens))
     _open_files_for(settings.limits.connections(settings.expected_users))
-    edge = EdgeNode(
+    return EdgeNode(
         edge=dep.edge(name),
-        verifier=_verifier(sc, dep.on_compute_of(name), sc.emu.timing == "profile"),
+        verifier=verifier_for(sc, dep.on_compute_of(name), sc.emu.timing == "profile"),
         planner=memo_planner(sc.planner.policy),
         priors=dep.priors(name),
         settings=settings,
-        sink=rec.for_node(name),
+        sink=sink,
         pacer=pacer,
         solve_in_thread=True,  # a real clock: the connections go on while it plans
         scheduler=dep.scheduler(),
         lengths=dep.lengths(),
+        reports=reports,
     )
+
+
+async def _edge(
+    port: int, sc: Scenario, rec: Recorder, pacer: Pacer, *, name: str
+) -> dict[str, Any]:
+    edge = edge_node(sc, name, rec.for_node(name), pacer)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(until_signalled, nursery.cancel_scope)
         nursery.start_soon(edge.run)
@@ -245,7 +271,7 @@ async def _user(
     """User ``i``, dialling ``to``: ("edge", its address) or ("router", its address)."""
     kind, first = to
     problem = node_problem(sc)
-    drafter, prompts, session_tokens = _drafter(sc, problem, i, sc.emu.timing == "profile")
+    drafter, prompts, session_tokens = drafter_for(sc, problem, i, sc.emu.timing == "profile")
     with contextlib.ExitStack() as stack:
         if sc.models.kind != "synthetic":  # every committed token, for the lossless check
             log = stack.enter_context((run_dir / f"tokens-u{i}.jsonl").open("w"))

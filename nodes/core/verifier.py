@@ -54,6 +54,7 @@ __all__ = [
     "Refusal",
     "Send",
     "VerifierCore",
+    "user_node",
 ]
 
 
@@ -65,7 +66,9 @@ class EdgeSettings:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)  # deadlines, re-planning
     expected_users: int = 0  # wait for this many sessions before the first plan
     join_window_s: float = 1.0  # ... but no longer than this after the first
-    auth: str = ""  # required Hello.auth ("" accepts any)
+    # Each node's pre-shared token, by node name (u0, u1, ...): a user's Hello.auth must be
+    # its own (empty: no token asked, as over mutual TLS, whose certificate names the node).
+    tokens: Mapping[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
 
 
@@ -154,6 +157,11 @@ class Planning:
     reason: str
 
 
+def user_node(uid: int) -> str:
+    """The node name of user ``uid`` (the deployment's, the lab's certificates')."""
+    return f"u{uid}"
+
+
 class VerifierCore:
     def __init__(
         self,
@@ -188,11 +196,19 @@ class VerifierCore:
         self._out.append(Record(rec))
 
     # --- sessions ----------------------------------------------------------------------
-    def join(self, hello: Hello, conn: Connection, now: float) -> Member:
-        """Admit a Hello's user (Refusal, naming what is wrong, if not)."""
+    def join(self, hello: Hello, conn: Connection, now: float, proved: str | None = None) -> Member:
+        """Admit a Hello's user (Refusal, naming what is wrong, if not). ``proved``: the node
+        the connection proved to be before its Hello (its certificate's name, over mutual
+        TLS); a user may only speak for itself."""
         lim, uid = self.cfg.limits, hello.user_id
-        if self.cfg.auth and not hmac.compare_digest(hello.auth.encode(), self.cfg.auth.encode()):
-            raise Refusal("auth refused", ErrorCode.AUTH)
+        claimed = user_node(uid)
+        if proved is not None and proved != claimed:
+            raise Refusal(f"node {proved} may not claim user_id {uid}", ErrorCode.AUTH)
+        if self.cfg.tokens:
+            expected = self.cfg.tokens.get(claimed, "")
+            # Constant time in the token's content: the comparison runs whatever the id.
+            if not hmac.compare_digest(hello.auth.encode(), expected.encode()) or not expected:
+                raise Refusal(f"auth refused for user_id {uid}", ErrorCode.AUTH)
         device = check_device(hello.device)
         if (old := self.members.get(uid)) is not None:
             # The same user on a new connection, redialled before this edge saw its old link

@@ -30,6 +30,8 @@ from nodes.protocol.events import (
     EVENT_TYPES,
     PROTOCOL_VERSION,
     Bye,
+    ClockEcho,
+    ClockProbe,
     Closed,
     Draft,
     Error,
@@ -39,6 +41,7 @@ from nodes.protocol.events import (
     Hello,
     PlanUpdate,
     Redirect,
+    Report,
     SessionStart,
     Verdict,
     Welcome,
@@ -85,7 +88,7 @@ class State(enum.Enum):
 
 
 _U, _E = Role.USER, Role.EDGE
-# (who sends, state, message) -> next state. Heartbeat and PlanUpdate keep the state.
+# (who sends, state, message) -> next state. The messages of _ANYTIME keep the state.
 _TRANSITIONS: dict[tuple[Role, State, type[Event]], State] = {
     (_U, State.START, Hello): State.GREETED,
     (_E, State.GREETED, Welcome): State.READY,
@@ -101,6 +104,9 @@ _ANYTIME: dict[type[Event], Role | None] = {
     Bye: None,
     Error: None,
     PlanUpdate: _E,
+    ClockProbe: _U,
+    ClockEcho: _E,
+    Report: _U,
 }
 
 

@@ -21,6 +21,8 @@ __all__ = [
     "MAX_PROMPT_TOKENS",
     "PROTOCOL_VERSION",
     "Bye",
+    "ClockEcho",
+    "ClockProbe",
     "Closed",
     "Draft",
     "Error",
@@ -30,6 +32,7 @@ __all__ = [
     "Hello",
     "PlanUpdate",
     "Redirect",
+    "Report",
     "SessionStart",
     "Verdict",
     "Welcome",
@@ -38,13 +41,15 @@ __all__ = [
 
 # 2: Redirect (a router between users and verifiers); Stats retired. 3: Hello.drafter (a drafter
 # that serves several clients opens one connection, and one session at a time, per client).
-PROTOCOL_VERSION = 3
+# 4: ClockProbe and ClockEcho (a node's clock offset to the edge), Report (records to the edge).
+PROTOCOL_VERSION = 4
 MAX_DRAFT_TOKENS = 256
 MAX_PROMPT_TOKENS = 32768
 MAX_TOKEN_ID = 2**31 - 1
 MAX_TEXT = 1024
 MAX_MAP_ENTRIES = 64
 MAX_TOP_K = 64
+MAX_REPORT = 32768  # characters of JSON lines in one Report
 
 
 class ErrorCode(enum.IntEnum):
@@ -304,6 +309,52 @@ class Redirect(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClockProbe(Event):
+    """User to edge, any time after the handshake: the first of NTP's four timestamps,
+    ``sent_ms`` on the user's clock. The edge answers with a ClockEcho at once."""
+
+    code: ClassVar[int] = 12
+    sent_ms: float
+
+    def validate(self) -> None:
+        _float("sent_ms", self.sent_ms, -1e15, 1e15)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClockEcho(Event):
+    """Edge to user, answering a ClockProbe: the probe's ``probe_ms`` (the user's clock), and
+    when the edge received it and sent this (the edge's clock). The user adds the fourth time,
+    this echo's arrival (``nodes.core.clock``)."""
+
+    code: ClassVar[int] = 13
+    probe_ms: float
+    received_ms: float
+    sent_ms: float
+
+    def validate(self) -> None:
+        for name in ("probe_ms", "received_ms", "sent_ms"):
+            _float(name, getattr(self, name), -1e15, 1e15)
+        if self.sent_ms < self.received_ms:
+            _fail("sent_ms", self.sent_ms, f">= received_ms ({self.received_ms})")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Report(Event):
+    """User to edge: the user's records since its last Report, as JSON lines with times on the
+    edge's clock, so that the edge's run directory holds every node's records as they happen
+    (a user that dies later loses nothing it reported). The edge files them under the user
+    the connection proved to be, whatever they say."""
+
+    code: ClassVar[int] = 14
+    lines: str
+
+    def validate(self) -> None:
+        if type(self.lines) is not str or len(self.lines) > MAX_REPORT:
+            shown = self.lines if type(self.lines) is not str else f"{len(self.lines)} chars"
+            _fail("lines", shown, f"a string of <= {MAX_REPORT} chars")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Closed(Event):
     """Not a message: the peer closed its side of the stream cleanly."""
 
@@ -323,6 +374,9 @@ EVENT_TYPES: dict[int, type[Event]] = {
         Bye,
         Error,
         Redirect,
+        ClockProbe,
+        ClockEcho,
+        Report,
     )
 }
 _FIELDS = {code: tuple(f.name for f in fields(cls)) for code, cls in EVENT_TYPES.items()}

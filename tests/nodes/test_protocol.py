@@ -14,6 +14,8 @@ from nodes.protocol import (
     NEED_DATA,
     PROTOCOL_VERSION,
     Bye,
+    ClockEcho,
+    ClockProbe,
     Closed,
     Connection,
     Draft,
@@ -24,13 +26,14 @@ from nodes.protocol import (
     Hello,
     PlanUpdate,
     Redirect,
+    Report,
     Role,
     SessionStart,
     State,
     Verdict,
     Welcome,
 )
-from nodes.protocol.events import EVENT_TYPES
+from nodes.protocol.events import EVENT_TYPES, MAX_REPORT
 
 
 def _pump(a: Connection, b: Connection, ev: Event) -> Event:
@@ -64,6 +67,27 @@ def test_a_session_advances_both_sides_in_step() -> None:
     assert u.state is e.state is State.READY
     _pump(u, e, Bye(reason="done"))
     assert u.state is e.state is State.CLOSED
+
+
+def test_clock_probes_and_reports_go_either_way_mid_round_and_keep_the_state() -> None:
+    """The clock exchange and the records' Reports travel in any state after the handshake,
+    each one way only, and change nothing of the session."""
+    u, e = _session()
+    _pump(u, e, ClockProbe(sent_ms=1000.0))
+    _pump(e, u, ClockEcho(probe_ms=1000.0, received_ms=5.0, sent_ms=5.5))
+    _pump(u, e, Report(lines='{"ev": "round", "t": 1.0}'))
+    assert u.state is e.state is State.DRAFTING and u.position == e.position == 4
+    with pytest.raises(LocalProtocolError, match="ClockEcho may only be sent by the edge"):
+        u.send(ClockEcho(probe_ms=1.0, received_ms=1.0, sent_ms=1.0))
+    with pytest.raises(LocalProtocolError, match="Report may only be sent by the user"):
+        e.send(Report(lines=""))
+    fresh = Connection(Role.USER)
+    with pytest.raises(LocalProtocolError, match="before the handshake ended"):
+        fresh.send(ClockProbe(sent_ms=0.0))
+    with pytest.raises(ValueError, match="sent_ms must be >= received_ms"):
+        ClockEcho(probe_ms=1.0, received_ms=2.0, sent_ms=1.0)
+    with pytest.raises(ValueError, match=f"lines must be a string of <= {MAX_REPORT}"):
+        Report(lines="x" * (MAX_REPORT + 1))
 
 
 @pytest.mark.parametrize(
@@ -113,7 +137,9 @@ def test_an_older_peers_hello_is_refused_for_its_version_not_as_malformed() -> N
     e = Connection(Role.EDGE)
     body = msgpack.packb([Hello.code, 2, 1, {}, ""])
     e.receive_data(struct.pack(">I", len(body)) + body)
-    with pytest.raises(RemoteProtocolError, match="protocol version 2 is not 3") as info:
+    with pytest.raises(
+        RemoteProtocolError, match=f"protocol version 2 is not {PROTOCOL_VERSION}"
+    ) as info:
         e.next_event()
     assert info.value.code == ErrorCode.VERSION
     e = Connection(Role.EDGE)

@@ -41,11 +41,15 @@ from tests.planner.conftest import paper_problem
 class Shell:
     """What the trio shell does with the core's actions, minus the I/O."""
 
-    def __init__(self, problem: Problem, **limits: Any) -> None:
+    def __init__(
+        self, problem: Problem, tokens: dict[str, str] | None = None, **limits: Any
+    ) -> None:
         self.core = VerifierCore(
             edge=problem.edge,
             priors=dict(enumerate(problem.users)),
-            settings=EdgeSettings(expected_users=problem.size, limits=Limits(**limits)),
+            settings=EdgeSettings(
+                expected_users=problem.size, limits=Limits(**limits), tokens=tokens or {}
+            ),
             scheduler=RuntimeConfig().pipeline,
             lengths=PlanLengths(),
         )
@@ -66,12 +70,14 @@ class Shell:
             elif isinstance(a, Record):
                 self.records.append(dict(a.rec))
 
-    def hello(self, uid: int, now: float, drafter: str = "") -> Member:
-        hello = Hello(version=PROTOCOL_VERSION, user_id=uid, drafter=drafter)
+    def hello(
+        self, uid: int, now: float, drafter: str = "", auth: str = "", proved: str | None = None
+    ) -> Member:
+        hello = Hello(version=PROTOCOL_VERSION, user_id=uid, drafter=drafter, auth=auth)
         conn = Connection(Role.EDGE)
         conn.receive_data(Connection(Role.USER).send(hello))
         assert isinstance(conn.next_event(), Hello)
-        m = self.core.join(hello, conn, now)
+        m = self.core.join(hello, conn, now, proved)
         self.apply()
         return m
 
@@ -106,6 +112,27 @@ def test_a_hello_is_welcomed_and_an_unknown_id_refused() -> None:
     with pytest.raises(Refusal) as info:
         s.hello(7, now=1.0)
     assert info.value.code == ErrorCode.AUTH
+
+
+def test_a_user_may_only_speak_for_itself_by_certificate_or_token() -> None:
+    """Over mutual TLS the connection proved a node: its Hello may claim that node's id only.
+    With tokens, each id's own token, and no other, admits it. Nothing joins on a refusal."""
+    s = Shell(paper_problem(2))
+    with pytest.raises(Refusal, match="node u1 may not claim user_id 0") as info:
+        s.hello(0, now=1.0, proved="u1")
+    assert info.value.code == ErrorCode.AUTH and not s.core.members
+    s.hello(1, now=1.0, proved="u1")
+    assert set(s.core.members) == {1}
+
+    tokens = {"u0": "a" * 64, "u1": "b" * 64}
+    s = Shell(paper_problem(2), tokens=tokens)
+    for uid, auth in ((0, "b" * 64), (0, ""), (1, "a" * 64), (0, "a" * 63)):
+        with pytest.raises(Refusal, match=f"auth refused for user_id {uid}") as info:
+            s.hello(uid, now=1.0, auth=auth)
+        assert info.value.code == ErrorCode.AUTH
+    assert not s.core.members and not s.sent
+    s.hello(0, now=1.0, auth="a" * 64)
+    assert set(s.core.members) == {0}
 
 
 def test_clients_of_one_drafter_are_each_a_member_that_names_it() -> None:

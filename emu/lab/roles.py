@@ -1,0 +1,299 @@
+"""Lab mode: each role its own command, on its own machine, over the lab's network.
+
+    draftnet edge [SCENARIO] --listen HOST:PORT (--lab DIR | --insecure) [--out RUNDIR]
+    draftnet user [SCENARIO] --connect HOST:PORT (--lab DIR | --insecure) --id N
+
+Layer: emu (processes, sockets, files). The node code is the emulation's (``nodes.edge``,
+``nodes.user``, built as ``emu.runners.node`` builds them); what lab mode adds is the transport
+(``emu.lab.tls``: TLS with the lab's certificates or tokens), clocks (each user measures its
+offset to the edge's clock and stamps its records on the edge's, ``nodes.core.clock``), and
+records that stream to the edge (Report): the edge's run directory holds every node's records
+as they happen, ``events-<node>.jsonl``, and when it stops (SIGTERM, SIGINT, or ``--duration``)
+``summary.json``: the ``run --json`` fields of its policy, and ``auth``, ``refused`` (who and
+why), ``clock_offset_ms`` (each user's offset to the edge and its uncertainty) and ``resumed``
+(each user's sessions resumed over a new connection).
+
+Each node uses its machine's monotonic clock (``SharedClock``); the time scale is the
+scenario's ``emu.time_scale`` (1 when it is 0, auto: a lab runs in real time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import trio
+
+from emu.deploy.deployment import assemble
+from emu.deploy.runtime import memo_planner, node_problem
+from emu.errors import ConfigError, PeerGone
+from emu.lab.tls import Credentials, Gate, dial
+from emu.models.build import RecordingDrafter
+from emu.results.metrics import Recorder
+from emu.results.types import RunResult
+from emu.runners.node import SharedClock, drafter_for, edge_node, until_signalled
+from emu.scenario import Scenario
+from emu.scenario.streams import Streams
+from nodes.pacing import REAL_CLOCK_LEAD_S, Pacer
+from nodes.user import EdgeRefused, UserNode
+
+__all__ = ["CLOCK_PROBES", "RunLog", "lab_clock", "run_edge", "run_user"]
+
+CLOCK_PROBES = 8  # NTP-style exchanges per connection; the least-delay one counts
+SUMMARY = "summary.json"
+FAREWELL_S = 1.0  # a stopping edge waits this long for its users' last Reports, then says Bye
+
+
+class RunLog:
+    """The edge's run directory as it fills: each record appended to its node's
+    ``events-<node>.jsonl`` at once, and tallied for the summary."""
+
+    def __init__(self, out_dir: Path | None, policy: str) -> None:
+        self.out_dir = out_dir
+        self.tally = Recorder(None)
+        self.tally.policy = policy
+        self.policy = policy
+        self._files: dict[str, IO[str]] = {}
+        self.clocks: dict[str, dict[str, float]] = {}
+        self.resumed: dict[str, int] = defaultdict(int)
+
+    def for_node(self, name: str) -> Callable[[Mapping[str, Any]], None]:
+        return lambda rec: self({**rec, "node": name})
+
+    def __call__(self, rec: Mapping[str, Any]) -> None:
+        node = str(rec.get("node", "edge"))
+        if self.out_dir is not None:
+            f = self._files.get(node)
+            if f is None:
+                f = self._files[node] = (self.out_dir / f"events-{node}.jsonl").open("a")
+            f.write(json.dumps({"policy": self.policy, **rec}, default=float) + "\n")
+            f.flush()
+        self.tally(rec)
+        if rec.get("ev") == "clock":
+            self.clocks[node] = {
+                "offset_ms": float(rec["offset_ms"]),
+                "uncertainty_ms": float(rec["uncertainty_ms"]),
+            }
+        elif rec.get("ev") == "reconnected":
+            self.resumed[node] += 1
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+def lab_clock(sc: Scenario, skew_ms: float = 0.0) -> SharedClock:
+    return SharedClock(sc.emu.time_scale or 1.0, skew_ms / 1e3)
+
+
+def _pacer(sc: Scenario) -> Pacer:
+    return Pacer(sc.emu.timing, sc.emu.time_scale or 1.0, lead_s=REAL_CLOCK_LEAD_S)
+
+
+async def _serve_edge(
+    sc: Scenario,
+    listen: tuple[str, int],
+    cred: Credentials,
+    *,
+    log: RunLog,
+    pacer: Pacer,
+    duration_s: float,
+) -> dict[str, Any]:
+    dep = assemble(sc).with_problem(node_problem(sc))
+    name = dep.verifiers[0]
+    sink = log.for_node(name)
+    edge = edge_node(sc, name, sink, pacer, tokens=cred.tokens, reports=log)
+    gate = Gate(cred, edge.serve_stream, sink, handshake_timeout_s=sc.limits.handshake_timeout_s)
+    t0 = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        signalled = trio.CancelScope()
+        nursery.start_soon(until_signalled, signalled)
+        pipeline: trio.CancelScope = await nursery.start(_cancellable, edge.run)
+        serve = functools.partial(trio.serve_tcp, host=listen[0] or None)
+        await nursery.start(serve, gate, listen[1])
+        print(f"ready: {name} on {listen[0]}:{listen[1]} ({cred.auth})", flush=True)
+        with signalled, trio.move_on_after(duration_s if duration_s > 0 else math.inf):
+            await trio.sleep_forever()
+        t_end = trio.current_time()
+        pipeline.cancel()  # nothing verified after t_end; the users report what they have
+        await trio.sleep(FAREWELL_S)
+        edge.peers.farewell("the edge is stopping")  # its users stop rather than redial
+        await trio.sleep(0.2)  # the Byes' way out
+        nursery.cancel_scope.cancel()
+    measured = log.tally.summary(sc.planner.policy, t_end=t_end, users=dep.problem.size)
+    result = RunResult(
+        measured=measured,
+        predicted_tok_s=dep.predicted_tok_s(memo_planner(sc.planner.policy)),
+        protocol_errors=edge.stats.protocol_errors,
+        overruns={name: pacer.overruns},
+        span_s=t_end - t0,
+    )
+    return {
+        "system": sc.deployment.system,
+        "auth": cred.auth,
+        "listen": f"{listen[0]}:{listen[1]}",
+        "policy": sc.planner.policy,
+        "duration_s": t_end - t0,
+        "refused": gate.refused,
+        "clock_offset_ms": dict(sorted(log.clocks.items())),
+        "resumed": dict(sorted(log.resumed.items())),
+        "results": {sc.planner.policy: result.to_json()},
+    }
+
+
+async def _cancellable(
+    fn: Callable[[], Awaitable[None]], *, task_status: trio.TaskStatus[trio.CancelScope]
+) -> None:
+    with trio.CancelScope() as scope:
+        task_status.started(scope)
+        await fn()
+
+
+def run_edge(
+    sc: Scenario,
+    *,
+    listen: tuple[str, int],
+    cred: Credentials,
+    out_dir: Path | None,
+    duration_s: float = 0.0,
+    skew_ms: float = 0.0,
+) -> dict[str, Any]:
+    """Serve the scenario's users at ``listen`` until signalled or ``duration_s`` (modelled
+    seconds) pass; the summary (written to ``out_dir/summary.json`` as well)."""
+    _check_lab_scenario(sc)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    log = RunLog(out_dir, sc.planner.policy)
+    pacer = _pacer(sc)
+    try:
+        serve = functools.partial(_serve_edge, log=log, pacer=pacer, duration_s=duration_s)
+        out = trio.run(serve, sc, listen, cred, clock=lab_clock(sc, skew_ms))
+    finally:
+        log.close()
+    if out_dir is not None:
+        out["out_dir"] = str(out_dir)
+        (out_dir / SUMMARY).write_text(json.dumps(out, indent=1, default=float))
+    return out
+
+
+def _check_lab_scenario(sc: Scenario) -> None:
+    if sc.deployment.system != "dipsd":
+        raise ConfigError(
+            "deployment.system must be dipsd for draftnet edge and user (the lab roles of "
+            f"hetnet and dsd are not built yet), got {sc.deployment.system!r}"
+        )
+    dep = assemble(sc)
+    if len(dep.verifiers) != 1 or dep.router is not None:
+        raise ConfigError(
+            "deployment must have one verifier and no router for draftnet edge, got "
+            f"{len(dep.verifiers)} verifiers" + (" and a router" if dep.router else "")
+        )
+
+
+async def _serve_user(
+    sc: Scenario,
+    index: int,
+    connect: tuple[str, int],
+    cred: Credentials,
+    *,
+    out_dir: Path | None,
+    server: str,
+) -> dict[str, Any]:
+    problem = node_problem(sc)
+    drafter, prompts, session_tokens = drafter_for(sc, problem, index, sc.emu.timing == "profile")
+    pacer = _pacer(sc)
+    with contextlib.ExitStack() as stack:
+        log = RunLog(out_dir, sc.planner.policy)
+        stack.callback(log.close)
+        if out_dir is not None and sc.models.kind != "synthetic":  # for the lossless check
+            tokens = stack.enter_context((out_dir / f"tokens-u{index}.jsonl").open("a"))
+            drafter = RecordingDrafter(drafter, [], tokens)
+        node = UserNode(
+            index,
+            drafter,
+            prompts,
+            sink=log.for_node(f"u{index}"),
+            pacer=pacer,
+            max_new_tokens=session_tokens,
+            silence_s=sc.limits.idle_timeout_s,
+            auth=cred.token,
+            clock_probes=CLOCK_PROBES,
+            report=True,
+        )
+
+        answered = False
+
+        async def dial_edge() -> trio.abc.Stream:
+            nonlocal answered
+            stream = await dial(*connect, cred, server=server)
+            answered = True
+            return stream
+
+        print(f"ready: u{index} to {connect[0]}:{connect[1]} ({cred.auth})", flush=True)
+        failed: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(until_signalled, nursery.cancel_scope)
+            try:
+                await node.serve(
+                    dial_edge,
+                    give_up_s=sc.limits.reconnect_give_up_s,
+                    rng=Streams(sc.sim.seed).redial(index),
+                )
+            except (PeerGone, EdgeRefused) as exc:  # one line, not a nursery's group
+                failed = exc
+            nursery.cancel_scope.cancel()
+        if isinstance(failed, PeerGone) and not answered:  # a wrong address, or no edge yet
+            raise ConfigError(
+                f"--connect: no edge answered at {connect[0]}:{connect[1]} within "
+                f"{sc.limits.reconnect_give_up_s:g} s (limits.reconnect_give_up_s)"
+            ) from failed
+        if failed is not None:
+            raise failed
+    st = node.stats
+    clock = node.clock
+    return {
+        "user": index,
+        "auth": cred.auth,
+        "rounds": st.rounds,
+        "committed_tokens": st.committed_tokens,
+        "sessions": st.sessions,
+        "reconnects": st.reconnects,
+        "overruns": pacer.overruns,
+        "clock_offset_ms": None if clock is None else clock.record(),
+    }
+
+
+def run_user(
+    sc: Scenario,
+    *,
+    index: int,
+    connect: tuple[str, int],
+    cred: Credentials,
+    out_dir: Path | None = None,
+    server: str = "edge",
+    skew_ms: float = 0.0,
+) -> dict[str, Any]:
+    """User ``index`` of the scenario, drafting for the edge at ``connect`` until the edge
+    ends, it is signalled, or no link holds for ``limits.reconnect_give_up_s``; its counters.
+    An edge that refuses it for good is a ConfigError (the credentials are wrong)."""
+    _check_lab_scenario(sc)
+    if not 0 <= index < sc.problem().size:
+        raise ConfigError(
+            f"--id must be in [0, {sc.problem().size - 1}] (users.count), got {index}"
+        )
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        serve = functools.partial(_serve_user, out_dir=out_dir, server=server)
+        return trio.run(serve, sc, index, connect, cred, clock=lab_clock(sc, skew_ms))
+    except EdgeRefused as exc:
+        raise ConfigError(f"the edge at {connect[0]}:{connect[1]} refused u{index}: {exc}") from exc
+    except PeerGone as exc:
+        raise PeerGone(f"u{index}: {exc}") from exc
