@@ -29,6 +29,7 @@ import trio
 from emu.planner.cost import Plan
 from emu.planner.model import Edge, Problem, User
 from nodes.backends import VerifyBackend, VerifyItem
+from nodes.core.ledger import SessionLedger
 from nodes.core.schedule import BatchScheduler, EdgePlan, LengthController, PlanLengths
 from nodes.core.verifier import (
     EdgeSettings,
@@ -36,6 +37,7 @@ from nodes.core.verifier import (
     Evict,
     Forget,
     Member,
+    Persist,
     Record,
     Send,
     VerifierCore,
@@ -69,6 +71,8 @@ class EdgeNode:
         scheduler: BatchScheduler | None = None,
         lengths: LengthController | None = None,
         reports: Sink | None = None,
+        ledger: SessionLedger | None = None,
+        journal: Sink | None = None,
     ) -> None:
         self.core = VerifierCore(
             edge=edge,
@@ -77,7 +81,9 @@ class EdgeNode:
             scheduler=scheduler or settings.runtime.pipeline,
             lengths=lengths or PlanLengths(),
             vocab=getattr(verifier, "vocab_size", None),
+            ledger=ledger,
         )
+        self.journal = journal
         self.verifier = verifier
         self.planner = planner
         self.cfg = settings
@@ -116,6 +122,9 @@ class EdgeNode:
             for a in actions:
                 if isinstance(a, Record):
                     self.sink(a.rec)
+                elif isinstance(a, Persist):
+                    if self.journal is not None:
+                        self.journal(a.entry)
                 elif isinstance(a, Send):
                     m = a.member
                     if m.alive and not self.peers.send(m.conn, a.event):

@@ -14,7 +14,8 @@ how often), and the user takes an edge silent for ``silence_s`` (the scenario's 
 else eight heartbeats) as a broken link. The user sends no heartbeats: the edge only waits on it
 for a draft or a session, and those are its signs of life. ``serve`` redials a broken
 link with exponential backoff and resumes the session in flight as the same user: its prompt is
-the old prompt plus every token committed so far.
+the old prompt plus every token committed so far. An edge that holds a session of this user in
+its ledger hands it back (Welcome.resume, then Resume): a restarted user goes on from there.
 
 Lab mode (``emu.lab``): the Hello carries the user's token (``auth``) where the lab uses tokens;
 after each Welcome the user measures its clock's offset to the edge's (``clock_probes``
@@ -55,6 +56,7 @@ from nodes.protocol import (
     Hello,
     PlanUpdate,
     Report,
+    Resume,
     Role,
     State,
     Verdict,
@@ -182,6 +184,11 @@ class UserNode:
             if not isinstance(welcome, Welcome):
                 raise RemoteProtocolError(f"expected Welcome, got {type(welcome).__name__}")
             self._beat_s = welcome.heartbeat_ms / 1e3
+            if welcome.resume:  # the edge holds a session of ours: wait for it
+                resume = await self._next()
+                if not isinstance(resume, Resume):
+                    raise RemoteProtocolError(f"expected Resume, got {type(resume).__name__}")
+                self.core.resume(resume, trio.current_time())
             if self.clock_probes:
                 await self._measure_clock()
             self.core.welcomed(trio.current_time())
@@ -226,13 +233,19 @@ class UserNode:
         if self.report:
             self._unsent.append(json.dumps(rec, default=float))
 
+    def _can_report(self) -> bool:
+        """Records wait to be reported, and the connection may carry them now."""
+        return bool(self.report and self._unsent) and self.conn.state not in (
+            State.START,
+            State.GREETED,
+            State.CLOSED,
+        )
+
     async def _send_report(self, *, force: bool = False) -> None:
         """The records not yet reported, in Reports of at most MAX_REPORT characters; only
         every REPORT_EVERY_S unless ``force``. What a broken link did not carry stays."""
         now = trio.current_time()
-        if not self._unsent or (not force and now - self._reported_at < REPORT_EVERY_S):
-            return
-        if self.conn.state in (State.START, State.GREETED, State.CLOSED):
+        if not self._can_report() or (not force and now - self._reported_at < REPORT_EVERY_S):
             return
         while self._unsent:
             n, size = 0, 0
@@ -303,7 +316,7 @@ class UserNode:
                 if ev.error in FINAL_REFUSALS:
                     raise EdgeRefused(said)
                 raise PeerGone(said)
-            if isinstance(ev, Welcome | Verdict | ClockEcho):
+            if isinstance(ev, Welcome | Verdict | ClockEcho | Resume):
                 return ev
             if isinstance(ev, PlanUpdate):  # the plan this user's rounds now run under
                 self.core.plan = ev
@@ -319,7 +332,7 @@ class UserNode:
         deadline = trio.current_time() + silence if silence > 0 else math.inf
         while True:
             wake = deadline
-            if self.report and self._unsent:
+            if self._can_report():
                 wake = min(wake, max(trio.current_time(), self._reported_at + REPORT_EVERY_S))
             with trio.move_on_at(wake):
                 return await receive_event(self.conn, self._stream)

@@ -63,3 +63,44 @@ def test_a_wrong_token_is_caught_with_its_user_session_and_position() -> None:
     out = check_sessions([[good], [good, bad]], _reference)
     assert out["lossless"] is False
     assert out["lossless_checked"]["mismatches"] == [{"user": 1, "session": 1, "position": 2}]
+
+
+def test_a_resumed_session_is_stitched_to_its_start_and_a_gap_or_a_repeat_is_caught(
+    tmp_path: Path,
+) -> None:
+    """A session resumed over a new connection (or by a restarted process, appending to the
+    same log) starts again from its prompt and what it committed, perhaps with tokens it took
+    back from the edge's ledger and never logged itself: one session, checked whole. A resumed
+    start that drops or repeats a committed token continues nothing: it is caught."""
+    path = tmp_path / "tokens-u0.jsonl"
+    with path.open("w") as log:
+        d = RecordingDrafter(_Drafter(), [], log)
+        d.start([1, 2])
+        d.draft(2)
+        d.commit(2, 12)  # 10, 11, 12; the process is killed after the edge committed 13, 14
+    with path.open("a") as log:
+        d = RecordingDrafter(_Drafter(), [], log)
+        d.start([1, 2, 10, 11, 12, 13, 14])  # restarted: the edge's ledger gives 13, 14 back
+        d.inner.next = 15  # type: ignore[attr-defined]
+        d.draft(1)
+        d.commit(1, 16)
+        d.start([7])  # the next session
+        d.draft(1)
+        d.commit(1, 11)
+    sessions = read_sessions(path)
+    assert [(s.prompt, s.tokens) for s in sessions] == [
+        ((1, 2), [10, 11, 12, 13, 14, 15, 16]),
+        ((7,), [10, 11]),
+    ]
+    assert check_sessions([sessions], _reference)["lossless"] is True
+    lost, repeated = [1, 2, 10, 11, 13], [1, 2, 10, 11, 12, 12]
+    for resumed, caught in (
+        (lost, {"user": 0, "session": 0, "position": None,
+                "why": "a resumed start that does not continue its session"}),
+        (repeated, {"user": 0, "session": 0, "position": 3}),  # 12 where the target says 13
+    ):  # fmt: skip
+        path.write_text('{"prompt": [1, 2]}\n{"tokens": [10, 11, 12]}\n'
+                        f'{{"prompt": {resumed}}}\n{{"tokens": [20]}}\n')  # fmt: skip
+        out = check_sessions([read_sessions(path)], _reference)
+        assert out["lossless"] is False
+        assert out["lossless_checked"]["mismatches"] == [caught]

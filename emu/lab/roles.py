@@ -33,6 +33,7 @@ import trio
 from emu.deploy.deployment import assemble
 from emu.deploy.runtime import memo_planner, node_problem
 from emu.errors import ConfigError, PeerGone
+from emu.lab.journal import JOURNAL, Journal, read_journal
 from emu.lab.tls import Credentials, Gate, dial
 from emu.models.build import RecordingDrafter
 from emu.results.metrics import Recorder
@@ -80,8 +81,8 @@ class RunLog:
                 "offset_ms": float(rec["offset_ms"]),
                 "uncertainty_ms": float(rec["uncertainty_ms"]),
             }
-        elif rec.get("ev") == "reconnected":
-            self.resumed[node] += 1
+        elif rec.get("ev") == "join" and "resume" in rec:  # a session handed back
+            self.resumed[f"u{rec['user']}"] += 1
 
     def close(self) -> None:
         for f in self._files.values():
@@ -109,7 +110,16 @@ async def _serve_edge(
     dep = assemble(sc).with_problem(node_problem(sc))
     name = dep.verifiers[0]
     sink = log.for_node(name)
-    edge = edge_node(sc, name, sink, pacer, tokens=cred.tokens, reports=log)
+    journal, ledger = None, None
+    if log.out_dir is not None:  # a restarted edge goes on from its journal
+        path = log.out_dir / JOURNAL
+        ledger = read_journal(path)
+        if ledger.held:
+            sink({"ev": "restarted", "t": trio.current_time(), "held": sorted(ledger.held)})
+        journal = Journal(path)
+    edge = edge_node(
+        sc, name, sink, pacer, tokens=cred.tokens, reports=log, ledger=ledger, journal=journal
+    )
     gate = Gate(cred, edge.serve_stream, sink, handshake_timeout_s=sc.limits.handshake_timeout_s)
     t0 = trio.current_time()
     async with trio.open_nursery() as nursery:
@@ -127,6 +137,8 @@ async def _serve_edge(
         edge.peers.farewell("the edge is stopping")  # its users stop rather than redial
         await trio.sleep(0.2)  # the Byes' way out
         nursery.cancel_scope.cancel()
+    if journal is not None:
+        journal.close()
     measured = log.tally.summary(sc.planner.policy, t_end=t_end, users=dep.problem.size)
     result = RunResult(
         measured=measured,
@@ -212,7 +224,7 @@ async def _serve_user(
     with contextlib.ExitStack() as stack:
         log = RunLog(out_dir, sc.planner.policy)
         stack.callback(log.close)
-        if out_dir is not None and sc.models.kind != "synthetic":  # for the lossless check
+        if out_dir is not None:  # what it commits, for the lossless check
             tokens = stack.enter_context((out_dir / f"tokens-u{index}.jsonl").open("a"))
             drafter = RecordingDrafter(drafter, [], tokens)
         node = UserNode(
@@ -265,6 +277,7 @@ async def _serve_user(
         "committed_tokens": st.committed_tokens,
         "sessions": st.sessions,
         "reconnects": st.reconnects,
+        "resumed_tokens": st.resumed_tokens,
         "overruns": pacer.overruns,
         "clock_offset_ms": None if clock is None else clock.record(),
     }

@@ -43,6 +43,7 @@ __all__ = [
 class Session:
     prompt: tuple[int, ...]
     tokens: list[int] = field(default_factory=list)
+    broken: bool = False  # a resumed start that did not continue it exactly
 
 
 @dataclass(slots=True)
@@ -81,7 +82,14 @@ class RecordingDrafter:
 
 def read_sessions(path: Path) -> list[Session]:
     """The sessions a ``RecordingDrafter`` logged (a line cut short by a killed node is
-    dropped; a session cut short keeps what it committed)."""
+    dropped; a session cut short keeps what it committed).
+
+    A start whose prompt begins with the last session's prompt and is longer resumes that
+    session (a new connection, or a restarted process appending to the same log): its prompt
+    must be the session's prompt and every token the session committed, then perhaps tokens
+    the user took back from the edge's ledger without logging them; the session then goes on
+    with those and what the resumed start commits. One that drops or repeats a token is
+    marked ``broken``."""
     sessions: list[Session] = []
     for line in path.read_text().splitlines():
         try:
@@ -89,7 +97,19 @@ def read_sessions(path: Path) -> list[Session]:
         except ValueError:
             continue
         if "prompt" in r:
-            sessions.append(Session(prompt=tuple(r["prompt"])))
+            prompt = tuple(r["prompt"])
+            last = sessions[-1] if sessions else None
+            if (
+                last is not None
+                and len(prompt) > len(last.prompt)
+                and (prompt[: len(last.prompt)] == last.prompt)
+            ):
+                done = (*last.prompt, *last.tokens)
+                if prompt[: len(done)] != done:
+                    last.broken = True
+                last.tokens = list(prompt[len(last.prompt) :])
+                continue
+            sessions.append(Session(prompt=prompt))
         elif sessions:
             sessions[-1].tokens.extend(r["tokens"])
     return sessions
@@ -109,6 +129,10 @@ def check_sessions(
                 continue
             sessions += 1
             tokens += len(s.tokens)
+            if s.broken:
+                why = "a resumed start that does not continue its session"
+                bad.append({"user": uid, "session": k, "position": None, "why": why})
+                continue
             ref = reference(s.prompt, len(s.tokens))
             if s.tokens != ref:
                 at = next(j for j, (a, b) in enumerate(zip(s.tokens, ref, strict=True)) if a != b)

@@ -61,6 +61,7 @@ from emu.results.metrics import Recorder
 from emu.scenario import Scenario, load_scenario
 from emu.scenario.streams import Streams
 from nodes.backends import DraftBackend, SyntheticDrafter, VerifyBackend
+from nodes.core.ledger import SessionLedger
 from nodes.edge import EdgeNode
 from nodes.pacing import REAL_CLOCK_LEAD_S, Pacer
 from nodes.protocol import Redirect
@@ -191,10 +192,13 @@ def edge_node(
     *,
     tokens: Mapping[str, str] | None = None,
     reports: Sink | None = None,
+    ledger: SessionLedger | None = None,
+    journal: Sink | None = None,
 ) -> EdgeNode:
     """Verifier ``name`` of the scenario's deployment, on a real clock: its planner solves in
-    a thread. ``tokens``: each user's pre-shared token (lab mode); ``reports``: where the
-    users' Reports go."""
+    a thread. Lab mode's: ``tokens``, each user's pre-shared token; ``reports``, where the
+    users' Reports go; ``ledger`` and ``journal``, the sessions it holds and where it writes
+    each verdict's entry before sending it."""
     # The planner's thread and the event loop share the GIL: hand it over every 0.5 ms, not
     # Python's default 5, so a message that arrives during a solve waits no longer than that.
     sys.setswitchinterval(0.0005)
@@ -215,6 +219,8 @@ def edge_node(
         scheduler=dep.scheduler(),
         lengths=dep.lengths(),
         reports=reports,
+        ledger=ledger,
+        journal=journal,
     )
 
 

@@ -5,7 +5,9 @@ Layer: pure (nodes.core): no sockets, no clock, no model. The trio shell (``node
 drafts, sends and waits; it tells this core what happened (a session opened, a verdict with
 what was drafted for it, ``now`` passed in) and sends the messages the core builds. A session a
 broken link interrupts is resumed on the next connection as the same user: its prompt is the
-old prompt plus every token committed so far.
+old prompt plus every token committed so far. A user that lost its own state (its process was
+restarted) takes its session back from the edge's ledger (``resume``), as does one whose own
+copy of that session is behind the edge's.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodes.protocol import MAX_PROMPT_TOKENS, PlanUpdate, SessionStart, Verdict
+from nodes.protocol import MAX_PROMPT_TOKENS, PlanUpdate, Resume, SessionStart, Verdict
 
 __all__ = ["ClientCore", "UserStats"]
 
@@ -27,6 +29,7 @@ class UserStats:
     committed_tokens: int = 0
     sessions: int = 0
     reconnects: int = 0
+    resumed_tokens: int = 0  # committed before this process, taken back from the edge
     first_token_s: list[float] = field(default_factory=list)
 
 
@@ -53,8 +56,9 @@ class ClientCore:
         self.max_new_tokens = max_new_tokens
         self.stats = UserStats()
         self.plan: PlanUpdate | None = None  # the edge's last word on its plan, if it sends one
-        self._session_no = 0
+        self._session_no = 0  # the next new session's number
         self._flight: _InFlight | None = None
+        self._flight_no = 0  # the session in flight's number
         self._records: list[Mapping[str, Any]] = []
 
     def records(self) -> list[Mapping[str, Any]]:
@@ -78,17 +82,43 @@ class ClientCore:
             flight = None  # too long to resend as a prompt: a new session instead
         if flight is None:
             flight = self._flight = _InFlight(prompt=tuple(self.prompts()))
+            self._flight_no = self._session_no
+            self._session_no += 1
         else:
             flight.resumed = True
         flight.opened = now
         left = self.max_new_tokens - len(flight.committed) if self.max_new_tokens else 0
-        start = SessionStart(
-            session=self._session_no,
+        return SessionStart(
+            session=self._flight_no,
             prompt=flight.prompt + tuple(flight.committed),
             max_new_tokens=max(left, 1) if self.max_new_tokens else 0,
+            resumes=len(flight.committed) if flight.resumed else 0,
         )
-        self._session_no += 1
-        return start
+
+    def resume(self, r: Resume, now: float) -> bool:
+        """The edge's ledger of this user's session ``r.session``: taken if this user has no
+        session of its own in flight that is as far along (it was restarted, or the edge saw
+        more than this copy did); the prompts of the sessions before it are skipped. Whether
+        it was taken."""
+        flight = self._flight
+        mine = flight is not None and self._flight_no == r.session and flight.prompt == r.prompt
+        if flight is not None and not (
+            mine and tuple(flight.committed) == r.committed[: len(flight.committed)]
+        ):
+            return False  # another session, or a copy that disagrees: this user's own stands
+        if flight is None and r.session < self._session_no:
+            return False  # a session this process has finished since
+        while self._session_no <= r.session:  # the prompts of the sessions before it, and its
+            self.prompts()
+            self._session_no += 1
+        had = len(flight.committed) if flight is not None else 0
+        self._flight = _InFlight(prompt=r.prompt, committed=list(r.committed), resumed=True)
+        self._flight_no = r.session
+        self.stats.resumed_tokens += len(r.committed) - had
+        self._records.append({"ev": "resumed", "t": now, "user": self.user_id,
+                              "session": r.session, "committed": len(r.committed),
+                              "from_edge": len(r.committed) - had})  # fmt: skip
+        return True
 
     def first_token(self, v: Verdict, now: float) -> None:
         """Round 0's verdict: the session's first token (its time to first token, unless the

@@ -27,6 +27,7 @@ from emu.planner.cost import Plan, evaluate
 from emu.planner.model import Edge, Problem, User
 from nodes.core.estimate import UserEstimate
 from nodes.core.guard import Limits, check_device
+from nodes.core.ledger import SessionLedger
 from nodes.core.replan import believed, edge_plan, in_force, per_token, planning_problem
 from nodes.core.runtime import RuntimeConfig
 from nodes.core.schedule import BatchScheduler, EdgePlan, LengthController, Waiting
@@ -38,6 +39,7 @@ from nodes.protocol import (
     Event,
     Hello,
     PlanUpdate,
+    Resume,
     SessionStart,
     State,
     Verdict,
@@ -50,6 +52,7 @@ __all__ = [
     "Evict",
     "Forget",
     "Member",
+    "Persist",
     "Record",
     "Refusal",
     "Send",
@@ -101,7 +104,15 @@ class Record:
     rec: Mapping[str, Any]
 
 
-Action = Send | Evict | Forget | Record
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Write ``entry`` to the session journal durably, before any action after it (a verdict
+    it records) is done (``nodes.core.ledger``)."""
+
+    entry: Mapping[str, Any]
+
+
+Action = Send | Evict | Forget | Record | Persist
 
 
 class Refusal(Exception):
@@ -172,8 +183,10 @@ class VerifierCore:
         scheduler: BatchScheduler,
         lengths: LengthController,
         vocab: int | None = None,
+        ledger: SessionLedger | None = None,
     ) -> None:
         self.edge = edge
+        self.ledger = ledger if ledger is not None else SessionLedger()
         self.priors = dict(priors)
         self.cfg = settings
         self.scheduler = scheduler
@@ -232,15 +245,22 @@ class VerifierCore:
         m = Member(uid=uid, conn=conn, drafter=hello.drafter, heard=now)
         self.members[uid] = m
         self.stats.joined += 1
+        held = self.ledger.held.get(uid)
         welcome = Welcome(
             version=PROTOCOL_VERSION,
             max_draft_len=self.cfg.max_draft_len,
             heartbeat_ms=lim.heartbeat_ms,
+            resume=held is not None,
         )
         self._out.append(Send(m, welcome))
         joined: dict[str, object] = {"ev": "join", "t": now, "user": uid}
         if hello.drafter:
             joined["drafter"] = hello.drafter
+        if held is not None:  # its session as logged: a user that lost its own takes it back
+            resume = Resume(session=held.session, prompt=held.prompt,
+                            committed=tuple(held.committed))  # fmt: skip
+            self._out.append(Send(m, resume))
+            joined["resume"] = {"session": held.session, "committed": len(held.committed)}
         self._record(joined)
         return m
 
@@ -256,10 +276,14 @@ class VerifierCore:
             del self.priors[old]
 
     def session(self, m: Member, ev: SessionStart) -> None:
-        """A new session: its prompt waits for the next prefill."""
+        """A new session, or one resumed: its prompt waits for the next prefill."""
         self.check_ids("prompt", ev.prompt)
         m.prompt, m.max_new_tokens = ev.prompt, ev.max_new_tokens
         m.generated, m.decoding = 0, False
+        cut = len(ev.prompt) - ev.resumes
+        self._out.append(
+            Persist(self.ledger.opened(m.uid, ev.session, ev.prompt[:cut], ev.prompt[cut:]))
+        )
 
     def drafted(self, m: Member, ev: Draft, now: float) -> None:
         """A draft in: the member's estimates learn its device and link."""
@@ -443,6 +467,12 @@ class VerifierCore:
             slot=slot,
             done=done,
         )
+        # The journal first: a verdict never reaches a user before what it commits is logged.
+        committed = (*(m.draft.tokens[:accepted] if m.draft is not None else ()), token)
+        if (entry := self.ledger.added(m.uid, committed)) is not None:
+            self._out.append(Persist(entry))
+        if done and (entry := self.ledger.ended(m.uid)) is not None:
+            self._out.append(Persist(entry))
         self._out.append(Send(m, v))
         m.draft, m.draft_len = None, v.next_draft_len
         m.last_verdict = now

@@ -7,10 +7,11 @@ Layer: pure (nodes.protocol): bytes in, events out; events in, bytes out. No soc
     conn.receive_data(await stream.receive_some())      # b"" at end of stream
     while (event := conn.next_event()) is not NEED_DATA: ...
 
-Framing: a 4-byte big-endian length, then one msgpack message: a SessionStart (which carries a
-prompt) of at most ``max_frame`` bytes, every other message of at most ``max_small_frame``. A
-frame over ``max_small_frame`` has its message type checked against the limits and the
-session's state as soon as its first bytes arrive, before its body is buffered or decoded.
+Framing: a 4-byte big-endian length, then one msgpack message: a SessionStart or a Resume (which
+carry a prompt) of at most ``max_frame`` bytes, every other message of at most
+``max_small_frame``. A frame over ``max_small_frame`` has its message type checked against the
+limits and the session's state as soon as its first bytes arrive, before its body is buffered or
+decoded.
 Both sides track one shared session state, advanced by the events either side sends, through
 the single transition table ``_TRANSITIONS``; an event the table does not allow is a
 LocalProtocolError when we send it and a RemoteProtocolError (with an ErrorCode) when the peer
@@ -42,6 +43,7 @@ from nodes.protocol.events import (
     PlanUpdate,
     Redirect,
     Report,
+    Resume,
     SessionStart,
     Verdict,
     Welcome,
@@ -93,12 +95,15 @@ _TRANSITIONS: dict[tuple[Role, State, type[Event]], State] = {
     (_U, State.START, Hello): State.GREETED,
     (_E, State.GREETED, Welcome): State.READY,
     (_E, State.GREETED, Redirect): State.CLOSED,  # a router's answer: ask that verifier
+    (_E, State.READY, Resume): State.READY,  # after a Welcome that said resume
     (_U, State.READY, SessionStart): State.PREFILL,
     (_E, State.PREFILL, Verdict): State.DRAFTING,
     (_U, State.DRAFTING, Draft): State.VERIFYING,
     (_E, State.DRAFTING, Verdict): State.DRAFTING,  # only after next_draft_len == 0
     (_E, State.VERIFYING, Verdict): State.DRAFTING,
 }
+# The messages that carry a prompt, and only they, may be over max_small_frame.
+_LARGE: frozenset[type[Event]] = frozenset({SessionStart, Resume})
 _ANYTIME: dict[type[Event], Role | None] = {
     Heartbeat: None,
     Bye: None,
@@ -208,7 +213,7 @@ class Connection:
         return event
 
     def _admit_early(self, data: bytes | bytearray, size: int, offset: int = _HEADER.size) -> None:
-        """Check a large frame by its first bytes: only a SessionStart may exceed
+        """Check a large frame by its first bytes: only a SessionStart or a Resume may exceed
         ``max_small_frame``, and only where the session's state allows one."""
         first = data[offset] if len(data) > offset else None
         if first is None:
@@ -222,7 +227,7 @@ class Connection:
         if len(data) <= offset + at:
             return
         kind = EVENT_TYPES.get(data[offset + at])
-        if kind is not SessionStart:
+        if kind not in _LARGE:
             name = kind.__name__ if kind is not None else f"type {data[offset + at]}"
             raise RemoteProtocolError(
                 f"{name} frame of {size} bytes over the limit of {self.max_small_frame}",
@@ -230,7 +235,7 @@ class Connection:
             )
         if (self.their_role, self.state, kind) not in _TRANSITIONS:
             raise RemoteProtocolError(
-                f"SessionStart from the {self.their_role.value} in state {self.state.value}",
+                f"{kind.__name__} from the {self.their_role.value} in state {self.state.value}",
                 code=ErrorCode.OUT_OF_ORDER,
             )
 

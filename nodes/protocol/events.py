@@ -33,6 +33,7 @@ __all__ = [
     "PlanUpdate",
     "Redirect",
     "Report",
+    "Resume",
     "SessionStart",
     "Verdict",
     "Welcome",
@@ -42,7 +43,8 @@ __all__ = [
 # 2: Redirect (a router between users and verifiers); Stats retired. 3: Hello.drafter (a drafter
 # that serves several clients opens one connection, and one session at a time, per client).
 # 4: ClockProbe and ClockEcho (a node's clock offset to the edge), Report (records to the edge).
-PROTOCOL_VERSION = 4
+# 5: Resume and Welcome.resume (a session the edge logged, handed back), SessionStart.resumes.
+PROTOCOL_VERSION = 5
 MAX_DRAFT_TOKENS = 256
 MAX_PROMPT_TOKENS = 32768
 MAX_TOKEN_ID = 2**31 - 1
@@ -150,32 +152,42 @@ class Hello(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Welcome(Event):
-    """Edge to user, after Hello: the limits of this connection."""
+    """Edge to user, after Hello: the limits of this connection. ``resume``: a Resume follows
+    (the edge holds a session of this user that has not ended), and the user waits for it
+    before it starts a session."""
 
     code: ClassVar[int] = 2
     version: int
     max_draft_len: int
     heartbeat_ms: float
+    resume: bool = False
 
     def validate(self) -> None:
         _int("version", self.version, 1, 2**16)
         _int("max_draft_len", self.max_draft_len, 0, MAX_DRAFT_TOKENS)
         _float("heartbeat_ms", self.heartbeat_ms, 0.0, 3.6e6)
+        if type(self.resume) is not bool:
+            _fail("resume", self.resume, "a boolean")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionStart(Event):
-    """User to edge: a prompt (token ids) to decode, up to ``max_new_tokens`` (0: no limit)."""
+    """User to edge: a prompt (token ids) to decode, up to ``max_new_tokens`` (0: no limit).
+    ``session`` numbers the user's sessions, and a session resumed over a new connection keeps
+    its number: its prompt is the session's prompt and then the ``resumes`` tokens it had
+    committed."""
 
     code: ClassVar[int] = 3
     session: int
     prompt: tuple[int, ...]
     max_new_tokens: int
+    resumes: int = 0
 
     def validate(self) -> None:
         _int("session", self.session, 0, 2**31 - 1)
         _ids("prompt", self.prompt, 1, MAX_PROMPT_TOKENS)
         _int("max_new_tokens", self.max_new_tokens, 0, 2**31 - 1)
+        _int("resumes", self.resumes, 0, len(self.prompt) - 1)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -355,6 +367,25 @@ class Report(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Resume(Event):
+    """Edge to user, after a Welcome that said ``resume``: the user's session ``session`` as
+    the edge logged it before sending each verdict: its prompt and every token committed. A
+    user that lost its own state (it was restarted) takes it from here; one whose own state
+    is that session's takes whichever has more (the edge's log is never behind a verdict the
+    user saw)."""
+
+    code: ClassVar[int] = 15
+    session: int
+    prompt: tuple[int, ...]
+    committed: tuple[int, ...]
+
+    def validate(self) -> None:
+        _int("session", self.session, 0, 2**31 - 1)
+        _ids("prompt", self.prompt, 1, MAX_PROMPT_TOKENS)
+        _ids("committed", self.committed, 0, MAX_PROMPT_TOKENS - len(self.prompt))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Closed(Event):
     """Not a message: the peer closed its side of the stream cleanly."""
 
@@ -377,6 +408,7 @@ EVENT_TYPES: dict[int, type[Event]] = {
         ClockProbe,
         ClockEcho,
         Report,
+        Resume,
     )
 }
 _FIELDS = {code: tuple(f.name for f in fields(cls)) for code, cls in EVENT_TYPES.items()}

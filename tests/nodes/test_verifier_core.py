@@ -18,6 +18,7 @@ from nodes.core.verifier import (
     Evict,
     Forget,
     Member,
+    Persist,
     Record,
     Refusal,
     Send,
@@ -30,6 +31,7 @@ from nodes.protocol import (
     ErrorCode,
     Hello,
     PlanUpdate,
+    Resume,
     Role,
     SessionStart,
     Verdict,
@@ -57,10 +59,13 @@ class Shell:
         self.evicted: list[tuple[int, ErrorCode | None]] = []
         self.forgotten: list[int] = []
         self.records: list[dict[str, Any]] = []
+        self.journal: list[tuple[int, dict[str, Any]]] = []  # (events sent before it, entry)
 
     def apply(self) -> None:
         for a in self.core.actions():
-            if isinstance(a, Send):
+            if isinstance(a, Persist):
+                self.journal.append((len(self.sent), dict(a.entry)))
+            elif isinstance(a, Send):
                 a.member.conn.send(a.event)  # the wire's state advances as it would
                 self.sent.append((a.member.uid, a.event))
             elif isinstance(a, Evict):
@@ -81,8 +86,8 @@ class Shell:
         self.apply()
         return m
 
-    def start(self, m: Member, prompt: tuple[int, ...] = (1, 2, 3)) -> None:
-        ev = SessionStart(session=0, prompt=prompt, max_new_tokens=0)
+    def start(self, m: Member, prompt: tuple[int, ...] = (1, 2, 3), resumes: int = 0) -> None:
+        ev = SessionStart(session=0, prompt=prompt, max_new_tokens=0, resumes=resumes)
         m.conn.receive_data(_user_bytes(m, ev))
         assert m.conn.next_event() == ev
         self.core.session(m, ev)
@@ -225,3 +230,52 @@ def test_a_plan_that_cannot_be_made_refuses_whom_the_last_plan_does_not_cover() 
     s.apply()
     assert s.evicted == [(0, ErrorCode.OVERLOADED)]
     assert [r["ev"] for r in s.records][-3:] == ["plan_failed", "refused", "leave"]
+
+
+def test_every_verdict_is_journalled_before_it_is_sent_and_handed_back_on_a_rejoin() -> None:
+    """The ledger: a session's prompt when it opens, then each verdict's committed tokens, each
+    entry before the verdict it records is sent; a user that comes back (a new process, or
+    after an edge restart from the journal) is told, and handed its session."""
+    from nodes.core.ledger import SessionLedger
+
+    s = Shell(paper_problem(2))
+    a = s.hello(0, now=0.0)
+    s.start(a, prompt=(1, 2, 3))
+    s.apply()
+    s.plan(now=0.1)
+    s.core.take_prompts(s.core.new_sessions())
+    s.core.prefilled([a], [11], busy_s=0.05, now=0.2)
+    s.apply()
+    slot, _ = s.core.cycle()[0]
+    draft = Draft(round=1, base_len=4, tokens=(5, 6, 7)[: a.draft_len], draft_ms=30.0)
+    a.conn.receive_data(_user_bytes(a, draft))
+    a.conn.next_event()
+    s.core.drafted(a, draft, now=0.3)
+    s.core.verified(slot, [a], [a.draft_len], [(1, 9)], verify_ms=80.0, busy_s=0.08,
+                    waited_s=0.0, late=[], now=0.4)  # fmt: skip
+    s.apply()
+    verdict_at = [k for k, (_, e) in enumerate(s.sent) if isinstance(e, Verdict)]
+    entries = [e for _, e in s.journal]
+    assert entries == [
+        {"u": 0, "s": 0, "prompt": [1, 2, 3], "committed": []},
+        {"u": 0, "add": [11]},
+        {"u": 0, "add": [5, 9]},
+    ]
+    # Each "add" was written while only the events before its verdict had been sent.
+    assert [n for n, e in s.journal if "add" in e] == verdict_at
+    # The user comes back (its process restarted): Welcome says a Resume follows, and it does.
+    s.core.leave(a, "user 0 left", now=0.5)
+    s.apply()
+    s.sent.clear()
+    s.hello(0, now=0.6)
+    welcome, resume = (e for _, e in s.sent)
+    assert isinstance(welcome, Welcome) and welcome.resume
+    assert resume == Resume(session=0, prompt=(1, 2, 3), committed=(11, 5, 9))
+    # An edge restarted with the journal holds the same.
+    replayed = SessionLedger.replay(entries)
+    assert replayed.held[0].committed == [11, 5, 9] and replayed.held[0].prompt == (1, 2, 3)
+    # The resumed session's SessionStart carries what it committed: the ledger keeps both parts.
+    b = s.core.members[0]
+    s.start(b, prompt=(1, 2, 3, 11, 5, 9), resumes=3)
+    s.apply()
+    assert s.journal[-1][1] == {"u": 0, "s": 0, "prompt": [1, 2, 3], "committed": [11, 5, 9]}
