@@ -33,11 +33,11 @@ import trio
 from emu.deploy.deployment import assemble
 from emu.deploy.runtime import memo_planner, node_problem
 from emu.errors import ConfigError, PeerGone
-from emu.lab.journal import JOURNAL, Journal, read_journal
 from emu.lab.tls import Credentials, Gate, dial
 from emu.models.build import RecordingDrafter
 from emu.results.metrics import Recorder
 from emu.results.types import RunResult
+from emu.runners.journal import JOURNAL, Journal, read_journal
 from emu.runners.node import SharedClock, drafter_for, edge_node, until_signalled
 from emu.scenario import Scenario
 from emu.scenario.streams import Streams

@@ -238,6 +238,10 @@ def write_run_report(out_dir: Path, doc: dict[str, Any]) -> None:
                 f"- {pol}: {d['node']} stalled (alive, nothing recorded for {d['silent_s']:.0f} s) "
                 f"at {d['t_s']:.1f} s: {out}"
             )
+    injected = [(pol, f) for pol, r in res.items() for f in r.get("faults_injected", [])]
+    if injected:
+        lines += ["", "## Faults injected ([faults])", ""]
+        lines += [f"- {pol}: {f['kind']} {f['target']} at {f['t_s']:.1f} s" for pol, f in injected]
     lines += ["", "Plots: `throughput.png`, `tpot_cdf.png`.", ""]
     (out_dir / "report.md").write_text("\n".join(lines))
     _plots(out_dir, doc)

@@ -96,6 +96,7 @@ class SimResult(PolicyResult):
 class RunResult(PolicyResult):
     overruns: Mapping[str, int] = field(default_factory=dict)  # steps past their profile, by node
     deaths: tuple[Mapping[str, Any], ...] = ()  # node processes that exited mid-run
+    faults_injected: tuple[Mapping[str, Any], ...] = ()  # what [faults] did, and when
     stalls: tuple[Mapping[str, Any], ...] = ()  # live nodes whose records stopped
     valid: bool = True  # False: a server died, and the throughput is no measure
     invalid_reason: str | None = None

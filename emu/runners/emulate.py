@@ -61,6 +61,7 @@ from emu.planner import Problem
 from emu.results.metrics import Recorder
 from emu.results.runreport import stopped_line, write_run_report
 from emu.results.types import LinkCheck, Measured, RunResult, RunSummary
+from emu.runners.faults import SERVERS_PREFIX, Injector
 from emu.runners.manifest import run_manifest
 from emu.runners.network import (
     Network,
@@ -348,12 +349,16 @@ class _Watch:
         self.pdir, self.scale, self.quiet = pdir, scale, quiet
         self.deaths: list[dict[str, Any]] = []
         self.stalls: list[dict[str, Any]] = []
+        self.restarting: set[str] = set()  # killed by [faults], to be started again: no death
+        self.injected: list[dict[str, Any]] = []  # what [faults] did, and when
         self._seen: dict[str, tuple[int, float]] = {}  # records' size, and since when
 
     def check(self, procs: dict[str, Any], t_s: float) -> None:
         now = time.monotonic()
         for name, p in procs.items():
             log = self.pdir / f"{name}.log"
+            if name in self.restarting:
+                continue
             if p.poll() is not None:
                 if not any(d["node"] == name for d in self.deaths):
                     self.deaths.append(
@@ -413,19 +418,36 @@ def _run_policy(
         procs: dict[str, Any] = {}
         logs: dict[str, Path] = {}
 
+        started: dict[str, tuple[Any, tuple[str, ...]]] = {}
+
         def start(name: str, host: Any, *extra: str) -> Any:
             logs[name] = pdir / f"{name}.log"
             p = host.popen(
                 [*node, *extra],
                 stdout=subprocess.PIPE,
-                stderr=logs[name].open("w"),
+                stderr=logs[name].open("a"),  # a node started again by [faults] goes on
                 text=True,
             )
             procs[name] = p
+            started[name] = (host, extra)
             if nw.manifest is not None:
                 nw.manifest.process(p.pid, what=f"node {name}", match=str(pdir / "scenario.toml"))
             return p
 
+        def act(kind: str, target: str) -> None:
+            """One of [faults]'s actions on this network and these nodes."""
+            if kind in ("cut", "restore"):
+                verb = "add" if kind == "cut" else "del"
+                nw.user(int(target[1:])).cmd(f"ip route {verb} blackhole {SERVERS_PREFIX}")
+            elif kind == "kill":
+                procs[target].kill()
+                procs[target].wait()
+            else:
+                start(target, *started[target][:1], *started[target][1])
+
+        injector = Injector(sc.faults, act)
+        watch.restarting = injector.restarting
+        watch.injected = injector.done
         try:
             where.phase = "starting the nodes"
             for s in dep.servers:  # verifiers first: the router sends users on to them
@@ -444,7 +466,10 @@ def _run_policy(
             where.phase = "running the workload"
             end = t0 + sc.sim.duration_s * scale  # modelled seconds, each scale wall seconds
             while (now := time.monotonic()) < end:
-                time.sleep(min(0.5, end - now))
+                nxt = injector.next_at()
+                wake = end if nxt is None else min(end, t0 + nxt * scale)
+                time.sleep(max(0.0, min(0.5, wake - now)))
+                injector.due((time.monotonic() - t0) / scale)
                 if progress is not None:
                     progress(policy, (time.monotonic() - t0) / scale)
                 watch.check(procs, (time.monotonic() - t0) / scale)
@@ -454,6 +479,7 @@ def _run_policy(
             watch.check(procs, (t_end - t0) / scale)  # a death in the last half second
             where.phase = "stopping the nodes"
         finally:
+            injector.undo()
             servers = {s.name for s in dep.servers}
             users_first = sorted(procs, key=lambda n: n in servers)
             stop_processes([procs[name] for name in users_first])
@@ -527,6 +553,7 @@ def _result(
         protocol_errors=summary.protocol_errors,
         overruns=summary.overruns,
         deaths=deaths,
+        faults_injected=tuple(watch.injected) if watch else (),
         stalls=tuple(watch.stalls) if watch else (),
         valid=invalid is None,
         invalid_reason=invalid,

@@ -58,6 +58,7 @@ from emu.models.timing import (
 )
 from emu.planner.model import Problem
 from emu.results.metrics import Recorder
+from emu.runners.journal import Journal, read_journal
 from emu.scenario import Scenario, load_scenario
 from emu.scenario.streams import Streams
 from nodes.backends import DraftBackend, SyntheticDrafter, VerifyBackend
@@ -225,9 +226,20 @@ def edge_node(
 
 
 async def _edge(
-    port: int, sc: Scenario, rec: Recorder, pacer: Pacer, *, name: str
+    port: int, sc: Scenario, rec: Recorder, pacer: Pacer, *, name: str, run_dir: Path
 ) -> dict[str, Any]:
-    edge = edge_node(sc, name, rec.for_node(name), pacer)
+    # Each verdict journalled before it is sent: an edge started again ([faults]) goes on.
+    path = run_dir / f"sessions-{name}.jsonl"
+    ledger = read_journal(path)
+    journal = Journal(path)
+    try:
+        edge = edge_node(sc, name, rec.for_node(name), pacer, ledger=ledger, journal=journal)
+        return await _serve_edge(edge, port)
+    finally:
+        journal.close()
+
+
+async def _serve_edge(edge: EdgeNode, port: int) -> dict[str, Any]:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(until_signalled, nursery.cancel_scope)
         nursery.start_soon(edge.run)
@@ -279,9 +291,10 @@ async def _user(
     problem = node_problem(sc)
     drafter, prompts, session_tokens = drafter_for(sc, problem, i, sc.emu.timing == "profile")
     with contextlib.ExitStack() as stack:
-        if sc.models.kind != "synthetic":  # every committed token, for the lossless check
-            log = stack.enter_context((run_dir / f"tokens-u{i}.jsonl").open("w"))
-            drafter = RecordingDrafter(drafter, [], log)
+        # Every committed token, for the lossless check and for sessions across restarts;
+        # appended: a user started again by [faults] goes on with the same sessions.
+        log = stack.enter_context((run_dir / f"tokens-u{i}.jsonl").open("a"))
+        drafter = RecordingDrafter(drafter, [], log)
         node = UserNode(
             i,
             drafter,
@@ -407,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     clock = SharedClock(scale)
     try:
         if args.role == "edge":
-            edge = functools.partial(_edge, name=name)
+            edge = functools.partial(_edge, name=name, run_dir=run_dir)
             out = trio.run(edge, args.port, sc, rec, pacer, clock=clock)
         elif args.role == "router":
             router = functools.partial(_router, name=name)

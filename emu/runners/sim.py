@@ -234,6 +234,11 @@ def simulate(
     """Run each policy for ``sc.sim.duration_s`` virtual seconds; the ``sim --json`` object.
     A system with a simulation of its own (the heterogeneous edge's offline workload) runs
     there."""
+    if sc.faults:
+        raise ConfigError(
+            "faults are injected by draftnet run only: the simulation does not model them, got "
+            f"{len(sc.faults.outages)} outages and {len(sc.faults.kills)} kills in [faults]"
+        )
     own = _OWN_SIMULATIONS.get(sc.deployment.system)
     if own is not None:
         return own(sc, policies, out_dir=out_dir, progress=progress)

@@ -22,6 +22,7 @@ from emu.planner.model import Edge, LatencyModel, ModelArch, Problem, User
 from emu.scenario.compute import ArchConfig, LatencyConfig
 from emu.scenario.deployment import DeploymentConfig
 from emu.scenario.dsd import DsdConfig, dsd_problem
+from emu.scenario.faults import FaultsConfig
 from emu.scenario.hetnet import HetnetConfig, hetnet_problem
 from nodes.core.guard import Limits
 from nodes.core.runtime import RuntimeConfig
@@ -246,6 +247,7 @@ class Scenario:
     radio: RadioConfig = field(default_factory=RadioConfig)
     hetnet: HetnetConfig = field(default_factory=HetnetConfig)
     dsd: DsdConfig = field(default_factory=DsdConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
 
     def __post_init__(self) -> None:
         get_system(self.deployment.system).check_policy(self.planner.policy, where="planner.policy")
@@ -255,6 +257,12 @@ class Scenario:
             self.dsd_problem()  # its trace and AWC weights read and checked before any run
         for v in self.deployment.verifiers:
             self.verifier_edge(v)  # a verifier's own compute, checked as [edge]'s is
+        self.faults.check(
+            users=self.users.count,
+            nodes=(*(n.name for n in self.deployment.nodes),
+                   *(f"u{i}" for i in range(self.users.count))),
+            system=self.deployment.system,
+        )  # fmt: skip
         # A sampled draft carries each token's top-k ids and probabilities: the largest one a
         # user may send must fit the frame limit, or honest drafts are refused as too large.
         if self.models.temperature > 0:

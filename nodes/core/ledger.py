@@ -3,7 +3,7 @@ every token committed, kept as entries a shell writes durably before the verdict
 is sent (``Persist`` actions of ``nodes.core.verifier``).
 
 Layer: pure (nodes.core): entries in and out as plain dicts; the shell writes them (a journal
-file, ``emu.lab.journal``) and reads them back after a restart (``SessionLedger.replay``).
+file, ``emu.runners.journal``) and reads them back after a restart (``SessionLedger.replay``).
 
 Entries (JSON-ready):
 

@@ -30,8 +30,8 @@ pytestmark = [
 pytest.importorskip("mininet.net")
 
 from emu.lab.certs import init_lab  # noqa: E402
-from emu.lab.journal import JOURNAL  # noqa: E402
 from emu.models.build import read_sessions  # noqa: E402
+from emu.runners.journal import JOURNAL  # noqa: E402
 from emu.runners.network import star_network, userspace_shaping  # noqa: E402
 from emu.scenario import load_scenario, scenario_toml  # noqa: E402
 from emu.shaping.spec import LinkPair, LinkSpec  # noqa: E402
@@ -140,3 +140,44 @@ def test_an_outage_a_user_restart_and_an_edge_restart_lose_and_repeat_nothing(
             assert sum(t > at for t in rounds) > 3, (i, fault)
     user_outs = [json.loads(o[0].splitlines()[-1]) for o in outs[1:]]
     assert user_outs[1]["resumed_tokens"] > 0  # the restarted u1 took its session back
+
+
+def test_draftnet_run_injects_the_scenarios_faults_and_the_deployment_goes_on(
+    tmp_path: Path,
+) -> None:
+    """``[faults]`` in ``draftnet run``: an outage, a user killed and started again, the edge
+    killed and started again (from its journal). None is a death; every fault is in the
+    result with when it happened; each user commits after each; no session is broken."""
+    (tmp_path / "s.toml").write_text(
+        '[network]\nmodel = "fixed"\n[models]\nkind = "synthetic"\n[sim]\nmax_new_tokens = 60\n'
+        "[faults]\n"
+        "outages = [{user = 0, at_s = 1.5, for_s = 3.0}]\n"
+        'kills = [{node = "u1", at_s = 3.0, restart_after_s = 1.0},\n'
+        '         {node = "edge", at_s = 6.0, restart_after_s = 1.0}]\n'
+    )
+    out = tmp_path / "run"
+    cmd = [*DRAFTNET, "run", str(tmp_path / "s.toml"), "--users", "2", "--duration", "12",
+           "--policy", "dipsd", "--json", "--out", str(out)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)["results"]["dipsd"]
+    assert res["valid"] and res["deaths"] == []
+    done = [(f["kind"], f["target"]) for f in res["faults_injected"]]
+    assert done == [("cut", "u0"), ("kill", "u1"), ("restart", "u1"), ("restore", "u0"),
+                    ("kill", "edge"), ("restart", "edge")]  # fmt: skip
+    for f in res["faults_injected"]:
+        assert f["at_s"] <= f["t_s"] < f["at_s"] + 1.0
+    pdir = out / "dipsd"
+    t0 = min(json.loads(x)["t"] for x in (pdir / "events-edge.jsonl").read_text().splitlines()
+             if '"ev": "plan"' in x)  # fmt: skip
+    for i in range(2):
+        rounds = [json.loads(x)["t"] - t0 for x in (pdir / f"events-u{i}.jsonl").read_text()
+                  .splitlines() if '"ev": "round"' in x]  # fmt: skip
+        for f in res["faults_injected"]:
+            assert sum(t > f["t_s"] + 0.5 for t in rounds) > 3, (i, f)
+        logged = read_sessions(pdir / f"tokens-u{i}.jsonl")  # across u1's restart too
+        assert logged and not any(s.broken for s in logged), i
+    joins = [json.loads(x) for x in (pdir / "events-edge.jsonl").read_text().splitlines()
+             if '"ev": "join"' in x]  # fmt: skip
+    assert any("resume" in j for j in joins)  # the restarted edge handed sessions back
+    assert "- dipsd: kill edge at 6.0 s" in (out / "report.md").read_text()

@@ -1,9 +1,10 @@
 """The edge's session journal: the ledger's entries (``nodes.core.ledger``) in a file, each
 written whole before the verdict it records is sent, and read back when the edge restarts.
 
-Layer: emu (files). One ``os.write`` per entry on a file opened for appending: once it returns,
-the entry outlives the process (a kill, a crash of the edge's code); ``fsync`` would be needed
-to outlive the machine's power, and costs a disk flush per verdict, so it is not done.
+Layer: emu (files; the emulation's edge and lab mode's). One ``os.write`` per entry on a file
+opened for appending: once it returns, the entry outlives the process (a kill, a crash of the
+edge's code); ``fsync`` would be needed to outlive the machine's power, and costs a disk flush
+per verdict, so it is not done.
 """
 
 from __future__ import annotations
