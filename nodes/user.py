@@ -21,16 +21,19 @@ Lab mode (``emu.lab``): the Hello carries the user's token (``auth``) where the 
 after each Welcome the user measures its clock's offset to the edge's (``clock_probes``
 NTP-style exchanges, ``nodes.core.clock``), and from then on its records carry times on the
 edge's clock; with ``report`` it also streams them to the edge (Report, at most every
-``REPORT_EVERY_S``, whenever it has some and is not drafting, and before it says Bye), keeping what
-a broken link did not carry for the next connection.
+``REPORT_EVERY_S``, whenever it has some and is not drafting, and before it says Bye). A new
+connection carries again what the last one sent in its last ``RESEND_S`` (a broken link, or an
+edge that died, may have lost it); each record is numbered, and the edge drops what it has.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import json
 import math
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -71,6 +74,7 @@ Dial = Callable[[], Awaitable[trio.abc.Stream]]
 BACKOFF_S = (0.1, 1.0)  # the first redial's wait, and the longest
 SILENT_BEATS = 8  # heartbeats an edge may miss before its link is taken for broken
 REPORT_EVERY_S = 0.25  # how often a reporting user sends its records to the edge
+RESEND_S = 2.0  # a new connection carries again what the last one sent this recently
 PROBE_GAP_S = 0.01  # between two clock probes
 
 
@@ -105,7 +109,11 @@ class UserNode:
         self.clock: ClockOffset | None = None  # the last connection's estimate
         self.report = report
         self._unsent: list[str] = []  # records not yet reported, as JSON lines
+        self._sent: collections.deque[tuple[float, str]] = collections.deque()  # and sent
         self._reported_at = -math.inf
+        # Each reported record is numbered within this process (``epoch``): the edge drops the
+        # ones it has, so a new connection may carry again what the last one may have lost.
+        self._epoch, self._seq = secrets.randbits(31), 0
         self.conn = Connection(Role.USER)
         self._beat_s = 0.0
 
@@ -171,6 +179,10 @@ class UserNode:
         self._stream = stream
         self.conn = Connection(Role.USER)
         self._beat_s = 0.0
+        # What the last connection sent lately may not have reached the edge's directory (the
+        # edge died before it read it): it goes again, and the edge drops what it has.
+        self._unsent[:0] = [line for _, line in self._sent]
+        self._sent.clear()
         try:
             await self._send(
                 Hello(
@@ -229,9 +241,11 @@ class UserNode:
         """One record to the sink (and to the next Report), its time on the edge's clock."""
         if self.clock is not None and isinstance(t := rec.get("t"), float | int):
             rec = {**rec, "t": self.clock.to_edge(float(t))}
-        self.sink(rec)
         if self.report:
+            self._seq += 1
+            rec = {**rec, "epoch": self._epoch, "seq": self._seq}
             self._unsent.append(json.dumps(rec, default=float))
+        self.sink(rec)
 
     def _can_report(self) -> bool:
         """Records wait to be reported, and the connection may carry them now."""
@@ -255,8 +269,11 @@ class UserNode:
             n = max(n, 1)
             lines = "\n".join(self._unsent[:n])[:MAX_REPORT]  # a record over the limit is cut
             await self._send(Report(lines=lines))
+            self._sent.extend((now, line) for line in self._unsent[:n])
             del self._unsent[:n]
         self._reported_at = now
+        while self._sent and self._sent[0][0] < now - RESEND_S:
+            self._sent.popleft()
 
     async def _session(self) -> None:
         """One session, or the rest of the one a broken link interrupted."""

@@ -281,3 +281,30 @@ def test_the_lab_file_gives_each_machine_its_command(tmp_path: Path) -> None:
     f.write_text('[[node]]\nname = "u0"\nrole = "user"\nhost = "h"\n')
     with pytest.raises(ConfigError, match='exactly one role = "edge", got 0'):
         load_lab(f)
+
+
+def test_the_run_directory_files_a_record_sent_again_once_across_an_edge_restart(
+    tmp_path: Path,
+) -> None:
+    """A user's new connection carries again what the last one sent lately (it may have been
+    lost with the link or the edge): numbered per user process, each record is filed once, by
+    this edge or by one started again on the same directory."""
+    from emu.lab.roles import RunLog
+
+    def rec(seq: int, epoch: int = 7) -> dict[str, Any]:
+        return {"ev": "round", "t": float(seq), "user": 0, "node": "u0", "epoch": epoch,
+                "seq": seq, "drafted": 1, "accepted": 1, "committed": 2,
+                "round_ms": 1.0}  # fmt: skip
+
+    log = RunLog(tmp_path, "dipsd")
+    for s in (1, 2, 3, 2, 3, 4):
+        log(rec(s))
+    log.close()
+    again = RunLog(tmp_path, "dipsd")  # the edge started again
+    for s in (3, 4, 5):
+        again(rec(s))
+    again(rec(1, epoch=8))  # the user's process started again: its own numbering
+    again.close()
+    lines = [json.loads(x) for x in (tmp_path / "events-u0.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["seq"]) for r in lines] == [(7, 1), (7, 2), (7, 3), (7, 4), (7, 5),
+                                                       (8, 1)]  # fmt: skip

@@ -63,12 +63,25 @@ class RunLog:
         self._files: dict[str, IO[str]] = {}
         self.clocks: dict[str, dict[str, float]] = {}
         self.resumed: dict[str, int] = defaultdict(int)
+        # The last numbered record filed, by (node, epoch): a user sends again what may have
+        # been lost, and what this directory has (a restarted edge's too) is filed once.
+        self._filed: dict[tuple[str, int], int] = {}
+        for f in sorted(out_dir.glob("events-*.jsonl")) if out_dir is not None else ():
+            for line in f.read_text().splitlines():
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    r = json.loads(line)
+                    key = (str(r["node"]), int(r["epoch"]))
+                    self._filed[key] = max(self._filed.get(key, 0), int(r["seq"]))
 
     def for_node(self, name: str) -> Callable[[Mapping[str, Any]], None]:
         return lambda rec: self({**rec, "node": name})
 
     def __call__(self, rec: Mapping[str, Any]) -> None:
         node = str(rec.get("node", "edge"))
+        if isinstance(seq := rec.get("seq"), int) and isinstance(epoch := rec.get("epoch"), int):
+            if seq <= self._filed.get((node, epoch), 0):
+                return  # sent again after a lost link, and filed already
+            self._filed[(node, epoch)] = seq
         if self.out_dir is not None:
             f = self._files.get(node)
             if f is None:
