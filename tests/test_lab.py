@@ -146,7 +146,7 @@ async def _refused_after(gate: Gate, n: int) -> None:
 
 
 async def test_the_gate_admits_the_labs_nodes_and_refuses_strangers_and_replays(
-    lab: Path, rogue: Path
+    lab: Path, rogue: Path, tmp_path: Path
 ) -> None:
     edge = credentials(lab, "edge", "mtls", serves=True)
     async with trio.open_nursery() as nursery:
@@ -181,6 +181,24 @@ async def test_the_gate_admits_the_labs_nodes_and_refuses_strangers_and_replays(
         bare = await trio.open_tcp_stream("127.0.0.1", port)
         await bare.send_all(b"GET / HTTP/1.0\r\n\r\n")
         await _refused_after(gate, 4)
+        # A certificate of this lab's CA that has expired (a node that never checked its own).
+        expired = tmp_path / "expired"
+        shutil.copytree(lab, expired)
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        ca = x509.load_pem_x509_certificate((lab / CA_CERT).read_bytes())
+        ca_key = serialization.load_pem_private_key((lab / "ca.key").read_bytes(), None)
+        long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
+        cert, key = issue(ca, ca_key, "u0", days=1, not_before=long_ago)  # type: ignore[arg-type]
+        (expired / "u0.pem").write_bytes(cert)
+        (expired / "u0.key").write_bytes(key)
+        with pytest.raises((PeerGone, trio.BrokenResourceError)):
+            s3 = await dial("127.0.0.1", port, Credentials("mtls", "u0", expired))
+            await s3.send_all(b"x")
+            await s3.receive_some()
+        await _refused_after(gate, 5)
+        assert "certificate has expired" in gate.refused[4]["why"]
         assert served == ["u0"]  # none of them reached the handler
         nursery.cancel_scope.cancel()
 

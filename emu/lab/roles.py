@@ -63,6 +63,7 @@ class RunLog:
         self._files: dict[str, IO[str]] = {}
         self.clocks: dict[str, dict[str, float]] = {}
         self.resumed: dict[str, int] = defaultdict(int)
+        self.refused: list[dict[str, Any]] = []
         # The last numbered record filed, by (node, epoch): a user sends again what may have
         # been lost, and what this directory has (a restarted edge's too) is filed once.
         self._filed: dict[tuple[str, int], int] = {}
@@ -94,6 +95,9 @@ class RunLog:
                 "offset_ms": float(rec["offset_ms"]),
                 "uncertainty_ms": float(rec["uncertainty_ms"]),
             }
+        elif rec.get("ev") == "refused":  # at the door (emu.lab.tls) or at the Hello
+            who = {k: rec[k] for k in ("peer", "claims", "user") if rec.get(k) is not None}
+            self.refused.append({"t": rec["t"], **who, "why": rec.get("why", rec.get("error"))})
         elif rec.get("ev") == "join" and "resume" in rec:  # a session handed back
             self.resumed[f"u{rec['user']}"] += 1
 
@@ -166,7 +170,7 @@ async def _serve_edge(
         "listen": f"{listen[0]}:{listen[1]}",
         "policy": sc.planner.policy,
         "duration_s": t_end - t0,
-        "refused": gate.refused,
+        "refused": log.refused,
         "clock_offset_ms": dict(sorted(log.clocks.items())),
         "resumed": dict(sorted(log.resumed.items())),
         "results": {sc.planner.policy: result.to_json()},

@@ -39,6 +39,44 @@ from emu.scenario import load_scenario, scenario_toml  # noqa: E402
 from emu.shaping.spec import LinkPair, LinkSpec  # noqa: E402
 
 DRAFTNET = [sys.executable, "-m", "emu.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+# Strangers at the edge's door, from a user's host: another lab's certificate (knowing whom to
+# trust: our CA's certificate is public), bytes that are not TLS, and a replay of the bytes a
+# real node sent to open its connection. Prints how many connections it made.
+STRANGERS = """
+import shutil, sys, trio
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from emu.lab.certs import init_lab
+from emu.lab.tls import Credentials, credentials
+from tests.test_lab import _Tap
+
+rogue = Path({tmp!r}) / "rogue"
+init_lab(rogue, ["u0"])
+shutil.copy(Path({lab!r}) / "ca.pem", rogue / "ca.pem")
+
+async def main():
+    s = trio.SSLStream(await trio.open_tcp_stream("10.0.0.2", 7100),
+                       Credentials("mtls", "u0", rogue).client_context(), server_hostname="edge")
+    try:
+        await s.send_all(b"x")
+        await s.receive_some()
+    except trio.BrokenResourceError:
+        pass
+    raw = await trio.open_tcp_stream("10.0.0.2", 7100)
+    await raw.send_all(b"GET / HTTP/1.0\\r\\n\\r\\n")
+    tap = _Tap(await trio.open_tcp_stream("10.0.0.2", 7100))
+    real = trio.SSLStream(tap, credentials(Path({lab!r}), "u0", "mtls", serves=False)
+                          .client_context(), server_hostname="edge")
+    await real.do_handshake()
+    await real.aclose()
+    again = await trio.open_tcp_stream("10.0.0.2", 7100)
+    await again.send_all(bytes(tap.sent))
+    await trio.sleep(1.0)
+    print(4)
+
+trio.run(main)
+"""
 SKEW_MS = 2000.0  # user 1's clock, ahead of the others'
 
 
@@ -118,13 +156,23 @@ def test_an_outage_a_user_restart_and_an_edge_restart_lose_and_repeat_nothing(
         time.sleep(1.0)
         second_edge = edge(8)  # ... and is started again on the same run directory
         faults["edge restart"] = time.monotonic()
+        time.sleep(2.0)
+        code = STRANGERS.format(root=str(ROOT), tmp=str(tmp_path), lab=str(creds))
+        strangers = nw.user(1).popen([sys.executable, "-c", code], **pipe)
+        stranger_out = strangers.communicate(timeout=60)
         outs = [p.communicate(timeout=90) for p in (second_edge, u0, u1)]
     codes = [p.returncode for p in (second_edge, u0, u1)]
     assert codes == [0, 0, 0], [o[1][-1500:] for o in outs]
     doc = json.loads(outs[0][0].splitlines()[-1])
     # The restarted edge handed each user its session back from the journal.
     assert set(doc["resumed"]) == {"u0", "u1"}, doc["resumed"]
-    assert doc["auth"] == "mtls" and doc["refused"] == []
+    assert doc["auth"] == "mtls" and strangers.returncode == 0, stranger_out[1][-1500:]
+    # Every stranger was refused at the door, before a Hello, each with why; the replayed
+    # handshake too (the real node it copied made one connection and sent nothing more: its
+    # refusal is for the Hello it never sent).
+    tls = [r for r in doc["refused"] if r["why"].startswith("TLS handshake failed")]
+    assert len(tls) == 3 and all(r["peer"].startswith("10.1.1.") for r in tls), doc["refused"]
+    assert len(doc["refused"]) <= 4  # and perhaps the Hello the copied node never sent
     events = [json.loads(x) for x in (run / "events-edge.jsonl").read_text().splitlines()]
     assert any(r["ev"] == "restarted" for r in events)
     # Each user measured its clock's offset to the (restarted) edge's within the exchange's
