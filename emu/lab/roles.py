@@ -11,7 +11,9 @@ records that stream to the edge (Report): the edge's run directory holds every n
 as they happen, ``events-<node>.jsonl``, and when it stops (SIGTERM, SIGINT, or ``--duration``)
 ``summary.json``: the ``run --json`` fields of its policy, and ``auth``, ``refused`` (who and
 why), ``clock_offset_ms`` (each user's offset to the edge and its uncertainty) and ``resumed``
-(each user's sessions resumed over a new connection).
+(each user's sessions the edge handed back over a new connection). The edge journals every
+verdict in ``sessions.jsonl`` before sending it (``emu.runners.journal``): an edge started again
+on the same directory hands each user its session back.
 
 Each node uses its machine's monotonic clock (``SharedClock``); the time scale is the
 scenario's ``emu.time_scale`` (1 when it is 0, auto: a lab runs in real time).
