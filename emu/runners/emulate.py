@@ -448,6 +448,11 @@ def _run_policy(
         injector = Injector(sc.faults, act)
         watch.restarting = injector.restarting
         watch.injected = injector.done
+        # A run directory used before: the journals and token logs are this run's alone (a
+        # node started again by [faults] appends to them; a stale journal would hand the users
+        # the last run's sessions).
+        for stale in (*pdir.glob("sessions-*.jsonl"), *pdir.glob("tokens-u*.jsonl")):
+            stale.unlink()
         try:
             where.phase = "starting the nodes"
             for s in dep.servers:  # verifiers first: the router sends users on to them

@@ -227,6 +227,13 @@ def test_draftnet_run_injects_the_scenarios_faults_and_the_deployment_goes_on(
         '         {node = "edge", at_s = 6.0, restart_after_s = 1.0}]\n'
     )
     out = tmp_path / "run"
+    # A run directory used before, with a journal that holds a session of user 0: this run
+    # starts afresh (no user is handed the last run's session).
+    (out / "dipsd").mkdir(parents=True)
+    (out / "dipsd" / "sessions-edge.jsonl").write_text(
+        '{"u": 0, "s": 0, "prompt": [1, 2, 3], "committed": [4]}\n'
+    )
+    (out / "dipsd" / "tokens-u0.jsonl").write_text('{"prompt": [1, 2, 3]}\n{"tokens": [4]}\n')
     cmd = [*DRAFTNET, "run", str(tmp_path / "s.toml"), "--users", "2", "--duration", "12",
            "--policy", "dipsd", "--json", "--out", str(out)]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
@@ -251,4 +258,6 @@ def test_draftnet_run_injects_the_scenarios_faults_and_the_deployment_goes_on(
     joins = [json.loads(x) for x in (pdir / "events-edge.jsonl").read_text().splitlines()
              if '"ev": "join"' in x]  # fmt: skip
     assert any("resume" in j for j in joins)  # the restarted edge handed sessions back
+    assert not any("resume" in j for j in joins[:2])  # but nobody the last run's session
+    assert all(s.prompt != (1, 2, 3) for s in read_sessions(pdir / "tokens-u0.jsonl"))
     assert "- dipsd: kill edge at 6.0 s" in (out / "report.md").read_text()
