@@ -485,9 +485,11 @@ def _run_policy(
             where.phase = "stopping the nodes"
         finally:
             injector.undo()
+            # The users first, and gone before the servers stop: a user still running when
+            # its edge closed would record a lost link that was only the run's end.
             servers = {s.name for s in dep.servers}
-            users_first = sorted(procs, key=lambda n: n in servers)
-            stop_processes([procs[name] for name in users_first])
+            stop_processes([p for name, p in procs.items() if name not in servers])
+            stop_processes([p for name, p in procs.items() if name in servers])
     return t0, t_end
 
 
