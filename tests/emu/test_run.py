@@ -103,10 +103,15 @@ def test_radio_links_drive_the_emulation(tmp_path: Path) -> None:
 
 def test_sessions_survive_handovers_on_emulated_links(tmp_path: Path) -> None:
     """Users crossing a sectorised layout at 20 m/s hand over, each time with 30 ms of no link
-    on the shaped path: their TCP sessions carry on, and rounds continue after each."""
+    on the shaped path: their TCP sessions carry on, and rounds continue after each.
+
+    The links are Shannon's, so that a handover's interruption is their only loss: with the NR
+    abstraction, a cell edge of this layout loses 15-50% of the downlink's packets after HARQ,
+    and whether a user's first round gets through in 8 s is then a matter of TCP's backoff (it
+    failed CI twice that way, with no handover involved)."""
     toml = (
         '[network]\nmodel = "radio"\n[radio]\nsites = 7\nsectors = 3\nmobility = "linear"\n'
-        'speed_mps = 20.0\n[models]\nkind = "synthetic"\n'
+        'speed_mps = 20.0\nlink = "shannon"\n[models]\nkind = "synthetic"\n'
     )
     (tmp_path / "move.toml").write_text(toml)
     out = tmp_path / "run"
@@ -122,6 +127,8 @@ def test_sessions_survive_handovers_on_emulated_links(tmp_path: Path) -> None:
     res = json.loads(r.stdout)["results"]["ad-batch"]
     assert res["users_started"] == 2 and res["deaths"] == [] and res["tokens"] > 10
     states = np.load(out / "channel" / "linkstates.npz")
+    lossy = (states["down_loss"] > 0) | (states["up_loss"] > 0)
+    assert lossy.sum() <= 4 * channel["handovers"]  # no loss but in the 30 ms interruptions
     events = [
         json.loads(line)
         for f in (out / "ad-batch").glob("events-*.jsonl")
