@@ -122,8 +122,9 @@ class _Tap(trio.abc.Stream):
 
 async def _echo_edge(
     nursery: trio.Nursery, cred: Credentials, **kw: Any
-) -> tuple[int, Gate, list[str | None]]:
-    """A Gate on loopback whose handler echoes one message, noting whom it served."""
+) -> tuple[int, list[dict[str, Any]], list[str | None]]:
+    """A Gate on loopback whose handler echoes one message: its port, the refusals it
+    recorded (as the edge's run log files them) and whom it served."""
     served: list[str | None] = []
 
     async def handler(stream: trio.abc.Stream, proved: str | None) -> None:
@@ -132,16 +133,21 @@ async def _echo_edge(
             await stream.send_all(await stream.receive_some())
             await trio.sleep_forever()
 
-    records: list[Mapping[str, Any]] = []
-    gate = Gate(cred, handler, records.append, handshake_timeout_s=2.0, **kw)
+    refused: list[dict[str, Any]] = []
+
+    def sink(rec: Mapping[str, Any]) -> None:
+        assert rec["ev"] == "refused"
+        refused.append({k: v for k, v in rec.items() if k not in ("ev", "code")})
+
+    gate = Gate(cred, handler, sink, handshake_timeout_s=2.0, **kw)
     serve = functools.partial(trio.serve_tcp, host="127.0.0.1")
     listeners = await nursery.start(serve, gate, 0)
-    return listeners[0].socket.getsockname()[1], gate, served
+    return listeners[0].socket.getsockname()[1], refused, served
 
 
-async def _refused_after(gate: Gate, n: int) -> None:
+async def _refused_after(refused: list[dict[str, Any]], n: int) -> None:
     with trio.fail_after(5):
-        while len(gate.refused) < n:
+        while len(refused) < n:
             await trio.sleep(0.01)
 
 
@@ -150,27 +156,27 @@ async def test_the_gate_admits_the_labs_nodes_and_refuses_strangers_and_replays(
 ) -> None:
     edge = credentials(lab, "edge", "mtls", serves=True)
     async with trio.open_nursery() as nursery:
-        port, gate, served = await _echo_edge(nursery, edge)
+        port, refused, served = await _echo_edge(nursery, edge)
         # A node of the lab: admitted as the node its certificate names.
         tap = _Tap(await trio.open_tcp_stream("127.0.0.1", port))
         u0 = credentials(lab, "u0", "mtls", serves=False)
         stream = trio.SSLStream(tap, u0.client_context(), server_hostname="edge")
         await stream.send_all(b"hello")
         assert await stream.receive_some() == b"hello"
-        assert served == ["u0"] and gate.refused == []
+        assert served == ["u0"] and refused == []
         # Its handshake's bytes, replayed on a new connection: fresh keys, refused.
         raw = await trio.open_tcp_stream("127.0.0.1", port)
         await raw.send_all(bytes(tap.sent))
-        await _refused_after(gate, 1)
-        assert "TLS handshake failed" in gate.refused[0]["why"]
+        await _refused_after(refused, 1)
+        assert "TLS handshake failed" in refused[0]["why"]
         # Another CA's certificate.
         stranger = Credentials("mtls", "u0", rogue)
         with pytest.raises((PeerGone, trio.BrokenResourceError)):
             s = await dial("127.0.0.1", port, stranger)
             await s.send_all(b"x")
             await s.receive_some()
-        await _refused_after(gate, 2)
-        assert "TLS handshake failed" in gate.refused[1]["why"]
+        await _refused_after(refused, 2)
+        assert "TLS handshake failed" in refused[1]["why"]
         # No certificate at all, and bytes that are not TLS.
         plain = ssl.create_default_context(cafile=lab / CA_CERT)
         with pytest.raises((PeerGone, trio.BrokenResourceError)):
@@ -180,7 +186,7 @@ async def test_the_gate_admits_the_labs_nodes_and_refuses_strangers_and_replays(
             await s2.receive_some()
         bare = await trio.open_tcp_stream("127.0.0.1", port)
         await bare.send_all(b"GET / HTTP/1.0\r\n\r\n")
-        await _refused_after(gate, 4)
+        await _refused_after(refused, 4)
         # A certificate of this lab's CA that has expired (a node that never checked its own).
         expired = tmp_path / "expired"
         shutil.copytree(lab, expired)
@@ -197,8 +203,8 @@ async def test_the_gate_admits_the_labs_nodes_and_refuses_strangers_and_replays(
             s3 = await dial("127.0.0.1", port, Credentials("mtls", "u0", expired))
             await s3.send_all(b"x")
             await s3.receive_some()
-        await _refused_after(gate, 5)
-        assert "certificate has expired" in gate.refused[4]["why"]
+        await _refused_after(refused, 5)
+        assert "certificate has expired" in refused[4]["why"]
         assert served == ["u0"]  # none of them reached the handler
         nursery.cancel_scope.cancel()
 
@@ -207,7 +213,7 @@ async def test_the_gate_limits_attempts_and_connections_per_node(lab: Path) -> N
     edge = credentials(lab, "edge", "mtls", serves=True)
     u1 = credentials(lab, "u1", "mtls", serves=False)
     async with trio.open_nursery() as nursery:
-        port, gate, served = await _echo_edge(nursery, edge, per_node=1)
+        port, refused, served = await _echo_edge(nursery, edge, per_node=1)
         first = await dial("127.0.0.1", port, u1)
         await first.send_all(b"a")
         assert await first.receive_some() == b"a"
@@ -218,17 +224,17 @@ async def test_the_gate_limits_attempts_and_connections_per_node(lab: Path) -> N
         except trio.BrokenResourceError:
             got = b""
         assert got == b""
-        await _refused_after(gate, 1)
-        assert gate.refused[0]["why"] == "u1 already holds 1 connections"
-        assert gate.refused[0]["claims"] == "u1" and served == ["u1"]
+        await _refused_after(refused, 1)
+        assert refused[0]["why"] == "u1 already holds 1 connections"
+        assert refused[0]["claims"] == "u1" and served == ["u1"]
         nursery.cancel_scope.cancel()
     async with trio.open_nursery() as nursery:
-        port, gate, served = await _echo_edge(nursery, edge, attempts_per_s=2)
+        port, refused, served = await _echo_edge(nursery, edge, attempts_per_s=2)
         for _ in range(3):
             s = await trio.open_tcp_stream("127.0.0.1", port)
             await s.aclose()
-        await _refused_after(gate, 1)
-        assert "more than 2 connection attempts a second" in gate.refused[-1]["why"]
+        await _refused_after(refused, 1)
+        assert "more than 2 connection attempts a second" in refused[-1]["why"]
         nursery.cancel_scope.cancel()
 
 

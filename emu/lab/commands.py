@@ -124,17 +124,18 @@ def cmd_edge(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]
 
 def cmd_user(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]) -> Any:
     from emu.lab.roles import run_user
+    from nodes.core.verifier import user_node
 
     sc = _lab_scenario(args, load)
-    cred = _credentials(args, f"u{args.index}", serves=False)
+    cred = _credentials(args, user_node(args.index), serves=False)
     doc = run_user(
         sc, index=args.index, connect=args.connect, cred=cred, out_dir=args.out,
         server=args.server_name, skew_ms=args.clock_skew_ms,
     )  # fmt: skip
     if not args.json:
         print(
-            f"u{args.index}: {doc['committed_tokens']} tokens in {doc['sessions']} sessions, "
-            f"{doc['reconnects']} reconnects",
+            f"{user_node(args.index)}: {doc['committed_tokens']} tokens in "
+            f"{doc['sessions']} sessions, {doc['reconnects']} reconnects",
             file=sys.stderr,
         )
     return doc

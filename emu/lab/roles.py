@@ -32,7 +32,7 @@ from typing import IO, Any
 
 import trio
 
-from emu.deploy.deployment import assemble
+from emu.deploy.deployment import Deployment, assemble
 from emu.deploy.runtime import memo_planner, node_problem
 from emu.errors import ConfigError, PeerGone
 from emu.lab.tls import Credentials, Gate, dial
@@ -43,6 +43,7 @@ from emu.runners.journal import JOURNAL, Journal, read_journal
 from emu.runners.node import SharedClock, drafter_for, edge_node, until_signalled
 from emu.scenario import Scenario
 from emu.scenario.streams import Streams
+from nodes.core.verifier import user_node
 from nodes.pacing import REAL_CLOCK_LEAD_S, Pacer
 from nodes.user import EdgeRefused, UserNode
 
@@ -101,7 +102,7 @@ class RunLog:
             who = {k: rec[k] for k in ("peer", "claims", "user") if rec.get(k) is not None}
             self.refused.append({"t": rec["t"], **who, "why": rec.get("why", rec.get("error"))})
         elif rec.get("ev") == "join" and "resume" in rec:  # a session handed back
-            self.resumed[f"u{rec['user']}"] += 1
+            self.resumed[user_node(int(rec["user"]))] += 1
 
     def close(self) -> None:
         for f in self._files.values():
@@ -119,6 +120,7 @@ def _pacer(sc: Scenario) -> Pacer:
 
 async def _serve_edge(
     sc: Scenario,
+    dep: Deployment,
     listen: tuple[str, int],
     cred: Credentials,
     *,
@@ -126,7 +128,7 @@ async def _serve_edge(
     pacer: Pacer,
     duration_s: float,
 ) -> dict[str, Any]:
-    dep = assemble(sc).with_problem(node_problem(sc))
+    dep = dep.with_problem(node_problem(sc))
     name = dep.verifiers[0]
     sink = log.for_node(name)
     journal, ledger = None, None
@@ -198,14 +200,14 @@ def run_edge(
 ) -> dict[str, Any]:
     """Serve the scenario's users at ``listen`` until signalled or ``duration_s`` (modelled
     seconds) pass; the summary (written to ``out_dir/summary.json`` as well)."""
-    _check_lab_scenario(sc)
+    dep = _lab_deployment(sc)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(out_dir, sc.planner.policy)
     pacer = _pacer(sc)
     try:
         serve = functools.partial(_serve_edge, log=log, pacer=pacer, duration_s=duration_s)
-        out = trio.run(serve, sc, listen, cred, clock=lab_clock(sc, skew_ms))
+        out = trio.run(serve, sc, dep, listen, cred, clock=lab_clock(sc, skew_ms))
     finally:
         log.close()
     if out_dir is not None:
@@ -214,7 +216,8 @@ def run_edge(
     return out
 
 
-def _check_lab_scenario(sc: Scenario) -> None:
+def _lab_deployment(sc: Scenario) -> Deployment:
+    """The scenario's deployment, if the lab roles can run it (a ConfigError if not)."""
     if sc.deployment.system != "dipsd":
         raise ConfigError(
             "deployment.system must be dipsd for draftnet edge and user (the lab roles of "
@@ -226,6 +229,7 @@ def _check_lab_scenario(sc: Scenario) -> None:
             "deployment must have one verifier and no router for draftnet edge, got "
             f"{len(dep.verifiers)} verifiers" + (" and a router" if dep.router else "")
         )
+    return dep
 
 
 async def _serve_user(
@@ -244,13 +248,13 @@ async def _serve_user(
         log = RunLog(out_dir, sc.planner.policy)
         stack.callback(log.close)
         if out_dir is not None:  # what it commits, for the lossless check
-            tokens = stack.enter_context((out_dir / f"tokens-u{index}.jsonl").open("a"))
+            tokens = stack.enter_context((out_dir / f"tokens-{user_node(index)}.jsonl").open("a"))
             drafter = RecordingDrafter(drafter, [], tokens)
         node = UserNode(
             index,
             drafter,
             prompts,
-            sink=log.for_node(f"u{index}"),
+            sink=log.for_node(user_node(index)),
             pacer=pacer,
             max_new_tokens=session_tokens,
             silence_s=sc.limits.idle_timeout_s,
@@ -267,7 +271,7 @@ async def _serve_user(
             answered = True
             return stream
 
-        print(f"ready: u{index} to {connect[0]}:{connect[1]} ({cred.auth})", flush=True)
+        print(f"ready: {user_node(index)} to {connect[0]}:{connect[1]} ({cred.auth})", flush=True)
         failed: Exception | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(until_signalled, nursery.cancel_scope)
@@ -315,17 +319,17 @@ def run_user(
     """User ``index`` of the scenario, drafting for the edge at ``connect`` until the edge
     ends, it is signalled, or no link holds for ``limits.reconnect_give_up_s``; its counters.
     An edge that refuses it for good is a ConfigError (the credentials are wrong)."""
-    _check_lab_scenario(sc)
-    if not 0 <= index < sc.problem().size:
-        raise ConfigError(
-            f"--id must be in [0, {sc.problem().size - 1}] (users.count), got {index}"
-        )
+    users = _lab_deployment(sc).problem.size
+    if not 0 <= index < users:
+        raise ConfigError(f"--id must be in [0, {users - 1}] (users.count), got {index}")
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     try:
         serve = functools.partial(_serve_user, out_dir=out_dir, server=server)
         return trio.run(serve, sc, index, connect, cred, clock=lab_clock(sc, skew_ms))
     except EdgeRefused as exc:
-        raise ConfigError(f"the edge at {connect[0]}:{connect[1]} refused u{index}: {exc}") from exc
+        raise ConfigError(
+            f"the edge at {connect[0]}:{connect[1]} refused {user_node(index)}: {exc}"
+        ) from exc
     except PeerGone as exc:
-        raise PeerGone(f"u{index}: {exc}") from exc
+        raise PeerGone(f"{user_node(index)}: {exc}") from exc

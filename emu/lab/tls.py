@@ -170,8 +170,8 @@ def _why(exc: BaseException) -> str:
 
 class Gate:
     """The edge's door: TLS (unless insecure), the attempt rate and the per-node cap, then
-    ``handler(stream, proved)``; every refusal is recorded to ``sink`` and kept in
-    ``refused``."""
+    ``handler(stream, proved)``; every refusal is recorded to ``sink`` (an ``ev: refused``
+    record, which the edge's run log keeps for its summary)."""
 
     def __init__(
         self,
@@ -190,14 +190,12 @@ class Gate:
         self._ctx = cred.server_context() if cred.auth != "insecure" else None
         self._rates: dict[str, RateLimit] = {}
         self._open: dict[str, int] = defaultdict(int)
-        self.refused: list[dict[str, Any]] = []
 
     def _refuse(self, peer: str, why: str, node: str | None = None) -> None:
         rec: dict[str, Any] = {"ev": "refused", "t": trio.current_time(), "peer": peer,
                                "why": why, "code": None}  # fmt: skip
         if node is not None:
             rec["claims"] = node
-        self.refused.append({k: v for k, v in rec.items() if k not in ("ev", "code")})
         self.sink(rec)
 
     async def __call__(self, tcp: trio.SocketStream) -> None:

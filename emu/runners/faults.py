@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from emu.scenario.faults import FaultsConfig
+from nodes.core.verifier import user_node
 
 __all__ = ["SERVERS_PREFIX", "FaultAction", "Injector", "timeline"]
 
@@ -36,8 +37,8 @@ def timeline(faults: FaultsConfig) -> list[FaultAction]:
     """Every action, in time order."""
     out = []
     for o in faults.outages:
-        out.append(FaultAction(o.at_s, "cut", f"u{o.user}"))
-        out.append(FaultAction(o.at_s + o.for_s, "restore", f"u{o.user}"))
+        out.append(FaultAction(o.at_s, "cut", user_node(o.user)))
+        out.append(FaultAction(o.at_s + o.for_s, "restore", user_node(o.user)))
     for k in faults.kills:
         out.append(FaultAction(k.at_s, "kill", k.node, restarts=k.restart_after_s > 0))
         if k.restart_after_s > 0:

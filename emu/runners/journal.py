@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nodes.core.ledger import SessionLedger
+from nodes.core.ledger import SessionLedger, committed_sessions
 
-__all__ = ["JOURNAL", "Journal", "read_journal"]
+__all__ = ["JOURNAL", "Journal", "journal_sessions", "read_journal"]
 
 JOURNAL = "sessions.jsonl"
 
@@ -36,9 +36,9 @@ class Journal:
             self._fd = -1
 
 
-def read_journal(path: Path) -> SessionLedger:
-    """The ledger as the journal left it (a line torn by a kill mid-write is the last, and is
-    dropped: its verdict was never sent)."""
+def _entries(path: Path) -> list[dict[str, Any]]:
+    """The journal's entries (a line torn by a kill mid-write is the last, and is dropped: its
+    verdict was never sent)."""
     entries = []
     if path.exists():
         for line in path.read_text().splitlines():
@@ -46,4 +46,14 @@ def read_journal(path: Path) -> SessionLedger:
                 entries.append(json.loads(line))
             except ValueError:
                 continue
-    return SessionLedger.replay(entries)
+    return entries
+
+
+def read_journal(path: Path) -> SessionLedger:
+    """The ledger as the journal left it."""
+    return SessionLedger.replay(_entries(path))
+
+
+def journal_sessions(path: Path) -> dict[int, list[list[int]]]:
+    """Each user's sessions as the edge journalled them (``committed_sessions``)."""
+    return committed_sessions(_entries(path))

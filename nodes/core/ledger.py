@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Held", "SessionLedger"]
+__all__ = ["Held", "LedgerError", "SessionLedger", "committed_sessions"]
 
 
 @dataclass(slots=True)
@@ -72,3 +72,33 @@ class SessionLedger:
         for e in entries:
             ledger.apply(e)
         return ledger
+
+
+class LedgerError(ValueError):
+    """Entries whose resumed session does not take up what the session had committed."""
+
+
+def committed_sessions(entries: Iterable[Mapping[str, Any]]) -> dict[int, list[list[int]]]:
+    """Each user's sessions as the entries record them, in order: the prompt followed by every
+    token committed. A session resumed (after a lost link, a restarted user or a restarted
+    edge) is one session; ``LedgerError`` if its resumed open does not take up exactly what it
+    had committed (a token lost or repeated at the resume)."""
+    out: dict[int, list[list[int]]] = {}
+    ledger = SessionLedger()
+    for e in entries:
+        uid = int(e["u"])
+        if "prompt" in e:
+            before = ledger.held.get(uid)
+            if before and before.session == e["s"] and list(before.prompt) == e["prompt"]:
+                if list(e["committed"]) != before.committed:
+                    raise LedgerError(
+                        f"user {uid}: session {e['s']} resumed with {len(e['committed'])} "
+                        f"tokens, but {len(before.committed)} were committed"
+                    )
+            else:
+                out.setdefault(uid, []).append([])
+        ledger.apply(e)
+        now = ledger.held.get(uid)
+        if now is not None and uid in out:
+            out[uid][-1] = [*now.prompt, *now.committed]
+    return out

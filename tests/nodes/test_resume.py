@@ -9,6 +9,7 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -18,24 +19,9 @@ from emu.models.build import RecordingDrafter, Session
 from emu.scenario import load_scenario
 from emu.scenario.streams import Streams
 from nodes.backends import SyntheticDrafter
-from nodes.core.ledger import SessionLedger
+from nodes.core.ledger import LedgerError, SessionLedger, committed_sessions
 from nodes.edge import EdgeNode
 from nodes.user import UserNode
-
-
-def _journalled(entries: list[Mapping[str, Any]]) -> list[list[int]]:
-    """User 0's sessions, prompt and committed tokens, as the journal has them."""
-    out: list[list[int]] = []
-    for e in entries:
-        if "prompt" in e:
-            full = [*e["prompt"], *e["committed"]]
-            if out and out[-1][: len(full)] == full:  # a resumed open: it takes up the same
-                assert out[-1] == full
-                continue
-            out.append(full)
-        elif "add" in e:
-            out[-1].extend(e["add"])
-    return out
 
 
 async def test_a_user_resumes_its_session_on_a_restarted_edge_with_nothing_lost() -> None:
@@ -101,6 +87,23 @@ async def test_a_user_resumes_its_session_on_a_restarted_edge_with_nothing_lost(
     assert "resume" in joins[-1] and joins[-1]["resume"]["committed"] > 0
     # What the user committed is what the journal holds, session by session, nothing twice.
     mine = [[*s.prompt, *s.tokens] for s in sessions]
-    theirs = _journalled(journal)
+    theirs = committed_sessions(journal)[0]
     assert len(mine) == 2 and mine[1][: len(mine[0])] == mine[0]  # one session, resumed
     assert theirs == [mine[1]] or theirs[0][: len(mine[1])] == mine[1]
+
+
+def test_the_ledgers_sessions_stitch_resumes_and_catch_a_token_lost_at_one() -> None:
+    entries: list[Mapping[str, Any]] = [
+        {"u": 0, "s": 0, "prompt": [1, 2], "committed": []},
+        {"u": 0, "add": [3, 4]},
+        {"u": 1, "s": 0, "prompt": [9], "committed": []},
+        {"u": 0, "s": 0, "prompt": [1, 2], "committed": [3, 4]},  # resumed: takes up all
+        {"u": 0, "add": [5]},
+        {"u": 0, "end": True},
+        {"u": 0, "s": 1, "prompt": [1, 2], "committed": []},  # a new session, same prompt
+        {"u": 0, "add": [6]},
+    ]
+    assert committed_sessions(entries) == {0: [[1, 2, 3, 4, 5], [1, 2, 6]], 1: [[9]]}
+    dropped = [*entries[:3], {"u": 0, "s": 0, "prompt": [1, 2], "committed": [3]}]
+    with pytest.raises(LedgerError, match="user 0: session 0 resumed with 1 tokens, but 2"):
+        committed_sessions(dropped)
