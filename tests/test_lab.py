@@ -23,6 +23,7 @@ import trio
 from emu.errors import ConfigError, PeerGone
 from emu.lab.certs import CA_CERT, init_lab, issue
 from emu.lab.labfile import commands, load_lab
+from emu.lab.roles import journal_lossless
 from emu.lab.tls import Credentials, Gate, credentials, dial
 
 NODES = ["edge", "u0", "u1"]
@@ -332,3 +333,37 @@ def test_the_run_directory_files_a_record_sent_again_once_across_an_edge_restart
     lines = [json.loads(x) for x in (tmp_path / "events-u0.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["seq"]) for r in lines] == [(7, 1), (7, 2), (7, 3), (7, 4), (7, 5),
                                                        (8, 1)]  # fmt: skip
+
+
+def test_the_edges_lossless_check_reads_every_journalled_session(tmp_path: Path) -> None:
+    """The edge's check against a stand-in target that continues every prompt with its last
+    token + 1, + 2, ...: a session resumed across a restart is one session, a wrong token is
+    found where it is, and a resume that dropped a token is not lossless."""
+
+    def target(prompt: tuple[int, ...], n: int) -> list[int]:
+        return [prompt[-1] + k for k in range(1, n + 1)]
+
+    entries = [
+        {"u": 0, "s": 0, "prompt": [1, 2], "committed": []},
+        {"u": 0, "add": [3, 4]},
+        {"u": 1, "s": 0, "prompt": [7], "committed": []},
+        {"u": 1, "add": [8]},
+        {"u": 0, "s": 0, "prompt": [1, 2], "committed": [3, 4]},  # an edge started again
+        {"u": 0, "add": [5, 6]},
+    ]
+    journal = tmp_path / "sessions.jsonl"
+
+    def check(entries: list[dict[str, Any]]) -> dict[str, Any]:
+        journal.write_text("".join(json.dumps(e) + "\n" for e in entries))
+        return journal_lossless(journal, 2, target)
+
+    assert check(entries) == {
+        "lossless": True,
+        "lossless_checked": {"sessions": 2, "tokens": 5, "mismatches": []},
+    }
+    wrong = check([*entries, {"u": 1, "add": [10]}])
+    assert wrong["lossless"] is False
+    assert wrong["lossless_checked"]["mismatches"] == [{"user": 1, "session": 0, "position": 1}]
+    dropped = check([*entries[:4], {"u": 0, "s": 0, "prompt": [1, 2], "committed": [3]}])
+    assert dropped["lossless"] is False
+    assert "resumed with 1 tokens, but 2" in dropped["lossless_checked"]["mismatches"][0]["why"]

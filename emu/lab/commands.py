@@ -114,9 +114,11 @@ def cmd_edge(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]
     )  # fmt: skip
     if not args.json:
         r = doc["results"][doc["policy"]]
+        lossless = {True: "lossless; ", False: "NOT LOSSLESS; ", None: ""}[r.get("lossless")]
         print(
             f"edge: {r['throughput_tok_s']:.1f} tok/s over {doc['duration_s']:.1f} s "
-            f"({doc['auth']}); {len(doc['refused'])} refused; summary in {out}/summary.json",
+            f"({doc['auth']}); {lossless}{len(doc['refused'])} refused; "
+            f"summary in {out}/summary.json",
             file=sys.stderr,
         )
     return doc

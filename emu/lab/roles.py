@@ -13,7 +13,9 @@ as they happen, ``events-<node>.jsonl``, and when it stops (SIGTERM, SIGINT, or 
 why), ``clock_offset_ms`` (each user's offset to the edge and its uncertainty) and ``resumed``
 (each user's sessions the edge handed back over a new connection). The edge journals every
 verdict in ``sessions.jsonl`` before sending it (``emu.runners.journal``): an edge started again
-on the same directory hands each user its session back.
+on the same directory hands each user its session back. With real models and greedy
+verification, the summary's ``lossless`` checks every session in the journal (those that crossed
+a restart of either side included) against what the edge's target decodes greedily on its own.
 
 Each node uses its machine's monotonic clock (``SharedClock``); the time scale is the
 scenario's ``emu.time_scale`` (1 when it is 0, auto: a lab runs in real time).
@@ -36,14 +38,16 @@ from emu.deploy.deployment import Deployment, assemble
 from emu.deploy.runtime import memo_planner, node_problem
 from emu.errors import ConfigError, PeerGone
 from emu.lab.tls import Credentials, Gate, dial
-from emu.models.build import RecordingDrafter
+from emu.models.build import GreedyReference, RecordingDrafter, Session, check_sessions
 from emu.results.metrics import Recorder
 from emu.results.types import RunResult
-from emu.runners.journal import JOURNAL, Journal, read_journal
+from emu.runners.journal import JOURNAL, Journal, journal_sessions, read_journal
 from emu.runners.node import SharedClock, drafter_for, edge_node, until_signalled
 from emu.scenario import Scenario
 from emu.scenario.streams import Streams
+from nodes.core.ledger import LedgerError
 from nodes.core.verifier import user_node
+from nodes.edge import EdgeNode
 from nodes.pacing import REAL_CLOCK_LEAD_S, Pacer
 from nodes.user import EdgeRefused, UserNode
 
@@ -160,6 +164,7 @@ async def _serve_edge(
         nursery.cancel_scope.cancel()
     if journal is not None:
         journal.close()
+    lossless = _lossless(sc, edge, log.out_dir, dep.problem.size)
     measured = log.tally.summary(sc.planner.policy, t_end=t_end, users=dep.problem.size)
     result = RunResult(
         measured=measured,
@@ -167,6 +172,7 @@ async def _serve_edge(
         protocol_errors=edge.stats.protocol_errors,
         overruns={name: pacer.overruns},
         span_s=t_end - t0,
+        **lossless,
     )
     return {
         "system": sc.deployment.system,
@@ -179,6 +185,34 @@ async def _serve_edge(
         "resumed": dict(sorted(log.resumed.items())),
         "results": {sc.planner.policy: result.to_json()},
     }
+
+
+def _lossless(sc: Scenario, edge: EdgeNode, out_dir: Path | None, users: int) -> dict[str, Any]:
+    """``lossless`` of the run, checked with the target the edge verified on; null with
+    synthetic models, sampled verification, or no run directory (no journal)."""
+    if sc.models.kind == "synthetic" or sc.models.temperature > 0 or out_dir is None:
+        return {"lossless": None}
+    from nodes.hf_verifier import HFVerifier
+
+    target = edge.verifier
+    assert isinstance(target, HFVerifier)  # real models: ``emu.runners.node.verifier_for``
+    print("checking the journalled sessions against the target's greedy decoding", flush=True)
+    return journal_lossless(out_dir / JOURNAL, users, GreedyReference(target.model, target.device))
+
+
+def journal_lossless(
+    path: Path, users: int, reference: Callable[[tuple[int, ...], int], list[int]]
+) -> dict[str, Any]:
+    """``lossless``: every session the edge journalled (across its own restarts, and those its
+    users resumed) against ``reference(prompt, n)``, the target's own greedy decoding."""
+    try:
+        journalled = journal_sessions(path)
+    except LedgerError as exc:  # a resume that lost or repeated a token
+        return {"lossless": False, "lossless_checked": {"mismatches": [{"why": str(exc)}]}}
+    per_user = [
+        [Session(h.prompt, list(h.committed)) for h in journalled.get(u, [])] for u in range(users)
+    ]
+    return check_sessions(per_user, reference)
 
 
 async def _cancellable(

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nodes.core.ledger import SessionLedger, committed_sessions
+from nodes.core.ledger import Held, SessionLedger, committed_sessions
 
 __all__ = ["JOURNAL", "Journal", "journal_sessions", "read_journal"]
 
@@ -54,6 +54,6 @@ def read_journal(path: Path) -> SessionLedger:
     return SessionLedger.replay(_entries(path))
 
 
-def journal_sessions(path: Path) -> dict[int, list[list[int]]]:
+def journal_sessions(path: Path) -> dict[int, list[Held]]:
     """Each user's sessions as the edge journalled them (``committed_sessions``)."""
     return committed_sessions(_entries(path))

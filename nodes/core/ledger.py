@@ -78,12 +78,12 @@ class LedgerError(ValueError):
     """Entries whose resumed session does not take up what the session had committed."""
 
 
-def committed_sessions(entries: Iterable[Mapping[str, Any]]) -> dict[int, list[list[int]]]:
-    """Each user's sessions as the entries record them, in order: the prompt followed by every
-    token committed. A session resumed (after a lost link, a restarted user or a restarted
-    edge) is one session; ``LedgerError`` if its resumed open does not take up exactly what it
-    had committed (a token lost or repeated at the resume)."""
-    out: dict[int, list[list[int]]] = {}
+def committed_sessions(entries: Iterable[Mapping[str, Any]]) -> dict[int, list[Held]]:
+    """Each user's sessions as the entries record them, in order, with every token committed.
+    A session resumed (after a lost link, a restarted user or a restarted edge) is one session;
+    ``LedgerError`` if its resumed open does not take up exactly what it had committed (a token
+    lost or repeated at the resume)."""
+    out: dict[int, list[Held]] = {}
     ledger = SessionLedger()
     for e in entries:
         uid = int(e["u"])
@@ -95,10 +95,11 @@ def committed_sessions(entries: Iterable[Mapping[str, Any]]) -> dict[int, list[l
                         f"user {uid}: session {e['s']} resumed with {len(e['committed'])} "
                         f"tokens, but {len(before.committed)} were committed"
                     )
-            else:
-                out.setdefault(uid, []).append([])
-        ledger.apply(e)
-        now = ledger.held.get(uid)
-        if now is not None and uid in out:
-            out[uid][-1] = [*now.prompt, *now.committed]
+                ledger.apply(e)
+                out[uid][-1] = ledger.held[uid]
+                continue
+            ledger.apply(e)
+            out.setdefault(uid, []).append(ledger.held[uid])
+        else:
+            ledger.apply(e)
     return out

@@ -87,7 +87,7 @@ async def test_a_user_resumes_its_session_on_a_restarted_edge_with_nothing_lost(
     assert "resume" in joins[-1] and joins[-1]["resume"]["committed"] > 0
     # What the user committed is what the journal holds, session by session, nothing twice.
     mine = [[*s.prompt, *s.tokens] for s in sessions]
-    theirs = committed_sessions(journal)[0]
+    theirs = [[*h.prompt, *h.committed] for h in committed_sessions(journal)[0]]
     assert len(mine) == 2 and mine[1][: len(mine[0])] == mine[0]  # one session, resumed
     assert theirs == [mine[1]] or theirs[0][: len(mine[1])] == mine[1]
 
@@ -103,7 +103,11 @@ def test_the_ledgers_sessions_stitch_resumes_and_catch_a_token_lost_at_one() -> 
         {"u": 0, "s": 1, "prompt": [1, 2], "committed": []},  # a new session, same prompt
         {"u": 0, "add": [6]},
     ]
-    assert committed_sessions(entries) == {0: [[1, 2, 3, 4, 5], [1, 2, 6]], 1: [[9]]}
+    got = committed_sessions(entries)
+    assert {u: [(h.prompt, h.committed) for h in held] for u, held in got.items()} == {
+        0: [((1, 2), [3, 4, 5]), ((1, 2), [6])],
+        1: [((9,), [])],
+    }
     dropped = [*entries[:3], {"u": 0, "s": 0, "prompt": [1, 2], "committed": [3]}]
     with pytest.raises(LedgerError, match="user 0: session 0 resumed with 1 tokens, but 2"):
         committed_sessions(dropped)
