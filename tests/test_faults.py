@@ -68,5 +68,25 @@ def test_the_simulation_refuses_faults_it_does_not_model() -> None:
     sc = load_scenario(overrides={"faults.kills": [{"node": "u0", "at_s": 1.0}]})
     with pytest.raises(ConfigError, match="faults are injected by draftnet run only"):
         simulate(sc, ["dipsd"])
-    with pytest.raises(ConfigError, match="faults are injected into dipsd's deployments only"):
-        load_scenario(preset="dsd", overrides={"faults.kills": [{"node": "u0", "at_s": 1.0}]})
+    outage = {"user": 0, "at_s": 1.0, "for_s": 2.0}
+    dsd = load_scenario(preset="dsd", overrides={"faults.outages": [outage]})
+    with pytest.raises(ConfigError, match="faults are injected by draftnet run only"):
+        simulate(dsd, ["awc"])
+
+
+def test_other_systems_take_outages_of_their_users_and_no_kills() -> None:
+    """Outages cut hetnet's task users and dsd's drafters; a kill is dipsd's only (its nodes go
+    on with their sessions when started again)."""
+    outage = {"user": 7, "at_s": 1.0, "for_s": 2.0}
+    n = load_scenario(preset="dsd").dsd.drafters  # not users.count
+    late = {**outage, "user": n - 1}
+    assert load_scenario(preset="dsd", overrides={"faults.outages": [late]}).faults.outages
+    with pytest.raises(ConfigError) as info:
+        load_scenario(preset="dsd", overrides={"faults.outages": [{**outage, "user": n}]})
+    assert str(info.value) == f"faults.outages[0].user must be < dsd.drafters ({n}), got {n}"
+    assert load_scenario(preset="hetnet", overrides={"faults.outages": [outage]}).faults.outages
+    for preset in ("dsd", "hetnet"):
+        kill = {"faults.kills": [{"node": "u0", "at_s": 1.0}]}
+        with pytest.raises(ConfigError) as info:
+            load_scenario(preset=preset, overrides=kill)
+        assert str(info.value).startswith("faults.kills are injected into dipsd's deployments only")

@@ -61,7 +61,7 @@ from emu.planner import Problem
 from emu.results.metrics import Recorder
 from emu.results.runreport import stopped_line, write_run_report
 from emu.results.types import LinkCheck, Measured, RunResult, RunSummary
-from emu.runners.faults import SERVERS_PREFIX, Injector
+from emu.runners.faults import Injector, cut_paths
 from emu.runners.manifest import run_manifest
 from emu.runners.network import (
     Network,
@@ -437,8 +437,7 @@ def _run_policy(
         def act(kind: str, target: str) -> None:
             """One of [faults]'s actions on this network and these nodes."""
             if kind in ("cut", "restore"):
-                verb = "add" if kind == "cut" else "del"
-                nw.user(int(target[1:])).cmd(f"ip route {verb} blackhole {SERVERS_PREFIX}")
+                cut_paths(nw.user(int(target.removeprefix("u"))), kind == "cut")
             elif kind == "kill":
                 procs[target].kill()
                 procs[target].wait()

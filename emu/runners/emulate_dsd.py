@@ -47,6 +47,7 @@ from emu.planner.dsd.links import PairLink
 from emu.planner.dsd.model import DsdProblem
 from emu.runners.dsd_node import ADDRESSES_FILE, check_emulable, real_prompts
 from emu.runners.emulate import _fidelity, _stop_on_signals
+from emu.runners.faults import Injector, outage_injector
 from emu.runners.manifest import run_manifest
 from emu.runners.network import Network, await_ready, preflight, star_network, stop_processes
 from emu.runners.node import START_FILE
@@ -125,10 +126,18 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def _run_policy(
-    sc: Scenario, nw: Network, problem: DsdProblem, policy: str, pdir: Path, *, scale: float
+    sc: Scenario,
+    nw: Network,
+    problem: DsdProblem,
+    policy: str,
+    pdir: Path,
+    *,
+    scale: float,
+    injector: Injector,
 ) -> dict[str, int | None]:
-    """Every node running ``policy`` until each drafter has served its time; each node's exit
-    status (None: it was stopped)."""
+    """Every node running ``policy`` until each drafter has served its time, with the
+    scenario's outages (``injector``) on the workload's clock; each node's exit status (None:
+    it was stopped)."""
     mine = replace(
         sc,
         planner=replace(sc.planner, policy=policy),
@@ -164,12 +173,16 @@ def _run_policy(
             start(d.name, "drafter", str(i))
         for name in names[1:]:  # loading their models side by side
             await_ready(f"node {name}", procs[name], pdir / f"{name}.log", READY_TIMEOUT_S)
-        write_atomic(pdir / START_FILE, repr(time.monotonic() / scale + START_LEAD_S))
+        now = time.monotonic()
+        write_atomic(pdir / START_FILE, repr(now / scale + START_LEAD_S))
+        t0 = now + START_LEAD_S * scale  # the workload's start, on this clock
         drafters = [procs[d.name] for d in problem.drafters]
-        deadline = time.monotonic() + (START_LEAD_S + sc.sim.duration_s) * scale + END_SLACK_S
+        deadline = t0 + sc.sim.duration_s * scale + END_SLACK_S
         while time.monotonic() < deadline and any(p.poll() is None for p in drafters):
             time.sleep(0.05)
+            injector.due((time.monotonic() - t0) / scale)
     finally:
+        injector.undo()
         stop_processes([procs[n] for n in reversed(names) if n in procs])
     return {name: p.returncode for name, p in procs.items()}
 
@@ -313,9 +326,13 @@ def emulate_dsd(
             pdir = out_dir / policy
             pdir.mkdir(parents=True, exist_ok=True)
             t_policy = time.perf_counter()
+            # An outage cuts drafter i's host off every other node (the drafters are servers
+            # of the star here, each on its own subnet).
+            injector = outage_injector(sc.faults, lambda i: nw.server(problem.drafters[i].name))
             with shaper.running(nw, idle, pdir, seed=sc.sim.seed, between=between):
-                exits = _run_policy(sc, nw, problem, policy, pdir, scale=scale)
+                exits = _run_policy(sc, nw, problem, policy, pdir, scale=scale, injector=injector)
             result = _gather(sc, problem, pdir, exits, reference)
+            result["faults_injected"] = injector.done
             doc["results"][policy] = result | {"wall_s": time.perf_counter() - t_policy}
             if progress is not None:
                 progress(policy, sc.sim.duration_s)

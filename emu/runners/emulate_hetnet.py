@@ -40,6 +40,7 @@ from emu.planner.hetnet.evaluate import HetnetPlan, evaluate
 from emu.planner.hetnet.model import HetnetProblem
 from emu.results.hetnet import hetnet_result
 from emu.runners.emulate import _fidelity, _stop_on_signals
+from emu.runners.faults import Injector, outage_injector
 from emu.runners.hetnet_node import write_plan
 from emu.runners.manifest import run_manifest
 from emu.runners.network import Network, await_ready, preflight, star_network, stop_processes
@@ -130,9 +131,11 @@ def _run_policy(
     *,
     scale: float,
     horizon_s: float,
+    injector: Injector,
 ) -> dict[str, int | None]:
     """The nodes running ``plan`` until every user is done, or ``horizon_s`` (modelled) has
-    passed; each node's exit status (None: it was stopped)."""
+    passed, with the scenario's outages (``injector``) on the workload's clock; each node's
+    exit status (None: it was stopped)."""
     problem = models.problem
     pdir.mkdir(parents=True, exist_ok=True)
     mine = replace(sc, emu=replace(sc.emu, time_scale=scale), profiles=())
@@ -172,15 +175,18 @@ def _run_policy(
         ]
         for k, p in enumerate(users):
             await_ready(f"node u{k}", p, pdir / f"u{k}.log", READY_TIMEOUT_S)
-        start_at = time.monotonic() / scale + 0.2  # every task there at once, on the nodes' clock
-        write_atomic(pdir / START_FILE, repr(start_at))
-        deadline = time.monotonic() + 0.2 * scale + horizon_s * scale
+        now = time.monotonic()
+        write_atomic(pdir / START_FILE, repr(now / scale + 0.2))  # the nodes' clock: modelled
+        t0 = now + 0.2 * scale  # the workload's start (every task's clock), on this clock
+        deadline = t0 + horizon_s * scale
         while time.monotonic() < deadline and any(p.poll() is None for p in users):
             time.sleep(0.05)
+            injector.due((time.monotonic() - t0) / scale)
         sbs_end = time.monotonic() + 5.0  # their stats, written as they leave
         while any(procs[c].poll() is None for c in cells) and time.monotonic() < sbs_end:
             time.sleep(0.05)
     finally:
+        injector.undo()
         stop_processes(list(procs.values()))
     return {name: p.returncode for name, p in procs.items()}
 
@@ -308,10 +314,17 @@ def emulate_hetnet(
             else:
                 links = _faded_links(series, pdir, scale)
             t_policy = time.perf_counter()
+            injector = outage_injector(sc.faults, nw.user)  # task k's user, on its own host
             with shaper.running(nw, links, pdir, seed=sc.sim.seed, between=between):
-                exits = _run_policy(sc, nw, models, plan, pdir, scale=scale, horizon_s=horizon_s)
+                exits = _run_policy(
+                    sc, nw, models, plan, pdir, scale=scale, horizon_s=horizon_s,
+                    injector=injector,
+                )  # fmt: skip
             result = _measured(problem, plan, models, pdir, exits)
-            doc["results"][policy] = result | {"wall_s": time.perf_counter() - t_policy}
+            doc["results"][policy] = result | {
+                "faults_injected": injector.done,
+                "wall_s": time.perf_counter() - t_policy,
+            }
             if progress is not None:
                 progress(policy, sc.sim.duration_s)
             write()

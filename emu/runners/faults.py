@@ -20,7 +20,7 @@ from typing import Any
 from emu.scenario.faults import FaultsConfig
 from nodes.core.verifier import user_node
 
-__all__ = ["SERVERS_PREFIX", "FaultAction", "Injector", "timeline"]
+__all__ = ["SERVERS_PREFIX", "FaultAction", "Injector", "cut_paths", "outage_injector", "timeline"]
 
 SERVERS_PREFIX = "10.0.0.0/16"  # every server's subnet (topologies.star.server_subnet)
 
@@ -80,3 +80,22 @@ class Injector:
         for target in sorted(self.cut):
             self.act("restore", target)
         self.cut.clear()
+
+
+def cut_paths(host: Any, cut: bool) -> None:
+    """Cut (or restore) a Mininet host's paths to every server: a blackhole route for the
+    servers' subnet (the host's own subnet, more specific, still reaches its access point)."""
+    host.cmd(f"ip route {'add' if cut else 'del'} blackhole {SERVERS_PREFIX}")
+
+
+def outage_injector(faults: FaultsConfig, host_of: Callable[[int], Any]) -> Injector:
+    """An Injector of ``faults``'s outages, each on the host of the user it names
+    (``host_of(i)``): the runners of the systems whose nodes do not resume a session on a node
+    started again, for which the scenario allows no kills."""
+
+    def act(kind: str, target: str) -> None:
+        if kind not in ("cut", "restore"):
+            raise AssertionError(f"{kind} {target}: only outages here (FaultsConfig.check)")
+        cut_paths(host_of(int(target.removeprefix("u"))), kind == "cut")
+
+    return Injector(faults, act)

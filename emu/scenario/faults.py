@@ -5,6 +5,7 @@ model them and refuses a scenario that has any.
 
     [faults]
     outages = [{user = 0, at_s = 5.0, for_s = 3.0}]         # the user's link carries nothing
+                                                            # (hetnet: task 0; dsd: drafter 0)
     kills = [{node = "u1", at_s = 8.0, restart_after_s = 1.0},  # SIGKILL, then started again
              {node = "edge", at_s = 12.0}]                  # no restart_after_s: stays dead
 """
@@ -57,19 +58,23 @@ class FaultsConfig:
     def __bool__(self) -> bool:
         return bool(self.outages or self.kills)
 
-    def check(self, *, users: int, nodes: tuple[str, ...], system: str) -> None:
-        """Against the scenario: users and nodes that exist, a system the runner injects into."""
+    def check(
+        self, *, users: int, nodes: tuple[str, ...], system: str, users_are: str = "users.count"
+    ) -> None:
+        """Against the scenario: users (hetnet's tasks, dsd's drafters) and nodes that exist,
+        and kills only where a node started again goes on."""
         if not self:
             return
-        if system != "dipsd":
+        if self.kills and system != "dipsd":
             raise ConfigError(
-                f"faults are injected into dipsd's deployments only (not yet {system}'s), got "
-                f"{len(self.outages)} outages and {len(self.kills)} kills"
+                f"faults.kills are injected into dipsd's deployments only (a node started "
+                f"again goes on with its sessions there; {system}'s nodes do not yet), got "
+                f"{len(self.kills)} kills"
             )
         for i, o in enumerate(self.outages):
             if o.user >= users:
                 raise ConfigError(
-                    f"faults.outages[{i}].user must be < users.count ({users}), got {o.user}"
+                    f"faults.outages[{i}].user must be < {users_are} ({users}), got {o.user}"
                 )
         for i, k in enumerate(self.kills):
             if k.node not in nodes:

@@ -257,8 +257,10 @@ class Scenario:
             self.dsd_problem()  # its trace and AWC weights read and checked before any run
         for v in self.deployment.verifiers:
             self.verifier_edge(v)  # a verifier's own compute, checked as [edge]'s is
+        dsd = self.deployment.system == "dsd"
         self.faults.check(
-            users=self.users.count,
+            users=self.dsd.drafters if dsd else self.users.count,
+            users_are="dsd.drafters" if dsd else "users.count",
             nodes=(*(n.name for n in self.deployment.nodes),
                    *(f"u{i}" for i in range(self.users.count))),
             system=self.deployment.system,

@@ -133,6 +133,34 @@ def test_synthetic_drafters_route_batch_and_finish_conversations_on_shaped_pairs
     assert set(os.listdir("/sys/class/net")) == before
 
 
+def test_a_drafters_outage_stops_only_its_rounds_and_it_goes_on_after(tmp_path: Path) -> None:
+    """``[faults]``'s outage of drafter 0 (1.5 s from 1.0 s): its host reaches no other node,
+    so it has no round in that time (but one in flight when its link was cut), the other
+    drafters go on, and drafter 0 goes on once its link is back."""
+    sc = _scenario(tmp_path, drafters=4, duration_s=4.0, models="synthetic", seed=3)
+    with sc.open("a") as f:
+        f.write("[faults]\noutages = [{user = 0, at_s = 1.0, for_s = 1.5}]\n")
+    out = tmp_path / "run"
+    r = draftnet("run", str(sc), "--json", "--out", str(out), timeout_s=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)["results"]["static"]
+    assert res["valid"], res["invalid_reason"]
+    assert [(f["kind"], f["target"], f["at_s"]) for f in res["faults_injected"]] == [
+        ("cut", "u0", 1.0),
+        ("restore", "u0", 2.5),
+    ]
+    t0 = float((out / "static" / "start_at").read_text())  # the records' clock: modelled
+
+    def rounds(d: str) -> list[float]:
+        lines = (out / "static" / f"events-{d}.jsonl").read_text().splitlines()
+        return [e["t"] - t0 for e in map(json.loads, lines) if e["ev"] == "dsd_round"]
+
+    cut = rounds("d0")
+    assert not [t for t in cut if 1.3 < t < 2.5], cut  # a round is ~0.1 s: none but in flight
+    assert any(t > 2.5 for t in cut), cut
+    assert sum(1.3 < t < 2.5 for d in ("d1", "d2", "d3") for t in rounds(d)) > 5
+
+
 @pytest.mark.models
 def test_real_models_over_the_emulated_network_are_lossless(tmp_path: Path) -> None:
     """Four drafters draft with llama.cpp, two verifiers batch and verify with transformers,

@@ -96,6 +96,24 @@ def test_two_small_cells_share_the_macro_cell_on_shaped_links(tmp_path: Path) ->
     assert rates.shape[0] == 4 and (rates.std(axis=1) > 0.02 * rates.mean(axis=1)).all()
 
 
+def test_a_users_outage_holds_its_task_until_the_link_is_back(tmp_path: Path) -> None:
+    """``[faults]``'s outage of task 1's user from 0.1 s to 1.1 s: its task cannot end before
+    its link is back, and every task ends."""
+    out = tmp_path / "run"
+    r = draftnet(
+        "run", SMALL, "--set", "models.kind=synthetic", "--set", "hetnet.acceptance=expected",
+        "--set", "faults.outages=[{user = 1, at_s = 0.1, for_s = 1.0}]",
+        "--policy", "hetnet", "--json", "--out", str(out), timeout_s=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)["results"]["hetnet"]
+    assert res["valid"] and res["finished"] == 4, res["invalid_reason"]
+    assert [f["kind"] for f in res["faults_injected"]] == ["cut", "restore"]
+    assert res["predicted_latency_ms"]["makespan"] < 1000.0  # without the outage: all done
+    task = json.loads((out / "hetnet" / "node-u1.json").read_text())
+    assert task["latency_ms"] > 1100.0
+
+
 @pytest.mark.models
 def test_real_models_over_the_emulated_network_are_lossless(tmp_path: Path) -> None:
     """The small cell drafts with llama.cpp for each batch, the macro cell verifies with
