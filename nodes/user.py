@@ -23,15 +23,14 @@ NTP-style exchanges, ``nodes.core.clock``), and from then on its records carry t
 edge's clock; with ``report`` it also streams them to the edge (Report, at most every
 ``REPORT_EVERY_S``, whenever it has some and is not drafting, and before it says Bye). A new
 connection carries again what the last one sent in its last ``RESEND_S`` (a broken link, or an
-edge that died, may have lost it); each record is numbered, and the edge drops what it has.
+edge that died, may have lost it); each record is numbered, and the edge drops what it has
+(``nodes.core.reports``).
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
-import json
 import math
 import secrets
 import time
@@ -45,6 +44,7 @@ from emu.errors import LocalProtocolError, PeerGone, RemoteProtocolError
 from nodes.backends import DraftBackend
 from nodes.core.client import ClientCore, UserStats
 from nodes.core.clock import ClockOffset
+from nodes.core.reports import ReportQueue
 from nodes.pacing import Pacer
 from nodes.protocol import (
     PROTOCOL_VERSION,
@@ -73,8 +73,6 @@ __all__ = ["FINAL_REFUSALS", "Dial", "EdgeRefused", "Sink", "UserNode", "UserSta
 Dial = Callable[[], Awaitable[trio.abc.Stream]]
 BACKOFF_S = (0.1, 1.0)  # the first redial's wait, and the longest
 SILENT_BEATS = 8  # heartbeats an edge may miss before its link is taken for broken
-REPORT_EVERY_S = 0.25  # how often a reporting user sends its records to the edge
-RESEND_S = 2.0  # a new connection carries again what the last one sent this recently
 PROBE_GAP_S = 0.01  # between two clock probes
 
 
@@ -108,12 +106,9 @@ class UserNode:
         self.clock_probes = clock_probes
         self.clock: ClockOffset | None = None  # the last connection's estimate
         self.report = report
-        self._unsent: list[str] = []  # records not yet reported, as JSON lines
-        self._sent: collections.deque[tuple[float, str]] = collections.deque()  # and sent
-        self._reported_at = -math.inf
         # Each reported record is numbered within this process (``epoch``): the edge drops the
         # ones it has, so a new connection may carry again what the last one may have lost.
-        self._epoch, self._seq = secrets.randbits(31), 0
+        self._reports = ReportQueue(epoch=secrets.randbits(31), max_chars=MAX_REPORT)
         self.conn = Connection(Role.USER)
         self._beat_s = 0.0
 
@@ -181,8 +176,7 @@ class UserNode:
         self._beat_s = 0.0
         # What the last connection sent lately may not have reached the edge's directory (the
         # edge died before it read it): it goes again, and the edge drops what it has.
-        self._unsent[:0] = [line for _, line in self._sent]
-        self._sent.clear()
+        self._reports.rewind()
         try:
             await self._send(
                 Hello(
@@ -242,38 +236,32 @@ class UserNode:
         if self.clock is not None and isinstance(t := rec.get("t"), float | int):
             rec = {**rec, "t": self.clock.to_edge(float(t))}
         if self.report:
-            self._seq += 1
-            rec = {**rec, "epoch": self._epoch, "seq": self._seq}
-            self._unsent.append(json.dumps(rec, default=float))
+            rec = self._reports.add(rec)
         self.sink(rec)
 
     def _can_report(self) -> bool:
         """Records wait to be reported, and the connection may carry them now."""
-        return bool(self.report and self._unsent) and self.conn.state not in (
-            State.START,
-            State.GREETED,
-            State.CLOSED,
+        return (
+            self.report
+            and self._reports.pending
+            and self.conn.state
+            not in (
+                State.START,
+                State.GREETED,
+                State.CLOSED,
+            )
         )
 
     async def _send_report(self, *, force: bool = False) -> None:
         """The records not yet reported, in Reports of at most MAX_REPORT characters; only
         every REPORT_EVERY_S unless ``force``. What a broken link did not carry stays."""
         now = trio.current_time()
-        if not self._can_report() or (not force and now - self._reported_at < REPORT_EVERY_S):
+        if not self._can_report() or not self._reports.due(now, force=force):
             return
-        while self._unsent:
-            n, size = 0, 0
-            while n < len(self._unsent) and size + len(self._unsent[n]) + 1 <= MAX_REPORT:
-                size += len(self._unsent[n]) + 1
-                n += 1
-            n = max(n, 1)
-            lines = "\n".join(self._unsent[:n])[:MAX_REPORT]  # a record over the limit is cut
+        while (lines := self._reports.batch()) is not None:
             await self._send(Report(lines=lines))
-            self._sent.extend((now, line) for line in self._unsent[:n])
-            del self._unsent[:n]
-        self._reported_at = now
-        while self._sent and self._sent[0][0] < now - RESEND_S:
-            self._sent.popleft()
+            self._reports.sent(now)
+        self._reports.reported(now)
 
     async def _session(self) -> None:
         """One session, or the rest of the one a broken link interrupted."""
@@ -350,7 +338,7 @@ class UserNode:
         while True:
             wake = deadline
             if self._can_report():
-                wake = min(wake, max(trio.current_time(), self._reported_at + REPORT_EVERY_S))
+                wake = min(wake, max(trio.current_time(), self._reports.next_at()))
             with trio.move_on_at(wake):
                 return await receive_event(self.conn, self._stream)
             if trio.current_time() >= deadline:
