@@ -23,7 +23,7 @@ import trio
 from emu.errors import ConfigError, PeerGone
 from emu.lab.certs import CA_CERT, init_lab, issue
 from emu.lab.labfile import commands, load_lab
-from emu.lab.roles import journal_lossless
+from emu.lab.roles import RunLog, journal_lossless
 from emu.lab.tls import Credentials, Gate, credentials, dial
 
 NODES = ["edge", "u0", "u1"]
@@ -367,3 +367,14 @@ def test_the_edges_lossless_check_reads_every_journalled_session(tmp_path: Path)
     dropped = check([*entries[:4], {"u": 0, "s": 0, "prompt": [1, 2], "committed": [3]}])
     assert dropped["lossless"] is False
     assert "resumed with 1 tokens, but 2" in dropped["lossless_checked"]["mismatches"][0]["why"]
+
+
+def test_a_reported_record_without_its_fields_is_filed_and_not_counted(tmp_path: Path) -> None:
+    """A node's record that lacks what its kind has (a round without its user) must not take
+    the edge's run log, or the edge, down: it is filed, and counted as untallied."""
+    log = RunLog(tmp_path, "dipsd")
+    log({"ev": "round", "t": 1.0, "node": "u0", "epoch": 1, "seq": 1})  # no user, no counts
+    log({"ev": "first_token", "t": "soon", "node": "u0", "epoch": 1, "seq": 2})
+    log.close()
+    assert len((tmp_path / "events-u0.jsonl").read_text().splitlines()) == 2
+    assert log.untallied == 2

@@ -71,6 +71,7 @@ class RunLog:
         self.clocks: dict[str, dict[str, float]] = {}
         self.resumed: dict[str, int] = defaultdict(int)
         self.refused: list[dict[str, Any]] = []
+        self.untallied = 0  # records filed but not counted: they lacked their kind's fields
         # The last numbered record filed, by (node, epoch): a user sends again what may have
         # been lost, and what this directory has (a restarted edge's too) is filed once.
         self._filed: dict[tuple[str, int], int] = {}
@@ -96,7 +97,10 @@ class RunLog:
                 f = self._files[node] = (self.out_dir / f"events-{node}.jsonl").open("a")
             f.write(json.dumps({"policy": self.policy, **rec}, default=float) + "\n")
             f.flush()
-        self.tally(rec)
+        try:
+            self.tally(rec)
+        except (KeyError, TypeError, ValueError):  # a record without what its kind has
+            self.untallied += 1  # filed above; counting it would take the collector down
         if rec.get("ev") == "clock":
             self.clocks[node] = {
                 "offset_ms": float(rec["offset_ms"]),
@@ -183,6 +187,7 @@ async def _serve_edge(
         "refused": log.refused,
         "clock_offset_ms": dict(sorted(log.clocks.items())),
         "resumed": dict(sorted(log.resumed.items())),
+        "untallied_records": log.untallied,
         "results": {sc.planner.policy: result.to_json()},
     }
 
