@@ -82,6 +82,7 @@ __all__ = [
     "SyntheticDsdDrafter",
     "SyntheticDsdVerifier",
     "VerifierNode",
+    "check_sender",
     "conversation_key",
 ]
 
@@ -239,9 +240,9 @@ class VerifierNode:
             finally:
                 box.close()
 
-    async def serve_drafter(self, stream: trio.abc.Stream) -> None:
+    async def serve_drafter(self, stream: trio.abc.Stream, *, drafter: int | None = None) -> None:
         """One drafter's connection until it ends; whatever it does costs only its own
-        conversations."""
+        conversations. Lab mode binds it to the ``drafter`` it proved to be."""
         frames = Frames()
         box = Outbox(stream, Frames())
         mine: set[int] = set()
@@ -249,6 +250,7 @@ class VerifierNode:
             nursery.start_soon(box.run)
             try:
                 async for ev in frame_events(stream, frames):
+                    check_sender(ev, drafter=drafter)
                     self._take(ev, box, mine, trio.current_time())
             except (RemoteProtocolError, trio.BrokenResourceError) as exc:
                 self.faults += 1
@@ -378,6 +380,20 @@ class VerifierNode:
 # --- the router ---------------------------------------------------------------------------
 
 
+def check_sender(ev: DsdEvent, *, drafter: int | None = None, verifier: int | None = None) -> None:
+    """Lab mode: a connection proved to be drafter ``drafter`` (or verifier ``verifier``)
+    carries only that node's messages (RemoteProtocolError otherwise); None: not bound."""
+    if drafter is not None and (
+        not isinstance(ev, Route | Done | Prefill | Round | Bye) or ev.drafter != drafter
+    ):
+        raise RemoteProtocolError(f"{type(ev).__name__} on drafter {drafter}'s connection")
+    if verifier is not None and (
+        not isinstance(ev, QueueReport | Verdict)
+        or (isinstance(ev, QueueReport) and ev.verifier != verifier)
+    ):
+        raise RemoteProtocolError(f"{type(ev).__name__} on verifier {verifier}'s connection")
+
+
 class RouterNode:
     """The router: each conversation's verifier (``DsdRouter``, sticky) from the verifiers'
     latest reports; drafters and verifiers alike connect to ``serve``."""
@@ -454,13 +470,17 @@ class RouterNode:
         k = self._routes[ev.drafter, ev.conversation] = self.names.index(name)
         return Routed(drafter=ev.drafter, conversation=ev.conversation, verifier=k)
 
-    async def serve(self, stream: trio.abc.Stream) -> None:
-        """One connection until it ends; a peer that breaks the protocol loses only it."""
+    async def serve(
+        self, stream: trio.abc.Stream, *, drafter: int | None = None, verifier: int | None = None
+    ) -> None:
+        """One connection until it ends; a peer that breaks the protocol loses only it. Lab
+        mode binds a connection to the ``drafter`` or ``verifier`` it proved to be."""
         box = Outbox(stream, Frames())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(box.run)
             try:
                 async for ev in frame_events(stream, Frames()):
+                    check_sender(ev, drafter=drafter, verifier=verifier)
                     if self._relay(ev, box):
                         continue
                     answer = self.take(ev, trio.current_time())  # checks who it is from

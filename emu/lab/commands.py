@@ -40,6 +40,21 @@ def _auth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clock-skew-ms", type=float, default=0.0, help=argparse.SUPPRESS)
 
 
+def _named_address(text: str) -> tuple[str, tuple[str, int]]:
+    name, sep, at = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"must be NAME=HOST:PORT, got {text!r}")
+    return name, _address(at)
+
+
+def _serve_args(p: argparse.ArgumentParser, who: str) -> None:
+    p.add_argument(
+        "--duration", dest="serve_s", type=float, default=0.0,
+        help="stop after this many seconds (default: serve until SIGTERM or SIGINT)",
+    )  # fmt: skip
+    p.add_argument("--out", type=Path, help=f"run directory (default: runs/{who}-<time>)")
+
+
 def add_lab_parsers(
     sub: Any,
     scenario_args: Callable[[argparse.ArgumentParser], None],
@@ -52,20 +67,40 @@ def add_lab_parsers(
     _auth_args(edge)
     edge.add_argument("--name", default="edge", help="the edge's node name (its certificate)")
     edge.add_argument("--policy", help=policy_help)
-    edge.add_argument(
-        "--duration", dest="serve_s", type=float, default=0.0,
-        help="stop after this many seconds (default: serve until SIGTERM or SIGINT)",
-    )  # fmt: skip
-    edge.add_argument("--out", type=Path, help="run directory (default: runs/edge-<time>)")
+    _serve_args(edge, "edge")
     user = sub.add_parser("user", help="lab mode: draft as user N on this machine")
     scenario_args(user)
     user.add_argument("--connect", type=_address, required=True, metavar="HOST:PORT")
     _auth_args(user)
     user.add_argument("--id", dest="index", type=int, required=True, help="the user's id")
     user.add_argument(
-        "--server-name", default="edge", help="the name the edge's certificate carries"
+        "--server-name",
+        help="the name the edge's (dsd: the router's) certificate carries (default: edge; "
+        "dsd: router)",
     )
+    user.add_argument(
+        "--verifier", dest="verifiers", action="append", type=_named_address, default=[],
+        metavar="NAME=HOST:PORT", help="dsd: a verifier the drafter reaches (repeat for each)",
+    )  # fmt: skip
     user.add_argument("--out", type=Path, help="the user's own copy of its records")
+    router = sub.add_parser("router", help="lab mode (dsd): route and collect on this machine")
+    scenario_args(router)
+    router.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
+    _auth_args(router)
+    router.add_argument("--policy", help=policy_help)
+    _serve_args(router, "router")
+    verifier = sub.add_parser("verifier", help="lab mode (dsd): verify as verifier K here")
+    scenario_args(verifier)
+    verifier.add_argument("--id", dest="index", type=int, required=True, help="the verifier's")
+    verifier.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
+    verifier.add_argument(
+        "--connect", type=_address, required=True, metavar="HOST:PORT", help="the router"
+    )
+    _auth_args(verifier)
+    verifier.add_argument(
+        "--server-name", default="router", help="the name the router's certificate carries"
+    )
+    _serve_args(verifier, "verifier")
     lab = sub.add_parser("lab", help="lab mode: credentials and each machine's command")
     lab_sub = lab.add_subparsers(dest="action", required=True, parser_class=parser_class)
     init = lab_sub.add_parser(
@@ -99,17 +134,14 @@ def cmd_edge(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]
 
     from emu.lab.roles import run_edge
 
-    if args.serve_s < 0:
-        from emu.errors import ConfigError
-
-        raise ConfigError(f"--duration must be >= 0 (0: until signalled), got {args.serve_s}")
+    serve_s = _serve_s(args)
     if args.policy:
         args.sets = [*(args.sets or []), ("planner.policy", args.policy)]
     sc = _lab_scenario(args, load)
     cred = _credentials(args, args.name, serves=True)
     out = args.out or Path("runs") / time.strftime("edge-%Y%m%d-%H%M%S")
     doc = run_edge(
-        sc, listen=args.listen, cred=cred, out_dir=out, duration_s=args.serve_s,
+        sc, listen=args.listen, cred=cred, out_dir=out, duration_s=serve_s,
         skew_ms=args.clock_skew_ms,
     )  # fmt: skip
     if not args.json:
@@ -124,11 +156,84 @@ def cmd_edge(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]
     return doc
 
 
+def _serve_s(args: argparse.Namespace) -> float:
+    if args.serve_s < 0:
+        from emu.errors import ConfigError
+
+        raise ConfigError(f"--duration must be >= 0 (0: until signalled), got {args.serve_s}")
+    return float(args.serve_s)
+
+
+def cmd_router(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]) -> Any:
+    import time
+
+    from emu.lab.dsd_roles import ROUTER, run_router
+
+    serve_s = _serve_s(args)
+    if args.policy:
+        args.sets = [*(args.sets or []), ("planner.policy", args.policy)]
+    sc = _lab_scenario(args, load)
+    cred = _credentials(args, ROUTER, serves=True)
+    out = args.out or Path("runs") / time.strftime("router-%Y%m%d-%H%M%S")
+    doc = run_router(
+        sc, listen=args.listen, cred=cred, out_dir=out, duration_s=serve_s,
+        skew_ms=args.clock_skew_ms,
+    )  # fmt: skip
+    if not args.json:
+        r = doc["results"][doc["policy"]]
+        print(
+            f"router: {r['conversations']} conversations, {r['throughput_tok_s']:.1f} tok/s "
+            f"({doc['auth']}); {len(doc['refused'])} refused; summary in {out}/summary.json",
+            file=sys.stderr,
+        )
+    return doc
+
+
+def cmd_verifier(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]) -> Any:
+    from emu.lab.dsd_roles import dsd_problem_for_lab, run_verifier
+
+    serve_s = _serve_s(args)
+    sc = _lab_scenario(args, load)
+    names = [v.name for v in dsd_problem_for_lab(sc).verifiers]
+    if not 0 <= args.index < len(names):
+        from emu.errors import ConfigError
+
+        raise ConfigError(
+            f"--id must be in [0, {len(names) - 1}] (the scenario's verifiers), got {args.index}"
+        )
+    cred = _credentials(args, names[args.index], serves=True)
+    return run_verifier(
+        sc, index=args.index, listen=args.listen, router=args.connect, cred=cred,
+        server=args.server_name, out_dir=args.out, duration_s=serve_s,
+        skew_ms=args.clock_skew_ms,
+    )  # fmt: skip
+
+
+def _cmd_dsd_drafter(args: argparse.Namespace, sc: Any) -> Any:
+    from emu.errors import ConfigError
+    from emu.lab.dsd_roles import dsd_problem_for_lab, run_dsd_drafter
+
+    names = [d.name for d in dsd_problem_for_lab(sc).drafters]
+    if not 0 <= args.index < len(names):
+        raise ConfigError(f"--id must be in [0, {len(names) - 1}] (dsd.drafters), got {args.index}")
+    cred = _credentials(args, names[args.index], serves=False)
+    doc = run_dsd_drafter(
+        sc, index=args.index, router=args.connect, verifiers=dict(args.verifiers), cred=cred,
+        server=args.server_name or "router", out_dir=args.out, skew_ms=args.clock_skew_ms,
+    )  # fmt: skip
+    if not args.json:
+        print(f"{names[args.index]}: {len(doc['finished'])} conversations", file=sys.stderr)
+    return doc
+
+
 def cmd_user(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]) -> Any:
     from emu.lab.roles import run_user
     from nodes.core.verifier import user_node
 
     sc = _lab_scenario(args, load)
+    if sc.deployment.system == "dsd":
+        return _cmd_dsd_drafter(args, sc)
+    args.server_name = args.server_name or "edge"
     cred = _credentials(args, user_node(args.index), serves=False)
     doc = run_user(
         sc, index=args.index, connect=args.connect, cred=cred, out_dir=args.out,
@@ -173,4 +278,10 @@ def cmd_lab(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any])
     return doc
 
 
-LAB_COMMANDS = {"edge": cmd_edge, "user": cmd_user, "lab": cmd_lab}
+LAB_COMMANDS = {
+    "edge": cmd_edge,
+    "user": cmd_user,
+    "router": cmd_router,
+    "verifier": cmd_verifier,
+    "lab": cmd_lab,
+}

@@ -72,6 +72,7 @@ class RunLog:
         self.resumed: dict[str, int] = defaultdict(int)
         self.refused: list[dict[str, Any]] = []
         self.untallied = 0  # records filed but not counted: they lacked their kind's fields
+        self.outcomes: dict[str, dict[str, Any]] = {}  # each node's account, as it left
         # The last numbered record filed, by (node, epoch): a user sends again what may have
         # been lost, and what this directory has (a restarted edge's too) is filed once.
         self._filed: dict[tuple[str, int], int] = {}
@@ -109,6 +110,8 @@ class RunLog:
         elif rec.get("ev") == "refused":  # at the door (emu.lab.tls) or at the Hello
             who = {k: rec[k] for k in ("peer", "claims", "user") if rec.get(k) is not None}
             self.refused.append({"t": rec["t"], **who, "why": rec.get("why", rec.get("error"))})
+        elif rec.get("ev") == "outcome" and isinstance(rec.get("doc"), dict):
+            self.outcomes[node] = dict(rec["doc"])  # a node's own account of the run, last
         elif rec.get("ev") == "join" and "resume" in rec:  # a session handed back
             self.resumed[user_node(int(rec["user"]))] += 1
 
@@ -259,8 +262,9 @@ def _lab_deployment(sc: Scenario) -> Deployment:
     """The scenario's deployment, if the lab roles can run it (a ConfigError if not)."""
     if sc.deployment.system != "dipsd":
         raise ConfigError(
-            "deployment.system must be dipsd for draftnet edge and user (the lab roles of "
-            f"hetnet and dsd are not built yet), got {sc.deployment.system!r}"
+            "deployment.system must be dipsd for draftnet edge and its users (dsd's lab roles "
+            "are draftnet router, verifier and user; hetnet's are not built yet), got "
+            f"{sc.deployment.system!r}"
         )
     dep = assemble(sc)
     if len(dep.verifiers) != 1 or dep.router is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,14 @@ from nodes.dsd import (
     VerifierNode,
 )
 
-__all__ = ["ADDRESSES_FILE", "check_emulable", "main", "real_prompts"]
+__all__ = [
+    "ADDRESSES_FILE",
+    "check_emulable",
+    "drafter_backend",
+    "main",
+    "real_prompts",
+    "verifier_backend",
+]
 
 ADDRESSES_FILE = "addresses.json"
 SYNTHETIC_PROMPT_VOCAB = 32000
@@ -84,7 +92,7 @@ def _addresses(run_dir: Path) -> dict[str, tuple[str, int]]:
     return {name: address(text) for name, text in doc.items()}
 
 
-def _verifier_backend(sc: Scenario, problem: DsdProblem) -> VerifyBackend:
+def verifier_backend(sc: Scenario, problem: DsdProblem) -> VerifyBackend:
     if sc.models.kind == "synthetic":
         seed = sc.sim.seed
         return SyntheticDsdVerifier(
@@ -115,7 +123,7 @@ async def _verifier(
     spec = problem.verifiers[k]
     pacer = paced(sc)
     node = VerifierNode(
-        k, spec, _verifier_backend(sc, problem), compat=problem.compat,
+        k, spec, verifier_backend(sc, problem), compat=problem.compat,
         order=problem.batching, pacer=pacer, sink=rec.for_node(spec.name),
     )  # fmt: skip
     router = await connect(*_addresses(run_dir)["router"])
@@ -128,11 +136,12 @@ async def _verifier(
     return node.outcome(sc.sim.duration_s)
 
 
-async def _drafter(sc: Scenario, i: int, run_dir: Path, rec: Recorder) -> dict[str, Any]:
-    problem = dsd_problem_of(sc)
+def drafter_backend(
+    sc: Scenario, problem: DsdProblem, i: int
+) -> tuple[DraftBackend, Callable[[int, int], tuple[int, ...]], int]:
+    """Drafter ``i``'s backend, its prompts (``prompt(count, tokens)``: its ``count``-th
+    conversation's, of about ``tokens`` tokens) and the most tokens an answer may have."""
     spec = problem.drafters[i]
-    make = get_policy(sc.planner.policy).plan(problem)
-    arrivals, rng = deal(problem, duration_s=sc.sim.duration_s, seed=sc.sim.seed)[spec.name]
     backend: DraftBackend
     answer_cap = 2**31 - 1
     if sc.models.kind == "synthetic":
@@ -156,6 +165,15 @@ async def _drafter(sc: Scenario, i: int, run_dir: Path, rec: Recorder) -> dict[s
         def prompt(count: int, tokens: int) -> tuple[int, ...]:
             return tuple(prompts[(i + count * n) % len(prompts)])
 
+    return backend, prompt, answer_cap
+
+
+async def _drafter(sc: Scenario, i: int, run_dir: Path, rec: Recorder) -> dict[str, Any]:
+    problem = dsd_problem_of(sc)
+    spec = problem.drafters[i]
+    make = get_policy(sc.planner.policy).plan(problem)
+    arrivals, rng = deal(problem, duration_s=sc.sim.duration_s, seed=sc.sim.seed)[spec.name]
+    backend, prompt, answer_cap = drafter_backend(sc, problem, i)
     at = _addresses(run_dir)
     router = await connect(*at["router"])
     streams = {

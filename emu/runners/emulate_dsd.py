@@ -34,7 +34,7 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,7 @@ from nodes.core.dsd import Conversation
 from nodes.core.systems import get_system
 from topologies.registry import check as check_topology
 
-__all__ = ["emulate_dsd", "pair_state"]
+__all__ = ["dsd_result", "emulate_dsd", "pair_state"]
 
 READY_TIMEOUT_S = 180.0  # a node's start: imports, and a real model's loading
 START_LEAD_S = 0.3  # modelled seconds between the start file and the start
@@ -196,8 +196,21 @@ def _gather(
 ) -> dict[str, Any]:
     """The policy's figures from the nodes' records: the simulation's summary of them, and the
     emulation's own."""
-    run = DsdRun(duration_s=sc.sim.duration_s)
     docs = {n: _read(pdir / f"node-{n}.json") for n in _servers(problem)}
+    return dsd_result(sc, problem, docs, exits, reference)
+
+
+def dsd_result(
+    sc: Scenario,
+    problem: DsdProblem,
+    docs: Mapping[str, dict[str, Any] | None],
+    exits: Mapping[str, int | None],
+    reference: Callable[[tuple[int, ...], int], list[int]] | None,
+) -> dict[str, Any]:
+    """A run's figures from each node's own account of it (``docs``, by node name: what its
+    process wrote as it left, None for a node that left none), as ``run --json`` gives them;
+    ``exits``, each node's exit status where it is known."""
+    run = DsdRun(duration_s=sc.sim.duration_s)
     sessions: list[list[Session]] = []
     steps = 0
     for d in problem.drafters:
@@ -242,7 +255,7 @@ def _gather(
             "overruns": overruns,
             "overrun_pct": 100.0 * total / steps if steps else 0.0,
             "steps_paced": steps,
-            "exits": exits,
+            "exits": dict(exits),
             "valid": why is None,
             "invalid_reason": why,
         }
