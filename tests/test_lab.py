@@ -273,9 +273,10 @@ def _draftnet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_the_lab_commands_say_what_is_wrong_in_one_line(lab: Path, tmp_path: Path) -> None:
     bad = tmp_path / "lab.toml"
     bad.write_text('[[node]]\nname = "edge"\nrole = "edge"\nhost = "h"\n'
-                   '[[node]]\nname = "u0"\nrole = "drafter"\nhost = "h"\n')  # fmt: skip
+                   '[[node]]\nname = "u0"\nrole = "sbs"\nhost = "h"\n')  # fmt: skip
     cases = [
-        (["lab", "commands", str(bad)], "node[1].role must be one of edge, user, got 'drafter'"),
+        (["lab", "commands", str(bad)],
+         "node[1].role must be one of edge, user, router, verifier, drafter, got 'sbs'"),
         (["user", "--connect", "127.0.0.1:1", "--lab", str(tmp_path / "none"), "--id", "0"],
          "--lab must be a directory made by draftnet lab init"),
         (["edge", "--listen", "127.0.0.1:x", "--insecure"], "must be HOST:PORT"),
@@ -304,7 +305,30 @@ def test_the_lab_file_gives_each_machine_its_command(tmp_path: Path) -> None:
     assert "--auth token" in cmds["u3"]["command"]
     assert "--connect 10.1.1.1:7200" in cmds["u3"]["command"] and "--id 3" in cmds["u3"]["command"]
     f.write_text('[[node]]\nname = "u0"\nrole = "user"\nhost = "h"\n')
-    with pytest.raises(ConfigError, match='exactly one role = "edge", got 0'):
+    with pytest.raises(ConfigError, match=r'exactly one role = "edge" \(DiP-SD\) or "router"'):
+        load_lab(f)
+
+
+def test_a_dsd_lab_file_gives_the_router_the_verifiers_and_the_drafters_their_commands(
+    tmp_path: Path,
+) -> None:
+    f = tmp_path / "lab.toml"
+    nodes = [("router", "router", "10.0.0.1"), ("v0", "verifier", "10.0.0.2"),
+             ("v1", "verifier", "10.0.0.3"), ("d4", "drafter", "10.0.1.4")]  # fmt: skip
+    f.write_text("port = 7300\n" + "".join(
+        f'[[node]]\nname = "{n}"\nrole = "{r}"\nhost = "{h}"\n' for n, r, h in nodes
+    ))  # fmt: skip
+    cmds = commands(load_lab(f))
+    assert cmds["router"]["command"].startswith("draftnet router --listen 0.0.0.0:7300 --lab")
+    assert "--id 1 --listen 0.0.0.0:7300 --connect 10.0.0.1:7300" in cmds["v1"]["command"]
+    d4 = cmds["d4"]["command"]
+    assert d4.startswith("draftnet user --id 4 --connect 10.0.0.1:7300")
+    assert d4.endswith("--verifier v0=10.0.0.2:7300 --verifier v1=10.0.0.3:7300")
+    f.write_text(f.read_text() + '[[node]]\nname = "u0"\nrole = "user"\nhost = "h"\n')
+    with pytest.raises(ConfigError, match="node 'u0' is a user, which a lab with the router"):
+        load_lab(f)
+    f.write_text('[[node]]\nname = "r"\nrole = "router"\nhost = "h"\n')
+    with pytest.raises(ConfigError, match="name of a router must be router, got 'r'"):
         load_lab(f)
 
 

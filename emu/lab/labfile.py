@@ -17,6 +17,10 @@ Layer: emu (reads a file). A lab file is TOML:
     role = "user"
     host = "192.168.1.21"
 
+A DSD lab names a ``router`` (its name: router), its verifiers (``role = "verifier"``, named
+v<k>) and its drafters (``role = "drafter"``, named d<i>) instead of an edge and its users;
+every server listens at ``port``.
+
 ``draftnet lab commands LAB.toml`` prints the command to run on each machine;
 ``draftnet lab init DIR --lab-file LAB.toml`` makes the credentials of every node it names.
 """
@@ -36,8 +40,14 @@ from emu.lab.tls import AUTH_MODES
 
 __all__ = ["ROLES", "Lab", "LabNode", "commands", "load_lab"]
 
-ROLES = ("edge", "user")  # hetnet's and dsd's roles are not lab commands yet
-_USER = re.compile(r"^u(\d+)$")
+ROLES = ("edge", "user", "router", "verifier", "drafter")  # dipsd's, then dsd's (not hetnet's)
+_NAMES = {  # what each role's node must be called (its certificate names it so)
+    "user": (re.compile(r"^u(\d+)$"), "u<id> (u0, u1, ...)"),
+    "verifier": (re.compile(r"^v(\d+)$"), "v<k> (v0, v1, ...)"),
+    "drafter": (re.compile(r"^d(\d+)$"), "d<i> (d0, d1, ...)"),
+    "router": (re.compile(r"^router$"), "router"),
+}
+_HEADS = ("edge", "router")  # a lab has one of these: a DiP-SD lab, or a DSD lab
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +67,9 @@ class Lab:
     nodes: tuple[LabNode, ...]
 
     @property
-    def edge(self) -> LabNode:
-        return next(n for n in self.nodes if n.role == "edge")
+    def head(self) -> LabNode:
+        """The edge (DiP-SD) or the router (DSD): the node the others dial first."""
+        return next(n for n in self.nodes if n.role in _HEADS)
 
 
 def _field(doc: dict[str, Any], key: str, kind: type, where: str, default: Any = None) -> Any:
@@ -101,12 +112,17 @@ def load_lab(path: Path) -> Lab:
         role = _field(n, "role", str, where)
         if role not in ROLES:
             raise ConfigError(f"{where}role must be one of {', '.join(ROLES)}, got {role!r}")
-        if role == "user" and not _USER.match(name):
-            raise ConfigError(f"{where}name of a user must be u<id> (u0, u1, ...), got {name!r}")
+        if role in _NAMES and not _NAMES[role][0].match(name):
+            raise ConfigError(f"{where}name of a {role} must be {_NAMES[role][1]}, got {name!r}")
         nodes.append(LabNode(name, role, _field(n, "host", str, where)))
-    if sum(n.role == "edge" for n in nodes) != 1:
-        raise ConfigError(f"lab file {path}: node must have exactly one role = \"edge\", got "
-                          f"{sum(n.role == 'edge' for n in nodes)}")  # fmt: skip
+    heads = [n.role for n in nodes if n.role in _HEADS]
+    if len(heads) != 1:
+        raise ConfigError(f"lab file {path}: node must have exactly one role = \"edge\" (DiP-SD) "
+                          f"or \"router\" (DSD), got {len(heads)}")  # fmt: skip
+    system = {"edge": ("edge", "user"), "router": ("router", "verifier", "drafter")}[heads[0]]
+    if stray := [n for n in nodes if n.role not in system]:
+        raise ConfigError(f"lab file {path}: node {stray[0].name!r} is a {stray[0].role}, which "
+                          f"a lab with the {heads[0]} has not")  # fmt: skip
     names = [n.name for n in nodes]
     if len(set(names)) != len(names):
         dup = next(x for x in names if names.count(x) > 1)
@@ -128,15 +144,25 @@ def commands(lab: Lab, *, out: str = "runs/lab") -> dict[str, dict[str, str]]:
     how = ["--insecure"] if lab.auth == "insecure" else ["--lab", shlex.quote(str(lab.credentials))]
     if lab.auth == "token":
         how += ["--auth", "token"]
+    head = f"{lab.head.host}:{lab.port}"
+    listen = ["--listen", f"0.0.0.0:{lab.port}"]
+    verifiers = [f"--verifier {v.name}={v.host}:{lab.port}" for v in lab.nodes
+                 if v.role == "verifier"]  # fmt: skip
     out_cmds = {}
     for n in lab.nodes:
+        ident = _NAMES[n.role][0].match(n.name) if n.role in _NAMES else None
+        index = ["--id", ident.group(1)] if ident is not None and ident.groups() else []
         if n.role == "edge":
-            argv = ["draftnet", "edge", *sc, "--listen", f"0.0.0.0:{lab.port}", *how,
-                    "--name", n.name, "--out", shlex.quote(out)]  # fmt: skip
+            argv = ["draftnet", "edge", *sc, *listen, *how, "--name", n.name,
+                    "--out", shlex.quote(out)]  # fmt: skip
+        elif n.role == "user":
+            argv = ["draftnet", "user", *sc, "--connect", head, *how, *index,
+                    "--server-name", lab.head.name]  # fmt: skip
+        elif n.role == "router":
+            argv = ["draftnet", "router", *sc, *listen, *how, "--out", shlex.quote(out)]
+        elif n.role == "verifier":
+            argv = ["draftnet", "verifier", *sc, *index, *listen, "--connect", head, *how]
         else:
-            uid = _USER.match(n.name)
-            assert uid is not None
-            argv = ["draftnet", "user", *sc, "--connect", f"{lab.edge.host}:{lab.port}", *how,
-                    "--id", uid.group(1), "--server-name", lab.edge.name]  # fmt: skip
+            argv = ["draftnet", "user", *sc, *index, "--connect", head, *how, *verifiers]
         out_cmds[n.name] = {"host": n.host, "role": n.role, "command": " ".join(argv)}
     return out_cmds
