@@ -21,7 +21,6 @@ the policy, from the accounts it received (a node that sent none is named in
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -32,7 +31,7 @@ import trio
 
 from emu.errors import ConfigError, PeerGone
 from emu.lab.door import Channel, Door, RecordsLink, join, serve_records
-from emu.lab.roles import FAREWELL_S, SUMMARY, RunLog, lab_clock
+from emu.lab.roles import FAREWELL_S, RunLog, collecting, lab_clock
 from emu.lab.tls import Credentials, Gate, dial
 from emu.planner import get_policy
 from emu.planner.dsd.model import DsdProblem
@@ -128,18 +127,12 @@ def run_router(
     """Route the scenario's drafters' conversations and collect every node's records until
     signalled or ``duration_s`` pass; the summary (``out_dir/summary.json`` as well)."""
     problem = dsd_problem_for_lab(sc)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    log = RunLog(out_dir, sc.planner.policy)
-    try:
-        serve = functools.partial(_serve_router, log=log, duration_s=duration_s)
-        out = trio.run(serve, sc, problem, listen, cred, clock=lab_clock(sc, skew_ms))
-    finally:
-        log.close()
-    if out_dir is not None:
-        out["out_dir"] = str(out_dir)
-        (out_dir / SUMMARY).write_text(json.dumps(out, indent=1, default=float))
-    return out
+
+    def serve(log: RunLog) -> dict[str, Any]:
+        router = functools.partial(_serve_router, log=log, duration_s=duration_s)
+        return trio.run(router, sc, problem, listen, cred, clock=lab_clock(sc, skew_ms))
+
+    return collecting(sc, out_dir, serve)
 
 
 async def _records_link(

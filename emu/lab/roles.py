@@ -243,13 +243,25 @@ def run_edge(
     """Serve the scenario's users at ``listen`` until signalled or ``duration_s`` (modelled
     seconds) pass; the summary (written to ``out_dir/summary.json`` as well)."""
     dep = _lab_deployment(sc)
+    pacer = _pacer(sc)
+
+    def serve(log: RunLog) -> dict[str, Any]:
+        edge = functools.partial(_serve_edge, log=log, pacer=pacer, duration_s=duration_s)
+        return trio.run(edge, sc, dep, listen, cred, clock=lab_clock(sc, skew_ms))
+
+    return collecting(sc, out_dir, serve)
+
+
+def collecting(
+    sc: Scenario, out_dir: Path | None, serve: Callable[[RunLog], dict[str, Any]]
+) -> dict[str, Any]:
+    """``serve(log)``, a run's head node (DiP-SD's edge, DSD's router) that files every node's
+    records into ``out_dir`` through ``log``; the summary it returns, written there as well."""
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(out_dir, sc.planner.policy)
-    pacer = _pacer(sc)
     try:
-        serve = functools.partial(_serve_edge, log=log, pacer=pacer, duration_s=duration_s)
-        out = trio.run(serve, sc, dep, listen, cred, clock=lab_clock(sc, skew_ms))
+        out = serve(log)
     finally:
         log.close()
     if out_dir is not None:
