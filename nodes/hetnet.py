@@ -129,17 +129,23 @@ class SmallCellNode:
                 box.post(s.event)
         self._wake.set()
 
-    async def serve_user(self, stream: trio.abc.Stream) -> None:
-        """One user's connection until it ends; whatever it does costs only its task."""
+    async def serve_user(self, stream: trio.abc.Stream, *, task: int | None = None) -> None:
+        """One user's connection until it ends; whatever it does costs only its task. Lab
+        mode binds the connection to the ``task`` its user proved to hold."""
+        bound = task
         frames = Frames()
         box = Outbox(stream, frames)
-        task: int | None = None
+        task = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(box.run)
             try:
                 async for ev in frame_events(stream, frames, chunk=_CHUNK):
                     now = trio.current_time()
                     if isinstance(ev, Attach) and task is None:
+                        if bound is not None and ev.task != bound:
+                            raise RemoteProtocolError(
+                                f"task {ev.task} attached on task {bound}'s connection"
+                            )
                         if ev.task in self.users:
                             raise RemoteProtocolError(f"task {ev.task} attached twice")
                         task = ev.task

@@ -336,6 +336,26 @@ async def test_a_user_that_breaks_the_protocol_costs_only_its_task(
     assert any(r["ev"] == "user_fault" and r["task"] == 2 for r in records)
 
 
+async def test_a_connection_bound_to_a_task_cannot_attach_another() -> None:
+    """Lab mode binds a user's connection to the task its certificate proved: an Attach for
+    another task is a fault of that connection, and the other task is not taken."""
+    sc = load_scenario(None, preset="hetnet", overrides={"users.count": 2})
+    problem = sc.hetnet_problem()
+    records: list[dict] = []
+    sbs = SmallCellNode(
+        SmallCellCore(((0, 1),), (3,), [5e6] * 2),
+        SyntheticBatchDrafter(problem, np.random.default_rng(0)),
+        pacer=Pacer("virtual"),
+        sink=records.append,
+    )
+    mine, theirs = trio.testing.memory_stream_pair()
+    await mine.send_all(Frames().pack(Attach(task=0)))
+    with trio.fail_after(5):
+        await sbs.serve_user(theirs, task=1)
+    assert sbs.faults == 1 and 0 not in sbs.users
+    assert records[-1]["why"] == "task 0 attached on task 1's connection"
+
+
 def test_a_faded_uplink_takes_longer_than_the_planners_mean_rate() -> None:
     """With Rayleigh fading on the uplink (``hetnet.radio.fading``), each upload runs at its
     rate of the moment; the planner plans with the mean gain, and since log2(1 + x) is concave

@@ -276,7 +276,8 @@ def test_the_lab_commands_say_what_is_wrong_in_one_line(lab: Path, tmp_path: Pat
                    '[[node]]\nname = "u0"\nrole = "sbs"\nhost = "h"\n')  # fmt: skip
     cases = [
         (["lab", "commands", str(bad)],
-         "node[1].role must be one of edge, user, router, verifier, drafter, got 'sbs'"),
+         "node[1].role must be one of edge, user, router, verifier, drafter, small-cell, "
+         "macro-cell, got 'sbs'"),
         (["user", "--connect", "127.0.0.1:1", "--lab", str(tmp_path / "none"), "--id", "0"],
          "--lab must be a directory made by draftnet lab init"),
         (["edge", "--listen", "127.0.0.1:x", "--insecure"], "must be HOST:PORT"),
@@ -305,7 +306,7 @@ def test_the_lab_file_gives_each_machine_its_command(tmp_path: Path) -> None:
     assert "--auth token" in cmds["u3"]["command"]
     assert "--connect 10.1.1.1:7200" in cmds["u3"]["command"] and "--id 3" in cmds["u3"]["command"]
     f.write_text('[[node]]\nname = "u0"\nrole = "user"\nhost = "h"\n')
-    with pytest.raises(ConfigError, match=r'exactly one role = "edge" \(DiP-SD\) or "router"'):
+    with pytest.raises(ConfigError, match=r'exactly one role = "edge" \(DiP-SD\), "router"'):
         load_lab(f)
 
 
@@ -330,6 +331,17 @@ def test_a_dsd_lab_file_gives_the_router_the_verifiers_and_the_drafters_their_co
     f.write_text('[[node]]\nname = "r"\nrole = "router"\nhost = "h"\n')
     with pytest.raises(ConfigError, match="name of a router must be router, got 'r'"):
         load_lab(f)
+    hetnet = [("sbs", "small-cell", "10.0.0.1"), ("mbs", "macro-cell", "10.0.0.9"),
+              ("u2", "user", "10.0.1.2")]  # fmt: skip
+    f.write_text("".join(f'[[node]]\nname = "{n}"\nrole = "{r}"\nhost = "{h}"\n'
+                         for n, r, h in hetnet))  # fmt: skip
+    cmds = commands(load_lab(f))
+    assert cmds["sbs"]["command"].startswith(
+        "draftnet small-cell --listen 0.0.0.0:7100 --connect 10.0.0.9:7100"
+    )
+    assert cmds["mbs"]["command"].startswith("draftnet macro-cell --listen 0.0.0.0:7100 "
+                                             "--connect 10.0.0.1:7100")  # fmt: skip
+    assert cmds["u2"]["command"].startswith("draftnet user --connect 10.0.0.1:7100")
 
 
 def test_the_run_directory_files_a_record_sent_again_once_across_an_edge_restart(

@@ -101,6 +101,27 @@ def add_lab_parsers(
         "--server-name", default="router", help="the name the router's certificate carries"
     )
     _serve_args(verifier, "verifier")
+    small = sub.add_parser("small-cell", help="lab mode (hetnet): plan, draft and collect here")
+    scenario_args(small)
+    small.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
+    small.add_argument(
+        "--connect", type=_address, required=True, metavar="HOST:PORT", help="the macro cell"
+    )
+    _auth_args(small)
+    small.add_argument("--policy", help=policy_help)
+    small.add_argument(
+        "--wait", dest="wait_s", type=float, default=60.0,
+        help="start once every task's user has attached, or after this many seconds",
+    )  # fmt: skip
+    small.add_argument("--out", type=Path, help="run directory (default: runs/small-cell-<time>)")
+    macro = sub.add_parser("macro-cell", help="lab mode (hetnet): verify the small cell's rounds")
+    scenario_args(macro)
+    macro.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
+    macro.add_argument(
+        "--connect", type=_address, required=True, metavar="HOST:PORT", help="the small cell"
+    )
+    _auth_args(macro)
+    _serve_args(macro, "macro-cell")
     lab = sub.add_parser("lab", help="lab mode: credentials and each machine's command")
     lab_sub = lab.add_subparsers(dest="action", required=True, parser_class=parser_class)
     init = lab_sub.add_parser(
@@ -226,6 +247,57 @@ def _cmd_dsd_drafter(args: argparse.Namespace, sc: Any) -> Any:
     return doc
 
 
+def cmd_small_cell(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]) -> Any:
+    import time
+
+    from emu.lab.hetnet_roles import SMALL, run_small_cell
+
+    if args.policy:
+        args.sets = [*(args.sets or []), ("planner.policy", args.policy)]
+    sc = _lab_scenario(args, load)
+    cred = _credentials(args, SMALL, serves=True)
+    out = args.out or Path("runs") / time.strftime("small-cell-%Y%m%d-%H%M%S")
+    doc = run_small_cell(
+        sc, listen=args.listen, macro=args.connect, cred=cred, out_dir=out,
+        wait_s=args.wait_s, skew_ms=args.clock_skew_ms,
+    )  # fmt: skip
+    if not args.json:
+        r = doc["results"][doc["policy"]]
+        print(
+            f"small cell: {r['finished']} of {r['tasks']} tasks done, "
+            f"{r['latency_ms']['total']:.0f} ms in all ({doc['auth']}); "
+            f"summary in {out}/summary.json",
+            file=sys.stderr,
+        )
+    return doc
+
+
+def cmd_macro_cell(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]) -> Any:
+    from emu.lab.hetnet_roles import MACRO, run_macro_cell
+
+    serve_s = _serve_s(args)
+    sc = _lab_scenario(args, load)
+    cred = _credentials(args, MACRO, serves=True)
+    return run_macro_cell(
+        sc, listen=args.listen, small=args.connect, cred=cred, out_dir=args.out,
+        duration_s=serve_s, skew_ms=args.clock_skew_ms,
+    )  # fmt: skip
+
+
+def _cmd_task_user(args: argparse.Namespace, sc: Any) -> Any:
+    from emu.lab.hetnet_roles import run_task_user
+    from nodes.core.verifier import user_node
+
+    cred = _credentials(args, user_node(args.index), serves=False)
+    doc = run_task_user(
+        sc, index=args.index, small=args.connect, cred=cred, out_dir=args.out,
+        skew_ms=args.clock_skew_ms,
+    )  # fmt: skip
+    if not args.json:
+        print(f"{user_node(args.index)}: {len(doc['tokens'])} tokens", file=sys.stderr)
+    return doc
+
+
 def cmd_user(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]) -> Any:
     from emu.lab.roles import run_user
     from nodes.core.verifier import user_node
@@ -233,6 +305,8 @@ def cmd_user(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]
     sc = _lab_scenario(args, load)
     if sc.deployment.system == "dsd":
         return _cmd_dsd_drafter(args, sc)
+    if sc.deployment.system == "hetnet":
+        return _cmd_task_user(args, sc)
     args.server_name = args.server_name or "edge"
     cred = _credentials(args, user_node(args.index), serves=False)
     doc = run_user(
@@ -283,5 +357,7 @@ LAB_COMMANDS = {
     "user": cmd_user,
     "router": cmd_router,
     "verifier": cmd_verifier,
+    "small-cell": cmd_small_cell,
+    "macro-cell": cmd_macro_cell,
     "lab": cmd_lab,
 }

@@ -18,8 +18,9 @@ Layer: emu (reads a file). A lab file is TOML:
     host = "192.168.1.21"
 
 A DSD lab names a ``router`` (its name: router), its verifiers (``role = "verifier"``, named
-v<k>) and its drafters (``role = "drafter"``, named d<i>) instead of an edge and its users;
-every server listens at ``port``.
+v<k>) and its drafters (``role = "drafter"``, named d<i>) instead of an edge and its users; a
+heterogeneous-edge lab a ``small-cell`` (sbs), a ``macro-cell`` (mbs) and its tasks' users
+(u<k>). Every server listens at ``port``.
 
 ``draftnet lab commands LAB.toml`` prints the command to run on each machine;
 ``draftnet lab init DIR --lab-file LAB.toml`` makes the credentials of every node it names.
@@ -40,14 +41,17 @@ from emu.lab.tls import AUTH_MODES
 
 __all__ = ["ROLES", "Lab", "LabNode", "commands", "load_lab"]
 
-ROLES = ("edge", "user", "router", "verifier", "drafter")  # dipsd's, then dsd's (not hetnet's)
+# DiP-SD's, DSD's, then the heterogeneous edge's (whose users are ``user``s too)
+ROLES = ("edge", "user", "router", "verifier", "drafter", "small-cell", "macro-cell")
 _NAMES = {  # what each role's node must be called (its certificate names it so)
     "user": (re.compile(r"^u(\d+)$"), "u<id> (u0, u1, ...)"),
     "verifier": (re.compile(r"^v(\d+)$"), "v<k> (v0, v1, ...)"),
     "drafter": (re.compile(r"^d(\d+)$"), "d<i> (d0, d1, ...)"),
     "router": (re.compile(r"^router$"), "router"),
+    "small-cell": (re.compile(r"^sbs$"), "sbs"),
+    "macro-cell": (re.compile(r"^mbs$"), "mbs"),
 }
-_HEADS = ("edge", "router")  # a lab has one of these: a DiP-SD lab, or a DSD lab
+_HEADS = ("edge", "router", "small-cell")  # a lab has one: DiP-SD's, DSD's or hetnet's
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +121,11 @@ def load_lab(path: Path) -> Lab:
         nodes.append(LabNode(name, role, _field(n, "host", str, where)))
     heads = [n.role for n in nodes if n.role in _HEADS]
     if len(heads) != 1:
-        raise ConfigError(f"lab file {path}: node must have exactly one role = \"edge\" (DiP-SD) "
-                          f"or \"router\" (DSD), got {len(heads)}")  # fmt: skip
-    system = {"edge": ("edge", "user"), "router": ("router", "verifier", "drafter")}[heads[0]]
+        raise ConfigError(f"lab file {path}: node must have exactly one role = \"edge\" "
+                          f"(DiP-SD), \"router\" (DSD) or \"small-cell\" (hetnet), got "
+                          f"{len(heads)}")  # fmt: skip
+    system = {"edge": ("edge", "user"), "router": ("router", "verifier", "drafter"),
+              "small-cell": ("small-cell", "macro-cell", "user")}[heads[0]]  # fmt: skip
     if stray := [n for n in nodes if n.role not in system]:
         raise ConfigError(f"lab file {path}: node {stray[0].name!r} is a {stray[0].role}, which "
                           f"a lab with the {heads[0]} has not")  # fmt: skip
@@ -155,11 +161,19 @@ def commands(lab: Lab, *, out: str = "runs/lab") -> dict[str, dict[str, str]]:
         if n.role == "edge":
             argv = ["draftnet", "edge", *sc, *listen, *how, "--name", n.name,
                     "--out", shlex.quote(out)]  # fmt: skip
+        elif n.role == "user" and lab.head.role == "small-cell":
+            argv = ["draftnet", "user", *sc, "--connect", head, *how, *index]
         elif n.role == "user":
             argv = ["draftnet", "user", *sc, "--connect", head, *how, *index,
                     "--server-name", lab.head.name]  # fmt: skip
         elif n.role == "router":
             argv = ["draftnet", "router", *sc, *listen, *how, "--out", shlex.quote(out)]
+        elif n.role == "small-cell":
+            macro = next((m.host for m in lab.nodes if m.role == "macro-cell"), "MACRO-CELL")
+            argv = ["draftnet", "small-cell", *sc, *listen, "--connect", f"{macro}:{lab.port}",
+                    *how, "--out", shlex.quote(out)]  # fmt: skip
+        elif n.role == "macro-cell":
+            argv = ["draftnet", "macro-cell", *sc, *listen, "--connect", head, *how]
         elif n.role == "verifier":
             argv = ["draftnet", "verifier", *sc, *index, *listen, "--connect", head, *how]
         else:

@@ -73,6 +73,8 @@ class RunLog:
         self.refused: list[dict[str, Any]] = []
         self.untallied = 0  # records filed but not counted: they lacked their kind's fields
         self.outcomes: dict[str, dict[str, Any]] = {}  # each node's account, as it left
+        # when each node saw its first token, and its task done (the heterogeneous edge's)
+        self.milestones: dict[str, dict[str, float]] = defaultdict(dict)
         # The last numbered record filed, by (node, epoch): a user sends again what may have
         # been lost, and what this directory has (a restarted edge's too) is filed once.
         self._filed: dict[tuple[str, int], int] = {}
@@ -110,6 +112,8 @@ class RunLog:
         elif rec.get("ev") == "refused":  # at the door (emu.lab.tls) or at the Hello
             who = {k: rec[k] for k in ("peer", "claims", "user") if rec.get(k) is not None}
             self.refused.append({"t": rec["t"], **who, "why": rec.get("why", rec.get("error"))})
+        elif rec.get("ev") in ("first_token", "done") and isinstance(rec.get("t"), float | int):
+            self.milestones[node].setdefault(str(rec["ev"]), float(rec["t"]))
         elif rec.get("ev") == "outcome" and isinstance(rec.get("doc"), dict):
             self.outcomes[node] = dict(rec["doc"])  # a node's own account of the run, last
         elif rec.get("ev") == "join" and "resume" in rec:  # a session handed back
