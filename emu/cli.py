@@ -626,10 +626,24 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
 }
 
 
+def _alone(exc: BaseException) -> BaseException:
+    """The one error a trio nursery wrapped in a group (every group of one, unwrapped), or
+    ``exc`` itself: a node's ConfigError raised inside a nursery is still one line."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        out = COMMANDS[args.command](args)
+        try:
+            out = COMMANDS[args.command](args)
+        except BaseExceptionGroup as group:
+            alone = _alone(group)
+            if alone is group or not isinstance(alone, DraftnetError):
+                raise
+            raise alone from group
     except (ConfigError, Infeasible) as exc:
         print(f"draftnet: error: {exc}", file=sys.stderr)
         return 2

@@ -414,3 +414,17 @@ def test_a_reported_record_without_its_fields_is_filed_and_not_counted(tmp_path:
     log.close()
     assert len((tmp_path / "events-u0.jsonl").read_text().splitlines()) == 2
     assert log.untallied == 2
+
+
+def test_a_lab_node_with_nobody_to_dial_says_so_in_one_line(tmp_path: Path) -> None:
+    """A DSD drafter with no router, and a task's user with no small cell, at their address:
+    one line naming --connect, status 2 (their nurseries must not turn it into a group)."""
+    quick = ["--insecure", "--set", "limits.reconnect_give_up_s=1"]
+    verifiers = [x for v in ("v0", "v1", "v2", "v4") for x in ("--verifier", f"{v}=127.0.0.1:9")]
+    for args in (
+        ["user", "--preset", "dsd", "--id", "0", "--connect", "127.0.0.1:9", *verifiers, *quick],
+        ["user", "--preset", "hetnet", "--id", "0", "--connect", "127.0.0.1:9", *quick],
+    ):
+        r = _draftnet(*args, cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith("draftnet: error: --connect: no ") and r.stderr.count("\n") == 1
