@@ -100,10 +100,14 @@ def test_synthetic_drafters_route_batch_and_finish_conversations_on_shaped_pairs
     finishes conversations through both verifiers, with the simulation's figures, and the
     run's directory holds every node's records. Hybrid execution: a constant window of 4 is
     always distributed; AWC's hand-set head falls to 1 at these round times, and those rounds
-    are fused (through the router, drafted on the verifier)."""
+    are fused (through the router, drafted on the verifier). ``[faults]`` cuts drafter 7's
+    host off every other node from 1 s to 2 s: it has no round in that time (but one in flight
+    when its link was cut), and goes on once its link is back."""
     before = set(os.listdir("/sys/class/net"))
     out = tmp_path / "run"
-    sc = _scenario(tmp_path, drafters=8, duration_s=3.0, models="synthetic", seed=3, mode="hybrid")
+    sc = _scenario(tmp_path, drafters=8, duration_s=4.0, models="synthetic", seed=3, mode="hybrid")
+    with sc.open("a") as f:
+        f.write("[faults]\noutages = [{user = 7, at_s = 1.0, for_s = 1.0}]\n")
     r = draftnet(
         "run", str(sc), "--policy", "static", "--policy", "awc", "--json", "--out", str(out),
         timeout_s=600,
@@ -131,34 +135,15 @@ def test_synthetic_drafters_route_batch_and_finish_conversations_on_shaped_pairs
     assert 0 < awc["fused_rounds"] < awc["rounds"] and awc["mean_window"] < 4.0
     assert json.loads((out / "summary.json").read_text())["results"].keys() == {"static", "awc"}
     assert set(os.listdir("/sys/class/net")) == before
-
-
-def test_a_drafters_outage_stops_only_its_rounds_and_it_goes_on_after(tmp_path: Path) -> None:
-    """``[faults]``'s outage of drafter 0 (1.5 s from 1.0 s): its host reaches no other node,
-    so it has no round in that time (but one in flight when its link was cut), the other
-    drafters go on, and drafter 0 goes on once its link is back."""
-    sc = _scenario(tmp_path, drafters=4, duration_s=4.0, models="synthetic", seed=3)
-    with sc.open("a") as f:
-        f.write("[faults]\noutages = [{user = 0, at_s = 1.0, for_s = 1.5}]\n")
-    out = tmp_path / "run"
-    r = draftnet("run", str(sc), "--json", "--out", str(out), timeout_s=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    res = json.loads(r.stdout)["results"]["static"]
-    assert res["valid"], res["invalid_reason"]
-    assert [(f["kind"], f["target"], f["at_s"]) for f in res["faults_injected"]] == [
-        ("cut", "u0", 1.0),
-        ("restore", "u0", 2.5),
+    assert [(f["kind"], f["target"], f["at_s"]) for f in static["faults_injected"]] == [
+        ("cut", "u7", 1.0),
+        ("restore", "u7", 2.0),
     ]
     t0 = float((out / "static" / "start_at").read_text())  # the records' clock: modelled
-
-    def rounds(d: str) -> list[float]:
-        lines = (out / "static" / f"events-{d}.jsonl").read_text().splitlines()
-        return [e["t"] - t0 for e in map(json.loads, lines) if e["ev"] == "dsd_round"]
-
-    cut = rounds("d0")
-    assert not [t for t in cut if 1.3 < t < 2.5], cut  # a round is ~0.1 s: none but in flight
-    assert any(t > 2.5 for t in cut), cut
-    assert sum(1.3 < t < 2.5 for d in ("d1", "d2", "d3") for t in rounds(d)) > 5
+    lines = (out / "static" / "events-d7.jsonl").read_text().splitlines()
+    cut = [e["t"] - t0 for e in map(json.loads, lines) if e["ev"] == "dsd_round"]
+    assert not [t for t in cut if 1.3 < t < 2.0], cut  # a round is ~0.1 s: none but in flight
+    assert any(t > 2.0 for t in cut), cut
 
 
 @pytest.mark.models
