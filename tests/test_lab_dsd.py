@@ -6,11 +6,8 @@ the router's run directory holds every node's records on its clock and the run's
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +16,8 @@ from emu.errors import RemoteProtocolError
 from emu.lab.certs import init_lab
 from nodes.dsd import check_sender
 from nodes.protocol.dsd import QueueReport, Route
+from tests.lab_processes import await_ready, free_port, start
 
-ROOT = Path(__file__).resolve().parents[1]
 SKEW_MS = 2000.0
 
 SCENARIO = """
@@ -60,26 +57,6 @@ per_token_ms = 0.7
 """
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start(*args: str, log: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "emu.cli", *args],
-        stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env=env,
-    )  # fmt: skip
-
-
-def _ready(p: subprocess.Popen[str], log: Path) -> None:
-    assert p.stdout is not None
-    line = p.stdout.readline()
-    assert line.startswith("ready"), log.read_text()[-2000:]
-
-
 def test_the_dsd_roles_run_as_lab_commands_and_the_router_gathers_the_run(
     tmp_path: Path,
 ) -> None:
@@ -88,26 +65,26 @@ def test_the_dsd_roles_run_as_lab_commands_and_the_router_gathers_the_run(
     sc.write_text(SCENARIO.format(trace=tmp_path / "small.trace"))
     lab = tmp_path / "lab"
     init_lab(lab, ["router", "v0", "v1", "d0", "d1"])
-    ports = {n: _port() for n in ("router", "v0", "v1")}
+    ports = {n: free_port() for n in ("router", "v0", "v1")}
     at = {n: f"127.0.0.1:{p}" for n, p in ports.items()}
     run = tmp_path / "run"
     procs: dict[str, subprocess.Popen[str]] = {}
     try:
-        procs["router"] = _start(
+        procs["router"] = start(
             "router", str(sc), "--listen", at["router"], "--lab", str(lab), "--out", str(run),
             "--json", log=tmp_path / "router.log",
         )  # fmt: skip
-        _ready(procs["router"], tmp_path / "router.log")
+        await_ready(procs["router"], tmp_path / "router.log")
         for k in (0, 1):
-            procs[f"v{k}"] = _start(
+            procs[f"v{k}"] = start(
                 "verifier", str(sc), "--id", str(k), "--listen", at[f"v{k}"],
                 "--connect", at["router"], "--lab", str(lab), log=tmp_path / f"v{k}.log",
             )  # fmt: skip
         for k in (0, 1):
-            _ready(procs[f"v{k}"], tmp_path / f"v{k}.log")
+            await_ready(procs[f"v{k}"], tmp_path / f"v{k}.log")
         for i in (0, 1):
             skew = ["--clock-skew-ms", str(SKEW_MS)] if i == 1 else []
-            procs[f"d{i}"] = _start(
+            procs[f"d{i}"] = start(
                 "user", str(sc), "--id", str(i), "--connect", at["router"], "--lab", str(lab),
                 "--verifier", f"v0={at['v0']}", "--verifier", f"v1={at['v1']}", *skew,
                 "--out", str(tmp_path / f"d{i}"), "--json", log=tmp_path / f"d{i}.log",

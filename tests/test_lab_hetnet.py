@@ -6,39 +6,16 @@ evaluator's rounds through the macro cell, and gathers every node's records and 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 from emu.lab.certs import init_lab
+from tests.lab_processes import ROOT, await_ready, free_port, start
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = str(ROOT / "scenarios" / "hetnet-small.toml")
 SKEW_MS = 2000.0
 SETS = ["--set", "models.kind=synthetic", "--set", "hetnet.acceptance=expected"]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start(*args: str, log: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "emu.cli", *args],
-        stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env=env,
-    )  # fmt: skip
-
-
-def _ready(p: subprocess.Popen[str], log: Path) -> None:
-    assert p.stdout is not None
-    line = p.stdout.readline()
-    assert line.startswith("ready"), log.read_text()[-2000:]
 
 
 def test_the_hetnet_roles_run_as_lab_commands_and_the_small_cell_gathers_the_run(
@@ -46,21 +23,21 @@ def test_the_hetnet_roles_run_as_lab_commands_and_the_small_cell_gathers_the_run
 ) -> None:
     lab = tmp_path / "lab"
     init_lab(lab, ["sbs", "mbs", "u0", "u1", "u2", "u3"])
-    at = {n: f"127.0.0.1:{_port()}" for n in ("sbs", "mbs")}
+    at = {n: f"127.0.0.1:{free_port()}" for n in ("sbs", "mbs")}
     run = tmp_path / "run"
     procs: dict[str, subprocess.Popen[str]] = {}
     try:
-        procs["mbs"] = _start("macro-cell", SMALL, *SETS, "--listen", at["mbs"], "--connect",
+        procs["mbs"] = start("macro-cell", SMALL, *SETS, "--listen", at["mbs"], "--connect",
                               at["sbs"], "--lab", str(lab), log=tmp_path / "mbs.log")  # fmt: skip
-        _ready(procs["mbs"], tmp_path / "mbs.log")
-        procs["sbs"] = _start(
+        await_ready(procs["mbs"], tmp_path / "mbs.log")
+        procs["sbs"] = start(
             "small-cell", SMALL, *SETS, "--listen", at["sbs"], "--connect", at["mbs"],
             "--lab", str(lab), "--out", str(run), "--json", log=tmp_path / "sbs.log",
         )  # fmt: skip
-        _ready(procs["sbs"], tmp_path / "sbs.log")
+        await_ready(procs["sbs"], tmp_path / "sbs.log")
         for k in range(4):
             skew = ["--clock-skew-ms", str(SKEW_MS)] if k == 1 else []
-            procs[f"u{k}"] = _start(
+            procs[f"u{k}"] = start(
                 "user", SMALL, *SETS, "--id", str(k), "--connect", at["sbs"], "--lab", str(lab),
                 *skew, "--json", log=tmp_path / f"u{k}.log",
             )  # fmt: skip

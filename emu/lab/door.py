@@ -28,7 +28,7 @@ from typing import Any
 
 import trio
 
-from emu.errors import PeerGone, RemoteProtocolError
+from emu.errors import ConfigError, PeerGone, RemoteProtocolError
 from emu.lab.tls import Credentials, dial
 from nodes.core.clock import ClockOffset
 from nodes.core.reports import ReportQueue
@@ -36,7 +36,7 @@ from nodes.protocol.events import MAX_REPORT, ClockEcho, ClockProbe, Event, Repo
 from nodes.protocol.lab import Join, Joined, LabFrames
 from nodes.stream import Sink, frame_events
 
-__all__ = ["Door", "RecordsLink", "join", "serve_records"]
+__all__ = ["Door", "RecordsLink", "join", "open_records_link", "refuse", "serve_records"]
 
 JOIN_TIMEOUT_S = 5.0  # a connection that has not joined by then is refused
 CLOCK_PROBES = 8  # exchanges per records connection; the least-delay one counts
@@ -47,6 +47,14 @@ _MAX_FRAME = MAX_REPORT + 1024
 _BROKEN = (PeerGone, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 Channel = Callable[[trio.abc.Stream, str], Awaitable[None]]
+
+
+def refuse(sink: Sink, why: str, claims: str | None = None) -> None:
+    """Record a refusal (``ev: refused``): why, and whom the peer claimed to be."""
+    rec: dict[str, Any] = {"ev": "refused", "t": trio.current_time(), "why": why}
+    if claims is not None:
+        rec["claims"] = claims
+    sink(rec)
 
 
 class Door:
@@ -64,10 +72,7 @@ class Door:
         self.join_timeout_s = join_timeout_s
 
     def _refuse(self, why: str, claims: str | None = None) -> None:
-        rec: dict[str, Any] = {"ev": "refused", "t": trio.current_time(), "why": why}
-        if claims is not None:
-            rec["claims"] = claims
-        self.sink(rec)
+        refuse(self.sink, why, claims)
 
     async def __call__(self, stream: trio.abc.Stream, proved: str | None) -> None:
         try:
@@ -260,3 +265,24 @@ class RecordsLink:
             with trio.move_on_after(1):
                 await self._stream.aclose()
         self._stream = None
+
+
+async def open_records_link(
+    nursery: trio.Nursery, to: tuple[str, int], cred: Credentials, *, server: str, what: str,
+    sink: Sink, wait_s: float,
+) -> RecordsLink:  # fmt: skip
+    """``cred.node``'s records channel to its collector ``what`` (certificate name ``server``)
+    at ``to``, kept up in ``nursery``; its clock measured within ``wait_s`` (ConfigError if
+    not; 0: not waited for)."""
+    link = RecordsLink(to, cred, server=server, sink=sink)
+    nursery.start_soon(link.run)
+    if wait_s > 0:
+        with trio.move_on_after(wait_s):
+            await link.measured.wait()
+        if not link.measured.is_set():
+            await link.close(timeout_s=0.0)
+            raise ConfigError(
+                f"--connect: no {what} admitted {cred.node} at {to[0]}:{to[1]} within "
+                f"{wait_s:g} s (limits.reconnect_give_up_s)"
+            )
+    return link

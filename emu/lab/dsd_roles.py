@@ -30,8 +30,8 @@ from typing import Any
 import trio
 
 from emu.errors import ConfigError, PeerGone
-from emu.lab.door import Channel, Door, RecordsLink, join, serve_records
-from emu.lab.roles import FAREWELL_S, RunLog, collecting, lab_clock
+from emu.lab.door import Channel, Door, join, open_records_link, refuse, serve_records
+from emu.lab.roles import FAREWELL_S, RunLog, collecting, lab_clock, node_log
 from emu.lab.tls import Credentials, Gate, dial
 from emu.planner import get_policy
 from emu.planner.dsd.model import DsdProblem
@@ -59,10 +59,6 @@ def dsd_problem_for_lab(sc: Scenario) -> DsdProblem:
     return problem
 
 
-def _refuse(log: Any, who: str, why: str) -> None:
-    log({"ev": "refused", "t": trio.current_time(), "claims": who, "why": why})
-
-
 async def _serve_router(
     sc: Scenario, problem: DsdProblem, listen: tuple[str, int], cred: Credentials,
     *, log: RunLog, duration_s: float,
@@ -73,14 +69,14 @@ async def _serve_router(
 
     async def route(stream: trio.abc.Stream, who: str) -> None:
         if who not in drafters:
-            _refuse(log, who, f"{who} is not a drafter of the scenario ({', '.join(drafters)})")
+            refuse(log, f"{who} is not a drafter of the scenario ({', '.join(drafters)})", who)
             await trio.aclose_forcefully(stream)
             return
         await node.serve(stream, drafter=drafters[who])
 
     async def queues(stream: trio.abc.Stream, who: str) -> None:
         if who not in verifiers:
-            _refuse(log, who, f"{who} is not a verifier of the scenario ({', '.join(verifiers)})")
+            refuse(log, f"{who} is not a verifier of the scenario ({', '.join(verifiers)})", who)
             await trio.aclose_forcefully(stream)
             return
         await node.serve(stream, verifier=verifiers[who])
@@ -135,37 +131,12 @@ def run_router(
     return collecting(sc, out_dir, serve)
 
 
-async def _records_link(
-    sc: Scenario, nursery: trio.Nursery, *, router: tuple[str, int], cred: Credentials,
-    server: str, sink: Any,
-) -> RecordsLink:  # fmt: skip
-    """The node's records channel to the router, its clock measured (ConfigError if no
-    router answers within ``limits.reconnect_give_up_s``)."""
-    link = RecordsLink(router, cred, server=server, sink=sink)
-    nursery.start_soon(link.run)
-    with trio.move_on_after(sc.limits.reconnect_give_up_s):
-        await link.measured.wait()
-    if not link.measured.is_set():
-        await link.close(timeout_s=0.0)
-        raise ConfigError(
-            f"--connect: no router admitted {cred.node} at {router[0]}:{router[1]} within "
-            f"{sc.limits.reconnect_give_up_s:g} s (limits.reconnect_give_up_s)"
-        )
-    return link
-
-
 async def _joined(
     at: tuple[str, int], cred: Credentials, server: str, channel: str, epoch: int
 ) -> trio.abc.Stream:
     stream = await dial(*at, cred, server=server)
     await join(stream, cred, channel=channel, epoch=epoch)
     return stream
-
-
-def _local_log(out_dir: Path | None, policy: str) -> RunLog:
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    return RunLog(out_dir, policy)
 
 
 async def _serve_verifier(
@@ -176,8 +147,10 @@ async def _serve_verifier(
     drafters = {d.name: i for i, d in enumerate(problem.drafters)}
     pacer = paced(sc)
     async with trio.open_nursery() as nursery:
-        link = await _records_link(sc, nursery, router=router, cred=cred, server=server,
-                                   sink=mine.for_node(cred.node))  # fmt: skip
+        link = await open_records_link(
+            nursery, router, cred, server=server, what="router", sink=mine.for_node(cred.node),
+            wait_s=sc.limits.reconnect_give_up_s,
+        )  # fmt: skip
         node = VerifierNode(
             k, spec, verifier_backend(sc, problem), compat=problem.compat,
             order=problem.batching, pacer=pacer, sink=link.emit,
@@ -185,7 +158,7 @@ async def _serve_verifier(
 
         async def verify(stream: trio.abc.Stream, who: str) -> None:
             if who not in drafters:
-                _refuse(link.emit, who, f"{who} is not a drafter of the scenario")
+                refuse(link.emit, f"{who} is not a drafter of the scenario", who)
                 await trio.aclose_forcefully(stream)
                 return
             await node.serve_drafter(stream, drafter=drafters[who])
@@ -223,7 +196,7 @@ def run_verifier(
             f"--id must be in [0, {len(problem.verifiers) - 1}] (the scenario's verifiers), "
             f"got {index}"
         )
-    mine = _local_log(out_dir, sc.planner.policy)
+    mine = node_log(out_dir, sc.planner.policy)
     try:
         serve = functools.partial(
             _serve_verifier, k=index, listen=listen, router=router, cred=cred, server=server,
@@ -244,8 +217,10 @@ async def _serve_drafter(
     backend, prompt, answer_cap = drafter_backend(sc, problem, i)
     pacer = paced(sc)
     async with trio.open_nursery() as nursery:
-        link = await _records_link(sc, nursery, router=router, cred=cred, server=server,
-                                   sink=mine.for_node(cred.node))  # fmt: skip
+        link = await open_records_link(
+            nursery, router, cred, server=server, what="router", sink=mine.for_node(cred.node),
+            wait_s=sc.limits.reconnect_give_up_s,
+        )  # fmt: skip
         epoch = link.queue.epoch
         to_router = await _joined(router, cred, server, "route", epoch)
         streams = {
@@ -289,7 +264,7 @@ def run_dsd_drafter(
             f"--verifier must give the address of every verifier {problem.drafters[index].name} "
             f"reaches ({', '.join(need)}), got none for {', '.join(missing)}"
         )
-    mine = _local_log(out_dir, sc.planner.policy)
+    mine = node_log(out_dir, sc.planner.policy)
     try:
         serve = functools.partial(
             _serve_drafter, i=index, router=router, verifiers=verifiers, cred=cred,

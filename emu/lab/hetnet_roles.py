@@ -29,8 +29,8 @@ from typing import Any
 import trio
 
 from emu.errors import ConfigError
-from emu.lab.door import Channel, Door, RecordsLink, join, serve_records
-from emu.lab.roles import FAREWELL_S, RunLog, collecting, lab_clock
+from emu.lab.door import Channel, Door, join, open_records_link, refuse, serve_records
+from emu.lab.roles import FAREWELL_S, RunLog, collecting, lab_clock, node_log
 from emu.lab.tls import Credentials, Gate, dial
 from emu.models.hetnet import HetnetModels, hetnet_models, predicting
 from emu.planner import get_policy
@@ -72,29 +72,6 @@ def hetnet_for_lab(sc: Scenario) -> HetnetModels:
     return hetnet_models(sc, problem)
 
 
-def _refuse(sink: Any, who: str, why: str) -> None:
-    sink({"ev": "refused", "t": trio.current_time(), "claims": who, "why": why})
-
-
-async def _records_link(
-    nursery: trio.Nursery, to: tuple[str, int], cred: Credentials, sink: Any, *, wait_s: float
-) -> RecordsLink:
-    """The node's records channel to the small cell; its clock measured within ``wait_s``
-    (0: not waited for)."""
-    link = RecordsLink(to, cred, server=SMALL, sink=sink)
-    nursery.start_soon(link.run)
-    if wait_s > 0:
-        with trio.move_on_after(wait_s):
-            await link.measured.wait()
-        if not link.measured.is_set():
-            await link.close(timeout_s=0.0)
-            raise ConfigError(
-                f"--connect: no small cell admitted {cred.node} at {to[0]}:{to[1]} within "
-                f"{wait_s:g} s (limits.reconnect_give_up_s)"
-            )
-    return link
-
-
 async def _serve_macro(
     sc: Scenario, *, listen: tuple[str, int], small: tuple[str, int], cred: Credentials,
     mine: RunLog, duration_s: float,
@@ -104,14 +81,15 @@ async def _serve_macro(
     pacer = paced(sc)
     async with trio.open_nursery() as nursery:
         # Its records reach the small cell once it is up (it dials this cell first).
-        link = await _records_link(nursery, small, cred, mine.for_node(MACRO), wait_s=0.0)
+        link = await open_records_link(nursery, small, cred, server=SMALL, what="small cell",
+                                       sink=mine.for_node(MACRO), wait_s=0.0)  # fmt: skip
         mbs = MacroCellNode(MacroCellCore(discipline=problem.discipline),
                             models.verifier(problem, Streams(sc.sim.seed)), pacer=pacer,
                             sink=link.emit)  # fmt: skip
 
         async def fronthaul(stream: trio.abc.Stream, who: str) -> None:
             if who != SMALL:
-                _refuse(link.emit, who, f"only the small cell ({SMALL}) sends rounds, not {who}")
+                refuse(link.emit, f"only the small cell ({SMALL}) sends rounds, not {who}", who)
                 await trio.aclose_forcefully(stream)
                 return
             await mbs.serve_stream(stream)
@@ -139,9 +117,7 @@ def run_macro_cell(
 ) -> dict[str, Any]:  # fmt: skip
     """The macro cell: verify the small cell's rounds until signalled or ``duration_s``."""
     hetnet_for_lab(sc)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    mine = RunLog(out_dir, sc.planner.policy)
+    mine = node_log(out_dir, sc.planner.policy)
     try:
         serve = functools.partial(_serve_macro, listen=listen, small=small, cred=cred,
                                   mine=mine, duration_s=duration_s)  # fmt: skip
@@ -181,7 +157,7 @@ async def _serve_small(
 
     async def uplink(stream: trio.abc.Stream, who: str) -> None:
         if who not in tasks:
-            _refuse(log, who, f"{who} is not a task's user of the scenario")
+            refuse(log, f"{who} is not a task's user of the scenario", who)
             await trio.aclose_forcefully(stream)
             return
         await sbs.serve_user(stream, task=tasks[who])
@@ -252,8 +228,10 @@ async def _serve_task_user(
     models = hetnet_for_lab(sc)
     problem = models.problem
     async with trio.open_nursery() as nursery:
-        link = await _records_link(nursery, small, cred, mine.for_node(cred.node),
-                                   wait_s=sc.limits.reconnect_give_up_s)  # fmt: skip
+        link = await open_records_link(
+            nursery, small, cred, server=SMALL, what="small cell",
+            sink=mine.for_node(cred.node), wait_s=sc.limits.reconnect_give_up_s,
+        )  # fmt: skip
         stream = await dial(*small, cred, server=SMALL)
         await join(stream, cred, channel="uplink", epoch=link.queue.epoch)
         print(f"ready: {cred.node} to {small[0]}:{small[1]} ({cred.auth})", flush=True)
@@ -280,9 +258,7 @@ def run_task_user(
     problem = hetnet_for_lab(sc).problem
     if not 0 <= index < problem.size:
         raise ConfigError(f"--id must be in [0, {problem.size - 1}] (users.count), got {index}")
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    mine = RunLog(out_dir, sc.planner.policy)
+    mine = node_log(out_dir, sc.planner.policy)
     try:
         serve = functools.partial(_serve_task_user, small=small, cred=cred, mine=mine)
         return trio.run(serve, sc, index, clock=lab_clock(sc, skew_ms))

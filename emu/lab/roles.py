@@ -256,14 +256,19 @@ def run_edge(
     return collecting(sc, out_dir, serve)
 
 
+def node_log(out_dir: Path | None, policy: str) -> RunLog:
+    """A node's own copy of its records, in ``out_dir`` (None: kept nowhere)."""
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    return RunLog(out_dir, policy)
+
+
 def collecting(
     sc: Scenario, out_dir: Path | None, serve: Callable[[RunLog], dict[str, Any]]
 ) -> dict[str, Any]:
     """``serve(log)``, a run's head node (DiP-SD's edge, DSD's router) that files every node's
     records into ``out_dir`` through ``log``; the summary it returns, written there as well."""
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    log = RunLog(out_dir, sc.planner.policy)
+    log = node_log(out_dir, sc.planner.policy)
     try:
         out = serve(log)
     finally:

@@ -7,36 +7,14 @@ greedily."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from emu.lab.certs import init_lab
 from emu.models.build import read_sessions
 from emu.runners.journal import JOURNAL, journal_sessions
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _start(*args: str, log: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "emu.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=log.open("w"),
-        text=True,
-        env=env,
-    )
-
-
-def _ready(p: subprocess.Popen[str], log: Path) -> None:
-    assert p.stdout is not None
-    line = p.stdout.readline()  # the edge prints ``ready: ...`` once it listens
-    assert line.startswith("ready"), log.read_text()[-2000:]
+from tests.lab_processes import await_ready, free_port, start
 
 
 def _committed(run: Path) -> int:
@@ -51,26 +29,20 @@ def _wait_for(cond: object, what: str, timeout_s: float = 120.0) -> None:
         time.sleep(0.1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_an_edge_restarted_mid_session_goes_on_losslessly_with_real_models(
     tmp_path: Path,
 ) -> None:
     init_lab(tmp_path / "lab", ["edge", "u0"])
     sc = tmp_path / "sc.toml"
     sc.write_text('[users]\ncount = 1\n[models]\nkind = "embedded"\n[sim]\nmax_new_tokens = 40\n')
-    port = str(_free_port())
+    port = str(free_port())
     run = tmp_path / "run"
     edge_args = ["edge", str(sc), "--listen", f"127.0.0.1:{port}", "--lab", str(tmp_path / "lab")]
-    edge = _start(*edge_args, "--out", str(run), log=tmp_path / "edge1.log")
+    edge = start(*edge_args, "--out", str(run), log=tmp_path / "edge1.log")
     user = None
     try:
-        _ready(edge, tmp_path / "edge1.log")
-        user = _start(
+        await_ready(edge, tmp_path / "edge1.log")
+        user = start(
             *["user", str(sc), "--connect", f"127.0.0.1:{port}", "--lab", str(tmp_path / "lab")],
             *["--id", "0", "--out", str(tmp_path / "u0"), "--json"],
             log=tmp_path / "u0.log",
@@ -80,8 +52,8 @@ def test_an_edge_restarted_mid_session_goes_on_losslessly_with_real_models(
         edge.wait(timeout=10)
         before = _committed(run)
         assert not (run / "summary.json").exists()
-        edge = _start(*edge_args, "--out", str(run), log=tmp_path / "edge2.log")
-        _ready(edge, tmp_path / "edge2.log")
+        edge = start(*edge_args, "--out", str(run), log=tmp_path / "edge2.log")
+        await_ready(edge, tmp_path / "edge2.log")
         _wait_for(lambda: _committed(run) >= before + 20, "nothing committed after the restart")
         edge.send_signal(signal.SIGTERM)
         assert edge.wait(timeout=300) == 0, (tmp_path / "edge2.log").read_text()[-2000:]

@@ -1,0 +1,34 @@
+"""Lab commands as processes on loopback, for the lab tests: a free port, a command started
+as a lab would start it on its machine, and its ``ready`` line awaited."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(*args: str, log: Path) -> subprocess.Popen[str]:
+    """``draftnet ARGS`` (as ``python -m emu.cli``), its stderr into ``log``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "emu.cli", *args],
+        stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env=env,
+    )  # fmt: skip
+
+
+def await_ready(p: subprocess.Popen[str], log: Path) -> None:
+    """The command's first line says it is ready (its log's tail in the failure if not)."""
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    assert line.startswith("ready"), log.read_text()[-2000:]
