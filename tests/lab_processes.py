@@ -32,3 +32,11 @@ def await_ready(p: subprocess.Popen[str], log: Path) -> None:
     assert p.stdout is not None
     line = p.stdout.readline()
     assert line.startswith("ready"), log.read_text()[-2000:]
+
+
+def kill_left(procs: dict[str, subprocess.Popen[str]]) -> None:
+    """Kill whatever is still running (a test that failed half-way leaves nothing behind)."""
+    for p in procs.values():
+        if p.poll() is None:
+            p.kill()
+            p.wait()

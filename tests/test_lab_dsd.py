@@ -16,7 +16,7 @@ from emu.errors import RemoteProtocolError
 from emu.lab.certs import init_lab
 from nodes.dsd import check_sender
 from nodes.protocol.dsd import QueueReport, Route
-from tests.lab_processes import await_ready, free_port, start
+from tests.lab_processes import await_ready, free_port, kill_left, start
 
 SKEW_MS = 2000.0
 
@@ -97,10 +97,7 @@ def test_the_dsd_roles_run_as_lab_commands_and_the_router_gathers_the_run(
         procs["router"].send_signal(signal.SIGTERM)
         assert procs["router"].wait(timeout=30) == 0, (tmp_path / "router.log").read_text()
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_left(procs)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["auth"] == "mtls" and summary["refused"] == []
     res = summary["results"]["static"]

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from emu.lab.certs import init_lab
-from tests.lab_processes import ROOT, await_ready, free_port, start
+from tests.lab_processes import ROOT, await_ready, free_port, kill_left, start
 
 SMALL = str(ROOT / "scenarios" / "hetnet-small.toml")
 SKEW_MS = 2000.0
@@ -47,10 +47,7 @@ def test_the_hetnet_roles_run_as_lab_commands_and_the_small_cell_gathers_the_run
         procs["mbs"].send_signal(signal.SIGTERM)
         assert procs["mbs"].wait(timeout=30) == 0, (tmp_path / "mbs.log").read_text()
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_left(procs)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["auth"] == "mtls" and summary["refused"] == []
     res = summary["results"]["hetnet"]

@@ -211,18 +211,11 @@ def cmd_router(args: argparse.Namespace, load: Callable[[argparse.Namespace], An
 
 
 def cmd_verifier(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]) -> Any:
-    from emu.lab.dsd_roles import dsd_problem_for_lab, run_verifier
+    from emu.lab.dsd_roles import dsd_problem_for_lab, run_verifier, verifier_name
 
     serve_s = _serve_s(args)
     sc = _lab_scenario(args, load)
-    names = [v.name for v in dsd_problem_for_lab(sc).verifiers]
-    if not 0 <= args.index < len(names):
-        from emu.errors import ConfigError
-
-        raise ConfigError(
-            f"--id must be in [0, {len(names) - 1}] (the scenario's verifiers), got {args.index}"
-        )
-    cred = _credentials(args, names[args.index], serves=True)
+    cred = _credentials(args, verifier_name(dsd_problem_for_lab(sc), args.index), serves=True)
     return run_verifier(
         sc, index=args.index, listen=args.listen, router=args.connect, cred=cred,
         server=args.server_name, out_dir=args.out, duration_s=serve_s,
@@ -231,19 +224,16 @@ def cmd_verifier(args: argparse.Namespace, load: Callable[[argparse.Namespace], 
 
 
 def _cmd_dsd_drafter(args: argparse.Namespace, sc: Any) -> Any:
-    from emu.errors import ConfigError
-    from emu.lab.dsd_roles import dsd_problem_for_lab, run_dsd_drafter
+    from emu.lab.dsd_roles import drafter_name, dsd_problem_for_lab, run_dsd_drafter
 
-    names = [d.name for d in dsd_problem_for_lab(sc).drafters]
-    if not 0 <= args.index < len(names):
-        raise ConfigError(f"--id must be in [0, {len(names) - 1}] (dsd.drafters), got {args.index}")
-    cred = _credentials(args, names[args.index], serves=False)
+    name = drafter_name(dsd_problem_for_lab(sc), args.index)
+    cred = _credentials(args, name, serves=False)
     doc = run_dsd_drafter(
         sc, index=args.index, router=args.connect, verifiers=dict(args.verifiers), cred=cred,
         server=args.server_name or "router", out_dir=args.out, skew_ms=args.clock_skew_ms,
     )  # fmt: skip
     if not args.json:
-        print(f"{names[args.index]}: {len(doc['finished'])} conversations", file=sys.stderr)
+        print(f"{name}: {len(doc['finished'])} conversations", file=sys.stderr)
     return doc
 
 

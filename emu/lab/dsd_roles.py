@@ -42,9 +42,35 @@ from emu.runners.sim_dsd import deal, dsd_problem_of
 from emu.scenario import Scenario
 from nodes.dsd import DrafterNode, RouterNode, VerifierNode
 
-__all__ = ["dsd_problem_for_lab", "run_dsd_drafter", "run_router", "run_verifier"]
+__all__ = [
+    "drafter_name",
+    "dsd_problem_for_lab",
+    "run_dsd_drafter",
+    "run_router",
+    "run_verifier",
+    "verifier_name",
+]
 
 ROUTER = "router"  # the router's node name (its certificate's)
+
+
+def verifier_name(problem: DsdProblem, index: int) -> str:
+    """Verifier ``index``'s node name (a ConfigError naming --id if there is none)."""
+    if not 0 <= index < len(problem.verifiers):
+        raise ConfigError(
+            f"--id must be in [0, {len(problem.verifiers) - 1}] (the scenario's verifiers), "
+            f"got {index}"
+        )
+    return problem.verifiers[index].name
+
+
+def drafter_name(problem: DsdProblem, index: int) -> str:
+    """Drafter ``index``'s node name (a ConfigError naming --id if there is none)."""
+    if not 0 <= index < len(problem.drafters):
+        raise ConfigError(
+            f"--id must be in [0, {len(problem.drafters) - 1}] (dsd.drafters), got {index}"
+        )
+    return problem.drafters[index].name
 
 
 def dsd_problem_for_lab(sc: Scenario) -> DsdProblem:
@@ -191,11 +217,7 @@ def run_verifier(
     """Verifier ``index`` of the scenario, serving its drafters until signalled or
     ``duration_s`` pass; its account of the run (sent to the router as well)."""
     problem = dsd_problem_for_lab(sc)
-    if not 0 <= index < len(problem.verifiers):
-        raise ConfigError(
-            f"--id must be in [0, {len(problem.verifiers) - 1}] (the scenario's verifiers), "
-            f"got {index}"
-        )
+    verifier_name(problem, index)
     mine = node_log(out_dir, sc.planner.policy)
     try:
         serve = functools.partial(
@@ -253,15 +275,12 @@ def run_dsd_drafter(
     through the router at ``router`` and the verifiers at ``verifiers`` (by name); its
     account of the run (sent to the router as well)."""
     problem = dsd_problem_for_lab(sc)
-    if not 0 <= index < len(problem.drafters):
-        raise ConfigError(
-            f"--id must be in [0, {len(problem.drafters) - 1}] (dsd.drafters), got {index}"
-        )
-    need = [v.verifier for v in problem.reachable(problem.drafters[index].name)]
+    name = drafter_name(problem, index)
+    need = [v.verifier for v in problem.reachable(name)]
     missing = [v for v in need if v not in verifiers]
     if missing:
         raise ConfigError(
-            f"--verifier must give the address of every verifier {problem.drafters[index].name} "
+            f"--verifier must give the address of every verifier {name} "
             f"reaches ({', '.join(need)}), got none for {', '.join(missing)}"
         )
     mine = node_log(out_dir, sc.planner.policy)
@@ -272,6 +291,6 @@ def run_dsd_drafter(
         )  # fmt: skip
         return trio.run(serve, sc, problem, clock=lab_clock(sc, skew_ms))
     except PeerGone as exc:
-        raise PeerGone(f"{problem.drafters[index].name}: {exc}") from exc
+        raise PeerGone(f"{name}: {exc}") from exc
     finally:
         mine.close()
