@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Main-job benchmark (root): dipsd measured against predicted on Mininet with 0, 5 and 20 ms of
-jitter on every user's links, and the main job's wall time.
+"""Main-job benchmark (root): the planner's policies measured against predicted on Mininet with
+0, 5 and 20 ms of jitter on every user's links, and the main job's wall time.
 
 The jitter cases: synthetic backends with profile timing (the paper's devices) over fixed 3 ms
-links, so the figures isolate the network; each case is one `draftnet run`. Then the main job
-exactly as `make run` runs it (the embedded default), for its figures and wall time.
+links, so the figures isolate the network; each case is one `draftnet run` of every policy in
+``--policies``. Then (unless ``--no-main``) the main job exactly as `make run` runs it (the
+embedded default), for its figures and wall time.
 
     sudo .venv/bin/python scripts/bench_run.py [--users 4] [--duration 30]
+        [--policies dipsd,jitter-aware] [--no-main]
 """
 
 from __future__ import annotations
@@ -39,16 +41,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=4)
     ap.add_argument("--duration", type=float, default=30.0)
+    ap.add_argument("--policies", default="dipsd", help="comma-separated (default: dipsd)")
+    ap.add_argument("--no-main", action="store_true", help="skip the main job")
     args = ap.parse_args()
+    policies = args.policies.split(",")
     print(f"machine: {platform.node()} {platform.machine()} python {platform.python_version()}")
+    print(f"## on Mininet, {args.users} users, {args.duration:g} s, synthetic, profile timing")
     print(
-        f"## dipsd on Mininet, {args.users} users, {args.duration:g} s, synthetic, profile timing"
+        "| jitter ms | policy | measured tok/s | predicted tok/s | measured / predicted "
+        "| late drafts | replans | wall s |"
     )
-    print(
-        "| jitter ms | measured tok/s | predicted tok/s | measured / predicted | late drafts "
-        "| replans | wall s |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for jitter in (0.0, 5.0, 20.0):
             sc = Path(tmp) / f"j{jitter:g}.toml"
@@ -57,15 +60,20 @@ def main() -> None:
             )
             doc, wall = run(
                 [str(sc), "--users", str(args.users), "--duration", str(args.duration),
-                 "--policy", "dipsd", "--out", str(Path(tmp) / f"run{jitter:g}")]
+                 *[a for p in policies for a in ("--policy", p)],
+                 "--out", str(Path(tmp) / f"run{jitter:g}")]
             )  # fmt: skip
-            r = doc["results"]["dipsd"]
-            print(
-                f"| {jitter:g} | {r['throughput_tok_s']:.2f} | {r['predicted_tok_s']:.2f} | "
-                f"{r['throughput_tok_s'] / r['predicted_tok_s']:.3f} | {r['late_drafts']} | "
-                f"{r['replans']} | {wall:.0f} |",
-                flush=True,
-            )
+            for policy in policies:
+                r = doc["results"][policy]
+                print(
+                    f"| {jitter:g} | {policy} | {r['throughput_tok_s']:.2f} | "
+                    f"{r['predicted_tok_s']:.2f} | "
+                    f"{r['throughput_tok_s'] / r['predicted_tok_s']:.3f} | {r['late_drafts']} | "
+                    f"{r['replans']} | {wall:.0f} |",
+                    flush=True,
+                )
+        if args.no_main:
+            return
         # The main job as `make run` runs it: the embedded default, nothing changed.
         doc, wall = run(["--out", str(Path(tmp) / "main")])
     print(

@@ -18,7 +18,7 @@ from emu.deploy.runtime import (
     synthetic_verifier,
     with_comm,
 )
-from emu.planner import evaluate
+from emu.planner.stochastic import stochastic_evaluate
 from emu.runners.emulate import radio_priors
 from emu.runners.sim import simulate
 from emu.scenario import load_scenario, scenario_toml
@@ -45,7 +45,7 @@ def test_sim_and_run_plan_the_default_scenario_identically(tmp_path: Path) -> No
     # What `run` does before it starts a host: the radio series and the users' priors, then the
     # scenario each node process loads.
     (tmp_path / "run").mkdir()
-    npz, comm = radio_priors(sc, tmp_path / "run")
+    npz, comm, noise = radio_priors(sc, tmp_path / "run")
     assert npz is not None and comm is not None
     assert min(comm) > 2 * sc.users.comm_ms  # the radio's priors, not the file's 3 ms
     node_file = tmp_path / "run" / "scenario.toml"
@@ -53,13 +53,13 @@ def test_sim_and_run_plan_the_default_scenario_identically(tmp_path: Path) -> No
         scenario_toml(node_scenario(sc, policy="dipsd", time_scale=1.0, comm_ms=comm))
     )
     edge_problem = node_problem(load_scenario(node_file))
-    run_problem = with_comm(sc.problem(), comm)  # the run's prediction
+    run_problem = with_comm(sc.problem(), comm, noise)  # the run's prediction
     assert edge_problem == run_problem
 
     plan = memo_planner("dipsd")(edge_problem, None)
     assert [list(b) for b in plan.batches] == sim_plan["batches"]
     assert list(plan.draft_len) == sim_plan["draft_len"]
-    assert evaluate(run_problem, plan).throughput_tok_s == sim["predicted_tok_s"]
+    assert stochastic_evaluate(run_problem, plan).throughput_tok_s == sim["predicted_tok_s"]
 
     # The same radio links: the series the shaper follows is the trace the simulation draws.
     trace = generate(sc.radio, sc.users.count, sc.sim.duration_s, Streams(sc.sim.seed).radio())

@@ -14,8 +14,8 @@ import trio
 import trio.testing
 
 from channel_models.link import LinkState
-from emu.deploy.runtime import radio_comm_ms
-from emu.planner import Plan, Problem, plan_for
+from emu.deploy.runtime import radio_comm_ms, with_comm
+from emu.planner import Plan, Problem, evaluate, plan_for
 from emu.results.metrics import Recorder
 from emu.runners.sim import simulate
 from emu.runners.simlink import link_pair, traced
@@ -321,20 +321,21 @@ def test_sim_over_radio_links_uses_each_users_link_states() -> None:
     out = simulate(sc, ["dipsd", "ad-batch"])
     for r in out["results"].values():
         assert r["protocol_errors"] == 0 and r["tokens"] > 0 and r["users_started"] == 6
-    # Without drafts there are no deadlines to miss: the prediction (from mean link times)
-    # nearly holds. The pipelined plan's drafts miss deadlines when HARQ and scheduling
-    # stretch a round, so it falls further below its prediction, yet stays ahead.
+    # Without drafts there are no deadlines to miss: the prediction nearly holds. The
+    # pipelined plan's drafts miss deadlines when HARQ and scheduling stretch a round; the
+    # stochastic model (each user's link times from its radio series, the edge's deadline)
+    # predicts what that costs, where the published model (mean link times) is high.
     ab, dp = out["results"]["ad-batch"], out["results"]["dipsd"]
     assert ab["throughput_tok_s"] == pytest.approx(ab["predicted_tok_s"], rel=0.1)
     assert ab["late_drafts"] == 0 < dp["late_drafts"]
-    assert (
-        dp["throughput_tok_s"] / dp["predicted_tok_s"]
-        < ab["throughput_tok_s"] / ab["predicted_tok_s"]
-    )
+    assert dp["throughput_tok_s"] == pytest.approx(dp["predicted_tok_s"], rel=0.03)
     assert dp["throughput_tok_s"] > ab["throughput_tok_s"]
     # The planner's prior for each user's link is that user's radio: they differ.
     radio = generate(sc.radio, 6, 20.0, Streams(sc.sim.seed).radio())
     comm = radio_comm_ms(sc, radio.up, radio.down)
+    on_means = with_comm(sc.problem(), comm)
+    mean_model = evaluate(on_means, plan_for("dipsd", on_means)).throughput_tok_s
+    assert mean_model > 1.03 * dp["predicted_tok_s"]
     assert len(set(comm)) == 6 and min(comm) > sc.radio.core_delay_ms * 2
 
 
@@ -529,10 +530,9 @@ async def test_a_slow_planner_in_its_thread_leaves_the_link_estimates_alone() ->
 
 def test_the_stochastic_model_predicts_the_simulation_under_jitter_and_the_mean_model_not() -> None:
     """dipsd's plan on links with 10 ms of half-normal jitter each way: the stochastic cost
-    model (each batch waits for its slowest member's draw) predicts the simulated throughput;
-    the published model, which plans with means, overestimates it."""
-    from emu.planner import evaluate
-    from emu.planner.stochastic import LinkNoise, stochastic_evaluate
+    model (each batch waits for its members' draws up to the edge's deadline) predicts the
+    simulated throughput; the published model, which plans with means, overestimates it."""
+    from emu.planner.stochastic import stochastic_evaluate
 
     sc = load_scenario(overrides={
         "models.kind": "synthetic", "network.model": "fixed", "network.jitter_ms": 10.0,
@@ -541,7 +541,20 @@ def test_the_stochastic_model_predicts_the_simulation_under_jitter_and_the_mean_
     measured = simulate(sc, ["dipsd"])["results"]["dipsd"]["throughput_tok_s"]
     p = sc.problem()
     plan = plan_for("dipsd", p)
-    noise = [LinkNoise(10.0, sc.network.loss, sc.network.rto_ms)] * p.size
-    stochastic = stochastic_evaluate(p, plan, noise, noise).throughput_tok_s
+    stochastic = stochastic_evaluate(p, plan).throughput_tok_s
     assert abs(stochastic / measured - 1) < 0.025, (stochastic, measured)
     assert evaluate(p, plan).throughput_tok_s / measured - 1 > 0.10
+
+
+def test_jitter_aware_holds_its_prediction_at_20_ms_of_jitter() -> None:
+    """The jitter-aware policy at 20 ms of half-normal jitter each way (where dipsd's mean
+    model is 30% high): its measured throughput is within 3% of what it predicts, and its
+    prediction is the stochastic model's, not the means'."""
+    sc = load_scenario(overrides={
+        "models.kind": "synthetic", "network.model": "fixed", "network.jitter_ms": 20.0,
+        "sim.duration_s": 60.0, "users.count": 6,
+    })  # fmt: skip
+    got = simulate(sc, ["jitter-aware"])["results"]["jitter-aware"]
+    assert abs(got["throughput_tok_s"] / got["predicted_tok_s"] - 1) < 0.03, got
+    mean_model = evaluate(sc.problem(), plan_for("jitter-aware", sc.problem())).throughput_tok_s
+    assert mean_model > 1.2 * got["predicted_tok_s"]

@@ -18,8 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from emu.errors import ConfigError
-from emu.planner import Plan, evaluate
+from emu.planner import Plan
 from emu.planner.model import Edge, Problem, User
+from emu.planner.stochastic import stochastic_evaluate
 from emu.scenario import Scenario
 from emu.shaping.spec import LinkSpec, ServerLink
 from nodes.core.route import RouterCore
@@ -127,12 +128,13 @@ class Deployment:
         }
 
     def predicted_tok_s(self, planner: Callable[[Problem, Plan | None], Plan]) -> float:
-        """The throughput the verifiers' first plans predict, all together."""
+        """The throughput the verifiers' first plans predict, all together: the stochastic
+        model's expectation with the links' noise, the published model's without."""
         total = 0.0
         for v, users in self.groups.items():
             if users:
                 problem = self.served(v)
-                total += evaluate(problem, planner(problem, None)).throughput_tok_s
+                total += stochastic_evaluate(problem, planner(problem, None)).throughput_tok_s
         return total
 
 

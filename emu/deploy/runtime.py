@@ -11,7 +11,10 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from emu.planner import Plan, plan_for
+from emu.planner.lattice import Lattice, LinkNoise
 from emu.planner.model import Problem
 from emu.scenario import Scenario
 from emu.scenario.sections import UserOverride
@@ -89,11 +92,48 @@ def radio_comm_ms(sc: Scenario, up: LinkSeries, down: LinkSeries) -> tuple[float
     )
 
 
-def with_comm(problem: Problem, comm_ms: Sequence[float]) -> Problem:
-    """The problem with each user's communication time per round replaced."""
+OUTAGE_MS = 2000.0  # the longest link time per round a radio tick stands for
+
+
+def radio_comm_noise(
+    sc: Scenario, up: LinkSeries, down: LinkSeries, comm_ms: Sequence[float]
+) -> tuple[Lattice, ...]:
+    """Each user's link time per round on its radio links beyond its prior ``comm_ms``
+    (``radio_comm_ms``), as the stochastic model's noise: the link time of each tick of the
+    series (both ways' delays, and a draft up and a verdict down at that tick's rates), every
+    tick equally likely, plus each way's jitter and retransmissions at the series' mean jitter
+    and loss. A tick whose rates would take longer than ``OUTAGE_MS`` counts as that long: the
+    message of an outage waits for the link's return, not for a rate of nearly nothing."""
+    r, rto = sc.radio, sc.network.rto_ms
+    out = []
+    for i, c in enumerate(comm_ms):
+        per_tick = np.minimum(
+            up.delay_ms[i]
+            + down.delay_ms[i]
+            + 8e3 * r.payload_up_bytes / up.rate_bps[i]
+            + 8e3 * r.payload_down_bytes / down.rate_bps[i],
+            OUTAGE_MS,
+        )
+        ways = [
+            LinkNoise(float(s.jitter_ms[i].mean()), float(s.loss[i].mean()), rto).lattice()
+            for s in (up, down)
+        ]
+        out.append(Lattice.empirical(per_tick).shift(-c) + ways[0] + ways[1])
+    return tuple(out)
+
+
+def with_comm(
+    problem: Problem, comm_ms: Sequence[float], noise: Sequence[Lattice | None] | None = None
+) -> Problem:
+    """The problem with each user's communication time per round replaced (and its noise,
+    where given)."""
     users = tuple(
         dataclasses.replace(u, comm_ms=c) for u, c in zip(problem.users, comm_ms, strict=True)
     )
+    if noise is not None:
+        users = tuple(
+            dataclasses.replace(u, comm_noise=n) for u, n in zip(users, noise, strict=True)
+        )
     return dataclasses.replace(problem, users=users)
 
 

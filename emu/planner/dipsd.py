@@ -23,7 +23,14 @@ from emu.planner.cost import Plan, Tableau
 from emu.planner.lengths import optimise_lengths
 from emu.planner.model import FloatArray, IntArray, Problem, expected_tokens
 
-__all__ = ["Incumbent", "dipsd", "min_feasible_batches", "scan_batches", "solo_lengths"]
+__all__ = [
+    "Incumbent",
+    "dipsd",
+    "min_feasible_batches",
+    "replan_warm",
+    "scan_batches",
+    "solo_lengths",
+]
 
 # Pairwise swaps in the polish cost O(M^2) length steps: only on small instances.
 _MAX_SWAP_USERS = 10
@@ -237,7 +244,7 @@ def dipsd(problem: Problem, *, improve: bool = True, previous: Plan | None = Non
     M = problem.size
     small = M <= _MAX_SWAP_USERS
     if improve and previous is not None and M > _LARGE_USERS:
-        return _warm(problem, previous)
+        return replan_warm(problem, previous)
     paper_start = np.full(M, problem.initial_draft_len, dtype=np.int64)
     inc = scan_batches(problem, [paper_start], optimise=True, improve=False)
     if not improve:
@@ -280,8 +287,10 @@ def _polish_for(problem: Problem, inc: Incumbent) -> None:
         polish(problem, inc, budget=min(32, max(8, 1600 // M)))
 
 
-def _warm(problem: Problem, previous: Plan) -> Plan:
-    """Re-plan from ``previous``: its own plan, then the alternation at its N and N +- 1."""
+def replan_warm(problem: Problem, previous: Plan) -> Plan:
+    """Re-plan from ``previous`` (a plan for the same users): its own plan, then the
+    alternation from its lengths and the fixed length at its N and N +- 1, then the polish.
+    Never worse than ``previous`` under ``problem``'s cost model."""
     previous.check(problem)
     tab = Tableau(problem)
     inc = Incumbent()

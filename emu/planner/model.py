@@ -16,10 +16,12 @@ import numpy as np
 import numpy.typing as npt
 
 from emu.errors import ConfigError, Infeasible
+from emu.planner.lattice import Lattice
 
 __all__ = [
     "BYTES_PER_PARAM",
     "MAX_USERS",
+    "CloseRule",
     "Edge",
     "LatencyModel",
     "ModelArch",
@@ -137,6 +139,10 @@ class User:
     prefix_len: context length i_m [tokens].
     comm_ms: communication latency per round tau_c_m [ms].
     draft: the draft model run on the device; device: its affine latency model.
+    comm_noise: what a round's communication takes beyond comm_ms, as a distribution (its
+    link's jitter and retransmissions, or what the edge measured); None: nothing, the published
+    model's user. The mean model ignores it; the stochastic model (emu.planner.stochastic)
+    and the jitter-aware policy plan with it.
     """
 
     alpha: float
@@ -145,6 +151,7 @@ class User:
     draft: ModelArch
     device: LatencyModel
     name: str = ""
+    comm_noise: Lattice | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         who = self.name or "user"
@@ -166,6 +173,20 @@ class User:
             self.comm_ms,
             "must be a finite number >= 0",
         )
+        n = self.comm_noise
+        if n is not None:
+            _check(
+                isinstance(n, Lattice)
+                and math.isfinite(n.t0_ms)
+                and n.step_ms > 0
+                and bool(np.isfinite(n.pmf).all() and (n.pmf >= 0).all())
+                and abs(float(n.pmf.sum()) - 1.0) < 1e-6
+                and self.comm_ms + n.t0_ms >= -1e-9,
+                f"{who}.comm_noise",
+                n,
+                "must be a distribution (a Lattice of probabilities summing to 1) that never "
+                "makes comm_ms + noise negative",
+            )
 
     @property
     def draft_ms_per_token(self) -> float:
@@ -173,13 +194,31 @@ class User:
         return self.device(1, float(draft_flops(self.draft, self.prefix_len)))
 
 
+@dataclass(frozen=True, slots=True)
+class CloseRule:
+    """How the edge closes a batch whose drafts are not all in (``nodes.core.schedule``'s
+    staged pipeline): at ``1 + tolerance`` times its members' latest expected ready time plus
+    ``grace_ms``, without the late drafts, which are verified at their batch's next turn."""
+
+    tolerance: float = 0.25
+    grace_ms: float = 2.0
+
+    def deadline_ms(self, expected_ready_ms: float) -> float:
+        """When a batch whose latest member is expected ready at ``expected_ready_ms`` (after
+        its last verification) closes."""
+        return (1.0 + self.tolerance) * expected_ready_ms + self.grace_ms
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Edge:
-    """The verifying server: target model shape, its latency model and memory Gamma_max."""
+    """The verifying server: target model shape, its latency model and memory Gamma_max, and
+    how it closes a batch (``close``; None: it waits for every draft, as the published model
+    assumes)."""
 
     target: ModelArch
     latency: LatencyModel
     memory_bytes: float
+    close: CloseRule | None = None
 
     def __post_init__(self) -> None:
         _check(

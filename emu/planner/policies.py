@@ -22,6 +22,7 @@ from emu.planner.dipsd import dipsd
 from emu.planner.dsd.windows import DSD_POLICIES
 from emu.planner.exact import MAX_EXACT_USERS, exact
 from emu.planner.hetnet.policies import HETNET_POLICIES
+from emu.planner.jitter import jitter_aware
 from emu.planner.model import Problem
 
 __all__ = [
@@ -117,6 +118,12 @@ for _policy in (
         "dipsd",
         "DiP-SD's joint planner (batches, order and draft lengths), improved; re-plans warm",
         lambda problem, previous: dipsd(problem, previous=previous),
+    ),
+    SolverPolicy(
+        "jitter-aware",
+        "dipsd's plan searched further for the expected throughput when each batch waits for "
+        "its members' random link times (their jitter and retransmissions, or as measured)",
+        jitter_aware,
     ),
     SolverPolicy(
         "dipsd-published",

@@ -1,7 +1,6 @@
 """The DiP-SD cost model with random ready times: each user's per-round ready time as a
 distribution, a batch's as the maximum of its members', and the cycle's expectation when each
-batch waits for all its members (issue 20, step 1: the model the jitter-aware policy will plan
-with).
+batch waits for all its members (the model the jitter-aware policy plans with).
 
 Layer: pure (emu.planner).
 
@@ -11,18 +10,18 @@ max_n (t_d_n + t_v_n)). On a real link tau_c_m is random, and the expectation of
 not the maximum of the expectations: a batch waits for its slowest member's draw each round.
 
 A member's ready time here is its mean-model ready time (``Problem.ready_ms``: its draft and its
-link's delays both ways) plus, for each way of its round trip, the extra delay the links of
-``draftnet sim`` and the emulation's shaper draw (``emu.runners.simlink``,
-``emu.shaping.schedule``): a half-normal jitter of scale ``jitter_ms``, and one ``rto_ms`` for
-every transmission lost (each with probability ``loss``, as TCP retransmits). Distributions
-live on a lattice of ``step_ms``; for independent members the maximum is exact,
-P(max <= t) = prod_m F_m(t), and so is the expected cycle when every batch waits for all its
-members: S <= s exactly when sum_n t_v_n <= s and every member m of every batch n has
-X_m + t_v_n <= s. ``monte_carlo_cycle`` samples the same model, for what is not independent.
+link's delays both ways) plus its ``User.comm_noise`` (``emu.planner.lattice``): for a link of
+``draftnet sim`` or the emulation's shaper, on each way, a half-normal jitter and one RTO for
+every transmission lost; or what the edge measured of the user's rounds. For independent
+members the maximum is exact, P(max <= t) = prod_m F_m(t), and so is the expected cycle when
+every batch waits for all its members: S <= s exactly when sum_n t_v_n <= s and every member m
+of every batch n has X_m + t_v_n <= s. ``monte_carlo_cycle`` samples the same model, for what is
+not independent.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,139 +30,84 @@ import numpy as np
 import numpy.typing as npt
 
 from emu.planner.cost import Plan
+from emu.planner.lattice import STEP_MS, Lattice, LinkNoise
 from emu.planner.model import FloatArray, Problem, expected_tokens
 
 __all__ = [
-    "STEP_MS",
-    "Lattice",
-    "LinkNoise",
+    "MAX_POINTS",
+    "Rounds",
     "StochasticEvaluation",
+    "carried",
+    "closed",
     "expected_cycle",
     "expected_max",
+    "has_noise",
     "monte_carlo_cycle",
+    "plan_rounds",
     "ready_times",
     "stochastic_evaluate",
+    "with_noise",
 ]
 
-STEP_MS = 0.05  # the lattice's step: well under a millisecond, the links' jitter scale
-_TAIL = 1e-9  # probability mass left off the far tails of jitter and retransmissions
+
+def with_noise(problem: Problem, noise: LinkNoise | Sequence[Lattice | None]) -> Problem:
+    """The problem with each user's ``comm_noise`` set: one link's noise for every user (drawn
+    up and down each round), or a distribution (or None) per user."""
+    each = [noise.round_trip()] * problem.size if isinstance(noise, LinkNoise) else list(noise)
+    if len(each) != problem.size:
+        raise ValueError(f"{len(each)} noise distributions for {problem.size} users")
+    users = tuple(
+        dataclasses.replace(u, comm_noise=n) for u, n in zip(problem.users, each, strict=True)
+    )
+    return dataclasses.replace(problem, users=users)
 
 
-@dataclass(frozen=True, slots=True)
-class Lattice:
-    """A distribution on ``t0_ms + k * step_ms``, k = 0..len(pmf) - 1."""
-
-    t0_ms: float
-    step_ms: float
-    pmf: FloatArray
-
-    @classmethod
-    def point(cls, t_ms: float, step_ms: float = STEP_MS) -> Lattice:
-        return cls(t_ms, step_ms, np.ones(1))
-
-    @property
-    def support(self) -> FloatArray:
-        return np.asarray(self.t0_ms + self.step_ms * np.arange(self.pmf.size), dtype=np.float64)
-
-    @property
-    def mean(self) -> float:
-        return float(self.pmf @ self.support)
-
-    def shift(self, d_ms: float) -> Lattice:
-        return Lattice(self.t0_ms + d_ms, self.step_ms, self.pmf)
-
-    def __add__(self, other: Lattice) -> Lattice:
-        """The sum of two independent variables on the same step."""
-        if not math.isclose(self.step_ms, other.step_ms):
-            raise ValueError(f"lattices of steps {self.step_ms} and {other.step_ms} do not add")
-        return Lattice(self.t0_ms + other.t0_ms, self.step_ms, np.convolve(self.pmf, other.pmf))
-
-    def cdf(self, t_ms: npt.ArrayLike) -> FloatArray:
-        """P(X <= t) at each t."""
-        k = np.floor((np.asarray(t_ms, dtype=np.float64) - self.t0_ms) / self.step_ms + 1e-6)
-        cum = np.concatenate(([0.0], np.cumsum(self.pmf)))
-        return np.asarray(cum[np.clip(k.astype(np.int64) + 1, 0, self.pmf.size)])
-
-    def sample(self, rng: np.random.Generator, n: int) -> FloatArray:
-        k = rng.choice(self.pmf.size, size=n, p=self.pmf / self.pmf.sum())
-        return np.asarray(self.t0_ms + self.step_ms * k, dtype=np.float64)
-
-
-@dataclass(frozen=True, slots=True)
-class LinkNoise:
-    """What one way of a user's link adds to its mean delay, per message: a half-normal jitter
-    of scale ``jitter_ms``, and ``rto_ms`` for each transmission lost with ``loss``."""
-
-    jitter_ms: float = 0.0
-    loss: float = 0.0
-    rto_ms: float = 200.0
-
-    def lattice(self, step_ms: float = STEP_MS) -> Lattice:
-        out = Lattice.point(0.0, step_ms)
-        if self.jitter_ms > 0:
-            out = out + _half_normal(self.jitter_ms, step_ms)
-        if self.loss > 0:
-            out = out + _retransmissions(self.loss, self.rto_ms, step_ms)
-        return out
-
-
-def _half_normal(sigma_ms: float, step_ms: float) -> Lattice:
-    """|N(0, sigma)| on the lattice: each point takes the mass of the step around it, so the
-    mean is kept to within a step's rounding."""
-    top = sigma_ms * math.sqrt(2.0) * _erfinv(1.0 - _TAIL)
-    edges = np.arange(0.0, top + 2 * step_ms, step_ms) - step_ms / 2
-    edges[0] = 0.0
-    cdf = np.array([math.erf(e / (sigma_ms * math.sqrt(2.0))) for e in edges])
-    pmf = np.diff(np.append(cdf, 1.0))
-    return Lattice(0.0, step_ms, pmf / pmf.sum())
-
-
-def _retransmissions(loss: float, rto_ms: float, step_ms: float) -> Lattice:
-    """K * rto_ms with K ~ Geometric: P(K = k) = loss^k (1 - loss)."""
-    if not 0 <= loss < 1:
-        raise ValueError(f"loss must be in [0, 1), got {loss}")
-    kmax = math.ceil(math.log(_TAIL) / math.log(loss)) if loss > 0 else 0
-    stride = max(1, round(rto_ms / step_ms))
-    pmf = np.zeros(kmax * stride + 1)
-    for k in range(kmax + 1):
-        pmf[k * stride] = loss**k * (1 - loss)
-    return Lattice(0.0, step_ms, pmf / pmf.sum())
-
-
-def _erfinv(y: float) -> float:
-    """The inverse of erf on [0, 1), by bisection (enough for a tail bound)."""
-    lo, hi = 0.0, 10.0
-    for _ in range(80):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if math.erf(mid) < y else (lo, mid)
-    return hi
+def has_noise(problem: Problem) -> bool:
+    """Whether any user's communication time is random."""
+    return any(u.comm_noise is not None and u.comm_noise.pmf.size > 1 for u in problem.users)
 
 
 def ready_times(
-    problem: Problem,
-    draft_len: Sequence[int] | npt.NDArray[np.int64],
-    up: Sequence[LinkNoise],
-    down: Sequence[LinkNoise],
-    step_ms: float = STEP_MS,
+    problem: Problem, draft_len: Sequence[int] | npt.NDArray[np.int64]
 ) -> list[Lattice]:
     """Each user's ready time (after its batch's verification ends): its mean-model ready
-    time (``Problem.ready_ms``) plus its links' noise both ways; a user that does not draft
-    (length 0) is ready at once, as in the mean model."""
+    time (``Problem.ready_ms``) plus its ``comm_noise``; a user that does not draft (length 0)
+    is ready at once, as in the mean model."""
     lengths = np.asarray(draft_len, dtype=np.int64)
     mean = problem.ready_ms(lengths)
-    return [
-        (up[m].lattice(step_ms) + down[m].lattice(step_ms)).shift(float(mean[m]))
-        if lengths[m] > 0
-        else Lattice.point(0.0, step_ms)
-        for m in range(problem.size)
-    ]
+    out = []
+    for m, u in enumerate(problem.users):
+        noise = u.comm_noise if u.comm_noise is not None else Lattice.point(0.0, STEP_MS)
+        out.append(noise.shift(float(mean[m])) if lengths[m] > 0 else Lattice.point(0.0))
+    return out
 
 
-def expected_max(members: Sequence[Lattice], floor_ms: float = -math.inf) -> float:
-    """E[max(floor, X_1, ..., X_n)] for independent members: exact, over the union of their
-    supports (P(max <= t) = prod_m F_m(t) at each point)."""
+MAX_POINTS = 20_000  # past this many support points, the maximum is taken on a grid
+
+
+def expected_max(
+    members: Sequence[Lattice], floor_ms: float = -math.inf, max_points: int = MAX_POINTS
+) -> float:
+    """E[max(floor, X_1, ..., X_n)] for independent members, from P(max <= t) = prod_m F_m(t).
+
+    Exact over the union of their supports when it has at most ``max_points`` points (above
+    the floor); otherwise on ``max_points`` evenly spaced points from the floor (or the lowest
+    value) to the highest value, E = low + integral of P(max > t) dt with the CDF between two
+    points taken as the mean of its values there: within one grid width of the exact value.
+    """
+    members = [x for x in members if x.top_ms > floor_ms]
     if not members:
         return floor_ms
+    low = max(floor_ms, min(x.t0_ms for x in members))
+    high = max(x.top_ms for x in members)
+    if sum(x.pmf.size for x in members) > max_points:
+        pts = np.linspace(low, high, max_points)
+        cdf = np.ones_like(pts)
+        for x in members:
+            cdf *= x.cdf(pts)
+        return low + float((1.0 - 0.5 * (cdf[:-1] + cdf[1:])).sum()) * (high - low) / (
+            max_points - 1
+        )
     pts = np.unique(np.concatenate([x.support for x in members]))
     if math.isfinite(floor_ms):
         pts = np.unique(np.append(pts[pts > floor_ms], floor_ms))
@@ -173,11 +117,15 @@ def expected_max(members: Sequence[Lattice], floor_ms: float = -math.inf) -> flo
     return float(np.diff(cdf, prepend=0.0) @ pts)
 
 
-def expected_cycle(batches: Sequence[Sequence[Lattice]], verify_ms: Sequence[float]) -> float:
+def expected_cycle(
+    batches: Sequence[Sequence[Lattice]],
+    verify_ms: Sequence[float],
+    max_points: int = MAX_POINTS,
+) -> float:
     """E[S], S = max(sum_n t_v_n, max_n (t_d_n + t_v_n)) with t_d_n the maximum of batch n's
     members' ready times (every batch waits for all its members), members independent."""
     shifted = [x.shift(v) for batch, v in zip(batches, verify_ms, strict=True) for x in batch]
-    return expected_max(shifted, floor_ms=float(sum(verify_ms)))
+    return expected_max(shifted, floor_ms=float(sum(verify_ms)), max_points=max_points)
 
 
 def monte_carlo_cycle(
@@ -194,37 +142,96 @@ def monte_carlo_cycle(
     return float(s.mean())
 
 
+def closed(x: Lattice, deadline_ms: float) -> tuple[Lattice, float]:
+    """A member's ready time as a batch that closes at ``deadline_ms`` sees it,
+    min(X, deadline) (the deadline rounded down to the lattice), and the probability that it is
+    late."""
+    k = math.floor((deadline_ms - x.t0_ms) / x.step_ms + 1e-9)
+    if k >= x.pmf.size - 1:
+        return x, 0.0
+    if k < 0:
+        return Lattice.point(deadline_ms, x.step_ms), 1.0
+    pmf = x.pmf[: k + 1].copy()
+    late = float(x.pmf[k + 1 :].sum())
+    pmf[k] += late
+    return Lattice(x.t0_ms, x.step_ms, pmf), late
+
+
+def carried(x: Lattice, late: float) -> Lattice:
+    """A member late with probability ``late`` in the long run: its late draft is verified at
+    its batch's next turn, which then finds it in (ready at once), so in late / (1 + late) of
+    its batch's turns it holds nobody up, and ``x`` is its ready time in the others."""
+    if late <= 0:
+        return x
+    w0 = late / (1.0 + late)
+    k0 = max(1, math.ceil(x.t0_ms / x.step_ms))
+    pmf = np.concatenate(([w0], np.zeros(k0 - 1), (1.0 - w0) * x.pmf))
+    return Lattice(x.t0_ms - k0 * x.step_ms, x.step_ms, pmf)
+
+
+@dataclass(frozen=True, slots=True)
+class Rounds:
+    """A plan's rounds under the stochastic model: each batch's members' ready times as the
+    batch sees them (after its verification ends, under the edge's close rule), each user's
+    probability of missing its batch, and the tokens a cycle commits in the long run."""
+
+    batches: list[list[Lattice]]
+    late: FloatArray
+    tokens: float
+
+
+def plan_rounds(
+    problem: Problem, batches: Sequence[Sequence[int]], draft_len: npt.NDArray[np.int64]
+) -> Rounds:
+    """Each batch waits for all its members (``problem.edge.close`` None) or closes at its
+    deadline: a late member's round then takes two of its batch's turns, so it commits
+    u(l) / (1 + late) tokens a cycle."""
+    ready = ready_times(problem, draft_len)
+    late = np.zeros(problem.size)
+    close = problem.edge.close
+    members: list[list[Lattice]] = []
+    for b in batches:
+        drafting = [m for m in b if draft_len[m] > 0]
+        if close is None or not drafting:
+            members.append([ready[m] for m in b])
+            continue
+        deadline = close.deadline_ms(max(ready[m].mean for m in drafting))
+        seen = []
+        for m in b:
+            if draft_len[m] > 0:
+                x, late[m] = closed(ready[m], deadline)
+                seen.append(carried(x, float(late[m])))
+        members.append(seen)
+    u = expected_tokens(problem.alpha, draft_len)
+    return Rounds(members, late, float((u / (1.0 + late)).sum()))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StochasticEvaluation:
     """A plan under random ready times: the expected cycle [ms], the throughput it gives (the
-    tokens of a cycle over its expected span: a long run's rate), and each batch's expected
-    ready time beside the mean model's."""
+    tokens of a cycle over its expected span: a long run's rate), each batch's expected
+    ready time beside the mean model's, and each user's probability of missing its batch."""
 
     throughput_tok_s: float
     cycle_ms: float
     ready_ms: tuple[float, ...]
     mean_model_ready_ms: tuple[float, ...]
+    late: tuple[float, ...]
 
 
-def stochastic_evaluate(
-    problem: Problem,
-    plan: Plan,
-    up: Sequence[LinkNoise],
-    down: Sequence[LinkNoise],
-    step_ms: float = STEP_MS,
-) -> StochasticEvaluation:
-    """``plan`` under the stochastic model, each batch waiting for all its members."""
+def stochastic_evaluate(problem: Problem, plan: Plan) -> StochasticEvaluation:
+    """``plan`` under the stochastic model: each user's ``comm_noise``, and the edge's close
+    rule (``problem.edge.close``; without one, each batch waits for all its members)."""
     from emu.planner.cost import evaluate
 
     plan.check(problem)
     mean = evaluate(problem, plan)
-    ready = ready_times(problem, plan.draft_len, up, down, step_ms)
-    batches = [[ready[m] for m in b] for b in plan.batches]
-    cycle = expected_cycle(batches, mean.verify_ms)
-    tokens = float(expected_tokens(problem.alpha, np.asarray(plan.draft_len)).sum())
+    rounds = plan_rounds(problem, plan.batches, np.asarray(plan.draft_len, dtype=np.int64))
+    cycle = expected_cycle(rounds.batches, mean.verify_ms)
     return StochasticEvaluation(
-        throughput_tok_s=1000.0 * tokens / cycle,
+        throughput_tok_s=1000.0 * rounds.tokens / cycle,
         cycle_ms=cycle,
-        ready_ms=tuple(expected_max(b) for b in batches),
+        ready_ms=tuple(expected_max(b) for b in rounds.batches),
         mean_model_ready_ms=mean.ready_ms,
+        late=tuple(float(p) for p in rounds.late),
     )

@@ -35,6 +35,11 @@ def print_solve(out: dict[str, Any], console: Console | None = None) -> None:
         f"solved in {out['solve_ms']:.0f} ms"
     )
     console.print(head)
+    if abs(out["expected_tok_s"] / out["throughput_tok_s"] - 1) > 1e-6:
+        console.print(
+            f"with the links' noise and the edge's deadline: {out['expected_tok_s']:.2f} tok/s "
+            f"expected, cycle {out['expected_cycle_ms']:.1f} ms"
+        )
     t = Table(title="plan (batches verified in this order, cyclically)", title_justify="left")
     for col in ("batch", "users", "draft lengths", "ready ms", "verify ms", "memory GB"):
         t.add_column(col, justify="right" if col != "users" else "left")

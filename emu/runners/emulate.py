@@ -52,12 +52,14 @@ from emu.deploy.runtime import (
     node_problem,
     node_scenario,
     radio_comm_ms,
+    radio_comm_noise,
     with_comm,
 )
 from emu.errors import ShapingError
 from emu.files import write_atomic
 from emu.models.build import GreedyReference, check_sessions, read_sessions
 from emu.planner import Problem
+from emu.planner.lattice import Lattice
 from emu.results.metrics import Recorder
 from emu.results.runreport import stopped_line, write_run_report
 from emu.results.types import LinkCheck, Measured, RunResult, RunSummary
@@ -142,18 +144,23 @@ class _Where:
     watch: _Watch | None = None
 
 
-def radio_priors(sc: Scenario, out_dir: Path) -> tuple[str | None, tuple[float, ...] | None]:
+def radio_priors(
+    sc: Scenario, out_dir: Path
+) -> tuple[str | None, tuple[float, ...] | None, tuple[Lattice, ...] | None]:
     """On radio links: the radio model's series (``channel/linkstates.npz``, the trace the
-    simulation draws from the same seed) and each user's communication prior from it."""
+    simulation draws from the same seed), and each user's communication prior and its noise
+    from it, as the simulation takes them."""
     if sc.network.model != "radio":
-        return None, None
+        return None, None, None
     from emu.runners.channel import run_channel
 
     channel_dir = out_dir / "channel"
     channel_dir.mkdir(exist_ok=True)
     run_channel(sc, channel_dir)
     npz = str(channel_dir / "linkstates.npz")
-    return npz, radio_comm_ms(sc, load_series(npz, "up"), load_series(npz, "down"))
+    up, down = load_series(npz, "up"), load_series(npz, "down")
+    comm = radio_comm_ms(sc, up, down)
+    return npz, comm, radio_comm_noise(sc, up, down, comm)
 
 
 def _links(
@@ -218,18 +225,22 @@ def _modelled_links(
     up_per_ms = net.trace("trace_up")
     # A trace's rate: its opportunities' bytes (mm-link's 1504 each) a second, on average.
     up_rate = 0.0 if up_per_ms is None else float(rate_bps(up_per_ms).mean())
-    for u in problem.users:
+    for i, u in enumerate(problem.users):
+        noise = sc.link_noise(i)
         state = LinkState(
-            rate_bps=net.rate_bps, delay_ms=u.comm_ms / 2, jitter_ms=net.jitter_ms, loss=net.loss
+            rate_bps=net.rate_bps,
+            delay_ms=u.comm_ms / 2,
+            jitter_ms=noise.jitter_ms,
+            loss=noise.loss,
         )
         specs.append(
             LinkPair(LinkSpec(state=state, trace=up_trace), LinkSpec(state=state, trace=down_trace))
         )
         configured.append(
             {
-                "rtt_ms": _expected_rtt(u.comm_ms, 2 * net.jitter_ms),
+                "rtt_ms": _expected_rtt(u.comm_ms, 2 * noise.jitter_ms),
                 "up_rate_bps": up_rate if up_trace else net.rate_bps,
-                "up_loss": net.loss,
+                "up_loss": noise.loss,
             }
         )
     return specs, specs, configured
@@ -593,7 +604,7 @@ def emulate(
     preflight()
     t_wall = time.perf_counter()
     with _stop_on_signals():
-        npz, comm = radio_priors(sc, out_dir)
+        npz, comm, noise = radio_priors(sc, out_dir)
         # A shaper that cannot give these links what they need refuses them now, before the
         # models are checked and timed (seconds to minutes); the time scale does not change
         # what a link needs.
@@ -601,7 +612,9 @@ def emulate(
         if sc.models.kind != "synthetic":
             problem = node_problem(sc)  # checks the models (one line each) before any host
         if comm is not None:
-            problem = with_comm(problem, comm)  # the simulation's priors (emu.deploy.runtime)
+            problem = with_comm(
+                problem, comm, noise
+            )  # the simulation's priors (emu.deploy.runtime)
         if sc.emu.time_scale == 0.0:
             verifiers = [dep.edge(v) for v in dep.verifiers]
             chosen = auto_time_scale(sc, problem, policies, timing, verifiers)

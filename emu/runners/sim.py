@@ -29,6 +29,7 @@ from emu.deploy.runtime import (
     edge_settings,
     memo_planner,
     radio_comm_ms,
+    radio_comm_noise,
     router_node,
     synthetic_verifier,
     with_comm,
@@ -135,11 +136,12 @@ async def _run_policy(
             nursery.start_soon(edge.run)
         for i, u in enumerate(problem.users):
             if radio is None:
+                noise = sc.link_noise(i)
                 steady = LinkState(
                     rate_bps=net.rate_bps,
                     delay_ms=u.comm_ms / 2,
-                    jitter_ms=net.jitter_ms,
-                    loss=net.loss,
+                    jitter_ms=noise.jitter_ms,
+                    loss=noise.loss,
                 )
                 up, down = traced(trace_up, steady), traced(trace_down, steady)
             else:
@@ -264,7 +266,8 @@ def simulate(
     if sc.network.model == "radio":
         # One radio trace for every policy: each meets the same links.
         radio = generate(sc.radio, problem.size, sc.sim.duration_s, Streams(sc.sim.seed).radio())
-        problem = with_comm(problem, radio_comm_ms(sc, radio.up, radio.down))
+        comm = radio_comm_ms(sc, radio.up, radio.down)
+        problem = with_comm(problem, comm, radio_comm_noise(sc, radio.up, radio.down, comm))
     dep = dep.with_problem(problem)
     rec = Recorder(out_dir / "events.jsonl" if out_dir else None)
     if out_dir is not None:

@@ -15,6 +15,7 @@ from typing import Any
 from emu.planner import baselines_of, evaluate, get_policy
 from emu.planner.hetnet.bandwidth import allocation_hz
 from emu.planner.hetnet.evaluate import evaluate as evaluate_hetnet
+from emu.planner.stochastic import stochastic_evaluate
 from emu.scenario import Scenario
 
 __all__ = ["solve", "solve_each"]
@@ -49,6 +50,7 @@ def _solve_dipsd(scenario: Scenario, policy: str, plan_of: PlanOf) -> dict[str, 
     problem = scenario.problem()
     plan, solve_ms = plan_of(policy, problem)
     ev = evaluate(problem, plan)
+    expected = stochastic_evaluate(problem, plan)
     baselines = {
         key: evaluate(problem, plan_of(name, problem)[0]).throughput_tok_s
         for key, name in baselines_of(scenario.deployment.system).items()
@@ -61,6 +63,9 @@ def _solve_dipsd(scenario: Scenario, policy: str, plan_of: PlanOf) -> dict[str, 
         "throughput_tok_s": ev.throughput_tok_s,
         "cycle_ms": ev.cycle_ms,
         "tokens_per_cycle": ev.tokens_per_cycle,
+        # With the links' noise and the edge's deadline (the mean model's without noise).
+        "expected_tok_s": expected.throughput_tok_s,
+        "expected_cycle_ms": expected.cycle_ms,
         "plan": {
             "batches": [list(b) for b in plan.batches],
             "draft_len": list(plan.draft_len),

@@ -18,7 +18,8 @@ from channel_models.trace import IntArray, from_mahimahi
 from emu.errors import ConfigError, check_in
 from emu.planner.dsd.model import DsdProblem
 from emu.planner.hetnet.model import HetnetProblem
-from emu.planner.model import Edge, LatencyModel, ModelArch, Problem, User
+from emu.planner.lattice import Lattice, LinkNoise
+from emu.planner.model import CloseRule, Edge, LatencyModel, ModelArch, Problem, User
 from emu.scenario.compute import ArchConfig, LatencyConfig
 from emu.scenario.deployment import DeploymentConfig
 from emu.scenario.dsd import DsdConfig, dsd_problem
@@ -38,11 +39,14 @@ _TOP_ENTRY_BYTES = 14  # one top-k entry of a draft on the wire: an id (<= 5) an
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UserOverride:
-    """Fields one user may set for itself; unset ones come from [users]."""
+    """Fields one user may set for itself; unset ones come from [users] (``jitter_ms`` and
+    ``loss``, its link's on fixed and traced links, from [network])."""
 
     alpha: float | None = None
     prefix_len: int | None = None
     comm_ms: float | None = None
+    jitter_ms: float | None = None
+    loss: float | None = None
     draft: ArchConfig | None = None
     device: LatencyConfig | None = None
 
@@ -56,6 +60,17 @@ class UsersConfig:
     draft: ArchConfig = field(default_factory=ArchConfig)
     device: LatencyConfig = field(default_factory=LatencyConfig)
     each: tuple[UserOverride, ...] = ()
+
+    def __post_init__(self) -> None:
+        for m, o in enumerate(self.each):
+            if o.jitter_ms is not None:
+                check_in(f"users.each[{m}].jitter_ms", o.jitter_ms, 0, 1e5, "in [0, 1e5]")
+            if o.loss is not None:
+                check_in(f"users.each[{m}].loss", o.loss, 0, 0.5, "in [0, 0.5]")
+
+    def override(self, m: int) -> UserOverride:
+        """What user ``m`` sets for itself (nothing past the listed ones)."""
+        return self.each[m] if m < len(self.each) else UserOverride()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -308,7 +323,29 @@ class Scenario:
                 beta_ms=latency.beta_ms,
             ),
             memory_bytes=memory,
+            close=CloseRule(
+                tolerance=self.runtime.deadline_tolerance, grace_ms=self.runtime.grace_ms
+            ),
         )
+
+    def link_noise(self, m: int) -> LinkNoise:
+        """User ``m``'s fixed or traced link, each way: its jitter and loss (its own where
+        ``[[users.each]]`` sets them, else [network]'s) and the network's RTO."""
+        o, net = self.users.override(m), self.network
+        return LinkNoise(
+            jitter_ms=net.jitter_ms if o.jitter_ms is None else o.jitter_ms,
+            loss=net.loss if o.loss is None else o.loss,
+            rto_ms=net.rto_ms,
+        )
+
+    def comm_noise(self, m: int) -> Lattice | None:
+        """What user ``m``'s links add to its round beyond its ``comm_ms``: their jitter and
+        retransmissions, up and down (None: nothing). A radio link's delays come from its
+        series, not from these fields."""
+        noise = self.link_noise(m)
+        if self.network.model == "radio" or not (noise.jitter_ms or noise.loss):
+            return None
+        return noise.round_trip()
 
     def problem(self) -> Problem:
         """The planning instance this scenario describes (validated by the planner's types)."""
@@ -317,7 +354,7 @@ class Scenario:
             raise ConfigError(f"users.count must be >= 1, got {u.count}")
         users = []
         for m in range(u.count):
-            o = u.each[m] if m < len(u.each) else UserOverride()
+            o = u.override(m)
             draft = o.draft or u.draft
             device = o.device or u.device
             users.append(
@@ -326,6 +363,7 @@ class Scenario:
                     alpha=u.alpha if o.alpha is None else o.alpha,
                     prefix_len=u.prefix_len if o.prefix_len is None else o.prefix_len,
                     comm_ms=u.comm_ms if o.comm_ms is None else o.comm_ms,
+                    comm_noise=self.comm_noise(m),
                     draft=ModelArch(
                         name=f"users[{m}].draft",
                         layers=draft.layers,

@@ -10,12 +10,17 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from emu.planner.cost import Evaluation, Plan
+from emu.planner.lattice import Lattice
 from emu.planner.model import Edge, LatencyModel, Problem, User
 from nodes.core.estimate import UserEstimate
 from nodes.core.schedule import EdgePlan
 
-__all__ = ["ReplanRule", "believed", "edge_plan", "in_force", "planning_problem"]
+__all__ = ["TAIL_QUANTILE", "ReplanRule", "believed", "edge_plan", "in_force", "planning_problem"]
+
+TAIL_QUANTILE = 0.9  # the link time's tail the rule watches, beside its mean
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -24,7 +29,9 @@ class ReplanRule:
     trusted estimate (``min_rounds`` samples) has moved by ``drift`` (relative) from what the
     plan assumed, and by more than its noise. Planning with the mean link time, a link has
     moved only if its median moved too: one round stalled by a host (a 0.3 s hiccup among 16
-    rounds) moves the mean by several ms, and is no new link to plan for."""
+    rounds) moves the mean by several ms, and is no new link to plan for. A link's tail (its
+    ``TAIL_QUANTILE``, which the jitter-aware policy plans with) that moved as far is a new
+    link too, though its mean stayed."""
 
     every: int = 50
     drift: float = 0.2
@@ -64,16 +71,38 @@ class ReplanRule:
                 median = est.comm(0.5) if robust else None  # only when it may matter
                 if median is None or abs(median - b) > limit:
                     return f"user {uid} {name} drifted from {b:.3g} to {a:.3g}"
+            tail_now, tail_then = _tail_ms(now), _tail_ms(base)
+            if (
+                tail_now is not None
+                and tail_then is not None
+                and abs(tail_now - tail_then) > max(self.drift * tail_then, 0.5)
+            ):
+                return (
+                    f"user {uid} comm_ms tail (p{100 * TAIL_QUANTILE:.0f}) moved from "
+                    f"{tail_then:.3g} to {tail_now:.3g}"
+                )
         return None
 
 
+def _tail_ms(user: User) -> float | None:
+    """The link time per round that the user's rounds exceed with 1 - TAIL_QUANTILE."""
+    if user.comm_noise is None:
+        return None
+    return user.comm_ms + user.comm_noise.quantile(TAIL_QUANTILE)
+
+
 def believed(prior: User, est: UserEstimate | None, rule: ReplanRule) -> User:
-    """The user as the verifier now believes it is: estimates where trusted, else the prior."""
+    """The user as the verifier now believes it is: estimates where trusted, else the prior.
+    A measured link is its mean (or the rule's quantile) and, as its noise, the distribution
+    of the rounds' link times around that value."""
     if est is None or est.rounds < rule.min_rounds:
         return prior
     alpha = est.alpha()
     comm = est.comm(rule.comm_quantile)
     draft = est.draft_ms()
+    noise = prior.comm_noise
+    if comm is not None:
+        noise = Lattice.empirical(np.fromiter(est.comm_ms, dtype=np.float64)).shift(-comm)
     return User(
         alpha=alpha if alpha is not None else prior.alpha,
         prefix_len=prior.prefix_len,
@@ -81,6 +110,7 @@ def believed(prior: User, est: UserEstimate | None, rule: ReplanRule) -> User:
         draft=prior.draft,
         device=per_token(draft, prior.device),
         name=prior.name,
+        comm_noise=noise,
     )
 
 

@@ -125,6 +125,29 @@ def test_the_plan_is_made_again_on_a_timer_and_on_a_real_drift() -> None:
     assert str(why(slower)).startswith("user 0 draft_ms drifted")
 
 
+def test_the_edge_learns_each_links_distribution_and_replans_on_a_change_of_its_tail() -> None:
+    """What the edge measured of a user's rounds becomes its link's noise (the rounds' link
+    times around their mean), and a tail that grew is a new link to plan for though the mean
+    and the typical round did not move."""
+    prior = paper_problem(1).users[0]
+    rule = ReplanRule(every=50, drift=0.2, min_rounds=16)
+    per_token = prior.draft_ms_per_token
+    steady = _estimate(AT_078, comm_ms=20.0, per_token_ms=per_token)
+    basis = believed(prior, steady, rule)
+    assert basis.comm_noise is not None and basis.comm_noise.pmf.size == 1  # every round alike
+    heavy = _estimate(AT_078, comm_ms=20.0, per_token_ms=per_token)
+    for k in range(16):  # three rounds in sixteen 20 ms late, the others a little early
+        heavy.comm_ms[k] += 20.0 if k in (2, 8, 13) else -60.0 / 13
+    now = believed(prior, heavy, rule)
+    assert now.comm_ms == pytest.approx(20.0)
+    assert now.comm_noise is not None
+    assert now.comm_ms + now.comm_noise.mean == pytest.approx(20.0, abs=0.05)
+    assert now.comm_ms + now.comm_noise.quantile(0.9) == pytest.approx(40.0, abs=0.05)
+    why = rule.reason(7, {0: heavy}, {0: basis}, {0: prior})
+    assert str(why).startswith("user 0 comm_ms tail (p90) moved from 20 to 40")
+    assert rule.reason(7, {0: steady}, {0: basis}, {0: prior}) is None
+
+
 def test_the_planning_problem_caps_the_lengths_at_the_maximum() -> None:
     p = paper_problem(2)
     q = planning_problem(p.users, p.edge, max_draft_len=5, initial=7, fixed=9)

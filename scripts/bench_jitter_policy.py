@@ -1,0 +1,118 @@
+"""The jitter-aware policy against dipsd in ``draftnet sim`` (synthetic models): throughput and
+each policy's error against its own prediction, at 0, 5, 10 and 20 ms of half-normal jitter
+each way on fixed links, on users whose links differ (0, 5, 10 and 20 ms in turn), and on the
+default radio cell with users walking (waypoint, 1.5 m/s); then solve times at 14, 200 and
+1000 users with 10 ms of jitter.
+
+    python scripts/bench_jitter_policy.py [--seeds 10] [--duration 60] [--users 6]
+
+The gain is the mean over seeds of jitter-aware's throughput over dipsd's on the same seed
+(the same links), with a 95% confidence interval (Student's t over the paired seeds).
+Prints markdown rows for BENCHMARKS.md; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.stats
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+
+from emu.planner import plan_for
+from emu.planner.lattice import LinkNoise
+from emu.planner.stochastic import with_noise
+from emu.runners.sim import simulate
+from emu.scenario import load_scenario
+from tests.planner.conftest import random_problem
+
+POLICIES = ("dipsd", "jitter-aware")
+
+
+def cases(users: int) -> dict[str, dict[str, Any]]:
+    fixed: dict[str, Any] = {"network.model": "fixed", "users.count": users}
+    out = {f"{j:g} ms": {**fixed, "network.jitter_ms": j} for j in (0.0, 5.0, 10.0, 20.0)}
+    levels = (0.0, 5.0, 10.0, 20.0)
+    out["mixed 0-20 ms"] = {
+        **fixed,
+        "users.each": [{"jitter_ms": levels[i % 4]} for i in range(users)],
+    }
+    out["radio, walking"] = {
+        "network.model": "radio",
+        "users.count": users,
+        "radio.mobility": "waypoint",
+        "radio.speed_mps": 1.5,
+    }
+    return out
+
+
+def ci95(xs: list[float]) -> float:
+    if len(xs) < 2:
+        return math.nan
+    return float(scipy.stats.t.ppf(0.975, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs)))
+
+
+def sims(seeds: int, duration: float, users: int) -> None:
+    print("| links | dipsd tok/s | error | jitter-aware tok/s | error | gain (95% CI) |")
+    print("|---|---|---|---|---|---|")
+    for name, over in cases(users).items():
+        t = time.perf_counter()
+        thr: dict[str, list[float]] = {p: [] for p in POLICIES}
+        err: dict[str, list[float]] = {p: [] for p in POLICIES}
+        for seed in range(seeds):
+            sc = load_scenario(
+                overrides={
+                    "models.kind": "synthetic",
+                    "sim.duration_s": duration,
+                    "sim.seed": seed,
+                    **over,
+                }
+            )
+            res = simulate(sc, list(POLICIES))["results"]
+            for p in POLICIES:
+                thr[p].append(res[p]["throughput_tok_s"])
+                err[p].append(100 * (res[p]["throughput_tok_s"] / res[p]["predicted_tok_s"] - 1))
+        gain = [100 * (a / b - 1) for a, b in zip(thr["jitter-aware"], thr["dipsd"], strict=True)]
+        cells = [f"{np.mean(thr[p]):.2f} | {np.mean(err[p]):+.1f}%" for p in POLICIES]
+        print(
+            f"| {name} | {cells[0]} | {cells[1]} | {np.mean(gain):+.1f}% (+-{ci95(gain):.1f}) |",
+            flush=True,
+        )
+        print(f"<!-- {time.perf_counter() - t:.0f} s -->", flush=True)
+
+
+def solve_times() -> None:
+    print("| users | dipsd s | jitter-aware s | ratio |")
+    print("|---|---|---|---|")
+    for users in (14, 200, 1000):
+        p = with_noise(random_problem(np.random.default_rng(users), users), LinkNoise(10.0))
+        took = {}
+        for pol in POLICIES:
+            t = time.perf_counter()
+            plan_for(pol, p)
+            took[pol] = time.perf_counter() - t
+        ratio = took["jitter-aware"] / took["dipsd"]
+        print(f"| {users} | {took['dipsd']:.2f} | {took['jitter-aware']:.2f} | {ratio:.2f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--users", type=int, default=6)
+    ap.add_argument("--no-solve", action="store_true", help="skip the solve times")
+    args = ap.parse_args()
+    sims(args.seeds, args.duration, args.users)
+    if not args.no_solve:
+        solve_times()
+
+
+if __name__ == "__main__":
+    main()
