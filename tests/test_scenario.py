@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
 import pytest
 
 from emu.errors import ConfigError
+from emu.planner.lattice import LinkNoise
 from emu.scenario import load_scenario
 
 
@@ -57,6 +59,34 @@ def test_per_user_entries_and_flag_broadcast(tmp_path: Path) -> None:
     assert list(q.prefix) == [2048, 512, 512]
 
 
+def test_each_users_link_noise_is_its_own_or_the_networks(tmp_path: Path) -> None:
+    """A user's jitter and loss, where it sets them, drive its simulated and emulated links and
+    its planning noise; the others take [network]'s; radio links take theirs from the series."""
+    f = _write(
+        tmp_path,
+        '[network]\nmodel = "fixed"\njitter_ms = 5.0\nrto_ms = 150.0\n[users]\ncount = 3\n'
+        "[[users.each]]\njitter_ms = 20.0\n[[users.each]]\njitter_ms = 0.0\nloss = 0.01\n",
+    )
+    s = load_scenario(f)
+    assert [s.link_noise(m) for m in range(3)] == [
+        LinkNoise(20.0, 0.0, 150.0), LinkNoise(0.0, 0.01, 150.0), LinkNoise(5.0, 0.0, 150.0)
+    ]  # fmt: skip
+    p = s.problem()
+    means = [u.comm_noise.mean for u in p.users if u.comm_noise is not None]
+    assert means == pytest.approx(
+        [
+            2 * 20.0 * math.sqrt(2 / math.pi),
+            2 * 150.0 * 0.01 / 0.99,
+            2 * 5.0 * math.sqrt(2 / math.pi),
+        ],
+        rel=5e-3,
+    )
+    quiet = load_scenario(f, overrides={"network.jitter_ms": 0.0})  # users 0 and 1 keep theirs
+    assert [u.comm_noise is None for u in quiet.problem().users] == [False, False, True]
+    on_radio = load_scenario(f, overrides={"network.model": "radio"}).problem()
+    assert all(u.comm_noise is None for u in on_radio.users)
+
+
 def test_count_below_entries_truncates(tmp_path: Path) -> None:
     f = _write(tmp_path, "[[users.each]]\nalpha = 0.9\n[[users.each]]\nalpha = 0.8\n")
     assert load_scenario(f, overrides={"users.count": 1}).problem().size == 1
@@ -88,6 +118,10 @@ def test_example_scenarios_load() -> None:
         ('[network]\nmodel = "fixed"\ntrace_down = "d.trace"\n',
          r"network\.trace_down needs network\.model = trace, got model 'fixed'"),
         ('[network]\nmodel = "wifi"\n', r"network\.model must be one of fixed, radio, trace"),
+        ("[[users.each]]\n[[users.each]]\njitter_ms = -1\n",
+         r"users\.each\[1\]\.jitter_ms must be in \[0, 1e5\], got -1"),
+        ("[[users.each]]\nloss = 0.7\n",
+         r"users\.each\[0\]\.loss must be in \[0, 0\.5\], got 0\.7"),
     ],
 )  # fmt: skip
 def test_bad_scenarios_name_field_value_and_rule(tmp_path: Path, text: str, message: str) -> None:
