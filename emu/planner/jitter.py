@@ -35,7 +35,7 @@ from emu.planner.stochastic import expected_max, has_noise, plan_rounds, stochas
 __all__ = ["NoisyScorer", "jitter_aware"]
 
 _GRID = 1024  # the scorer's points over the cycle's range
-_BUDGET_WORK = 400_000  # the local search's scorings x users, so its time is flat in M
+_BUDGET_WORK = 40_000  # the local search's scorings x users, so its time is flat in M
 _MIN_EVALS, _MAX_EVALS = 24, 400
 
 
