@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import scipy.signal
 
 __all__ = ["STEP_MS", "Lattice", "LinkNoise"]
 
@@ -90,7 +89,7 @@ class Lattice:
         if self.pmf.size * other.pmf.size <= _DIRECT_CONVOLUTION:
             pmf = np.convolve(self.pmf, other.pmf)
         else:
-            pmf = np.clip(scipy.signal.fftconvolve(self.pmf, other.pmf), 0.0, None)
+            pmf = np.clip(_fft_convolve(self.pmf, other.pmf), 0.0, None)
             pmf /= pmf.sum()
         return Lattice(self.t0_ms + other.t0_ms, self.step_ms, pmf)
 
@@ -126,6 +125,15 @@ class LinkNoise:
         """What a round adds: this noise on the way up and, drawn again, on the way down (one
         distribution per noise and step, made once: every user of a scenario shares it)."""
         return _round_trip(self, step_ms)
+
+
+def _fft_convolve(a: FloatArray, b: FloatArray) -> FloatArray:
+    """The full convolution of ``a`` and ``b`` by numpy's FFT (node processes do not load
+    scipy: their start-up time is measured)."""
+    n = a.size + b.size - 1
+    size = 1 << (n - 1).bit_length()
+    out = np.fft.irfft(np.fft.rfft(a, size) * np.fft.rfft(b, size), size)[:n]
+    return np.asarray(out, dtype=np.float64)
 
 
 @functools.lru_cache(maxsize=64)

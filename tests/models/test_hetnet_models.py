@@ -20,16 +20,25 @@ def test_a_batched_draft_is_each_tasks_own_greedy_draft(
     pair: EmbeddedPair, prompts: list[list[int]]
 ) -> None:
     """One decode a step for four tasks drafts what each would draft alone; a task whose
-    sequence another batch took starts it again from its whole context."""
+    sequence another batch took starts it again from its whole context.
+
+    "What each would draft alone" up to floating point: llama.cpp's batched decode does not
+    sum in the single sequence's order, and on some CPUs a near-tie flips a late token (on the
+    2-core build machine, 2026-12-04, one token of twenty). A draft that crossed into another
+    task's sequence would share nothing with its own."""
     batched = LlamaBatchDrafter(pair.draft, max_tasks=4, n_ctx=1024)
     alone = LlamaDrafter(pair.draft, n_ctx=1024)
     tasks = [7, 8, 9, 10]
     assert batched.prefill(tasks, prompts) > 0
     drafts, ms = batched.draft(tasks, prompts, 5)
     assert ms > 0
-    for prompt, draft in zip(prompts, drafts, strict=True):
+    own = []
+    for prompt in prompts:
         alone.start(prompt)
-        assert alone.draft(5).tokens == draft
+        own.append(alone.draft(5).tokens)
+    same = sum(a == b for o, d in zip(own, drafts, strict=True) for a, b in zip(o, d, strict=True))
+    assert all(o[:2] == d[:2] for o, d in zip(own, drafts, strict=True)), (own, drafts)
+    assert same >= 18, (own, drafts)  # of 20
     # Two tasks of a later batch take the sequences of tasks 7 and 8 (evicted)...
     batched.prefill([20, 21], prompts[:2])
     assert batched.draft([20, 21], prompts[:2], 5)[0] == drafts[:2]
