@@ -16,6 +16,7 @@ import numpy as np
 from emu.planner import Plan, plan_for
 from emu.planner.lattice import Lattice, LinkNoise
 from emu.planner.model import Problem
+from emu.planner.stochastic import with_noise
 from emu.scenario import Scenario
 from emu.scenario.sections import UserOverride
 from emu.scenario.streams import Streams
@@ -130,11 +131,8 @@ def with_comm(
     users = tuple(
         dataclasses.replace(u, comm_ms=c) for u, c in zip(problem.users, comm_ms, strict=True)
     )
-    if noise is not None:
-        users = tuple(
-            dataclasses.replace(u, comm_noise=n) for u, n in zip(users, noise, strict=True)
-        )
-    return dataclasses.replace(problem, users=users)
+    out = dataclasses.replace(problem, users=users)
+    return out if noise is None else with_noise(out, noise)
 
 
 def node_scenario(

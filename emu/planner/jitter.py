@@ -47,11 +47,9 @@ class NoisyScorer:
     def __init__(self, problem: Problem) -> None:
         self.problem = problem
         self.tab = Tableau(problem)
-        self.evaluations = 0
 
     def ratio(self, batch_of: IntArray, n: int, lengths: IntArray) -> float:
         """Expected tokens per ms of the plan (-inf where a batch breaks the memory bound)."""
-        self.evaluations += 1
         p = self.problem
         size, L, I, _ = self.tab.batch_stats(batch_of, n, lengths)
         if not p.fits(size, I).all():
