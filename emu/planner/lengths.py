@@ -6,8 +6,14 @@ Dinkelbach's method turns the ratio into a sequence of parametric problems
 max_l U(l) - lam S(l), with lam set to the ratio of the last iterate; it stops when the
 parametric optimum is zero. Each parametric problem is solved by exact coordinate ascent:
 one user's length over all 0..l_max at a time, then moves of a whole batch (every member set
-to one length, or capped at one), until no move improves. Every iterate is feasible and the
-ratio never decreases.
+to one length, or capped at one), and bound sweeps, until no move improves. Every iterate is
+feasible and the ratio never decreases.
+
+A bound sweep gives every user the longest draft that meets a bound P on every batch's
+ready-plus-verify time. With each batch's padding fixed, it shrinks all batches together. With
+each batch choosing its padding as its best response to P, it also moves length from one batch
+to another, which is what the cycle needs when several batches' ready-plus-verify times tie
+for its maximum: no single batch's move shortens the cycle there.
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ __all__ = ["optimise_lengths"]
 
 # Most bounds P one sweep move scores; below this the sweep is exact.
 _MAX_SWEEP = 128
+# The best-response sweep scores bounds x caps x users at once: at most this many entries.
+_MAX_RESPONSE_ENTRIES = 2_000_000
+# Prices on verify time, as fractions of lam, at which the best-response sweep shares the
+# verify times' budget among batches.
+_PRICES = np.r_[0.0, 2.0 ** np.arange(-6, 1)]
 
 
 class _State:
@@ -41,6 +52,7 @@ class _State:
         self.ready = np.where(c > 0, c * self.p.draft_ms[:, None] + self.p.comm_ms[:, None], 0.0)
         self.Tc = self.p.verify_ms(self.size[:, None], np.maximum(c, 1.0), self.I[:, None])
         self._sweeps: dict[bytes, tuple[FloatArray, FloatArray, IntArray]] = {}
+        self._responses: tuple[FloatArray, FloatArray] | None = None
         # Users grouped by batch, and per batch the totals of "every member at length c".
         self.order = np.argsort(batch_of, kind="stable")
         bo = batch_of[self.order]
@@ -144,10 +156,8 @@ class _State:
 
     def _sweep_table(self, caps: IntArray) -> tuple[FloatArray, FloatArray, IntArray]:
         """U, S (inf where a bound is infeasible) and lengths for every bound P."""
-        p = self.p
-        order = np.argsort(self.batch_of, kind="stable")
+        p, order, starts = self.p, self.order, self.starts
         bo = self.batch_of[order]
-        starts = np.flatnonzero(np.r_[True, bo[1:] != bo[:-1]])
         Tcap = self.Tc[np.arange(self.n), np.maximum(caps, 1)]
         lens_idx = np.arange(1, p.max_draft_len + 1)
         within = lens_idx[None, :] <= caps[self.batch_of][:, None]
@@ -160,13 +170,9 @@ class _State:
         if P.size > _MAX_SWEEP:
             # Large instances: an even subsample of the bounds keeps the move O(M) per call.
             P = P[np.linspace(0, P.size - 1, _MAX_SWEEP).round().astype(np.int64)]
-        avail = P[:, None] - Tcap[bo][None, :]
-        g, c = p.draft_ms[order], p.comm_ms[order]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            steps = np.floor((avail - c[None, :]) / np.where(g > 0, g, np.inf)[None, :] + 1e-9)
-        steps = np.where(g[None, :] > 0, steps, caps[bo][None, :])
-        lens = np.clip(steps, 0, caps[bo][None, :]).astype(np.int64)
+        avail = P[:, None] - Tcap[self.batch_of][None, :]
         ok = (avail >= 0).all(axis=1)
+        lens = self._steps(avail, np.broadcast_to(caps[self.batch_of], avail.shape))[:, order]
         U = self.u[order[None, :], lens].sum(axis=1)
         Lb = np.maximum(np.maximum.reduceat(lens, starts, axis=1), 1)
         T = self.Tc[bo[starts][None, :], Lb]
@@ -175,6 +181,78 @@ class _State:
         out = np.empty_like(lens)
         out[:, order] = lens
         return np.where(ok, U, 0.0), S, out
+
+    def best_response_sweep(self, lam: float) -> tuple[float, IntArray]:
+        """Best bound sweep where every batch also picks its padding, per bound P.
+
+        Under a bound P on every batch's ready-plus-verify time, batches are independent: each
+        picks the cap c whose members' longest drafts within P - t_v(c) carry the most tokens.
+        That is exact where the bound sets the cycle alone. Where the verify times' sum may set
+        it too, the batches share one budget: each batch weighs its tokens against a price on
+        its verify time, for prices from 0 to lam, and the best choice is kept.
+        """
+        if self._responses is None:
+            self._responses = self._response_table()
+        P, Ukc = self._responses
+        Tkc = self.Tc[None, :, :]
+        ok = Tkc <= P[:, None, None]
+        best, best_obj = None, -np.inf
+        for weight in lam * _PRICES:
+            # Ties go to the shorter padding: the same tokens for less verify time.
+            score = np.where(ok, Ukc - weight * Tkc - 1e-9 * Tkc, -np.inf)
+            caps = np.argmax(score, axis=2)
+            U = np.take_along_axis(Ukc, caps[:, :, None], axis=2)[:, :, 0].sum(axis=1)
+            T = self.Tc[np.arange(self.n)[None, :], caps].sum(axis=1)
+            feasible = np.isfinite(np.max(score, axis=2)).all(axis=1)
+            obj = np.where(feasible, U - lam * np.maximum(T, P), -np.inf)
+            i = int(np.argmax(obj))
+            if obj[i] > best_obj:
+                best_obj, best = float(obj[i]), (float(P[i]), caps[i])
+        if best is None:
+            return -np.inf, self.l.copy()
+        bound, caps = best
+        return best_obj, self._longest_within(bound, caps)
+
+    def _longest_within(self, bound: float, caps: IntArray) -> IntArray:
+        """Each user's longest draft within its batch's cap and bound - t_v(cap)."""
+        k = self.batch_of
+        avail = bound - self.Tc[k, np.maximum(caps[k], 1)]
+        return self._steps(avail, caps[k])
+
+    def _steps(self, avail: FloatArray, cap: IntArray) -> IntArray:
+        """The longest length whose ready time fits in ``avail``, at most ``cap`` (per user,
+        broadcast over leading axes)."""
+        g, c = self.p.draft_ms, self.p.comm_ms
+        with np.errstate(divide="ignore", invalid="ignore"):
+            steps = np.floor((avail - c) / np.where(g > 0, g, np.inf) + 1e-9)
+        steps = np.where(g > 0, steps, cap)
+        return np.clip(steps, 0, cap).astype(np.int64)
+
+    def _response_table(self) -> tuple[FloatArray, FloatArray]:
+        """The bounds P worth scoring, and per bound, batch and cap the tokens its members
+        carry when each drafts the longest length within the cap and P - t_v(cap)."""
+        p, M = self.p, self.l.size
+        C = p.max_draft_len + 1
+        T_user = self.Tc[self.batch_of]  # (M, C): the verify time of my batch at cap c
+        cand = np.arange(C)
+        within = (cand[:, None] <= cand[None, :])[None, :, :] & (cand[None, :, None] > 0)
+        # Every bound at which some user's longest draft under some cap changes.
+        P = np.unique(
+            np.r_[
+                (self.ready[:, :, None] + T_user[:, None, :])[np.broadcast_to(within, (M, C, C))],
+                self.Tc.ravel(),
+            ]
+        )
+        most = max(_MAX_SWEEP, _MAX_RESPONSE_ENTRIES // (C * M))
+        if P.size > most:
+            P = P[np.linspace(0, P.size - 1, most).round().astype(np.int64)]
+        avail = P[:, None, None] - T_user[None, :, :]  # (P, M, C)
+        lens = self._steps(
+            np.moveaxis(avail, 1, 2), np.broadcast_to(cand[None, :, None], (P.size, C, M))
+        )  # (P, C, M)
+        u = self.u[np.arange(M)[None, None, :], lens]
+        Ukc = np.add.reduceat(u[:, :, self.order], self.starts, axis=2)  # (P, C, n)
+        return P, np.moveaxis(Ukc, 1, 2)
 
     def padded(self) -> IntArray:
         return np.array([max(1, int(self.l[m].max())) for m in self.members], dtype=np.int64)
@@ -223,6 +301,11 @@ def _ascend(st: _State, lam: float, *, max_sweeps: int = 50) -> float:
                 st.set(lens)
                 U, S = st.value()
                 cur, moved = U - lam * S, True
+        obj, lens = st.best_response_sweep(lam)
+        if obj > cur + tol:
+            st.set(lens)
+            U, S = st.value()
+            cur, moved = U - lam * S, True
         for _ in range(st.n):
             obj, k, lens = st.best_batch_move(lam, U)
             if obj <= cur + tol:
