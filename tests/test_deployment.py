@@ -16,6 +16,7 @@ import trio.testing
 from emu.deploy.deployment import assemble
 from emu.errors import ConfigError, PeerGone
 from emu.planner import evaluate, plan_for
+from emu.planner.model import CloseRule
 from emu.runners.sim import simulate
 from emu.scenario import load_scenario
 from nodes.core.guard import Limits
@@ -108,7 +109,7 @@ def test_the_system_supplies_the_policies_the_scheduler_and_the_length_control()
     dep = assemble(_scenario([V0], **{"runtime.deadline_tolerance": 0.5}))
     assert dep.system is get_system("dipsd") and dep.describe()["system"] == "dipsd"
     assert dep.system.policies[0] == "dipsd" and "ad-batch" in dep.system.policies
-    assert dep.scheduler() == StagedPipeline(tolerance=0.5, grace_ms=2.0)
+    assert dep.scheduler() == StagedPipeline(close=CloseRule(tolerance=0.5, grace_ms=2.0))
     assert isinstance(dep.lengths(), PlanLengths)
     toy = System(name="toy", about="", roles=("verifier",), scheduler=lambda rt: rt.pipeline,
                  lengths=lambda rt: PlanLengths())  # fmt: skip

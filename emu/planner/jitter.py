@@ -29,6 +29,7 @@ import numpy as np
 
 from emu.planner.cost import Plan, Tableau
 from emu.planner.dipsd import dipsd, replan_warm
+from emu.planner.lattice import TAIL_QUANTILE
 from emu.planner.model import IntArray, Problem
 from emu.planner.stochastic import expected_max, has_noise, plan_rounds, stochastic_evaluate
 
@@ -82,7 +83,7 @@ def _neighbours(
     members first), then each batch's tail-setting member moved to another batch."""
     p = problem
     tail = p.ready_ms(lengths) + np.array(
-        [u.comm_noise.quantile(0.9) if u.comm_noise is not None else 0.0 for u in p.users]
+        [u.comm_noise.quantile(TAIL_QUANTILE) if u.comm_noise is not None else 0.0 for u in p.users]
     )
     order = np.argsort(-tail, kind="stable")
     for m in order:
@@ -136,13 +137,15 @@ def jitter_aware(problem: Problem, previous: Plan | None = None) -> Plan:
         starts.append(previous)
     k = problem.size / len(base.batches)
     starts.append(replan_warm(_quantile_problem(problem, k / (k + 1)), base))
-    scored = sorted(
-        ((scorer.ratio(s.batch_of(problem.size), len(s.batches), np.asarray(s.draft_len)), i, s)
-         for i, s in enumerate(starts)),
-        key=lambda t: (-t[0], t[1]),
-    )  # fmt: skip
+    # The best-scored start (the first of equals).
+    start = max(
+        starts,
+        key=lambda s: scorer.ratio(
+            s.batch_of(problem.size), len(s.batches), np.asarray(s.draft_len)
+        ),
+    )
     budget = int(np.clip(_BUDGET_WORK // problem.size, _MIN_EVALS, _MAX_EVALS))
-    _, found = _search(problem, scorer, scored[0][2], budget)
+    _, found = _search(problem, scorer, start, budget)
     # The last word is the exact model's, against dipsd's own plan.
     if (
         stochastic_evaluate(problem, found).throughput_tok_s

@@ -20,11 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["STEP_MS", "Lattice", "LinkNoise"]
+__all__ = ["STEP_MS", "TAIL_QUANTILE", "Lattice", "LinkNoise"]
 
 FloatArray = npt.NDArray[np.float64]
 
 STEP_MS = 0.05  # the lattice's step: well under a millisecond, the links' jitter scale
+# The quantile that stands for a link's tail: the edge re-plans when it moves, and the
+# jitter-aware policy ranks a batch's members by it.
+TAIL_QUANTILE = 0.9
 _TAIL = 1e-9  # probability mass left off the far tails of jitter and retransmissions
 _MAX_SUPPORT = 4_000_000  # points an empirical distribution may span (200 s at 0.05 ms)
 _DIRECT_CONVOLUTION = 4_000_000  # products of lengths up to which a sum convolves directly

@@ -13,14 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from emu.planner.cost import Evaluation, Plan
-from emu.planner.lattice import Lattice
+from emu.planner.lattice import TAIL_QUANTILE, Lattice
 from emu.planner.model import Edge, LatencyModel, Problem, User
 from nodes.core.estimate import UserEstimate
 from nodes.core.schedule import EdgePlan
 
-__all__ = ["TAIL_QUANTILE", "ReplanRule", "believed", "edge_plan", "in_force", "planning_problem"]
-
-TAIL_QUANTILE = 0.9  # the link time's tail the rule watches, beside its mean
+__all__ = ["ReplanRule", "believed", "edge_plan", "in_force", "planning_problem"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from emu.errors import check_in
+from emu.planner.model import CloseRule
 from nodes.core.replan import ReplanRule
 from nodes.core.schedule import StagedPipeline
 
@@ -35,8 +36,13 @@ class RuntimeConfig:
         check_in("runtime.comm_quantile", self.comm_quantile, 0, 0.999, "in [0, 0.999] (0: mean)")
 
     @property
+    def close(self) -> CloseRule:
+        """How the edge closes a batch whose drafts are not all in."""
+        return CloseRule(tolerance=self.deadline_tolerance, grace_ms=self.grace_ms)
+
+    @property
     def pipeline(self) -> StagedPipeline:
-        return StagedPipeline(tolerance=self.deadline_tolerance, grace_ms=self.grace_ms)
+        return StagedPipeline(close=self.close)
 
     @property
     def replan(self) -> ReplanRule:

@@ -11,8 +11,10 @@ Layer: pure (times in seconds on the caller's clock, passed in).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
+
+from emu.planner.model import CloseRule
 
 __all__ = [
     "BatchScheduler",
@@ -74,13 +76,13 @@ class BatchScheduler(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class StagedPipeline:
-    """DiP-SD's staged pipeline: the plan's batches in its cyclic order; a batch closes at its
-    members' latest predicted ready time (each one's last verdict plus the time its asked draft
-    should take, times ``1 + tolerance``) plus ``grace_ms``, or as soon as every draft is in.
-    A member at length 0 needs no draft and never holds a batch."""
+    """DiP-SD's staged pipeline: the plan's batches in its cyclic order; a batch closes when
+    every draft is in, or by its ``close`` rule (``emu.planner.CloseRule``: the planner's
+    stochastic model knows the same rule): at the latest of its members' last verdict plus the
+    rule's deadline for the draft each was asked for. A member at length 0 needs no draft and
+    never holds a batch."""
 
-    tolerance: float = 0.25
-    grace_ms: float = 2.0
+    close: CloseRule = field(default_factory=CloseRule)
 
     def cycle(self, plan: EdgePlan) -> Sequence[tuple[int, tuple[int, ...]]]:
         return list(enumerate(plan.batches))
@@ -89,9 +91,10 @@ class StagedPipeline:
         waited = [m for m in members if m.asked > 0]
         if not waited:
             return -float("inf")
-        scale = (1.0 + self.tolerance) / 1e3
-        latest = max(m.last_verdict_s + plan.ready_ms(m.uid, m.asked) * scale for m in waited)
-        return latest + self.grace_ms / 1e3
+        return max(
+            m.last_verdict_s + self.close.deadline_ms(plan.ready_ms(m.uid, m.asked)) / 1e3
+            for m in waited
+        )
 
 
 class LengthController(Protocol):

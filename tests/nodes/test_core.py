@@ -9,6 +9,7 @@ import math
 import pytest
 
 from emu.planner.cost import Plan, evaluate
+from emu.planner.model import CloseRule
 from nodes.core.estimate import UserEstimate
 from nodes.core.replan import ReplanRule, believed, edge_plan, in_force, planning_problem
 from nodes.core.schedule import EdgePlan, PlanLengths, StagedPipeline, Waiting
@@ -35,7 +36,7 @@ def test_the_staged_pipeline_runs_the_plans_batches_in_its_cyclic_order() -> Non
 
 
 def test_a_batch_closes_at_its_slowest_members_predicted_ready_time() -> None:
-    plan, rule = _plan(), StagedPipeline(tolerance=0.5, grace_ms=2.0)
+    plan, rule = _plan(), StagedPipeline(close=CloseRule(tolerance=0.5, grace_ms=2.0))
     members = [
         Waiting(uid=7, asked=4, last_verdict_s=10.0, has_draft=False),  # 43 ms
         Waiting(uid=5, asked=6, last_verdict_s=9.9, has_draft=False),  # 125 ms
