@@ -49,9 +49,8 @@ def test_sim_and_run_plan_the_default_scenario_identically(tmp_path: Path) -> No
     assert npz is not None and comm is not None
     assert min(comm) > 2 * sc.users.comm_ms  # the radio's priors, not the file's 3 ms
     node_file = tmp_path / "run" / "scenario.toml"
-    node_file.write_text(
-        scenario_toml(node_scenario(sc, policy="dipsd", time_scale=1.0, comm_ms=comm))
-    )
+    mine = node_scenario(sc, policy="dipsd", time_scale=1.0, comm_ms=comm, comm_noise=noise)
+    node_file.write_text(scenario_toml(mine))
     edge_problem = node_problem(load_scenario(node_file))
     run_problem = with_comm(sc.problem(), comm, noise)  # the run's prediction
     assert edge_problem == run_problem
@@ -59,7 +58,14 @@ def test_sim_and_run_plan_the_default_scenario_identically(tmp_path: Path) -> No
     plan = memo_planner("dipsd")(edge_problem, None)
     assert [list(b) for b in plan.batches] == sim_plan["batches"]
     assert list(plan.draft_len) == sim_plan["draft_len"]
-    assert stochastic_evaluate(run_problem, plan).throughput_tok_s == sim["predicted_tok_s"]
+    predicted = stochastic_evaluate(run_problem, plan).throughput_tok_s
+    assert predicted == sim["predicted_tok_s"]
+    # The edge's first plan knows the radio's noise too: its quantiles, not the mean alone.
+    assert all(u.comm_noise is not None for u in edge_problem.users)
+    edge_expects = stochastic_evaluate(edge_problem, plan).throughput_tok_s
+    assert abs(edge_expects / predicted - 1) < 0.01
+    means_only = stochastic_evaluate(with_comm(sc.problem(), comm), plan).throughput_tok_s
+    assert abs(means_only / predicted - 1) > 0.01  # so the noise is worth carrying
 
     # The same radio links: the series the shaper follows is the trace the simulation draws.
     trace = generate(sc.radio, sc.users.count, sc.sim.duration_s, Streams(sc.sim.seed).radio())

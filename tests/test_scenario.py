@@ -87,6 +87,23 @@ def test_each_users_link_noise_is_its_own_or_the_networks(tmp_path: Path) -> Non
     assert all(u.comm_noise is None for u in on_radio.users)
 
 
+def test_a_users_measured_link_noise_is_what_it_plans_with(tmp_path: Path) -> None:
+    """``comm_noise_ms`` lists a user's link time per round beyond its mean, equally likely:
+    the planner takes it as given, on any network; its links are shaped as before."""
+    f = _write(
+        tmp_path,
+        '[network]\nmodel = "fixed"\njitter_ms = 5.0\n[users]\ncount = 2\n'
+        "[[users.each]]\ncomm_noise_ms = [-2.0, -1.0, 0.0, 9.0]\n",
+    )
+    s = load_scenario(f)
+    given = s.problem().users[0].comm_noise
+    assert given is not None
+    assert given.mean == pytest.approx(1.5) and given.top_ms == pytest.approx(9.0)
+    assert s.link_noise(0) == s.link_noise(1)  # the link is [network]'s still
+    on_radio = load_scenario(f, overrides={"network.model": "radio"}).problem()
+    assert on_radio.users[0].comm_noise is not None and on_radio.users[1].comm_noise is None
+
+
 def test_count_below_entries_truncates(tmp_path: Path) -> None:
     f = _write(tmp_path, "[[users.each]]\nalpha = 0.9\n[[users.each]]\nalpha = 0.8\n")
     assert load_scenario(f, overrides={"users.count": 1}).problem().size == 1
@@ -122,6 +139,12 @@ def test_example_scenarios_load() -> None:
          r"users\.each\[1\]\.jitter_ms must be in \[0, 1e5\], got -1"),
         ("[[users.each]]\nloss = 0.7\n",
          r"users\.each\[0\]\.loss must be in \[0, 0\.5\], got 0\.7"),
+        ("[[users.each]]\ncomm_noise_ms = []\n",
+         r"users\.each\[0\]\.comm_noise_ms must list 1 to 4096 .*got \[\] \(0 values\)"),
+        ("[[users.each]]\ncomm_noise_ms = [1.0, nan, 2.0]\n",
+         r"users\.each\[0\]\.comm_noise_ms must list .*got \[1\.0, nan, 2\.0\] \(3 values\)"),
+        ("[[users.each]]\ncomm_noise_ms = 3.0\n",
+         r"users\.each\[0\]\.comm_noise_ms must be a list, got 3\.0"),
     ],
 )  # fmt: skip
 def test_bad_scenarios_name_field_value_and_rule(tmp_path: Path, text: str, message: str) -> None:
@@ -180,7 +203,7 @@ def test_the_edge_runs_the_scenarios_own_runtime_section() -> None:
     sc = load_scenario(overrides={"runtime.grace_ms": 7.0, "runtime.comm_quantile": 0.9})
     settings = edge_settings(sc, sc.users.count)
     assert settings.runtime is sc.runtime
-    assert settings.runtime.pipeline.grace_ms == 7.0
+    assert settings.runtime.pipeline.close.grace_ms == 7.0
     assert settings.runtime.replan.comm_quantile == 0.9
     assert load_scenario().runtime.replan.comm_quantile is None  # 0 in the file: the mean
 

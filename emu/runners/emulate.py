@@ -408,6 +408,7 @@ def _run_policy(
     shaper: Shaper,
     scale: float,
     comm: tuple[float, ...] | None,
+    noise: tuple[Lattice, ...] | None,
     progress: Progress | None,
 ) -> tuple[float, float]:
     """Run one policy's nodes for the scenario's duration, or until a server node (a verifier
@@ -416,7 +417,9 @@ def _run_policy(
     sc = dep.scenario
     pdir.mkdir(parents=True, exist_ok=True)
     at = nw.addresses()
-    mine = node_scenario(sc, policy=policy, time_scale=scale, comm_ms=comm, addresses=at)
+    mine = node_scenario(
+        sc, policy=policy, time_scale=scale, comm_ms=comm, comm_noise=noise, addresses=at
+    )
     port = str(sc.deployment.port)
     (pdir / "scenario.toml").write_text(scenario_toml(mine))
     node = [sys.executable, "-m", "emu.runners.node", str(pdir / "scenario.toml")]
@@ -665,6 +668,7 @@ def emulate(
                         shaper=shaper,
                         scale=scale,
                         comm=comm,
+                        noise=noise,
                         progress=progress,
                     )
                     where.phase = f"summarising {policy}"

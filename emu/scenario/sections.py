@@ -19,7 +19,7 @@ from emu.errors import ConfigError, check_in
 from emu.planner.dsd.model import DsdProblem
 from emu.planner.hetnet.model import HetnetProblem
 from emu.planner.lattice import Lattice, LinkNoise
-from emu.planner.model import CloseRule, Edge, LatencyModel, ModelArch, Problem, User
+from emu.planner.model import Edge, LatencyModel, ModelArch, Problem, User
 from emu.scenario.compute import ArchConfig, LatencyConfig
 from emu.scenario.deployment import DeploymentConfig
 from emu.scenario.dsd import DsdConfig, dsd_problem
@@ -40,13 +40,20 @@ _TOP_ENTRY_BYTES = 14  # one top-k entry of a draft on the wire: an id (<= 5) an
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UserOverride:
     """Fields one user may set for itself; unset ones come from [users] (``jitter_ms`` and
-    ``loss``, its link's on fixed and traced links, from [network])."""
+    ``loss``, its link's on fixed and traced links, from [network]).
+
+    ``comm_noise_ms``: its link time per round beyond ``comm_ms``, as equally likely values
+    [ms]. The planner takes it instead of what the links' jitter and loss imply; the links
+    themselves are unchanged. A measured distribution goes here, and an emulation gives its
+    edge each user's radio series this way.
+    """
 
     alpha: float | None = None
     prefix_len: int | None = None
     comm_ms: float | None = None
     jitter_ms: float | None = None
     loss: float | None = None
+    comm_noise_ms: tuple[float, ...] | None = None
     draft: ArchConfig | None = None
     device: LatencyConfig | None = None
 
@@ -67,10 +74,32 @@ class UsersConfig:
                 check_in(f"users.each[{m}].jitter_ms", o.jitter_ms, 0, 1e5, "in [0, 1e5]")
             if o.loss is not None:
                 check_in(f"users.each[{m}].loss", o.loss, 0, 0.5, "in [0, 0.5]")
+            if o.comm_noise_ms is not None:
+                _check_noise(f"users.each[{m}].comm_noise_ms", o.comm_noise_ms)
 
     def override(self, m: int) -> UserOverride:
         """What user ``m`` sets for itself (nothing past the listed ones)."""
         return self.each[m] if m < len(self.each) else UserOverride()
+
+
+# The most values a user's comm_noise_ms may list.
+MAX_NOISE_VALUES = 4096
+
+
+def _check_noise(where: str, values: tuple[float, ...]) -> None:
+    ok = 0 < len(values) <= MAX_NOISE_VALUES and all(
+        isinstance(v, int | float) and math.isfinite(v) and abs(v) <= 1e5 for v in values
+    )
+    if not ok:
+        raise ConfigError(
+            f"{where} must list 1 to {MAX_NOISE_VALUES} finite numbers of ms in [-1e5, 1e5], "
+            f"got {_preview(values)}"
+        )
+
+
+def _preview(values: tuple[float, ...]) -> str:
+    shown = ", ".join(repr(v) for v in values[:4])
+    return f"[{shown}{', ...' if len(values) > 4 else ''}] ({len(values)} values)"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -323,9 +352,7 @@ class Scenario:
                 beta_ms=latency.beta_ms,
             ),
             memory_bytes=memory,
-            close=CloseRule(
-                tolerance=self.runtime.deadline_tolerance, grace_ms=self.runtime.grace_ms
-            ),
+            close=self.runtime.close,
         )
 
     def link_noise(self, m: int) -> LinkNoise:
@@ -339,9 +366,12 @@ class Scenario:
         )
 
     def comm_noise(self, m: int) -> Lattice | None:
-        """What user ``m``'s links add to its round beyond its ``comm_ms``: their jitter and
-        retransmissions, up and down (None: nothing). A radio link's delays come from its
-        series, not from these fields."""
+        """What user ``m``'s links add to its round beyond its ``comm_ms``: its own
+        ``comm_noise_ms`` where given, else its links' jitter and retransmissions, up and down
+        (None: nothing). A radio link's delays come from its series, not from these fields."""
+        given = self.users.override(m).comm_noise_ms
+        if given is not None:
+            return Lattice.empirical(given)
         noise = self.link_noise(m)
         if self.network.model == "radio" or not (noise.jitter_ms or noise.loss):
             return None
