@@ -1,7 +1,7 @@
-"""Parity of the runners: the same scenario and seed give the simulation and the emulation the
-same plan, the same radio links and the same acceptance draws (ARCHITECTURE.md, "One code path,
-three fidelity levels"). Checked on the code each runner runs, without Mininet: the emulation's
-radio priors and the scenario its node processes load."""
+"""Parity of the runners: the same scenario and seed give the simulation, the emulation and
+``solve`` the same plan, the same radio links and the same acceptance draws (ARCHITECTURE.md,
+"One code path, three fidelity levels"). Checked on the code each runner runs, without
+Mininet: the emulation's radio priors and the scenario its node processes load."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from emu.deploy.runtime import (
 from emu.planner.stochastic import stochastic_evaluate
 from emu.runners.emulate import radio_priors
 from emu.runners.sim import simulate
+from emu.runners.solve import solve
 from emu.scenario import load_scenario, scenario_toml
 from emu.scenario.streams import Streams
 from emu.shaping.sources import load_series
@@ -60,6 +61,7 @@ def test_sim_and_run_plan_the_default_scenario_identically(tmp_path: Path) -> No
     assert list(plan.draft_len) == sim_plan["draft_len"]
     predicted = stochastic_evaluate(run_problem, plan).throughput_tok_s
     assert predicted == sim["predicted_tok_s"]
+    assert solve(sc)["expected_tok_s"] == predicted  # solve plans on the same radio series
     # The edge's first plan knows the radio's noise too: its quantiles, not the mean alone.
     assert all(u.comm_noise is not None for u in edge_problem.users)
     edge_expects = stochastic_evaluate(edge_problem, plan).throughput_tok_s

@@ -135,6 +135,13 @@ def with_comm(
     return out if noise is None else with_noise(out, noise)
 
 
+def with_radio(problem: Problem, sc: Scenario, up: LinkSeries, down: LinkSeries) -> Problem:
+    """The problem with each user's link time per round, and its noise, from its radio
+    series: what every runner (and ``solve``) plans and predicts with on radio links."""
+    comm = radio_comm_ms(sc, up, down)
+    return with_comm(problem, comm, radio_comm_noise(sc, up, down, comm))
+
+
 def node_scenario(
     sc: Scenario,
     *,

@@ -28,12 +28,10 @@ from emu.deploy.deployment import Deployment, assemble
 from emu.deploy.runtime import (
     edge_settings,
     memo_planner,
-    radio_comm_ms,
-    radio_comm_noise,
     router_node,
     synthetic_verifier,
-    with_comm,
     with_model_priors,
+    with_radio,
 )
 from emu.errors import ConfigError, DraftnetError
 from emu.files import write_atomic
@@ -266,8 +264,7 @@ def simulate(
     if sc.network.model == "radio":
         # One radio trace for every policy: each meets the same links.
         radio = generate(sc.radio, problem.size, sc.sim.duration_s, Streams(sc.sim.seed).radio())
-        comm = radio_comm_ms(sc, radio.up, radio.down)
-        problem = with_comm(problem, comm, radio_comm_noise(sc, radio.up, radio.down, comm))
+        problem = with_radio(problem, sc, radio.up, radio.down)
     dep = dep.with_problem(problem)
     rec = Recorder(out_dir / "events.jsonl" if out_dir else None)
     if out_dir is not None:

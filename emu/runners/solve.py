@@ -48,6 +48,19 @@ def _solve_dipsd(scenario: Scenario, policy: str, plan_of: PlanOf) -> dict[str, 
     """DiP-SD: the plan, its predicted throughput and cycle, and the baselines' throughputs
     and speed-ups."""
     problem = scenario.problem()
+    if scenario.network.model == "radio":
+        # The radio series the simulation draws from the same seed, as it plans with them.
+        from channel_models.cell import generate
+        from emu.deploy.runtime import with_radio
+        from emu.scenario.streams import Streams
+
+        radio = generate(
+            scenario.radio,
+            problem.size,
+            scenario.sim.duration_s,
+            Streams(scenario.sim.seed).radio(),
+        )
+        problem = with_radio(problem, scenario, radio.up, radio.down)
     plan, solve_ms = plan_of(policy, problem)
     ev = evaluate(problem, plan)
     expected = stochastic_evaluate(problem, plan)
