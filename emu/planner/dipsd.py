@@ -279,12 +279,18 @@ def dipsd(problem: Problem, *, improve: bool = True, previous: Plan | None = Non
 
 
 def _polish_for(problem: Problem, inc: Incumbent) -> None:
+    """The joint polish, then the full length step (with the best-response sweep) on the
+    batches it settled on."""
     # Polish costs O(M) per length step; keep its total work roughly flat in M.
     M = problem.size
     if M <= _MAX_SWAP_USERS:
         polish(problem, inc, budget=600, lookahead=8)
     else:
         polish(problem, inc, budget=min(32, max(8, 1600 // M)))
+    assert inc.batch_of is not None and inc.lengths is not None
+    tab = Tableau(problem)
+    lengths, _ = optimise_lengths(tab, inc.batch_of, inc.n, inc.lengths, respond=True)
+    inc.offer(tab, inc.batch_of, inc.n, lengths)
 
 
 def replan_warm(problem: Problem, previous: Plan) -> Plan:

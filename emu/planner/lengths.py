@@ -27,8 +27,10 @@ __all__ = ["optimise_lengths"]
 
 # Most bounds P one sweep move scores; below this the sweep is exact.
 _MAX_SWEEP = 128
-# The best-response sweep scores bounds x caps x users at once: at most this many entries.
-_MAX_RESPONSE_ENTRIES = 2_000_000
+# The best-response sweep scores bounds x caps x users at once: about this many entries at
+# most (and at least _MIN_RESPONSE_BOUNDS bounds).
+_MAX_RESPONSE_ENTRIES = 100_000
+_MIN_RESPONSE_BOUNDS = 32
 # Prices on verify time, as fractions of lam, at which the best-response sweep shares the
 # verify times' budget among batches.
 _PRICES = np.r_[0.0, 2.0 ** np.arange(-6, 1)]
@@ -225,7 +227,8 @@ class _State:
         g, c = self.p.draft_ms, self.p.comm_ms
         with np.errstate(divide="ignore", invalid="ignore"):
             steps = np.floor((avail - c) / np.where(g > 0, g, np.inf) + 1e-9)
-        steps = np.where(g > 0, steps, cap)
+        # A user that drafts in no time drafts its cap, if its link time fits at all.
+        steps = np.where(g > 0, steps, np.where(avail - c >= -1e-9, cap, 0))
         return np.clip(steps, 0, cap).astype(np.int64)
 
     def _response_table(self) -> tuple[FloatArray, FloatArray]:
@@ -243,7 +246,7 @@ class _State:
                 self.Tc.ravel(),
             ]
         )
-        most = max(_MAX_SWEEP, _MAX_RESPONSE_ENTRIES // (C * M))
+        most = max(_MIN_RESPONSE_BOUNDS, _MAX_RESPONSE_ENTRIES // (C * M))
         if P.size > most:
             P = P[np.linspace(0, P.size - 1, most).round().astype(np.int64)]
         avail = P[:, None, None] - T_user[None, :, :]  # (P, M, C)
@@ -283,29 +286,36 @@ def _max_excluding_self(x: FloatArray, group: IntArray, n: int) -> FloatArray:
     return np.where(np.isfinite(out), out, 0.0)
 
 
-def _ascend(st: _State, lam: float, *, max_sweeps: int = 50) -> float:
+def _ascend(st: _State, lam: float, *, respond: bool, max_sweeps: int = 50) -> float:
     """Coordinate ascent on U - lam S from the state's lengths; returns the final value.
 
-    The aggregate moves (the bound sweep, whole batches) are cheap and do most of the work;
-    the per-user pass, O(M) small moves, runs only once they stall.
+    The aggregate moves (the bound sweep, whole batches) do most of the work; the
+    best-response sweep and then the per-user pass, O(M) small moves, run only once they
+    stall. A sweep's score is a bound on S, so each is kept only if the lengths it gives
+    really do better.
     """
     U, S = st.value()
     cur = U - lam * S
     tol = 1e-12 * max(1.0, abs(U))
+
+    def kept(lens: IntArray) -> bool:
+        nonlocal U, S, cur
+        before = st.l.copy()
+        st.set(lens)
+        U_new, S_new = st.value()
+        if U_new - lam * S_new > cur + tol:
+            U, S, cur = U_new, S_new, U_new - lam * S_new
+            return True
+        st.set(before)
+        return False
+
     full = np.full(st.n, st.p.max_draft_len, dtype=np.int64)
     for _ in range(max_sweeps):
         moved = False
         for caps in (st.padded(), full):
             obj, lens = st.best_sweep(lam, caps)
             if obj > cur + tol:
-                st.set(lens)
-                U, S = st.value()
-                cur, moved = U - lam * S, True
-        obj, lens = st.best_response_sweep(lam)
-        if obj > cur + tol:
-            st.set(lens)
-            U, S = st.value()
-            cur, moved = U - lam * S, True
+                moved = kept(lens) or moved
         for _ in range(st.n):
             obj, k, lens = st.best_batch_move(lam, U)
             if obj <= cur + tol:
@@ -315,6 +325,10 @@ def _ascend(st: _State, lam: float, *, max_sweeps: int = 50) -> float:
             cur, moved = U - lam * S, True
         if moved:
             continue
+        if respond:
+            obj, lens = st.best_response_sweep(lam)
+            if obj > cur + tol and kept(lens):
+                continue
         # Steepest single-user moves, all users scored at once, until none improves.
         for _ in range(st.l.size):
             objs, cs = st.best_user_moves(lam, U)
@@ -330,14 +344,25 @@ def _ascend(st: _State, lam: float, *, max_sweeps: int = 50) -> float:
 
 
 def optimise_lengths(
-    tab: Tableau, batch_of: IntArray, n: int, lengths: IntArray, *, max_iter: int = 50
+    tab: Tableau,
+    batch_of: IntArray,
+    n: int,
+    lengths: IntArray,
+    *,
+    respond: bool = False,
+    max_iter: int = 50,
 ) -> tuple[IntArray, float]:
-    """Dinkelbach on the length step; returns the lengths and their ratio U / S [tokens/ms]."""
+    """Dinkelbach on the length step; returns the lengths and their ratio U / S [tokens/ms].
+
+    ``respond`` adds the best-response sweep (the batches' paddings chosen per bound): it
+    finds what the other moves miss where batches tie for the cycle, and costs several times
+    as much, so a planner runs it on the plan it settles on, not on every plan it tries.
+    """
     st = _State(tab, batch_of, n, lengths)
     U, S = st.value()
     lam = U / S
     for _ in range(max_iter):
-        gain = _ascend(st, lam)
+        gain = _ascend(st, lam, respond=respond)
         U, S = st.value()
         if gain <= 1e-12 * max(1.0, U):
             break
