@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from emu.planner import baselines_of, evaluate, get_policy
+from emu.planner import Problem, baselines_of, evaluate, get_policy
 from emu.planner.hetnet.bandwidth import allocation_hz
 from emu.planner.hetnet.evaluate import evaluate as evaluate_hetnet
+from emu.planner.hetnet.model import HetnetProblem
 from emu.planner.stochastic import stochastic_evaluate
 from emu.scenario import Scenario
 
@@ -29,7 +30,8 @@ def solve(scenario: Scenario, policy: str | None = None) -> dict[str, Any]:
 def solve_each(scenario: Scenario, policies: list[str]) -> list[dict[str, Any]]:
     """The ``solve --json`` object of each policy of ``policies`` on one scenario, each plan
     (the baselines' too) made once (a study's case)."""
-    solves = _SOLVES[scenario.deployment.system]
+    problem_of, solves = _SOLVES[scenario.deployment.system]
+    problem = problem_of(scenario)
     plans: dict[str, Any] = {}  # a policy's name -> its plan and solve time [ms]
 
     def plan_of(name: str, problem: Any) -> tuple[Any, float]:
@@ -38,29 +40,33 @@ def solve_each(scenario: Scenario, policies: list[str]) -> list[dict[str, Any]]:
             plans[name] = (get_policy(name).plan(problem), 1000 * (time.perf_counter() - t0))
         return plans[name]  # type: ignore[no-any-return]
 
-    return [solves(scenario, policy, plan_of) for policy in policies]
+    return [solves(scenario, problem, policy, plan_of) for policy in policies]
 
 
 PlanOf = Callable[[str, Any], tuple[Any, float]]
 
 
-def _solve_dipsd(scenario: Scenario, policy: str, plan_of: PlanOf) -> dict[str, Any]:
+def _dipsd_problem(scenario: Scenario) -> Problem:
+    """The scenario's instance; on radio links, with each user's link time and its noise from
+    the radio series that the simulation draws from the same seed, as it plans with them."""
+    problem = scenario.problem()
+    if scenario.network.model != "radio":
+        return problem
+    from channel_models.cell import generate
+    from emu.deploy.runtime import with_radio
+    from emu.scenario.streams import Streams
+
+    radio = generate(
+        scenario.radio, problem.size, scenario.sim.duration_s, Streams(scenario.sim.seed).radio()
+    )
+    return with_radio(problem, scenario, radio.up, radio.down)
+
+
+def _solve_dipsd(
+    scenario: Scenario, problem: Problem, policy: str, plan_of: PlanOf
+) -> dict[str, Any]:
     """DiP-SD: the plan, its predicted throughput and cycle, and the baselines' throughputs
     and speed-ups."""
-    problem = scenario.problem()
-    if scenario.network.model == "radio":
-        # The radio series the simulation draws from the same seed, as it plans with them.
-        from channel_models.cell import generate
-        from emu.deploy.runtime import with_radio
-        from emu.scenario.streams import Streams
-
-        radio = generate(
-            scenario.radio,
-            problem.size,
-            scenario.sim.duration_s,
-            Streams(scenario.sim.seed).radio(),
-        )
-        problem = with_radio(problem, scenario, radio.up, radio.down)
     plan, solve_ms = plan_of(policy, problem)
     ev = evaluate(problem, plan)
     expected = stochastic_evaluate(problem, plan)
@@ -92,14 +98,15 @@ def _solve_dipsd(scenario: Scenario, policy: str, plan_of: PlanOf) -> dict[str, 
     }
 
 
-def _solve_hetnet(scenario: Scenario, policy: str, plan_of: PlanOf) -> dict[str, Any]:
+def _solve_hetnet(
+    scenario: Scenario, problem: HetnetProblem, policy: str, plan_of: PlanOf
+) -> dict[str, Any]:
     """The heterogeneous edge: the plan (batches in order, their speculation lengths, each
     task's band), its latencies as the evaluator scores them with their breakdown, the
     reconstructed DP's beside it, and each baseline's latencies and the plan's gain on it
     (how much lower its total latency is, in percent)."""
     from emu.errors import ConfigError
 
-    problem = scenario.hetnet_problem()
     chosen = get_policy(policy, where="planner.policy")
     if chosen.max_users is not None and problem.size > chosen.max_users:
         raise ConfigError(
@@ -144,7 +151,8 @@ def _solve_hetnet(scenario: Scenario, policy: str, plan_of: PlanOf) -> dict[str,
     }
 
 
-_SOLVES: dict[str, Callable[[Scenario, str, PlanOf], dict[str, Any]]] = {
-    "dipsd": _solve_dipsd,
-    "hetnet": _solve_hetnet,
+# Per system: its planning instance (built once per scenario), and one policy's solve of it.
+_SOLVES: dict[str, tuple[Callable[[Scenario], Any], Callable[..., dict[str, Any]]]] = {
+    "dipsd": (_dipsd_problem, _solve_dipsd),
+    "hetnet": (Scenario.hetnet_problem, _solve_hetnet),
 }
