@@ -143,6 +143,9 @@ def test_example_scenarios_load() -> None:
          r"users\.each\[0\]\.comm_noise_ms must list 1 to 4096 .*got \[\] \(0 values\)"),
         ("[[users.each]]\ncomm_noise_ms = [1.0, nan, 2.0]\n",
          r"users\.each\[0\]\.comm_noise_ms must list .*got \[1\.0, nan, 2\.0\] \(3 values\)"),
+        ("[users]\ncomm_ms = 3.0\n[[users.each]]\ncomm_noise_ms = [-5.0, 1.0]\n",
+         r"users\.each\[0\]\.comm_noise_ms must not take the link time below 0 ms: its least "
+         r"value is -5\.0 and comm_ms is 3\.0"),
         ("[[users.each]]\ncomm_noise_ms = 3.0\n",
          r"users\.each\[0\]\.comm_noise_ms must be a list, got 3\.0"),
     ],

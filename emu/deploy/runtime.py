@@ -168,8 +168,9 @@ def node_scenario(
         each = [*users.each, *[UserOverride()] * max(0, len(comm_ms) - len(users.each))]
         for i, c in enumerate(comm_ms):
             each[i] = dataclasses.replace(each[i], comm_ms=c)
-        for i, noise in enumerate(comm_noise or ()):
-            each[i] = dataclasses.replace(each[i], comm_noise_ms=_quantiles(noise))
+        if comm_noise is not None:
+            for i, (c, noise) in enumerate(zip(comm_ms, comm_noise, strict=True)):
+                each[i] = dataclasses.replace(each[i], comm_ms=c, comm_noise_ms=_quantiles(noise))
         users = dataclasses.replace(users, each=tuple(each))
     return dataclasses.replace(
         sc,

@@ -44,8 +44,9 @@ class UserOverride:
 
     ``comm_noise_ms``: its link time per round beyond ``comm_ms``, as equally likely values
     [ms]. The planner takes it instead of what the links' jitter and loss imply; the links
-    themselves are unchanged. A measured distribution goes here, and an emulation gives its
-    edge each user's radio series this way.
+    themselves are unchanged. A measured distribution goes here. On radio links the runners
+    plan with the radio series instead, and an emulation gives its nodes each user's series
+    this way.
     """
 
     alpha: float | None = None
@@ -368,10 +369,17 @@ class Scenario:
     def comm_noise(self, m: int) -> Lattice | None:
         """What user ``m``'s links add to its round beyond its ``comm_ms``: its own
         ``comm_noise_ms`` where given, else its links' jitter and retransmissions, up and down
-        (None: nothing). A radio link's delays come from its series, not from these fields."""
-        given = self.users.override(m).comm_noise_ms
-        if given is not None:
-            return Lattice.empirical(given)
+        (None: nothing). On radio links the runners plan with the radio series' noise instead
+        (and hand it to their nodes in ``comm_noise_ms``)."""
+        o = self.users.override(m)
+        if o.comm_noise_ms is not None:
+            comm = self.users.comm_ms if o.comm_ms is None else o.comm_ms
+            if comm + min(o.comm_noise_ms) < 0:
+                raise ConfigError(
+                    f"users.each[{m}].comm_noise_ms must not take the link time below 0 ms: "
+                    f"its least value is {min(o.comm_noise_ms)!r} and comm_ms is {comm!r}"
+                )
+            return Lattice.empirical(o.comm_noise_ms)
         noise = self.link_noise(m)
         if self.network.model == "radio" or not (noise.jitter_ms or noise.loss):
             return None

@@ -77,7 +77,7 @@ class BatchScheduler(Protocol):
 @dataclass(frozen=True, slots=True)
 class StagedPipeline:
     """DiP-SD's staged pipeline: the plan's batches in its cyclic order; a batch closes when
-    every draft is in, or by its ``close`` rule (``emu.planner.CloseRule``: the planner's
+    every draft is in, or by its ``close`` rule (``emu.planner.model.CloseRule``: the planner's
     stochastic model knows the same rule): at the latest of its members' last verdict plus the
     rule's deadline for the draft each was asked for. A member at length 0 needs no draft and
     never holds a batch."""
