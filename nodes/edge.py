@@ -38,6 +38,7 @@ from nodes.core.verifier import (
     Forget,
     Member,
     Persist,
+    Planning,
     Record,
     Send,
     VerifierCore,
@@ -91,6 +92,10 @@ class EdgeNode:
         self.pacer = pacer or Pacer()
         self.solve_in_thread = solve_in_thread
         self._arrival = trio.Event()
+        self._nursery: trio.Nursery | None = None  # where re-plans are solved behind the loop
+        self._solving = False
+        self._landed: tuple[Planning, Plan, int] | None = None  # a solved re-plan, to adopt
+        self._plans_made = 0  # plans put in force: a re-plan asked before another is stale
         self.peers = VerifierPeers(
             self.core, settings, sink, apply=self._apply, wake=self._wake, reports=reports
         )
@@ -150,6 +155,11 @@ class EdgeNode:
     # --- the pipeline ----------------------------------------------------------------------
     async def run(self) -> None:
         """The loop: prefill new sessions, then verify batches in the scheduler's order."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._loop()
+
+    async def _loop(self) -> None:
         core = self.core
         await self._await_first_users()
         while True:
@@ -157,6 +167,7 @@ class EdgeNode:
                 await self._arrival.wait()
                 continue
             await self._prefill()
+            self._adopt()
             if core.dirty or core.plan is None:
                 await self._replan(core.dirty or "start")
             plan = core.plan
@@ -170,7 +181,7 @@ class EdgeNode:
                 if members := core.batch(batch):
                     progressed |= await self._run_batch(slot, members)
             if reason := core.end_cycle():
-                await self._replan(reason)
+                await self._replan_behind(reason)
             if not progressed:
                 # Nobody is decoding yet (all in prefill or between sessions): wait for news.
                 with trio.move_on_after(0.05):
@@ -285,6 +296,7 @@ class EdgeNode:
         return await trio.to_thread.run_sync(self.planner, problem, previous)
 
     async def _replan(self, reason: str) -> None:
+        """Plan now, and wait for it: at the start, and when users joined or left."""
         try:
             if (asked := self.core.planning(reason)) is None:
                 return
@@ -292,5 +304,46 @@ class EdgeNode:
         except Exception as exc:  # a plan that cannot be made: the last one stays in force
             self.core.plan_failed(exc, trio.current_time())
         else:
-            self.core.planned(asked, plan, trio.current_time())
+            self._put_in_force(asked, plan)
         self._apply()
+
+    def _put_in_force(self, asked: Planning, plan: Plan) -> None:
+        self.core.planned(asked, plan, trio.current_time())
+        self._plans_made += 1
+
+    async def _replan_behind(self, reason: str) -> None:
+        """A re-plan the re-plan rule asked for (periodic, or an estimate that moved). On a
+        real clock it is solved behind the pipeline, which verifies on with the plan in force
+        until the new one lands (``_adopt``); one at a time, and the rule asks again after it
+        if it still holds. On the virtual clock it takes no time: planned at once."""
+        if self._nursery is None or not self.solve_in_thread:
+            await self._replan(reason)
+            return
+        if self._solving or self._landed is not None:
+            return
+        if (asked := self.core.planning(reason)) is None:
+            return
+        self._solving = True
+        self._nursery.start_soon(self._solve_behind, asked, self._plans_made)
+
+    async def _solve_behind(self, asked: Planning, made: int) -> None:
+        try:
+            plan = await self._solve(asked.problem, asked.previous)
+        except Exception as exc:  # a plan that cannot be made: the last one stays in force
+            self.core.plan_failed(exc, trio.current_time())
+            self._apply()
+        else:
+            self._landed = (asked, plan, made)
+        finally:
+            self._solving = False
+
+    def _adopt(self) -> None:
+        """Put a re-plan solved behind the pipeline in force, at a cycle's boundary, unless
+        it is stale: the users changed meanwhile, or another plan came first."""
+        if self._landed is None:
+            return
+        asked, plan, made = self._landed
+        self._landed = None
+        if made == self._plans_made and set(asked.uids) == set(self.core.members):
+            self._put_in_force(asked, plan)
+            self._apply()
