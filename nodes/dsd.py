@@ -407,6 +407,9 @@ class RouterNode:
         self.routed: dict[str, int] = dict.fromkeys(self.names, 0)
         self.sink = sink
         self.faults = 0
+        # When the run's workload ends (the node's clock; None: not known). A connection reset
+        # from then on is a peer that left with a message unread, not a fault.
+        self.ends_at: float | None = None
         self.relayed = 0
         self._routes: dict[tuple[int, int], int] = {}  # each routed conversation's verifier
         # each drafter's connection, and each verifier's
@@ -491,10 +494,17 @@ class RouterNode:
                     if answer is not None:
                         box.post(answer)
             except (RemoteProtocolError, trio.BrokenResourceError) as exc:
-                self.faults += 1
-                self.sink({"ev": "dsd_fault", "t": trio.current_time(), "why": str(exc)})
+                now = trio.current_time()
+                if isinstance(exc, trio.BrokenResourceError) and self._over(now):
+                    self.sink({"ev": "dsd_left", "t": now, "why": str(exc)})
+                else:
+                    self.faults += 1
+                    self.sink({"ev": "dsd_fault", "t": now, "why": str(exc)})
             finally:
                 box.close()
+
+    def _over(self, now: float) -> bool:
+        return self.ends_at is not None and now >= self.ends_at
 
 
 # --- the drafter --------------------------------------------------------------------------

@@ -107,10 +107,15 @@ def verifier_backend(sc: Scenario, problem: DsdProblem) -> VerifyBackend:
     )
 
 
-async def _router(sc: Scenario, port: int, rec: Recorder) -> dict[str, Any]:
+async def _router(sc: Scenario, port: int, run_dir: Path, rec: Recorder) -> dict[str, Any]:
     node = RouterNode(dsd_problem_of(sc), seed=sc.sim.seed, sink=rec.for_node("router"))
+
+    async def learn_the_end() -> None:
+        node.ends_at = await start_at(run_dir) + sc.sim.duration_s
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(until_signalled, nursery.cancel_scope)
+        nursery.start_soon(learn_the_end)
         await nursery.start(trio.serve_tcp, node.serve, port)
         print("ready", flush=True)
     return {"routed": node.routed, "faults": node.faults}
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any]
     try:
         if args.role == "router":
-            out = trio.run(_router, sc, args.port, rec, clock=clock)
+            out = trio.run(_router, sc, args.port, run_dir, rec, clock=clock)
         elif args.role == "verifier":
             out = trio.run(_verifier, sc, args.index, args.port, run_dir, rec, clock=clock)
         else:
