@@ -104,3 +104,28 @@ def test_a_resumed_session_is_stitched_to_its_start_and_a_gap_or_a_repeat_is_cau
         out = check_sessions([read_sessions(path)], _reference)
         assert out["lossless"] is False
         assert out["lossless_checked"]["mismatches"] == [caught]
+
+
+def test_a_session_killed_before_its_first_token_and_resumed_is_one_session(
+    tmp_path: Path,
+) -> None:
+    """A user killed after it logged a session's prompt and before any token, then restarted:
+    the edge hands the session back with nothing committed, so the resumed start's prompt is
+    the session's own. It continues that session; it is not a second one. (Read as two, the
+    user's log held one session more than the edge's journal, and a lab test of faults failed
+    once in a few runs.)"""
+    path = tmp_path / "tokens-u0.jsonl"
+    with path.open("w") as log:
+        d = RecordingDrafter(_Drafter(), [], log)
+        d.start([1, 2])  # killed here
+    with path.open("a") as log:
+        d = RecordingDrafter(_Drafter(), [], log)
+        d.start([1, 2])  # restarted: the edge's ledger holds the session, with no token yet
+        d.draft(2)
+        d.commit(2, 12)
+        d.start([7])  # the next session
+    sessions = read_sessions(path)
+    assert [(s.prompt, s.tokens, s.broken) for s in sessions] == [
+        ((1, 2), [10, 11, 12], False),
+        ((7,), [], False),
+    ]

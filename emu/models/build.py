@@ -84,8 +84,9 @@ def read_sessions(path: Path) -> list[Session]:
     """The sessions a ``RecordingDrafter`` logged (a line cut short by a killed node is
     dropped; a session cut short keeps what it committed).
 
-    A start whose prompt begins with the last session's prompt and is longer resumes that
-    session (a new connection, or a restarted process appending to the same log): its prompt
+    A start whose prompt begins with the last session's prompt and is longer, or is that
+    prompt itself when the session committed nothing, resumes that session (a new connection,
+    or a restarted process appending to the same log): its prompt
     must be the session's prompt and every token the session committed, then perhaps tokens
     the user took back from the edge's ledger without logging them; the session then goes on
     with those and what the resumed start commits. One that drops or repeats a token is
@@ -99,10 +100,10 @@ def read_sessions(path: Path) -> list[Session]:
         if "prompt" in r:
             prompt = tuple(r["prompt"])
             last = sessions[-1] if sessions else None
-            if (
-                last is not None
-                and len(prompt) > len(last.prompt)
-                and (prompt[: len(last.prompt)] == last.prompt)
+            if last is not None and (
+                (len(prompt) > len(last.prompt) and prompt[: len(last.prompt)] == last.prompt)
+                # Killed before its first token: the edge hands back the bare prompt.
+                or (prompt == last.prompt and not last.tokens)
             ):
                 done = (*last.prompt, *last.tokens)
                 if prompt[: len(done)] != done:
