@@ -14,17 +14,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from emu.errors import ConfigError
-from emu.planner.model import FloatArray, IntArray, Problem, expected_tokens
+from emu.planner.model import MAX_TOLERANCE, FloatArray, IntArray, Problem, expected_tokens
 
 __all__ = ["Evaluation", "Plan", "Tableau", "evaluate"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
-    """batches: user indices per batch, in verification order; draft_len: per user [tokens]."""
+    """batches: user indices per batch, in verification order; draft_len: per user [tokens];
+    close_tolerance: each batch's deadline tolerance where the planner chose one (``CloseRule``:
+    the batch closes at 1 + tolerance times its latest member's expected ready time plus the
+    edge's grace), empty for the edge's own. The published model ignores it: it waits for
+    every draft."""
 
     batches: tuple[tuple[int, ...], ...]
     draft_len: tuple[int, ...]
+    close_tolerance: tuple[float, ...] = ()
 
     def check(self, problem: Problem) -> None:
         """Raise ConfigError unless every user is in exactly one batch and lengths are in range."""
@@ -42,6 +47,17 @@ class Plan:
             if not 0 <= ln <= problem.max_draft_len:
                 raise ConfigError(
                     f"plan.draft_len[{m}] must be in [0, {problem.max_draft_len}], got {ln}"
+                )
+        tol = self.close_tolerance
+        if tol and len(tol) != len(self.batches):
+            raise ConfigError(
+                f"plan.close_tolerance must have one per batch ({len(self.batches)}) or none, "
+                f"got {tol!r}"
+            )
+        for k, t in enumerate(tol):
+            if not (isinstance(t, int | float) and 0.0 <= t <= MAX_TOLERANCE):
+                raise ConfigError(
+                    f"plan.close_tolerance[{k}] must be in [0, {MAX_TOLERANCE:g}], got {t!r}"
                 )
 
     @classmethod

@@ -13,6 +13,8 @@ noisy link delays its whole batch. This policy keeps dipsd's plan as its incumbe
    was worth 3.4% of expected throughput, the local search alone 0.3%);
 2. a local search under the stochastic model (``NoisyScorer``): each user's draft length one
    shorter or longer, and the member that sets its batch's tail moved to another batch;
+3. where the edge closes batches at a deadline, each batch's own deadline (its tolerance,
+   ``_choose_close``);
 
 and keeps whichever the stochastic model (``emu.planner.stochastic``) expects to deliver most.
 The last comparison is exact, against dipsd's own plan, so the policy never expects less than
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -33,11 +35,13 @@ from emu.planner.lattice import TAIL_QUANTILE
 from emu.planner.model import IntArray, Problem
 from emu.planner.stochastic import expected_max, has_noise, plan_rounds, stochastic_evaluate
 
-__all__ = ["NoisyScorer", "jitter_aware"]
+__all__ = ["CLOSE_TOLERANCES", "NoisyScorer", "jitter_aware"]
 
 _GRID = 1024  # the scorer's points over the cycle's range
 _BUDGET_WORK = 40_000  # the local search's scorings x users, so its time is flat in M
 _MIN_EVALS, _MAX_EVALS = 24, 400
+# The close deadlines a batch may take, as CloseRule tolerances (beside the edge's own).
+CLOSE_TOLERANCES = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
 class NoisyScorer:
@@ -49,15 +53,22 @@ class NoisyScorer:
         self.problem = problem
         self.tab = Tableau(problem)
 
-    def ratio(self, batch_of: IntArray, n: int, lengths: IntArray) -> float:
-        """Expected tokens per ms of the plan (-inf where a batch breaks the memory bound)."""
+    def ratio(
+        self,
+        batch_of: IntArray,
+        n: int,
+        lengths: IntArray,
+        close_tolerance: Sequence[float] = (),
+    ) -> float:
+        """Expected tokens per ms of the plan (-inf where a batch breaks the memory bound),
+        each batch closed by the edge's rule or its own ``close_tolerance``."""
         p = self.problem
         size, L, I, _ = self.tab.batch_stats(batch_of, n, lengths)
         if not p.fits(size, I).all():
             return -math.inf
         T = p.verify_ms(size, L, I)
         batches = [[int(m) for m in np.flatnonzero(batch_of == k)] for k in range(n)]
-        rounds = plan_rounds(p, batches, lengths)
+        rounds = plan_rounds(p, batches, lengths, close_tolerance)
         members = [x.shift(float(T[k])) for k, b in enumerate(rounds.batches) for x in b]
         cycle = expected_max(members, floor_ms=float(T.sum()), max_points=_GRID)
         return rounds.tokens / cycle
@@ -125,6 +136,49 @@ def _search(problem: Problem, scorer: NoisyScorer, plan: Plan, budget: int) -> t
     return best, Plan.from_arrays(batch_of, lengths)
 
 
+def _choose_close(problem: Problem, scorer: NoisyScorer, plan: Plan, budget: int) -> Plan:
+    """Each batch's close deadline: its tolerance (``CloseRule``) from ``CLOSE_TOLERANCES``
+    and the edge's own, under ``scorer`` within ``budget`` scorings: first one tolerance for
+    every batch, then each batch's own, in turn, while that gains. A tight deadline suits a
+    batch whose stragglers are rare and far late (retransmissions): their rounds are lost
+    rather than the batch's wait; a loose one a batch whose members are often a little late.
+    The plan without tolerances where the edge's suits every batch."""
+    edge = problem.edge.close
+    if edge is None:  # the edge waits for every draft: nothing to choose
+        return plan
+    n = len(plan.batches)
+    batch_of = plan.batch_of(problem.size)
+    lengths = np.asarray(plan.draft_len, dtype=np.int64)
+    ladder = sorted({*CLOSE_TOLERANCES, edge.tolerance})
+
+    def score(tol: list[float]) -> float:
+        return scorer.ratio(batch_of, n, lengths, tol)
+
+    chosen = [edge.tolerance] * n
+    best = score(chosen)
+    for t in ladder:
+        r = score([t] * n)
+        if r > best * (1 + 1e-9):
+            best, chosen = r, [t] * n
+    budget -= len(ladder) + 1
+    improved = n > 1
+    while improved and budget > 0:
+        improved = False
+        for k in range(n):
+            for t in ladder:
+                if t == chosen[k] or budget <= 0:
+                    continue
+                budget -= 1
+                trial = chosen.copy()
+                trial[k] = t
+                r = score(trial)
+                if r > best * (1 + 1e-9):
+                    best, chosen, improved = r, trial, True
+    if all(t == edge.tolerance for t in chosen):
+        return plan
+    return dataclasses.replace(plan, close_tolerance=tuple(chosen))
+
+
 def jitter_aware(problem: Problem, previous: Plan | None = None) -> Plan:
     """Plan for the expected throughput when every batch waits for all its members' random
     ready times (see the module docstring); ``previous`` re-plans warm, as for dipsd."""
@@ -146,6 +200,7 @@ def jitter_aware(problem: Problem, previous: Plan | None = None) -> Plan:
     )
     budget = int(np.clip(_BUDGET_WORK // problem.size, _MIN_EVALS, _MAX_EVALS))
     _, found = _search(problem, scorer, start, budget)
+    found = _choose_close(problem, scorer, found, budget)
     # The last word is the exact model's, against dipsd's own plan.
     if (
         stochastic_evaluate(problem, found).throughput_tok_s

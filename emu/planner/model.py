@@ -20,6 +20,7 @@ from emu.planner.lattice import Lattice
 
 __all__ = [
     "BYTES_PER_PARAM",
+    "MAX_TOLERANCE",
     "MAX_USERS",
     "CloseRule",
     "Edge",
@@ -37,6 +38,9 @@ IntArray = npt.NDArray[np.int64]
 
 # fp16/bf16 weights and KV cache, as in the paper's memory bound.
 BYTES_PER_PARAM = 2
+# Largest deadline tolerance a close rule takes (1 + 100 times the expected ready time: a
+# batch that waits for all its members in all but name).
+MAX_TOLERANCE = 100.0
 # Largest instance the planner accepts: its DP tables are (M + 1)^2 floats.
 MAX_USERS = 2000
 
@@ -202,6 +206,12 @@ class CloseRule:
 
     tolerance: float = 0.25
     grace_ms: float = 2.0
+
+    def with_tolerance(self, tolerance: float | None) -> CloseRule:
+        """This rule with a batch's own ``tolerance`` (None: this rule's)."""
+        if tolerance is None or tolerance == self.tolerance:
+            return self
+        return CloseRule(tolerance=tolerance, grace_ms=self.grace_ms)
 
     def deadline_ms(self, expected_ready_ms: float) -> float:
         """When a batch whose latest member is expected ready at ``expected_ready_ms`` (after

@@ -31,12 +31,13 @@ import numpy.typing as npt
 
 from emu.planner.cost import Plan
 from emu.planner.lattice import STEP_MS, Lattice, LinkNoise
-from emu.planner.model import FloatArray, Problem, expected_tokens
+from emu.planner.model import CloseRule, FloatArray, Problem, expected_tokens
 
 __all__ = [
     "MAX_POINTS",
     "Rounds",
     "StochasticEvaluation",
+    "batch_rules",
     "carried",
     "closed",
     "expected_cycle",
@@ -180,17 +181,30 @@ class Rounds:
     tokens: float
 
 
+def batch_rules(
+    problem: Problem, batches: int, close_tolerance: Sequence[float] = ()
+) -> list[CloseRule | None]:
+    """How each of ``batches`` batches closes: by the edge's rule (``problem.edge.close``; None:
+    it waits for all its members), with the batch's own tolerance where the plan chose one."""
+    edge = problem.edge.close
+    if not close_tolerance:
+        return [edge] * batches
+    return [(edge or CloseRule()).with_tolerance(t) for t in close_tolerance]
+
+
 def plan_rounds(
-    problem: Problem, batches: Sequence[Sequence[int]], draft_len: npt.NDArray[np.int64]
+    problem: Problem,
+    batches: Sequence[Sequence[int]],
+    draft_len: npt.NDArray[np.int64],
+    close_tolerance: Sequence[float] = (),
 ) -> Rounds:
-    """Each batch waits for all its members (``problem.edge.close`` None) or closes at its
-    deadline: a late member's round then takes two of its batch's turns, so it commits
-    u(l) / (1 + late) tokens a cycle."""
+    """Each batch waits for all its members (``batch_rules`` None) or closes at its deadline:
+    a late member's round then takes two of its batch's turns, so it commits u(l) / (1 + late)
+    tokens a cycle."""
     ready = ready_times(problem, draft_len)
     late = np.zeros(problem.size)
-    close = problem.edge.close
     members: list[list[Lattice]] = []
-    for b in batches:
+    for b, close in zip(batches, batch_rules(problem, len(batches), close_tolerance), strict=True):
         drafting = [m for m in b if draft_len[m] > 0]
         if close is None or not drafting:
             members.append([ready[m] for m in b])
@@ -220,13 +234,19 @@ class StochasticEvaluation:
 
 
 def stochastic_evaluate(problem: Problem, plan: Plan) -> StochasticEvaluation:
-    """``plan`` under the stochastic model: each user's ``comm_noise``, and the edge's close
-    rule (``problem.edge.close``; without one, each batch waits for all its members)."""
+    """``plan`` under the stochastic model: each user's ``comm_noise``, and each batch's close
+    rule (``batch_rules``: the edge's, with the plan's own tolerances; without a rule, each
+    batch waits for all its members)."""
     from emu.planner.cost import evaluate
 
     plan.check(problem)
     mean = evaluate(problem, plan)
-    rounds = plan_rounds(problem, plan.batches, np.asarray(plan.draft_len, dtype=np.int64))
+    rounds = plan_rounds(
+        problem,
+        plan.batches,
+        np.asarray(plan.draft_len, dtype=np.int64),
+        plan.close_tolerance,
+    )
     cycle = expected_cycle(rounds.batches, mean.verify_ms)
     return StochasticEvaluation(
         throughput_tok_s=1000.0 * rounds.tokens / cycle,

@@ -88,6 +88,7 @@ def _solve_dipsd(
         "plan": {
             "batches": [list(b) for b in plan.batches],
             "draft_len": list(plan.draft_len),
+            "close_tolerance": list(plan.close_tolerance),
             "verify_ms": list(ev.verify_ms),
             "ready_ms": list(ev.ready_ms),
             "memory_bytes": list(ev.memory_bytes),

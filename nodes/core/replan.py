@@ -139,6 +139,7 @@ def in_force(plan: EdgePlan | None, uids: Sequence[int]) -> Plan | None:
     return Plan(
         batches=tuple(tuple(index[u] for u in b) for b in plan.batches),
         draft_len=tuple(plan.draft_len[u] for u in uids),
+        close_tolerance=plan.close_tolerance,
     )
 
 
@@ -151,14 +152,20 @@ def edge_plan(
     plan_id: int,
     reason: str,
 ) -> EdgePlan:
-    """The planner's plan (in the problem's indices) in user ids."""
+    """The planner's plan (in the problem's indices) in user ids. Its link times are what the
+    stochastic model expects of each user's round (its delay plus its noise's mean), which
+    the deadlines scale."""
+    expected_comm = [
+        u.comm_ms + (u.comm_noise.mean if u.comm_noise is not None else 0.0) for u in problem.users
+    ]
     return EdgePlan(
         plan_id=plan_id,
         batches=tuple(tuple(uids[i] for i in b) for b in plan.batches),
         draft_len={uids[i]: int(v) for i, v in enumerate(plan.draft_len)},
         draft_ms_per_token={u: float(v) for u, v in zip(uids, problem.draft_ms, strict=True)},
-        comm_ms={u: float(v) for u, v in zip(uids, problem.comm_ms, strict=True)},
+        comm_ms={u: float(v) for u, v in zip(uids, expected_comm, strict=True)},
         cycle_ms=float(evaluation.cycle_ms),
         predicted_tok_s=float(evaluation.throughput_tok_s),
         reason=reason,
+        close_tolerance=tuple(float(t) for t in plan.close_tolerance),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from emu.errors import check_in
-from emu.planner.model import CloseRule
+from emu.planner.model import MAX_TOLERANCE, CloseRule
 from nodes.core.replan import ReplanRule
 from nodes.core.schedule import StagedPipeline
 
@@ -28,7 +28,13 @@ class RuntimeConfig:
     comm_quantile: float = 0.0  # 0: plan with the mean link time
 
     def __post_init__(self) -> None:
-        check_in("runtime.deadline_tolerance", self.deadline_tolerance, 0, 100, "in [0, 100]")
+        check_in(
+            "runtime.deadline_tolerance",
+            self.deadline_tolerance,
+            0,
+            MAX_TOLERANCE,
+            f"in [0, {MAX_TOLERANCE:g}]",
+        )
         check_in("runtime.grace_ms", self.grace_ms, 0, 1e5, "in [0, 1e5]")
         check_in("runtime.replan_every", self.replan_every, 0, 1e9, ">= 0 (0: never)")
         check_in("runtime.drift", self.drift, 0.01, 10, "in [0.01, 10]")

@@ -38,9 +38,10 @@ class EdgePlan:
     cycle_ms: float
     predicted_tok_s: float
     reason: str
+    close_tolerance: tuple[float, ...] = ()  # each batch's, where the planner chose them
 
     def ready_ms(self, uid: int, draft_len: int) -> float:
-        """When a draft of ``draft_len`` tokens should arrive after its verdict [ms]: the
+        """When a draft of ``draft_len`` tokens is expected after its verdict [ms]: the
         length the user was asked for, which is the plan's only once a verdict carried it."""
         if draft_len <= 0:
             return 0.0
@@ -49,6 +50,13 @@ class EdgePlan:
     def slot_of(self, uid: int) -> int:
         """The batch ``uid`` is verified in (0 for a user the plan does not cover)."""
         return next((k for k, b in enumerate(self.batches) if uid in b), 0)
+
+    def close_rule(self, slot: int, edge: CloseRule) -> CloseRule:
+        """How batch ``slot`` closes: the edge's rule, with the batch's own tolerance where
+        the plan chose one."""
+        if not self.close_tolerance or not 0 <= slot < len(self.close_tolerance):
+            return edge
+        return edge.with_tolerance(self.close_tolerance[slot])
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +86,9 @@ class BatchScheduler(Protocol):
 class StagedPipeline:
     """DiP-SD's staged pipeline: the plan's batches in its cyclic order; a batch closes when
     every draft is in, or by its ``close`` rule (``emu.planner.model.CloseRule``: the planner's
-    stochastic model knows the same rule): at the latest of its members' last verdict plus the
-    rule's deadline for the draft each was asked for. A member at length 0 needs no draft and
-    never holds a batch."""
+    stochastic model knows the same rule), with the batch's own tolerance where the plan chose
+    one: at the latest of its members' last verdict plus the rule's deadline for the draft
+    each was asked for. A member at length 0 needs no draft and never holds a batch."""
 
     close: CloseRule = field(default_factory=CloseRule)
 
@@ -91,9 +99,9 @@ class StagedPipeline:
         waited = [m for m in members if m.asked > 0]
         if not waited:
             return -float("inf")
+        rule = plan.close_rule(plan.slot_of(waited[0].uid), self.close)
         return max(
-            m.last_verdict_s + self.close.deadline_ms(plan.ready_ms(m.uid, m.asked)) / 1e3
-            for m in waited
+            m.last_verdict_s + rule.deadline_ms(plan.ready_ms(m.uid, m.asked)) / 1e3 for m in waited
         )
 
 

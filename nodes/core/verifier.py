@@ -524,6 +524,7 @@ class VerifierCore:
             "users": uids,
             "cycle_ms": self.plan.cycle_ms,
             "predicted_tok_s": self.plan.predicted_tok_s,
+            "close_tolerance": list(self.plan.close_tolerance),
         })  # fmt: skip
         cycle_ms = self.plan.cycle_ms if math.isfinite(self.plan.cycle_ms) else 0.0
         for k, b in enumerate(self.plan.batches):

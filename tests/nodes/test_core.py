@@ -4,12 +4,16 @@ re-plan rule."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import numpy as np
 import pytest
 
 from emu.planner.cost import Plan, evaluate
+from emu.planner.lattice import LinkNoise
 from emu.planner.model import CloseRule
+from emu.planner.stochastic import ready_times, with_noise
 from nodes.core.estimate import UserEstimate
 from nodes.core.replan import ReplanRule, believed, edge_plan, in_force, planning_problem
 from nodes.core.schedule import EdgePlan, PlanLengths, StagedPipeline, Waiting
@@ -51,6 +55,19 @@ def test_a_batch_closes_at_its_slowest_members_predicted_ready_time() -> None:
     assert rule.deadline(plan, [Waiting(2, 0, 10.0, False)]) == -math.inf
 
 
+def test_a_batch_closes_by_its_own_tolerance_where_the_plan_chose_one() -> None:
+    """The jitter-aware policy chooses each batch's close deadline: a plan's
+    ``close_tolerance`` (one per batch) replaces the edge's tolerance batch by batch, and its
+    grace stays the edge's."""
+    plan = dataclasses.replace(_plan(), close_tolerance=(0.0, 2.0))
+    rule = StagedPipeline(close=CloseRule(tolerance=0.5, grace_ms=2.0))
+    first = [Waiting(uid=7, asked=4, last_verdict_s=10.0, has_draft=False)]  # 43 ms, batch 0
+    second = [Waiting(uid=5, asked=6, last_verdict_s=10.0, has_draft=False)]  # 125 ms, batch 1
+    assert rule.deadline(plan, first) == pytest.approx(10.0 + 43e-3 * 1.0 + 2e-3)
+    assert rule.deadline(plan, second) == pytest.approx(10.0 + 125e-3 * 3.0 + 2e-3)
+    assert rule.deadline(_plan(), second) == pytest.approx(10.0 + 125e-3 * 1.5 + 2e-3)
+
+
 def test_the_plans_lengths_are_the_length_controllers_advice() -> None:
     plan = _plan()
     assert [PlanLengths().next_length(plan, u) for u in (7, 2, 5, 99)] == [4, 0, 6, 0]
@@ -65,6 +82,10 @@ def test_a_plan_goes_to_user_ids_and_back_to_the_planners_indices() -> None:
     assert dict(mine.draft_len) == {4: 5, 10: 0, 11: 3}
     assert mine.predicted_tok_s == evaluate(problem, plan).throughput_tok_s
     assert in_force(mine, uids) == plan
+    closing = dataclasses.replace(plan, close_tolerance=(0.1, 1.0))
+    theirs = edge_plan(closing, uids, problem, evaluate(problem, plan), plan_id=2, reason="x")
+    assert theirs.close_tolerance == (0.1, 1.0)
+    assert in_force(theirs, uids) == closing
     assert in_force(mine, [4, 10]) is None  # other users: no warm start
     assert in_force(None, uids) is None
 
@@ -153,3 +174,17 @@ def test_the_planning_problem_caps_the_lengths_at_the_maximum() -> None:
     p = paper_problem(2)
     q = planning_problem(p.users, p.edge, max_draft_len=5, initial=7, fixed=9)
     assert (q.max_draft_len, q.initial_draft_len, q.fixed_draft_len) == (5, 5, 5)
+
+
+def test_the_edge_expects_a_draft_when_the_stochastic_model_does() -> None:
+    """The deadline rule scales a member's expected ready time, so the edge must expect what
+    the planner's stochastic model expects: a noisy link's mean, not its delay alone (half-
+    normal jitter adds 16 ms a round at 10 ms each way)."""
+    problem = with_noise(paper_problem(3), LinkNoise(10.0))
+    plan = Plan(batches=((0, 1), (2,)), draft_len=(5, 0, 3))
+    uids = [4, 10, 11]
+    mine = edge_plan(plan, uids, problem, evaluate(problem, plan), plan_id=1, reason="start")
+    ready = ready_times(problem, np.asarray(plan.draft_len))
+    for m, uid in enumerate(uids):
+        assert mine.ready_ms(uid, plan.draft_len[m]) == pytest.approx(ready[m].mean, abs=1e-6)
+    assert mine.ready_ms(4, 5) > problem.ready_ms(np.asarray(plan.draft_len))[0] + 15

@@ -8,10 +8,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import re
 
 import numpy as np
 import pytest
 
+from emu.errors import ConfigError
 from emu.planner import Plan, evaluate, plan_for
 from emu.planner.lattice import Lattice, LinkNoise
 from emu.planner.model import CloseRule, Problem, expected_tokens
@@ -95,9 +97,13 @@ def _close_rule_by_sampling(
 ) -> float:
     """The edge's close rule played out cycle by cycle: a batch closes when its last member is
     in or at its deadline; a late member's draft is verified at its batch's next turn, which
-    finds it in; throughput is the tokens committed over the time spent [tok/s]."""
-    rule = problem.edge.close
-    assert rule is not None
+    finds it in; throughput is the tokens committed over the time spent [tok/s]. A plan's
+    own ``close_tolerance`` sets each batch's rule."""
+    edge_rule = problem.edge.close
+    assert edge_rule is not None
+    rules = [dataclasses.replace(edge_rule, tolerance=t) for t in plan.close_tolerance] or [
+        edge_rule
+    ] * len(plan.batches)
     lengths = np.asarray(plan.draft_len)
     ready = ready_times(problem, lengths)
     u = expected_tokens(problem.alpha, lengths)
@@ -105,7 +111,7 @@ def _close_rule_by_sampling(
     draws = {m: ready[m].sample(rng, cycles) for m in range(problem.size) if lengths[m] > 0}
     deadlines = [
         rule.deadline_ms(max((ready[m].mean for m in b if lengths[m] > 0), default=0.0))
-        for b in plan.batches
+        for b, rule in zip(plan.batches, rules, strict=True)
     ]
     pending = np.zeros(problem.size, dtype=bool)  # a late draft, in by the batch's next turn
     tokens = time = 0.0
@@ -142,6 +148,35 @@ def test_the_close_rules_expectation_matches_playing_it_out(noise: LinkNoise) ->
     if noise.loss:
         assert max(model.late) > 0.02
         assert model.throughput_tok_s > 1.05 * stochastic_evaluate(p, plan).throughput_tok_s
+
+
+@pytest.mark.parametrize("tolerance", [(0.0, 2.0, 0.5), (1.0, 0.0, 0.1)])
+def test_each_batchs_own_close_rule_matches_playing_it_out(tolerance: tuple[float, ...]) -> None:
+    """A plan may close each batch by its own tolerance (the jitter-aware policy chooses
+    them): the model's rate matches the batches' rules played out, and a plan that gives every
+    batch the edge's tolerance is the edge's rule."""
+    p = with_noise(random_problem(np.random.default_rng(0), 7), LinkNoise(2.0, 0.03, 200.0))
+    closing = dataclasses.replace(p, edge=dataclasses.replace(p.edge, close=CloseRule()))
+    plan = plan_for("dipsd", p)
+    assert len(plan.batches) == len(tolerance)
+    own = dataclasses.replace(plan, close_tolerance=tolerance)
+    model = stochastic_evaluate(closing, own).throughput_tok_s
+    played = _close_rule_by_sampling(closing, own, np.random.default_rng(9))
+    assert model == pytest.approx(played, rel=0.01)
+    assert abs(model / stochastic_evaluate(closing, plan).throughput_tok_s - 1) > 0.005
+    same = dataclasses.replace(plan, close_tolerance=(CloseRule().tolerance,) * len(tolerance))
+    assert stochastic_evaluate(closing, same) == stochastic_evaluate(closing, plan)
+
+
+@pytest.mark.parametrize(
+    ("tolerance", "why"),
+    [((0.1,), "must have one per batch"), ((0.1, -1.0, 0.1), "in [0, 100]")],
+)
+def test_a_plans_close_tolerance_is_checked(tolerance: tuple[float, ...], why: str) -> None:
+    p = random_problem(np.random.default_rng(0), 7)
+    plan = dataclasses.replace(plan_for("dipsd", p), close_tolerance=tolerance)
+    with pytest.raises(ConfigError, match=r"plan\.close_tolerance.*" + re.escape(why)):
+        plan.check(p)
 
 
 def test_a_deadline_cuts_a_members_tail_and_a_late_one_holds_nobody_up_next_turn() -> None:
