@@ -31,9 +31,15 @@ import numpy as np
 
 from emu.planner.cost import Plan, Tableau
 from emu.planner.dipsd import dipsd, replan_warm
-from emu.planner.lattice import TAIL_QUANTILE
-from emu.planner.model import IntArray, Problem
-from emu.planner.stochastic import expected_max, has_noise, plan_rounds, stochastic_evaluate
+from emu.planner.lattice import TAIL_QUANTILE, Lattice
+from emu.planner.model import IntArray, Problem, expected_tokens
+from emu.planner.stochastic import (
+    batch_rules,
+    expected_max,
+    has_noise,
+    plan_rounds,
+    stochastic_evaluate,
+)
 
 __all__ = ["CLOSE_TOLERANCES", "NoisyScorer", "jitter_aware"]
 
@@ -46,12 +52,30 @@ CLOSE_TOLERANCES = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 class NoisyScorer:
     """The expected throughput of plans under the stochastic model, fast enough to search with:
-    the cycle's expectation on a grid of ``_GRID`` points (``expected_max``), within a point's
-    width of the exact value that the policy's last choice uses."""
+    the cycle's expectation on a grid of ``_GRID`` points (as ``expected_max`` takes it), within
+    a point's width of the exact value that the policy's last choice uses.
+
+    It computes what ``plan_rounds`` and ``expected_max`` would, without building a lattice
+    per member: each user's noise is summed once (its CDF table), and a member's CDF on the
+    grid is a look-up in it, cut at its batch's deadline and lifted by the rounds it is
+    carried (``stochastic.closed`` and ``stochastic.carried``)."""
 
     def __init__(self, problem: Problem) -> None:
         self.problem = problem
         self.tab = Tableau(problem)
+        noise = [
+            u.comm_noise if u.comm_noise is not None else Lattice.point(0.0) for u in problem.users
+        ]
+        # Every user's CDF table, P(X < t0 + j step) at j = 0..len, end to end in one array.
+        cums = [np.concatenate(([0.0], np.cumsum(x.pmf))) for x in noise]
+        self._cum = np.concatenate(cums)
+        self._at = np.cumsum([0] + [c.size for c in cums[:-1]])
+        self._last = np.array([c.size - 1 for c in cums])
+        self._t0 = np.array([x.t0_ms for x in noise])
+        self._top = np.array([x.top_ms for x in noise])
+        self._step = np.array([x.step_ms for x in noise])
+        self._mean = np.array([x.mean for x in noise])
+        self._points = sum(x.pmf.size for x in noise)
 
     def ratio(
         self,
@@ -67,11 +91,55 @@ class NoisyScorer:
         if not p.fits(size, I).all():
             return -math.inf
         T = p.verify_ms(size, L, I)
-        batches = [[int(m) for m in np.flatnonzero(batch_of == k)] for k in range(n)]
-        rounds = plan_rounds(p, batches, lengths, close_tolerance)
-        members = [x.shift(float(T[k])) for k, b in enumerate(rounds.batches) for x in b]
-        cycle = expected_max(members, floor_ms=float(T.sum()), max_points=_GRID)
-        return rounds.tokens / cycle
+        if self._points <= _GRID:  # few points: the exact union of supports is cheap
+            batches = [[int(m) for m in np.flatnonzero(batch_of == k)] for k in range(n)]
+            rounds = plan_rounds(p, batches, lengths, close_tolerance)
+            shifted = [x.shift(float(T[k])) for k, b in enumerate(rounds.batches) for x in b]
+            return rounds.tokens / expected_max(shifted, float(T.sum()), _GRID)
+        floor = float(T.sum())
+        ready = p.ready_ms(lengths)
+        late = np.zeros(p.size)
+        # Each drafting member as its batch sees it: when its batch's verification ends, its
+        # first and last value after that, where its batch's deadline cuts it (inf: nowhere),
+        # and the weight of the turns it is carried.
+        seen: list[tuple[int, float, float, float, float]] = []
+        for k, rule in enumerate(batch_rules(p, n, close_tolerance)):
+            drafting = np.flatnonzero((batch_of == k) & (lengths > 0))
+            if drafting.size == 0:
+                continue
+            t_v = float(T[k])
+            deadline = (
+                math.inf
+                if rule is None
+                else rule.deadline_ms(float((ready[drafting] + self._mean[drafting]).max()))
+            )
+            for m in drafting.tolist():
+                step = float(self._step[m])
+                first = float(ready[m] + self._t0[m])
+                last = first + float(self._top[m] - self._t0[m])
+                cut = math.inf
+                j = math.floor((deadline - first) / step + 1e-9) if deadline < math.inf else 0
+                if deadline < math.inf and j < 0:  # always late: seen at the deadline itself
+                    late[m], cut, first, last = 1.0, deadline, deadline, deadline
+                elif deadline < math.inf and j < self._last[m] - 1:
+                    late[m] = 1.0 - float(self._cum[self._at[m] + j + 1])
+                    cut = last = first + j * step
+                if last + t_v > floor:
+                    seen.append((m, first + t_v, last + t_v, cut + t_v, late[m] / (1.0 + late[m])))
+        tokens = float((expected_tokens(p.alpha, lengths) / (1.0 + late)).sum())
+        if not seen:
+            return tokens / floor
+        who = np.array([x[0] for x in seen])
+        firsts, lasts, cuts, w0 = (np.array([x[i] for x in seen]) for i in range(1, 5))
+        low = max(floor, float(np.where(w0 > 0, -np.inf, firsts).min()))
+        high = float(lasts.max())
+        pts = np.linspace(low, high, _GRID)
+        at = np.floor((pts[None, :] - firsts[:, None]) / self._step[who, None] + 1e-6)
+        at = np.clip(at.astype(np.int64) + 1, 0, self._last[who, None])
+        f = np.where(pts[None, :] >= cuts[:, None], 1.0, self._cum[self._at[who, None] + at])
+        cdf = (w0[:, None] + (1.0 - w0[:, None]) * f).prod(axis=0)
+        cycle = low + float((1.0 - 0.5 * (cdf[:-1] + cdf[1:])).sum()) * (high - low) / (_GRID - 1)
+        return tokens / cycle
 
 
 def _quantile_problem(problem: Problem, q: float) -> Problem:

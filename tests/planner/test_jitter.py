@@ -13,7 +13,13 @@ from emu.planner import plan_for
 from emu.planner.jitter import NoisyScorer, jitter_aware
 from emu.planner.lattice import LinkNoise
 from emu.planner.model import CloseRule, Problem
-from emu.planner.stochastic import has_noise, stochastic_evaluate, with_noise
+from emu.planner.stochastic import (
+    expected_max,
+    has_noise,
+    plan_rounds,
+    stochastic_evaluate,
+    with_noise,
+)
 from tests.planner.conftest import paper_problem, random_problem
 
 
@@ -104,3 +110,38 @@ def test_it_chooses_each_batchs_close_deadline(noise: LinkNoise, looser: bool) -
     assert own > 1.015 * edges
     # Without a deadline at the edge (it waits for every draft) there is nothing to choose.
     assert jitter_aware(with_noise(paper_problem(8), noise)).close_tolerance == ()
+
+
+def test_the_fast_scorer_is_the_stochastic_models_grid_on_any_plan() -> None:
+    """The scorer reads each member's CDF from its user's table instead of building its
+    lattices: on random plans (any batches, lengths and deadlines, links quiet or noisy) it
+    gives what ``plan_rounds`` and ``expected_max`` on the same grid give."""
+    rng = np.random.default_rng(0)
+    noises = [*NOISES, LinkNoise(0.3)]
+    checked = 0
+    for i in range(40):
+        users = int(rng.integers(2, 12))
+        p = with_noise(
+            random_problem(rng, users),
+            [noises[k].round_trip() if k < 4 else None for k in rng.integers(0, 5, users)],
+        )
+        p = _closing(p) if i % 2 else p
+        n = int(rng.integers(1, users + 1))
+        batch_of = rng.integers(0, n, users)
+        batch_of[:n] = np.arange(n)
+        lengths = rng.integers(0, p.max_draft_len + 1, users)
+        own = tuple(float(t) for t in rng.choice([0.0, 0.1, 1.0, 2.0], n)) if i % 4 == 1 else ()
+        scorer = NoisyScorer(p)
+        fast = scorer.ratio(batch_of, n, lengths, own)
+        size, L, I, _ = scorer.tab.batch_stats(batch_of, n, lengths)
+        if not p.fits(size, I).all():
+            assert fast == -np.inf
+            continue
+        T = p.verify_ms(size, L, I)
+        batches = [[int(m) for m in np.flatnonzero(batch_of == k)] for k in range(n)]
+        rounds = plan_rounds(p, batches, lengths, own)
+        members = [x.shift(float(T[k])) for k, b in enumerate(rounds.batches) for x in b]
+        grid = expected_max(members, float(T.sum()), 1024)
+        assert fast == pytest.approx(rounds.tokens / grid, rel=1e-9)
+        checked += 1
+    assert checked >= 25
