@@ -173,7 +173,26 @@ class _Held:
     answer: int
 
 
-class VerifierNode:
+class _PeerBreaks:
+    """A node's count of broken peers. A stream that broke once the run's workload was over
+    (``ends_at``, on the node's clock; None: not known) is a peer that left with a message
+    unread (``dsd_left``); a protocol error, or a break before the end, is a fault."""
+
+    faults: int
+    ends_at: float | None
+    sink: Sink
+
+    def _peer_broke(self, exc: Exception) -> None:
+        now = trio.current_time()
+        over = self.ends_at is not None and now >= self.ends_at
+        if over and isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
+            self.sink({"ev": "dsd_left", "t": now, "why": str(exc)})
+        else:
+            self.faults += 1
+            self.sink({"ev": "dsd_fault", "t": now, "why": str(exc)})
+
+
+class VerifierNode(_PeerBreaks):
     """A verifier: serves its drafters' connections (``serve_drafter``), runs one batch at a
     time (``work``) and reports its queue to the router (``report_to``)."""
 
@@ -204,6 +223,7 @@ class VerifierNode:
         self.prefills = 0
         self.batch_count = 0
         self.faults = 0
+        self.ends_at: float | None = None  # when the run's workload ends (_PeerBreaks)
         self._router: Outbox[DsdEvent] | None = None
         self._wake = trio.Event()
         self._seq = 0
@@ -235,8 +255,7 @@ class VerifierNode:
                         raise RemoteProtocolError(f"{type(ev).__name__} from the router")
                     self._take(ev, box, set(), trio.current_time())
             except (RemoteProtocolError, trio.BrokenResourceError) as exc:
-                self.faults += 1
-                self.sink({"ev": "dsd_fault", "t": trio.current_time(), "why": str(exc)})
+                self._peer_broke(exc)
             finally:
                 box.close()
 
@@ -253,8 +272,7 @@ class VerifierNode:
                     check_sender(ev, drafter=drafter)
                     self._take(ev, box, mine, trio.current_time())
             except (RemoteProtocolError, trio.BrokenResourceError) as exc:
-                self.faults += 1
-                self.sink({"ev": "dsd_fault", "t": trio.current_time(), "why": str(exc)})
+                self._peer_broke(exc)
             finally:
                 box.close()
                 for key in mine:  # its conversations' state can go (a queued job is answered
@@ -394,7 +412,7 @@ def check_sender(ev: DsdEvent, *, drafter: int | None = None, verifier: int | No
         raise RemoteProtocolError(f"{type(ev).__name__} on verifier {verifier}'s connection")
 
 
-class RouterNode:
+class RouterNode(_PeerBreaks):
     """The router: each conversation's verifier (``DsdRouter``, sticky) from the verifiers'
     latest reports; drafters and verifiers alike connect to ``serve``."""
 
@@ -407,9 +425,7 @@ class RouterNode:
         self.routed: dict[str, int] = dict.fromkeys(self.names, 0)
         self.sink = sink
         self.faults = 0
-        # When the run's workload ends (the node's clock; None: not known). A connection reset
-        # from then on is a peer that left with a message unread, not a fault.
-        self.ends_at: float | None = None
+        self.ends_at: float | None = None  # when the run's workload ends (_PeerBreaks)
         self.relayed = 0
         self._routes: dict[tuple[int, int], int] = {}  # each routed conversation's verifier
         # each drafter's connection, and each verifier's
@@ -494,17 +510,9 @@ class RouterNode:
                     if answer is not None:
                         box.post(answer)
             except (RemoteProtocolError, trio.BrokenResourceError) as exc:
-                now = trio.current_time()
-                if isinstance(exc, trio.BrokenResourceError) and self._over(now):
-                    self.sink({"ev": "dsd_left", "t": now, "why": str(exc)})
-                else:
-                    self.faults += 1
-                    self.sink({"ev": "dsd_fault", "t": now, "why": str(exc)})
+                self._peer_broke(exc)
             finally:
                 box.close()
-
-    def _over(self, now: float) -> bool:
-        return self.ends_at is not None and now >= self.ends_at
 
 
 # --- the drafter --------------------------------------------------------------------------
@@ -521,7 +529,7 @@ class DrafterRecord(RoundTally):
     routed: dict[str, int] = field(default_factory=dict)
 
 
-class DrafterNode:
+class DrafterNode(_PeerBreaks):
     """A drafter serving its users' conversations in turn (see the module), from ``t0`` on its
     clock: ``arrivals`` are its dealt records, ``prompt(count, tokens)`` gives a
     conversation's prompt ids (``tokens``: the record's length), ``answer_cap`` caps an
@@ -555,6 +563,7 @@ class DrafterNode:
         self._inbox_send, self._inbox = trio.open_memory_channel[DsdEvent](math.inf)
         self._boxes: dict[str, Outbox[DsdEvent]] = {}
         self.faults = 0
+        self.ends_at: float | None = None  # run's end_s (_PeerBreaks)
 
     async def run(
         self, router: trio.abc.Stream, verifiers: Mapping[str, trio.abc.Stream], *, end_s: float
@@ -562,6 +571,7 @@ class DrafterNode:
         """Serve conversations until ``end_s`` on the node's clock, over the router's stream
         and each reachable verifier's; what it measured (a conversation in flight at the end
         counts what it had)."""
+        self.ends_at = end_s
         async with trio.open_nursery() as nursery:
             for name, stream in (("router", router), *verifiers.items()):
                 box = self._boxes[name] = Outbox(stream, Frames())
@@ -581,8 +591,7 @@ class DrafterNode:
             async for ev in frame_events(stream, Frames()):
                 self._inbox_send.send_nowait(ev)
         except (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self.faults += 1
-            self.sink({"ev": "dsd_fault", "t": trio.current_time(), "why": str(exc)})
+            self._peer_broke(exc)
 
     async def _answer(self, kind: type[DsdEvent], conversation: int) -> Any:
         async for ev in self._inbox:

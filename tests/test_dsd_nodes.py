@@ -340,3 +340,26 @@ async def test_a_connection_reset_once_the_run_is_over_is_a_peer_leaving_not_a_f
     router.ends_at = trio.current_time()  # the run is over: the peer left
     await router.serve(_Reset())
     assert router.faults == 1 and records[-1]["ev"] == "dsd_left"
+
+
+async def test_a_verifier_counts_a_reset_once_the_run_is_over_as_a_peer_leaving() -> None:
+    """The same race at a verifier: a drafter, or the router, that leaves at the run's end
+    with a message unread resets its connection; before the end that is a fault."""
+    problem = _problem()
+    records: list[dict[str, Any]] = []
+    verifier = VerifierNode(
+        0,
+        problem.verifiers[0],
+        SyntheticDsdVerifier(problem.curve, lambda key: np.random.default_rng([0, key])),
+        compat=problem.compat,
+        pacer=Pacer("profile"),
+        sink=records.append,
+    )
+    verifier.ends_at = trio.current_time() + 10.0
+    await verifier.serve_drafter(_Reset())
+    await verifier.report_to(_Reset())
+    assert verifier.faults == 2 and records[-1]["ev"] == "dsd_fault"
+    verifier.ends_at = trio.current_time()
+    await verifier.serve_drafter(_Reset())
+    await verifier.report_to(_Reset())
+    assert verifier.faults == 2 and [r["ev"] for r in records[-2:]] == ["dsd_left"] * 2

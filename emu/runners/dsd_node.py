@@ -132,8 +132,13 @@ async def _verifier(
         order=problem.batching, pacer=pacer, sink=rec.for_node(spec.name),
     )  # fmt: skip
     router = await connect(*_addresses(run_dir)["router"])
+
+    async def learn_the_end() -> None:
+        node.ends_at = await start_at(run_dir) + sc.sim.duration_s
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(until_signalled, nursery.cancel_scope)
+        nursery.start_soon(learn_the_end)
         nursery.start_soon(node.work)
         nursery.start_soon(node.report_to, router)
         await nursery.start(trio.serve_tcp, node.serve_drafter, port)
