@@ -14,7 +14,7 @@ import numpy as np
 
 from emu.planner.cost import Evaluation, Plan
 from emu.planner.lattice import TAIL_QUANTILE, Lattice
-from emu.planner.model import Edge, LatencyModel, Problem, User
+from emu.planner.model import Edge, FloatArray, LatencyModel, Problem, User
 from nodes.core.estimate import UserEstimate
 from nodes.core.schedule import EdgePlan
 
@@ -25,11 +25,14 @@ __all__ = ["ReplanRule", "believed", "edge_plan", "in_force", "planning_problem"
 class ReplanRule:
     """When the plan is made again: every ``every`` cycles (0: never on a timer), and when a
     trusted estimate (``min_rounds`` samples) has moved by ``drift`` (relative) from what the
-    plan assumed, and by more than its noise. Planning with the mean link time, a link has
-    moved only if its median moved too: one round stalled by a host (a 0.3 s hiccup among 16
-    rounds) moves the mean by several ms, and is no new link to plan for. A link's tail (its
-    ``TAIL_QUANTILE``, which the jitter-aware policy plans with) that moved as far is a new
-    link too, though its mean stayed."""
+    plan assumed, and by more than its noise. Planning with the mean link time, a mean has
+    moved by more than its noise if it moved by more than 3 standard errors of the difference
+    of two windows' means: one round stalled by a host (a 0.3 s hiccup among 16 rounds), or a
+    few retransmissions 200 ms late coming and going in the window, move the mean by several
+    ms, and are no new link to plan for. A link's tail (its ``TAIL_QUANTILE``, which the
+    jitter-aware policy plans with) that moved as far is a new link too, though its mean
+    stayed, if the rounds say so beyond chance: more of them past the plan's tail, or fewer
+    past the new one, than the plan's distribution gives with probability ``_UNLIKELY``."""
 
     every: int = 50
     drift: float = 0.2
@@ -61,25 +64,75 @@ class ReplanRule:
                 ("draft_ms", now.draft_ms_per_token, base.draft_ms_per_token),
             ):
                 limit = max(self.drift * b, 0.5)
-                if abs(a - b) <= limit:
-                    continue
-                # The median says whether the typical round moved, and the plan's value is a
-                # mean only when it plans with the mean: a quantile plan must see its tail grow.
-                robust = name == "comm_ms" and self.comm_quantile is None
-                median = est.comm(0.5) if robust else None  # only when it may matter
-                if median is None or abs(median - b) > limit:
+                # The plan's value is a mean only when it plans with the mean: a quantile plan
+                # must see its tail grow.
+                if name == "comm_ms" and self.comm_quantile is None:
+                    limit = max(limit, 3.0 * _mean_difference_error(est, base))
+                if abs(a - b) > limit:
                     return f"user {uid} {name} drifted from {b:.3g} to {a:.3g}"
             tail_now, tail_then = _tail_ms(now), _tail_ms(base)
             if (
                 tail_now is not None
                 and tail_then is not None
                 and abs(tail_now - tail_then) > max(self.drift * tail_then, 0.5)
+                and _tail_moved(est, base, tail_then, tail_now)
             ):
                 return (
                     f"user {uid} comm_ms tail (p{100 * TAIL_QUANTILE:.0f}) moved from "
                     f"{tail_then:.3g} to {tail_now:.3g}"
                 )
         return None
+
+
+# How unlikely a count of rounds past a tail must be under the plan's distribution to say the
+# tail moved: 3 standard deviations' worth, one-sided.
+_UNLIKELY = 0.00135
+
+
+def _link_samples(est: UserEstimate) -> FloatArray:
+    return np.fromiter(est.comm_ms, dtype=np.float64)
+
+
+def _mean_difference_error(est: UserEstimate, base: User) -> float:
+    """The standard error of the window's mean link time less the plan's, two windows of
+    the same size: from the window's spread and the plan's (its ``comm_noise``)."""
+    x = _link_samples(est)
+    if x.size < 2:
+        return 0.0
+    then = 0.0
+    if base.comm_noise is not None:
+        d = base.comm_noise.support - base.comm_noise.mean
+        then = float(base.comm_noise.pmf @ (d * d))
+    return math.sqrt((float(x.var(ddof=1)) + then) / x.size)
+
+
+def _binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(Binomial(n, p) <= k)."""
+    if k < 0:
+        return 0.0
+    if k >= n or p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0
+    return float(sum(math.comb(n, j) * p**j * (1.0 - p) ** (n - j) for j in range(k + 1)))
+
+
+def _tail_moved(est: UserEstimate, base: User, tail_then: float, tail_now: float) -> bool:
+    """Whether the window's rounds are unlikely under the plan's link distribution: too many
+    past the plan's tail, or too few past the window's own."""
+    noise = base.comm_noise
+    assert noise is not None
+    x = _link_samples(est)
+
+    def past(t: float) -> float:  # the plan's P(link time > t)
+        return 1.0 - float(noise.cdf(t - base.comm_ms))
+
+    more = int((x > tail_then).sum())
+    fewer = int((x > tail_now).sum())
+    return (
+        1.0 - _binomial_cdf(more - 1, x.size, past(tail_then)) < _UNLIKELY
+        or _binomial_cdf(fewer, x.size, past(tail_now)) < _UNLIKELY
+    )
 
 
 def _tail_ms(user: User) -> float | None:
