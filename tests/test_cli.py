@@ -131,10 +131,15 @@ def test_study_writes_csv_and_plots(tmp_path: Path) -> None:
         preset="dipsd-paper", overrides={"users.count": 6, "planner.fixed_draft_len": 4}
     ).problem()
     assert float(fixed[3]["fixed"]) == evaluate(p, plan_for("fixed", p)).throughput_tok_s
-    # its sweeps ran on the engine and are kept: started again, nothing is solved twice
+    # its sweeps ran on the engine and are kept: started again, nothing is solved twice (in
+    # this process, --workers 1: the kept sweeps are any engine's, and a local cluster's start
+    # would be most of this run)
     before = {f.name: f.read_text() for f in tmp_path.glob("*.csv")}
     log = {f: f.read_text() for f in tmp_path.glob("sweeps/*/results.jsonl")}
-    again = draftnet("study", "dipsd-paper", "--out", str(tmp_path), "--max-users", "6", "--json")
+    again = draftnet(
+        "study", "dipsd-paper", "--out", str(tmp_path), "--max-users", "6", "--workers", "1",
+        "--json",
+    )  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert {f.name: f.read_text() for f in tmp_path.glob("*.csv")} == before
     assert {f: f.read_text() for f in tmp_path.glob("sweeps/*/results.jsonl")} == log
