@@ -63,12 +63,13 @@ class ReplanRule:
                 ("comm_ms", now.comm_ms, base.comm_ms),
                 ("draft_ms", now.draft_ms_per_token, base.draft_ms_per_token),
             ):
-                limit = max(self.drift * b, 0.5)
+                if abs(a - b) <= max(self.drift * b, 0.5):
+                    continue
+                # Beyond its noise too (asked only of a large move: the rule runs every cycle).
                 # The plan's value is a mean only when it plans with the mean: a quantile plan
                 # must see its tail grow.
-                if name == "comm_ms" and self.comm_quantile is None:
-                    limit = max(limit, 3.0 * _mean_difference_error(est, base))
-                if abs(a - b) > limit:
+                mean = name == "comm_ms" and self.comm_quantile is None
+                if not mean or abs(a - b) > 3.0 * _mean_difference_error(est, base):
                     return f"user {uid} {name} drifted from {b:.3g} to {a:.3g}"
             tail_now, tail_then = _tail_ms(now), _tail_ms(base)
             if (
