@@ -29,7 +29,9 @@ class ReplanRule:
     moved by more than its noise if it moved by more than 3 standard errors of the difference
     of two windows' means: one round stalled by a host (a 0.3 s hiccup among 16 rounds), or a
     few retransmissions 200 ms late coming and going in the window, move the mean by several
-    ms, and are no new link to plan for. A link's tail (its ``TAIL_QUANTILE``, which the
+    ms, and are no new link to plan for; a move of every round is, though a slow round among
+    them widened the mean's error, so a mean moved also if the median moved as far, beyond
+    its own error. A link's tail (its ``TAIL_QUANTILE``, which the
     jitter-aware policy plans with) that moved as far is a new link too, though its mean
     stayed, if the rounds say so beyond chance: more of them past the plan's tail, or fewer
     past the new one, than the plan's distribution gives with probability ``_UNLIKELY``."""
@@ -69,7 +71,11 @@ class ReplanRule:
                 # The plan's value is a mean only when it plans with the mean: a quantile plan
                 # must see its tail grow.
                 mean = name == "comm_ms" and self.comm_quantile is None
-                if not mean or abs(a - b) > 3.0 * _mean_difference_error(est, base):
+                if (
+                    not mean
+                    or abs(a - b) > 3.0 * _mean_difference_error(est, base)
+                    or self._median_moved(est, base)
+                ):
                     return f"user {uid} {name} drifted from {b:.3g} to {a:.3g}"
             tail_now, tail_then = _tail_ms(now), _tail_ms(base)
             if (
@@ -83,6 +89,20 @@ class ReplanRule:
                     f"{tail_then:.3g} to {tail_now:.3g}"
                 )
         return None
+
+    def _median_moved(self, est: UserEstimate, base: User) -> bool:
+        """Whether the typical round moved too, as far as the mean and beyond 3 standard
+        errors of the two medians' difference: a mean that one slow round moved is noise,
+        but one slow round also widens the mean's error past a move every round made."""
+        x = _link_samples(est)
+        now = float(np.median(x))
+        then = base.comm_ms
+        error = _median_error(float(np.subtract(*np.percentile(x, [75, 25]))), x.size)
+        if base.comm_noise is not None:
+            q = base.comm_noise.quantile
+            then += q(0.5)
+            error = math.hypot(error, _median_error(q(0.75) - q(0.25), x.size))
+        return abs(now - then) > max(self.drift * then, 0.5, 3.0 * error)
 
 
 # How unlikely a count of rounds past a tail must be under the plan's distribution to say the
@@ -105,6 +125,13 @@ def _mean_difference_error(est: UserEstimate, base: User) -> float:
         d = base.comm_noise.support - base.comm_noise.mean
         then = float(base.comm_noise.pmf @ (d * d))
     return math.sqrt((float(x.var(ddof=1)) + then) / x.size)
+
+
+def _median_error(iqr: float, n: int) -> float:
+    """The standard error of a median of ``n`` rounds whose interquartile range is ``iqr``
+    (normal rounds: a standard deviation of iqr / 1.349, and the median's error 1.2533 times
+    the mean's); the range, unlike the variance, does not see a few slow rounds."""
+    return 1.2533 * (iqr / 1.349) / math.sqrt(n)
 
 
 def _binomial_cdf(k: int, n: int, p: float) -> float:

@@ -217,7 +217,7 @@ def test_nodes_run_as_processes_over_shaped_tcp(network: Network, tmp_path: Path
             for i in range(2)
         ]
         t0 = time.monotonic()
-        time.sleep(6.0)
+        time.sleep(10.0)
         t_end = time.monotonic()
         for p in [*users, edge]:
             p.terminate()
@@ -235,7 +235,9 @@ def test_nodes_run_as_processes_over_shaped_tcp(network: Network, tmp_path: Path
     assert s.users_started == 2 and s.rounds > 20
     assert t0 < s.steady_window_s[0] < t_end  # every node's times on one clock
     # Real sockets, processes and a shaper cost a few ms a round more than the 3 ms shaped:
-    # the edge measures that, re-plans, and then runs as its own plan predicts.
+    # the edge measures that, re-plans, and then runs as its own plan predicts. (It trusts a
+    # measurement after 16 rounds, 3-4 s here: in a 6 s run the first plan's time, whose
+    # prediction is 10% high, weighed too much.)
     # The plan in force when the measurement ended: the users are stopped first, and the edge
     # may re-plan for the one still there before it stops too (a plan for one user, not this run).
     plans = [p for p in plans if p["t"] <= t_end]
