@@ -5,7 +5,7 @@ host (the edge); ``python -m emu.shaping.probe measure HOST PORT [--packets N] [
 in the near one (a user) and prints one JSON object. Every host of the emulation shares the
 machine's monotonic clock, so the far end's arrival timestamps give one-way delays directly.
 
-- ``rtt_ms`` and ``up_ms``/``down_ms``: ``echo`` datagrams one at a time, medians.
+- ``rtt_ms`` and ``up_ms``/``down_ms``: ``echo`` datagrams 50 ms apart, medians.
 - ``up_rate_bps``: a back-to-back burst of 1200-byte datagrams; the bits on the wire of one
   datagram over the far end's arrival time per sequence number (a robust slope: see
   ``_per_sequence_step``).
@@ -69,8 +69,8 @@ def serve(port: int) -> None:
         elif kind == b"d":
             sessions.setdefault(session, []).append((seq, now, len(data)))
         elif kind == b"r":
-            rec = sessions.pop(session, [])
-            body = json.dumps(_summary(rec)).encode()
+            rec = sessions.get(session, [])
+            body = json.dumps(_summary(rec) | {"session": session}).encode()
             sock.sendto(body, addr)
 
 
@@ -103,11 +103,25 @@ def _per_sequence_step(rec: list[tuple[int, float, int]]) -> float | None:
     return slope if slope > 0 else None
 
 
+REPORT_TRIES = 5
+
+
 def _report(sock: socket.socket, host: str, port: int, session: int) -> dict[str, Any]:
-    sock.sendto(HEADER.pack(b"r", 0, session, 0.0), (host, port))
-    data, _ = sock.recvfrom(65535)
-    out: dict[str, Any] = json.loads(data)
-    return out
+    """The far end's record of a session. The request, or its answer, crosses the lossy link
+    too: asked again on a timeout (the far end keeps each session's record), and an answer
+    for another session (one asked again, that came late) is passed over."""
+    tries = 0
+    while True:
+        sock.sendto(HEADER.pack(b"r", 0, session, 0.0), (host, port))
+        tries += 1
+        try:
+            while (out := json.loads(sock.recvfrom(65535)[0]))["session"] != session:
+                pass
+        except TimeoutError:
+            if tries == REPORT_TRIES:
+                raise
+            continue
+        return dict(out)
 
 
 def _sleep_until(t: float) -> None:
@@ -115,6 +129,48 @@ def _sleep_until(t: float) -> None:
     left = t - time.monotonic()
     if left > 0:
         time.sleep(left)
+
+
+ECHO_SPACING_S = 0.05
+ECHO_TIMEOUT_S = 3.0
+
+
+def _echo(
+    sock: socket.socket, far: tuple[str, int], echoes: int
+) -> tuple[list[float], list[float], list[float]]:
+    """Round trips, one-way delays up and down [ms] of ``echoes`` echoes sent
+    ``ECHO_SPACING_S`` apart, as ping does, not each after the last one's reply: on a link of
+    400 ms (a time-scaled one) ten echoes one at a time took 4 s a probe. On a link of under
+    50 ms one echo is still in flight at a time (on a 40 ms link, echoes 10 ms apart read
+    2 ms long once on a busy host). An echo with no reply ``ECHO_TIMEOUT_S`` after the last
+    was sent is lost."""
+    replies: dict[int, tuple[float, float, float]] = {}
+    t0 = time.monotonic()
+    sent, deadline = 0, float("inf")
+    try:
+        while len(replies) < echoes:
+            now = time.monotonic()
+            if sent < echoes and now >= t0 + sent * ECHO_SPACING_S:
+                sock.sendto(HEADER.pack(b"e", sent, 0, now), far)
+                sent += 1
+                if sent == echoes:
+                    deadline = now + ECHO_TIMEOUT_S
+                continue
+            if now >= deadline:
+                break
+            wake = t0 + sent * ECHO_SPACING_S if sent < echoes else deadline
+            sock.settimeout(max(1e-4, wake - now))
+            try:
+                data, _ = sock.recvfrom(1024)
+            except TimeoutError:
+                continue
+            back = time.monotonic()
+            _, seq, _, at, far_at = REPLY.unpack_from(data)
+            replies[seq] = ((back - at) * 1e3, (far_at - at) * 1e3, (back - far_at) * 1e3)
+    finally:
+        sock.settimeout(ECHO_TIMEOUT_S)
+    ordered = [replies[k] for k in sorted(replies)]
+    return [r[0] for r in ordered], [r[1] for r in ordered], [r[2] for r in ordered]
 
 
 def measure(
@@ -130,21 +186,8 @@ def measure(
     to exceed the link's), or 0 for back to back."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
-    sock.settimeout(3.0)
-    rtt, up, down = [], [], []
-    for seq in range(echoes):
-        t = time.monotonic()
-        sock.sendto(HEADER.pack(b"e", seq, 0, t), (host, port))
-        try:
-            data, _ = sock.recvfrom(1024)
-        except TimeoutError:
-            continue
-        back = time.monotonic()
-        _, _, _, sent, far = REPLY.unpack_from(data)
-        rtt.append((back - sent) * 1e3)
-        up.append((far - sent) * 1e3)
-        down.append((back - far) * 1e3)
-        time.sleep(0.01)
+    sock.settimeout(ECHO_TIMEOUT_S)
+    rtt, up, down = _echo(sock, (host, port), echoes)
     session = int(time.monotonic() * 1e6)
     pad = b"\0" * (1200 - HEADER.size)
     group = max(1, round(burst_bps * 1e-3 / ((1200 + IP_UDP_HEADERS) * 8))) if burst_bps else 0
@@ -153,12 +196,14 @@ def measure(
         if group and seq % group == 0:
             _sleep_until(t0 + (seq // group) * 1e-3)
         sock.sendto(HEADER.pack(b"d", seq, session, time.monotonic()) + pad, (host, port))
-    time.sleep(1.0)
-    rec = _report(sock, host, port, session)
-    rate, burst_received = None, rec["n"]
-    span = rec["last"][1] - rec["first"][1] if rec["n"] > 1 else None
-    if rec.get("per_seq_s"):
-        rate = (1200 + IP_UDP_HEADERS) * 8 / rec["per_seq_s"]  # the size on the wire
+    rate, burst_received, span = None, 0, None
+    if burst:
+        time.sleep(1.0)
+        rec = _report(sock, host, port, session)
+        burst_received = rec["n"]
+        span = rec["last"][1] - rec["first"][1] if rec["n"] > 1 else None
+        if rec.get("per_seq_s"):
+            rate = (1200 + IP_UDP_HEADERS) * 8 / rec["per_seq_s"]  # the size on the wire
     session += 1
     t0 = time.monotonic()
     for seq in range(packets):
