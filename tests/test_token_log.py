@@ -26,8 +26,10 @@ class _Drafter:
         self.next = token + 1
 
 
-def _reference(prompt: tuple[int, ...], n: int) -> list[int]:
-    return list(range(10, 10 + n))  # what "the target" decodes from any prompt
+def _reference(prompt: Sequence[int], tokens: Sequence[int]) -> int | None:
+    """Where ``tokens`` depart from 10, 11, 12, ...: what "the target" decodes from any
+    prompt."""
+    return next((j for j, t in enumerate(tokens) if t != 10 + j), None)
 
 
 def test_logged_sessions_are_read_back_and_checked(tmp_path: Path) -> None:

@@ -38,7 +38,13 @@ from emu.deploy.deployment import Deployment, assemble
 from emu.deploy.runtime import memo_planner, node_problem
 from emu.errors import ConfigError, PeerGone
 from emu.lab.tls import Credentials, Gate, dial
-from emu.models.build import GreedyReference, RecordingDrafter, Session, check_sessions
+from emu.models.build import (
+    Departure,
+    GreedyReference,
+    RecordingDrafter,
+    Session,
+    check_sessions,
+)
 from emu.results.metrics import Recorder
 from emu.results.types import RunResult
 from emu.runners.journal import JOURNAL, Journal, journal_sessions, read_journal
@@ -212,11 +218,10 @@ def _lossless(sc: Scenario, edge: EdgeNode, out_dir: Path | None, users: int) ->
     return journal_lossless(out_dir / JOURNAL, users, GreedyReference(target.model, target.device))
 
 
-def journal_lossless(
-    path: Path, users: int, reference: Callable[[tuple[int, ...], int], list[int]]
-) -> dict[str, Any]:
+def journal_lossless(path: Path, users: int, reference: Departure) -> dict[str, Any]:
     """``lossless``: every session the edge journalled (across its own restarts, and those its
-    users resumed) against ``reference(prompt, n)``, the target's own greedy decoding."""
+    users resumed) against the target's own greedy decoding (``reference``: where they
+    depart from it)."""
     try:
         journalled = journal_sessions(path)
     except LedgerError as exc:  # a resume that lost or repeated a token

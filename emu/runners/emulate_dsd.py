@@ -42,7 +42,7 @@ from typing import Any
 from channel_models.link import LinkState
 from emu.errors import ShapingError
 from emu.files import write_atomic
-from emu.models.build import Session, check_sessions
+from emu.models.build import Departure, Session, check_sessions
 from emu.planner.dsd.links import PairLink
 from emu.planner.dsd.model import DsdProblem
 from emu.runners.dsd_node import ADDRESSES_FILE, check_emulable, real_prompts
@@ -192,7 +192,7 @@ def _gather(
     problem: DsdProblem,
     pdir: Path,
     exits: dict[str, int | None],
-    reference: Callable[[tuple[int, ...], int], list[int]] | None,
+    reference: Departure | None,
 ) -> dict[str, Any]:
     """The policy's figures from the nodes' records: the simulation's summary of them, and the
     emulation's own."""
@@ -205,7 +205,7 @@ def dsd_result(
     problem: DsdProblem,
     docs: Mapping[str, dict[str, Any] | None],
     exits: Mapping[str, int | None],
-    reference: Callable[[tuple[int, ...], int], list[int]] | None,
+    reference: Departure | None,
 ) -> dict[str, Any]:
     """A run's figures from each node's own account of it (``docs``, by node name: what its
     process wrote as it left, None for a node that left none), as ``run --json`` gives them;
@@ -275,7 +275,7 @@ def emulate_dsd(
     check_topology("star", users=1, servers=len(servers))
     preflight()
     synthetic = sc.models.kind == "synthetic"
-    reference: Callable[[tuple[int, ...], int], list[int]] | None = None
+    reference: Departure | None = None
     models: dict[str, Any] = {"kind": "synthetic", "acceptance": "the position curve"}
     if not synthetic:
         setup = real_prompts(sc)  # every check on the models before anything is built

@@ -73,6 +73,26 @@ def test_greedy_verification_is_lossless(
     assert rejected > 0  # the draft is a different model: some tokens were corrected
 
 
+def test_the_reference_finds_where_tokens_depart_from_the_targets_greedy_decoding(
+    verifier: HFVerifier, prompts: list[list[int]], greedy_reference: list[list[int]]
+) -> None:
+    """The losslessness check's reference (one teacher-forced pass) against transformers'
+    own generate(): the greedy tokens depart nowhere; a token changed, or a prefix of them
+    changed at its end, departs there."""
+    from emu.models.build import GreedyReference
+
+    reference = GreedyReference(verifier.model, verifier.device)
+    for p, greedy in zip(prompts, greedy_reference, strict=True):
+        assert reference(p, greedy) is None
+        assert reference(p, greedy[:1]) is None
+        for at in (0, 7, NEW - 1):
+            wrong = list(greedy)
+            wrong[at] = (wrong[at] + 1) % verifier.model.config.vocab_size
+            assert reference(p, wrong) == at
+            assert reference(p, wrong[: at + 1]) == at
+    assert reference(prompts[0], []) is None
+
+
 def test_drafter_rollback_equals_a_fresh_recomputation(
     pair: EmbeddedPair, prompts: list[list[int]]
 ) -> None:
@@ -215,7 +235,7 @@ def test_the_verifier_and_the_reference_call_transformers_without_deprecation_wa
             for i, (u, p) in enumerate(users.items())
         ]
         outs, _ = verifier.verify(items)
-        reference = GreedyReference(verifier.model, verifier.device)(tuple(prompts[0]), 3)
+        departs = GreedyReference(verifier.model, verifier.device)(prompts[0], [1, 2, 3])
     for u in users:
         verifier.drop(u)
-    assert len(outs) == 3 and len(reference) == 3
+    assert len(outs) == 3 and departs in (0, 1, 2, None)
