@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import NamedTuple
 
-from emu.planner.hetnet.evaluate import HetnetPlan, evaluate
+from emu.planner.hetnet.evaluate import Chains, HetnetPlan, Scores, evaluate, scored
 from emu.planner.hetnet.model import HetnetProblem
 
 __all__ = ["cell_problem", "planned_by_cell"]
@@ -44,14 +45,29 @@ def planned_by_cell(
     if problem.cells == 1:
         return solve(problem)
     candidates = [p for s in (solve, *others) for p in _merges(s, problem)]
-    best = min((_ordered(problem, p) for p in candidates), key=lambda p: _score(problem, p))
-    return _tuned(problem, best) if lengths else best
+    # The whole network's plans scored so far, and its batches' stages: the merges' searches
+    # and the tuning meet the same ones.
+    net = _Network(problem, {}, {})
+    best = min((_ordered(net, p) for p in candidates), key=net.score)
+    return _tuned(net, best) if lengths else best
 
 
-def _tuned(problem: HetnetProblem, plan: HetnetPlan, *, passes: int = 8) -> HetnetPlan:
+class _Network(NamedTuple):
+    """The whole network's problem, with the stages and the scores of its plans so far."""
+
+    problem: HetnetProblem
+    cache: Chains
+    scores: Scores
+
+    def score(self, plan: HetnetPlan) -> float:
+        return scored(self.problem, plan, self.cache, self.scores)
+
+
+def _tuned(net: _Network, plan: HetnetPlan, *, passes: int = 8) -> HetnetPlan:
     """``plan`` with one batch's speculation length a step up or down at a time, while the
     whole network scores better (the macro cell's load from the other cells counted)."""
-    best, score = plan, _score(problem, plan)
+    problem = net.problem
+    best, score = plan, net.score(plan)
     for _ in range(passes):
         improved = False
         for m in range(len(best.batches)):
@@ -62,16 +78,12 @@ def _tuned(problem: HetnetProblem, plan: HetnetPlan, *, passes: int = 8) -> Hetn
                 trial = dataclasses.replace(
                     best, spec_len=(*best.spec_len[:m], ln, *best.spec_len[m + 1 :])
                 )
-                s = _score(problem, trial)
+                s = net.score(trial)
                 if s < score - 1e-9:
                     best, score, improved = trial, s, True
         if not improved:
             break
     return best
-
-
-def _score(problem: HetnetProblem, plan: HetnetPlan) -> float:
-    return evaluate(problem, plan, record=False).objective(problem)
 
 
 def _merges(solve: Solve, problem: HetnetProblem) -> list[HetnetPlan]:
@@ -105,10 +117,11 @@ def _merges(solve: Solve, problem: HetnetProblem) -> list[HetnetPlan]:
     return [merged(ends), merged(releases)]
 
 
-def _ordered(problem: HetnetProblem, plan: HetnetPlan, *, passes: int = 8) -> HetnetPlan:
+def _ordered(net: _Network, plan: HetnetPlan, *, passes: int = 8) -> HetnetPlan:
     """``plan`` with neighbouring batches of different cells swapped while that scores better
     (a cell's own order, which sets its band's turns, stays as its plan has it)."""
-    best, score = plan, _score(problem, plan)
+    problem = net.problem
+    best, score = plan, net.score(plan)
     cell = [problem.tasks[b[0]].cell for b in plan.batches]
     for _ in range(passes):
         improved = False
@@ -122,7 +135,7 @@ def _ordered(problem: HetnetProblem, plan: HetnetPlan, *, passes: int = 8) -> He
                 spec_len=tuple(best.spec_len[j] for j in order),
                 bandwidth=best.bandwidth,
             )
-            s = _score(problem, trial)
+            s = net.score(trial)
             if s < score - 1e-9:
                 best, score, improved = trial, s, True
                 cell[i], cell[i + 1] = cell[i + 1], cell[i]

@@ -45,8 +45,11 @@ __all__ = [
     "Chains",
     "HetnetEvaluation",
     "HetnetPlan",
+    "Scores",
     "Stage",
+    "chain_of",
     "evaluate",
+    "scored",
     "stages_of",
 ]
 
@@ -246,7 +249,7 @@ def stages_of(problem: HetnetProblem, batch: Sequence[int], spec_len: int) -> li
 Chains = dict[tuple[tuple[int, ...], int], list[Stage]]  # (batch, spec_len) -> its stages
 
 
-def _chain(
+def chain_of(
     problem: HetnetProblem, batch: tuple[int, ...], spec_len: int, cache: Chains | None
 ) -> list[Stage]:
     """A batch's stages, from ``cache`` where it holds them."""
@@ -256,6 +259,42 @@ def _chain(
     if key not in cache:
         cache[key] = stages_of(problem, batch, spec_len)
     return cache[key]
+
+
+def _alone(
+    chain: list[Stage],
+    i: int,
+    at: float,
+    *,
+    ending: bool,
+    started: tuple[float, float],
+    done_ms: list[float],
+    m: int,
+    timeline: list[Timed] | None,
+    batch: int,
+) -> None:
+    """Batch ``m``'s stages from its ``i``-th once every other batch is done and no resource
+    is held: each starts as soon as it is ready (its resource free), as the event loop would
+    run them, with the same sums (an end at its start plus its hold, a ready time at that end
+    plus the latency after it), so the times are the loop's to the last bit. Its one pending
+    event is at ``at``: stage i's end (``ending``, ``started`` its ready and start times) or
+    its ready time. Its end goes to ``done_ms``, its stages to ``timeline`` as ``batch``."""
+    if ending:
+        ready, start = started
+        end = at
+    else:  # ready then, its resource free: it starts at once
+        ready = start = at
+        end = at + chain[i].hold_ms
+    while True:
+        stage = chain[i]
+        if timeline is not None:
+            timeline.append(Timed(batch, stage, ready, start, end))
+        i += 1
+        if i == len(chain):
+            done_ms[m] = end + stage.after_ms
+            return
+        ready = start = end + stage.after_ms if stage.after_ms else end
+        end = start + chain[i].hold_ms
 
 
 def evaluate(
@@ -274,7 +313,7 @@ def evaluate(
     # The earlier windows' batches still running (``problem.carried``) come first: 0..C - 1.
     carried = len(problem.carried)
     chains = [list(c) for _, c in problem.carried] + [
-        _chain(problem, b, ln, cache) for b, ln in zip(plan.batches, plan.spec_len, strict=True)
+        chain_of(problem, b, ln, cache) for b, ln in zip(plan.batches, plan.spec_len, strict=True)
     ]
     nxt = [0] * len(chains)  # each batch's next stage
     readies = [ready for ready, _ in problem.carried] + released
@@ -287,48 +326,80 @@ def evaluate(
     ]
     resources += [stage.resource for _, c in problem.carried for stage in c]
     resources = list(dict.fromkeys(resources))
-    queues: dict[str, list[tuple[float, float, int]]] = {r: [] for r in resources}
-    busy: dict[str, int | None] = dict.fromkeys(resources)
+    # Resources by their index, and each stage's: the loop below runs once or more a stage,
+    # thousands of times a search, so it looks up lists, not names.
+    index = {r: i for i, r in enumerate(resources)}
+    on = [[index[stage.resource] for stage in chain] for chain in chains]
+    queues: list[list[tuple[float, float, int]]] = [[] for _ in resources]
+    busy: list[int | None] = [None] * len(resources)
     free_at = dict(problem.free_at_ms)
-    for i, r in enumerate(resources):  # held by earlier work until then (-1: no batch)
-        held = free_at.get(r, 0.0)
+    for i, name in enumerate(resources):  # held by earlier work until then (-1: no batch)
+        held = free_at.get(name, 0.0)
         if held > 0:
-            busy[r] = -1
+            busy[i] = -1
             heapq.heappush(events, (held, 2, i))
-    started: dict[int, tuple[float, float]] = {}
+    ready_ms = [0.0] * len(chains)  # the stage each batch has in service: when it was ready
+    start_ms = [0.0] * len(chains)  # ... and when it started
     timeline: list[Timed] = []
     done_ms = [0.0] * len(chains)
+    left = len(chains)  # batches not yet done
+    push, pop = heapq.heappush, heapq.heappop
     while events:
         now = events[0][0]
+        # Only a resource freed or queued for in this instant may start a stage in it: the
+        # others are as the last dispatch left them (busy, or with nothing to serve).
+        touched: list[int] = []
         while events and events[0][0] == now:  # every event of this instant, then dispatch
-            _, kind, m = heapq.heappop(events)
-            if kind == 2:  # a resource's earlier work ends (m is its index)
-                busy[resources[m]] = None
-                continue
-            if kind == 1:
-                first = float(m) if priority else now  # served in this order
-                heapq.heappush(queues[chains[m][nxt[m]].resource], (first, now, m))
-                continue
-            stage = chains[m][nxt[m]]
-            busy[stage.resource] = None
-            ready, start = started.pop(m)
-            if record and m >= carried:
-                timeline.append(Timed(m - carried, stage, ready, start, now))
-            nxt[m] += 1
-            if nxt[m] == len(chains[m]):
-                done_ms[m] = now + stage.after_ms
-            elif stage.after_ms:
-                heapq.heappush(events, (now + stage.after_ms, 1, m))
-            else:  # ready at once: queued as its ready event would be, in this instant
-                first = float(m) if priority else now
-                heapq.heappush(queues[chains[m][nxt[m]].resource], (first, now, m))
-        for resource in resources:
-            if busy[resource] is None and queues[resource]:
-                _, ready, m = heapq.heappop(queues[resource])
-                stage = chains[m][nxt[m]]
-                busy[resource] = m
-                started[m] = (ready, now)
-                heapq.heappush(events, (now + stage.hold_ms, 0, m))
+            _, kind, m = pop(events)
+            if kind == 0:  # batch m's stage ends
+                i = nxt[m]
+                chain = chains[m]
+                stage = chain[i]
+                r = on[m][i]
+                busy[r] = None
+                touched.append(r)
+                if record and m >= carried:
+                    timeline.append(Timed(m - carried, stage, ready_ms[m], start_ms[m], now))
+                i += 1
+                nxt[m] = i
+                if i == len(chain):
+                    done_ms[m] = now + stage.after_ms
+                    left -= 1
+                elif stage.after_ms:
+                    push(events, (now + stage.after_ms, 1, m))
+                else:  # ready at once: queued as its ready event would be, in this instant
+                    r = on[m][i]
+                    push(queues[r], (m if priority else now, now, m))
+                    touched.append(r)
+            elif kind == 1:  # batch m's next stage is ready: queued, served in this order
+                r = on[m][nxt[m]]
+                push(queues[r], (m if priority else now, now, m))
+                touched.append(r)
+            else:  # a resource's earlier work ends (m is its index)
+                busy[m] = None
+                touched.append(m)
+        for r in touched:  # the order is immaterial: each resource serves its own queue
+            if busy[r] is None and queues[r]:
+                _, ready, m = pop(queues[r])
+                busy[r] = m
+                ready_ms[m] = ready
+                start_ms[m] = now
+                push(events, (now + chains[m][nxt[m]].hold_ms, 0, m))
+        if left == 1 and len(events) == 1 and events[0][1] != 2:
+            # One batch left, nothing else pending: its stages run back to back.
+            at, kind, m = events[0]
+            _alone(
+                chains[m],
+                nxt[m],
+                at,
+                ending=kind == 0,
+                started=(ready_ms[m], start_ms[m]),
+                done_ms=done_ms,
+                m=m,
+                timeline=timeline if record and m >= carried else None,
+                batch=m - carried,
+            )
+            break
     arrival = [t.arrival_ms for t in problem.tasks]
     latency = [0.0] * problem.size
     for m, batch in enumerate(plan.batches):
@@ -343,3 +414,20 @@ def evaluate(
         ),
         timeline=tuple(timeline),
     )
+
+
+# The objective of each plan of one problem scored so far. The searches come back to the same
+# plans often (a move and its reverse, the neighbours two moves share, each refit's lengths,
+# the next start's path): some four evaluations in five of a small instance's planner are of
+# a plan already scored, and the evaluator gives a plan the same score every time.
+Scores = dict[HetnetPlan, float]
+
+
+def scored(problem: HetnetProblem, plan: HetnetPlan, cache: Chains | None, scores: Scores) -> float:
+    """The evaluator's objective of ``plan`` (``record = False``), from ``scores`` where it
+    was scored before, and kept there."""
+    value = scores.get(plan)
+    if value is None:
+        value = evaluate(problem, plan, cache=cache, record=False).objective(problem)
+        scores[plan] = value
+    return value

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from emu.planner.hetnet.dp import dp_plan, sorted_order
-from emu.planner.hetnet.evaluate import Chains, HetnetPlan, evaluate
+from emu.planner.hetnet.evaluate import Chains, HetnetPlan, Scores, chain_of, scored
 from emu.planner.hetnet.model import HetnetProblem
 
 __all__ = ["refined_plan"]
@@ -78,9 +78,11 @@ def refined_plan(
     start: HetnetPlan | None = None,
     max_evals: int = 2000,
     cache: Chains | None = None,
+    scores: Scores | None = None,
 ) -> HetnetPlan:
     """The DP's plan (or ``start``, contiguous in the sorted order) improved by best-move
-    local search on the evaluator's objective."""
+    local search on the evaluator's objective (``scores``: the problem's plans scored so far;
+    a plan found there counts as an evaluation all the same, so the budget is spent alike)."""
     allowed = lengths or problem.lengths
     order = sorted_order(problem)
     plan = start or dp_plan(problem, lengths=allowed)
@@ -101,9 +103,10 @@ def refined_plan(
         bounds = [0, *layout[0], problem.size]
         if any(b - a > cap for a, b in itertools.pairwise(bounds)):
             return float("inf")
-        return evaluate(problem, make(layout), cache=cache, record=False).objective(problem)
+        return scored(problem, make(layout), cache, memo)
 
     cache = {} if cache is None else cache
+    memo: Scores = {} if scores is None else scores
     evals = 0
 
     def counted(layout: Layout) -> float:
@@ -207,14 +210,17 @@ def regrouped_plan(
     lengths: tuple[int, ...] | None = None,
     max_stages: int = REGROUP_STAGES,
     cache: Chains | None = None,
+    scores: Scores | None = None,
 ) -> HetnetPlan:
     """``start`` improved by best-move local search over every batching (not only contiguous
     runs of the sorted order) and every order of the batches. On small instances (``SMALL``
     tasks) a move that regroups tasks also refits the lengths of the batches it changed (each
     in turn to its best, twice), so that a batch split off can take the length that suits it.
-    It stops after ``max_stages`` stages simulated."""
+    It stops after ``max_stages`` stages simulated, a plan found in ``scores`` (the problem's
+    plans scored so far) counted as if simulated again, so the budget is spent alike."""
     allowed = lengths or problem.lengths
     cache = {} if cache is None else cache
+    memo: Scores = {} if scores is None else scores
     small = problem.size <= SMALL
     stages = 0
 
@@ -223,8 +229,8 @@ def regrouped_plan(
 
     def score(g: General) -> float:
         nonlocal stages
-        value = evaluate(problem, make(g), cache=cache, record=False).objective(problem)
-        stages += sum(len(cache[b, ln]) for b, ln in zip(*g, strict=True))
+        value = scored(problem, make(g), cache, memo)
+        stages += sum(len(chain_of(problem, b, ln, cache)) for b, ln in zip(*g, strict=True))
         return value
 
     def refit(g: General, s: float, touched: tuple[int, ...]) -> tuple[float, General]:
@@ -258,9 +264,10 @@ def planned(problem: HetnetProblem, *, lengths: tuple[int, ...] | None = None) -
     costing seconds.)"""
     allowed = lengths or problem.lengths
     cache: Chains = {}
+    scores: Scores = {}  # shared by every search below: they meet the same plans
 
     def score(p: HetnetPlan) -> float:
-        return evaluate(problem, p, cache=cache, record=False).objective(problem)
+        return scored(problem, p, cache, scores)
 
     # The DP over every length, and over each length alone (its surrogate misjudges some
     # lengths, and a local search stays near where it starts): the best two, refined.
@@ -268,7 +275,7 @@ def planned(problem: HetnetProblem, *, lengths: tuple[int, ...] | None = None) -
     starts += [dp_plan(problem, lengths=(ln,)) for ln in allowed if len(allowed) > 1]
     plan = min(
         (
-            refined_plan(problem, lengths=allowed, start=s, cache=cache)
+            refined_plan(problem, lengths=allowed, start=s, cache=cache, scores=scores)
             for s in sorted(starts, key=score)[:REFINED_STARTS]
         ),
         key=score,
@@ -281,5 +288,7 @@ def planned(problem: HetnetProblem, *, lengths: tuple[int, ...] | None = None) -
         general.append(
             min((HetnetPlan(batches=(one,), spec_len=(ln,)) for ln in allowed), key=score)
         )
-    found = [regrouped_plan(problem, s, lengths=allowed, cache=cache) for s in general]
+    found = [
+        regrouped_plan(problem, s, lengths=allowed, cache=cache, scores=scores) for s in general
+    ]
     return min(found, key=score)
