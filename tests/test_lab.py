@@ -13,7 +13,7 @@ import shutil
 import ssl
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -376,8 +376,9 @@ def test_the_edges_lossless_check_reads_every_journalled_session(tmp_path: Path)
     token + 1, + 2, ...: a session resumed across a restart is one session, a wrong token is
     found where it is, and a resume that dropped a token is not lossless."""
 
-    def target(prompt: tuple[int, ...], n: int) -> list[int]:
-        return [prompt[-1] + k for k in range(1, n + 1)]
+    def target(prompt: Sequence[int], tokens: Sequence[int]) -> int | None:
+        """Where ``tokens`` depart from the stand-in's continuation of ``prompt``."""
+        return next((j for j, t in enumerate(tokens) if t != prompt[-1] + 1 + j), None)
 
     entries = [
         {"u": 0, "s": 0, "prompt": [1, 2], "committed": []},

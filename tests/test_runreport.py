@@ -36,7 +36,7 @@ def test_the_lossless_note_names_each_checked_policy() -> None:
 def test_a_policy_that_committed_nothing_is_not_checked_and_is_flagged() -> None:
     from emu.models.build import check_sessions
 
-    nothing = check_sessions([[], []], lambda prompt, n: [])
+    nothing = check_sessions([[], []], lambda prompt, tokens: None)
     assert nothing["lossless"] is None  # nothing compared is not a vacuous "lossless"
     doc = _doc(0, 0, throughput_tok_s=0.0, **nothing)
     doc["results"]["ad"] = {
