@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -16,15 +17,33 @@ from emu.scenario import load_scenario
 ROOT = Path(__file__).parents[1]
 
 
+def _command(args: Sequence[str]) -> list[str]:
+    return [sys.executable, "-m", "emu.cli", *args]
+
+
 def draftnet(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "emu.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=timeout_s,
-        check=False,
+        _command(args), capture_output=True, text=True, cwd=ROOT, timeout=timeout_s, check=False
     )
+
+
+def draftnet_at_once(
+    commands: Sequence[Sequence[str]], timeout_s: float = 300
+) -> list[subprocess.CompletedProcess[str]]:
+    """``draftnet(*args)`` for each of ``commands``, all started at once: for commands that
+    measure nothing (refusals, most of whose time is a process's start-up), so that they
+    share the cores instead of waiting for one another."""
+    procs = [
+        subprocess.Popen(
+            _command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+        )
+        for args in commands
+    ]
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout_s)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
 
 
 def test_solve_json_has_the_documented_fields() -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,7 @@ from emu.models.build import RealModels
 from emu.models.embedded import EmbeddedPair
 from emu.runners.sim import simulate
 from emu.scenario import load_scenario
-from tests.test_cli import ROOT, draftnet
+from tests.test_cli import draftnet, draftnet_at_once
 
 pytestmark = pytest.mark.models
 
@@ -185,7 +183,7 @@ def test_profile_commands_write_profiles_a_scenario_uses(
         (["--target", str(pair.target), "--prefixes", "0"], "--prefixes must be integers >= 1"),
         (["--target", str(pair.target), "--prefixes", "a"], "integers separated by commas"),
     ]
-    runs = _draftnet_at_once(
+    runs = draftnet_at_once(
         [
             ["profile", *args, "--out", str(tmp_path / f"x{i}.toml")]
             for i, (args, _) in enumerate(bad)
@@ -194,24 +192,3 @@ def test_profile_commands_write_profiles_a_scenario_uses(
     for (args, needle), r in zip(bad, runs, strict=True):
         assert r.returncode == 2, (args, r.stderr)
         assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
-
-
-def _draftnet_at_once(commands: list[list[str]]) -> list[subprocess.CompletedProcess[str]]:
-    """``draftnet(*args)`` for each of ``commands``, all started at once: each refusal is a
-    process's start-up (most of a second or two, importing draftnet) and nothing is measured
-    then, so they share the cores instead of waiting for one another."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "emu.cli", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        for args in commands
-    ]
-    done = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=300)
-        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
-    return done
