@@ -11,8 +11,10 @@ bootstrap:
 run: bootstrap
 	$(BIN)/draftnet run
 
+# Every core, up to 4 workers; the emulations and the real models one at a time on one of them
+# (tests/conftest.py). A plain `pytest` runs the suite in one process.
 test: bootstrap
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses 4
 
 # Re-resolve requirements/ on purpose, keeping the pins that still fit; UPGRADE=1 resolves
 # every package afresh (an upgrade: rerun the benchmarks it touches).

@@ -223,7 +223,9 @@ def test_a_sweep_ends_with_its_summary_plots_and_report(tmp_path: Path) -> None:
 
 
 def _sleeps(study: Study, case: Case, where: Path) -> list[dict[str, Any]]:
-    time.sleep(0.5)
+    # Long enough that two workers' cases overlap even on a loaded host (make test runs other
+    # tests beside this one): at 0.5 s one such run's cases went one after the other.
+    time.sleep(1.5)
     (where / "note.txt").write_text(f"case {case.index}")
     return [{"policy": p, "pid": os.getpid(), "tokens": case.index} for p in study.policies]
 
