@@ -10,15 +10,21 @@ embedded default), for its figures and wall time.
 
     sudo .venv/bin/python scripts/bench_run.py [--users 4] [--duration 30]
         [--policies dipsd,jitter-aware] [--cases 0,5,20,mixed,loss] [--seeds 1] [--no-main]
+        [--out DIR]
 
 Cases: a jitter level in ms on every user's links; ``mixed``, users whose links differ (0, 5,
 10 and 20 ms of jitter in turn); ``loss``, links that retransmit 3% of messages 200 ms late
 (1 ms of jitter). Each seed is its own run (its own draws of every link).
+
+``--out DIR`` keeps every run's scenario and run directory (its records, summary and node logs)
+under DIR, ``<case>-<seed>.toml`` and ``run-<case>-<seed>/``, to explain a run that measured
+apart from the others; without it they go to a temporary directory.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import subprocess
@@ -62,6 +68,7 @@ def main() -> None:
     ap.add_argument("--cases", default="0,5,20", help="comma-separated (see above)")
     ap.add_argument("--seeds", type=int, default=1, help="runs of each case, seeds 0..n-1")
     ap.add_argument("--no-main", action="store_true", help="skip the main job")
+    ap.add_argument("--out", type=Path, help="keep every run's scenario and records here")
     args = ap.parse_args()
     policies = args.policies.split(",")
     print(f"machine: {platform.node()} {platform.machine()} python {platform.python_version()}")
@@ -71,7 +78,13 @@ def main() -> None:
         "| late drafts | replans | wall s |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.out is None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        else:
+            args.out.mkdir(parents=True, exist_ok=True)
+            tmp = str(args.out)
+            print(f"runs kept in {args.out}")
         for case in args.cases.split(","):
             for seed in range(args.seeds):
                 sc = Path(tmp) / f"{case}-{seed}.toml"
