@@ -39,6 +39,7 @@ from emu.planner.stochastic import (
     has_noise,
     plan_rounds,
     stochastic_evaluate,
+    turn_ms,
 )
 
 __all__ = ["CLOSE_TOLERANCES", "NoisyScorer", "jitter_aware"]
@@ -77,6 +78,15 @@ class NoisyScorer:
         self._mean = np.array([x.mean for x in noise])
         self._points = sum(x.pmf.size for x in noise)
 
+    def _missed(self, m: int, first: float, top: float, deadline: float, turn: float) -> float:
+        """``missed_turns`` of user ``m``'s ready time, its values ``first`` to ``top``, read
+        from its CDF table as ``Lattice.cdf`` reads it."""
+        if top <= deadline:
+            return 0.0
+        pts = deadline + turn * np.arange(math.ceil((top - deadline) / turn))
+        at = np.floor((pts - first) / self._step[m] + 1e-6).astype(np.int64) + 1
+        return float((1.0 - self._cum[self._at[m] + np.clip(at, 0, self._last[m])]).sum())
+
     def ratio(
         self,
         batch_of: IntArray,
@@ -93,17 +103,23 @@ class NoisyScorer:
         T = p.verify_ms(size, L, I)
         if self._points <= _GRID:  # few points: the exact union of supports is cheap
             batches = [[int(m) for m in np.flatnonzero(batch_of == k)] for k in range(n)]
-            rounds = plan_rounds(p, batches, lengths, close_tolerance)
+            rounds = plan_rounds(p, batches, lengths, T.tolist(), close_tolerance)
             shifted = [x.shift(float(T[k])) for k, b in enumerate(rounds.batches) for x in b]
             return rounds.tokens / expected_max(shifted, float(T.sum()), _GRID)
         floor = float(T.sum())
         ready = p.ready_ms(lengths)
-        late = np.zeros(p.size)
+        missed = np.zeros(p.size)
+        rules = batch_rules(p, n, close_tolerance)
+        turn = math.nan  # the time between two turns of a batch, once a member can be late
+        if any(rule is not None for rule in rules):
+            expected = np.where(lengths > 0, ready + self._mean, 0.0)
+            batches = [np.flatnonzero(batch_of == k).tolist() for k in range(n)]
+            turn = turn_ms(expected, batches, T.tolist())
         # Each drafting member as its batch sees it: when its batch's verification ends, its
         # first and last value after that, where its batch's deadline cuts it (inf: nowhere),
-        # and the weight of the turns it is carried.
+        # and the weight of the turns it misses.
         seen: list[tuple[int, float, float, float, float]] = []
-        for k, rule in enumerate(batch_rules(p, n, close_tolerance)):
+        for k, rule in enumerate(rules):
             drafting = np.flatnonzero((batch_of == k) & (lengths > 0))
             if drafting.size == 0:
                 continue
@@ -120,13 +136,16 @@ class NoisyScorer:
                 cut = math.inf
                 j = math.floor((deadline - first) / step + 1e-9) if deadline < math.inf else 0
                 if deadline < math.inf and j < 0:  # always late: seen at the deadline itself
-                    late[m], cut, first, last = 1.0, deadline, deadline, deadline
-                elif deadline < math.inf and j < self._last[m] - 1:
-                    late[m] = 1.0 - float(self._cum[self._at[m] + j + 1])
+                    missed[m] = self._missed(m, first, last, deadline, turn)
+                    cut, first, last = deadline, deadline, deadline
+                elif deadline < math.inf and j < self._last[m] - 1:  # late from j + 1 on
+                    missed[m] = self._missed(m, first, last, deadline, turn)
                     cut = last = first + j * step
                 if last + t_v > floor:
-                    seen.append((m, first + t_v, last + t_v, cut + t_v, late[m] / (1.0 + late[m])))
-        tokens = float((expected_tokens(p.alpha, lengths) / (1.0 + late)).sum())
+                    seen.append(
+                        (m, first + t_v, last + t_v, cut + t_v, missed[m] / (1 + missed[m]))
+                    )
+        tokens = float((expected_tokens(p.alpha, lengths) / (1.0 + missed)).sum())
         if not seen:
             return tokens / floor
         who = np.array([x[0] for x in seen])

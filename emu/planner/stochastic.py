@@ -43,10 +43,12 @@ __all__ = [
     "expected_cycle",
     "expected_max",
     "has_noise",
+    "missed_turns",
     "monte_carlo_cycle",
     "plan_rounds",
     "ready_times",
     "stochastic_evaluate",
+    "turn_ms",
     "with_noise",
 ]
 
@@ -158,26 +160,56 @@ def closed(x: Lattice, deadline_ms: float) -> tuple[Lattice, float]:
     return Lattice(x.t0_ms, x.step_ms, pmf), late
 
 
-def carried(x: Lattice, late: float) -> Lattice:
-    """A member late with probability ``late`` in the long run: its late draft is verified at
-    its batch's next turn, which then finds it in (ready at once), so in late / (1 + late) of
-    its batch's turns it holds nobody up, and ``x`` is its ready time in the others."""
-    if late <= 0:
+def missed_turns(x: Lattice, deadline_ms: float, turn_ms: float) -> float:
+    """E[K], the turns of its batch that a member with ready time ``x`` misses when the batch
+    closes at ``deadline_ms`` and comes round every ``turn_ms``: a draft in after the deadline
+    is verified at the first later turn that it is in by, K = ceil((X - deadline) / turn) turns
+    later (K = 0 when it is in time: ``closed``'s probability of being late is P(K >= 1)). A
+    retransmission longer than a turn costs more than one turn."""
+    if x.top_ms <= deadline_ms:
+        return 0.0
+    turns = math.ceil((x.top_ms - deadline_ms) / turn_ms)
+    return float((1.0 - x.cdf(deadline_ms + turn_ms * np.arange(turns))).sum())
+
+
+def carried(x: Lattice, missed: float) -> Lattice:
+    """A member that misses ``missed`` of its batch's turns a round in the long run
+    (``missed_turns``): its late draft is verified at a later turn, which then finds it in
+    (ready at once), and the turns between hold nobody up either; so in missed / (1 + missed) of
+    its batch's turns it is ready at once, and ``x`` is its ready time in the others."""
+    if missed <= 0:
         return x
-    w0 = late / (1.0 + late)
+    w0 = missed / (1.0 + missed)
     k0 = max(1, math.ceil(x.t0_ms / x.step_ms))
     pmf = np.concatenate(([w0], np.zeros(k0 - 1), (1.0 - w0) * x.pmf))
     return Lattice(x.t0_ms - k0 * x.step_ms, x.step_ms, pmf)
+
+
+def turn_ms(
+    expected_ready_ms: FloatArray,
+    batches: Sequence[Sequence[int]],
+    verify_ms: Sequence[float],
+) -> float:
+    """The time between two turns of a batch, for ``missed_turns``: the cycle of the mean
+    model with each member at its expected ready time (its link's mean noise included),
+    S = max(sum_n t_v_n, max_n (t_d_n + t_v_n))."""
+    latest = [
+        max((float(expected_ready_ms[m]) for m in b), default=0.0) + v
+        for b, v in zip(batches, verify_ms, strict=True)
+    ]
+    return max(float(sum(verify_ms)), *latest)
 
 
 @dataclass(frozen=True, slots=True)
 class Rounds:
     """A plan's rounds under the stochastic model: each batch's members' ready times as the
     batch sees them (after its verification ends, under the edge's close rule), each user's
-    probability of missing its batch, and the tokens a cycle commits in the long run."""
+    probability of missing its batch and the turns it misses a round, and the tokens a cycle
+    commits in the long run."""
 
     batches: list[list[Lattice]]
     late: FloatArray
+    missed: FloatArray
     tokens: float
 
 
@@ -196,28 +228,34 @@ def plan_rounds(
     problem: Problem,
     batches: Sequence[Sequence[int]],
     draft_len: npt.NDArray[np.int64],
+    verify_ms: Sequence[float],
     close_tolerance: Sequence[float] = (),
 ) -> Rounds:
     """Each batch waits for all its members (``batch_rules`` None) or closes at its deadline:
-    a late member's round then takes two of its batch's turns, so it commits u(l) / (1 + late)
-    tokens a cycle."""
+    a late member's round then takes 1 + K of its batch's turns (``missed_turns``), so it
+    commits u(l) / (1 + E[K]) tokens a cycle. ``verify_ms`` is each batch's verification."""
     ready = ready_times(problem, draft_len)
+    means = np.array([x.mean for x in ready])
+    turn = turn_ms(means, batches, verify_ms)
     late = np.zeros(problem.size)
+    missed = np.zeros(problem.size)
     members: list[list[Lattice]] = []
-    for b, close in zip(batches, batch_rules(problem, len(batches), close_tolerance), strict=True):
+    rules = batch_rules(problem, len(batches), close_tolerance)
+    for b, close in zip(batches, rules, strict=True):
         drafting = [m for m in b if draft_len[m] > 0]
         if close is None or not drafting:
             members.append([ready[m] for m in b])
             continue
-        deadline = close.deadline_ms(max(ready[m].mean for m in drafting))
+        deadline = close.deadline_ms(max(means[m] for m in drafting))
         seen = []
-        for m in b:
-            if draft_len[m] > 0:
-                x, late[m] = closed(ready[m], deadline)
-                seen.append(carried(x, float(late[m])))
+        for m in drafting:
+            x, late[m] = closed(ready[m], deadline)
+            if late[m] > 0:
+                missed[m] = missed_turns(ready[m], deadline, turn)
+            seen.append(carried(x, float(missed[m])))
         members.append(seen)
     u = expected_tokens(problem.alpha, draft_len)
-    return Rounds(members, late, float((u / (1.0 + late)).sum()))
+    return Rounds(members, late, missed, float((u / (1.0 + missed)).sum()))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -245,6 +283,7 @@ def stochastic_evaluate(problem: Problem, plan: Plan) -> StochasticEvaluation:
         problem,
         plan.batches,
         np.asarray(plan.draft_len, dtype=np.int64),
+        mean.verify_ms,
         plan.close_tolerance,
     )
     cycle = expected_cycle(rounds.batches, mean.verify_ms)

@@ -117,13 +117,14 @@ def test_the_fast_scorer_is_the_stochastic_models_grid_on_any_plan() -> None:
     lattices: on random plans (any batches, lengths and deadlines, links quiet or noisy) it
     gives what ``plan_rounds`` and ``expected_max`` on the same grid give."""
     rng = np.random.default_rng(0)
-    noises = [*NOISES, LinkNoise(0.3)]
-    checked = 0
+    # ... and a retransmission 1 s late, which misses several of its batch's turns.
+    noises = [*NOISES, LinkNoise(0.3), LinkNoise(2.0, 0.03, 1000.0)]
+    checked = several_turns = 0
     for i in range(40):
         users = int(rng.integers(2, 12))
         p = with_noise(
             random_problem(rng, users),
-            [noises[k].round_trip() if k < 4 else None for k in rng.integers(0, 5, users)],
+            [noises[k].round_trip() if k < 5 else None for k in rng.integers(0, 6, users)],
         )
         p = _closing(p) if i % 2 else p
         n = int(rng.integers(1, users + 1))
@@ -139,9 +140,10 @@ def test_the_fast_scorer_is_the_stochastic_models_grid_on_any_plan() -> None:
             continue
         T = p.verify_ms(size, L, I)
         batches = [[int(m) for m in np.flatnonzero(batch_of == k)] for k in range(n)]
-        rounds = plan_rounds(p, batches, lengths, own)
+        rounds = plan_rounds(p, batches, lengths, T.tolist(), own)
         members = [x.shift(float(T[k])) for k, b in enumerate(rounds.batches) for x in b]
         grid = expected_max(members, float(T.sum()), 1024)
         assert fast == pytest.approx(rounds.tokens / grid, rel=1e-9)
         checked += 1
-    assert checked >= 25
+        several_turns += bool((rounds.missed > rounds.late + 1e-6).any())
+    assert checked >= 25 and several_turns >= 3
