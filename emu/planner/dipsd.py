@@ -293,10 +293,10 @@ def _polish_for(problem: Problem, inc: Incumbent) -> None:
     inc.offer(tab, inc.batch_of, inc.n, lengths)
 
 
-def replan_warm(problem: Problem, previous: Plan) -> Plan:
+def replan_warm(problem: Problem, previous: Plan, *, polish: bool = True) -> Plan:
     """Re-plan from ``previous`` (a plan for the same users): its own plan, then the
-    alternation from its lengths and the fixed length at its N and N +- 1, then the polish.
-    Never worse than ``previous`` under ``problem``'s cost model."""
+    alternation from its lengths and the fixed length at its N and N +- 1, then (``polish``)
+    the polish. Never worse than ``previous`` under ``problem``'s cost model."""
     previous.check(problem)
     tab = Tableau(problem)
     inc = Incumbent()
@@ -314,5 +314,6 @@ def replan_warm(problem: Problem, previous: Plan) -> Plan:
             ns=_one(k),
             abandon=_ABANDON,
         )
-    _polish_for(problem, inc)
+    if polish:
+        _polish_for(problem, inc)
     return inc.plan()

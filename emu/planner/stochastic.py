@@ -164,12 +164,16 @@ def missed_turns(x: Lattice, deadline_ms: float, turn_ms: float) -> float:
     """E[K], the turns of its batch that a member with ready time ``x`` misses when the batch
     closes at ``deadline_ms`` and comes round every ``turn_ms``: a draft in after the deadline
     is verified at the first later turn that it is in by, K = ceil((X - deadline) / turn) turns
-    later (K = 0 when it is in time: ``closed``'s probability of being late is P(K >= 1)). A
-    retransmission longer than a turn costs more than one turn."""
+    later, so E[K] = sum over i >= 0 of P(X > deadline + i turn), each time rounded down to the
+    lattice as ``closed`` rounds the deadline (K = 0 when it is in time; P(K >= 1) is
+    ``closed``'s probability of being late). A retransmission longer than a turn costs more
+    than one turn."""
     if x.top_ms <= deadline_ms:
         return 0.0
-    turns = math.ceil((x.top_ms - deadline_ms) / turn_ms)
-    return float((1.0 - x.cdf(deadline_ms + turn_ms * np.arange(turns))).sum())
+    times = deadline_ms + turn_ms * np.arange(math.ceil((x.top_ms - deadline_ms) / turn_ms))
+    k = np.floor((times - x.t0_ms) / x.step_ms + 1e-9).astype(np.int64)
+    cum = np.concatenate(([0.0], np.cumsum(x.pmf)))
+    return float((1.0 - cum[np.clip(k + 1, 0, x.pmf.size)]).sum())
 
 
 def carried(x: Lattice, missed: float) -> Lattice:
