@@ -7,6 +7,7 @@ heterogeneous users and 1000 identical ones, with 10 ms of jitter and the edge's
 
     python scripts/bench_jitter_policy.py [--seeds 10] [--duration 60] [--users 6]
         [--plot docs/jitter-aware.png] [--no-sim] [--no-solve] [--cases "3% loss,20 ms"]
+        [--workers 2]
 
 The gain is the mean over seeds of jitter-aware's throughput over dipsd's on the same seed
 (the same links), with a 95% confidence interval (Student's t over the paired seeds).
@@ -16,6 +17,7 @@ Prints markdown rows for BENCHMARKS.md; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import math
 import statistics
@@ -96,42 +98,50 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _one_seed(over: dict[str, Any], duration: float, seed: int) -> dict[str, Any]:
+    """Both policies' results on one seed of one case."""
+    sc = load_scenario(
+        overrides={"models.kind": "synthetic", "sim.duration_s": duration, "sim.seed": seed, **over}
+    )
+    return simulate(sc, list(POLICIES))["results"]
+
+
 def sims(
-    seeds: int, duration: float, users: int, only: list[str] | None = None
+    seeds: int, duration: float, users: int, only: list[str] | None = None, workers: int = 2
 ) -> list[dict[str, Any]]:
+    """Every case's seeds, ``workers`` simulations at a time (each a process; the results are
+    the same as one after another)."""
     rows: list[dict[str, Any]] = []
     print("| links | dipsd tok/s | error | jitter-aware tok/s | error | gain (95% CI) |")
     print("|---|---|---|---|---|---|")
-    for name, over in cases(users).items():
-        if only is not None and name not in only:
-            continue
-        t = time.perf_counter()
-        thr: dict[str, list[float]] = {p: [] for p in POLICIES}
-        err: dict[str, list[float]] = {p: [] for p in POLICIES}
-        for seed in range(seeds):
-            sc = load_scenario(
-                overrides={
-                    "models.kind": "synthetic",
-                    "sim.duration_s": duration,
-                    "sim.seed": seed,
-                    **over,
-                }
+    chosen = {n: o for n, o in cases(users).items() if only is None or n in only}
+    t = time.perf_counter()
+    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        runs = {
+            name: [pool.submit(_one_seed, over, duration, seed) for seed in range(seeds)]
+            for name, over in chosen.items()
+        }
+        for name, futures in runs.items():
+            thr: dict[str, list[float]] = {p: [] for p in POLICIES}
+            err: dict[str, list[float]] = {p: [] for p in POLICIES}
+            for future in futures:
+                res = future.result()
+                for p in POLICIES:
+                    thr[p].append(res[p]["throughput_tok_s"])
+                    err[p].append(
+                        100 * (res[p]["throughput_tok_s"] / res[p]["predicted_tok_s"] - 1)
+                    )
+            gain = [
+                100 * (a / b - 1) for a, b in zip(thr["jitter-aware"], thr["dipsd"], strict=True)
+            ]
+            cells = [f"{np.mean(thr[p]):.2f} | {np.mean(err[p]):+.1f}%" for p in POLICIES]
+            ci = f"{np.mean(gain):+.1f}% (+-{ci95(gain):.1f})"
+            print(f"| {name} | {cells[0]} | {cells[1]} | {ci} |", flush=True)
+            rows.append(
+                {"links": name, **{p: float(np.mean(thr[p])) for p in POLICIES}}
+                | {"gain": float(np.mean(gain)), "gain ci": ci95(gain)}
             )
-            res = simulate(sc, list(POLICIES))["results"]
-            for p in POLICIES:
-                thr[p].append(res[p]["throughput_tok_s"])
-                err[p].append(100 * (res[p]["throughput_tok_s"] / res[p]["predicted_tok_s"] - 1))
-        gain = [100 * (a / b - 1) for a, b in zip(thr["jitter-aware"], thr["dipsd"], strict=True)]
-        cells = [f"{np.mean(thr[p]):.2f} | {np.mean(err[p]):+.1f}%" for p in POLICIES]
-        print(
-            f"| {name} | {cells[0]} | {cells[1]} | {np.mean(gain):+.1f}% (+-{ci95(gain):.1f}) |",
-            flush=True,
-        )
-        print(f"<!-- {time.perf_counter() - t:.0f} s -->", flush=True)
-        rows.append(
-            {"links": name, **{p: float(np.mean(thr[p])) for p in POLICIES}}
-            | {"gain": float(np.mean(gain)), "gain ci": ci95(gain)}
-        )
+    print(f"<!-- {time.perf_counter() - t:.0f} s, {workers} at a time -->", flush=True)
     return rows
 
 
@@ -168,10 +178,11 @@ def main() -> None:
     ap.add_argument("--no-sim", action="store_true", help="skip the simulations")
     ap.add_argument("--plot", type=Path, help="write the throughput plot (PNG) here")
     ap.add_argument("--cases", help="only these cases, comma-separated (the table's names)")
+    ap.add_argument("--workers", type=int, default=2, help="simulations at a time")
     args = ap.parse_args()
     if not args.no_sim:
         only = args.cases.split(",") if args.cases else None
-        rows = sims(args.seeds, args.duration, args.users, only)
+        rows = sims(args.seeds, args.duration, args.users, only, args.workers)
         if args.plot:
             plot(rows, args.plot)
     if not args.no_solve:
