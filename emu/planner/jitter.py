@@ -7,10 +7,10 @@ slowest member's draw each round, so the plan that is best on means is often not
 expectation: a batch of many users waits for the largest of many draws, and a long draft on a
 noisy link delays its whole batch. This policy keeps dipsd's plan as its incumbent and offers:
 
-1. the plan dipsd makes (warm, from its own) when every link takes the k/(k+1) quantile of its
-   noise instead of its mean, k the mean batch size of dipsd's plan: a batch of k members
-   waits for about that quantile of their draws (on 16 instances of 6-30 users this start
-   was worth 3.4% of expected throughput, the local search alone 0.3%);
+1. the plan dipsd makes (warm from its own, unpolished) when every link takes the k/(k+1)
+   quantile of its noise instead of its mean, k the mean batch size of dipsd's plan: a batch of
+   k members waits for about that quantile of their draws (on 16 instances of 6-30 users this
+   start was worth 3.4% of expected throughput, the local search alone 0.3%);
 2. a local search under the stochastic model (``NoisyScorer``): each user's draft length one
    shorter or longer, and the member that sets its batch's tail moved to another batch;
 3. where the edge closes batches at a deadline, each batch's own deadline (its tolerance,
@@ -58,8 +58,8 @@ class NoisyScorer:
 
     It computes what ``plan_rounds`` and ``expected_max`` would, without building a lattice
     per member: each user's noise is summed once (its CDF table), and a member's CDF on the
-    grid is a look-up in it, cut at its batch's deadline and lifted by the rounds it is
-    carried (``stochastic.closed`` and ``stochastic.carried``)."""
+    grid is a look-up in it, cut at its batch's deadline and lifted by the turns it misses
+    (``stochastic.closed``, ``stochastic.missed_turns`` and ``stochastic.carried``)."""
 
     def __init__(self, problem: Problem) -> None:
         self.problem = problem

@@ -202,7 +202,8 @@ class User:
 class CloseRule:
     """How the edge closes a batch whose drafts are not all in (``nodes.core.schedule``'s
     staged pipeline): at ``1 + tolerance`` times its members' latest expected ready time plus
-    ``grace_ms``, without the late drafts, which are verified at their batch's next turn."""
+    ``grace_ms``, without the late drafts, each verified at the first later turn of its batch
+    that it is in by."""
 
     tolerance: float = 0.25
     grace_ms: float = 2.0
