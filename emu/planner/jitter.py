@@ -80,10 +80,16 @@ class NoisyScorer:
 
     def _missed(self, m: int, first: float, top: float, deadline: float, turn: float) -> float:
         """``missed_turns`` of user ``m``'s ready time, its values ``first`` to ``top``, read
-        from its CDF table as ``missed_turns`` reads the lattice."""
+        from its CDF table as ``missed_turns`` reads the lattice. Within a turn of the deadline
+        (a jitter's tail, not a retransmission) it is the probability of being late alone, one
+        look-up (the scorer asks this of nearly every member)."""
+        at = self._at[m]
+        if top - deadline <= turn:
+            j = math.floor((deadline - first) / float(self._step[m]) + 1e-9) + 1
+            return 1.0 - float(self._cum[at + min(max(j, 0), int(self._last[m]))])
         pts = deadline + turn * np.arange(math.ceil((top - deadline) / turn))
-        at = np.floor((pts - first) / self._step[m] + 1e-9).astype(np.int64) + 1
-        return float((1.0 - self._cum[self._at[m] + np.clip(at, 0, self._last[m])]).sum())
+        k = np.floor((pts - first) / self._step[m] + 1e-9).astype(np.int64) + 1
+        return float((1.0 - self._cum[at + np.clip(k, 0, self._last[m])]).sum())
 
     def ratio(
         self,
@@ -133,17 +139,11 @@ class NoisyScorer:
                 last = first + float(self._top[m] - self._t0[m])
                 cut = math.inf
                 j = math.floor((deadline - first) / step + 1e-9) if deadline < math.inf else 0
-                # Late (from j + 1 on): the turns it misses, only one where its latest value
-                # is within a turn of the deadline (a jitter's tail, not a retransmission).
                 if deadline < math.inf and j < 0:  # always late: seen at the deadline itself
-                    several = last - deadline > turn
-                    missed[m] = self._missed(m, first, last, deadline, turn) if several else 1.0
+                    missed[m] = self._missed(m, first, last, deadline, turn)
                     cut, first, last = deadline, deadline, deadline
-                elif deadline < math.inf and j < self._last[m] - 1:
-                    if last - deadline > turn:
-                        missed[m] = self._missed(m, first, last, deadline, turn)
-                    else:
-                        missed[m] = 1.0 - float(self._cum[self._at[m] + j + 1])
+                elif deadline < math.inf and j < self._last[m] - 1:  # late from j + 1 on
+                    missed[m] = self._missed(m, first, last, deadline, turn)
                     cut = last = first + j * step
                 if last + t_v > floor:
                     seen.append(
