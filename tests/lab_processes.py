@@ -1,5 +1,6 @@
 """Lab commands as processes on loopback, for the lab tests: a free port, a command started
-as a lab would start it on its machine, and its ``ready`` line awaited."""
+as a lab would start it on its machine, its ``ready`` line awaited, and a condition on what
+the nodes wrote awaited."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,3 +43,11 @@ def kill_left(procs: dict[str, subprocess.Popen[str]]) -> None:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
+    """Poll ``cond`` every 0.1 s until it holds; fail with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)

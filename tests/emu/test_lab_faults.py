@@ -37,6 +37,7 @@ from emu.runners.journal import JOURNAL, journal_sessions  # noqa: E402
 from emu.runners.network import star_network, userspace_shaping  # noqa: E402
 from emu.scenario import load_scenario, scenario_toml  # noqa: E402
 from emu.shaping.spec import LinkPair, LinkSpec  # noqa: E402
+from tests.lab_processes import wait_for  # noqa: E402
 
 DRAFTNET = [sys.executable, "-m", "emu.cli"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,18 +81,13 @@ trio.run(main)
 SKEW_MS = 2000.0  # user 1's clock, ahead of the others'
 
 
-def _until_mid_session(log: Path, timeout_s: float = 15.0) -> None:
-    """Wait until the last session in a user's token log has committed tokens, and not half of
-    its 60: killed then, the user has tokens to take back from the edge (killed before a
-    session's first token it takes back the bare prompt, and resumes no token; one CI run on a
-    loaded host killed it there)."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        sessions = read_sessions(log) if log.exists() else []
-        if sessions and 0 < len(sessions[-1].tokens) <= 30:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"no session in progress in {log} for {timeout_s} s")
+def _mid_session(log: Path) -> bool:
+    """Whether the last session in a user's token log has committed tokens, and not half of its
+    60: killed then, the user has tokens to take back from the edge (killed before a session's
+    first token it takes back the bare prompt, and resumes no token; one CI run on a loaded
+    host killed it there)."""
+    sessions = read_sessions(log) if log.exists() else []
+    return bool(sessions) and 0 < len(sessions[-1].tokens) <= 30
 
 
 def test_an_outage_a_user_restart_and_an_edge_restart_lose_and_repeat_nothing(
@@ -136,7 +132,8 @@ def test_an_outage_a_user_restart_and_an_edge_restart_lose_and_repeat_nothing(
         nw.user(0).cmd("ip route del blackhole 10.0.0.0/16")
         faults = {"outage": time.monotonic()}  # on the nodes' clock (one machine, scale 1)
         time.sleep(1.0)
-        _until_mid_session(tmp_path / "u1" / "tokens-u1.jsonl")
+        u1_log = tmp_path / "u1" / "tokens-u1.jsonl"
+        wait_for(lambda: _mid_session(u1_log), "no session of u1's in progress", timeout_s=15)
         u1.send_signal(signal.SIGKILL)  # u1's process dies ...
         u1.wait(timeout=10)
         time.sleep(1.0)

@@ -8,25 +8,17 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from pathlib import Path
 
 from emu.lab.certs import init_lab
 from emu.models.build import read_sessions
 from emu.runners.journal import JOURNAL, journal_sessions
-from tests.lab_processes import await_ready, free_port, start
+from tests.lab_processes import await_ready, free_port, start, wait_for
 
 
 def _committed(run: Path) -> int:
     held = journal_sessions(run / JOURNAL) if (run / JOURNAL).exists() else {}
     return sum(len(h.committed) for sessions in held.values() for h in sessions)
-
-
-def _wait_for(cond: object, what: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
 
 
 def test_an_edge_restarted_mid_session_goes_on_losslessly_with_real_models(
@@ -47,14 +39,14 @@ def test_an_edge_restarted_mid_session_goes_on_losslessly_with_real_models(
             *["--id", "0", "--out", str(tmp_path / "u0"), "--json"],
             log=tmp_path / "u0.log",
         )
-        _wait_for(lambda: _committed(run) >= 8, "the first edge committed nothing")
+        wait_for(lambda: _committed(run) >= 8, "the first edge committed nothing")
         edge.send_signal(signal.SIGKILL)  # mid-session: no farewell, no summary
         edge.wait(timeout=10)
         before = _committed(run)
         assert not (run / "summary.json").exists()
         edge = start(*edge_args, "--out", str(run), log=tmp_path / "edge2.log")
         await_ready(edge, tmp_path / "edge2.log")
-        _wait_for(lambda: _committed(run) >= before + 20, "nothing committed after the restart")
+        wait_for(lambda: _committed(run) >= before + 20, "nothing committed after the restart")
         edge.send_signal(signal.SIGTERM)
         assert edge.wait(timeout=300) == 0, (tmp_path / "edge2.log").read_text()[-2000:]
         assert user.wait(timeout=30) == 0, (tmp_path / "u0.log").read_text()[-2000:]
